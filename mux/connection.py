@@ -1,0 +1,353 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The yamux state machine, sans-IO: feed it bytes, get events; call methods, get bytes to send.
+
+Nothing here does I/O or imports trio. ``receive_data`` parses frames in place and reports
+payloads as views into the bytes it was given (no copies). Outgoing frames accumulate in one
+buffer that ``data_to_send`` hands over whole, so a writer sends many frames in one call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from . import events as ev
+from .config import Config
+from .errors import LocalProtocolError, RemoteProtocolError
+from .frames import HEADER, HEADER_SIZE, INITIAL_WINDOW, MAX_UINT32, Flag, FrameType, GoAwayCode, check_header
+from .state import CAN_RECEIVE, CAN_SEND, FINAL_STATES, StreamInput, StreamState, next_state
+from .windows import ReceiveWindow, WindowBudget
+
+_DATA, _WINDOW_UPDATE, _PING, _GO_AWAY = FrameType
+_SYN, _ACK, _FIN, _RST = Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST
+_MAX_STREAM_ID = MAX_UINT32 - 1
+
+
+class _Stream:
+    __slots__ = ("state", "window", "send_window", "inbound", "accepted", "abandoned")
+
+    def __init__(self, inbound: bool) -> None:
+        self.state = StreamState.OPEN
+        self.window = ReceiveWindow()
+        self.send_window = INITIAL_WINDOW
+        self.inbound = inbound
+        #: For a stream the peer opened: whether the application accepted it (ACK sent).
+        self.accepted = not inbound
+        #: The application closed the stream: data still arriving is answered with RST.
+        self.abandoned = False
+
+
+class Connection:
+    def __init__(
+        self, *, client: bool, config: Config | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.client = client
+        self.config = config if config is not None else Config()
+        self._clock = clock
+        self._streams: dict[int, _Stream] = {}
+        self._next_id = 1 if client else 2
+        self._last_remote_id = 0
+        self._out = bytearray()
+        self._budget = WindowBudget(self.config.session_receive_budget)
+        self._rtt = 0.0
+        #: Streams we opened that the peer has not acknowledged, with when we opened them.
+        self._unacknowledged: dict[int, float] = {}
+        self._awaiting_accept = 0
+        self._inbound = 0
+        # Where a frame's payload continues into the next receive_data call.
+        self._partial_header = bytearray()
+        self._payload_left = 0
+        self._payload_stream: int | None = None
+        self._payload_flags = 0
+        self.local_go_away = False
+        self.remote_go_away = False
+        #: Set once the session is over: the error that ended it (or the peer's GoAway).
+        self.terminated: RemoteProtocolError | None = None
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    # ---- inspection -------------------------------------------------------------------
+
+    @property
+    def streams_open(self) -> int:
+        return len(self._streams)
+
+    @property
+    def rtt(self) -> float:
+        return self._rtt
+
+    def stream_state(self, stream_id: int) -> StreamState | None:
+        stream = self._streams.get(stream_id)
+        return stream.state if stream is not None else None
+
+    def send_window(self, stream_id: int) -> int:
+        return self._stream(stream_id).send_window
+
+    def pending_output(self) -> int:
+        return len(self._out)
+
+    def set_rtt(self, seconds: float) -> None:
+        self._rtt = seconds
+
+    def overdue_streams(self, opened_before: float) -> list[int]:
+        """Streams we opened before ``opened_before`` that the peer still has not acknowledged."""
+        overdue = []
+        for stream_id, opened in self._unacknowledged.items():
+            if opened > opened_before:
+                break
+            overdue.append(stream_id)
+        return overdue
+
+    # ---- sending ----------------------------------------------------------------------
+
+    def data_to_send(self) -> bytearray:
+        out = self._out
+        self._out = bytearray()
+        self.bytes_sent += len(out)
+        return out
+
+    def _frame(self, type: int, flags: int, stream_id: int, length: int) -> None:
+        self._out += HEADER.pack(0, type, flags, stream_id, length)
+
+    def open_stream(self) -> int:
+        self._check_alive()
+        if self.remote_go_away or self.local_go_away:
+            raise LocalProtocolError("no new streams after GoAway")
+        stream_id = self._next_id
+        if stream_id > _MAX_STREAM_ID:
+            raise LocalProtocolError("stream IDs exhausted: open a new session")
+        self._next_id += 2
+        self._streams[stream_id] = _Stream(inbound=False)
+        self._unacknowledged[stream_id] = self._clock()
+        self._frame(_WINDOW_UPDATE, _SYN, stream_id, 0)
+        return stream_id
+
+    def accept_stream(self, stream_id: int) -> None:
+        stream = self._stream(stream_id)
+        if stream.accepted:
+            raise LocalProtocolError(f"stream {stream_id} is not waiting to be accepted")
+        stream.accepted = True
+        self._awaiting_accept -= 1
+        self._frame(_WINDOW_UPDATE, _ACK, stream_id, stream.window.grown())
+
+    def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        stream = self._stream(stream_id)
+        if stream.state not in CAN_SEND:
+            raise LocalProtocolError(f"stream {stream_id} is {stream.state.value}: cannot send")
+        total = min(len(data), stream.send_window)
+        if total == 0:
+            return 0
+        stream.send_window -= total
+        view = memoryview(data)
+        frame = self.config.max_frame_size
+        out = self._out
+        for start in range(0, total, frame):
+            chunk = view[start : min(start + frame, total)]
+            out += HEADER.pack(0, _DATA, 0, stream_id, len(chunk))
+            out += chunk
+        return total
+
+    def send_eof(self, stream_id: int) -> None:
+        self._transition(stream_id, StreamInput.SEND_FIN)
+        self._frame(_WINDOW_UPDATE, _FIN, stream_id, 0)
+
+    def reset_stream(self, stream_id: int) -> None:
+        self._transition(stream_id, StreamInput.SEND_RST)
+        self._frame(_WINDOW_UPDATE, _RST, stream_id, 0)
+
+    def close_stream(self, stream_id: int) -> None:
+        """The application is done with the stream, having read all it was sent.
+
+        Sends FIN if not sent yet; data that still arrives is answered with RST (as TCP does).
+        """
+        stream = self._stream(stream_id)
+        if stream.state in CAN_SEND:
+            self.send_eof(stream_id)
+        stream.abandoned = True
+
+    def consumed(self, stream_id: int, amount: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.state not in CAN_RECEIVE:
+            return
+        delta = stream.window.consume(
+            amount, self._clock(), self._rtt, self.config.max_stream_window, self._budget
+        )
+        if delta:
+            self._frame(_WINDOW_UPDATE, 0, stream_id, delta)
+
+    def send_ping(self, opaque: int) -> None:
+        self._check_alive()
+        self._frame(_PING, _SYN, 0, opaque & MAX_UINT32)
+
+    def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
+        self._check_alive()
+        self.local_go_away = True
+        self._frame(_GO_AWAY, 0, 0, code)
+
+    # ---- receiving --------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[ev.Event]:
+        self._check_alive(remote=True)
+        self.bytes_received += len(data)
+        events: list[ev.Event] = []
+        view = memoryview(data)
+        end = len(view)
+        pos = 0
+        partial = self._partial_header
+        try:
+            while pos < end:
+                if self._payload_left:
+                    take = min(self._payload_left, end - pos)
+                    if self._payload_stream is not None:
+                        events.append(ev.DataReceived(self._payload_stream, view[pos : pos + take]))
+                    pos += take
+                    self._payload_left -= take
+                    if not self._payload_left:
+                        self._end_payload(events)
+                    continue
+                if partial or end - pos < HEADER_SIZE:
+                    take = min(HEADER_SIZE - len(partial), end - pos)
+                    partial += view[pos : pos + take]
+                    pos += take
+                    if len(partial) < HEADER_SIZE:
+                        break
+                    header = HEADER.unpack(partial)
+                    partial.clear()
+                else:
+                    header = HEADER.unpack_from(view, pos)
+                    pos += HEADER_SIZE
+                self._on_frame(*header, events)
+        except RemoteProtocolError as exc:
+            self._fail(exc)
+            raise
+        return events
+
+    def _on_frame(self, version: int, type: int, flags: int, stream_id: int, length: int, events: list) -> None:
+        check_header(version, type)
+        if type == _DATA or type == _WINDOW_UPDATE:
+            if stream_id == 0:
+                raise RemoteProtocolError(f"{FrameType(type).name} frame for stream 0")
+            self._on_stream_frame(type, flags, stream_id, length, events)
+        elif type == _PING:
+            if flags & _SYN:
+                self._frame(_PING, _ACK, 0, length)
+                events.append(ev.PingReceived(length))
+            elif flags & _ACK:
+                events.append(ev.PingAcknowledged(length))
+        else:
+            self._on_go_away(length, events)
+
+    def _on_stream_frame(self, type: int, flags: int, stream_id: int, length: int, events: list) -> None:
+        stream = self._streams.get(stream_id)
+        if flags & _SYN:
+            stream = self._on_syn(stream_id, events)
+        elif flags & _ACK and stream is not None and self._unacknowledged.pop(stream_id, None) is not None:
+            events.append(ev.StreamAccepted(stream_id))
+        if type == _DATA:
+            if stream is not None and length and not flags & _RST:
+                if stream.abandoned or stream.state not in CAN_RECEIVE:
+                    # Data that will never be read (the application closed the stream, or
+                    # the peer had sent FIN): refuse the stream, as TCP would.
+                    self._remove(stream_id, stream)
+                    self._frame(_WINDOW_UPDATE, _RST, stream_id, 0)
+                    events.append(ev.StreamReset(stream_id))
+                    stream = None
+                else:
+                    stream.window.receive(length)
+            if length:
+                self._payload_left = length
+                self._payload_stream = stream_id if stream is not None else None
+                self._payload_flags = flags
+                return
+        elif stream is not None and length:
+            if stream.send_window + length > MAX_UINT32:
+                raise RemoteProtocolError(f"peer grew the send window of stream {stream_id} past 2**32-1")
+            stream.send_window += length
+            if stream.state in CAN_SEND:
+                events.append(ev.WindowUpdated(stream_id, length))
+        if stream is not None:
+            self._on_close_flags(stream_id, flags, events)
+
+    def _end_payload(self, events: list) -> None:
+        stream_id = self._payload_stream
+        self._payload_stream = None
+        if stream_id is not None and stream_id in self._streams:
+            self._on_close_flags(stream_id, self._payload_flags, events)
+
+    def _on_close_flags(self, stream_id: int, flags: int, events: list) -> None:
+        if flags & _RST:
+            self._transition(stream_id, StreamInput.RECV_RST)
+            events.append(ev.StreamReset(stream_id))
+        elif flags & _FIN:
+            if self._transition(stream_id, StreamInput.RECV_FIN) is not None:
+                events.append(ev.StreamEnded(stream_id))
+
+    def _on_syn(self, stream_id: int, events: list) -> _Stream | None:
+        if (stream_id & 1) == self.client:
+            raise RemoteProtocolError(f"peer opened stream {stream_id}, an ID of ours")
+        if stream_id <= self._last_remote_id:
+            raise RemoteProtocolError(f"peer opened stream {stream_id} again")
+        self._last_remote_id = stream_id
+        config = self.config
+        if (
+            self.local_go_away
+            or self._awaiting_accept >= config.accept_backlog
+            or self._inbound >= config.max_inbound_streams
+        ):
+            self._frame(_WINDOW_UPDATE, _RST, stream_id, 0)
+            return None
+        stream = self._streams[stream_id] = _Stream(inbound=True)
+        self._awaiting_accept += 1
+        self._inbound += 1
+        events.append(ev.StreamOpened(stream_id))
+        return stream
+
+    def _on_go_away(self, code: int, events: list) -> None:
+        self.remote_go_away = True
+        events.append(ev.GoAwayReceived(code))
+        if code != GoAwayCode.NORMAL:
+            self.terminated = RemoteProtocolError(f"peer ended the session with GoAway code {code}", code)
+
+    # ---- bookkeeping ------------------------------------------------------------------
+
+    def _stream(self, stream_id: int) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"no open stream {stream_id}")
+        return stream
+
+    def _transition(self, stream_id: int, event: StreamInput) -> StreamState | None:
+        stream = self._stream(stream_id)
+        state = next_state(stream.state, event)
+        if state is None:
+            if event.name.startswith("SEND"):
+                raise LocalProtocolError(f"cannot {event.value} on stream {stream_id}: it is {stream.state.value}")
+            return None
+        stream.state = state
+        if state in FINAL_STATES:
+            self._remove(stream_id, stream)
+        return state
+
+    def _remove(self, stream_id: int, stream: _Stream) -> None:
+        if stream.state not in FINAL_STATES:
+            stream.state = StreamState.RESET
+        del self._streams[stream_id]
+        self._unacknowledged.pop(stream_id, None)
+        self._budget.give_back(stream.window.grown())
+        if stream.inbound:
+            self._inbound -= 1
+            if not stream.accepted:
+                self._awaiting_accept -= 1
+
+    def _check_alive(self, remote: bool = False) -> None:
+        if self.terminated is not None:
+            if remote:
+                raise self.terminated
+            raise LocalProtocolError(f"the session is over: {self.terminated}")
+
+    def _fail(self, exc: RemoteProtocolError) -> None:
+        self.terminated = exc
+        self._frame(_GO_AWAY, 0, 0, exc.code)
+        self._streams.clear()
+        self._unacknowledged.clear()

@@ -1,0 +1,25 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Errors of the sans-IO core (no trio import here)."""
+
+from __future__ import annotations
+
+
+class MuxError(Exception):
+    """Base class of every error raised by mux."""
+
+
+class ProtocolError(MuxError):
+    """The yamux protocol was violated, by us or by the peer."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller asked for something the protocol does not allow (a bug in the caller)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer violated the protocol. ``code`` is the GoAway code sent to it."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,392 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""A yamux session over any `trio.abc.Stream`: the thin Trio side of `mux.connection`.
+
+Three tasks per session, in the session's own nursery: a reader that feeds the transport's
+bytes to the `Connection` and hands the events to streams; one writer that sends everything
+queued since its last write in one `send_all` (frames of many streams coalesce while a write
+is in flight); and a timer task for keepalive pings and stream-open deadlines.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
+
+from . import events as ev
+from .config import Config
+from .connection import Connection
+from .errors import RemoteProtocolError
+from .frames import MAX_UINT32
+from .stream import Stream, _Waiter
+from .stream_errors import RemoteGoAway, SessionClosed, StreamReset
+
+
+@attrs.frozen
+class SessionStatistics:
+    streams_open: int
+    streams_opened_total: int
+    streams_accepted_total: int
+    bytes_sent: int
+    bytes_received: int
+    rtt: float
+
+
+@asynccontextmanager
+async def open_session(
+    transport: trio.abc.Stream, *, client: bool, config: Config | None = None
+) -> AsyncIterator[Session]:
+    """Run a yamux session over ``transport``; leaving the block closes it and its streams."""
+    async with trio.open_nursery() as nursery:
+        session = Session(transport, client=client, config=config, nursery=nursery)
+        nursery.start_soon(session._read_loop)
+        nursery.start_soon(session._write_loop)
+        nursery.start_soon(session._timer_loop)
+        try:
+            yield session
+        finally:
+            await session.aclose()
+
+
+class Session:
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        *,
+        client: bool,
+        config: Config | None,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._transport = transport
+        self._config = config = config if config is not None else Config()
+        self._conn = Connection(client=client, config=config, clock=trio.current_time)
+        self._nursery = nursery
+        self._streams: dict[int, Stream] = {}
+        self._accept_queue: deque[Stream] = deque()
+        self._acceptors = ParkingLot()
+        self._buffer_space = ParkingLot()
+        self._writer = _Waiter()
+        self._pings: dict[int, trio.Event] = {}
+        self._next_ping = 0
+        self._error: SessionClosed | None = None
+        self._closed = trio.Event()
+        self._opened_total = 0
+        self._accepted_total = 0
+        self._handlers = {
+            ev.DataReceived: self._on_data,
+            ev.WindowUpdated: self._on_window_update,
+            ev.StreamOpened: self._on_stream_opened,
+            ev.StreamAccepted: _ignore,
+            ev.StreamEnded: self._on_stream_ended,
+            ev.StreamReset: self._on_stream_reset,
+            ev.PingReceived: _ignore,
+            ev.PingAcknowledged: self._on_ping_acknowledged,
+            ev.GoAwayReceived: _ignore,
+        }
+
+    # ---- public API -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def close_reason(self) -> SessionClosed | None:
+        """Why the session ended (None while it runs)."""
+        return self._error
+
+    def statistics(self) -> SessionStatistics:
+        conn = self._conn
+        return SessionStatistics(
+            streams_open=conn.streams_open,
+            streams_opened_total=self._opened_total,
+            streams_accepted_total=self._accepted_total,
+            bytes_sent=conn.bytes_sent,
+            bytes_received=conn.bytes_received,
+            rtt=conn.rtt,
+        )
+
+    async def open_stream(self) -> Stream:
+        """Open a stream. Data may flow at once: this does not wait for the peer's ACK."""
+        await checkpoint_if_cancelled()
+        self._check_open()
+        stream_id = self._conn.open_stream()
+        stream = self._streams[stream_id] = Stream(self, stream_id)
+        self._opened_total += 1
+        self._writer.wake()
+        await cancel_shielded_checkpoint()
+        return stream
+
+    async def accept_stream(self) -> Stream:
+        """The next stream the peer opened; raises `SessionClosed` once the session is over."""
+        await checkpoint_if_cancelled()
+        while True:
+            while self._accept_queue:
+                stream = self._accept_queue.popleft()
+                if self._conn.stream_state(stream.stream_id) is None:
+                    continue  # reset by the peer before we got to it
+                self._conn.accept_stream(stream.stream_id)
+                self._accepted_total += 1
+                self._writer.wake()
+                await cancel_shielded_checkpoint()
+                return stream
+            if self._error is not None:
+                raise self._error
+            await self._acceptors.park()
+
+    def __aiter__(self) -> Session:
+        return self
+
+    async def __anext__(self) -> Stream:
+        try:
+            return await self.accept_stream()
+        except SessionClosed as exc:
+            if exc.clean:
+                raise StopAsyncIteration from None
+            raise
+
+    async def ping(self) -> float:
+        """Round-trip time to the peer, in seconds."""
+        await checkpoint_if_cancelled()
+        self._check_alive()
+        opaque = self._next_ping
+        self._next_ping = (opaque + 1) & MAX_UINT32
+        answered = self._pings[opaque] = trio.Event()
+        self._conn.send_ping(opaque)
+        self._writer.wake()
+        start = trio.current_time()
+        try:
+            await answered.wait()
+        finally:
+            self._pings.pop(opaque, None)
+        self._check_alive()
+        rtt = trio.current_time() - start
+        self._conn.set_rtt(rtt)
+        return rtt
+
+    async def go_away(self) -> None:
+        """Tell the peer to open no more streams; open streams go on. We open none either."""
+        await checkpoint_if_cancelled()
+        self._check_alive()
+        if not self._conn.local_go_away:
+            self._conn.go_away()
+            self._writer.wake()
+        await cancel_shielded_checkpoint()
+
+    async def aclose(self) -> None:
+        """Close every stream, flush what they queued (within write_timeout) and the transport."""
+        if self._error is None:
+            if not self._conn.local_go_away:
+                self._conn.go_away()
+            self._terminate("the session was closed", clean=True)
+        await self._closed.wait()
+
+    # ---- used by streams --------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _check_open(self) -> None:
+        self._check_alive()
+        if self._conn.remote_go_away:
+            raise RemoteGoAway("the peer sent GoAway: it accepts no new streams")
+        if self._conn.local_go_away:
+            raise SessionClosed("GoAway was sent: no new streams on this session", clean=True)
+
+    def _queue_data(self, stream_id: int, view: memoryview) -> int:
+        """Queue as much of ``view`` as the window and the write buffer take; 0 = wait."""
+        conn = self._conn
+        room = self._config.write_buffer_size - conn.pending_output()
+        if room < min(len(view), self._config.max_frame_size):
+            return 0
+        queued = conn.send_data(stream_id, view[:room])
+        if queued:
+            self._writer.wake()
+        return queued
+
+    def _can_send(self, stream_id: int) -> bool:
+        conn = self._conn
+        return (
+            conn.send_window(stream_id) > 0
+            and conn.pending_output() + self._config.max_frame_size <= self._config.write_buffer_size
+        )
+
+    async def _wait_for_send(self, stream: Stream) -> None:
+        if self._conn.send_window(stream.stream_id) == 0:
+            await stream._wait_sendable()
+        else:
+            await self._buffer_space.park()
+
+    def _consumed(self, stream_id: int, amount: int) -> None:
+        if self._error is None:
+            self._conn.consumed(stream_id, amount)
+            if self._conn.pending_output():
+                self._writer.wake()
+
+    def _send_eof(self, stream_id: int) -> None:
+        self._conn.send_eof(stream_id)
+        self._forget_if_done(stream_id)
+        self._writer.wake()
+
+    def _close_stream(self, stream: Stream, reset: bool) -> None:
+        stream_id = stream.stream_id
+        self._streams.pop(stream_id, None)
+        if self._error is None and self._conn.stream_state(stream_id) is not None:
+            if reset:
+                self._conn.reset_stream(stream_id)
+            else:
+                self._conn.close_stream(stream_id)
+            self._writer.wake()
+
+    def _forget_if_done(self, stream_id: int) -> None:
+        if self._conn.stream_state(stream_id) is None:
+            self._streams.pop(stream_id, None)
+
+    # ---- events from the peer ---------------------------------------------------------
+
+    def _on_data(self, event: ev.DataReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream._on_data(event.data)
+
+    def _on_window_update(self, event: ev.WindowUpdated) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream._wake_sender()
+
+    def _on_stream_opened(self, event: ev.StreamOpened) -> None:
+        stream = self._streams[event.stream_id] = Stream(self, event.stream_id)
+        self._accept_queue.append(stream)
+        self._acceptors.unpark()
+
+    def _on_stream_ended(self, event: ev.StreamEnded) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream._on_eof()
+            self._forget_if_done(event.stream_id)
+
+    def _on_stream_reset(self, event: ev.StreamReset) -> None:
+        stream = self._streams.pop(event.stream_id, None)
+        if stream is not None:
+            stream._on_error(StreamReset(f"stream {event.stream_id} was reset by the peer"), discard=True)
+
+    def _on_ping_acknowledged(self, event: ev.PingAcknowledged) -> None:
+        answered = self._pings.get(event.opaque)
+        if answered is not None:
+            answered.set()
+
+    # ---- the session's tasks ----------------------------------------------------------
+
+    def _terminate(self, reason: str, *, clean: bool = False) -> None:
+        """End the session: every stream and waiter learns why; the writer flushes and closes."""
+        if self._error is not None:
+            return
+        self._error = error = SessionClosed(reason, clean=clean)
+        for stream in self._streams.values():
+            stream._on_error(error, discard=False)
+        self._streams.clear()
+        self._accept_queue.clear()
+        self._acceptors.unpark_all()
+        self._buffer_space.unpark_all()
+        for answered in self._pings.values():
+            answered.set()
+        self._writer.wake()
+
+    async def _read_loop(self) -> None:
+        transport, conn, handlers = self._transport, self._conn, self._handlers
+        size = self._config.receive_size
+        try:
+            while self._error is None:
+                data = await transport.receive_some(size)
+                if not data:
+                    self._terminate("the peer closed the connection", clean=True)
+                    return
+                try:
+                    events = conn.receive_data(data)
+                except RemoteProtocolError as exc:
+                    self._terminate(f"the peer broke the yamux protocol: {exc}")
+                    return
+                for event in events:
+                    handlers[type(event)](event)
+                if conn.terminated is not None:
+                    self._terminate(str(conn.terminated))
+                    return
+                if conn.pending_output():
+                    self._writer.wake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._terminate(f"the connection was lost: {exc or type(exc).__name__}")
+
+    async def _write_loop(self) -> None:
+        transport, conn = self._transport, self._conn
+        timeout = self._config.write_timeout
+        try:
+            while True:
+                data = conn.data_to_send()
+                if data:
+                    with trio.move_on_after(timeout) as deadline:
+                        await transport.send_all(data)
+                    if deadline.cancelled_caught:
+                        self._terminate(f"a write to the peer took longer than {timeout} s")
+                        break
+                    self._buffer_space.unpark_all()
+                elif self._error is not None:
+                    break
+                else:
+                    await self._writer.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._terminate(f"the connection was lost: {exc or type(exc).__name__}")
+        finally:
+            with trio.move_on_after(timeout) as cleanup:
+                cleanup.shield = True
+                await transport.aclose()
+            self._closed.set()
+            self._nursery.cancel_scope.cancel()
+
+    async def _timer_loop(self) -> None:
+        """Keepalive pings (they also measure the RTT) and stream-open deadlines."""
+        config = self._config
+        open_timeout = config.stream_open_timeout
+        next_ping = trio.current_time()
+        next_check = next_ping + open_timeout / 4
+        with trio.move_on_after(config.ping_timeout) as probe:
+            await self.ping()
+        if probe.cancelled_caught and config.enable_keepalive:
+            self._terminate(f"keepalive: the peer did not answer a ping within {config.ping_timeout} s")
+            return
+        next_ping = trio.current_time() + config.keepalive_interval
+        while self._error is None:
+            now = trio.current_time()
+            if config.enable_keepalive and now >= next_ping:
+                with trio.move_on_after(config.ping_timeout) as keepalive:
+                    await self.ping()
+                if keepalive.cancelled_caught:
+                    self._terminate(
+                        f"keepalive: the peer did not answer a ping within {config.ping_timeout} s"
+                    )
+                    return
+                next_ping = trio.current_time() + config.keepalive_interval
+            if now >= next_check:
+                self._reset_overdue(now - open_timeout)
+                next_check = now + open_timeout / 4
+            wake = min(next_ping, next_check) if config.enable_keepalive else next_check
+            await trio.sleep_until(wake)
+
+    def _reset_overdue(self, opened_before: float) -> None:
+        timeout = self._config.stream_open_timeout
+        for stream_id in self._conn.overdue_streams(opened_before):
+            self._conn.reset_stream(stream_id)
+            stream = self._streams.pop(stream_id, None)
+            if stream is not None:
+                error = StreamReset(f"stream {stream_id}: the peer did not acknowledge it within {timeout} s")
+                stream._on_error(error, discard=True)
+        self._writer.wake()
+
+
+def _ignore(event: ev.Event) -> None:
+    pass

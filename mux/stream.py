@@ -1,0 +1,264 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""One yamux stream as a `trio.abc.HalfCloseableStream`.
+
+A stream holds what arrived for it until the application reads it, and at most one parked
+task per direction; nothing else, so that an idle stream costs a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+from trio.lowlevel import Abort, Task, checkpoint, checkpoint_if_cancelled, current_task, reschedule
+from trio.lowlevel import cancel_shielded_checkpoint, wait_task_rescheduled
+
+from .stream_errors import StreamReset
+
+if TYPE_CHECKING:
+    from .session import Session
+
+#: What receive_some returns at most when the caller does not say.
+DEFAULT_RECEIVE_SIZE = 256 * 1024
+
+
+class _Waiter:
+    """Parks one task until woken; the per-stream alternative to a trio.Event."""
+
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task: Task | None = None
+
+    async def wait(self) -> None:
+        self.task = current_task()
+
+        def abort(_: object) -> Abort:
+            self.task = None
+            return Abort.SUCCEEDED
+
+        await wait_task_rescheduled(abort)
+
+    def wake(self) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            reschedule(task)
+
+
+class Stream(trio.abc.HalfCloseableStream):
+    __slots__ = (
+        "_session",
+        "stream_id",
+        "_chunks",
+        "_eof",
+        "_error",
+        "_eof_sent",
+        "_closed",
+        "_receiving",
+        "_sending",
+        "_receive_waiter",
+        "_send_waiter",
+    )
+
+    def __init__(self, session: Session, stream_id: int) -> None:
+        self._session = session
+        self.stream_id = stream_id
+        self._chunks: deque[bytes | memoryview] | None = None
+        self._eof = False
+        self._error: BaseException | None = None
+        self._eof_sent = False
+        self._closed = False
+        self._receiving = False
+        self._sending = False
+        self._receive_waiter: _Waiter | None = None
+        self._send_waiter: _Waiter | None = None
+
+    def __repr__(self) -> str:
+        return f"<mux.Stream {self.stream_id}>"
+
+    # ---- called by the session --------------------------------------------------------
+
+    def _on_data(self, data: memoryview) -> None:
+        # Keep a view only where it is most of the read it came from; a small piece is
+        # copied so a slow reader cannot pin large receive buffers.
+        piece = data if len(data) * 2 >= data.obj.__len__() else bytes(data)
+        if self._chunks is None:
+            self._chunks = deque()
+        self._chunks.append(piece)
+        self._wake_receiver()
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        self._wake_receiver()
+
+    def _on_error(self, error: BaseException, discard: bool) -> None:
+        """The stream is broken: by a reset (``discard`` unread data) or the session's end."""
+        if self._error is None:
+            self._error = error
+        if discard:
+            self._chunks = None
+            self._eof = False
+        self._wake_receiver()
+        self._wake_sender()
+
+    def _wake_receiver(self) -> None:
+        if self._receive_waiter is not None:
+            self._receive_waiter.wake()
+
+    def _wake_sender(self) -> None:
+        if self._send_waiter is not None:
+            self._send_waiter.wake()
+
+    async def _wait_receivable(self) -> None:
+        if self._receive_waiter is None:
+            self._receive_waiter = _Waiter()
+        await self._receive_waiter.wait()
+
+    async def _wait_sendable(self) -> None:
+        if self._send_waiter is None:
+            self._send_waiter = _Waiter()
+        await self._send_waiter.wait()
+
+    # ---- trio.abc.ReceiveStream -------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        else:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        self._receiving = True
+        try:
+            await checkpoint_if_cancelled()
+            waited = False
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("the stream was closed")
+                if self._chunks:
+                    data = self._take(max_bytes)
+                    break
+                if self._eof:
+                    data = b""
+                    break
+                if self._error is not None:
+                    raise self._error
+                await self._wait_receivable()
+                waited = True
+            if not waited:
+                await cancel_shielded_checkpoint()
+            return data
+        finally:
+            self._receiving = False
+
+    def _take(self, max_bytes: int) -> bytes | bytearray:
+        chunks = self._chunks
+        assert chunks
+        head = chunks[0]
+        if len(head) >= max_bytes or len(chunks) == 1:
+            if len(head) > max_bytes:
+                data = bytes(head[:max_bytes])
+                chunks[0] = head[max_bytes:]
+            else:
+                data = head if type(head) is bytes else bytes(head)
+                chunks.popleft()
+        else:
+            data = bytearray()
+            while chunks and len(data) < max_bytes:
+                head = chunks[0]
+                room = max_bytes - len(data)
+                if len(head) > room:
+                    data += head[:room]
+                    chunks[0] = head[room:]
+                else:
+                    data += head
+                    chunks.popleft()
+        self._session._consumed(self.stream_id, len(data))
+        return data
+
+    # ---- trio.abc.SendStream ----------------------------------------------------------
+
+    def _check_sendable(self) -> None:
+        if self._closed or self._eof_sent:
+            raise trio.ClosedResourceError("the stream was closed for sending")
+        if self._error is not None:
+            raise self._error
+
+    def _enter_send(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._enter_send()
+        try:
+            await checkpoint_if_cancelled()
+            self._check_sendable()
+            session = self._session
+            with memoryview(data) as view:
+                view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+                waited = False
+                while view:
+                    queued = session._queue_data(self.stream_id, view)
+                    if queued:
+                        view = view[queued:]
+                    else:
+                        await session._wait_for_send(self)
+                        waited = True
+                        self._check_sendable()
+            if not waited:
+                await cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        self._enter_send()
+        try:
+            await checkpoint_if_cancelled()
+            self._check_sendable()
+            if self._session._can_send(self.stream_id):
+                await cancel_shielded_checkpoint()
+            else:
+                await self._session._wait_for_send(self)
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        self._enter_send()
+        try:
+            await checkpoint_if_cancelled()
+            if self._closed:
+                raise trio.ClosedResourceError("the stream was closed")
+            if not self._eof_sent:
+                if self._error is not None:
+                    raise self._error
+                self._eof_sent = True
+                self._session._send_eof(self.stream_id)
+            await cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    # ---- closing ----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        self._close(reset=bool(self._chunks))
+        await checkpoint()
+
+    def reset(self) -> None:
+        """Abort the stream at once: the peer's reads and writes fail (RST)."""
+        self._close(reset=True)
+
+    def _close(self, reset: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._chunks = None
+        self._session._close_stream(self, reset=reset or self._error is not None)
+        self._wake_receiver()
+        self._wake_sender()
