@@ -269,7 +269,8 @@ class Session:
         stream = self._streams.get(event.stream_id)
         if stream is not None:
             stream._on_eof()
-            self._forget_if_done(event.stream_id)
+            if stream._eof_sent:  # both halves are closed: the connection forgot it too
+                del self._streams[event.stream_id]
 
     def _on_stream_reset(self, event: ev.StreamReset) -> None:
         stream = self._streams.pop(event.stream_id, None)

@@ -226,6 +226,7 @@ class Stream(trio.abc.HalfCloseableStream):
                 await cancel_shielded_checkpoint()
             else:
                 await self._session._wait_for_send(self)
+                self._check_sendable()
         finally:
             self._sending = False
 
