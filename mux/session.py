@@ -11,7 +11,7 @@ is in flight); and a timer task for keepalive pings and stream-open deadlines.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import attrs
@@ -43,10 +43,10 @@ async def open_session(
 ) -> AsyncIterator[Session]:
     """Run a yamux session over ``transport``; leaving the block closes it and its streams."""
     async with trio.open_nursery() as nursery:
-        session = Session(transport, client=client, config=config, nursery=nursery)
-        nursery.start_soon(session._read_loop)
+        session = Session(transport, client=client, config=config)
+        nursery.start_soon(session._run_background, session._read_loop)
         nursery.start_soon(session._write_loop)
-        nursery.start_soon(session._timer_loop)
+        nursery.start_soon(session._run_background, session._timer_loop)
         try:
             yield session
         finally:
@@ -60,12 +60,13 @@ class Session:
         *,
         client: bool,
         config: Config | None,
-        nursery: trio.Nursery,
     ) -> None:
         self._transport = transport
         self._config = config = config if config is not None else Config()
         self._conn = Connection(client=client, config=config, clock=trio.current_time)
-        self._nursery = nursery
+        #: Cancels the reader and the timer once the writer has closed the transport (never
+        #: the nursery's own scope: that one also holds the application's code).
+        self._background: list[trio.CancelScope] = []
         self._streams: dict[int, Stream] = {}
         self._accept_queue: deque[Stream] = deque()
         self._acceptors = ParkingLot()
@@ -347,7 +348,19 @@ class Session:
                 cleanup.shield = True
                 await transport.aclose()
             self._closed.set()
-            self._nursery.cancel_scope.cancel()
+            for scope in self._background:
+                scope.cancel()
+
+    async def _run_background(self, loop: Callable[[], Awaitable[None]]) -> None:
+        if self._closed.is_set():
+            return
+        scope = trio.CancelScope()
+        self._background.append(scope)
+        with scope:
+            try:
+                await loop()
+            except SessionClosed:
+                pass
 
     async def _timer_loop(self) -> None:
         """Keepalive pings (they also measure the RTT) and stream-open deadlines."""
