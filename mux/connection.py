@@ -19,8 +19,9 @@ from .frames import HEADER, HEADER_SIZE, INITIAL_WINDOW, MAX_UINT32, Flag, Frame
 from .state import CAN_RECEIVE, CAN_SEND, FINAL_STATES, StreamInput, StreamState, next_state
 from .windows import ReceiveWindow, WindowBudget
 
-_DATA, _WINDOW_UPDATE, _PING, _GO_AWAY = FrameType
-_SYN, _ACK, _FIN, _RST = Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST
+# Plain ints on the hot path: enum arithmetic costs a method call per operation.
+_DATA, _WINDOW_UPDATE, _PING, _GO_AWAY = map(int, FrameType)
+_SYN, _ACK, _FIN, _RST = map(int, (Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST))
 _MAX_STREAM_ID = MAX_UINT32 - 1
 
 
@@ -106,6 +107,12 @@ class Connection:
         self._out = bytearray()
         self.bytes_sent += len(out)
         return out
+
+    def unsend(self, data: bytes | bytearray | memoryview) -> None:
+        """Put back, in front of anything queued since, what a transport write did not take."""
+        if data:
+            self._out[:0] = data
+            self.bytes_sent -= len(data)
 
     def _frame(self, type: int, flags: int, stream_id: int, length: int) -> None:
         self._out += HEADER.pack(0, type, flags, stream_id, length)

@@ -203,16 +203,17 @@ class Stream(trio.abc.HalfCloseableStream):
             session = self._session
             with memoryview(data) as view:
                 view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-                waited = False
+                checkpointed = False
                 while view:
                     queued = session._queue_data(self.stream_id, view)
                     if queued:
                         view = view[queued:]
+                        checkpointed |= await session._flush()
                     else:
                         await session._wait_for_send(self)
-                        waited = True
-                        self._check_sendable()
-            if not waited:
+                        checkpointed = True
+                    self._check_sendable()
+            if not checkpointed:
                 await cancel_shielded_checkpoint()
         finally:
             self._sending = False
