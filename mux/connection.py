@@ -48,7 +48,6 @@ class Connection:
         self._clock = clock
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1 if client else 2
-        self._last_remote_id = 0
         self._out = bytearray()
         self._budget = WindowBudget(self.config.session_receive_budget)
         self._rtt = 0.0
@@ -59,7 +58,8 @@ class Connection:
         # Where a frame's payload continues into the next receive_data call.
         self._partial_header = bytearray()
         self._payload_left = 0
-        self._payload_stream: int | None = None
+        self._payload_stream: int | None = None  # whose data this is (None: discard it)
+        self._payload_owner: int | None = None  # whose FIN/RST to apply once it is read
         self._payload_flags = 0
         self.local_go_away = False
         self.remote_go_away = False
@@ -251,22 +251,25 @@ class Connection:
             stream = self._on_syn(stream_id, events)
         elif flags & _ACK and stream is not None and self._unacknowledged.pop(stream_id, None) is not None:
             events.append(ev.StreamAccepted(stream_id))
-        if type == _DATA:
-            if stream is not None and length and not flags & _RST:
+        if type == _DATA and length:
+            deliver = stream is not None
+            if stream is not None:
                 if stream.abandoned or stream.state not in CAN_RECEIVE:
                     # Data that will never be read (the application closed the stream, or
                     # the peer had sent FIN): refuse the stream, as TCP would.
-                    self._remove(stream_id, stream)
-                    self._frame(_WINDOW_UPDATE, _RST, stream_id, 0)
-                    events.append(ev.StreamReset(stream_id))
-                    stream = None
+                    deliver = False
+                    if not flags & _RST:
+                        self._remove(stream_id, stream)
+                        self._frame(_WINDOW_UPDATE, _RST, stream_id, 0)
+                        events.append(ev.StreamReset(stream_id))
+                        stream = None
                 else:
                     stream.window.receive(length)
-            if length:
-                self._payload_left = length
-                self._payload_stream = stream_id if stream is not None else None
-                self._payload_flags = flags
-                return
+            self._payload_left = length
+            self._payload_stream = stream_id if deliver else None
+            self._payload_owner = stream_id if stream is not None else None
+            self._payload_flags = flags
+            return
         elif stream is not None and length:
             if stream.send_window + length > MAX_UINT32:
                 raise RemoteProtocolError(f"peer grew the send window of stream {stream_id} past 2**32-1")
@@ -277,8 +280,8 @@ class Connection:
             self._on_close_flags(stream_id, flags, events)
 
     def _end_payload(self, events: list) -> None:
-        stream_id = self._payload_stream
-        self._payload_stream = None
+        stream_id = self._payload_owner
+        self._payload_stream = self._payload_owner = None
         if stream_id is not None and stream_id in self._streams:
             self._on_close_flags(stream_id, self._payload_flags, events)
 
@@ -287,15 +290,16 @@ class Connection:
             self._transition(stream_id, StreamInput.RECV_RST)
             events.append(ev.StreamReset(stream_id))
         elif flags & _FIN:
-            if self._transition(stream_id, StreamInput.RECV_FIN) is not None:
+            before = self._streams[stream_id].state
+            after = self._transition(stream_id, StreamInput.RECV_FIN)
+            if after is not None and after is not before:
                 events.append(ev.StreamEnded(stream_id))
 
     def _on_syn(self, stream_id: int, events: list) -> _Stream | None:
         if (stream_id & 1) == self.client:
             raise RemoteProtocolError(f"peer opened stream {stream_id}, an ID of ours")
-        if stream_id <= self._last_remote_id:
-            raise RemoteProtocolError(f"peer opened stream {stream_id} again")
-        self._last_remote_id = stream_id
+        if stream_id in self._streams:
+            raise RemoteProtocolError(f"peer opened stream {stream_id}, which is open already")
         config = self.config
         if (
             self.local_go_away
