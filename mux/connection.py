@@ -177,9 +177,7 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None or stream.state not in CAN_RECEIVE:
             return
-        delta = stream.window.consume(
-            amount, self._clock(), self._rtt, self.config.max_stream_window, self._budget
-        )
+        delta = stream.window.consume(amount, self._clock, self._rtt, self.config.max_stream_window, self._budget)
         if delta:
             self._frame(_WINDOW_UPDATE, 0, stream_id, delta)
 
@@ -202,6 +200,8 @@ class Connection:
         end = len(view)
         pos = 0
         partial = self._partial_header
+        streams = self._streams
+        DataReceived = ev.DataReceived
         try:
             while pos < end:
                 if self._payload_left:
@@ -224,6 +224,16 @@ class Connection:
                 else:
                     header = HEADER.unpack_from(view, pos)
                     pos += HEADER_SIZE
+                    version, type, flags, stream_id, length = header
+                    if not (version or type or flags) and length <= end - pos:
+                        # The common case, a plain Data frame all in this buffer, inline.
+                        stream = streams.get(stream_id)
+                        if stream is not None and not stream.abandoned and stream.state in CAN_RECEIVE:
+                            stream.window.receive(length)
+                            if length:
+                                events.append(DataReceived(stream_id, view[pos : pos + length]))
+                                pos += length
+                            continue
                 self._on_frame(*header, events)
         except RemoteProtocolError as exc:
             self._fail(exc)

@@ -238,7 +238,8 @@ class Session:
             self._terminate(f"the connection was lost: {exc}")
         finally:
             self._writing = False
-            self._conn.unsend(memoryview(data)[sent:])
+            if sent < len(data):
+                self._conn.unsend(memoryview(data)[sent:])
             if self._conn.pending_output():
                 self._writer.wake()
         return True
@@ -326,11 +327,12 @@ class Session:
         self._writer.wake()
 
     async def _read_loop(self) -> None:
-        transport, conn, handlers = self._transport, self._conn, self._handlers
+        conn, handlers = self._conn, self._handlers
+        receive = _receiver(self._transport)
         size = self._config.receive_size
         try:
             while self._error is None:
-                data = await transport.receive_some(size)
+                data = await receive(size)
                 if not data:
                     self._terminate("the peer closed the connection", clean=True)
                     return
@@ -346,7 +348,7 @@ class Session:
                     return
                 if conn.pending_output():
                     self._writer.wake()
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._terminate(f"the connection was lost: {exc or type(exc).__name__}")
 
     async def _write_loop(self) -> None:
@@ -449,3 +451,11 @@ def _partial_sender(transport: trio.abc.Stream) -> Callable[[bytearray], Awaitab
     if type(transport) is trio.SocketStream:
         return transport.socket.send
     return None
+
+
+def _receiver(transport: trio.abc.Stream) -> Callable[[int], Awaitable[bytes]]:
+    """How to read from the transport: straight from the socket where it is a plain one
+    (skipping a per-read context manager), else through `receive_some`."""
+    if type(transport) is trio.SocketStream:
+        return transport.socket.recv
+    return transport.receive_some

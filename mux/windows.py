@@ -10,6 +10,8 @@ it doubles, up to the configured maximum, as far as the session's budget allows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .errors import RemoteProtocolError
 from .frames import INITIAL_WINDOW
 
@@ -47,11 +49,14 @@ class ReceiveWindow:
             )
         self.credit -= length
 
-    def consume(self, amount: int, now: float, rtt: float, max_size: int, budget: WindowBudget) -> int:
+    def consume(
+        self, amount: int, clock: Callable[[], float], rtt: float, max_size: int, budget: WindowBudget
+    ) -> int:
         """Record that the application read ``amount`` bytes; return the delta to send (or 0)."""
         self.unacknowledged += amount
-        if self.unacknowledged < self.size // 2:
+        if self.unacknowledged < self.size >> 1:
             return 0
+        now = clock()
         delta = self.unacknowledged
         if rtt > 0 and self.size < max_size and now - self.epoch < 4 * rtt:
             grow = budget.take(min(self.size * 2, max_size) - self.size)
