@@ -14,7 +14,8 @@ _positive_float = [validators.instance_of((int, float)), validators.gt(0)]
 
 @frozen(kw_only=True)
 class Config:
-    #: Streams the peer opened that the application has not accepted yet; beyond, a SYN gets RST.
+    #: Streams the peer opened that the application has not accepted yet; beyond, a SYN gets
+    #: RST. Also how many of our streams may wait for the peer's ACK before opening waits.
     accept_backlog: int = field(default=256, validator=_positive_int)
     #: Streams the peer may keep open at once; beyond, a SYN gets RST.
     max_inbound_streams: int = field(default=16384, validator=_positive_int)
@@ -22,10 +23,12 @@ class Config:
     enable_keepalive: bool = True
     keepalive_interval: float = field(default=30.0, validator=_positive_float)
     ping_timeout: float = field(default=10.0, validator=_positive_float)
-    #: A write to the transport (and the flush when closing) that takes longer ends the session.
+    #: A transport write that makes no progress (64 KiB) for this long ends the session.
     write_timeout: float = field(default=10.0, validator=_positive_float)
     #: A stream we opened that the peer has not acknowledged by then is reset.
     stream_open_timeout: float = field(default=75.0, validator=_positive_float)
+    #: A stream the application closed whose peer has not finished by then is reset.
+    stream_close_timeout: float = field(default=300.0, validator=_positive_float)
     #: Receive windows start at 256 KiB (the protocol's) and grow up to this, driven by the RTT.
     max_stream_window: int = field(
         default=16 * 1024 * 1024,

@@ -53,6 +53,8 @@ class Connection:
         self._rtt = 0.0
         #: Streams we opened that the peer has not acknowledged, with when we opened them.
         self._unacknowledged: dict[int, float] = {}
+        #: Streams the application closed while the peer was still sending, with when.
+        self._lingering: dict[int, float] = {}
         self._awaiting_accept = 0
         self._inbound = 0
         # Where a frame's payload continues into the next receive_data call.
@@ -91,14 +93,17 @@ class Connection:
     def set_rtt(self, seconds: float) -> None:
         self._rtt = seconds
 
+    @property
+    def unacknowledged_streams(self) -> int:
+        return len(self._unacknowledged)
+
     def overdue_streams(self, opened_before: float) -> list[int]:
         """Streams we opened before ``opened_before`` that the peer still has not acknowledged."""
-        overdue = []
-        for stream_id, opened in self._unacknowledged.items():
-            if opened > opened_before:
-                break
-            overdue.append(stream_id)
-        return overdue
+        return _older_than(self._unacknowledged, opened_before)
+
+    def lingering_streams(self, closed_before: float) -> list[int]:
+        """Streams the application closed before ``closed_before`` that the peer has not finished."""
+        return _older_than(self._lingering, closed_before)
 
     # ---- sending ----------------------------------------------------------------------
 
@@ -172,6 +177,8 @@ class Connection:
         if stream.state in CAN_SEND:
             self.send_eof(stream_id)
         stream.abandoned = True
+        if stream_id in self._streams:
+            self._lingering[stream_id] = self._clock()
 
     def consumed(self, stream_id: int, amount: int) -> None:
         stream = self._streams.get(stream_id)
@@ -355,6 +362,7 @@ class Connection:
             stream.state = StreamState.RESET
         del self._streams[stream_id]
         self._unacknowledged.pop(stream_id, None)
+        self._lingering.pop(stream_id, None)
         self._budget.give_back(stream.window.grown())
         if stream.inbound:
             self._inbound -= 1
@@ -372,3 +380,14 @@ class Connection:
         self._frame(_GO_AWAY, 0, 0, exc.code)
         self._streams.clear()
         self._unacknowledged.clear()
+        self._lingering.clear()
+
+
+def _older_than(since: dict[int, float], before: float) -> list[int]:
+    """The keys of an insertion-ordered ``{stream_id: time}`` whose time is <= ``before``."""
+    old = []
+    for stream_id, when in since.items():
+        if when > before:
+            break
+        old.append(stream_id)
+    return old

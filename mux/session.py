@@ -72,6 +72,7 @@ class Session:
         self._accept_queue: deque[Stream] = deque()
         self._acceptors = ParkingLot()
         self._buffer_space = ParkingLot()
+        self._open_slots = ParkingLot()
         self._writer = _Waiter()
         #: Someone (the writer task or a sender) is writing to the transport right now.
         self._writing = False
@@ -86,7 +87,7 @@ class Session:
             ev.DataReceived: self._on_data,
             ev.WindowUpdated: self._on_window_update,
             ev.StreamOpened: self._on_stream_opened,
-            ev.StreamAccepted: _ignore,
+            ev.StreamAccepted: self._on_stream_accepted,
             ev.StreamEnded: self._on_stream_ended,
             ev.StreamReset: self._on_stream_reset,
             ev.PingReceived: _ignore,
@@ -117,14 +118,23 @@ class Session:
         )
 
     async def open_stream(self) -> Stream:
-        """Open a stream. Data may flow at once: this does not wait for the peer's ACK."""
+        """Open a stream. Data may flow at once: this does not wait for the peer's ACK.
+
+        As in hashicorp/yamux, it waits while ``accept_backlog`` of our streams are still
+        unacknowledged, so a burst of opens does not overflow the peer's accept backlog.
+        """
         await checkpoint_if_cancelled()
         self._check_open()
+        if self._conn.unacknowledged_streams >= self._config.accept_backlog:
+            while self._conn.unacknowledged_streams >= self._config.accept_backlog:
+                await self._open_slots.park()
+                self._check_open()
+        else:
+            await cancel_shielded_checkpoint()
         stream_id = self._conn.open_stream()
         stream = self._streams[stream_id] = Stream(self, stream_id)
         self._opened_total += 1
         self._writer.wake()
-        await cancel_shielded_checkpoint()
         return stream
 
     async def accept_stream(self) -> Stream:
@@ -133,11 +143,14 @@ class Session:
         while True:
             while self._accept_queue:
                 stream = self._accept_queue.popleft()
-                if self._conn.stream_state(stream.stream_id) is None:
-                    continue  # reset by the peer before we got to it
-                self._conn.accept_stream(stream.stream_id)
+                if self._error is None:
+                    if self._conn.stream_state(stream.stream_id) is None:
+                        continue  # reset by the peer before we got to it
+                    self._conn.accept_stream(stream.stream_id)
+                    self._writer.wake()
+                # Once the session is over, streams it opened are still handed out: what the
+                # peer sent on them before the end can be read.
                 self._accepted_total += 1
-                self._writer.wake()
                 await cancel_shielded_checkpoint()
                 return stream
             if self._error is not None:
@@ -148,12 +161,11 @@ class Session:
         return self
 
     async def __anext__(self) -> Stream:
+        """The next stream; iteration ends with the session (`close_reason` tells why)."""
         try:
             return await self.accept_stream()
-        except SessionClosed as exc:
-            if exc.clean:
-                raise StopAsyncIteration from None
-            raise
+        except SessionClosed:
+            raise StopAsyncIteration from None
 
     async def ping(self) -> float:
         """Round-trip time to the peer, in seconds."""
@@ -235,7 +247,7 @@ class Session:
         try:
             sent = await send_some(data)
         except OSError as exc:
-            self._terminate(f"the connection was lost: {exc}")
+            self._connection_lost(exc)
         finally:
             self._writing = False
             if sent < len(data):
@@ -299,7 +311,13 @@ class Session:
             if stream._eof_sent:  # both halves are closed: the connection forgot it too
                 del self._streams[event.stream_id]
 
+    def _on_stream_accepted(self, event: ev.StreamAccepted) -> None:
+        if self._open_slots:
+            self._open_slots.unpark()
+
     def _on_stream_reset(self, event: ev.StreamReset) -> None:
+        if self._open_slots and self._conn.unacknowledged_streams < self._config.accept_backlog:
+            self._open_slots.unpark()
         stream = self._streams.pop(event.stream_id, None)
         if stream is not None:
             stream._on_error(StreamReset(f"stream {event.stream_id} was reset by the peer"), discard=True)
@@ -319,9 +337,9 @@ class Session:
         for stream in self._streams.values():
             stream._on_error(error, discard=False)
         self._streams.clear()
-        self._accept_queue.clear()
         self._acceptors.unpark_all()
         self._buffer_space.unpark_all()
+        self._open_slots.unpark_all()
         for answered in self._pings.values():
             answered.set()
         self._writer.wake()
@@ -349,7 +367,14 @@ class Session:
                 if conn.pending_output():
                     self._writer.wake()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._terminate(f"the connection was lost: {exc or type(exc).__name__}")
+            self._connection_lost(exc)
+
+    def _connection_lost(self, exc: BaseException) -> None:
+        # After the peer's GoAway, the connection going away is the orderly end.
+        self._terminate(
+            f"the connection was lost: {exc or type(exc).__name__}",
+            clean=self._conn.remote_go_away and self._conn.terminated is None,
+        )
 
     async def _write_loop(self) -> None:
         transport, conn = self._transport, self._conn
@@ -365,17 +390,20 @@ class Session:
                             break
                         await self._writer.wait()
                         continue
-                    data = conn.data_to_send()
                     self._writing = True
-                    deadline.deadline = trio.current_time() + timeout
-                    await transport.send_all(data)
+                    with memoryview(conn.data_to_send()) as data:
+                        # In slices, so that the deadline is about progress: a slow link
+                        # that keeps moving is not a dead one.
+                        for start in range(0, len(data), _WRITE_SLICE):
+                            deadline.deadline = trio.current_time() + timeout
+                            await transport.send_all(data[start : start + _WRITE_SLICE])
                     deadline.deadline = math.inf
                     self._writing = False
                     self._buffer_space.unpark_all()
             if deadline.cancelled_caught:
-                self._terminate(f"a write to the peer took longer than {timeout} s")
+                self._terminate(f"a write to the peer made no progress for {timeout} s")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._terminate(f"the connection was lost: {exc or type(exc).__name__}")
+            self._connection_lost(exc)
         finally:
             with trio.move_on_after(timeout) as cleanup:
                 cleanup.shield = True
@@ -398,9 +426,8 @@ class Session:
     async def _timer_loop(self) -> None:
         """Keepalive pings (they also measure the RTT) and stream-open deadlines."""
         config = self._config
-        open_timeout = config.stream_open_timeout
-        next_ping = trio.current_time()
-        next_check = next_ping + open_timeout / 4
+        check_interval = min(config.stream_open_timeout, config.stream_close_timeout) / 4
+        next_check = trio.current_time() + check_interval
         with trio.move_on_after(config.ping_timeout) as probe:
             await self.ping()
         if probe.cancelled_caught and config.enable_keepalive:
@@ -419,20 +446,31 @@ class Session:
                     return
                 next_ping = trio.current_time() + config.keepalive_interval
             if now >= next_check:
-                self._reset_overdue(now - open_timeout)
-                next_check = now + open_timeout / 4
+                self._reset_overdue(now)
+                next_check = now + check_interval
             wake = min(next_ping, next_check) if config.enable_keepalive else next_check
             await trio.sleep_until(wake)
 
-    def _reset_overdue(self, opened_before: float) -> None:
-        timeout = self._config.stream_open_timeout
-        for stream_id in self._conn.overdue_streams(opened_before):
-            self._conn.reset_stream(stream_id)
+    def _reset_overdue(self, now: float) -> None:
+        """Reset streams the peer never acknowledged, and closed ones it never finished."""
+        conn, config = self._conn, self._config
+        for stream_id in conn.overdue_streams(now - config.stream_open_timeout):
+            conn.reset_stream(stream_id)
             stream = self._streams.pop(stream_id, None)
             if stream is not None:
-                error = StreamReset(f"stream {stream_id}: the peer did not acknowledge it within {timeout} s")
+                error = StreamReset(
+                    f"stream {stream_id}: the peer did not acknowledge it within {config.stream_open_timeout} s"
+                )
                 stream._on_error(error, discard=True)
+        for stream_id in conn.lingering_streams(now - config.stream_close_timeout):
+            conn.reset_stream(stream_id)
+        if self._open_slots and conn.unacknowledged_streams < config.accept_backlog:
+            self._open_slots.unpark_all()
         self._writer.wake()
+
+
+#: How much one transport write may carry: the unit of progress for write_timeout.
+_WRITE_SLICE = 64 * 1024
 
 
 def _ignore(event: ev.Event) -> None:
