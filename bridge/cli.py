@@ -1,0 +1,198 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""``bridge-agent``: run the agent from flags and environment variables (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Mapping, NoReturn, Sequence
+
+import trio
+
+from . import __version__, logs
+from .agent import Agent, AgentError, RelayRejected
+from .allowlist import AllowList
+from .relay_url import RelayURL
+from .tls import client_ssl_context
+
+PROG = "bridge-agent"
+EX_USAGE = 2
+EX_CONFIG = 78
+
+log = logging.getLogger("bridge.cli")
+
+
+class UsageError(Exception):
+    """Bad flags, environment or configuration: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Dial out to a bridge relay over TLS and serve the connections it tunnels "
+        "to hosts of this network that the allow-list names.",
+        epilog="Flags override environment variables. Prefer BRIDGE_SECRET to --secret: "
+        "command lines are visible to other users of this machine.",
+    )
+    add = parser.add_argument
+    add("--id", metavar="ID", help="bridge ID (env: BRIDGE_ID; required)")
+    add("--secret", metavar="SECRET", help="bridge secret (env: BRIDGE_SECRET; required)")
+    add(
+        "--relay",
+        metavar="URL",
+        help="relay URL, tls://HOST[:PORT], port 4000 by default (env: RELAY_URL; required)",
+    )
+    add(
+        "--allow",
+        metavar="HOST:PORT",
+        action="append",
+        help="target the relay may reach: HOST:PORT, IP:PORT, [IPv6]:PORT or CIDR:PORT, * for any "
+        "port; repeatable or comma-separated (env: ALLOW or ALLOWED_HOSTS; required unless "
+        "--allow-any)",
+    )
+    add(
+        "--allow-any",
+        action="store_true",
+        default=None,
+        help="let the relay reach any host and port, instead of an allow-list (env: ALLOW_ANY=1; "
+        "default: off)",
+    )
+    add(
+        "--ca",
+        metavar="FILE",
+        help="verify the relay against this CA (PEM) instead of the system CAs "
+        "(env: RELAY_CA; default: system CAs)",
+    )
+    add(
+        "--fingerprint",
+        metavar="sha256:HEX",
+        help="pin the relay certificate by SHA-256, as printed by 'bridge-relay fingerprint' "
+        "(env: RELAY_FINGERPRINT; default: none)",
+    )
+    add("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (env: LOG_LEVEL; default: INFO)")
+    add("--log-format", metavar="FORMAT", help="text or json (env: LOG_FORMAT; default: text)")
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _split(values: Sequence[str]) -> list[str]:
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def load(argv: Sequence[str] | None, env: Mapping[str, str]):
+    """Flags and environment -> (agent, log level, log format). Raises `UsageError`."""
+    args = build_parser().parse_args(argv)
+
+    def pick(flag: str | None, *names: str) -> str | None:
+        if flag is not None:
+            return flag
+        return next((env[name] for name in names if env.get(name)), None)
+
+    try:
+        level = logs.parse_level(pick(args.log_level, "LOG_LEVEL") or "INFO")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    fmt = (pick(args.log_format, "LOG_FORMAT") or "text").strip().lower()
+    if fmt not in logs.FORMATS:
+        raise UsageError(f"invalid log format {fmt!r}: use text or json")
+
+    bridge_id = pick(args.id, "BRIDGE_ID")
+    if not bridge_id:
+        raise UsageError("missing bridge ID: set BRIDGE_ID or pass --id")
+    secret = pick(args.secret, "BRIDGE_SECRET")
+    if not secret:
+        raise UsageError("missing bridge secret: set BRIDGE_SECRET (or pass --secret)")
+    relay = pick(args.relay, "RELAY_URL")
+    if not relay:
+        raise UsageError("missing relay URL: set RELAY_URL or pass --relay, e.g. tls://relay.example.com")
+    try:
+        relay_url = RelayURL.parse(relay)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    entries = _split(args.allow) if args.allow else _split([pick(None, "ALLOW", "ALLOWED_HOSTS") or ""])
+    allow_any = args.allow_any if args.allow_any is not None else _truthy(env.get("ALLOW_ANY"))
+    if allow_any and entries:
+        raise UsageError("--allow-any (ALLOW_ANY) cannot be combined with an allow-list (--allow, ALLOW)")
+    if allow_any:
+        allow = AllowList.any()
+    elif not entries:
+        raise UsageError(
+            "no allow-list: set ALLOW (e.g. ALLOW=localhost:5432) or pass --allow HOST:PORT; "
+            "--allow-any lets the relay reach every host"
+        )
+    else:
+        try:
+            allow = AllowList.parse(entries)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    if args.ca is not None or args.fingerprint is not None:  # flags replace the env's choice
+        ca_file, fingerprint = args.ca, args.fingerprint
+    else:
+        ca_file, fingerprint = pick(None, "RELAY_CA"), pick(None, "RELAY_FINGERPRINT")
+    try:
+        ssl_context = client_ssl_context(ca_file=ca_file, fingerprint=fingerprint)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    try:
+        agent = Agent(relay_url, bridge_id, secret, allow, ssl_context)
+    except ValueError as exc:
+        raise UsageError(f"invalid bridge credentials: {exc}") from None
+    return agent, level, fmt
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    try:
+        agent, level, fmt = load(argv, os.environ if env is None else env)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    logs.configure(level, fmt)
+    try:
+        return trio.run(run, agent)
+    except KeyboardInterrupt:  # before the signal handler was in place
+        return 130
+
+
+async def run(agent: Agent) -> int:
+    """Run the agent until it fails or SIGINT/SIGTERM arrives; returns the exit status."""
+    status = 0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_stop_on_signal, nursery.cancel_scope)
+        try:
+            await agent.run()
+            status = 1  # the relay ended the session
+        except RelayRejected as exc:
+            log.error(str(exc))
+            status = EX_CONFIG
+        except AgentError as exc:
+            log.error(str(exc))
+            status = 1
+        nursery.cancel_scope.cancel()
+    return status
+
+
+async def _stop_on_signal(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("Stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+            scope.cancel()
+            return

@@ -1,0 +1,117 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The per-stream connect request and reply (sans-IO).
+
+The relay opens a yamux stream and sends a `ConnectRequest`; the agent answers with a
+`ConnectReply`. After status OK the stream carries the target's bytes. See docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+import attrs
+
+from ._wire import MessageParser, Reader, prefixed
+
+CONNECT_VERSION = 1
+MAX_HOST = 255
+MAX_MESSAGE = 1024
+MAX_REQUEST = 1 + 1 + MAX_HOST + 2  # 259
+MAX_REPLY = 1 + 2 + MAX_MESSAGE  # 1027
+
+# Hostnames, IPv4 and IPv6 literals (without brackets, optionally with a %zone).
+_HOST = re.compile(r"[A-Za-z0-9._:%-]+")
+
+
+class ConnectError(Exception):
+    """The peer sent something that is not a valid connect request or reply."""
+
+
+class ConnectStatus(enum.IntEnum):
+    OK = 0
+    NOT_ALLOWED = 1
+    DNS_FAILURE = 2
+    CONNECTION_REFUSED = 3
+    TIMEOUT = 4
+    UNREACHABLE = 5
+    BAD_REQUEST = 6
+    INTERNAL_ERROR = 7
+
+
+def _check_host(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_HOST or not _HOST.fullmatch(value):
+        raise ValueError(
+            f"host must be a hostname or IP address of 1..{MAX_HOST} characters, got {value!r}"
+        )
+
+
+def _check_port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"port must be 1..65535, got {value!r}")
+
+
+def _check_message(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if len(value.encode()) > MAX_MESSAGE:
+        raise ValueError(f"message must be at most {MAX_MESSAGE} bytes of UTF-8")
+
+
+@attrs.frozen
+class ConnectRequest:
+    host: str = attrs.field(validator=_check_host)
+    port: int = attrs.field(validator=_check_port)
+
+
+@attrs.frozen
+class ConnectReply:
+    status: ConnectStatus = attrs.field(converter=ConnectStatus)
+    message: str = attrs.field(default="", validator=_check_message)
+
+
+def encode_connect_request(request: ConnectRequest) -> bytes:
+    return (
+        bytes([CONNECT_VERSION])
+        + prefixed(1, request.host.encode("ascii"), MAX_HOST, "host")
+        + request.port.to_bytes(2, "big")
+    )
+
+
+def encode_connect_reply(reply: ConnectReply) -> bytes:
+    return bytes([reply.status]) + prefixed(2, reply.message.encode(), MAX_MESSAGE, "message")
+
+
+class ConnectRequestParser(MessageParser[ConnectRequest]):
+    """Agent side: ``feed`` bytes until it returns the `ConnectRequest`."""
+
+    max_size = MAX_REQUEST
+    error = ConnectError
+
+    def _parse(self, reader: Reader) -> ConnectRequest:
+        version = reader.uint(1)
+        if version != CONNECT_VERSION:
+            raise ConnectError(f"unsupported connect request version {version}")
+        host = reader.text(1, 1, MAX_HOST, "host", ascii=True)
+        port = reader.uint(2)
+        if not _HOST.fullmatch(host):
+            raise ConnectError(f"invalid host {host!r}")
+        if port == 0:
+            raise ConnectError("invalid port 0")
+        return ConnectRequest(host, port)
+
+
+class ConnectReplyParser(MessageParser[ConnectReply]):
+    """Relay side: ``feed`` bytes until it returns the `ConnectReply`."""
+
+    max_size = MAX_REPLY
+    error = ConnectError
+
+    def _parse(self, reader: Reader) -> ConnectReply:
+        code = reader.uint(1)
+        message = reader.text(2, 0, MAX_MESSAGE, "message")
+        try:
+            status = ConnectStatus(code)
+        except ValueError:
+            raise ConnectError(f"unknown connect status {code}") from None
+        return ConnectReply(status, message)

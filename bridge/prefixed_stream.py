@@ -1,0 +1,67 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""A stream that first returns bytes already read from it, then delegates."""
+
+from __future__ import annotations
+
+import operator
+
+import trio
+
+
+class PrefixedStream(trio.abc.HalfCloseableStream):
+    """Wraps ``stream`` so that ``receive_some`` returns ``prefix`` before anything else.
+
+    Used to hand bytes that arrived in the same read as a handshake message to the next
+    protocol layer. When ``stream`` offers ``send_some`` (a partial write mux can use to
+    write directly), so does the wrapper.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
+        self.transport_stream = stream
+        self._prefix = memoryview(bytes(prefix))
+        self._closed = False
+        self._receiving = False
+        send_some = getattr(stream, "send_some", None)
+        if send_some is not None:
+            self.send_some = send_some
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        send_eof = getattr(self.transport_stream, "send_eof", None)
+        if send_eof is None:
+            raise TypeError(f"{type(self.transport_stream).__name__} cannot half-close")
+        await send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("stream was closed")
+        if not self._prefix:
+            return await self.transport_stream.receive_some(max_bytes)
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint()
+        finally:
+            self._receiving = False
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        n = len(self._prefix) if max_bytes is None else max_bytes
+        chunk, self._prefix = self._prefix[:n], self._prefix[n:]
+        return bytes(chunk)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._prefix = memoryview(b"")
+        await self.transport_stream.aclose()

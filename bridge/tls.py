@@ -1,0 +1,105 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""TLS for the agent's connection to the relay: always verified, by CA or by pinned fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import ssl
+
+import trio
+
+from .tls_stream import TLSStream
+
+_FINGERPRINT = re.compile(r"sha256:((?:[0-9a-f]{2}:?){31}[0-9a-f]{2})", re.IGNORECASE)
+
+
+class FingerprintMismatch(Exception):
+    """The relay's certificate is not the pinned one."""
+
+
+class PinnedSSLContext(ssl.SSLContext):
+    """A client context that skips CA verification; ``check_fingerprint`` must run instead."""
+
+    fingerprint: bytes
+
+
+def parse_fingerprint(text: str) -> bytes:
+    """``sha256:`` and 64 hex digits (colons allowed, any case) -> the 32-byte digest."""
+    match = _FINGERPRINT.fullmatch(text.strip())
+    if match is None or len(hex_digits := match[1].replace(":", "")) != 64:
+        raise ValueError(
+            "invalid certificate fingerprint: expected sha256: followed by 64 hex digits "
+            "(as printed by 'bridge-relay fingerprint')"
+        )
+    return bytes.fromhex(hex_digits)
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """The fingerprint of a DER certificate, as ``sha256:<lowercase hex>``."""
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def client_ssl_context(
+    *, ca_file: str | None = None, fingerprint: str | bytes | None = None
+) -> ssl.SSLContext:
+    """A TLS 1.2+ client context.
+
+    By default the relay is verified against the system CAs, or only against ``ca_file``.
+    With ``fingerprint`` (text or digest) the CA check is replaced by a pin on the
+    certificate's SHA-256: the returned `PinnedSSLContext` carries it for `check_fingerprint`.
+    Raises ValueError with a one-line message when the CA file cannot be used.
+    """
+    if ca_file is not None and fingerprint is not None:
+        raise ValueError("use either a CA file (--ca) or a certificate fingerprint (--fingerprint), not both")
+    if fingerprint is not None:
+        digest = parse_fingerprint(fingerprint) if isinstance(fingerprint, str) else fingerprint
+        if len(digest) != 32:
+            raise ValueError("a SHA-256 fingerprint is 32 bytes")
+        context = PinnedSSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.fingerprint = digest
+    elif ca_file is not None:
+        context = _context_from_ca_file(ca_file)
+    else:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _context_from_ca_file(path: str) -> ssl.SSLContext:
+    try:
+        with open(path, encoding="ascii") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read CA file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"CA file {path} is not a PEM file") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the hostname
+    try:
+        if data.strip():
+            context.load_verify_locations(cadata=data)
+    except (ssl.SSLError, ValueError):
+        pass
+    if not context.cert_store_stats()["x509"]:
+        raise ValueError(f"CA file {path} holds no usable PEM certificate")
+    return context
+
+
+def check_fingerprint(ssl_stream: trio.SSLStream | TLSStream, expected: bytes) -> None:
+    """Raise `FingerprintMismatch` unless the peer's certificate has the ``expected`` digest.
+
+    Call right after the TLS handshake, before sending anything secret.
+    """
+    der = ssl_stream.getpeercert(binary_form=True)
+    if der is None:
+        raise FingerprintMismatch("the relay presented no certificate")
+    actual = hashlib.sha256(der).digest()
+    if not hmac.compare_digest(actual, expected):
+        raise FingerprintMismatch(
+            f"relay certificate {certificate_fingerprint(der)} does not match the pinned "
+            f"sha256:{expected.hex()}"
+        )

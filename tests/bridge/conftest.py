@@ -1,0 +1,59 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+
+import functools
+import inspect
+from pathlib import Path
+
+import pytest
+import trio
+from bridge_support import BRIDGE_ID, SECRET, Certificates, FakeRelay, make_certificates
+
+from bridge.agent import Agent, AgentConfig
+from bridge.tls import client_ssl_context
+
+HERE = Path(__file__).parent
+TIME_LIMIT = 20  # seconds, per async test
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run every async test of this folder under trio.fail_after(TIME_LIMIT)."""
+    for item in items:
+        if isinstance(item, pytest.Function) and item.path.parent == HERE:
+            if inspect.iscoroutinefunction(item.obj):
+                item.obj = _bounded(item.obj)
+
+
+def _bounded(test):
+    @functools.wraps(test)
+    async def bounded(*args, **kwargs):
+        with trio.fail_after(TIME_LIMIT):
+            return await test(*args, **kwargs)
+
+    return bounded
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory) -> Certificates:
+    """A throwaway CA and a relay certificate for localhost and 127.0.0.1."""
+    return make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+async def relay(nursery, certificates) -> FakeRelay:
+    """A minimal relay on 127.0.0.1 that accepts BRIDGE_ID / SECRET."""
+    relay = FakeRelay(certificates)
+    await nursery.start(relay.serve)
+    return relay
+
+
+@pytest.fixture
+def make_agent(relay, certificates):
+    """Builds agents for the relay fixture: ``make_agent(allow, secret=..., ssl_context=..., **config)``."""
+
+    def make(allow=("127.0.0.1:*",), *, secret=SECRET, ssl_context=None, **config) -> Agent:
+        context = ssl_context or client_ssl_context(ca_file=certificates.ca_file)
+        url = f"tls://127.0.0.1:{relay.port}"
+        return Agent(url, BRIDGE_ID, secret, allow, context, config=AgentConfig(**config))
+
+    return make

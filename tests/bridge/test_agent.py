@@ -1,0 +1,310 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+
+import hashlib
+import logging
+import os
+import socket
+
+import pytest
+import trio
+
+from bridge.agent import Agent, AuthenticationFailed, RelayRejected, RelayUnavailable
+from bridge.allowlist import AllowList
+from bridge.connect import ConnectStatus
+from bridge.handshake import Welcome, WelcomeStatus
+from bridge.tls import certificate_fingerprint, client_ssl_context
+
+from bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
+
+async def read_all(stream) -> bytes:
+    chunks = []
+    while data := await stream.receive_some():
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+async def start(nursery, relay: FakeRelay, agent: Agent):
+    await nursery.start(agent.run)
+    return await relay.next_session()
+
+
+async def test_connects_authenticates_and_logs(nursery, relay, make_agent, caplog):
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    await start(nursery, relay, make_agent())
+    (hello,) = relay.hellos
+    assert (hello.bridge_id, hello.secret) == (BRIDGE_ID, SECRET)
+    assert hello.info["agent"].startswith("trio-bridge/") and hello.info["hostname"]
+    connecting, handling = [r for r in caplog.records if r.levelno == logging.INFO][:2]
+    assert connecting.getMessage() == "Connecting to bridge server"
+    assert connecting.fields == {"address": f"127.0.0.1:{relay.port}"}
+    assert handling.getMessage() == "Handling incoming proxy connections"
+
+
+async def test_echo_through_the_tunnel(nursery, relay, make_agent):
+    port = await serve(nursery, echo)
+    session = await start(nursery, relay, make_agent([f"127.0.0.1:{port}"]))
+    tunnel = await relay.open(session, "127.0.0.1", port)
+    assert tunnel.reply.status == ConnectStatus.OK
+    assert tunnel.reply.message == f"127.0.0.1:{port}"
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+
+    async def send():
+        await tunnel.stream.send_all(payload)
+        await tunnel.stream.send_eof()
+
+    nursery.start_soon(send)
+    echoed = tunnel.leftover + await read_all(tunnel.stream)
+    assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+
+
+async def test_bytes_sent_with_the_request_reach_the_target(nursery, relay, make_agent):
+    port = await serve(nursery, echo)
+    session = await start(nursery, relay, make_agent())
+    tunnel = await relay.open(session, "127.0.0.1", port, early=b"hello early")
+    await tunnel.stream.send_eof()
+    assert tunnel.leftover + await read_all(tunnel.stream) == b"hello early"
+
+
+async def test_half_close_both_ways(nursery, relay, make_agent):
+    """The target reads to EOF (our FIN), then answers and closes (its FIN)."""
+    events = []
+
+    async def digest_then_close(stream):
+        async with stream:
+            data = b""
+            while chunk := await stream.receive_some():
+                data += chunk
+            events.append("target saw EOF")
+            await stream.send_all(hashlib.sha256(data).digest())
+
+    port = await serve(nursery, digest_then_close)
+    session = await start(nursery, relay, make_agent())
+    tunnel = await relay.open(session, "127.0.0.1", port)
+    await tunnel.stream.send_all(b"abc" * 100_000)
+    await tunnel.stream.send_eof()
+    assert tunnel.leftover + await read_all(tunnel.stream) == hashlib.sha256(b"abc" * 100_000).digest()
+    assert events == ["target saw EOF"]
+
+
+async def test_target_half_close_keeps_the_other_direction_open(nursery, relay, make_agent):
+    received = trio.Event()
+    got = []
+
+    async def greet_then_read(stream):
+        await stream.send_all(b"greeting")
+        await stream.send_eof()
+        got.append(await read_all(stream))
+        received.set()
+
+    port = await serve(nursery, greet_then_read)
+    session = await start(nursery, relay, make_agent())
+    tunnel = await relay.open(session, "127.0.0.1", port)
+    assert tunnel.leftover + await read_all(tunnel.stream) == b"greeting"
+    await tunnel.stream.send_all(b"still flowing")
+    await tunnel.stream.send_eof()
+    await received.wait()
+    assert got == [b"still flowing"]
+
+
+async def test_target_not_in_allow_list(nursery, relay, make_agent, caplog):
+    port = await serve(nursery, echo)
+    session = await start(nursery, relay, make_agent(["db.internal:5432"]))
+    tunnel = await relay.open(session, "127.0.0.1", port)
+    message = f"Host not in allowed hosts list: 127.0.0.1:{port}"
+    assert tunnel.reply.status == ConnectStatus.NOT_ALLOWED
+    assert tunnel.reply.message == message
+    assert await read_all(tunnel.stream) == b""
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == message
+    assert warning.fields["target"] == f"127.0.0.1:{port}"
+
+
+async def test_hostname_rule_dials_a_resolved_address(nursery, relay, make_agent):
+    port = await serve(nursery, echo)  # IPv4 only: ::1, if localhost has it, is refused
+    session = await start(nursery, relay, make_agent([f"localhost:{port}"]))
+    tunnel = await relay.open(session, "localhost", port)
+    assert tunnel.reply == type(tunnel.reply)(ConnectStatus.OK, f"127.0.0.1:{port}")
+    refused = await relay.open(session, "127.0.0.1", port)  # the rule names the host, not the address
+    assert refused.reply.status == ConnectStatus.NOT_ALLOWED
+
+
+async def test_ip_rule_checks_and_dials_the_resolved_address(nursery, relay, make_agent):
+    port = await serve(nursery, echo)
+    session = await start(nursery, relay, make_agent([f"127.0.0.0/8:{port}"]))
+    tunnel = await relay.open(session, "localhost", port)
+    assert tunnel.reply.status == ConnectStatus.OK
+    assert tunnel.reply.message == f"127.0.0.1:{port}"
+    other_port = await relay.open(session, "localhost", port + 1 if port < 65535 else port - 1)
+    assert other_port.reply.status == ConnectStatus.NOT_ALLOWED
+
+
+async def test_dns_failure(nursery, relay, make_agent):
+    session = await start(nursery, relay, make_agent(["no-such-host.invalid:*"], request_timeout=5))
+    tunnel = await relay.open(session, "no-such-host.invalid", 5432)
+    assert tunnel.reply.status == ConnectStatus.DNS_FAILURE
+    assert tunnel.reply.message.startswith("DNS lookup failed for no-such-host.invalid: ")
+
+
+async def test_connection_refused(nursery, relay, make_agent):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    session = await start(nursery, relay, make_agent())
+    tunnel = await relay.open(session, "127.0.0.1", port)
+    assert tunnel.reply.status == ConnectStatus.CONNECTION_REFUSED
+    assert tunnel.reply.message == f"Connection refused: 127.0.0.1:{port}"
+
+
+async def test_bad_request_is_answered_and_the_session_goes_on(nursery, relay, make_agent, caplog):
+    port = await serve(nursery, echo)
+    session = await start(nursery, relay, make_agent())
+    stream = await session.open_stream()
+    await stream.send_all(b"\x09garbage")
+    reply = await read_all(stream)
+    assert reply[0] == ConnectStatus.BAD_REQUEST
+    assert b"unsupported connect request version 9" in reply
+    assert (await relay.open(session, "127.0.0.1", port)).reply.status == ConnectStatus.OK
+
+
+async def test_relay_reset_aborts_the_target(nursery, relay, make_agent):
+    closed = trio.Event()
+
+    async def wait_for_close(stream):
+        try:
+            await read_all(stream)
+        except trio.BrokenResourceError:
+            pass
+        closed.set()
+
+    port = await serve(nursery, wait_for_close)
+    session = await start(nursery, relay, make_agent())
+    tunnel = await relay.open(session, "127.0.0.1", port)
+    tunnel.stream.reset()
+    await closed.wait()
+
+
+async def test_target_reset_resets_the_stream(nursery, relay, make_agent):
+    async def reset(stream):
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        await stream.receive_some()
+        await stream.aclose()
+
+    port = await serve(nursery, reset)
+    session = await start(nursery, relay, make_agent())
+    tunnel = await relay.open(session, "127.0.0.1", port)
+    await tunnel.stream.send_all(b"x")
+    with pytest.raises(trio.BrokenResourceError):
+        await read_all(tunnel.stream)
+
+
+async def test_many_concurrent_streams(nursery, relay, make_agent):
+    port = await serve(nursery, echo)
+    session = await start(nursery, relay, make_agent())
+
+    async def one(i):
+        tunnel = await relay.open(session, "127.0.0.1", port)
+        payload = os.urandom(1000 + i * 100)
+        await tunnel.stream.send_all(payload)
+        await tunnel.stream.send_eof()
+        assert tunnel.leftover + await read_all(tunnel.stream) == payload
+
+    async with trio.open_nursery() as streams:
+        for i in range(100):
+            streams.start_soon(one, i)
+
+
+async def test_wrong_secret(nursery, relay, make_agent):
+    with pytest.raises(AuthenticationFailed) as info:
+        await nursery.start(make_agent(secret="wrong-secret").run)
+    assert str(info.value) == "Relay rejected the bridge credentials: invalid bridge credentials"
+    assert info.value.status == WelcomeStatus.AUTH_FAILED
+
+
+@pytest.mark.parametrize(
+    "welcome, error, text",
+    [
+        (Welcome(WelcomeStatus.BUSY, "try later"), RelayUnavailable, "BUSY"),
+        (Welcome(WelcomeStatus.INTERNAL_ERROR, "oops"), RelayUnavailable, "INTERNAL_ERROR"),
+        (Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "v2 only", version=2), RelayRejected, "version 2"),
+        (Welcome(WelcomeStatus.MALFORMED, "bad"), RelayRejected, "MALFORMED"),
+        (Welcome(WelcomeStatus.OK, "", version=2), RelayRejected, "version 2"),
+    ],
+)
+async def test_relay_refusals(nursery, relay, make_agent, welcome, error, text):
+    relay.welcome = lambda hello: welcome
+    with pytest.raises(error, match=text):
+        await nursery.start(make_agent().run)
+
+
+async def test_fingerprint_pin(nursery, relay, make_agent, certificates):
+    pinned = client_ssl_context(fingerprint=certificate_fingerprint(certificates.cert_der))
+    await start(nursery, relay, make_agent(ssl_context=pinned))
+
+
+async def test_wrong_pin_never_sends_the_secret(nursery, relay, make_agent):
+    pinned = client_ssl_context(fingerprint="sha256:" + "00" * 32)
+    with pytest.raises(RelayUnavailable) as info:
+        await nursery.start(make_agent(ssl_context=pinned).run)
+    prefix = f"Refusing the relay at 127.0.0.1:{relay.port}: relay certificate sha256:"
+    assert str(info.value).startswith(prefix)
+    assert str(info.value).endswith("does not match the pinned sha256:" + "00" * 32)
+    assert relay.connections == 1 and relay.hellos == []
+
+
+async def test_untrusted_relay_certificate(nursery, relay, make_agent):
+    with pytest.raises(RelayUnavailable, match="TLS handshake with the relay at 127.0.0.1:.* failed"):
+        await nursery.start(make_agent(ssl_context=client_ssl_context()).run)
+    assert relay.hellos == []
+
+
+async def test_relay_not_listening(make_agent):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    agent = Agent(f"tls://127.0.0.1:{port}", BRIDGE_ID, SECRET, ["db:1"], client_ssl_context())
+    with pytest.raises(RelayUnavailable, match=f"Cannot connect to the relay at 127.0.0.1:{port}"):
+        await agent.run()
+
+
+async def test_session_end_is_reported(nursery, relay, make_agent, caplog):
+    done = trio.Event()
+    errors = []
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            await make_agent().run(task_status=task_status)
+        except RelayUnavailable as exc:
+            errors.append(exc)
+        done.set()
+
+    await nursery.start(run)
+    session = await relay.next_session()
+    await session.aclose()
+    await done.wait()
+    assert "Disconnected from bridge server" in caplog.text
+
+
+async def test_secret_never_logged_nor_in_reprs(nursery, relay, make_agent, caplog):
+    caplog.set_level(logging.DEBUG)
+    port = await serve(nursery, echo)
+    agent = make_agent()
+    session = await start(nursery, relay, agent)
+    await relay.open(session, "127.0.0.1", port)
+    await relay.open(session, "127.0.0.1", 1)
+    with pytest.raises(AuthenticationFailed):
+        await nursery.start(make_agent(secret=SECRET + "x").run)
+    assert SECRET not in caplog.text
+    assert SECRET not in repr(agent) and SECRET not in repr(agent.__dict__.get("_hello"))
+
+
+def test_agent_arguments():
+    context = client_ssl_context()
+    with pytest.raises(ValueError, match="allow-list is empty"):
+        Agent("tls://relay", BRIDGE_ID, SECRET, [], context)
+    with pytest.raises(ValueError, match="wss://"):
+        Agent("wss://relay/bridge", BRIDGE_ID, SECRET, ["db:1"], context)
+    with pytest.raises(ValueError, match="invalid allow-list entry"):
+        Agent("tls://relay", BRIDGE_ID, SECRET, ["db"], context)
+    agent = Agent("tls://relay", BRIDGE_ID, SECRET, AllowList.any(), context)
+    assert agent.relay_url.port == 4000

@@ -1,0 +1,206 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.handshake import (
+    MAX_HELLO,
+    MAX_WELCOME,
+    HandshakeError,
+    Hello,
+    HelloParser,
+    UnsupportedVersion,
+    Welcome,
+    WelcomeParser,
+    WelcomeStatus,
+    encode_hello,
+    encode_welcome,
+)
+
+HELLO = Hello("0db4d173-a5ba-4be9-ae26-beab2f2875ee", "s3cr3t-value", {"agent": "trio-bridge/0.1.0"})
+
+
+def feed_bytewise(parser, data):
+    for i in range(len(data)):
+        result = parser.feed(data[i : i + 1])
+        if result is not None:
+            return result
+    return None
+
+
+def test_hello_round_trip_whole_and_bytewise():
+    data = encode_hello(HELLO)
+    parser = HelloParser()
+    assert parser.feed(data + b"yamux") == HELLO
+    assert parser.leftover == b"yamux"
+    assert feed_bytewise(HelloParser(), data) == HELLO
+
+
+def test_hello_layout():
+    data = encode_hello(Hello("id", "pw", {}))
+    assert data == b"TBRG\x01\x02id\x02pw\x00\x00"
+
+
+def test_largest_hello_fits_the_bound():
+    info = {"x": "y" * (1024 - len('{"x":""}'))}
+    hello = Hello("i" * 64, "s" * 128, info)
+    data = encode_hello(hello)
+    assert len(data) == MAX_HELLO == 1225
+    assert HelloParser().feed(data) == hello
+
+
+def test_secret_not_in_repr():
+    assert "s3cr3t" not in repr(HELLO)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"bridge_id": ""},
+        {"bridge_id": "x" * 65},
+        {"bridge_id": "with space"},
+        {"secret": ""},
+        {"secret": "s" * 129},
+        {"secret": "é"},
+    ],
+)
+def test_hello_rejects_invalid_fields(kwargs):
+    fields = {"bridge_id": "id", "secret": "pw", "info": {}, **kwargs}
+    with pytest.raises(ValueError):
+        Hello(**fields)
+
+
+def test_hello_info_too_large_to_encode():
+    with pytest.raises(ValueError, match="info"):
+        encode_hello(Hello("id", "pw", {"x": "y" * 1024}))
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"GET / HTTP/1.1\r\n", "magic"),
+        (b"TBRG\x01\x00", "bridge id length 0"),
+        (b"TBRG\x01\x41", "bridge id length 65"),
+        (b"TBRG\x01\x02id\x00", "secret length 0"),
+        (b"TBRG\x01\x02id\x81", "secret length 129"),
+        (b"TBRG\x01\x02id\x02pw\x04\x01", "info length 1025"),
+        (b"TBRG\x01\x02i\x00\x02pw\x00\x00", "printable"),
+        (b"TBRG\x01\x02id\x02p\xff\x00\x00", "ASCII"),
+        (b"TBRG\x01\x02id\x02pw\x00\x02\xff\xfe", "UTF-8"),
+        (b"TBRG\x01\x02id\x02pw\x00\x02{]", "JSON"),
+        (b"TBRG\x01\x02id\x02pw\x00\x02[]", "JSON object"),
+        (b"TBRG\x01\x02id\x02pw\x00\x03NaN", "JSON"),
+    ],
+)
+def test_malformed_hello(data, match):
+    with pytest.raises(HandshakeError, match=match):
+        HelloParser().feed(data)
+
+
+def test_deeply_nested_info_is_malformed_not_a_crash():
+    info = b"[" * 1024
+    with pytest.raises(HandshakeError):
+        HelloParser().feed(b"TBRG\x01\x02id\x02pw" + len(info).to_bytes(2, "big") + info)
+
+
+def test_unsupported_version_is_reported_as_soon_as_known():
+    parser = HelloParser()
+    assert parser.feed(b"TBR") is None
+    with pytest.raises(UnsupportedVersion) as info:
+        parser.feed(b"G\x07")
+    assert info.value.version == 7
+    assert isinstance(info.value, HandshakeError)
+
+
+def test_parser_never_buffers_beyond_the_bound():
+    parser = HelloParser()
+    data = encode_hello(HELLO)
+    assert parser.feed(data + b"\x00" * 1_000_000) == HELLO
+    assert len(parser.leftover) == 1_000_000
+
+
+def test_feed_after_complete_is_an_error():
+    parser = WelcomeParser()
+    assert parser.feed(encode_welcome(Welcome(WelcomeStatus.OK))) is not None
+    with pytest.raises(RuntimeError):
+        parser.feed(b"more")
+
+
+@pytest.mark.parametrize("status", list(WelcomeStatus))
+def test_welcome_round_trip(status):
+    welcome = Welcome(status, "invalid bridge credentials ✓")
+    data = encode_welcome(welcome)
+    parser = WelcomeParser()
+    assert parser.feed(data + b"\x00\x00") == welcome
+    assert parser.leftover == b"\x00\x00"
+    assert feed_bytewise(WelcomeParser(), data) == welcome
+
+
+def test_welcome_layout_and_bound():
+    assert encode_welcome(Welcome(WelcomeStatus.AUTH_FAILED, "no")) == b"TBRG\x01\x02\x00\x02no"
+    largest = Welcome(WelcomeStatus.BUSY, "m" * 1024)
+    assert len(encode_welcome(largest)) == MAX_WELCOME == 1032
+    with pytest.raises(ValueError):
+        Welcome(WelcomeStatus.BUSY, "m" * 1025)
+
+
+def test_welcome_of_another_version_is_parsed():
+    data = encode_welcome(Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "speak 2", version=2))
+    assert WelcomeParser().feed(data) == Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "speak 2", 2)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"XBRG\x01\x00\x00\x00", "magic"),
+        (b"TBRG\x01\x09\x00\x00", "unknown welcome status 9"),
+        (b"TBRG\x01\x00\x04\x01", "message length 1025"),
+        (b"TBRG\x01\x00\x00\x01\xff", "UTF-8"),
+    ],
+)
+def test_malformed_welcome(data, match):
+    with pytest.raises(HandshakeError, match=match):
+        WelcomeParser().feed(data)
+
+
+@given(st.binary(max_size=2000), st.integers(min_value=1, max_value=64))
+def test_hello_parser_on_garbage(data, chunk):
+    parser = HelloParser()
+    try:
+        for i in range(0, len(data), chunk):
+            if parser.feed(data[i : i + chunk]) is not None:
+                break
+    except HandshakeError:
+        pass
+
+
+@given(st.binary(max_size=2000))
+def test_welcome_parser_on_garbage(data):
+    try:
+        WelcomeParser().feed(data)
+    except HandshakeError:
+        pass
+
+
+ident = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=64)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(ident, ident, st.dictionaries(st.text(max_size=10), json_values, max_size=4), st.binary(max_size=50))
+def test_hello_round_trip_property(bridge_id, secret, info, tail):
+    hello = Hello(bridge_id, secret, info)
+    if len(json.dumps(info, separators=(",", ":"), ensure_ascii=False).encode()) > 1024:
+        return
+    parser = HelloParser()
+    assert parser.feed(encode_hello(hello) + tail) == hello
+    assert parser.leftover == tail

@@ -1,0 +1,118 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+
+import pytest
+import trio
+import trio.testing
+
+from bridge.prefixed_stream import PrefixedStream
+
+PREFIX = b"bytes that arrived with the handshake"
+
+
+async def prefixed_pair(prefix=PREFIX):
+    """A connected pair whose first end is a PrefixedStream; the prefix is read off first,
+    as the layer above would, so the checks see exactly what the peer sends."""
+    left, right = trio.testing.memory_stream_pair()
+    stream = PrefixedStream(left, prefix)
+    received = b""
+    while len(received) < len(prefix):
+        received += await stream.receive_some(7)
+    assert received == prefix
+    return stream, right
+
+
+async def make_pair():
+    return await prefixed_pair()
+
+
+async def make_flipped_pair():
+    stream, peer = await prefixed_pair()
+    return peer, stream
+
+
+async def make_socket_pair():
+    left, right = trio.socket.socketpair()
+    stream = PrefixedStream(trio.SocketStream(left), PREFIX)
+    assert await stream.receive_some(len(PREFIX)) == PREFIX
+    return stream, trio.SocketStream(right)
+
+
+async def fill(stream):
+    """Send until the socket buffers are full."""
+
+    async def sender():
+        while True:
+            await stream.send_all(b"x" * 65536)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+
+
+async def make_clogged_socket_pair():
+    stream, peer = await make_socket_pair()
+    await fill(stream)
+    await fill(peer)
+    return stream, peer
+
+
+async def test_check_half_closeable_stream():
+    await trio.testing.check_half_closeable_stream(make_pair, None)
+    await trio.testing.check_half_closeable_stream(make_flipped_pair, None)
+
+
+async def test_check_half_closeable_stream_on_sockets():
+    await trio.testing.check_half_closeable_stream(make_socket_pair, make_clogged_socket_pair)
+
+
+async def test_prefix_first_then_the_stream_respecting_max_bytes():
+    left, right = trio.testing.memory_stream_pair()
+    stream = PrefixedStream(left, b"abcdef")
+    await right.send_all(b"ghi")
+    assert await stream.receive_some(4) == b"abcd"
+    assert await stream.receive_some() == b"ef"
+    assert await stream.receive_some() == b"ghi"
+
+
+async def test_prefix_then_eof():
+    left, right = trio.testing.memory_stream_pair()
+    stream = PrefixedStream(left, b"ab")
+    await right.send_eof()
+    assert await stream.receive_some() == b"ab"
+    assert await stream.receive_some() == b""
+
+
+async def test_arguments_checked_while_prefix_pending():
+    left, _ = trio.testing.memory_stream_pair()
+    stream = PrefixedStream(left, b"ab")
+    for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError)):
+        with pytest.raises(error):
+            await stream.receive_some(bad)
+    assert await stream.receive_some(1) == b"a"
+
+
+async def test_closed_with_prefix_pending():
+    left, _ = trio.testing.memory_stream_pair()
+    stream = PrefixedStream(left, b"ab")
+    await stream.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.receive_some()
+
+
+async def test_concurrent_receive_with_prefix_pending_is_busy():
+    left, _ = trio.testing.memory_stream_pair()
+    stream = PrefixedStream(left, b"ab")
+    with pytest.RaisesGroup(trio.BusyResourceError):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.receive_some, 1)
+            nursery.start_soon(stream.receive_some, 1)
+
+
+async def test_send_eof_needs_a_half_closeable_transport():
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    stapled = trio.StapledStream(send, receive)
+    await PrefixedStream(stapled, b"").send_eof()  # StapledStream can
+    with pytest.raises(TypeError, match="cannot half-close"):
+        await PrefixedStream(receive, b"").send_eof()
