@@ -1,0 +1,157 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The relay's TLS certificate: a self-signed one kept in the data dir, or the operator's own."""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import ipaddress
+import os
+import socket
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from bridge.tls import certificate_fingerprint
+
+from .errors import CertificateError
+
+CERT_FILE = "relay.crt"
+KEY_FILE = "relay.key"
+VALIDITY = datetime.timedelta(days=3650)
+
+
+def default_hostnames() -> list[str]:
+    names = ["localhost", "127.0.0.1", "::1"]
+    if (host := socket.gethostname()) and host not in names:
+        names.append(host)
+    return names
+
+
+def generate_self_signed(hostnames: list[str]) -> tuple[bytes, bytes]:
+    """A new EC P-256 key and a self-signed certificate for `hostnames`, both PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for name in hostnames:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    public_key = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_encipherment=False, content_commitment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _write_private(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def ensure_self_signed(data_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The (certificate, key) paths in `data_dir`, creating them on first use."""
+    directory = Path(data_dir)
+    cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(directory / ".certificate.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (cert_path.exists() and key_path.exists()):
+                cert_pem, key_pem = generate_self_signed(default_hostnames())
+                _write_private(key_path, key_pem, 0o600)
+                _write_private(cert_path, cert_pem, 0o644)
+    except OSError as exc:
+        raise CertificateError(
+            f"cannot create the relay certificate in {directory}: {exc.strerror or exc}"
+        ) from None
+    return cert_path, key_path
+
+
+def load_certificate(cert_path: str | os.PathLike[str]) -> x509.Certificate:
+    """The first certificate in a PEM file (the leaf of a chain)."""
+    try:
+        data = Path(cert_path).read_bytes()
+    except OSError as exc:
+        raise CertificateError(
+            f"cannot read certificate file {cert_path}: {exc.strerror or exc}"
+        ) from None
+    try:
+        return x509.load_pem_x509_certificates(data)[0]
+    except ValueError:
+        raise CertificateError(
+            f"cannot read certificate file {cert_path}: not a PEM certificate"
+        ) from None
+
+
+def fingerprint(cert_path: str | os.PathLike[str]) -> str:
+    """`sha256:<hex>` of the certificate, what an agent pins with --fingerprint."""
+    cert = load_certificate(cert_path)
+    return certificate_fingerprint(cert.public_bytes(serialization.Encoding.DER))
+
+
+def server_ssl_context(
+    cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
+) -> ssl.SSLContext:
+    """A server context for the agent listener: TLS 1.2 or newer only."""
+    load_certificate(cert_path)
+    try:
+        serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except OSError as exc:
+        raise CertificateError(f"cannot read key file {key_path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError):
+        raise CertificateError(
+            f"cannot read key file {key_path}: not an unencrypted PEM private key"
+        ) from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as exc:
+        reason = "the key does not match the certificate"
+        if exc.reason != "KEY_VALUES_MISMATCH":
+            reason = exc.reason or str(exc)
+        raise CertificateError(
+            f"cannot use certificate {cert_path} with key {key_path}: {reason}"
+        ) from None
+    return context

@@ -1,0 +1,530 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""`bridge-relay`: serve agents, manage bridges, check tunnels, run the demo.
+
+Exit status: 0 success, 1 the operation failed (e.g. a target refused), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+import trio
+
+from bridge import logs
+
+from . import admin
+from .addresses import format_host_port, parse_host_port
+from .certificates import ensure_self_signed, fingerprint, server_ssl_context
+from .config import RelayConfig
+from .credentials import DEFAULT_COST, check_cost
+from .errors import CertificateError, DuplicateBridge, InvalidBridgeName, UnknownBridge
+from .forward import ForwardSpec, serve_forward
+from .relay import Relay
+from .store import SQLiteStore
+
+PROG = "bridge-relay"
+DEFAULT_DATA_DIR = "./relay-data"
+DEFAULT_LISTEN = "0.0.0.0:4000"
+STORE_FILE = "bridges.db"
+
+log = logging.getLogger("relay.cli")
+
+
+class UsageError(Exception):
+    """Bad input: reported on one line, exit status 2."""
+
+
+class Failure(Exception):
+    """The command could not do its job: reported on one line, exit status 1."""
+
+
+@attrs.frozen(kw_only=True)
+class ClientConfig:
+    """How long CLI commands wait for a running relay's control channel."""
+
+    status_deadline: float = 5.0
+    test_deadline: float = 60.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _env_help(text: str, env: str | None, default: str) -> str:
+    where = f"env {env}, " if env else ""
+    return f"{text} ({where}default: {default})".replace("%", "%%")
+
+
+def _type(parse):
+    """An argparse type from a parser whose ValueError says what is wrong."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"invalid duration {text!r}: expected a number of seconds") from None
+    if not 0 < value < 86400:
+        raise ValueError(f"invalid duration {text!r}: expected more than 0 seconds")
+    return value
+
+
+def _cost(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"invalid bcrypt cost {text!r}: expected a number from 4 to 31") from None
+    return check_cost(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=_env_help(
+            "directory of the bridge store, the relay certificate and the control socket",
+            "RELAY_DATA_DIR",
+            DEFAULT_DATA_DIR,
+        ),
+    )
+    parser = _Parser(
+        prog=PROG,
+        parents=[common],
+        description="The relay end of trio-bridge: bridge agents in private networks dial in "
+        "over TLS, and connections are tunneled to their targets through them.",
+        epilog="Start with 'bridge-relay demo' to see a tunnel work on this machine.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    serve = commands.add_parser(
+        "serve", parents=[common], help="accept agents and run the forwards",
+        description="Accept bridge agents over TLS and tunnel connections through them.",
+    )
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT",
+        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        default=os.environ.get("RELAY_LISTEN", DEFAULT_LISTEN),
+        help=_env_help(
+            "where agents connect (port 0: any free port)", "RELAY_LISTEN", DEFAULT_LISTEN
+        ),
+    )
+    serve.add_argument(
+        "--cert", metavar="FILE", default=os.environ.get("RELAY_CERT"),
+        help=_env_help("TLS certificate (PEM; with --key)", "RELAY_CERT",
+                       "a self-signed certificate kept in the data dir"),
+    )
+    serve.add_argument(
+        "--key", metavar="FILE", default=os.environ.get("RELAY_KEY"),
+        help=_env_help("private key of --cert (PEM)", "RELAY_KEY", "the data dir's key"),
+    )
+    serve.add_argument(
+        "--forward", metavar="BRIDGE=HOST:PORT[@LISTEN_HOST:LISTEN_PORT]", action="append",
+        type=_type(ForwardSpec.parse),
+        help=_env_help(
+            "listen locally (default 127.0.0.1, any free port) and tunnel each connection to "
+            "HOST:PORT through BRIDGE (a name or ID); repeatable",
+            "RELAY_FORWARD, comma-separated", "none",
+        ),
+    )
+    serve.add_argument(
+        "--handshake-timeout", metavar="SECONDS", type=_type(_seconds),
+        default=os.environ.get("RELAY_HANDSHAKE_TIMEOUT", "10"),
+        help=_env_help("time an agent has for TLS and authentication",
+                       "RELAY_HANDSHAKE_TIMEOUT", "10"),
+    )
+    serve.add_argument(
+        "--connect-timeout", metavar="SECONDS", type=_type(_seconds),
+        default=os.environ.get("RELAY_CONNECT_TIMEOUT", "15"),
+        help=_env_help("time an agent has to answer whether it reached a target",
+                       "RELAY_CONNECT_TIMEOUT", "15"),
+    )
+    _add_cost(serve, "bcrypt cost of the stored secrets (unknown bridge IDs are checked "
+                     "against a dummy hash of this cost, so they take as long as known ones)")
+    _add_logging(serve, "INFO")
+
+    fp = commands.add_parser(
+        "fingerprint", parents=[common], help="print the certificate fingerprint agents pin",
+        description="Print sha256:HEX of the relay certificate, for the agent's --fingerprint "
+        "(creates the data dir's self-signed certificate if there is none yet).",
+    )
+    fp.add_argument(
+        "--cert", metavar="FILE", default=os.environ.get("RELAY_CERT"),
+        help=_env_help("certificate to fingerprint", "RELAY_CERT",
+                       "the self-signed certificate in the data dir"),
+    )
+
+    bridges = commands.add_parser(
+        "bridges", parents=[common], help="create, list, delete or rotate bridges",
+        description="Manage bridges: each has a name, an ID and a secret (shown once).",
+    )
+    actions = bridges.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    create = actions.add_parser(
+        "create", parents=[common], help="create a bridge and print its ID and secret",
+        description="Create a bridge; prints BRIDGE_ID=... and BRIDGE_SECRET=... (env-file "
+        "ready). The secret cannot be shown again.",
+    )
+    create.add_argument("name", metavar="NAME", help="1 to 64 letters, digits, '-' or '_'")
+    _add_cost(create, "bcrypt cost of the secret's hash")
+    actions.add_parser(
+        "list", parents=[common], help="list bridges and whether they are connected",
+        description="List bridges: name, ID, created, connected or not, last seen.",
+    )
+    delete = actions.add_parser(
+        "delete", parents=[common], help="delete a bridge and cut its tunnels",
+        description="Delete a bridge. A running relay disconnects its agents within 2 seconds "
+        "and refuses them from then on.",
+    )
+    delete.add_argument("bridge", metavar="BRIDGE", help="name or ID")
+    rotate = actions.add_parser(
+        "rotate", parents=[common], help="give a bridge a new secret",
+        description="Give a bridge a new secret and print BRIDGE_SECRET=...; the old secret "
+        "stops working and agents using it are disconnected.",
+    )
+    rotate.add_argument("bridge", metavar="BRIDGE", help="name or ID")
+    _add_cost(rotate, "bcrypt cost of the new secret's hash")
+
+    test = commands.add_parser(
+        "test", parents=[common], help="check that a bridge reaches a target",
+        description="Ask the running relay (same data dir) to open a tunnel to HOST:PORT "
+        "through BRIDGE; prints OK or the agent's own error.",
+    )
+    test.add_argument("bridge", metavar="BRIDGE", help="name or ID")
+    test.add_argument(
+        "target", metavar="HOST:PORT", type=_type(parse_host_port),
+        help="the target as the agent sees it",
+    )
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="see a tunnel work, all in one process",
+        description="Run a relay, an agent, a small HTTP server behind it and a forward on "
+        "loopback, show requests flowing through the tunnel, and print how to connect. "
+        "Uses a temporary directory (--data-dir is ignored).",
+    )
+    demo.add_argument(
+        "--once", action="store_true",
+        help="exit after showing the traffic (default: stay up until Ctrl-C when run in a "
+        "terminal, exit otherwise)",
+    )
+    _add_logging(demo, "WARNING")
+    return parser
+
+
+def _add_cost(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "--bcrypt-cost", metavar="N", type=_type(_cost),
+        default=os.environ.get("RELAY_BCRYPT_COST", str(DEFAULT_COST)),
+        help=_env_help(f"{text}, 4 to 31", "RELAY_BCRYPT_COST", str(DEFAULT_COST)),
+    )
+
+
+def _add_logging(parser: argparse.ArgumentParser, default_level: str) -> None:
+    parser.add_argument(
+        "--log-level", metavar="LEVEL", type=_type(logs.parse_level),
+        default=os.environ.get("LOG_LEVEL", default_level),
+        help=_env_help(f"{', '.join(logs.LEVELS)}", "LOG_LEVEL", default_level),
+    )
+    parser.add_argument(
+        "--log-format", choices=logs.FORMATS, default=os.environ.get("LOG_FORMAT", "text"),
+        help=_env_help("log lines on stderr as text or JSON", "LOG_FORMAT", "text"),
+    )
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
+    logs.configure(args.log_level, args.log_format)
+    forwards = args.forward
+    if forwards is None:
+        forwards = []
+        for item in filter(None, map(str.strip, os.environ.get("RELAY_FORWARD", "").split(","))):
+            try:
+                forwards.append(ForwardSpec.parse(item))
+            except ValueError as exc:
+                raise UsageError(f"RELAY_FORWARD: {exc}") from None
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key must be given together")
+    if args.cert is not None:
+        try:
+            ssl_context = server_ssl_context(args.cert, args.key)
+            cert = args.cert
+        except CertificateError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        try:
+            cert, key = ensure_self_signed(data_dir)
+            ssl_context = server_ssl_context(cert, key)
+        except CertificateError as exc:
+            raise Failure(str(exc)) from None
+    store = _open_store(data_dir)
+    for spec in forwards:
+        if store.find(spec.bridge) is None:
+            log.warning(
+                "Forward names a bridge that does not exist (yet)",
+                extra={"fields": {"forward": str(spec), "bridge": spec.bridge}},
+            )
+    config = RelayConfig(
+        handshake_timeout=args.handshake_timeout,
+        connect_timeout=args.connect_timeout,
+        bcrypt_cost=args.bcrypt_cost,
+    )
+    relay = Relay(store, ssl_context, config=config)
+    _run_trio(_serve, relay, args.listen, forwards, data_dir, fingerprint(cert))
+    return 0
+
+
+async def _serve(
+    relay: Relay, listen: tuple[str, int], forwards: list[ForwardSpec], data_dir: Path,
+    cert_fingerprint: str,
+) -> None:
+    host, port = listen
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
+            listeners = await _start(
+                nursery, f"cannot listen for agents on {format_host_port(host, port)}",
+                relay.serve, host, port,
+            )
+            address = format_host_port(host, listeners[0].socket.getsockname()[1])
+            print(f"agents: listening on {address}", flush=True)
+            log.info(
+                "Relay listening",
+                extra={"fields": {"address": address, "fingerprint": cert_fingerprint}},
+            )
+            for spec in forwards:
+                listen_address = format_host_port(spec.listen_host, spec.listen_port)
+                listeners = await _start(
+                    nursery, f"cannot listen for forward {spec} on {listen_address}",
+                    serve_forward, relay, spec,
+                )
+                local = format_host_port(spec.listen_host, listeners[0].socket.getsockname()[1])
+                print(f"forward {spec}: listening on {local}", flush=True)
+            await nursery.start(admin.serve_admin, relay, data_dir / admin.SOCKET_NAME)
+
+
+async def _start(nursery: trio.Nursery, what: str, fn, *args: Any) -> Any:
+    try:
+        return await nursery.start(fn, *args)
+    except OSError as exc:
+        raise Failure(f"{what}: {exc.strerror or exc}") from None
+
+
+async def _cancel_on_signal(signals, scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("Stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        scope.cancel()
+        return
+
+
+def cmd_fingerprint(args: argparse.Namespace, data_dir: Path) -> int:
+    try:
+        cert = args.cert if args.cert is not None else ensure_self_signed(data_dir)[0]
+        print(fingerprint(cert))
+    except CertificateError as exc:
+        if args.cert is not None:
+            raise UsageError(str(exc)) from None
+        raise Failure(str(exc)) from None
+    return 0
+
+
+def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
+    if args.action is None:
+        raise UsageError("bridges needs an action: create, list, delete or rotate")
+    store = _open_store(data_dir)
+    try:
+        if args.action == "create":
+            bridge_id, secret = store.create_bridge(args.name, cost=args.bcrypt_cost)
+            print(f"BRIDGE_ID={bridge_id}")
+            print(f"BRIDGE_SECRET={secret}", flush=True)
+            _note(f"Created bridge {args.name}. Store BRIDGE_SECRET now: it cannot be shown "
+                  "again (only its bcrypt hash is kept).")
+        elif args.action == "list":
+            _list_bridges(store, data_dir)
+        elif args.action == "delete":
+            record = store.delete(args.bridge)
+            print(f"Deleted bridge {record.name} ({record.id}); a running relay disconnects "
+                  "its agents within 2 seconds.")
+        elif args.action == "rotate":
+            record = store.get(args.bridge)
+            secret = store.rotate(record.id, cost=args.bcrypt_cost)
+            print(f"BRIDGE_SECRET={secret}", flush=True)
+            _note(f"New secret for bridge {record.name} ({record.id}); the old one no longer "
+                  "works. Store it now: it cannot be shown again.")
+    except (UnknownBridge, DuplicateBridge, InvalidBridgeName) as exc:
+        raise UsageError(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise Failure(f"bridge store {data_dir / STORE_FILE}: {exc}") from None
+    return 0
+
+
+def _list_bridges(store: SQLiteStore, data_dir: Path) -> None:
+    records = store.list()
+    live = _relay_status(data_dir)
+    if live is None:
+        _note(f"No relay is running on {data_dir}: all bridges shown as disconnected.")
+    if not records:
+        _note("No bridges yet: create one with 'bridge-relay bridges create NAME'.")
+        return
+    rows = [("NAME", "ID", "CREATED", "STATUS", "LAST SEEN")]
+    for record in records:
+        sessions = (live or {}).get(record.id, [])
+        status = "disconnected"
+        if sessions:
+            peers = ", ".join(s.get("peer", "?") for s in sessions)
+            status = f"connected ({peers})"
+        last_seen = "now" if sessions else _when(record.last_seen_at)
+        rows.append((record.name, record.id, _when(record.created_at), status, last_seen))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+
+
+def _relay_status(data_dir: Path) -> dict[str, list[dict[str, Any]]] | None:
+    async def ask() -> dict[str, Any] | None:
+        with trio.move_on_after(ClientConfig().status_deadline):
+            return await admin.request(data_dir / admin.SOCKET_NAME, {"op": "status"})
+        return None
+
+    try:
+        reply = trio.run(ask)
+    except admin.AdminUnavailable:
+        return None
+    return reply.get("bridges", {}) if reply and reply.get("ok") else None
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
+    store = _open_store(data_dir)
+    try:
+        record = store.get(args.bridge)
+    except UnknownBridge as exc:
+        raise UsageError(str(exc)) from None
+    host, port = args.target
+    target = format_host_port(host, port)
+
+    async def ask() -> dict[str, Any] | None:
+        with trio.move_on_after(ClientConfig().test_deadline):
+            message = {"op": "test", "bridge": record.id, "host": host, "port": port}
+            return await admin.request(data_dir / admin.SOCKET_NAME, message)
+        return None
+
+    try:
+        reply = trio.run(ask)
+    except admin.AdminUnavailable:
+        raise Failure(
+            f"no relay is running on data dir {data_dir} (start one with 'bridge-relay "
+            f"--data-dir {data_dir} serve')"
+        ) from None
+    if reply is None:
+        raise Failure(f"the relay did not answer within {ClientConfig().test_deadline:g} s")
+    if not reply.get("ok"):
+        error = str(reply.get("error", "unknown error"))
+        if reply.get("kind") == "BridgeNotConnected":
+            error = f"Bridge not connected: {args.bridge}"
+        print(error, file=sys.stderr)
+        return 1
+    print(f"OK: {args.bridge} reached {target} via {reply.get('address', target)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
+    from .demo import run_demo
+
+    logs.configure(args.log_level, args.log_format)
+    interactive = not args.once and sys.stdin.isatty()
+    _run_trio(run_demo, interactive)
+    return 0
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+def _open_store(data_dir: Path) -> SQLiteStore:
+    store = SQLiteStore(data_dir / STORE_FILE)
+    try:
+        store.generation()
+    except (sqlite3.Error, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise Failure(f"cannot open the bridge store {store.path}: {reason}") from None
+    return store
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _run_trio(fn, *args: Any) -> None:
+    """trio.run, turning a Failure or UsageError raised inside nurseries into a plain one."""
+    try:
+        trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        for leaf in _leaves(group):
+            if isinstance(leaf, (Failure, UsageError)):
+                raise leaf from None
+        raise
+
+
+_COMMANDS = {
+    "serve": cmd_serve,
+    "fingerprint": cmd_fingerprint,
+    "bridges": cmd_bridges,
+    "test": cmd_test,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError(
+                "a command is required: serve, fingerprint, bridges, test or demo "
+                "(see bridge-relay --help)"
+            )
+        data_dir = Path(
+            getattr(args, "data_dir", None) or os.environ.get("RELAY_DATA_DIR") or DEFAULT_DATA_DIR
+        )
+        return _COMMANDS[args.command](args, data_dir)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except Failure as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

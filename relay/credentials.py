@@ -1,0 +1,109 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Bridge secrets: generation, bcrypt hashing, and verification off the event loop.
+
+Only bcrypt hashes are stored. Verification runs in a worker thread, costs the same for an
+unknown bridge ID as for a known one (a dummy hash is checked instead), and remembers
+credentials it has verified as an HMAC under a key that lives only in this process, so a
+fleet of agents reconnecting at once is readmitted without one bcrypt run each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections import OrderedDict
+
+import bcrypt
+import trio
+
+DEFAULT_COST = 12
+MIN_COST = 4
+MAX_COST = 31
+# bcrypt only looks at the first 72 bytes; longer inputs are never valid secrets here.
+_BCRYPT_MAX_INPUT = 72
+
+
+def new_secret() -> str:
+    """A fresh bridge secret: 32 random bytes, URL-safe base64."""
+    return secrets.token_urlsafe(32)
+
+
+def check_cost(cost: int) -> int:
+    if not MIN_COST <= cost <= MAX_COST:
+        raise ValueError(f"bcrypt cost must be between {MIN_COST} and {MAX_COST}, not {cost}")
+    return cost
+
+
+def hash_secret(secret: str, cost: int = DEFAULT_COST) -> bytes:
+    """The bcrypt hash to store for `secret` (blocking: call from a thread in async code)."""
+    return bcrypt.hashpw(secret.encode(), bcrypt.gensalt(check_cost(cost)))
+
+
+def _checkpw(secret: bytes, hashed: bytes) -> bool:
+    if len(secret) > _BCRYPT_MAX_INPUT:
+        bcrypt.checkpw(secret[:_BCRYPT_MAX_INPUT], hashed)  # same work, known answer
+        return False
+    try:
+        return bcrypt.checkpw(secret, hashed)
+    except ValueError:  # a corrupt stored hash
+        return False
+
+
+class Verifier:
+    """Checks presented secrets against stored bcrypt hashes.
+
+    `cost` is the cost of the dummy hash checked for unknown bridge IDs: keep it equal to the
+    cost the stored hashes were made with. `cache_size` bounds how many verified credentials
+    are remembered (one entry per bridge).
+    """
+
+    def __init__(
+        self, *, cost: int = DEFAULT_COST, threads: int | None = None, cache_size: int = 10_000
+    ) -> None:
+        self._cost = check_cost(cost)
+        self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 1)
+        self._dummy: bytes | None = None
+        self._key = secrets.token_bytes(32)
+        self._verified: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_size = cache_size
+
+    def __repr__(self) -> str:
+        return f"<Verifier cost={self._cost} cached={len(self._verified)}>"
+
+    def _mac(self, bridge_id: str, stored_hash: bytes, secret: bytes) -> bytes:
+        # The stored hash is part of the input, so a rotated secret never matches an old entry.
+        message = b"\0".join([bridge_id.encode(), stored_hash, secret])
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    async def prepare(self) -> None:
+        """Make the dummy hash now, so the first unknown ID costs no more than later ones."""
+        if self._dummy is None:
+            self._dummy = await self._run(hash_secret, new_secret(), self._cost)
+
+    async def verify(self, bridge_id: str, stored_hash: bytes | None, secret: bytes) -> bool:
+        """True if `secret` matches `stored_hash` (None: the bridge does not exist)."""
+        if stored_hash is None:
+            await self.prepare()
+            await self._run(_checkpw, secret, self._dummy)
+            return False
+        mac = self._mac(bridge_id, stored_hash, secret)
+        known = self._verified.get(bridge_id)
+        if known is not None and hmac.compare_digest(known, mac):
+            self._verified.move_to_end(bridge_id)
+            return True
+        if not await self._run(_checkpw, secret, stored_hash):
+            return False
+        self._verified[bridge_id] = mac
+        self._verified.move_to_end(bridge_id)
+        while len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return True
+
+    def forget(self, bridge_id: str) -> None:
+        self._verified.pop(bridge_id, None)
+
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)

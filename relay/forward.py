@@ -1,0 +1,130 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Local forwards: a TCP listener whose connections are tunneled to HOST:PORT through a bridge."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import attrs
+import trio
+
+from bridge.connect import ConnectRequest
+
+from .addresses import format_address, format_host_port, parse_host_port
+from .errors import RelayError
+
+log = logging.getLogger("relay.forward")
+
+_CHUNK = 64 * 1024
+
+
+@attrs.frozen
+class ForwardSpec:
+    """`BRIDGE=HOST:PORT[@LISTEN_HOST:LISTEN_PORT]`: listen locally, tunnel to HOST:PORT."""
+
+    bridge: str
+    host: str
+    port: int
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> ForwardSpec:
+        bridge, sep, rest = text.partition("=")
+        if not sep or not bridge:
+            raise ValueError(
+                f"invalid forward {text!r}: expected BRIDGE=HOST:PORT[@LISTEN_HOST:LISTEN_PORT]"
+            )
+        target, sep, listen = rest.partition("@")
+        host, port = parse_host_port(target)
+        ConnectRequest(host, port)  # what the agent will be sent must be valid
+        if not sep:
+            return cls(bridge, host, port)
+        listen_host, listen_port = parse_host_port(listen, allow_zero=True)
+        return cls(bridge, host, port, listen_host, listen_port)
+
+    @property
+    def target(self) -> str:
+        return format_host_port(self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"{self.bridge} -> {self.target}"
+
+
+async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATUS_IGNORED):
+    """Listen on spec's local address and tunnel each connection; `task_status` gets the
+    listeners."""
+    listeners = await trio.open_tcp_listeners(spec.listen_port, host=spec.listen_host)
+
+    async def handle(client: trio.SocketStream) -> None:
+        try:
+            await forward_connection(relay, spec, client)
+        except Exception:
+            log.exception("Forwarded connection failed", extra={"fields": {"forward": str(spec)}})
+
+    await trio.serve_listeners(handle, listeners, task_status=task_status)
+
+
+async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream) -> None:
+    async with client:
+        try:
+            peer = format_address(client.socket.getpeername())
+        except OSError:
+            return
+        started = time.monotonic()
+        try:
+            remote = await relay.connect(spec.bridge, spec.host, spec.port)
+        except RelayError:
+            return  # the relay has logged the refusal and its reason
+        async with remote:
+            sent, received, clean = await splice(client, remote)
+            if not clean:
+                reset_stream(remote)
+        log.info(
+            "Forwarded connection closed",
+            extra={
+                "fields": {
+                    "bridge": spec.bridge,
+                    "target": spec.target,
+                    "client": peer,
+                    "bytes_sent": sent,
+                    "bytes_received": received,
+                    "duration": round(time.monotonic() - started, 3),
+                    "clean": clean,
+                }
+            },
+        )
+
+
+def reset_stream(stream: trio.abc.Stream) -> None:
+    """Abort a tunneled stream (RST), also through wrappers such as PrefixedStream."""
+    while stream is not None and not hasattr(stream, "reset"):
+        stream = getattr(stream, "transport_stream", None)
+    if stream is not None:
+        stream.reset()
+
+
+async def splice(a: trio.abc.HalfCloseableStream, b: trio.abc.HalfCloseableStream):
+    """Copy a -> b and b -> a until both directions reached EOF, passing each EOF on as a
+    half-close. Returns (bytes a -> b, bytes b -> a, whether both ended cleanly); when either
+    side breaks, both directions stop at once."""
+    counts = [0, 0]
+    clean = True
+
+    async def pump(source, sink, index: int) -> None:
+        nonlocal clean
+        try:
+            while data := await source.receive_some(_CHUNK):
+                await sink.send_all(data)
+                counts[index] += len(data)
+            await sink.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            clean = False
+            nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump, a, b, 0)
+        nursery.start_soon(pump, b, a, 1)
+    return counts[0], counts[1], clean

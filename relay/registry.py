@@ -1,0 +1,79 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The live agent sessions, by bridge. A bridge may have several (agents on several hosts)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import trio
+
+
+@attrs.define(eq=False)
+class AgentSession:
+    """One authenticated agent connection and the mux session running over it."""
+
+    bridge_id: str
+    bridge_name: str
+    peer: str
+    secret_hash: bytes = attrs.field(repr=False)
+    mux: Any = attrs.field(default=None, repr=False)
+    info: dict[str, Any] = attrs.field(factory=dict, repr=False)
+    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
+    connected_at: float = attrs.field(factory=time.time)
+    close_reason: str | None = None
+
+    def open_streams(self) -> int:
+        return self.mux.statistics().streams_open
+
+    def close(self, reason: str) -> None:
+        """Ends the session (the task serving it logs why and cleans up)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.cancel_scope.cancel()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "peer": self.peer,
+            "connected_at": self.connected_at,
+            "streams_open": self.open_streams(),
+            "agent": self.info,
+        }
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._sessions: dict[str, list[AgentSession]] = {}
+
+    def __iter__(self) -> Iterator[AgentSession]:
+        return iter([s for sessions in self._sessions.values() for s in sessions])
+
+    def __len__(self) -> int:
+        return sum(len(sessions) for sessions in self._sessions.values())
+
+    def add(self, session: AgentSession) -> None:
+        self._sessions.setdefault(session.bridge_id, []).append(session)
+
+    def remove(self, session: AgentSession) -> None:
+        sessions = self._sessions.get(session.bridge_id, [])
+        if session in sessions:
+            sessions.remove(session)
+        if not sessions:
+            self._sessions.pop(session.bridge_id, None)
+
+    def sessions(self, bridge: str) -> list[AgentSession]:
+        """The sessions of the bridge with this ID or name, oldest first."""
+        if (sessions := self._sessions.get(bridge)) is not None:
+            return list(sessions)
+        return [s for s in self if s.bridge_name == bridge]
+
+    def candidates(self, bridge: str) -> list[AgentSession]:
+        """The sessions to try for a new stream, fewest open streams first."""
+        return sorted(self.sessions(bridge), key=AgentSession.open_streams)
+
+    def close_bridge(self, bridge_id: str, reason: str) -> None:
+        for session in self.sessions(bridge_id):
+            session.close(reason)

@@ -1,0 +1,98 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Helpers for the relay tests: a relay on loopback, agents, certificates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import trio
+
+from bridge.agent import Agent
+from bridge.tls import client_ssl_context
+from relay import Relay, RelayConfig
+from relay.certificates import server_ssl_context
+
+COST = 4  # bcrypt cost in tests
+
+
+@attrs.frozen
+class CertFiles:
+    cert: Path
+    key: Path
+    fingerprint: str
+
+    def server_context(self):
+        return server_ssl_context(self.cert, self.key)
+
+    def client_context(self):
+        return client_ssl_context(fingerprint=self.fingerprint)
+
+
+class RelayHarness:
+    """A relay serving on 127.0.0.1 for one test, plus helpers to run agents and targets."""
+
+    def __init__(self, nursery: trio.Nursery, store, cert_files: CertFiles, **config) -> None:
+        self.nursery = nursery
+        self.store = store
+        self.cert_files = cert_files
+        defaults = dict(
+            handshake_timeout=2.0, connect_timeout=5.0, bcrypt_cost=COST, store_poll_interval=0.05
+        )
+        config = RelayConfig(**{**defaults, **config})
+        self.relay = Relay(store, cert_files.server_context(), config=config)
+        self.port = 0
+
+    async def start(self) -> RelayHarness:
+        listeners = await self.nursery.start(self.relay.serve, "127.0.0.1", 0)
+        self.port = listeners[0].socket.getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"tls://127.0.0.1:{self.port}"
+
+    def create_bridge(self, name: str) -> tuple[str, str]:
+        return self.store.create_bridge(name, cost=COST)
+
+    def agent(self, bridge_id: str, secret: str, allow: list[str]) -> Agent:
+        return Agent(self.url, bridge_id, secret, allow, self.cert_files.client_context())
+
+    async def start_agent(self, bridge_id: str, secret: str, allow: list[str]) -> RunningAgent:
+        """Run an agent until it ends; `done` is set when its session is over."""
+        running = RunningAgent(self.agent(bridge_id, secret, allow))
+        await self.nursery.start(running.run)
+        return running
+
+    async def wait_disconnected(self, bridge: str) -> None:
+        while self.relay.is_connected(bridge):
+            await trio.sleep(0.01)
+
+    async def wait_sessions(self, bridge: str, count: int) -> None:
+        while len(self.relay.registry.sessions(bridge)) != count:
+            await trio.sleep(0.01)
+
+
+class RunningAgent:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.done = trio.Event()
+        self.scope = trio.CancelScope()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self.scope:
+                await self.agent.run(task_status=task_status)
+        finally:
+            self.done.set()
+
+    def kill(self) -> None:
+        self.scope.cancel()
+
+
+async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
+    data = bytearray()
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return bytes(data)

@@ -1,0 +1,359 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The relay end to end, in process: real TLS on loopback, real agents, real targets."""
+
+import hashlib
+import logging
+import os
+import sys
+from functools import partial
+
+import pytest
+import trio
+
+from bridge.agent import AuthenticationFailed
+from bridge.handshake import (
+    MAGIC,
+    Hello,
+    WelcomeParser,
+    WelcomeStatus,
+    encode_hello,
+)
+from relay import (
+    BridgeNotConnected,
+    SQLiteStore,
+    TargetNotAllowed,
+    TargetUnreachable,
+)
+from relay.admin import request, serve_admin
+from relay.forward import ForwardSpec, serve_forward
+from relay_support import COST, receive_all
+
+TIME_LIMIT = 20
+
+
+@pytest.fixture
+def relay_logs():
+    """Records of the relay's loggers, whatever the logging configuration of the process."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger, handler = logging.getLogger("relay"), Keep(logging.DEBUG)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(old_level)
+
+
+def _text(records) -> str:
+    return "\n".join(f"{r.getMessage()} {getattr(r, 'fields', {})}" for r in records)
+
+
+async def _echo_through(stream, payload: bytes) -> bytes:
+    async with stream:
+        async with trio.open_nursery() as nursery:
+
+            async def send():
+                await stream.send_all(payload)
+                await stream.send_eof()
+
+            nursery.start_soon(send)
+            return await receive_all(stream)
+
+
+async def test_connect_tunnels_bytes_both_ways_with_half_close(harness, echo_port):
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, secret = harness.create_bridge("prod")
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        payload = os.urandom(3 * 1024 * 1024 + 17)
+        for bridge in ["prod", bridge_id]:
+            stream = await harness.relay.connect(bridge, "127.0.0.1", echo_port)
+            echoed = await _echo_through(stream, payload)
+            assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+        assert await harness.relay.probe("prod", "127.0.0.1", echo_port) == f"127.0.0.1:{echo_port}"
+
+
+async def test_bytes_the_target_sends_first_are_kept(harness, nursery):
+    async def banner(stream):
+        async with stream:
+            await stream.send_all(b"220 hello\r\n")
+            await stream.send_all(await stream.receive_some(100))
+
+    listeners = await nursery.start(partial(trio.serve_tcp, banner, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, secret = harness.create_bridge("smtp")
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{port}"])
+        for _ in range(5):
+            async with await harness.relay.connect("smtp", "127.0.0.1", port) as stream:
+                greeting = b""
+                while not greeting.endswith(b"\r\n"):
+                    greeting += await stream.receive_some(100)
+                assert greeting == b"220 hello\r\n"
+                await stream.send_all(b"QUIT")
+                assert await receive_all(stream) == b"QUIT"
+
+
+async def test_bridge_not_connected(harness, relay_logs):
+    harness.create_bridge("idle")
+    with trio.fail_after(TIME_LIMIT):
+        with pytest.raises(BridgeNotConnected, match="Bridge not connected: idle"):
+            await harness.relay.connect("idle", "db", 5432)
+        with pytest.raises(BridgeNotConnected, match="Bridge not connected: nosuch"):
+            await harness.relay.connect("nosuch", "db", 5432)
+
+
+async def test_refusals_carry_the_agents_message(harness, echo_port, closed_port, relay_logs):
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, secret = harness.create_bridge("prod")
+        await harness.start_agent(
+            bridge_id, secret, [f"127.0.0.1:{echo_port}", f"127.0.0.1:{closed_port}"]
+        )
+        with pytest.raises(TargetNotAllowed) as refused:
+            await harness.relay.connect("prod", "db", 5432)
+        assert str(refused.value) == "Host not in allowed hosts list: db:5432"
+        with pytest.raises(TargetUnreachable, match=f"Connection refused: 127.0.0.1:{closed_port}"):
+            await harness.relay.connect("prod", "127.0.0.1", closed_port)
+        # The session is unharmed by refusals.
+        stream = await harness.relay.connect("prod", "127.0.0.1", echo_port)
+        assert await _echo_through(stream, b"still here") == b"still here"
+    assert "Host not in allowed hosts list: db:5432" in _text(relay_logs)
+
+
+async def test_wrong_secret_and_unknown_id_are_refused_alike(harness, relay_logs):
+    bridge_id, secret = harness.create_bridge("prod")
+    wrong = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    with trio.fail_after(TIME_LIMIT):
+        unknown_id = "4b3c4ef2-0c52-4e8a-9d0c-1d6f3c7e2a11"
+        for bad_id, bad_secret in [(bridge_id, wrong), (unknown_id, secret)]:
+            with pytest.raises(AuthenticationFailed, match="invalid bridge credentials"):
+                await harness.nursery.start(harness.agent(bad_id, bad_secret, ["db:5432"]).run)
+    failures = [r for r in relay_logs if r.getMessage() == "Authentication failed"]
+    assert [r.levelno for r in failures] == [logging.WARNING, logging.WARNING]
+    assert failures[0].fields["bridge_id"] == bridge_id
+    assert failures[0].fields["peer"].startswith("127.0.0.1:")
+    text = _text(relay_logs)
+    assert secret not in text and wrong not in text
+    assert not harness.relay.is_connected("prod")
+
+
+async def test_deleting_a_bridge_cuts_its_session_and_refuses_it(harness, echo_port):
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, secret = harness.create_bridge("prod")
+        other_id, other_secret = harness.create_bridge("other")
+        agent = await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        await harness.start_agent(other_id, other_secret, [f"127.0.0.1:{echo_port}"])
+        stream = await harness.relay.connect("prod", "127.0.0.1", echo_port)
+        harness.store.delete("prod")
+        with trio.fail_after(2):
+            await agent.done.wait()
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.send_all(b"x")
+            await stream.receive_some()
+        with pytest.raises(BridgeNotConnected):
+            await harness.relay.connect("prod", "127.0.0.1", echo_port)
+        with pytest.raises(AuthenticationFailed):
+            await harness.nursery.start(harness.agent(bridge_id, secret, ["db:5432"]).run)
+        assert harness.relay.is_connected("other")
+
+
+async def test_rotating_a_secret_cuts_the_old_one(harness, echo_port):
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, old = harness.create_bridge("prod")
+        agent = await harness.start_agent(bridge_id, old, [f"127.0.0.1:{echo_port}"])
+        new = harness.store.rotate(bridge_id, cost=COST)
+        with trio.fail_after(2):
+            await agent.done.wait()
+        with pytest.raises(AuthenticationFailed):
+            await harness.nursery.start(harness.agent(bridge_id, old, ["db:5432"]).run)
+        await harness.start_agent(bridge_id, new, [f"127.0.0.1:{echo_port}"])
+        assert await harness.relay.probe("prod", "127.0.0.1", echo_port)
+
+
+async def test_cli_delete_in_another_process_cuts_the_session(sqlite_harness, echo_port):
+    harness = sqlite_harness
+    assert isinstance(harness.store, SQLiteStore)
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, secret = harness.create_bridge("prod")
+        agent = await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        data_dir = harness.store.path.parent
+        delete = ["bridges", "delete", "prod"]
+        await trio.run_process(
+            [sys.executable, "-m", "relay", "--data-dir", str(data_dir), *delete],
+            capture_stdout=True,
+        )
+        with trio.fail_after(2):
+            await agent.done.wait()
+        assert not harness.relay.is_connected(bridge_id)
+
+
+async def _raw_tls(harness):
+    tcp = await trio.open_tcp_stream("127.0.0.1", harness.port)
+    return trio.SSLStream(tcp, harness.cert_files.client_context())
+
+
+async def _welcome(stream):
+    parser = WelcomeParser()
+    while (welcome := parser.feed(await stream.receive_some())) is None:
+        pass
+    return welcome
+
+
+async def _assert_closed(stream) -> None:
+    try:
+        while await stream.receive_some():
+            pass
+    except trio.BrokenResourceError:
+        pass
+
+
+async def test_misbehaving_connections_are_dropped_alone(harness, echo_port, relay_logs):
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, secret = harness.create_bridge("prod")
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        busy = await harness.relay.connect("prod", "127.0.0.1", echo_port)
+        await busy.send_all(b"before ")
+
+        # Not TLS at all.
+        plain = await trio.open_tcp_stream("127.0.0.1", harness.port)
+        await plain.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(2000))
+        await _assert_closed(plain)
+
+        # TLS, then not our protocol.
+        garbage = await _raw_tls(harness)
+        await garbage.send_all(b"\x00" * 2000)
+        assert (await _welcome(garbage)).status == WelcomeStatus.MALFORMED
+        await _assert_closed(garbage)
+
+        # A version this relay does not speak: it answers with its own.
+        future = await _raw_tls(harness)
+        await future.send_all(MAGIC + bytes([7]) + b"\x01x")
+        welcome = await _welcome(future)
+        assert (welcome.status, welcome.version) == (WelcomeStatus.UNSUPPORTED_VERSION, 1)
+
+        # An oversized field.
+        oversized = await _raw_tls(harness)
+        await oversized.send_all(MAGIC + bytes([1, 200]) + b"x" * 200)
+        assert (await _welcome(oversized)).status == WelcomeStatus.MALFORMED
+
+        # A valid login followed by bytes that are not yamux.
+        rogue = await _raw_tls(harness)
+        await rogue.send_all(encode_hello(Hello(bridge_id, secret)))
+        assert (await _welcome(rogue)).status == WelcomeStatus.OK
+        await harness.wait_sessions("prod", 2)
+        await rogue.send_all(b"\xff" * 64)
+        await _assert_closed(rogue)
+        await harness.wait_sessions("prod", 1)
+
+        # A TLS client that never says hello is dropped at the deadline.
+        silent = await _raw_tls(harness)
+        await silent.do_handshake()
+        await _assert_closed(silent)
+
+        # Through all of that the first session and its open stream kept going.
+        await busy.send_all(b"after")
+        await busy.send_eof()
+        assert await receive_all(busy) == b"before after"
+        await busy.aclose()
+    text = _text(relay_logs)
+    assert "handshake timed out" in text
+    assert "Unexpected error" not in text
+
+
+async def test_several_agents_of_one_bridge_share_the_load(harness, echo_port):
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, secret = harness.create_bridge("ha")
+        allow = [f"127.0.0.1:{echo_port}"]
+        first = await harness.start_agent(bridge_id, secret, allow)
+        await harness.start_agent(bridge_id, secret, allow)
+        await harness.wait_sessions("ha", 2)
+        streams = [await harness.relay.connect("ha", "127.0.0.1", echo_port) for _ in range(4)]
+        assert sorted(s.open_streams() for s in harness.relay.registry.sessions("ha")) == [2, 2]
+        for stream in streams:
+            await stream.aclose()
+        first.kill()
+        for i in range(20):
+            stream = await harness.relay.connect("ha", "127.0.0.1", echo_port)
+            assert await _echo_through(stream, b"%d" % i) == b"%d" % i
+
+
+async def test_forward_tunnels_local_connections(harness, echo_port, relay_logs):
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, secret = harness.create_bridge("prod")
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        ok = ForwardSpec.parse(f"prod=127.0.0.1:{echo_port}")
+        refused = ForwardSpec.parse("prod=db:5432@127.0.0.1:0")
+        ok_port, refused_port = [
+            (await harness.nursery.start(serve_forward, harness.relay, spec))[0]
+            .socket.getsockname()[1]
+            for spec in (ok, refused)
+        ]
+
+        async def roundtrip(payload):
+            return await _echo_through(await trio.open_tcp_stream("127.0.0.1", ok_port), payload)
+
+        results = {}
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                payload = os.urandom(50_000 + i)
+
+                async def run(i=i, payload=payload):
+                    results[i] = await roundtrip(payload) == payload
+
+                nursery.start_soon(run)
+        assert all(results.values()) and len(results) == 20
+
+        client = await trio.open_tcp_stream("127.0.0.1", refused_port)
+        await _assert_closed(client)
+    assert "Host not in allowed hosts list: db:5432" in _text(relay_logs)
+
+
+def test_forward_spec_parsing():
+    assert ForwardSpec.parse("prod=db:5432") == ForwardSpec("prod", "db", 5432, "127.0.0.1", 0)
+    assert ForwardSpec.parse("p=[::1]:1@0.0.0.0:6000") == ForwardSpec(
+        "p", "::1", 1, "0.0.0.0", 6000
+    )
+    for bad in ["prod", "=db:5432", "prod=db", "prod=db:0", "prod=db:5432@x", "prod=db:99999",
+                "prod=::1:5432", "prod=db:5432@127.0.0.1:-1", "prod=bad host:1"]:
+        with pytest.raises(ValueError):
+            ForwardSpec.parse(bad)
+
+
+async def test_control_socket(harness, echo_port, tmp_path):
+    path = tmp_path / "relay.sock"
+    with trio.fail_after(TIME_LIMIT):
+        await harness.nursery.start(serve_admin, harness.relay, path)
+        assert (path.stat().st_mode & 0o777) == 0o600
+        bridge_id, secret = harness.create_bridge("prod")
+        assert await request(path, {"op": "status"}) == {"ok": True, "bridges": {}}
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        status = await request(path, {"op": "status"})
+        [session] = status["bridges"][bridge_id]
+        assert session["peer"].startswith("127.0.0.1:")
+        ok = await request(
+            path, {"op": "test", "bridge": "prod", "host": "127.0.0.1", "port": echo_port}
+        )
+        assert ok == {"ok": True, "address": f"127.0.0.1:{echo_port}"}
+        refused = await request(path, {"op": "test", "bridge": "prod", "host": "db", "port": 5432})
+        assert refused == {
+            "ok": False,
+            "error": "Host not in allowed hosts list: db:5432",
+            "kind": "TargetNotAllowed",
+        }
+        bad = await request(path, {"op": "nope"})
+        assert not bad["ok"] and "unknown op" in bad["error"]
+
+
+async def test_a_secret_given_as_the_id_is_not_logged(harness, relay_logs):
+    bridge_id, secret = harness.create_bridge("prod")
+    with trio.fail_after(TIME_LIMIT):
+        with pytest.raises(AuthenticationFailed):
+            await harness.nursery.start(harness.agent(secret, bridge_id, ["db:5432"]).run)
+    [failure] = [r for r in relay_logs if r.getMessage() == "Authentication failed"]
+    assert failure.fields["bridge_id"] == "<not a bridge ID: 43 characters>"
+    assert secret not in _text(relay_logs)
