@@ -1,0 +1,309 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Real processes for the end-to-end tests: the console scripts, PostgreSQL and psql.
+
+Every process runs in its own process group and writes stdout and stderr to files; `started`
+lists them all so that a failing test's report can show their output. `Launcher` starts the
+relay and agents of one test the way a user runs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+BIN_DIR = Path(sys.executable).parent
+RELAY = str(BIN_DIR / "bridge-relay")
+AGENT = str(BIN_DIR / "bridge-agent")
+
+# Bounds every wait for a process to start, print a line or exit.
+STARTUP_TIMEOUT = 30.0
+LOG_TAIL = 12_000
+
+# Variables a user's shell might carry that would change what the tests start.
+CONFIG_VARIABLES = (
+    "BRIDGE_ID", "BRIDGE_SECRET", "RELAY_URL", "RELAY_FINGERPRINT", "RELAY_CA", "ALLOW",
+    "ALLOWED_HOSTS", "ALLOW_ANY", "LOG_LEVEL", "LOG_FORMAT", "RELAY_DATA_DIR", "NOTIFY_SOCKET",
+    "WATCHDOG_USEC", "WATCHDOG_PID",
+)
+
+BRIDGE_NAME = "e2e"
+
+started: list[Process] = []
+
+
+def clean_env(**values: str | None) -> dict[str, str]:
+    """os.environ without the product's configuration variables, plus `values` (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARIABLES}
+    for key, value in values.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run(argv: list[str], *, env: dict[str, str] | None = None,
+        timeout: float = STARTUP_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=clean_env() if env is None else env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def relay_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """One `bridge-relay --data-dir DATA_DIR ARGS...` command, run to completion."""
+    return run([RELAY, "--data-dir", str(data_dir), *args])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = STARTUP_TIMEOUT) -> None:
+    __tracebackhide__ = True
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class Process:
+    """A process in its own process group, its output going to NAME.out and NAME.err in log_dir."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, *,
+                 env: dict[str, str] | None = None, **popen) -> None:
+        self.name = name
+        stem = log_dir / f"{len(started):03d}-{name}"
+        self.stdout_path, self.stderr_path = stem.with_suffix(".out"), stem.with_suffix(".err")
+        popen.setdefault("cwd", log_dir)
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.popen = subprocess.Popen(
+                [str(arg) for arg in argv], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env=clean_env() if env is None else env, start_new_session=True, **popen)
+        started.append(self)
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def wait(self, timeout: float = STARTUP_TIMEOUT) -> int:
+        """The exit status; fails the test if the process is still running after `timeout`."""
+        __tracebackhide__ = True
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} is still running after {timeout} s") from None
+
+    def wait_for(self, pattern: str, *, stream: str = "stderr", count: int = 1,
+                 timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
+        """The `count`-th match of `pattern` (a multi-line regex) in the process's output."""
+        __tracebackhide__ = True
+        regex = re.compile(pattern, re.MULTILINE)
+        read = self.stdout if stream == "stdout" else self.stderr
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.poll() is not None  # checked before reading: no output is missed
+            matches = list(regex.finditer(read()))
+            if len(matches) >= count:
+                return matches[count - 1]
+            if exited:
+                raise AssertionError(f"{self.name} exited with status {self.poll()} "
+                                     f"before printing /{pattern}/ on {stream}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} did not print /{pattern}/ on {stream} "
+                                     f"within {timeout} s")
+            time.sleep(0.05)
+
+    def stop(self, first: signal.Signals | None = None, grace: float = 10.0) -> None:
+        """Kill the whole process group, after `first` and up to `grace` seconds if given."""
+        if first is not None and self.poll() is None:
+            self._signal_group(first)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(grace)
+        self._signal_group(signal.SIGKILL)
+        self.popen.wait()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)
+
+    def log_sections(self) -> list[tuple[str, str]]:
+        """(title, text) for a test report: the tail of stdout and stderr."""
+        sections = []
+        for stream, path in (("stdout", self.stdout_path), ("stderr", self.stderr_path)):
+            text = path.read_text(errors="replace")
+            if len(text) > LOG_TAIL:
+                text = f"[... {len(text) - LOG_TAIL} characters before]\n{text[-LOG_TAIL:]}"
+            if text:
+                sections.append((f"{self.name} {stream} ({path})", text))
+        return sections
+
+
+class Postgres:
+    """A running PostgreSQL server on 127.0.0.1, reached with the real psql client."""
+
+    def __init__(self, psql: str, port: int) -> None:
+        self.psql_bin = psql
+        self.port = port
+        self.env = {k: v for k, v in clean_env().items() if not k.startswith("PG")}
+        self.env["PGCONNECT_TIMEOUT"] = "10"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def psql_argv(self, sql: str, port: int | None = None) -> list[str]:
+        return [self.psql_bin, "-h", "127.0.0.1", "-p", str(port or self.port), "-U", "postgres",
+                "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]
+
+    def psql(self, sql: str, port: int | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        """`sql` through psql, directly or (with `port`) through a forward; stdout as bytes."""
+        return subprocess.run(self.psql_argv(sql, port), env=self.env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Bridge:
+    data_dir: Path
+    name: str
+    id: str
+    secret: str = field(repr=False)
+    fingerprint: str
+
+
+@dataclass
+class Relay:
+    process: Process
+    agent_port: int
+    forwards: dict[str, int]  # target HOST:PORT -> local listener port
+    connected: int = 0  # agents this test waited to see connected
+
+    @property
+    def url(self) -> str:
+        return f"tls://127.0.0.1:{self.agent_port}"
+
+
+def parse_assignments(stdout: str) -> dict[str, str]:
+    """`KEY=VALUE` lines -> dict."""
+    return dict(line.split("=", 1) for line in stdout.splitlines())
+
+
+class Launcher:
+    """Starts relays, agents and other processes for one test; kills them all at its end."""
+
+    def __init__(self, bridge: Bridge, log_dir: Path) -> None:
+        self.bridge = bridge
+        self.log_dir = log_dir
+        self.processes: list[Process] = []
+
+    def start(self, name: str, argv: list, *, env: dict[str, str] | None = None) -> Process:
+        process = Process(name, argv, self.log_dir, env=env)
+        self.processes.append(process)
+        return process
+
+    def relay(self, *targets: str, args: Iterable[str | Path] = ()) -> Relay:
+        """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening."""
+        argv = [RELAY, "--data-dir", self.bridge.data_dir, "serve", "--listen", "127.0.0.1:0",
+                *args]
+        for target in targets:
+            argv += ["--forward", f"{self.bridge.name}={target}"]
+        process = self.start("relay", argv)
+        agents = process.wait_for(r"^agents: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
+        forwards = {}
+        for target in targets:
+            listening = process.wait_for(
+                rf"^forward {re.escape(self.bridge.name)} -> {re.escape(target)}: "
+                r"listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
+            forwards[target] = int(listening[1])
+        return Relay(process, int(agents[1]), forwards)
+
+    def agent(self, relay: Relay, allow: Iterable[str], *, args: Iterable[str | Path] = (),
+              wait: bool = True, **env: str | None) -> Process:
+        """`bridge-agent ARGS` configured through its environment (`env` changes the defaults:
+        this test's bridge, pinning the relay's certificate); with `wait`, once connected."""
+        defaults = {"BRIDGE_ID": self.bridge.id, "BRIDGE_SECRET": self.bridge.secret,
+                    "RELAY_URL": relay.url, "RELAY_FINGERPRINT": self.bridge.fingerprint,
+                    "ALLOW": ",".join(allow)}
+        agent = self.start("agent", [AGENT, *args], env=clean_env(**(defaults | env)))
+        if wait:
+            agent.wait_for(r"\tHandling incoming proxy connections")
+            relay.connected += 1
+            relay.process.wait_for(rf'\tBridge connected\t.*"{re.escape(self.bridge.name)}"',
+                                   count=relay.connected)
+        return agent
+
+    def tunnel(self, targets: list[str], allow: list[str] | None = None) -> tuple[Relay, Process]:
+        """A relay forwarding to `targets` and a connected agent allowing `allow` (or them)."""
+        relay = self.relay(*targets)
+        return relay, self.agent(relay, targets if allow is None else allow)
+
+    def logs(self) -> str:
+        """Everything the processes of this test printed."""
+        return "".join(p.stdout() + p.stderr() for p in self.processes)
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    ca: Path    # a CA certificate
+    cert: Path  # a relay certificate for 127.0.0.1 signed by that CA
+    key: Path   # the relay certificate's key
+
+
+def write_tls_files(directory: Path) -> TLSFiles:
+    """A throwaway CA and a relay certificate it signed, as PEM files in `directory`."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def certificate(subject: str, key, issuer: str, signer, *, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    relay_key = ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("e2e test CA", ca_key, "e2e test CA", ca_key, ca=True)
+    relay = certificate("127.0.0.1", relay_key, "e2e test CA", ca_key, ca=False)
+    files = TLSFiles(directory / "ca.pem", directory / "relay.pem", directory / "relay-key.pem")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(relay.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(relay_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return files
