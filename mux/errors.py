@@ -18,7 +18,11 @@ class LocalProtocolError(ProtocolError):
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer violated the protocol. ``code`` is the GoAway code sent to it."""
+    """The peer violated the protocol, or ended the session with an error GoAway.
+
+    ``code`` is the GoAway code of that end: the one sent to the peer for its violation, or
+    the one it sent.
+    """
 
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
