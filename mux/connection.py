@@ -33,8 +33,9 @@ class _Stream:
         self.window = ReceiveWindow()
         self.send_window = INITIAL_WINDOW
         self.inbound = inbound
-        #: For a stream the peer opened: whether the application accepted it (ACK sent).
-        self.accepted = not inbound
+        #: Whether the opening handshake is over: for a stream the peer opened, the
+        #: application accepted it (ACK sent); for ours, the peer answered.
+        self.accepted = False
         #: The application closed the stream: data still arriving is answered with RST.
         self.abandoned = False
 
@@ -137,7 +138,7 @@ class Connection:
 
     def accept_stream(self, stream_id: int) -> None:
         stream = self._stream(stream_id)
-        if stream.accepted:
+        if stream.accepted or not stream.inbound:
             raise LocalProtocolError(f"stream {stream_id} is not waiting to be accepted")
         stream.accepted = True
         self._awaiting_accept -= 1
@@ -235,7 +236,12 @@ class Connection:
                     if not (version or type or flags) and length <= end - pos:
                         # The common case, a plain Data frame all in this buffer, inline.
                         stream = streams.get(stream_id)
-                        if stream is not None and not stream.abandoned and stream.state in CAN_RECEIVE:
+                        if (
+                            stream is not None
+                            and stream.accepted
+                            and not stream.abandoned
+                            and stream.state in CAN_RECEIVE
+                        ):
                             stream.window.receive(length)
                             if length:
                                 events.append(DataReceived(stream_id, view[pos : pos + length]))
@@ -266,7 +272,11 @@ class Connection:
         stream = self._streams.get(stream_id)
         if flags & _SYN:
             stream = self._on_syn(stream_id, events)
-        elif flags & _ACK and stream is not None and self._unacknowledged.pop(stream_id, None) is not None:
+        elif stream is not None and not stream.accepted and not stream.inbound and not flags & _RST:
+            # Any answer but a refusal acknowledges a stream we opened: hashicorp sends no
+            # ACK for a stream whose FIN reached it before its application accepted it.
+            stream.accepted = True
+            del self._unacknowledged[stream_id]
             events.append(ev.StreamAccepted(stream_id))
         if type == _DATA and length:
             deliver = stream is not None

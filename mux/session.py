@@ -2,10 +2,11 @@
 # SPDX-License-Identifier: MPL-2.0
 """A yamux session over any `trio.abc.Stream`: the thin Trio side of `mux.connection`.
 
-Three tasks per session, in the session's own nursery: a reader that feeds the transport's
+Four tasks per session, in the session's own nursery: a reader that feeds the transport's
 bytes to the `Connection` and hands the events to streams; one writer that sends everything
 queued since its last write in one `send_all` (frames of many streams coalesce while a write
-is in flight); and a timer task for keepalive pings and stream-open deadlines.
+is in flight; a sender writes itself when the transport allows and no write is in flight);
+keepalive pings; and stream-open and stream-close deadlines.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ async def open_session(
         session = Session(transport, client=client, config=config)
         nursery.start_soon(session._run_background, session._read_loop)
         nursery.start_soon(session._write_loop)
-        nursery.start_soon(session._run_background, session._timer_loop)
+        nursery.start_soon(session._run_background, session._keepalive_loop)
+        nursery.start_soon(session._run_background, session._deadline_loop)
         try:
             yield session
         finally:
@@ -423,33 +425,27 @@ class Session:
             except SessionClosed:
                 pass
 
-    async def _timer_loop(self) -> None:
-        """Keepalive pings (they also measure the RTT) and stream-open deadlines."""
+    async def _keepalive_loop(self) -> None:
+        """Pings: the first measures the RTT (windows grow by it); then, with keepalive on,
+        one every keepalive_interval, and a ping unanswered within ping_timeout ends the session."""
         config = self._config
-        check_interval = min(config.stream_open_timeout, config.stream_close_timeout) / 4
-        next_check = trio.current_time() + check_interval
-        with trio.move_on_after(config.ping_timeout) as probe:
-            await self.ping()
-        if probe.cancelled_caught and config.enable_keepalive:
-            self._terminate(f"keepalive: the peer did not answer a ping within {config.ping_timeout} s")
-            return
-        next_ping = trio.current_time() + config.keepalive_interval
-        while self._error is None:
-            now = trio.current_time()
-            if config.enable_keepalive and now >= next_ping:
-                with trio.move_on_after(config.ping_timeout) as keepalive:
-                    await self.ping()
-                if keepalive.cancelled_caught:
-                    self._terminate(
-                        f"keepalive: the peer did not answer a ping within {config.ping_timeout} s"
-                    )
-                    return
-                next_ping = trio.current_time() + config.keepalive_interval
-            if now >= next_check:
-                self._reset_overdue(now)
-                next_check = now + check_interval
-            wake = min(next_ping, next_check) if config.enable_keepalive else next_check
-            await trio.sleep_until(wake)
+        while True:
+            with trio.move_on_after(config.ping_timeout) as deadline:
+                await self.ping()
+            if deadline.cancelled_caught and config.enable_keepalive:
+                self._terminate(f"keepalive: the peer did not answer a ping within {config.ping_timeout} s")
+                return
+            if not config.enable_keepalive:
+                return
+            await trio.sleep(config.keepalive_interval)
+
+    async def _deadline_loop(self) -> None:
+        """Stream-open and stream-close deadlines."""
+        config = self._config
+        interval = min(config.stream_open_timeout, config.stream_close_timeout) / 4
+        while True:
+            await trio.sleep(interval)
+            self._reset_overdue(trio.current_time())
 
     def _reset_overdue(self, now: float) -> None:
         """Reset streams the peer never acknowledged, and closed ones it never finished."""
