@@ -133,6 +133,7 @@ class Session:
                 self._check_open()
         else:
             await cancel_shielded_checkpoint()
+            self._check_open()  # a GoAway may have gone out while we yielded
         stream_id = self._conn.open_stream()
         stream = self._streams[stream_id] = Stream(self, stream_id)
         self._opened_total += 1
