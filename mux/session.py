@@ -147,8 +147,8 @@ class Session:
             while self._accept_queue:
                 stream = self._accept_queue.popleft()
                 if self._error is None:
-                    if self._conn.stream_state(stream.stream_id) is None:
-                        continue  # reset by the peer before we got to it
+                    if self._streams.get(stream.stream_id) is not stream:
+                        continue  # reset by the peer before we got to it (its ID may be reused)
                     self._conn.accept_stream(stream.stream_id)
                     self._writer.wake()
                 # Once the session is over, streams it opened are still handed out: what the
