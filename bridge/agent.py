@@ -2,6 +2,12 @@
 # SPDX-License-Identifier: MPL-2.0
 """The agent: dials the relay, authenticates, and serves the streams the relay opens.
 
+`Agent.run` keeps a session up for as long as it runs: a lost session (the relay went away,
+the link died and keepalive noticed, the relay closed it) is followed by a new one, after an
+exponential backoff with full jitter. Only the relay refusing this agent (bad credentials,
+another protocol version) ends it. `Agent.drain` stops it gracefully: GoAway, then the open
+streams get up to ``drain_timeout`` to finish.
+
 Per stream: read the `ConnectRequest`, check the allow-list against the resolved addresses,
 dial exactly a checked address, answer with a `ConnectReply`, then copy bytes both ways with
 half-close carried through.
@@ -19,11 +25,13 @@ from typing import Any, Iterable
 
 import attrs
 import trio
+from trio.lowlevel import ParkingLot
 
 import mux
 
 from . import __version__, logs
 from .allowlist import AllowList
+from .backoff import Backoff
 from .connect import (
     MAX_MESSAGE,
     MAX_REQUEST,
@@ -45,6 +53,7 @@ from .handshake import (
 )
 from .prefixed_stream import PrefixedStream
 from .relay_url import RelayURL, format_address
+from .systemd import Notifier
 from .tls import FingerprintMismatch, PinnedSSLContext, check_fingerprint
 from .tls_stream import TLSStream
 
@@ -65,8 +74,26 @@ class AgentConfig:
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: How much one read from a target or a stream asks for.
     copy_size: int = attrs.field(default=256 * 1024, validator=attrs.validators.ge(64 * 1024))
+    #: Ping the relay this often; no answer within keepalive_timeout ends the session (and a
+    #: new one is dialed). Both override the values in mux_config.
+    keepalive_interval: float = attrs.field(default=30.0, validator=_positive)
+    keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Reconnect delays double up to this (with full jitter; the first is under 1 s).
+    max_backoff: float = attrs.field(default=30.0, validator=_positive)
+    #: A session that lasted this long was healthy: the next reconnect starts the backoff over.
+    healthy_session: float = attrs.field(default=10.0, validator=_positive)
+    #: After `Agent.drain`, how long open streams may take to finish before they are cut.
+    drain_timeout: float = attrs.field(default=30.0, validator=_positive)
     #: Settings of the yamux session; None for mux's defaults.
     mux_config: mux.Config | None = None
+
+    def session_config(self) -> mux.Config:
+        """The yamux settings: mux_config (or the defaults) with this config's keepalive."""
+        return attrs.evolve(
+            self.mux_config or mux.Config(),
+            keepalive_interval=self.keepalive_interval,
+            ping_timeout=self.keepalive_timeout,
+        )
 
 
 class AgentError(Exception):
@@ -75,6 +102,11 @@ class AgentError(Exception):
 
 class RelayUnavailable(AgentError):
     """The relay could not be reached, failed TLS, broke the handshake, or asked to retry later."""
+
+
+class RelayUntrusted(RelayUnavailable):
+    """The relay's certificate failed verification (or the pin): retried, but logged as an
+    error, since it usually takes someone to fix the trust settings or the relay."""
 
 
 class RelayRejected(AgentError):
@@ -112,7 +144,7 @@ class Agent:
 
     ``allow`` is an `AllowList` or allow-list entries; it must not be empty (use
     ``AllowList.any()`` to allow every target). ``ssl_context`` comes from
-    `bridge.tls.client_ssl_context`.
+    `bridge.tls.client_ssl_context`. ``notifier`` tells systemd about the agent's state.
     """
 
     def __init__(
@@ -124,6 +156,7 @@ class Agent:
         ssl_context: ssl.SSLContext,
         *,
         config: AgentConfig | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.relay_url = relay_url if isinstance(relay_url, RelayURL) else RelayURL.parse(relay_url)
         self.allow = allow if isinstance(allow, AllowList) else AllowList.parse(allow)
@@ -134,40 +167,142 @@ class Agent:
         self.bridge_id = bridge_id
         self.ssl_context = ssl_context
         self.config = config or AgentConfig()
+        self.notifier = notifier or Notifier(None)
+        #: Sessions authenticated so far.
+        self.sessions = 0
+        self._draining = False
+        self._drain_requested = trio.Event()
+        self._connecting: trio.CancelScope | None = None
+        self._open_streams = 0
+        self._stream_ended = ParkingLot()
+        self._drain_opened = self._cut = 0
         logs.register_secret(secret)
 
     def __repr__(self) -> str:
         return f"<Agent {self.bridge_id} -> {self.relay_url}>"
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, authenticate, and serve streams until the session ends.
+    @property
+    def open_streams(self) -> int:
+        """Streams being served right now."""
+        return self._open_streams
 
-        Raises `AuthenticationFailed` or `RelayRejected` when the relay refuses this agent,
-        `RelayUnavailable` when it cannot be reached or the handshake fails.
+    @property
+    def draining(self) -> bool:
+        """`drain` was called."""
+        return self._draining
+
+    def drain(self) -> None:
+        """Stop gracefully: no new streams (GoAway), open ones get ``drain_timeout`` to finish,
+        then `run` returns. Without a session (connecting, or waiting to reconnect), at once."""
+        if self._draining:
+            return
+        self._draining = True
+        self._drain_opened = opened = self._open_streams
+        timeout = self.config.drain_timeout
+        log.info("Draining", extra=_fields(open_connections=opened, timeout=timeout))
+        self.notifier.stopping(f"Draining {opened} open connections")
+        self._drain_requested.set()
+        if self._connecting is not None:
+            self._connecting.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        """Connect, authenticate and serve streams; after a lost session, reconnect, forever.
+
+        Returns after `drain`: how many open streams the drain had to cut (0 after a clean
+        drain). Raises `AuthenticationFailed` or `RelayRejected` when the relay refuses this
+        agent: retrying would not help. A relay that is unavailable is retried, with a
+        warning per attempt (an error when its certificate fails verification).
         """
-        await self.run_session(task_status=task_status)
+        address = self.relay_url.address
+        backoff = Backoff(self.config.max_backoff)
+        while not self._draining:
+            began, sessions = trio.current_time(), self.sessions
+            level = logging.WARNING
+            try:
+                await self.run_session(task_status=task_status)
+                reason = "the relay closed the session"
+            except AuthenticationFailed as exc:
+                if self.sessions:  # it worked before: the bridge was deleted or its secret rotated
+                    message = f"{exc} (it was accepted before: was the bridge deleted or its secret rotated?)"
+                    raise AuthenticationFailed(message, exc.status) from None
+                raise
+            except RelayUnavailable as exc:
+                reason = str(exc)
+                if isinstance(exc, RelayUntrusted):
+                    level = logging.ERROR
+            if self.sessions > sessions:
+                task_status = trio.TASK_STATUS_IGNORED
+                if trio.current_time() - began >= self.config.healthy_session:
+                    backoff.reset()
+            if self._draining:
+                break
+            delay = backoff.next()
+            log.log(level, f"Reconnecting in {delay:.1f} s", extra=_fields(address=address, reason=reason))
+            self.notifier.status(f"Reconnecting in {delay:.1f} s: {reason}")
+            with trio.move_on_after(delay):
+                await self._drain_requested.wait()
+        finished = max(self._drain_opened - self._cut, 0)
+        log.info("Drained", extra=_fields(finished=finished, cut=self._cut))
+        return self._cut
 
     async def run_session(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """One session: connect, authenticate, serve, return when the relay goes away."""
-        transport, leftover = await self._connect()
-        lost: mux.SessionClosed | None = None
+        """One session: connect, authenticate, serve; return when the relay ends it cleanly.
+
+        Raises `RelayUnavailable` when the relay cannot be reached or the session is lost,
+        `AuthenticationFailed` or `RelayRejected` when the relay refuses this agent.
+        """
+        with trio.CancelScope() as connecting:  # `drain` cancels it
+            self._connecting = connecting
+            if self._draining:
+                connecting.cancel()
+            transport, leftover = await self._connect()
+        self._connecting = None
+        if connecting.cancelled_caught:
+            return
+        address = self.relay_url.address
         async with mux.open_session(
-            PrefixedStream(transport, leftover), client=True, config=self.config.mux_config
+            PrefixedStream(transport, leftover), client=True, config=self.config.session_config()
         ) as session:
+            self.sessions += 1
             log.info("Handling incoming proxy connections")
+            status = f"Connected to {address}"
+            if self.sessions == 1:
+                self.notifier.ready(status)
+            else:
+                self.notifier.status(status)
             task_status.started()
             async with trio.open_nursery() as nursery:
-                try:
-                    async for stream in session:
-                        nursery.start_soon(self._serve_stream, stream)
-                except mux.SessionClosed as exc:
-                    lost = exc
-        address = self.relay_url.address
-        log.warning("Disconnected from bridge server", extra=_fields(address=address))
-        if lost is not None:
+                watcher = trio.CancelScope()
+                nursery.start_soon(self._drain_when_asked, session, watcher)
+                async for stream in session:
+                    nursery.start_soon(self._serve_stream, session, stream)
+                watcher.cancel()
+        lost = session.close_reason
+        if self._draining:
+            return
+        reason = str(lost) if lost is not None else "the session ended"
+        log.warning("Disconnected from bridge server", extra=_fields(address=address, reason=reason))
+        if lost is not None and not lost.clean:
             raise RelayUnavailable(f"Lost the connection to the relay at {address}: {lost}")
+
+    async def _drain_when_asked(self, session: mux.Session, scope: trio.CancelScope) -> None:
+        """Once `drain` is called: GoAway, wait for the open streams (up to the drain
+        timeout), close the session."""
+        with scope:
+            await self._drain_requested.wait()
+            try:
+                await session.go_away()
+            except mux.SessionClosed:
+                return
+            timeout = self.config.drain_timeout
+            with trio.move_on_after(timeout):
+                while self._open_streams:
+                    await self._stream_ended.park()
+            if self._open_streams:
+                log.warning(f"Drain timed out after {timeout} s: cutting {self._open_streams} connections")
+            await session.aclose()
 
     # -- connecting to the relay ------------------------------------------------------------
 
@@ -207,14 +342,16 @@ class Agent:
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__ or exc
             reason = _tls_reason(cause)
+            message = f"TLS handshake with the relay at {address} failed: {reason}"
             if isinstance(cause, ssl.SSLCertVerificationError):
-                reason += " (trust the relay with --ca FILE or --fingerprint sha256:HEX)"
-            raise RelayUnavailable(f"TLS handshake with the relay at {address} failed: {reason}") from None
+                message += " (trust the relay with --ca FILE or --fingerprint sha256:HEX)"
+                raise RelayUntrusted(message) from None
+            raise RelayUnavailable(message) from None
         if isinstance(self.ssl_context, PinnedSSLContext):
             try:
                 check_fingerprint(transport, self.ssl_context.fingerprint)
             except FingerprintMismatch as exc:
-                raise RelayUnavailable(f"Refusing the relay at {address}: {exc}") from None
+                raise RelayUntrusted(f"Refusing the relay at {address}: {exc}") from None
         parser = WelcomeParser()
         try:
             await transport.send_all(encode_hello(self._hello))
@@ -231,8 +368,9 @@ class Agent:
 
     # -- serving one stream -----------------------------------------------------------------
 
-    async def _serve_stream(self, stream: mux.Stream) -> None:
+    async def _serve_stream(self, session: mux.Session, stream: mux.Stream) -> None:
         """Never raises: a stream's failure is that stream's alone."""
+        self._open_streams += 1
         try:
             async with stream:
                 await self._serve_request(stream)
@@ -241,6 +379,11 @@ class Agent:
         except Exception:
             log.exception("Unexpected error on a stream", extra=_fields(stream=stream.stream_id))
             stream.reset()
+        finally:
+            self._open_streams -= 1
+            if self._draining and session.closed:
+                self._cut += 1  # the drain timed out, or the session was lost while draining
+            self._stream_ended.unpark_all()
 
     async def _serve_request(self, stream: mux.Stream) -> None:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -14,9 +15,10 @@ from typing import Mapping, NoReturn, Sequence
 import trio
 
 from . import __version__, logs
-from .agent import Agent, AgentError, RelayRejected
+from .agent import Agent, AgentConfig, RelayRejected
 from .allowlist import AllowList
 from .relay_url import RelayURL
+from .systemd import Notifier, run_watchdog
 from .tls import client_ssl_context
 
 PROG = "bridge-agent"
@@ -24,6 +26,20 @@ EX_USAGE = 2
 EX_CONFIG = 78
 
 log = logging.getLogger("bridge.cli")
+
+#: Duration flags: (flag, env var, AgentConfig field, default seconds, what it is).
+DURATIONS = (
+    ("--max-backoff", "RECONNECT_MAX_BACKOFF", "max_backoff", 30.0,
+     "longest wait between reconnect attempts (exponential backoff with full jitter; the first "
+     "retry comes within 1 s)"),
+    ("--keepalive-interval", "KEEPALIVE_INTERVAL", "keepalive_interval", 30.0,
+     "ping the relay this often"),
+    ("--keepalive-timeout", "KEEPALIVE_TIMEOUT", "keepalive_timeout", 10.0,
+     "a ping unanswered this long ends the session, and the agent reconnects"),
+    ("--drain-timeout", "DRAIN_TIMEOUT", "drain_timeout", 30.0,
+     "on SIGTERM or SIGINT, how long open connections may take to finish (a second signal "
+     "stops at once)"),
+)
 
 
 class UsageError(Exception):
@@ -78,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin the relay certificate by SHA-256, as printed by 'bridge-relay fingerprint' "
         "(env: RELAY_FINGERPRINT; default: none)",
     )
+    for flag, env, _, default, text in DURATIONS:
+        add(flag, metavar="SECONDS", help=f"{text} (env: {env}; default: {default:g})")
     add("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (env: LOG_LEVEL; default: INFO)")
     add("--log-format", metavar="FORMAT", help="text or json (env: LOG_FORMAT; default: text)")
     add("--version", action="version", version=f"%(prog)s {__version__}")
@@ -90,6 +108,16 @@ def _truthy(value: str | None) -> bool:
 
 def _split(values: Sequence[str]) -> list[str]:
     return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _seconds(text: str, flag: str, env: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"invalid {flag} ({env}) {text!r}: expected a positive number of seconds")
+    return value
 
 
 def load(argv: Sequence[str] | None, env: Mapping[str, str]):
@@ -149,8 +177,17 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
+    durations = {}
+    for flag, name, field, default, _ in DURATIONS:
+        text = pick(getattr(args, field), name)
+        durations[field] = default if text is None else _seconds(text, flag, name)
+    config = AgentConfig(**durations)
+
     try:
-        agent = Agent(relay_url, bridge_id, secret, allow, ssl_context)
+        agent = Agent(
+            relay_url, bridge_id, secret, allow, ssl_context,
+            config=config, notifier=Notifier.from_environ(env),
+        )
     except ValueError as exc:
         raise UsageError(f"invalid bridge credentials: {exc}") from None
     return agent, level, fmt
@@ -170,29 +207,34 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 
 async def run(agent: Agent) -> int:
-    """Run the agent until it fails or SIGINT/SIGTERM arrives; returns the exit status."""
-    status = 0
+    """Run the agent until the relay refuses it or a signal stops it; returns the exit status:
+    0 after a clean drain, 1 if connections were cut (drain timeout, or a second signal),
+    78 when the relay refuses the agent."""
+    status = None
     async with trio.open_nursery() as nursery:
-        await nursery.start(_stop_on_signal, nursery.cancel_scope)
+        await nursery.start(run_watchdog, agent.notifier)
+        await nursery.start(_stop_on_signal, agent, nursery.cancel_scope)
         try:
-            await agent.run()
-            status = 1  # the relay ended the session
+            status = 1 if await agent.run() else 0
         except RelayRejected as exc:
             log.error(str(exc))
             status = EX_CONFIG
-        except AgentError as exc:
-            log.error(str(exc))
-            status = 1
         nursery.cancel_scope.cancel()
-    return status
+    return 1 if status is None else status  # None: a second signal stopped it at once
 
 
 async def _stop_on_signal(
-    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    agent: Agent, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
+    """The first SIGINT/SIGTERM drains the agent, a second one stops it at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
-            log.info("Stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
-            scope.cancel()
-            return
+            fields = {"signal": signal.Signals(signum).name}
+            if not agent.draining:
+                log.info("Stopping", extra={"fields": fields})
+                agent.drain()
+            else:
+                log.warning("Stopping at once", extra={"fields": {**fields, "cut": agent.open_streams}})
+                scope.cancel()
+                return

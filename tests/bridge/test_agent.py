@@ -234,7 +234,7 @@ async def test_wrong_secret(nursery, relay, make_agent):
 async def test_relay_refusals(nursery, relay, make_agent, welcome, error, text):
     relay.welcome = lambda hello: welcome
     with pytest.raises(error, match=text):
-        await nursery.start(make_agent().run)
+        await nursery.start(make_agent().run_session)
 
 
 async def test_fingerprint_pin(nursery, relay, make_agent, certificates):
@@ -245,7 +245,7 @@ async def test_fingerprint_pin(nursery, relay, make_agent, certificates):
 async def test_wrong_pin_never_sends_the_secret(nursery, relay, make_agent):
     pinned = client_ssl_context(fingerprint="sha256:" + "00" * 32)
     with pytest.raises(RelayUnavailable) as info:
-        await nursery.start(make_agent(ssl_context=pinned).run)
+        await nursery.start(make_agent(ssl_context=pinned).run_session)
     prefix = f"Refusing the relay at 127.0.0.1:{relay.port}: relay certificate sha256:"
     assert str(info.value).startswith(prefix)
     assert str(info.value).endswith("does not match the pinned sha256:" + "00" * 32)
@@ -254,7 +254,7 @@ async def test_wrong_pin_never_sends_the_secret(nursery, relay, make_agent):
 
 async def test_untrusted_relay_certificate(nursery, relay, make_agent):
     with pytest.raises(RelayUnavailable, match="TLS handshake with the relay at 127.0.0.1:.* failed"):
-        await nursery.start(make_agent(ssl_context=client_ssl_context()).run)
+        await nursery.start(make_agent(ssl_context=client_ssl_context()).run_session)
     assert relay.hellos == []
 
 
@@ -264,7 +264,7 @@ async def test_relay_not_listening(make_agent):
         port = sock.getsockname()[1]
     agent = Agent(f"tls://127.0.0.1:{port}", BRIDGE_ID, SECRET, ["db:1"], client_ssl_context())
     with pytest.raises(RelayUnavailable, match=f"Cannot connect to the relay at 127.0.0.1:{port}"):
-        await agent.run()
+        await agent.run_session()
 
 
 async def test_session_end_is_reported(nursery, relay, make_agent, caplog):
@@ -273,7 +273,7 @@ async def test_session_end_is_reported(nursery, relay, make_agent, caplog):
 
     async def run(task_status=trio.TASK_STATUS_IGNORED):
         try:
-            await make_agent().run(task_status=task_status)
+            await make_agent().run_session(task_status=task_status)
         except RelayUnavailable as exc:
             errors.append(exc)
         done.set()
