@@ -9,8 +9,10 @@
 
 from .config import RelayConfig
 from .errors import (
+    BridgeBusy,
     BridgeNotConnected,
     RelayError,
+    RelayShuttingDown,
     TargetNotAllowed,
     TargetUnreachable,
     TunnelError,
@@ -20,12 +22,14 @@ from .relay import Relay
 from .store import BridgeRecord, MemoryStore, SQLiteStore
 
 __all__ = [
+    "BridgeBusy",
     "BridgeNotConnected",
     "BridgeRecord",
     "MemoryStore",
     "Relay",
     "RelayConfig",
     "RelayError",
+    "RelayShuttingDown",
     "SQLiteStore",
     "TargetNotAllowed",
     "TargetUnreachable",

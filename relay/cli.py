@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MPL-2.0
 """`bridge-relay`: serve agents, manage bridges, check tunnels, run the demo.
 
-Exit status: 0 success, 1 the operation failed (e.g. a target refused), 2 bad input.
+Exit status: 0 success (for `serve`: stopped by SIGTERM or SIGINT), 1 the operation failed
+(e.g. a target refused, the port is taken), 2 bad input.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
+import mux
 from bridge import logs
+from bridge.systemd import Notifier, run_watchdog
 
 from . import admin
 from .addresses import format_host_port, parse_host_port
@@ -86,6 +89,16 @@ def _seconds(text: str) -> float:
         raise ValueError(f"invalid duration {text!r}: expected a number of seconds") from None
     if not 0 < value < 86400:
         raise ValueError(f"invalid duration {text!r}: expected more than 0 seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < 2**31:
+        raise ValueError(f"invalid number {text!r}: expected a whole number above 0")
     return value
 
 
@@ -160,6 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
         help=_env_help("time an agent has to answer whether it reached a target",
                        "RELAY_CONNECT_TIMEOUT", "15"),
     )
+    defaults = RelayConfig()
+    for flag, env, kind, text, default in [
+        ("--drain-timeout", "RELAY_DRAIN_TIMEOUT", _seconds,
+         "on SIGTERM/SIGINT, how long open tunnels may go on (a second signal stops at once)",
+         defaults.drain_timeout),
+        ("--keepalive-interval", "RELAY_KEEPALIVE_INTERVAL", _seconds,
+         "ping each agent this often", mux.Config().keepalive_interval),
+        ("--keepalive-timeout", "RELAY_KEEPALIVE_TIMEOUT", _seconds,
+         "drop an agent that does not answer a ping within this", mux.Config().ping_timeout),
+        ("--max-pending", "RELAY_MAX_PENDING", _count,
+         "connections still in TLS or authentication; beyond, new ones are closed unread",
+         defaults.max_pending),
+        ("--auth-failures-per-minute", "RELAY_AUTH_FAILURES_PER_MINUTE", _count,
+         "failed logins allowed per source address (IPv4 address or IPv6 /64) per minute, in "
+         "bursts of as many; beyond, its logins are answered BUSY unchecked",
+         defaults.auth_failures_per_minute),
+        ("--max-streams-per-bridge", "RELAY_MAX_STREAMS_PER_BRIDGE", _count,
+         "open tunnels per bridge, across its agents; beyond, new ones are refused",
+         defaults.max_streams_per_bridge),
+        ("--max-pending-opens", "RELAY_MAX_PENDING_OPENS", _count,
+         "tunnels per bridge waiting for the agent to reach their target; beyond, new ones "
+         "are refused", defaults.max_pending_opens),
+    ]:
+        serve.add_argument(
+            flag, metavar="SECONDS" if kind is _seconds else "N", type=_type(kind),
+            default=os.environ.get(env, f"{default:g}"),
+            help=_env_help(text, env, f"{default:g}"),
+        )
     _add_cost(serve, "bcrypt cost of the stored secrets (unknown bridge IDs are checked "
                      "against a dummy hash of this cost, so they take as long as known ones)")
     _add_logging(serve, "INFO")
@@ -289,6 +330,14 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         handshake_timeout=args.handshake_timeout,
         connect_timeout=args.connect_timeout,
         bcrypt_cost=args.bcrypt_cost,
+        max_pending=args.max_pending,
+        auth_failures_per_minute=args.auth_failures_per_minute,
+        max_streams_per_bridge=args.max_streams_per_bridge,
+        max_pending_opens=args.max_pending_opens,
+        drain_timeout=args.drain_timeout,
+        mux=mux.Config(
+            keepalive_interval=args.keepalive_interval, ping_timeout=args.keepalive_timeout
+        ),
     )
     relay = Relay(store, ssl_context, config=config)
     _run_trio(_serve, relay, args.listen, forwards, data_dir, fingerprint(cert))
@@ -300,9 +349,9 @@ async def _serve(
     cert_fingerprint: str,
 ) -> None:
     host, port = listen
+    notifier = Notifier.from_environ()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_signal, signals, nursery.cancel_scope)
             listeners = await _start(
                 nursery, f"cannot listen for agents on {format_host_port(host, port)}",
                 relay.serve, host, port,
@@ -322,6 +371,10 @@ async def _serve(
                 local = format_host_port(spec.listen_host, listeners[0].socket.getsockname()[1])
                 print(f"forward {spec}: listening on {local}", flush=True)
             await nursery.start(admin.serve_admin, relay, data_dir / admin.SOCKET_NAME)
+            notifier.ready(f"Listening for agents on {address}")
+            await nursery.start(run_watchdog, notifier)
+            await _stop_on_signals(signals, relay, notifier)
+            nursery.cancel_scope.cancel()
 
 
 async def _start(nursery: trio.Nursery, what: str, fn, *args: Any) -> Any:
@@ -331,11 +384,37 @@ async def _start(nursery: trio.Nursery, what: str, fn, *args: Any) -> Any:
         raise Failure(f"{what}: {exc.strerror or exc}") from None
 
 
-async def _cancel_on_signal(signals, scope: trio.CancelScope) -> None:
+async def _stop_on_signals(signals, relay: Relay, notifier: Notifier) -> None:
+    """Returns once the relay may stop: after the first signal, when its tunnels are done or
+    the drain timeout has passed; at once on a second signal."""
     async for signum in signals:
-        log.info("Stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
-        scope.cancel()
-        return
+        break
+    timeout = relay.config.drain_timeout
+    streams = relay.registry.open_streams_total()
+    log.info(
+        "Stopping: no new agents or tunnels, open tunnels may finish",
+        extra={"fields": {"signal": signal.Signals(signum).name, "open_streams": streams,
+                          "drain_timeout": timeout}},
+    )
+    notifier.stopping(f"Draining {streams} open tunnels")
+    async with trio.open_nursery() as nursery:
+
+        async def second_signal() -> None:
+            async for signum in signals:
+                log.info("Stopping now", extra={"fields": {"signal": signal.Signals(signum).name}})
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(second_signal)
+        with trio.move_on_after(timeout) as drain:
+            await relay.drain()
+        if drain.cancelled_caught:
+            log.warning(
+                f"Drain timed out after {timeout:g} s: cutting the tunnels still open",
+                extra={"fields": {"open_streams": relay.registry.open_streams_total()}},
+            )
+        else:
+            log.info("Drained: no tunnel is open")
+        nursery.cancel_scope.cancel()
 
 
 def cmd_fingerprint(args: argparse.Namespace, data_dir: Path) -> int:

@@ -8,10 +8,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .credentials import DEFAULT_COST
+from .credentials import DEFAULT_COST, check_cost
 
 if TYPE_CHECKING:
     import mux
+
+_seconds = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+_count = [attrs.validators.instance_of(int), attrs.validators.gt(0)]
 
 
 @attrs.frozen(kw_only=True)
@@ -22,11 +25,27 @@ class RelayConfig:
     connect_timeout: how long `Relay.connect` waits for the agent's answer about a target.
     bcrypt_cost: cost of the dummy hash checked for unknown bridge IDs (match the stored ones).
     store_poll_interval: how often the store is checked for changes made by other processes.
-    mux: yamux settings for agent sessions (None: the defaults).
+    max_pending: agent connections not yet authenticated; beyond, new ones are closed unread.
+    auth_failures_per_minute: failed logins one source address (IPv4 address, IPv6 /64) may
+        make per minute, in a burst of as many; beyond, it gets BUSY without a bcrypt check.
+    rate_limit_sources: how many source addresses the login rate limit remembers (LRU).
+    log_interval: refusals that repeat (rate-limited logins, connections over max_pending,
+        busy bridges) are logged once, then summed up once per this interval.
+    max_streams_per_bridge: open streams across all the sessions of one bridge.
+    max_pending_opens: streams of one bridge waiting for the agent's answer about a target.
+    drain_timeout: on shutdown, how long open streams may go on after GoAway.
+    mux: yamux settings for agent sessions (None: the defaults), keepalive included.
     """
 
-    handshake_timeout: float = 10.0
-    connect_timeout: float = 15.0
-    bcrypt_cost: int = DEFAULT_COST
-    store_poll_interval: float = 0.5
+    handshake_timeout: float = attrs.field(default=10.0, validator=_seconds)
+    connect_timeout: float = attrs.field(default=15.0, validator=_seconds)
+    bcrypt_cost: int = attrs.field(default=DEFAULT_COST, validator=lambda _, __, v: check_cost(v))
+    store_poll_interval: float = attrs.field(default=0.5, validator=_seconds)
+    max_pending: int = attrs.field(default=256, validator=_count)
+    auth_failures_per_minute: int = attrs.field(default=10, validator=_count)
+    rate_limit_sources: int = attrs.field(default=10_000, validator=_count)
+    log_interval: float = attrs.field(default=10.0, validator=_seconds)
+    max_streams_per_bridge: int = attrs.field(default=10_000, validator=_count)
+    max_pending_opens: int = attrs.field(default=256, validator=_count)
+    drain_timeout: float = attrs.field(default=30.0, validator=_seconds)
     mux: mux.Config | None = None

@@ -5,7 +5,10 @@
 Only bcrypt hashes are stored. Verification runs in a worker thread, costs the same for an
 unknown bridge ID as for a known one (a dummy hash is checked instead), and remembers
 credentials it has verified as an HMAC under a key that lives only in this process, so a
-fleet of agents reconnecting at once is readmitted without one bcrypt run each.
+fleet of agents reconnecting at once is readmitted without one bcrypt run each. Identical
+credentials presented at the same time (the agents of one bridge after a relay restart)
+share one bcrypt run, and a run that has started finishes and is remembered even if the
+connection that asked for it is gone, so that its retry costs nothing.
 """
 
 from __future__ import annotations
@@ -52,12 +55,21 @@ def _checkpw(secret: bytes, hashed: bytes) -> bool:
         return False
 
 
+class _Flight:
+    """One bcrypt check in progress, shared by everyone presenting the same credentials."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: bool | None = None  # None: it did not run (its owner was cancelled)
+
+
 class Verifier:
     """Checks presented secrets against stored bcrypt hashes.
 
     `cost` is the cost of the dummy hash checked for unknown bridge IDs: keep it equal to the
     cost the stored hashes were made with. `cache_size` bounds how many verified credentials
-    are remembered (one entry per bridge).
+    are remembered (one entry per bridge). `threads` bounds the bcrypt checks run at once
+    (default: one per CPU).
     """
 
     def __init__(
@@ -69,6 +81,7 @@ class Verifier:
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size
+        self._flights: dict[bytes, _Flight] = {}
 
     def __repr__(self) -> str:
         return f"<Verifier cost={self._cost} cached={len(self._verified)}>"
@@ -83,24 +96,46 @@ class Verifier:
         if self._dummy is None:
             self._dummy = await self._run(hash_secret, new_secret(), self._cost)
 
-    async def verify(self, bridge_id: str, stored_hash: bytes | None, secret: bytes) -> bool:
-        """True if `secret` matches `stored_hash` (None: the bridge does not exist)."""
+    async def verify(
+        self, bridge_id: str, stored_hash: bytes | None, secret: bytes, *, cached_only: bool = False
+    ) -> bool:
+        """True if `secret` matches `stored_hash` (None: the bridge does not exist).
+
+        With `cached_only`, only credentials verified before are recognised (no bcrypt run).
+        """
         if stored_hash is None:
-            await self.prepare()
-            await self._run(_checkpw, secret, self._dummy)
+            if not cached_only:
+                await self.prepare()
+                await self._check(self._mac("", self._dummy, secret), secret, self._dummy)
             return False
         mac = self._mac(bridge_id, stored_hash, secret)
         known = self._verified.get(bridge_id)
         if known is not None and hmac.compare_digest(known, mac):
             self._verified.move_to_end(bridge_id)
             return True
-        if not await self._run(_checkpw, secret, stored_hash):
+        if cached_only or not await self._check(mac, secret, stored_hash):
             return False
         self._verified[bridge_id] = mac
         self._verified.move_to_end(bridge_id)
         while len(self._verified) > self._cache_size:
             self._verified.popitem(last=False)
         return True
+
+    async def _check(self, mac: bytes, secret: bytes, hashed: bytes) -> bool:
+        """bcrypt, once for all who present these credentials at the same time."""
+        while (flight := self._flights.get(mac)) is not None:
+            await flight.done.wait()
+            if flight.result is not None:
+                return flight.result
+        flight = self._flights[mac] = _Flight()
+        try:
+            # Once the thread has started it runs to the end and its result is returned
+            # even if the caller was cancelled meanwhile: the work is never thrown away.
+            flight.result = await self._run(_checkpw, secret, hashed)
+        finally:
+            del self._flights[mac]
+            flight.done.set()
+        return flight.result
 
     def forget(self, bridge_id: str) -> None:
         self._verified.pop(bridge_id, None)

@@ -56,3 +56,11 @@ class TargetNotAllowed(TunnelError):
 
 class TargetUnreachable(TunnelError):
     """The agent could not reach the target (DNS, refused, timeout, unreachable)."""
+
+
+class BridgeBusy(TunnelError):
+    """The bridge is at one of its limits (open streams, streams being opened); retry later."""
+
+
+class RelayShuttingDown(RelayError):
+    """The relay is draining before it stops: it opens no new tunnels."""

@@ -55,7 +55,7 @@ class ForwardSpec:
 
 async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATUS_IGNORED):
     """Listen on spec's local address and tunnel each connection; `task_status` gets the
-    listeners."""
+    listeners. The listener closes when the relay stops accepting; connections in go on."""
     listeners = await trio.open_tcp_listeners(spec.listen_port, host=spec.listen_host)
 
     async def handle(client: trio.SocketStream) -> None:
@@ -64,7 +64,7 @@ async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATU
         except Exception:
             log.exception("Forwarded connection failed", extra={"fields": {"forward": str(spec)}})
 
-    await trio.serve_listeners(handle, listeners, task_status=task_status)
+    await relay.serve_listeners(handle, listeners, task_status=task_status)
 
 
 async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream) -> None:

@@ -1,6 +1,8 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""The live agent sessions, by bridge. A bridge may have several (agents on several hosts)."""
+"""The live agent sessions, by bridge. A bridge may have several (agents on several hosts):
+all are kept, new streams go to the one with the fewest open, and a new agent never pushes
+an older one out."""
 
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ class AgentSession:
     def open_streams(self) -> int:
         return self.mux.statistics().streams_open
 
+    def load(self) -> tuple[int, int]:
+        """What new streams are spread by: open streams, then streams opened so far."""
+        stats = self.mux.statistics()
+        return stats.streams_open, stats.streams_opened_total
+
     def close(self, reason: str) -> None:
         """Ends the session (the task serving it logs why and cleans up)."""
         if self.close_reason is None:
@@ -47,6 +54,9 @@ class AgentSession:
 class Registry:
     def __init__(self) -> None:
         self._sessions: dict[str, list[AgentSession]] = {}
+        self._ids: dict[str, str] = {}  # bridge name -> ID, for the bridges with sessions
+        #: Streams of each bridge (by ID) waiting for the agent's answer about their target.
+        self.pending_opens: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[AgentSession]:
         return iter([s for sessions in self._sessions.values() for s in sessions])
@@ -56,6 +66,7 @@ class Registry:
 
     def add(self, session: AgentSession) -> None:
         self._sessions.setdefault(session.bridge_id, []).append(session)
+        self._ids[session.bridge_name] = session.bridge_id
 
     def remove(self, session: AgentSession) -> None:
         sessions = self._sessions.get(session.bridge_id, [])
@@ -63,16 +74,24 @@ class Registry:
             sessions.remove(session)
         if not sessions:
             self._sessions.pop(session.bridge_id, None)
+            if self._ids.get(session.bridge_name) == session.bridge_id:
+                del self._ids[session.bridge_name]
 
     def sessions(self, bridge: str) -> list[AgentSession]:
         """The sessions of the bridge with this ID or name, oldest first."""
-        if (sessions := self._sessions.get(bridge)) is not None:
-            return list(sessions)
-        return [s for s in self if s.bridge_name == bridge]
+        sessions = self._sessions.get(bridge) or self._sessions.get(self._ids.get(bridge, ""))
+        return list(sessions or ())
 
     def candidates(self, bridge: str) -> list[AgentSession]:
-        """The sessions to try for a new stream, fewest open streams first."""
-        return sorted(self.sessions(bridge), key=AgentSession.open_streams)
+        """The sessions to try for a new stream: fewest open streams first, then the one that
+        has carried fewest so far (so that short connections are spread too)."""
+        return sorted(self.sessions(bridge), key=AgentSession.load)
+
+    def open_streams(self, bridge: str) -> int:
+        return sum(session.open_streams() for session in self.sessions(bridge))
+
+    def open_streams_total(self) -> int:
+        return sum(session.open_streams() for session in self)
 
     def close_bridge(self, bridge_id: str, reason: str) -> None:
         for session in self.sessions(bridge_id):

@@ -5,16 +5,23 @@
 Each agent connection runs in its own task: TLS, `Hello`, credential check and `Welcome`
 within `RelayConfig.handshake_timeout`, then a yamux session (the relay is the server) kept in
 the `Registry` until it ends. Whatever an agent connection does wrong ends that connection
-only. `Relay.connect` opens a stream through one of the bridge's sessions and sends the
+only. At most `max_pending` connections may be on their way in; failed logins are limited
+per source address.
+
+`Relay.connect` opens a stream through the bridge's least loaded session and sends the
 `ConnectRequest`; the agent's refusal comes back as an exception carrying its own words.
+Until the agent answers OK nothing has reached the target, so an open that fails because
+its session went away is retried on the bridge's other sessions, unseen by the caller.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -39,22 +46,27 @@ from bridge.handshake import (
     encode_welcome,
 )
 from bridge.prefixed_stream import PrefixedStream
+from bridge.tls_stream import TLSStream
 
 from .addresses import format_address, format_host_port
 from .config import RelayConfig
 from .credentials import Verifier
 from .errors import (
+    BridgeBusy,
     BridgeNotConnected,
+    RelayShuttingDown,
     TargetNotAllowed,
     TargetUnreachable,
     TunnelError,
 )
+from .limits import LoginLimiter, Repeats, source_of
 from .registry import AgentSession, Registry
 from .store import BridgeRecord, Store
 
 log = logging.getLogger("relay.relay")
 
 AUTH_FAILED_MESSAGE = "invalid bridge credentials"
+RATE_LIMITED_MESSAGE = "too many failed logins from this address; retry later"
 _READ_SIZE = 4096
 _UNREACHABLE = {
     ConnectStatus.DNS_FAILURE,
@@ -81,6 +93,15 @@ class _Refused(Exception):
         self.message = message
 
 
+class _Retry(Exception):
+    """An open failed before the agent answered: nothing reached the target, so another of
+    the bridge's sessions may be tried. `error` is what to raise if none is left."""
+
+    def __init__(self, error: Exception | None, reason: object = None) -> None:
+        super().__init__(str(error or reason))
+        self.error = error
+
+
 class Relay:
     """Serves agents on one or more listeners and tunnels connections through them.
 
@@ -93,14 +114,29 @@ class Relay:
     ) -> None:
         self.store = store
         self.ssl_context = ssl_context
-        self.config = config or RelayConfig()
+        self.config = config = config or RelayConfig()
         self.registry = Registry()
-        self._verifier = Verifier(cost=self.config.bcrypt_cost)
+        self._verifier = Verifier(cost=config.bcrypt_cost)
+        self._logins = LoginLimiter(config.auth_failures_per_minute, config.rate_limit_sources)
+        self._repeats = Repeats(config.log_interval)
+        self._pending = 0  # agent connections not yet admitted
+        self._accepting: set[trio.CancelScope] = set()
+        self._stopping = False
 
     def __repr__(self) -> str:
         return f"<Relay store={self.store!r} sessions={len(self.registry)}>"
 
-    # -- agents --------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Agent connections still in TLS or authentication."""
+        return self._pending
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop_accepting` (or `drain`) was called."""
+        return self._stopping
+
+    # -- listening -----------------------------------------------------------------------
 
     async def serve(
         self, host: str | None, port: int, *, task_status=trio.TASK_STATUS_IGNORED
@@ -113,24 +149,99 @@ class Relay:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_store)
             nursery.start_soon(self._verifier.prepare)
-            await nursery.start(trio.serve_listeners, self._handle_tcp, listeners)
+            nursery.start_soon(self._report_repeats)
+            await nursery.start(self.serve_listeners, self._handle_tcp, listeners, self._gate)
             task_status.started(listeners)
+
+    async def serve_listeners(
+        self,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        listeners: list[trio.SocketListener],
+        gate: Callable[[], bool] | None = None,
+        *,
+        task_status=trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Like `trio.serve_listeners`, but the listeners close when the relay stops
+        accepting, while the handlers of connections already accepted run on. `gate` is
+        asked before each connection is handed to a task: False closes it at once, unread."""
+        async with trio.open_nursery() as handlers:
+            with trio.CancelScope() as accepting:
+                self._accepting.add(accepting)
+                if self._stopping:
+                    accepting.cancel()
+                try:
+                    async with trio.open_nursery() as loops:
+                        for listener in listeners:
+                            loops.start_soon(_accept_loop, listener, handler, gate, handlers)
+                        task_status.started(listeners)
+                finally:
+                    self._accepting.discard(accepting)
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    def stop_accepting(self) -> None:
+        """Close every listener (agents and forwards): connections already in go on, and no
+        new tunnel is opened."""
+        self._stopping = True
+        for scope in self._accepting:
+            scope.cancel()
+
+    async def drain(self) -> None:
+        """Stop accepting, tell every agent GoAway, and return once no stream is open.
+
+        Bound it with a deadline; cancel what is left afterwards.
+        """
+        self.stop_accepting()
+        for agent in list(self.registry):
+            await _go_away(agent.mux)
+        while self.registry.open_streams_total():
+            await trio.sleep(0.05)
+
+    # -- agents --------------------------------------------------------------------------
+
+    def _gate(self) -> bool:
+        """Counts a new agent connection as pending, unless too many are already."""
+        if self._pending >= self.config.max_pending:
+            if self._repeats.note("pending"):
+                _log(
+                    logging.WARNING,
+                    "Too many connections awaiting authentication: closing new ones unread",
+                    limit=self.config.max_pending,
+                )
+            return False
+        self._pending += 1
+        return True
 
     async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
         try:
             peer = format_address(tcp.socket.getpeername())
+            transport = TLSStream.wrap(tcp, self.ssl_context, server_side=True)
         except OSError:  # already gone
-            await tcp.aclose()
+            self._pending -= 1
+            await trio.aclose_forcefully(tcp)
             return
-        tls = trio.SSLStream(tcp, self.ssl_context, server_side=True)
-        await self.handle_agent(tls, peer)
+        await self._serve_agent(transport, peer)
 
     async def handle_agent(self, transport: trio.abc.Stream, peer: str) -> None:
         """Serve one agent connection arriving on `transport` (TLS already wrapped around
-        it) until it ends. Never raises: a misbehaving connection is logged and dropped."""
+        it, its handshake done or not) until it ends. Never raises: a misbehaving connection
+        is logged and dropped."""
+        if self._gate():
+            await self._serve_agent(transport, peer)
+        else:
+            await trio.aclose_forcefully(transport)
+
+    async def _serve_agent(self, transport: trio.abc.Stream, peer: str) -> None:
+        """The connection counts as pending (see `_gate`) until admitted or dropped."""
+        pending = True
         try:
+            admitted = None
             with trio.move_on_after(self.config.handshake_timeout) as deadline:
+                if (tls_handshake := getattr(transport, "do_handshake", None)) is not None:
+                    await tls_handshake()
                 admitted = await self._admit(transport, peer)
+            pending = False
+            self._pending -= 1
             if deadline.cancelled_caught:
                 _log(logging.INFO, "Connection dropped", peer=peer, reason="handshake timed out")
             elif admitted is not None:
@@ -141,6 +252,8 @@ class Relay:
             else:
                 _log(logging.INFO, "Connection dropped", peer=peer, reason=_describe(broken))
         finally:
+            if pending:
+                self._pending -= 1
             await trio.aclose_forcefully(transport)
 
     async def _admit(
@@ -175,7 +288,7 @@ class Relay:
                 encode_welcome(Welcome(WelcomeStatus.OK, f"connected as bridge {record.name}"))
             )
             return record, hello, parser.leftover
-        if refusal.status != WelcomeStatus.AUTH_FAILED:
+        if refusal.status not in (WelcomeStatus.AUTH_FAILED, WelcomeStatus.BUSY):
             _log(logging.INFO, "Handshake refused", peer=peer, reason=refusal.message)
         await transport.send_all(encode_welcome(Welcome(refusal.status, refusal.message)))
         await transport.aclose()
@@ -190,14 +303,22 @@ class Relay:
         if record is not None and record.id != hello.bridge_id:
             record = None  # agents authenticate by ID, not by name
         stored_hash = None if record is None else record.secret_hash
-        if not await self._verifier.verify(hello.bridge_id, stored_hash, hello.secret.encode()):
+        source = source_of(peer)
+        # A source over its limit of failed logins gets no bcrypt check: only credentials
+        # verified before (other agents behind the same address) are still let in.
+        limited = not self._logins.allows(source)
+        secret = hello.secret.encode()
+        if await self._verifier.verify(hello.bridge_id, stored_hash, secret, cached_only=limited):
+            assert record is not None
+            return record
+        if self._logins.failed(source) and not limited:
             _log(
                 logging.WARNING, "Authentication failed", bridge_id=_loggable_id(hello.bridge_id),
                 peer=peer,
             )
-            raise _Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
-        assert record is not None
-        return record
+        if limited:
+            raise _Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
+        raise _Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
 
     async def _run_session(
         self, transport: trio.abc.Stream, peer: str, record: BridgeRecord, hello: Hello,
@@ -207,37 +328,75 @@ class Relay:
             transport = PrefixedStream(transport, leftover)
         fields = {"bridge": record.name, "id": record.id, "peer": peer}
         agent = AgentSession(record.id, record.name, peer, record.secret_hash, info=hello.info)
-        level = logging.INFO
-        with agent.cancel_scope:
-            async with mux.open_session(transport, client=False, config=self.config.mux) as session:
-                agent.mux = session
-                self.registry.add(agent)
-                try:
-                    _log(logging.INFO, "Bridge connected", **fields)
-                    self._mark_seen(record.id)
-                    self._revalidate(agent)  # the store may have changed while we verified
-                    async for stream in session:  # agents never open streams
-                        await trio.aclose_forcefully(stream)
-                    agent.close_reason = agent.close_reason or "agent closed the connection"
-                except (trio.BrokenResourceError, mux.MuxError) as exc:
-                    agent.close_reason = agent.close_reason or _describe(exc)
-                    level = logging.WARNING
-                finally:
-                    self.registry.remove(agent)
-                    self._mark_seen(record.id)
-                    _log(
-                        level,
-                        "Bridge disconnected",
-                        **fields,
-                        reason=agent.close_reason or "relay shutting down",
-                        duration=round(time.time() - agent.connected_at, 3),
-                    )
+        session = None
+        try:
+            with agent.cancel_scope:
+                async with mux.open_session(
+                    transport, client=False, config=self.config.mux
+                ) as session:
+                    agent.mux = session
+                    self.registry.add(agent)
+                    try:
+                        _log(
+                            logging.INFO, "Bridge connected", **fields,
+                            agents=len(self.registry.sessions(record.id)),
+                        )
+                        self._mark_seen(record.id)
+                        self._revalidate(agent)  # the store may have changed while we verified
+                        if self._stopping:
+                            await _go_away(session)
+                        async for stream in session:  # agents never open streams
+                            await trio.aclose_forcefully(stream)
+                    finally:
+                        self.registry.remove(agent)
+        finally:
+            ended = session.close_reason if session is not None else None
+            level, reason = logging.INFO, agent.close_reason
+            if reason is None:
+                if self._stopping or ended is None:
+                    reason = "relay shutting down"
+                else:
+                    reason = str(ended)
+                    level = logging.INFO if ended.clean else logging.WARNING
+            self._mark_seen(record.id)
+            _log(
+                level, "Bridge disconnected", **fields, reason=reason,
+                duration=round(time.time() - agent.connected_at, 3),
+            )
 
     def _mark_seen(self, bridge_id: str) -> None:
         try:
             self.store.mark_seen(bridge_id)
         except Exception as exc:
             _log(logging.WARNING, "Cannot record last seen time", id=bridge_id, reason=str(exc))
+
+    async def _report_repeats(self) -> None:
+        """Sum up the refusals that were not logged one by one."""
+        interval = self.config.log_interval
+        while True:
+            await trio.sleep(min(1.0, interval))
+            for source, count, seconds in self._logins.summaries(interval):
+                _log(
+                    logging.WARNING,
+                    f"Authentication failures from {source}: {count} in the last {seconds:.0f} s",
+                    source=source, failures=count,
+                    limit=f"{self.config.auth_failures_per_minute} per minute",
+                )
+            for key, count, seconds in self._repeats.summaries():
+                if key == "pending":
+                    _log(
+                        logging.WARNING,
+                        f"Connections closed unread, over the limit of {self.config.max_pending}"
+                        f" awaiting authentication: {count} more in the last {seconds:.0f} s",
+                        refused=count,
+                    )
+                else:
+                    _log(
+                        logging.WARNING,
+                        f"Tunnels refused, bridge {key[1]} at its limit: {count} more in the last"
+                        f" {seconds:.0f} s",
+                        bridge=key[1], refused=count,
+                    )
 
     # -- store changes -------------------------------------------------------------------
 
@@ -278,9 +437,10 @@ class Relay:
     async def connect(self, bridge: str, host: str, port: int) -> trio.abc.HalfCloseableStream:
         """A stream to host:port through `bridge` (its name or ID).
 
-        Raises `BridgeNotConnected`, `TargetNotAllowed`, `TargetUnreachable` or another
-        `TunnelError`, each carrying the agent's own message when it gave one; ValueError
-        for a host or port that cannot be sent.
+        Raises `BridgeNotConnected`, `TargetNotAllowed`, `TargetUnreachable`, `BridgeBusy`
+        or another `TunnelError`, each carrying the agent's own message when it gave one;
+        `RelayShuttingDown` while the relay drains; ValueError for a host or port that
+        cannot be sent.
         """
         stream, _ = await self._open(bridge, host, port)
         return stream
@@ -296,43 +456,91 @@ class Relay:
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         request = encode_connect_request(ConnectRequest(host, port))
         target = format_host_port(host, port)
-        for agent in self.registry.candidates(bridge):
+        if self._stopping:
+            raise RelayShuttingDown("The relay is shutting down: it opens no new tunnels")
+        sessions = self.registry.sessions(bridge)
+        if not sessions:
+            _log(logging.WARNING, "Tunnel refused", bridge=bridge, target=target,
+                 reason="not connected")
+            raise BridgeNotConnected(bridge)
+        bridge_id, name = sessions[0].bridge_id, sessions[0].bridge_name
+        self._check_limits(bridge_id, name)
+        pending = self.registry.pending_opens
+        pending[bridge_id] = pending.get(bridge_id, 0) + 1
+        try:
+            return await self._open_on_any(bridge_id, request, name, target)
+        except TunnelError as exc:
+            if not isinstance(exc, BridgeBusy):
+                _log(logging.WARNING, "Tunnel refused", bridge=name, target=target,
+                     reason=str(exc))
+            raise
+        finally:
+            if pending[bridge_id] > 1:
+                pending[bridge_id] -= 1
+            else:
+                del pending[bridge_id]
+
+    def _check_limits(self, bridge_id: str, name: str) -> None:
+        if (count := self.registry.open_streams(bridge_id)) >= self.config.max_streams_per_bridge:
+            raise self._busy(bridge_id, name, f"Bridge {name}: {count} streams open, the limit")
+        count = self.registry.pending_opens.get(bridge_id, 0)
+        if count >= self.config.max_pending_opens:
+            raise self._busy(
+                bridge_id, name,
+                f"Bridge {name}: {count} connections waiting for the agent's answer, the limit",
+            )
+
+    def _busy(self, bridge_id: str, name: str, message: str) -> BridgeBusy:
+        if self._repeats.note(("busy", name)):
+            _log(logging.WARNING, "Tunnel refused", bridge=name, reason=message)
+        return BridgeBusy(message)
+
+    async def _open_on_any(
+        self, bridge_id: str, request: bytes, name: str, target: str
+    ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
+        """Try the bridge's sessions, least loaded first, until one gets an answer."""
+        tried: set[AgentSession] = set()
+        failure: Exception | None = None
+        while candidates := [s for s in self.registry.candidates(bridge_id) if s not in tried]:
+            agent = candidates[0]
+            tried.add(agent)
             try:
-                return await self._open_on(agent, request, bridge, target)
-            except mux.SessionClosed:
-                continue  # that session is going away: try the next one
-            except TunnelError as exc:
-                _log(
-                    logging.WARNING, "Tunnel refused",
-                    bridge=agent.bridge_name, target=target, reason=str(exc),
-                )
-                raise
-        _log(
-            logging.WARNING, "Tunnel refused", bridge=bridge, target=target, reason="not connected"
-        )
-        raise BridgeNotConnected(bridge)
+                return await self._open_on(agent, request, name, target)
+            except _Retry as retry:
+                failure = retry.error or failure
+                _log(logging.INFO, "Retrying a tunnel on another agent", bridge=name,
+                     target=target, peer=agent.peer, reason=str(retry))
+        if failure is not None:
+            raise failure
+        raise BridgeNotConnected(name)
 
     async def _open_on(
         self, agent: AgentSession, request: bytes, bridge: str, target: str
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
-        stream = await agent.mux.open_stream()
+        try:
+            stream = await agent.mux.open_stream()
+        except (mux.SessionClosed, mux.LocalProtocolError) as exc:
+            # That session is going away. (open_stream raises LocalProtocolError instead of
+            # SessionClosed when the session ends or says GoAway during its checkpoint.)
+            raise _Retry(None, exc) from None
         try:
             with trio.move_on_after(self.config.connect_timeout) as deadline:
                 await stream.send_all(request)
                 parser = ConnectReplyParser()
                 while (reply := parser.feed(data := await stream.receive_some(_READ_SIZE))) is None:
                     if not data:
-                        raise TunnelError(f"Bridge {bridge} closed the connection to {target} "
-                                          "without answering")
+                        raise _Retry(TunnelError(
+                            f"Bridge {bridge} closed the connection to {target} without answering"
+                        ))
         except mux.StreamReset:
             await trio.aclose_forcefully(stream)
-            raise TunnelError(f"Bridge {bridge} reset the connection to {target}") from None
+            raise _Retry(TunnelError(f"Bridge {bridge} reset the connection to {target}")) from None
+        except mux.SessionClosed as exc:
+            await trio.aclose_forcefully(stream)
+            raise _Retry(None, exc) from None
         except ConnectError as exc:
             await _reset(stream)
             raise TunnelError(f"Bridge {bridge} sent an invalid reply: {exc}") from None
-        except TunnelError:
-            await _reset(stream)
-            raise
         except BaseException:
             await _reset(stream)
             raise
@@ -352,6 +560,38 @@ class Relay:
         if reply.status in _UNREACHABLE:
             raise TargetUnreachable(message, status=reply.status)
         raise TunnelError(message, status=reply.status)
+
+
+#: accept() errors that mean "out of file descriptors or memory for now", as trio has them.
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    gate: Callable[[], bool] | None,
+    nursery: trio.Nursery,
+) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            _log(logging.ERROR, "Cannot accept connections for now", reason=exc.strerror)
+            await trio.sleep(0.1)
+            continue
+        if gate is None or gate():
+            nursery.start_soon(handler, stream)
+        else:
+            stream.socket.close()
+
+
+async def _go_away(session: mux.Session) -> None:
+    try:
+        await session.go_away()
+    except trio.BrokenResourceError:
+        pass
 
 
 async def _reset(stream: Any) -> None:

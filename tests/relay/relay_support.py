@@ -9,7 +9,11 @@ from pathlib import Path
 import attrs
 import trio
 
-from bridge.agent import Agent
+import mux
+from bridge.agent import Agent, AgentError
+from bridge.connect import ConnectRequestParser
+from bridge.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
+from bridge.prefixed_stream import PrefixedStream
 from bridge.tls import client_ssl_context
 from relay import Relay, RelayConfig
 from relay.certificates import server_ssl_context
@@ -75,15 +79,22 @@ class RelayHarness:
 
 
 class RunningAgent:
+    """Runs an agent (reconnecting) until killed or refused; `error` tells why it ended."""
+
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.done = trio.Event()
         self.scope = trio.CancelScope()
+        self.error: AgentError | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
             with self.scope:
                 await self.agent.run(task_status=task_status)
+        except AgentError as exc:
+            if not self.agent.sessions:
+                raise  # refused from the start: `nursery.start` raises it
+            self.error = exc  # e.g. its bridge was deleted: refused when it reconnected
         finally:
             self.done.set()
 
@@ -96,3 +107,30 @@ async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
     while chunk := await stream.receive_some(65536):
         data += chunk
     return bytes(data)
+
+
+async def run_scripted_agent(
+    port: int, client_context, bridge_id: str, secret: str, answer, *,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Authenticate like an agent, then run `answer(stream, request, session)` for each
+    stream the relay opens. Returns when the session ends."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    tls = trio.SSLStream(tcp, client_context)
+    await tls.send_all(encode_hello(Hello(bridge_id, secret)))
+    parser = WelcomeParser()
+    while (welcome := parser.feed(await tls.receive_some())) is None:
+        pass
+    assert welcome.status == WelcomeStatus.OK, welcome
+    async with mux.open_session(PrefixedStream(tls, parser.leftover), client=True) as session:
+        task_status.started(session)
+        async with trio.open_nursery() as nursery:
+            async for stream in session:
+
+                async def serve(stream=stream):
+                    requests = ConnectRequestParser()
+                    while (request := requests.feed(await stream.receive_some())) is None:
+                        pass
+                    await answer(stream, request, session)
+
+                nursery.start_soon(serve)

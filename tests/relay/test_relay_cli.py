@@ -102,6 +102,9 @@ def test_fingerprint_is_stable_and_matches_the_certificate(env, data_dir):
         (["serve", "--cert", "/nonexistent/relay.pem"], "--cert and --key must be given together"),
         (["serve", "--log-level", "LOUD"], "invalid log level"),
         (["serve", "--handshake-timeout", "soon"], "invalid duration"),
+        (["serve", "--drain-timeout", "-1"], "invalid duration '-1'"),
+        (["serve", "--max-pending", "0"], "invalid number '0': expected a whole number above 0"),
+        (["serve", "--max-streams-per-bridge", "many"], "invalid number 'many'"),
         (["fingerprint", "--cert", "/nonexistent/relay.pem"], "cannot read certificate file"),
         (["bridges", "create", "bad name"], "invalid bridge name"),
         (["bridges", "create", "x", "--bcrypt-cost", "99"], "bcrypt cost must be between 4 and 31"),
@@ -126,6 +129,9 @@ def test_bad_environment_is_reported_like_bad_flags(env, data_dir):
     assert result.stderr.startswith("bridge-relay: error: ") and "'everywhere'" in result.stderr
     result = cli({**env, "RELAY_FORWARD": "prod=db"}, data_dir, "serve")
     assert result.returncode == 2 and "RELAY_FORWARD" in result.stderr
+    result = cli({**env, "RELAY_MAX_PENDING_OPENS": "-5"}, data_dir, "serve")
+    assert result.returncode == 2 and "invalid number '-5'" in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_test_without_a_running_relay(env, data_dir):
@@ -155,6 +161,9 @@ def test_every_flag_documents_its_default():
     )
     for name in ["RELAY_DATA_DIR", "RELAY_LISTEN", "RELAY_CERT", "RELAY_KEY", "RELAY_FORWARD",
                  "RELAY_HANDSHAKE_TIMEOUT", "RELAY_CONNECT_TIMEOUT", "RELAY_BCRYPT_COST",
+                 "RELAY_DRAIN_TIMEOUT", "RELAY_KEEPALIVE_INTERVAL", "RELAY_KEEPALIVE_TIMEOUT",
+                 "RELAY_MAX_PENDING", "RELAY_AUTH_FAILURES_PER_MINUTE",
+                 "RELAY_MAX_STREAMS_PER_BRIDGE", "RELAY_MAX_PENDING_OPENS",
                  "LOG_LEVEL", "LOG_FORMAT"]:
         assert name in result.stdout
 

@@ -1,0 +1,149 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Stopping a real `bridge-relay serve`: SIGTERM stops accepting, lets open tunnels finish
+within the drain timeout and exits 0; a second signal ends at once; systemd is told READY,
+WATCHDOG and STOPPING."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+from functools import partial
+
+import pytest
+import trio
+from e2e_support import RELAY, Launcher, Relay, clean_env
+
+CHUNK = 64 * 1024
+
+
+async def echo(stream: trio.SocketStream) -> None:
+    async with stream:
+        try:
+            while data := await stream.receive_some(CHUNK):
+                await stream.send_all(data)
+            await stream.send_eof()
+        except trio.BrokenResourceError:
+            pass
+
+
+async def start(launch: Launcher, nursery, *args: str, **env: str) -> tuple[Relay, int]:
+    """An echo target, a relay forwarding to it (with `env`), a connected agent."""
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    argv = [RELAY, "--data-dir", launch.bridge.data_dir, "serve", "--listen", "127.0.0.1:0",
+            "--forward", f"{launch.bridge.name}={target}", *args]
+    process = launch.start("relay", argv, env=clean_env(**env))
+    agents = await trio.to_thread.run_sync(
+        partial(process.wait_for, r"^agents: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
+    )
+    forward = await trio.to_thread.run_sync(
+        partial(process.wait_for, r"^forward .*: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
+    )
+    relay = Relay(process, int(agents[1]), {target: int(forward[1])})
+    await trio.to_thread.run_sync(launch.agent, relay, [target])
+    return relay, int(forward[1])
+
+
+async def transfer(port: int, size: int, pace: float, progress: trio.Event) -> str:
+    """Paced random bytes through the forward to the echo and back: "complete" if intact."""
+    sent, received, count, error = hashlib.sha256(), hashlib.sha256(), 0, None
+    try:
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            async with trio.open_nursery() as nursery:
+
+                async def send() -> None:
+                    for offset in range(0, size, CHUNK):
+                        chunk = os.urandom(CHUNK)
+                        sent.update(chunk)
+                        await stream.send_all(chunk)
+                        await trio.sleep(pace)
+                    await stream.send_eof()
+
+                nursery.start_soon(send)
+                while data := await stream.receive_some(CHUNK):
+                    received.update(data)
+                    count += len(data)
+                    if count >= 4 * CHUNK:
+                        progress.set()
+                nursery.cancel_scope.cancel()
+    except* (OSError, trio.BrokenResourceError) as group:
+        error = f"error: {group.exceptions[0]!r}"
+    if error is not None:
+        return error
+    return "complete" if count == size and sent.digest() == received.digest() else "short"
+
+
+async def refused(port: int) -> bool:
+    try:
+        await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+    except OSError:
+        return True
+    return False
+
+
+async def test_sigterm_drains_open_tunnels_and_tells_systemd(launch, nursery, tmp_path):
+    path = str(tmp_path / "notify")
+    if len(path) > 100:  # beyond sun_path
+        path = f"/tmp/trio-bridge-relay-notify-{os.getpid()}"
+    messages: list[str] = []
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        await sock.bind(path)
+
+        async def collect() -> None:
+            while True:
+                messages.append((await sock.recv(4096)).decode())
+
+        nursery.start_soon(collect)
+        relay, forward = await start(
+            launch, nursery, "--drain-timeout", "20", NOTIFY_SOCKET=path, WATCHDOG_USEC="200000"
+        )
+        progress, outcome = trio.Event(), []
+
+        async def run() -> None:
+            outcome.append(await transfer(forward, 6 * 1024 * 1024, 0.02, progress))
+
+        nursery.start_soon(run)
+        await progress.wait()
+        relay.process.popen.send_signal(signal.SIGTERM)
+        with trio.fail_after(5):
+            while not await refused(forward):  # no new connections...
+                await trio.sleep(0.05)
+        assert await trio.to_thread.run_sync(relay.process.wait, 25) == 0
+        assert outcome == ["complete"]  # ...while the open one finished
+    os.unlink(path)
+    assert messages[0].startswith("READY=1\nSTATUS=Listening for agents on 127.0.0.1:")
+    assert messages.count("WATCHDOG=1") >= 2
+    # (1, or 2 when the first probe for a closed listener got in before the signal)
+    assert any(re.fullmatch(r"STOPPING=1\nSTATUS=Draining [12] open tunnels", m) for m in messages)
+    log = relay.process.stderr()
+    assert "\tINFO\tDrained: no tunnel is open" in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("how", ["second signal", "drain timeout"])
+async def test_stopping_does_not_wait_forever(launch, nursery, how):
+    timeout = "1" if how == "drain timeout" else "60"
+    relay, forward = await start(launch, nursery, "--drain-timeout", timeout)
+    progress, outcome = trio.Event(), []
+
+    async def run() -> None:
+        outcome.append(await transfer(forward, 1 << 40, 0.01, progress))
+
+    nursery.start_soon(run)
+    await progress.wait()
+    relay.process.popen.send_signal(signal.SIGINT)
+    await trio.to_thread.run_sync(relay.process.wait_for, r"\tStopping: no new agents")
+    if how == "second signal":
+        relay.process.popen.send_signal(signal.SIGTERM)
+    assert await trio.to_thread.run_sync(relay.process.wait, 15) == 0
+    with trio.fail_after(10):
+        while not outcome:
+            await trio.sleep(0.05)
+    assert outcome[0] != "complete"
+    log = relay.process.stderr()
+    expected = "\tStopping now\t" if how == "second signal" else "Drain timed out after 1 s"
+    assert expected in log and "Traceback" not in log, log
+    assert re.search(r"\tBridge disconnected\t.*relay shutting down", log), log
