@@ -1,6 +1,7 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""Where the agent dials: ``tls://host[:port]`` (port 4000 by default)."""
+"""Where the agent dials: ``tls://host[:port]`` (port 4000 by default), or
+``wss://host[:port][/path]`` (WebSocket: port 443 and path /bridge by default)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from urllib.parse import urlsplit
 import attrs
 
 DEFAULT_PORT = 4000
-SCHEMES = ("tls",)
+DEFAULT_PORTS = {"tls": DEFAULT_PORT, "wss": 443}
+DEFAULT_PATH = "/bridge"
+SCHEMES = tuple(DEFAULT_PORTS)
 
 
 @attrs.frozen
@@ -17,29 +20,35 @@ class RelayURL:
     scheme: str
     host: str
     port: int = DEFAULT_PORT
+    #: The WebSocket path of a wss:// URL; empty for tls://.
+    path: str = ""
 
     @classmethod
     def parse(cls, text: str) -> RelayURL:
         """Raises ValueError with a one-line message saying what a valid URL looks like."""
-        expected = "expected tls://HOST[:PORT], e.g. tls://relay.example.com:4000"
+        expected = (
+            "expected tls://HOST[:PORT] or wss://HOST[:PORT]/bridge, e.g. tls://relay.example.com:4000"
+        )
         try:
             parts = urlsplit(text.strip())
             port = parts.port
         except ValueError:
             raise ValueError(f"invalid relay URL {text!r}: {expected}") from None
-        if parts.scheme == "wss":
-            raise ValueError(f"relay URL {text!r}: wss:// is not supported yet; {expected}")
+        path = "" if parts.path in ("", "/") else parts.path
         if (
             parts.scheme not in SCHEMES
             or not parts.hostname
             or parts.username is not None
-            or parts.path not in ("", "/")
+            or (path and parts.scheme == "tls")
             or parts.query
             or parts.fragment
             or port == 0
         ):
             raise ValueError(f"invalid relay URL {text!r}: {expected}")
-        return cls(parts.scheme, parts.hostname, DEFAULT_PORT if port is None else port)
+        if parts.scheme == "wss":
+            path = path or DEFAULT_PATH
+        default = DEFAULT_PORTS[parts.scheme]
+        return cls(parts.scheme, parts.hostname, default if port is None else port, path)
 
     @property
     def address(self) -> str:
@@ -47,7 +56,7 @@ class RelayURL:
         return format_address(self.host, self.port)
 
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.address}"
+        return f"{self.scheme}://{self.address}{self.path}"
 
 
 def format_address(host: str, port: int) -> str:

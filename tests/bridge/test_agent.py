@@ -9,13 +9,16 @@ import socket
 import pytest
 import trio
 
-from bridge.agent import Agent, AuthenticationFailed, RelayRejected, RelayUnavailable
+from bridge.agent import Agent, AgentConfig, AuthenticationFailed, RelayRejected, RelayUnavailable
 from bridge.allowlist import AllowList
 from bridge.connect import ConnectStatus
 from bridge.handshake import Welcome, WelcomeStatus
 from bridge.tls import certificate_fingerprint, client_ssl_context
+from bridge.websocket_stream import serve_websocket_agents
+from relay import MemoryStore, Relay, RelayConfig
 
 from bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
+from connect_proxy import ConnectProxy
 
 async def read_all(stream) -> bytes:
     chunks = []
@@ -302,9 +305,128 @@ def test_agent_arguments():
     context = client_ssl_context()
     with pytest.raises(ValueError, match="allow-list is empty"):
         Agent("tls://relay", BRIDGE_ID, SECRET, [], context)
-    with pytest.raises(ValueError, match="wss://"):
-        Agent("wss://relay/bridge", BRIDGE_ID, SECRET, ["db:1"], context)
+    agent = Agent("wss://relay", BRIDGE_ID, SECRET, ["db:1"], context, proxy="proxy:3128")
+    assert str(agent.relay_url) == "wss://relay:443/bridge"
+    assert str(agent.proxy) == "http://proxy:3128"
+    with pytest.raises(ValueError, match="invalid relay URL 'tls://relay/bridge'"):
+        Agent("tls://relay/bridge", BRIDGE_ID, SECRET, ["db:1"], context)
     with pytest.raises(ValueError, match="invalid allow-list entry"):
         Agent("tls://relay", BRIDGE_ID, SECRET, ["db"], context)
     agent = Agent("tls://relay", BRIDGE_ID, SECRET, AllowList.any(), context)
     assert agent.relay_url.port == 4000
+
+
+# -- HTTP proxy and WebSocket -------------------------------------------------------------
+
+
+async def test_tls_through_a_proxy(nursery, relay, certificates, caplog):
+    caplog.set_level(logging.DEBUG)
+    proxy = ConnectProxy(username="me", password="pr0xy-pass")
+    await nursery.start(proxy.serve)
+    port = await serve(nursery, echo)
+    context = client_ssl_context(ca_file=certificates.ca_file)
+    url = f"tls://localhost:{relay.port}"
+    agent = Agent(url, BRIDGE_ID, SECRET, ["127.0.0.1:*"], context, proxy=proxy.url)
+    session = await start(nursery, relay, agent)
+    tunnel = await relay.open(session, "127.0.0.1", port, b"ping")
+    assert tunnel.leftover + await tunnel.stream.receive_some() == b"ping"
+    assert proxy.tunnels == 1 and proxy.requests[0][0] == f"localhost:{relay.port}"
+    connecting = next(r for r in caplog.records if r.getMessage() == "Connecting to bridge server")
+    assert connecting.fields["proxy"] == f"127.0.0.1:{proxy.port}"
+    assert "pr0xy-pass" not in caplog.text and "pr0xy-pass" not in repr(agent.__dict__)
+
+
+async def test_proxy_refusal(nursery, relay):
+    proxy = ConnectProxy(username="me", password="pr0xy-pass")
+    await nursery.start(proxy.serve)
+    url = f"tls://127.0.0.1:{relay.port}"
+    proxy_url = f"127.0.0.1:{proxy.port}"  # no credentials
+    agent = Agent(url, BRIDGE_ID, SECRET, ["db:1"], client_ssl_context(), proxy=proxy_url)
+    with pytest.raises(RelayUnavailable) as info:
+        await agent.run_session()
+    assert str(info.value) == (
+        f"Cannot connect to the relay at 127.0.0.1:{relay.port}: proxy 127.0.0.1:{proxy.port} refused "
+        f"CONNECT 127.0.0.1:{relay.port}: 407 Proxy Authentication Required (give credentials in "
+        "the proxy URL: http://USER:PASSWORD@HOST:PORT)"
+    )
+    assert relay.connections == 0
+
+
+@pytest.fixture
+async def ws_relay(nursery, certificates):
+    """A real relay taking agents over WebSocket: (relay, its port, bridge ID, secret)."""
+    store = MemoryStore()
+    bridge_id, secret = store.create_bridge("office", cost=4)
+    relay = Relay(store, certificates.server_context(), config=RelayConfig(bcrypt_cost=4))
+    listeners = await nursery.start(
+        serve_websocket_agents, relay.handle_agent, "127.0.0.1", 0, relay.ssl_context
+    )
+    return relay, listeners[0].socket.getsockname()[1], bridge_id, secret
+
+
+async def test_websocket_through_a_proxy(nursery, ws_relay, certificates, caplog):
+    relay, port, bridge_id, secret = ws_relay
+    proxy = ConnectProxy(username="me", password="pr0xy-pass")
+    await nursery.start(proxy.serve)
+    target = await serve(nursery, echo)
+    context = client_ssl_context(ca_file=certificates.ca_file)
+    url = f"wss://localhost:{port}/bridge"
+    agent = Agent(url, bridge_id, secret, ["127.0.0.1:*"], context, proxy=proxy.url)
+    await nursery.start(agent.run)
+    payload = os.urandom(2 * 1024 * 1024)
+    async with await relay.connect("office", "127.0.0.1", target) as tunnel:
+
+        async def send():
+            await tunnel.send_all(payload)
+            await tunnel.send_eof()
+
+        nursery.start_soon(send)
+        assert hashlib.sha256(await read_all(tunnel)).digest() == hashlib.sha256(payload).digest()
+    assert proxy.tunnels == 1
+    assert secret not in caplog.text and "pr0xy-pass" not in caplog.text
+
+
+async def test_websocket_refusals(nursery, ws_relay, certificates):
+    relay, port, bridge_id, secret = ws_relay
+    context = client_ssl_context(ca_file=certificates.ca_file)
+    agent = Agent(f"wss://localhost:{port}/other", bridge_id, secret, ["db:1"], context)
+    with pytest.raises(RelayUnavailable) as info:
+        await agent.run_session()
+    assert str(info.value) == (
+        f"Cannot connect to the relay at wss://localhost:{port}/other: "
+        "WebSocket upgrade to /other refused: 404 Not Found"
+    )
+    listeners = await nursery.start(relay.serve, "127.0.0.1", 0)  # plain TLS, not WebSocket
+    tls_port = listeners[0].socket.getsockname()[1]
+    agent = Agent(f"wss://localhost:{tls_port}", bridge_id, secret, ["db:1"], context)
+    with pytest.raises(RelayUnavailable, match="closed during the WebSocket upgrade to /bridge"):
+        await agent.run_session()
+    agent = Agent(f"wss://localhost:{port}", bridge_id, secret + "x", ["db:1"], context)
+    with pytest.raises(AuthenticationFailed):
+        await agent.run()
+
+
+async def test_websocket_handshake_timeout(nursery, certificates):
+    listeners = await nursery.start(
+        serve_websocket_agents, lambda stream, peer: trio.sleep_forever(), "127.0.0.1", 0,
+        certificates.server_context(),
+    )
+    url = f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
+    context = client_ssl_context(ca_file=certificates.ca_file)
+    agent = Agent(url, BRIDGE_ID, SECRET, ["db:1"], context, config=AgentConfig(handshake_timeout=0.2))
+    with pytest.raises(RelayUnavailable, match="did not finish the handshake in time"):
+        await agent.run_session()
+
+
+async def test_drain_while_connecting_over_websocket(nursery, certificates):
+    listeners = await nursery.start(
+        serve_websocket_agents, lambda stream, peer: trio.sleep_forever(), "127.0.0.1", 0,
+        certificates.server_context(),
+    )
+    url = f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
+    agent = Agent(url, BRIDGE_ID, SECRET, ["db:1"], client_ssl_context(ca_file=certificates.ca_file))
+    async with trio.open_nursery() as inner:
+        inner.start_soon(agent.run)
+        await trio.testing.wait_all_tasks_blocked()
+        agent.drain()
+    assert agent.sessions == 0

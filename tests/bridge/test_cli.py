@@ -65,6 +65,19 @@ def test_allowed_hosts_alias_and_allow_any(certificates):
     assert agent.allow.allow_any
 
 
+def test_websocket_relay_and_proxy():
+    env = {**ENV, "RELAY_URL": "wss://relay.example.com", "https_proxy": "proxy:3128"}
+    agent, _, _ = cli.load([], env)
+    assert str(agent.relay_url) == "wss://relay.example.com:443/bridge"
+    assert str(agent.proxy) == "http://proxy:3128"
+    env = {**ENV, "HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": ".example.com"}
+    assert cli.load([], env)[0].proxy is None
+    assert str(cli.load(["--no-proxy", ""], env)[0].proxy) == "http://proxy:3128"
+    agent, _, _ = cli.load(["--proxy", "other:8080", "--no-proxy", ""], env)
+    assert str(agent.proxy) == "http://other:8080"
+    assert cli.load(["--proxy", "", "--no-proxy", ""], env)[0].proxy is None
+
+
 def test_fingerprint(certificates):
     pin = certificate_fingerprint(certificates.cert_der)
     agent, _, _ = cli.load([], {**ENV, "RELAY_FINGERPRINT": pin})
@@ -83,7 +96,9 @@ def test_fingerprint(certificates):
         ([], {"BRIDGE_SECRET": ""}, "missing bridge secret"),
         ([], {"RELAY_URL": None}, "missing relay URL: set RELAY_URL or pass --relay"),
         ([], {"RELAY_URL": "https://relay"}, "invalid relay URL 'https://relay': expected tls://HOST[:PORT]"),
-        (["--relay", "wss://relay/bridge"], {}, "wss:// is not supported yet"),
+        (["--relay", "tls://relay/bridge"], {}, "invalid relay URL 'tls://relay/bridge'"),
+        (["--proxy", "https://me:hunter2@proxy"], {}, "invalid proxy URL 'https://***@proxy'"),
+        ([], {"HTTPS_PROXY": "proxy:x"}, "invalid proxy URL 'proxy:x'"),
         ([], {"RELAY_URL": "tls://relay:99999"}, "invalid relay URL"),
         ([], {"ALLOW": None}, "no allow-list: set ALLOW"),
         ([], {"ALLOW": " , "}, "no allow-list"),

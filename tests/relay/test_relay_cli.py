@@ -259,3 +259,38 @@ def test_demo_runs_on_its_own(env, tmp_path):
     assert "Host not in allowed hosts list" in result.stdout
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_serve_accepts_agents_over_websocket(env, data_dir, nursery, echo_port):
+    from bridge.agent import Agent
+    from bridge.tls import client_ssl_context
+
+    created = await _run_cli(env, data_dir, "bridges", "create", "prod")
+    values = dict(line.split("=", 1) for line in created.stdout.decode().splitlines())
+    pin = (await _run_cli(env, data_dir, "fingerprint")).stdout.decode().strip()
+    with trio.fail_after(TIME_LIMIT):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "relay", "--data-dir", str(data_dir), "serve",
+             "--listen", "127.0.0.1:0", "--listen-ws", "127.0.0.1:0",
+             "--forward", f"prod=127.0.0.1:{echo_port}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        try:
+            _, ws_line, forward_line = await _read_lines(process.stdout, 3, bytearray())
+            match = re.fullmatch(
+                r"agents \(WebSocket\): listening on 127\.0\.0\.1:(\d+), path /bridge", ws_line
+            )
+            url = f"wss://127.0.0.1:{match[1]}/bridge"
+            forward_port = int(forward_line.rpartition(":")[2])
+            agent = Agent(
+                url, values["BRIDGE_ID"], values["BRIDGE_SECRET"], [f"127.0.0.1:{echo_port}"],
+                client_ssl_context(fingerprint=pin),
+            )
+            await nursery.start(RunningAgent(agent).run)
+            async with await trio.open_tcp_stream("127.0.0.1", forward_port) as client:
+                await client.send_all(b"over WebSocket")
+                await client.send_eof()
+                assert await receive_all(client) == b"over WebSocket"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0

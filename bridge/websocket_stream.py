@@ -1,0 +1,410 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The relay connection over WebSocket, for networks that only let HTTPS out.
+
+Binary messages carry the bytes that would otherwise go straight over TLS, and
+`WebSocketStream` exposes the connection as a `trio.abc.Stream`, so the handshake, mux and
+everything above run unchanged. Clients use `open_websocket_stream` (TCP, possibly through
+an HTTP proxy, then TLS, then the upgrade) or `websocket_client` (the upgrade of a TLS
+stream already open); the relay runs `serve_websocket_agents`.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+import trio_websocket
+from trio.lowlevel import checkpoint
+from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, WebSocketConnection
+
+from .http_proxy import ProxyURL, open_tcp_stream
+from .relay_url import format_address
+from .tls import PinnedSSLContext, check_fingerprint
+from .tls_stream import TLSStream
+
+DEFAULT_PATH = "/bridge"
+NORMAL_CLOSURE = 1000
+
+log = logging.getLogger("bridge.websocket")
+
+_positive = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+_size = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
+
+
+@attrs.frozen(kw_only=True)
+class WebSocketConfig:
+    """Sizes are bytes, durations seconds."""
+
+    #: The largest message sent (longer writes are split) and accepted (a larger one ends the
+    #: connection with close code 1009): keep it the same on both ends.
+    max_message_size: int = attrs.field(default=1024 * 1024, validator=_size)
+    #: Messages received but not read yet, at most: beyond this the socket is not read.
+    message_queue_size: int = attrs.field(default=4, validator=_size)
+    #: How much one read from the socket asks for (trio-websocket's own default is 4 KiB).
+    receive_buffer_size: int = attrs.field(default=256 * 1024, validator=_size)
+    #: `open_websocket_stream`: TCP connect, including the proxy's CONNECT.
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: TLS handshake and HTTP upgrade (on the relay: from accepting the connection on).
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: How long closing waits for the peer to answer the close frame.
+    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+
+    def _sizes(self) -> dict[str, int]:
+        return {
+            "max_message_size": self.max_message_size,
+            "message_queue_size": self.message_queue_size,
+            "receive_buffer_size": self.receive_buffer_size,
+        }
+
+
+class WebSocketError(Exception):
+    """The WebSocket upgrade failed; ``status`` is the HTTP status of a refusal."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WebSocketStream(trio.abc.Stream):
+    """A WebSocket connection as a byte stream.
+
+    `send_all` sends binary messages of at most ``max_message_size`` bytes; `receive_some`
+    returns what is left of the current message, up to ``max_bytes``. `aclose` closes the
+    WebSocket (close code 1000, which the peer reads as EOF) and ``transport``, the stream
+    the WebSocket runs on; any other end of the connection is a `trio.BrokenResourceError`.
+    """
+
+    def __init__(
+        self, connection: WebSocketConnection, transport: trio.abc.Stream, *, config: WebSocketConfig
+    ) -> None:
+        self.connection = connection
+        self.transport = transport
+        self._message_size = config.max_message_size
+        self._close_timeout = config.close_timeout
+        self._pending = memoryview(b"")
+        self._eof = False
+        self._closed = False
+        self._sending = False
+        self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            if self._closed or not data:
+                await checkpoint()
+                self._check_open()
+                return
+            size = self._message_size
+            try:
+                with memoryview(data) as view:
+                    for start in range(0, len(view), size):
+                        await self.connection.send_message(bytes(view[start : start + size]))
+            except ConnectionClosed as exc:
+                await checkpoint()  # a closed connection raises without scheduling
+                raise self._closed_error(exc.reason) from None
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        await checkpoint()
+        self._check_open()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None and operator.index(max_bytes) < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        self._receiving = True
+        try:
+            if not self._pending:
+                message = await self._next_message()
+                if max_bytes is None or len(message) <= max_bytes:
+                    return message
+                self._pending = memoryview(message)
+            else:
+                await checkpoint()
+                self._check_open()
+            data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
+            return bytes(data)
+        finally:
+            self._receiving = False
+
+    async def _next_message(self) -> bytes:
+        """The next binary message that is not empty; b"" once the peer has closed normally."""
+        while not (self._eof or self._closed):
+            try:
+                message = await self.connection.get_message()
+            except ConnectionClosed as exc:
+                if self._closed or exc.reason is None or exc.reason.code != NORMAL_CLOSURE:
+                    await checkpoint()  # a closed connection raises without scheduling
+                    raise self._closed_error(exc.reason) from None
+                self._eof = True
+                break
+            if isinstance(message, str):
+                raise trio.BrokenResourceError("the peer sent a text message, not binary data")
+            if message:
+                return message
+        await checkpoint()
+        self._check_open()
+        return b""
+
+    async def aclose(self) -> None:
+        """Close the WebSocket, waiting up to ``close_timeout`` for the peer to answer."""
+        if self._closed:
+            await checkpoint()
+            return
+        self._closed = True
+        self._pending = memoryview(b"")
+        try:
+            with trio.move_on_after(self._close_timeout):
+                await self.connection.aclose()
+        finally:
+            await trio.aclose_forcefully(self.transport)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the WebSocket stream was closed")
+
+    def _closed_error(self, reason: CloseReason | None) -> Exception:
+        if self._closed:
+            return trio.ClosedResourceError("the WebSocket stream was closed")
+        return trio.BrokenResourceError(f"the WebSocket connection ended: {_describe(reason)}")
+
+
+@asynccontextmanager
+async def open_websocket_stream(
+    url: str,
+    ssl_context: ssl.SSLContext,
+    *,
+    proxy: ProxyURL | None = None,
+    config: WebSocketConfig | None = None,
+) -> AsyncIterator[WebSocketStream]:
+    """Connect to ``wss://HOST[:PORT][/PATH]`` (port 443, path /bridge by default) and yield
+    the stream; leaving the block closes it.
+
+    TCP goes through ``proxy`` when given. The relay's certificate is checked by
+    ``ssl_context`` and, for a `PinnedSSLContext`, against its pin before anything is sent.
+    Raises OSError (`bridge.http_proxy.ProxyError` included) when TCP fails,
+    `trio.BrokenResourceError` when TLS does, `bridge.tls.FingerprintMismatch`,
+    `WebSocketError` when the upgrade fails, and `trio.TooSlowError` past ``connect_timeout``
+    or a TLS handshake longer than ``handshake_timeout``.
+    """
+    host, port, path = _parse_url(url)
+    config = config or WebSocketConfig()
+    with trio.fail_after(config.connect_timeout):
+        tcp = await open_tcp_stream(host, port, proxy=proxy)
+    pinned = isinstance(ssl_context, PinnedSSLContext)
+    tls = TLSStream.wrap(tcp, ssl_context, server_side=False, server_hostname=None if pinned else host)
+    try:
+        with trio.fail_after(config.handshake_timeout):
+            await tls.do_handshake()
+        if pinned:
+            check_fingerprint(tls, ssl_context.fingerprint)
+    except BaseException:
+        await trio.aclose_forcefully(tls)
+        raise
+    async with websocket_client(tls, host, port, path, config=config) as stream:
+        yield stream
+
+
+@asynccontextmanager
+async def websocket_client(
+    transport: trio.abc.Stream,
+    host: str,
+    port: int,
+    path: str = DEFAULT_PATH,
+    *,
+    config: WebSocketConfig | None = None,
+) -> AsyncIterator[WebSocketStream]:
+    """Upgrade ``transport``, a TLS stream already open to host:port, to a WebSocket on ``path``.
+
+    Raises `WebSocketError` when the server refuses or closes the connection, or does not
+    answer within ``handshake_timeout``. ``transport`` is closed when this raises, and when
+    the block is left.
+    """
+    config = config or WebSocketConfig()
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(config.handshake_timeout) as upgrade:
+                reader = _ReaderTask(nursery, upgrade)
+                connection = await trio_websocket.wrap_client_stream(
+                    reader, transport, _authority(host, port), path, **config._sizes()
+                )
+            if upgrade.cancelled_caught:
+                raise _upgrade_error(reader, path, config)
+            async with WebSocketStream(connection, transport, config=config) as stream:
+                yield stream
+    except BaseExceptionGroup as group:
+        _raise_single(group)
+    finally:
+        await trio.aclose_forcefully(transport)
+
+
+async def serve_websocket_agents(
+    handler: Callable[[WebSocketStream, str], Awaitable[Any]],
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext,
+    *,
+    path: str = DEFAULT_PATH,
+    config: WebSocketConfig | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept WebSocket connections over TLS on host:port until cancelled (port 0: any free
+    port), and run ``await handler(stream, peer)`` for each upgrade to ``path``, with the
+    peer's ``ip:port``; other paths are refused with 404. The stream is closed when the
+    handler returns. `task_status.started` gets the list of `trio.SocketListener`s.
+    Connections that fail before the handler runs are logged and dropped.
+
+    For the relay: ``await nursery.start(serve_websocket_agents, relay.handle_agent, host,
+    port, relay.ssl_context)``.
+    """
+    config = config or WebSocketConfig()
+
+    async def serve(tcp: trio.SocketStream) -> None:
+        try:
+            peer = format_address(*tcp.socket.getpeername()[:2])
+        except OSError:  # already gone
+            await tcp.aclose()
+            return
+        transport = TLSStream.wrap(tcp, ssl_context, server_side=True)
+        async with trio.open_nursery() as nursery:
+            try:
+                connection = await _accept(nursery, transport, path, config)
+            except _Dropped as exc:
+                log.info("Connection dropped", extra={"fields": {"peer": peer, "reason": str(exc)}})
+                await trio.aclose_forcefully(transport)
+                return
+            async with WebSocketStream(connection, transport, config=config) as stream:
+                await handler(stream, peer)
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    await trio.serve_listeners(serve, listeners, task_status=task_status)
+
+
+class _Dropped(Exception):
+    """An incoming connection was not accepted; the message says why."""
+
+
+async def _accept(
+    nursery: trio.Nursery, transport: TLSStream, path: str, config: WebSocketConfig
+) -> WebSocketConnection:
+    """TLS and the upgrade of one incoming connection; raises `_Dropped` when it fails."""
+    with trio.move_on_after(config.handshake_timeout) as upgrade:
+        reader = _ReaderTask(nursery, upgrade)
+        try:
+            await transport.do_handshake()
+            request = await trio_websocket.wrap_server_stream(reader, transport, **config._sizes())
+            if urlsplit(request.path).path == path:
+                return await request.accept()
+            await request.reject(HTTPStatus.NOT_FOUND)
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__ or exc
+            raise _Dropped(f"TLS error: {getattr(cause, 'reason', None) or cause}") from None
+        except ConnectionClosed:
+            raise _Dropped("connection lost during the WebSocket upgrade") from None
+        raise _Dropped(f"WebSocket upgrade to {request.path[:100]!r} refused with 404")
+    raise _Dropped("no WebSocket upgrade request" if reader.ended else "WebSocket upgrade timed out")
+
+
+class _ReaderTask:
+    """Stands in for the nursery trio-websocket starts a connection's reader task in.
+
+    Runs the task in ``nursery``, and cancels ``upgrade`` (the opening handshake's scope)
+    when the task ends, so that a connection refused or closed during the upgrade fails at
+    once instead of when the handshake times out.
+    """
+
+    def __init__(self, nursery: trio.Nursery, upgrade: trio.CancelScope) -> None:
+        self._nursery = nursery
+        self._upgrade = upgrade
+        self.ended = False
+        self.rejected: ConnectionRejected | None = None
+
+    def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        self._nursery.start_soon(self._run, fn, *args)
+
+    async def _run(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except ConnectionRejected as exc:
+            self.rejected = exc
+        finally:
+            self.ended = True
+            self._upgrade.cancel()
+
+
+def _upgrade_error(reader: _ReaderTask, path: str, config: WebSocketConfig) -> WebSocketError:
+    if reader.rejected is not None:
+        status = reader.rejected.status_code
+        return WebSocketError(f"WebSocket upgrade to {path} refused: {status} {_phrase(status)}", status)
+    if reader.ended:
+        return WebSocketError(
+            f"the connection was closed during the WebSocket upgrade to {path} "
+            "(is this the relay's WebSocket port?)"
+        )
+    timeout = config.handshake_timeout
+    return WebSocketError(f"no answer to the WebSocket upgrade to {path} within {timeout:g} s")
+
+
+def _raise_single(group: BaseExceptionGroup) -> NoReturn:
+    """Raise the one exception of ``group`` as itself, so that errors leave the context
+    managers above as they were raised in them; raise a group of several unchanged."""
+    if len(group.exceptions) != 1:
+        raise group
+    exc = group.exceptions[0]
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc
+
+
+def _parse_url(url: str) -> tuple[str, int, str]:
+    """``wss://HOST[:PORT][/PATH]`` -> (host, port, path with any query)."""
+    invalid = ValueError(f"invalid WebSocket URL {url!r}: expected wss://HOST[:PORT][/PATH]")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise invalid from None
+    if parts.scheme != "wss" or not parts.hostname or port == 0 or parts.username is not None:
+        raise invalid
+    path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return parts.hostname, 443 if port is None else port, path
+
+
+def _authority(host: str, port: int) -> str:
+    """The Host header: the port is left out when it is the default one."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == 443 else f"{name}:{port}"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _describe(reason: CloseReason | None) -> str:
+    if reason is None:
+        return "connection lost"
+    text = f"{reason.code} {reason.name}"
+    return f"{text}: {reason.reason}" if reason.reason else text
