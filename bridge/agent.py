@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import ssl
 import struct
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Iterable
 
 import attrs
@@ -51,11 +54,14 @@ from .handshake import (
     WelcomeStatus,
     encode_hello,
 )
+from .http_proxy import ProxyURL, open_tcp_stream
+from .metrics import TunnelMetrics
 from .prefixed_stream import PrefixedStream
 from .relay_url import RelayURL, format_address
 from .systemd import Notifier
 from .tls import FingerprintMismatch, PinnedSSLContext, check_fingerprint
 from .tls_stream import TLSStream
+from .websocket_stream import WebSocketConfig, WebSocketError, websocket_client
 
 log = logging.getLogger("bridge.agent")
 
@@ -68,7 +74,7 @@ class AgentConfig:
 
     #: TCP connect to the relay, and to each target address.
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
-    #: TLS handshake plus Hello/Welcome.
+    #: TLS handshake, WebSocket upgrade (wss://) and Hello/Welcome, together.
     handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: The relay must send a stream's connect request within this, and DNS must answer within it.
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
@@ -145,6 +151,10 @@ class Agent:
     ``allow`` is an `AllowList` or allow-list entries; it must not be empty (use
     ``AllowList.any()`` to allow every target). ``ssl_context`` comes from
     `bridge.tls.client_ssl_context`. ``notifier`` tells systemd about the agent's state.
+    ``proxy`` is an HTTP proxy to reach the relay through (`bridge.http_proxy.proxy_for`
+    picks one from HTTPS_PROXY and NO_PROXY, as curl does). ``metrics`` (a fresh
+    `TunnelMetrics` if None) counts sessions, reconnects, streams, bytes and refusals,
+    labelled with the bridge ID.
     """
 
     def __init__(
@@ -156,9 +166,12 @@ class Agent:
         ssl_context: ssl.SSLContext,
         *,
         config: AgentConfig | None = None,
+        proxy: str | ProxyURL | None = None,
         notifier: Notifier | None = None,
+        metrics: TunnelMetrics | None = None,
     ) -> None:
         self.relay_url = relay_url if isinstance(relay_url, RelayURL) else RelayURL.parse(relay_url)
+        self.proxy = ProxyURL.parse(proxy) if isinstance(proxy, str) else proxy
         self.allow = allow if isinstance(allow, AllowList) else AllowList.parse(allow)
         if not self.allow:
             raise ValueError("the allow-list is empty: give HOST:PORT entries, or AllowList.any()")
@@ -168,6 +181,7 @@ class Agent:
         self.ssl_context = ssl_context
         self.config = config or AgentConfig()
         self.notifier = notifier or Notifier(None)
+        self.metrics = metrics or TunnelMetrics()
         #: Sessions authenticated so far.
         self.sessions = 0
         self._draining = False
@@ -177,6 +191,8 @@ class Agent:
         self._stream_ended = ParkingLot()
         self._drain_opened = self._cut = 0
         logs.register_secret(secret)
+        if self.proxy is not None and self.proxy.password:
+            logs.register_secret(self.proxy.password)
 
     def __repr__(self) -> str:
         return f"<Agent {self.bridge_id} -> {self.relay_url}>"
@@ -253,14 +269,13 @@ class Agent:
         Raises `RelayUnavailable` when the relay cannot be reached or the session is lost,
         `AuthenticationFailed` or `RelayRejected` when the relay refuses this agent.
         """
-        with trio.CancelScope() as connecting:  # `drain` cancels it
-            self._connecting = connecting
-            if self._draining:
-                connecting.cancel()
-            transport, leftover = await self._connect()
-        self._connecting = None
-        if connecting.cancelled_caught:
-            return
+        async with self._connect() as connected:
+            if connected is not None:  # None: `drain` was called while connecting
+                await self._serve_session(*connected, task_status=task_status)
+
+    async def _serve_session(
+        self, transport: trio.abc.Stream, leftover: bytes, *, task_status: trio.TaskStatus[None]
+    ) -> None:
         address = self.relay_url.address
         async with mux.open_session(
             PrefixedStream(transport, leftover), client=True, config=self.config.session_config()
@@ -272,13 +287,15 @@ class Agent:
                 self.notifier.ready(status)
             else:
                 self.notifier.status(status)
+                self.metrics.reconnects.inc()
             task_status.started()
-            async with trio.open_nursery() as nursery:
-                watcher = trio.CancelScope()
-                nursery.start_soon(self._drain_when_asked, session, watcher)
-                async for stream in session:
-                    nursery.start_soon(self._serve_stream, session, stream)
-                watcher.cancel()
+            with self.metrics.sessions.labels(bridge=self.bridge_id).track():
+                async with trio.open_nursery() as nursery:
+                    watcher = trio.CancelScope()
+                    nursery.start_soon(self._drain_when_asked, session, watcher)
+                    async for stream in session:
+                        nursery.start_soon(self._serve_stream, session, stream)
+                    watcher.cancel()
         lost = session.close_reason
         if self._draining:
             return
@@ -306,39 +323,58 @@ class Agent:
 
     # -- connecting to the relay ------------------------------------------------------------
 
-    async def _connect(self) -> tuple[TLSStream, bytes]:
-        """TCP, TLS and the handshake; returns the transport and the bytes after the Welcome."""
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[tuple[trio.abc.Stream, bytes] | None]:
+        """TCP (through the proxy, if any), TLS, the WebSocket upgrade for wss://, and the
+        handshake. Yields the transport and the bytes after the Welcome, or None when `drain`
+        was called meanwhile; closes the transport at the end."""
         url = self.relay_url
-        log.info("Connecting to bridge server", extra=_fields(address=url.address))
-        try:
-            with trio.fail_after(self.config.connect_timeout):
-                tcp = await trio.open_tcp_stream(url.host, url.port)
-        except trio.TooSlowError:
-            raise RelayUnavailable(f"Timed out connecting to the relay at {url.address}") from None
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise RelayUnavailable(f"Cannot connect to the relay at {url.address}: {reason}") from None
-        pinned = isinstance(self.ssl_context, PinnedSSLContext)
-        transport = TLSStream.wrap(
-            tcp, self.ssl_context, server_side=False, server_hostname=None if pinned else url.host
-        )
-        try:
-            with trio.fail_after(self.config.handshake_timeout):
+        via = {} if self.proxy is None else {"proxy": self.proxy.address}
+        log.info("Connecting to bridge server", extra=_fields(address=url.address, **via))
+        with trio.CancelScope() as connecting:  # `drain` cancels it, and so does the deadline
+            self._connecting = connecting
+            if self._draining:
+                connecting.cancel()
+            try:
+                with trio.fail_after(self.config.connect_timeout):
+                    tcp = await open_tcp_stream(url.host, url.port, proxy=self.proxy)
+            except trio.TooSlowError:
+                raise RelayUnavailable(f"Timed out connecting to the relay at {url.address}") from None
+            except OSError as exc:
+                message = f"Cannot connect to the relay at {url.address}: {exc.strerror or exc}"
+                raise RelayUnavailable(message) from None
+            pinned = isinstance(self.ssl_context, PinnedSSLContext)
+            tls = TLSStream.wrap(
+                tcp, self.ssl_context, server_side=False, server_hostname=None if pinned else url.host
+            )
+            timeout = self.config.handshake_timeout
+            connecting.deadline = trio.current_time() + timeout
+            async with tls, AsyncExitStack() as stack:
+                await self._secure(tls)
+                transport: trio.abc.Stream = tls
+                if url.scheme == "wss":
+                    config = WebSocketConfig(handshake_timeout=timeout)
+                    try:
+                        transport = await stack.enter_async_context(
+                            websocket_client(tls, url.host, url.port, url.path, config=config)
+                        )
+                    except WebSocketError as exc:
+                        message = f"Cannot connect to the relay at {url}: {exc}"
+                        raise RelayUnavailable(message) from None
                 leftover = await self._handshake(transport)
-        except trio.TooSlowError:
-            await trio.aclose_forcefully(transport)
-            message = f"The relay at {url.address} did not finish the handshake in time"
-            raise RelayUnavailable(message) from None
-        except BaseException:
-            await trio.aclose_forcefully(transport)
-            raise
-        return transport, leftover
+                self._connecting, connecting.deadline = None, math.inf
+                yield transport, leftover
+                return
+        self._connecting = None
+        if not self._draining:
+            raise RelayUnavailable(f"The relay at {url.address} did not finish the handshake in time")
+        yield None
 
-    async def _handshake(self, transport: TLSStream) -> bytes:
-        """TLS, certificate pin, Hello, Welcome; returns the bytes received after the Welcome."""
+    async def _secure(self, tls: TLSStream) -> None:
+        """The TLS handshake, then the certificate pin."""
         address = self.relay_url.address
         try:
-            await transport.do_handshake()
+            await tls.do_handshake()
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__ or exc
             reason = _tls_reason(cause)
@@ -349,9 +385,13 @@ class Agent:
             raise RelayUnavailable(message) from None
         if isinstance(self.ssl_context, PinnedSSLContext):
             try:
-                check_fingerprint(transport, self.ssl_context.fingerprint)
+                check_fingerprint(tls, self.ssl_context.fingerprint)
             except FingerprintMismatch as exc:
                 raise RelayUntrusted(f"Refusing the relay at {address}: {exc}") from None
+
+    async def _handshake(self, transport: trio.abc.Stream) -> bytes:
+        """Hello, Welcome; returns the bytes received after the Welcome."""
+        address = self.relay_url.address
         parser = WelcomeParser()
         try:
             await transport.send_all(encode_hello(self._hello))
@@ -390,18 +430,22 @@ class Agent:
             request, early = await self._read_request(stream)
         except ConnectError as exc:
             message = f"Bad connect request: {exc}"
+            self.metrics.refused.inc(reason="bad_request")
             log.warning(message, extra=_fields(stream=stream.stream_id))
             await _reply(stream, ConnectStatus.BAD_REQUEST, message)
             return
         if request is None:
             return
         info = {"target": format_address(request.host, request.port), "stream": stream.stream_id}
+        asked = time.monotonic()
         try:
             target, address = await self._open_target(request)
         except _Refused as refusal:
+            self.metrics.refused.inc(reason=refusal.status.name.lower())
             log.warning(refusal.message, extra=_fields(**info))
             await _reply(stream, refusal.status, refusal.message)
             return
+        self.metrics.open_seconds.observe(time.monotonic() - asked, bridge=self.bridge_id)
         async with target:
             await _reply(stream, ConnectStatus.OK, address)
             log.info("Proxying connection", extra=_fields(**info, address=address))
@@ -478,22 +522,31 @@ class Agent:
         """
         counts = [len(early), 0]
         size = self.config.copy_size
+        meters = [self.metrics.bytes.labels(bridge=self.bridge_id, direction=direction)
+                  for direction in ("to_target", "from_target")]
+        streams_open = self.metrics.streams_open.labels(bridge=self.bridge_id)
 
         async def pump(source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStream, i: int) -> None:
             while data := await source.receive_some(size):
                 await sink.send_all(data)
                 counts[i] += len(data)
+                meters[i].inc(len(data))
             await sink.send_eof()
 
+        self.metrics.streams.inc(bridge=self.bridge_id)
+        streams_open.inc()
         try:
             if early:
                 await target.send_all(early)
+                meters[0].inc(len(early))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump, stream, target, 0)
                 nursery.start_soon(pump, target, stream, 1)
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             stream.reset()
             _abort(target)
+        finally:
+            streams_open.dec()
         return counts[0], counts[1]
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+from functools import partial
 from typing import Mapping, NoReturn, Sequence
 
 import trio
@@ -17,7 +18,9 @@ import trio
 from . import __version__, logs
 from .agent import Agent, AgentConfig, RelayRejected
 from .allowlist import AllowList
-from .relay_url import RelayURL
+from .http_proxy import proxy_for
+from .metrics import parse_listen_address, serve_metrics
+from .relay_url import RelayURL, format_address
 from .systemd import Notifier, run_watchdog
 from .tls import client_ssl_context
 
@@ -56,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Dial out to a bridge relay over TLS and serve the connections it tunnels "
         "to hosts of this network that the allow-list names.",
-        epilog="Flags override environment variables. Prefer BRIDGE_SECRET to --secret: "
-        "command lines are visible to other users of this machine.",
+        epilog="Flags override environment variables. Prefer BRIDGE_SECRET to --secret, and "
+        "HTTPS_PROXY to a --proxy with a password: command lines are visible to other users of "
+        "this machine.",
     )
     add = parser.add_argument
     add("--id", metavar="ID", help="bridge ID (env: BRIDGE_ID; required)")
@@ -65,7 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--relay",
         metavar="URL",
-        help="relay URL, tls://HOST[:PORT], port 4000 by default (env: RELAY_URL; required)",
+        help="relay URL: tls://HOST[:PORT] (port 4000 by default), or wss://HOST[:PORT][/PATH] "
+        "for WebSocket (port 443 and path /bridge by default) (env: RELAY_URL; required)",
+    )
+    add(
+        "--proxy",
+        metavar="URL",
+        help="HTTP proxy to reach the relay through (CONNECT), http://[USER:PASSWORD@]HOST[:PORT]; "
+        "empty for none (env: HTTPS_PROXY or https_proxy; default: none)",
+    )
+    add(
+        "--no-proxy",
+        metavar="HOSTS",
+        help="relay hosts to reach without the proxy: comma-separated names, domains "
+        "(.example.com), IPs or CIDRs, each optionally with :PORT, or * for all (env: NO_PROXY "
+        "or no_proxy; default: none)",
     )
     add(
         "--allow",
@@ -96,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, env, _, default, text in DURATIONS:
         add(flag, metavar="SECONDS", help=f"{text} (env: {env}; default: {default:g})")
+    add(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve GET /metrics (Prometheus) and GET /healthz (200 while connected to the relay) "
+        "here, host 127.0.0.1 unless given (env: METRICS_ADDRESS; default: off)",
+    )
     add("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (env: LOG_LEVEL; default: INFO)")
     add("--log-format", metavar="FORMAT", help="text or json (env: LOG_FORMAT; default: text)")
     add("--version", action="version", version=f"%(prog)s {__version__}")
@@ -176,6 +200,12 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
         ssl_context = client_ssl_context(ca_file=ca_file, fingerprint=fingerprint)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        proxy = proxy_for(
+            relay_url.host, relay_url.port, env, proxy=args.proxy, no_proxy=args.no_proxy
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
     durations = {}
     for flag, name, field, default, _ in DURATIONS:
@@ -186,33 +216,47 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
     try:
         agent = Agent(
             relay_url, bridge_id, secret, allow, ssl_context,
-            config=config, notifier=Notifier.from_environ(env),
+            config=config, notifier=Notifier.from_environ(env), proxy=proxy,
         )
     except ValueError as exc:
         raise UsageError(f"invalid bridge credentials: {exc}") from None
     return agent, level, fmt
 
 
+def metrics_address(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple[str, int] | None:
+    """Where --metrics (METRICS_ADDRESS) serves /metrics and /healthz; None: nowhere."""
+    text = build_parser().parse_args(argv).metrics or env.get("METRICS_ADDRESS")
+    try:
+        return None if not text else parse_listen_address(text)
+    except ValueError as exc:
+        raise UsageError(f"--metrics (METRICS_ADDRESS): {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     try:
-        agent, level, fmt = load(argv, os.environ if env is None else env)
+        env = os.environ if env is None else env
+        agent, level, fmt = load(argv, env)
+        metrics = metrics_address(argv, env)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EX_USAGE
     logs.configure(level, fmt)
     try:
-        return trio.run(run, agent)
+        return trio.run(run, agent, metrics)
     except KeyboardInterrupt:  # before the signal handler was in place
         return 130
 
 
-async def run(agent: Agent) -> int:
+async def run(agent: Agent, metrics: tuple[str, int] | None = None) -> int:
     """Run the agent until the relay refuses it or a signal stops it; returns the exit status:
     0 after a clean drain, 1 if connections were cut (drain timeout, or a second signal),
     78 when the relay refuses the agent."""
     status = None
     async with trio.open_nursery() as nursery:
         await nursery.start(run_watchdog, agent.notifier)
+        if metrics is not None and not await _serve_metrics(nursery, agent, *metrics):
+            nursery.cancel_scope.cancel()
+            return 1
         await nursery.start(_stop_on_signal, agent, nursery.cancel_scope)
         try:
             status = 1 if await agent.run() else 0
@@ -221,6 +265,22 @@ async def run(agent: Agent) -> int:
             status = EX_CONFIG
         nursery.cancel_scope.cancel()
     return 1 if status is None else status  # None: a second signal stopped it at once
+
+
+async def _serve_metrics(nursery: trio.Nursery, agent: Agent, host: str, port: int) -> bool:
+    """Serve /metrics and /healthz (healthy while a session is up); False if that address
+    cannot be listened on."""
+    connected = partial(agent.metrics.sessions.value, bridge=agent.bridge_id)
+    try:
+        listeners = await nursery.start(
+            serve_metrics, agent.metrics, lambda: connected() > 0, host, port
+        )
+    except OSError as exc:
+        log.error(f"Cannot serve metrics on {format_address(host, port)}: {exc.strerror or exc}")
+        return False
+    address = format_address(host, listeners[0].socket.getsockname()[1])
+    log.info("Serving metrics", extra={"fields": {"address": address}})
+    return True
 
 
 async def _stop_on_signal(

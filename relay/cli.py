@@ -16,6 +16,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,7 +25,9 @@ import trio
 
 import mux
 from bridge import logs
+from bridge.metrics import parse_listen_address, serve_metrics
 from bridge.systemd import Notifier, run_watchdog
+from bridge.websocket_stream import DEFAULT_PATH, WebSocketConfig, serve_websocket_agents
 
 from . import admin
 from .addresses import format_host_port, parse_host_port
@@ -34,6 +37,7 @@ from .credentials import DEFAULT_COST, check_cost
 from .errors import CertificateError, DuplicateBridge, InvalidBridgeName, UnknownBridge
 from .forward import ForwardSpec, serve_forward
 from .relay import Relay
+from .socks import SocksConfig, serve_socks
 from .store import SQLiteStore
 
 PROG = "bridge-relay"
@@ -144,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
+        "--listen-ws", metavar="HOST:PORT",
+        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        default=os.environ.get("RELAY_LISTEN_WS"),
+        help=_env_help(
+            f"also accept agents over WebSocket here (wss://, path {DEFAULT_PATH}, the same TLS "
+            "certificate), for networks that only let HTTPS out", "RELAY_LISTEN_WS", "off",
+        ),
+    )
+    serve.add_argument(
         "--cert", metavar="FILE", default=os.environ.get("RELAY_CERT"),
         help=_env_help("TLS certificate (PEM; with --key)", "RELAY_CERT",
                        "a self-signed certificate kept in the data dir"),
@@ -160,6 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
             "HOST:PORT through BRIDGE (a name or ID); repeatable",
             "RELAY_FORWARD, comma-separated", "none",
         ),
+    )
+    serve.add_argument(
+        "--socks", metavar="[HOST:]PORT", type=_type(parse_listen_address),
+        default=os.environ.get("RELAY_SOCKS"),
+        help=_env_help("serve SOCKS5 here (host 127.0.0.1 unless given): a connection to "
+                       "HOST.bridge-BRIDGE goes to HOST through BRIDGE", "RELAY_SOCKS", "off"),
+    )
+    serve.add_argument(
+        "--socks-user", metavar="USER", default=os.environ.get("RELAY_SOCKS_USER"),
+        help=_env_help("username SOCKS clients must give, with --socks-password",
+                       "RELAY_SOCKS_USER", "no authentication"),
+    )
+    serve.add_argument(
+        "--socks-password", metavar="PASSWORD", default=os.environ.get("RELAY_SOCKS_PASSWORD"),
+        help=_env_help("password of --socks-user (prefer the environment variable: command "
+                       "lines are visible to other users)", "RELAY_SOCKS_PASSWORD", "none"),
+    )
+    serve.add_argument(
+        "--metrics", metavar="[HOST:]PORT", type=_type(parse_listen_address),
+        default=os.environ.get("RELAY_METRICS"),
+        help=_env_help("serve GET /metrics (Prometheus) and GET /healthz (503 once draining) "
+                       "here, host 127.0.0.1 unless given", "RELAY_METRICS", "off"),
     )
     serve.add_argument(
         "--handshake-timeout", metavar="SECONDS", type=_type(_seconds),
@@ -319,6 +354,14 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             ssl_context = server_ssl_context(cert, key)
         except CertificateError as exc:
             raise Failure(str(exc)) from None
+    if (args.socks_user is None) != (args.socks_password is None):
+        raise UsageError("--socks-user and --socks-password must be given together")
+    credentials = None if args.socks_user is None else (args.socks_user, args.socks_password)
+    try:
+        socks_config = SocksConfig(credentials=credentials)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    logs.register_secret(args.socks_password or "")
     store = _open_store(data_dir)
     for spec in forwards:
         if store.find(spec.bridge) is None:
@@ -340,13 +383,17 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         ),
     )
     relay = Relay(store, ssl_context, config=config)
-    _run_trio(_serve, relay, args.listen, forwards, data_dir, fingerprint(cert))
+    _run_trio(partial(
+        _serve, relay, data_dir, fingerprint(cert), listen=args.listen, listen_ws=args.listen_ws,
+        forwards=forwards, socks=args.socks, socks_config=socks_config, metrics=args.metrics,
+    ))
     return 0
 
 
 async def _serve(
-    relay: Relay, listen: tuple[str, int], forwards: list[ForwardSpec], data_dir: Path,
-    cert_fingerprint: str,
+    relay: Relay, data_dir: Path, cert_fingerprint: str, *, listen: tuple[str, int],
+    listen_ws: tuple[str, int] | None, forwards: list[ForwardSpec],
+    socks: tuple[str, int] | None, socks_config: SocksConfig, metrics: tuple[str, int] | None,
 ) -> None:
     host, port = listen
     notifier = Notifier.from_environ()
@@ -362,6 +409,20 @@ async def _serve(
                 "Relay listening",
                 extra={"fields": {"address": address, "fingerprint": cert_fingerprint}},
             )
+            if listen_ws is not None:
+                ws_host, ws_port = listen_ws
+                config = WebSocketConfig(handshake_timeout=relay.config.handshake_timeout)
+                listeners = await _start(
+                    nursery, f"cannot listen for agents on {format_host_port(ws_host, ws_port)}",
+                    partial(serve_websocket_agents, config=config),
+                    relay.handle_agent, ws_host, ws_port, relay.ssl_context,
+                )
+                address = format_host_port(ws_host, listeners[0].socket.getsockname()[1])
+                print(f"agents (WebSocket): listening on {address}, path {DEFAULT_PATH}", flush=True)
+                log.info(
+                    "Relay listening for WebSocket agents",
+                    extra={"fields": {"address": address, "path": DEFAULT_PATH}},
+                )
             for spec in forwards:
                 listen_address = format_host_port(spec.listen_host, spec.listen_port)
                 listeners = await _start(
@@ -370,11 +431,26 @@ async def _serve(
                 )
                 local = format_host_port(spec.listen_host, listeners[0].socket.getsockname()[1])
                 print(f"forward {spec}: listening on {local}", flush=True)
+            if socks is not None:
+                await _listen(nursery, "socks", socks, partial(
+                    serve_socks, relay, config=socks_config, metrics=relay.metrics))
+            if metrics is not None:
+                await _listen(nursery, "metrics", metrics, partial(
+                    serve_metrics, relay.metrics, lambda: not relay.stopping))
             await nursery.start(admin.serve_admin, relay, data_dir / admin.SOCKET_NAME)
             notifier.ready(f"Listening for agents on {address}")
             await nursery.start(run_watchdog, notifier)
             await _stop_on_signals(signals, relay, notifier)
             nursery.cancel_scope.cancel()
+
+
+async def _listen(nursery: trio.Nursery, what: str, address: tuple[str, int], serve) -> None:
+    host, port = address
+    listeners = await _start(
+        nursery, f"cannot listen for {what} on {format_host_port(host, port)}", serve, host, port
+    )
+    local = format_host_port(host, listeners[0].socket.getsockname()[1])
+    print(f"{what}: listening on {local}", flush=True)
 
 
 async def _start(nursery: trio.Nursery, what: str, fn, *args: Any) -> Any:

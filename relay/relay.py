@@ -45,6 +45,7 @@ from bridge.handshake import (
     WelcomeStatus,
     encode_welcome,
 )
+from bridge.metrics import TunnelMetrics
 from bridge.prefixed_stream import PrefixedStream
 from bridge.tls_stream import TLSStream
 
@@ -106,15 +107,18 @@ class Relay:
     """Serves agents on one or more listeners and tunnels connections through them.
 
     `store` holds the bridges (`SQLiteStore` or `MemoryStore`); `ssl_context` is the server
-    context of the agent listener (see `relay.certificates.server_ssl_context`).
+    context of the agent listener (see `relay.certificates.server_ssl_context`); `metrics`
+    (a fresh `TunnelMetrics` if None) counts sessions, tunnels and refusals.
     """
 
     def __init__(
-        self, store: Store, ssl_context: ssl.SSLContext, *, config: RelayConfig | None = None
+        self, store: Store, ssl_context: ssl.SSLContext, *, config: RelayConfig | None = None,
+        metrics: TunnelMetrics | None = None,
     ) -> None:
         self.store = store
         self.ssl_context = ssl_context
         self.config = config = config or RelayConfig()
+        self.metrics = metrics or TunnelMetrics()
         self.registry = Registry()
         self._verifier = Verifier(cost=config.bcrypt_cost)
         self._logins = LoginLimiter(config.auth_failures_per_minute, config.rate_limit_sources)
@@ -311,6 +315,7 @@ class Relay:
         if await self._verifier.verify(hello.bridge_id, stored_hash, secret, cached_only=limited):
             assert record is not None
             return record
+        self.metrics.auth_failures.inc(listener="agent")
         if self._logins.failed(source) and not limited:
             _log(
                 logging.WARNING, "Authentication failed", bridge_id=_loggable_id(hello.bridge_id),
@@ -336,6 +341,7 @@ class Relay:
                 ) as session:
                     agent.mux = session
                     self.registry.add(agent)
+                    self.metrics.sessions.inc(bridge=record.name)
                     try:
                         _log(
                             logging.INFO, "Bridge connected", **fields,
@@ -349,6 +355,7 @@ class Relay:
                             await trio.aclose_forcefully(stream)
                     finally:
                         self.registry.remove(agent)
+                        self.metrics.sessions.dec(bridge=record.name)
         finally:
             ended = session.close_reason if session is not None else None
             level, reason = logging.INFO, agent.close_reason
@@ -460,6 +467,7 @@ class Relay:
             raise RelayShuttingDown("The relay is shutting down: it opens no new tunnels")
         sessions = self.registry.sessions(bridge)
         if not sessions:
+            self.metrics.refused.inc(reason="not_connected")
             _log(logging.WARNING, "Tunnel refused", bridge=bridge, target=target,
                  reason="not connected")
             raise BridgeNotConnected(bridge)
@@ -470,7 +478,9 @@ class Relay:
         try:
             return await self._open_on_any(bridge_id, request, name, target)
         except TunnelError as exc:
-            if not isinstance(exc, BridgeBusy):
+            busy = isinstance(exc, BridgeBusy)
+            self.metrics.refused.inc(reason="busy" if busy else _reason(exc.status))
+            if not busy:
                 _log(logging.WARNING, "Tunnel refused", bridge=name, target=target,
                      reason=str(exc))
             raise
@@ -517,6 +527,7 @@ class Relay:
     async def _open_on(
         self, agent: AgentSession, request: bytes, bridge: str, target: str
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
+        started = time.monotonic()
         try:
             stream = await agent.mux.open_stream()
         except (mux.SessionClosed, mux.LocalProtocolError) as exc:
@@ -552,7 +563,9 @@ class Relay:
                 status=ConnectStatus.TIMEOUT,
             )
         if reply.status == ConnectStatus.OK:
-            return (PrefixedStream(stream, parser.leftover) if parser.leftover else stream), reply
+            tunnel = PrefixedStream(stream, parser.leftover) if parser.leftover else stream
+            elapsed = time.monotonic() - started
+            return self.metrics.opened(tunnel, agent.bridge_name, elapsed), reply
         await trio.aclose_forcefully(stream)
         message = reply.message or f"{reply.status.name.replace('_', ' ').lower()}: {target}"
         if reply.status == ConnectStatus.NOT_ALLOWED:
@@ -585,6 +598,11 @@ async def _accept_loop(
             nursery.start_soon(handler, stream)
         else:
             stream.socket.close()
+
+
+def _reason(status: ConnectStatus | None) -> str:
+    """The `reason` label of a refused tunnel: the agent's status, or `failed` without one."""
+    return "failed" if status is None else status.name.lower()
 
 
 async def _go_away(session: mux.Session) -> None:

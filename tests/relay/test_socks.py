@@ -15,6 +15,7 @@ import h11
 import pytest
 import trio
 
+from bridge.agent import AuthenticationFailed
 from bridge.metrics import TunnelMetrics, serve_metrics
 from relay import MemoryStore
 from relay.socks import Reply, SocksConfig, parse_bridge_host, serve_socks
@@ -324,3 +325,58 @@ async def test_metrics_after_curl_traffic(front, http_port, nursery):
         lines = result.stdout.decode().splitlines()
         assert 'trio_bridge_auth_failures_total{listener="socks"} 1' in lines
         assert 'trio_bridge_refused_targets_total{reason="not_a_bridge_host"} 1' in lines
+
+
+async def _scrape(nursery, metrics, health) -> tuple[dict[str, float], int]:
+    """The samples of /metrics and the status of /healthz, both fetched with curl."""
+    listeners = await nursery.start(serve_metrics, metrics, health, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    result = await curl(f"{url}/metrics")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.decode().splitlines() if not line.startswith("#")]
+    status = await curl("-o", "/dev/null", "-w", "%{http_code}", f"{url}/healthz")
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines)}, int(status.stdout)
+
+
+async def test_relay_and_agent_metrics_after_curl_traffic(front, http_port, nursery):
+    with trio.fail_after(TIME_LIMIT):
+        relay, agent = front.harness.relay, front.agent.agent
+        port = await front.socks()
+        bodies = 0
+        for path in ["/a", "/bb"]:
+            url = f"http://127.0.0.1.bridge-prod:{http_port}{path}"
+            result = await curl("--socks5-hostname", f"127.0.0.1:{port}", url)
+            assert result.returncode == 0, result.stderr
+            bodies += len(result.stdout)
+        result = await curl("--socks5-hostname", f"127.0.0.1:{port}", "http://db.bridge-prod/")
+        assert result.returncode == CURLE_PROXY
+        with pytest.raises(AuthenticationFailed):
+            await front.harness.agent(front.bridge_id, "not-the-secret", ["db:1"]).run()
+        bridge_id = front.bridge_id
+        while relay.metrics.streams_open.value(bridge="prod") or agent.metrics.streams_open.value(
+            bridge=bridge_id
+        ):
+            await trio.sleep(0.01)  # the tunnels close on both ends after curl is done
+
+        connected = partial(agent.metrics.sessions.value, bridge=bridge_id)
+        at_relay, _ = await _scrape(nursery, relay.metrics, lambda: True)
+        at_agent, healthy = await _scrape(nursery, agent.metrics, lambda: connected() > 0)
+        assert healthy == 200
+        for samples, bridge in [(at_relay, "prod"), (at_agent, bridge_id)]:
+            label = f'{{bridge="{bridge}"}}'
+            assert samples[f"trio_bridge_sessions_connected{label}"] == 1
+            assert samples[f"trio_bridge_streams_total{label}"] == 2
+            assert samples[f"trio_bridge_streams_open{label}"] == 0
+            assert samples[f"trio_bridge_stream_open_seconds_count{label}"] == 2
+            assert samples['trio_bridge_refused_targets_total{reason="not_allowed"}'] == 1
+        for direction in ["to_target", "from_target"]:
+            counted = 'trio_bridge_bytes_total{{bridge="{}",direction="%s"}}' % direction
+            assert at_relay[counted.format("prod")] == at_agent[counted.format(bridge_id)] > bodies
+        assert at_relay['trio_bridge_auth_failures_total{listener="agent"}'] == 1
+
+        front.agent.kill()
+        await front.harness.wait_disconnected("prod")
+        at_agent, healthy = await _scrape(nursery, agent.metrics, lambda: connected() > 0)
+        assert healthy == 503
+        assert at_agent[f'trio_bridge_sessions_connected{{bridge="{bridge_id}"}}'] == 0
+        assert relay.metrics.sessions.value(bridge="prod") == 0
