@@ -11,6 +11,7 @@ import sys
 # benchmark name -> module exposing add_arguments(parser) and run(args) -> int
 BENCHMARKS = {
     "mux": ("bench.mux_bench", "mux throughput against a raw socketpair, and idle-stream scale"),
+    "tunnel": ("bench.tunnel_bench", "the tunnel end to end against direct TCP and ssh -L"),
 }
 
 
