@@ -1,0 +1,141 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The paths ``python -m bench tunnel`` compares, each from 127.0.0.1 to the same targets.
+
+A path maps each target name to the local port that reaches it, and names the processes that
+carry its connections (their memory is measured). `start` may be called again after `stop`;
+`stop` is idempotent and stops everything the path started.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from bench.procs import Proc, StartError, clean_env, rss_kib, run_command
+
+HOST = "127.0.0.1"
+BRIDGE = "bench"
+
+
+class SkipPath(Exception):
+    """The path cannot run on this machine; the message says why."""
+
+
+class BenchPath:
+    name = ""
+    label = ""
+
+    def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
+        self.workdir = workdir
+        self.targets = targets
+        self.ports: dict[str, int] = {}
+
+    def start(self) -> None:
+        self.ports = dict(self.targets)
+
+    def stop(self) -> None:
+        pass
+
+    def processes(self) -> dict[str, list[int]]:
+        """Role -> pids of the processes that carry this path's connections."""
+        return {}
+
+    def procs(self) -> dict[str, Proc]:
+        """Role -> the started processes whose logs say what went wrong."""
+        return {}
+
+    def rss(self) -> dict[str, int]:
+        """Role -> resident memory in KiB, summed over the role's processes."""
+        return {role: sum(rss_kib(pid) or 0 for pid in pids) for role, pids in self.processes().items()}
+
+
+class DirectPath(BenchPath):
+    name, label = "direct", "direct"
+
+
+def echo_ready(port: int, alive, timeout: float = 30.0) -> None:
+    """Wait until one byte comes back through `port` (the path is up end to end)."""
+    deadline = time.monotonic() + timeout
+    error = "no attempt"
+    while time.monotonic() < deadline and alive():
+        try:
+            with socket.create_connection((HOST, port), timeout=2) as sock:
+                sock.sendall(b"?")
+                if sock.recv(1) == b"?":
+                    return
+                error = "the connection closed without a reply"
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+        time.sleep(0.1)
+    raise StartError(f"no echo through port {port}: {error}")
+
+
+def console_script(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise SkipPath(f"{name} not found: install the project (pip install -e .)")
+    return found
+
+
+class TunnelPath(BenchPath):
+    """bridge-relay and bridge-agent as a user runs them: TLS, the relay's self-signed
+    certificate pinned by the agent, default settings, one forward per target."""
+
+    name, label = "tunnel", "tunnel"
+
+    def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
+        super().__init__(workdir, targets)
+        self.relay: Proc | None = None
+        self.agent: Proc | None = None
+        self._bridge: dict[str, str] = {}  # BRIDGE_ID, BRIDGE_SECRET, RELAY_FINGERPRINT
+
+    def _create_bridge(self, relay_bin: str, data: Path) -> None:
+        """A data dir with one bridge (made once: restarts reuse it)."""
+        def relay_cli(*args: str) -> str:
+            done = run_command([relay_bin, "--data-dir", data, *args])
+            if done.returncode:
+                raise StartError(f"bridge-relay {args[0]}: {done.stderr.strip() or done.stdout.strip()}")
+            return done.stdout
+
+        created = relay_cli("bridges", "create", BRIDGE, "--bcrypt-cost", "4")
+        self._bridge = dict(re.findall(r"^(BRIDGE_ID|BRIDGE_SECRET)=(\S+)$", created, re.M))
+        self._bridge["RELAY_FINGERPRINT"] = relay_cli("fingerprint").strip()
+
+    def start(self) -> None:
+        relay_bin, agent_bin = console_script("bridge-relay"), console_script("bridge-agent")
+        data = self.workdir / "relay-data"
+        if not self._bridge:
+            self._create_bridge(relay_bin, data)
+        forwards = [arg for port in self.targets.values() for arg in ("--forward", f"{BRIDGE}={HOST}:{port}")]
+        try:
+            self.relay = Proc("relay", [relay_bin, "--data-dir", data, "serve", "--listen", f"{HOST}:0",
+                                        *forwards], self.workdir)
+            agents = self.relay.wait_for(r"^agents: listening on (\S+):(\d+)$")
+            for name, port in self.targets.items():
+                match = self.relay.wait_for(
+                    rf"^forward {BRIDGE} -> {re.escape(HOST)}:{port}: listening on \S+:(\d+)$")
+                self.ports[name] = int(match[1])
+            env = clean_env(**self._bridge, RELAY_URL=f"tls://{HOST}:{agents[2]}", ALLOW=f"{HOST}:*")
+            self.agent = Proc("agent", [agent_bin], self.workdir, env=env)
+            self.agent.wait_for(r"Handling incoming proxy connections", stream="stderr")
+            echo_ready(self.ports["echo"], lambda: self.relay.alive() and self.agent.alive())
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for proc in (self.agent, self.relay):
+            if proc is not None:
+                proc.stop()
+
+    def processes(self) -> dict[str, list[int]]:
+        return {role: [proc.pid] for role, proc in self.procs().items() if proc.alive()}
+
+    def procs(self) -> dict[str, Proc]:
+        return {role: proc for role, proc in (("relay", self.relay), ("agent", self.agent)) if proc}

@@ -1,0 +1,553 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""``python -m bench tunnel``: the tunnel end to end, against direct TCP and ``ssh -L``.
+
+Three paths from 127.0.0.1 to the same targets: direct TCP; the tunnel (``bridge-relay serve``
+with one forward per target, and ``bridge-agent``: separate processes, TLS, default settings);
+and OpenSSH ``ssh -L`` through a throwaway sshd. The targets are ``iperf3 -s`` (or the built-in
+sink) and an echo server (``bench.loadgen serve``, two processes); every client runs in a
+process of its own.
+
+Per path: throughput client -> target of one stream and of N parallel streams; round trips of
+1 KiB messages on one connection (p50, p99); new connections per second (several being opened
+at once, each doing one 32-byte round trip, then closing); connections held at once with the
+resident memory growth of the processes carrying them; and, for the tunnel, how many concurrent
+streams one tunnel takes before something gives, and what gives. The first four run in rounds
+that alternate the order of the paths (ABC, CBA, ...) and report medians; the held and
+stream-limit runs each start the path afresh, so that earlier runs do not hide its growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mux
+from bench import report
+from bench.paths import HOST, BenchPath, DirectPath, SkipPath, TunnelPath
+from bench.procs import Proc, StartError, clean_env, free_port, python_module, run_command
+from bench.sshd import SshPath
+
+PATHS = {"direct": DirectPath, "tunnel": TunnelPath, "ssh": SshPath}
+BASELINE = "ssh"
+TARGET_HOLD = 10_000
+TARGET_KIB_PER_CONNECTION = 32
+PER_HOLDER = 7_000  # connections per holding process, which has RLIMIT_NOFILE too
+HOLD_CONCURRENCY = 32  # connections each holding process has being opened at once
+HOLD_SECONDS = 180.0  # bound on opening the held connections
+RATE_MAX = 200_000  # bound on connections per new-connection run
+IPERF_BUSY_RETRIES = 10
+
+METRICS = (  # key, label, higher is better
+    ("throughput_1", "1 stream, MB/s", True),
+    ("throughput_n", "{streams} streams, MB/s", True),
+    ("rtt_p50_us", "1 KiB round trip p50, us", False),
+    ("rtt_p99_us", "1 KiB round trip p99, us", False),
+    ("connections_per_s", "new connections/s", True),
+)
+
+
+class _Failed(Exception):
+    """One measurement failed; the message says how."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--quick", action="store_true",
+        help="short run: 1 round, 2 s throughput runs, 1,000 held, probe to 2,000")
+    add("--rounds", type=int, help="alternating rounds, median reported (default 3; --quick 1)")
+    add("--seconds", type=float,
+        help="length of each throughput run (default 5; --quick 2; whole seconds with iperf3)")
+    add("--streams", type=int, default=8, help="parallel streams of the multi-stream case (default 8)")
+    add("--rtt-count", type=int, help="1 KiB round trips per run (default 5000; --quick 1000)")
+    add("--rate-seconds", type=float, help="length of each new-connection run (default 3; --quick 1)")
+    add("--concurrency", type=int, default=8,
+        help="connections being opened at once in the new-connection runs (default 8)")
+    add("--hold", type=int, help="connections to hold at once (default 10000; --quick 1000; 0: skip)")
+    add("--limit", type=int,
+        help="stop the tunnel's stream-count probe at this many (default 20000; --quick 2000; 0: skip)")
+    add("--paths", type=_path_names, default=list(PATHS), metavar="NAME,...",
+        help="paths to run, of direct,tunnel,ssh (default all)")
+    add("--builtin", action="store_true",
+        help="measure throughput with the built-in sender and sink even where iperf3 is installed")
+    add("--json", type=Path, default=report.RESULTS_DIR / "tunnel.json", metavar="PATH",
+        help="where to write the results (default bench/results/tunnel.json; the chart goes next "
+             "to it as .png when matplotlib is installed)")
+
+
+def _path_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or set(names) - set(PATHS):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(PATHS)}")
+    return [name for name in PATHS if name in names]
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    quick = args.quick
+    for name, full, short in (("rounds", 3, 1), ("seconds", 5.0, 2.0), ("rtt_count", 5000, 1000),
+                              ("rate_seconds", 3.0, 1.0), ("hold", TARGET_HOLD, 1000),
+                              ("limit", 20_000, 2000)):
+        if getattr(args, name) is None:
+            setattr(args, name, short if quick else full)
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+def _client(*args: object, timeout: float) -> dict:
+    try:
+        done = run_command(python_module("bench.loadgen", *args), timeout=timeout, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise _Failed(f"no result within {timeout:g} s") from None
+    try:
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        lines = done.stderr.strip().splitlines()
+        raise _Failed(lines[-1] if lines else f"the client exited with status {done.returncode}") from None
+    if result.get("error"):
+        raise _Failed(result["error"])
+    return result
+
+
+def _throughput(port: int, streams: int, seconds: float, iperf: str | None) -> float:
+    """MB/s client -> target."""
+    if iperf is None:
+        return _client("send", port, "--streams", streams, "--seconds", seconds, timeout=seconds + 60)["mbps"]
+    argv = [iperf, "-c", HOST, "-p", port, "-t", max(1, round(seconds)), "-J"]
+    argv += ["-P", streams] if streams > 1 else []
+    for _ in range(IPERF_BUSY_RETRIES):  # the server may still be closing the previous test
+        try:
+            done = run_command(argv, timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            raise _Failed(f"iperf3 gave no result within {seconds + 60:g} s") from None
+        try:
+            data = json.loads(done.stdout)
+        except ValueError:
+            raise _Failed(f"iperf3: {done.stderr.strip() or f'exit status {done.returncode}'}") from None
+        if "busy" not in data.get("error", ""):
+            break
+        time.sleep(0.5)
+    if data.get("error"):
+        raise _Failed(f"iperf3: {data['error']}")
+    return data["end"]["sum_received"]["bits_per_second"] / 8 / 1e6
+
+
+def _json_line(proc: subprocess.Popen, timeout: float) -> dict:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return {"error": "the client ended without a result" if ready else f"no result within {timeout:g} s"}
+
+
+@contextlib.contextmanager
+def _holding(port: int, count: int, *, stop_on_error: bool) -> Iterator[dict]:
+    """Open `count` connections through `port`, each with one round trip, from as many
+    processes as their file-descriptor limit needs; yields the tally while they are held."""
+    shares = [count // -(-count // PER_HOLDER)] * (-(-count // PER_HOLDER))
+    shares[0] += count - sum(shares)
+    argv = ["--concurrency", HOLD_CONCURRENCY, "--seconds", HOLD_SECONDS, "--hold-timeout", 600]
+    argv += ["--stop-on-error"] if stop_on_error else []
+    holders: list[subprocess.Popen] = []
+    try:
+        for share in shares:
+            holders.append(subprocess.Popen(
+                python_module("bench.loadgen", "hold", port, "--count", share, *argv), text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=clean_env(), start_new_session=True))
+        results = [_json_line(proc, HOLD_SECONDS + 30) for proc in holders]
+        errors = [(r.get("first_error_at") or 0, r.get("first_error") or r.get("error"))
+                  for r in results if r.get("first_error") or r.get("error")]
+        yield {"held": sum(r.get("done", 0) for r in results),
+               "failed": sum(r.get("failed", 0) for r in results),
+               "seconds": max(r.get("seconds", 0) for r in results),
+               "first_error": min(errors)[1] if errors else None}
+    finally:
+        for proc in holders:
+            with contextlib.suppress(OSError):
+                proc.stdin.write("\n")
+                proc.stdin.close()
+        for proc in holders:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+def _measure_case(case: str, path: BenchPath, args: argparse.Namespace, iperf: str | None) -> dict:
+    sink = path.ports["iperf" if iperf else "sink"]
+    echo = path.ports["echo"]
+    if case == "throughput_1":
+        return {case: _throughput(sink, 1, args.seconds, iperf)}
+    if case == "throughput_n":
+        return {case: _throughput(sink, args.streams, args.seconds, iperf)}
+    if case == "rtt":
+        result = _client("rtt", echo, "--count", args.rtt_count, "--seconds", 30, timeout=60)
+        return {"rtt_p50_us": result["p50_us"], "rtt_p99_us": result["p99_us"]}
+    result = _client("dial", echo, "--count", RATE_MAX, "--seconds", args.rate_seconds,
+                     "--concurrency", args.concurrency, timeout=args.rate_seconds + 60)
+    failed = f"{result['failed']} of {result['failed'] + result['done']} connections failed: " \
+             f"{result['first_error']}"
+    if not result["done"]:
+        raise _Failed(failed)
+    return {"connections_per_s": result["per_second"], **({"note": failed} if result["failed"] else {})}
+
+
+def _warm_up(path: BenchPath, args: argparse.Namespace, iperf: str | None) -> None:
+    _throughput(path.ports["iperf" if iperf else "sink"], 1, min(1.0, args.seconds), iperf)
+    _client("rtt", path.ports["echo"], "--count", min(500, args.rtt_count), timeout=60)
+    _client("dial", path.ports["echo"], "--count", 200, "--seconds", 10, timeout=60)
+
+
+def _shown(key: str, value: float | None) -> str:
+    if value is None:
+        return "error"
+    return f"{value:,.1f}" if key.startswith("throughput") or key.startswith("rtt") else f"{value:,.0f}"
+
+
+def _run_rounds(paths: list[BenchPath], args: argparse.Namespace, iperf: str | None,
+                errors: list[dict]) -> dict[str, dict[str, list]]:
+    values = {key: {path.name: [] for path in paths} for key, *_ in METRICS}
+    labels = {key: label.format(streams=args.streams) for key, label, _ in METRICS}
+    for round_ in range(1, args.rounds + 1):
+        order = paths if round_ % 2 else paths[::-1]
+        for case in ("throughput_1", "throughput_n", "rtt", "connections_per_s"):
+            keys = ["rtt_p50_us", "rtt_p99_us"] if case == "rtt" else [case]
+            for path in order:
+                try:
+                    got = _measure_case(case, path, args, iperf)
+                except _Failed as exc:
+                    got = {"note": f"failed: {exc}"}
+                if "note" in got:
+                    errors.append({"round": round_, "case": case, "path": path.name, "error": got["note"]})
+                    report.progress(f"round {round_}/{args.rounds}  {path.label}: {case}: {got['note']}")
+                for key in keys:
+                    values[key][path.name].append(got.get(key))
+                shown = ", ".join(f"{labels[k]} {_shown(k, got.get(k))}" for k in keys)
+                report.progress(f"round {round_}/{args.rounds}  {path.label:<7} {shown}")
+    return values
+
+
+def _hold(path: BenchPath, count: int) -> dict:
+    """Fresh processes, a warm-up, then `count` connections held: RSS growth per connection."""
+    report.progress(f"holding {count:,} connections through {path.label}")
+    path.start()
+    try:
+        _client("dial", path.ports["echo"], "--count", 200, "--seconds", 10, timeout=60)
+        time.sleep(0.5)
+        before = path.rss()
+        with _holding(path.ports["echo"], count, stop_on_error=False) as tally:
+            time.sleep(0.5)
+            after = path.rss()
+    finally:
+        path.stop()
+    growth = sum(after.values()) - sum(before.values())
+    tally.update(rss_before_kib=before, rss_after_kib=after,
+                 kib_per_connection=growth / tally["held"] if tally["held"] else None)
+    report.progress(f"{path.label}: {tally['held']:,} held, "
+                    f"{_kib(tally['kib_per_connection'])} KiB per connection")
+    return tally
+
+
+def _warnings(text: str, limit: int = 3) -> list[str]:
+    """The first distinct WARNING/ERROR messages of a text log, without their timestamps."""
+    seen: list[str] = []
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[1] in ("WARNING", "ERROR"):
+            message = "\t".join(parts[1:])
+            if message not in seen:
+                seen.append(message)
+            if len(seen) == limit:
+                break
+    return seen
+
+
+def _stream_limit(path: BenchPath, limit: int) -> dict:
+    """Concurrent connections through one fresh tunnel until the first failure or `limit`."""
+    report.progress(f"probing how many concurrent streams {path.label} takes (up to {limit:,})")
+    path.start()
+    try:
+        offsets = {role: proc.size("stderr") for role, proc in path.procs().items()}
+        with _holding(path.ports["echo"], limit, stop_on_error=True) as tally:
+            time.sleep(1.0)  # what the processes log about the failure
+            for role, proc in path.procs().items():
+                tally[f"{role}_log"] = _warnings(proc.read("stderr", offsets[role]))
+                if not proc.alive():
+                    tally[f"{role}_exit"] = proc.popen.returncode
+    finally:
+        path.stop()
+    if not tally["failed"]:
+        tally["gave"] = f"nothing, up to the bound of {limit:,}"
+    else:
+        parts = [f"client: {tally['first_error']}"]
+        if tally["held"] == mux.Config().max_inbound_streams:
+            parts[0] += " (the count is mux.Config().max_inbound_streams, the agent's default)"
+        for role in path.procs():
+            if f"{role}_exit" in tally:
+                parts.append(f"{role} exited with status {tally[f'{role}_exit']}")
+            if tally.get(f"{role}_log"):
+                parts.append(f"{role} log: {tally[f'{role}_log'][0]}")
+        tally["gave"] = "; ".join(parts)
+    report.progress(f"{path.label}: {tally['held']:,} concurrent streams; gave: {tally['gave']}")
+    return tally
+
+
+def _raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # every child inherits it
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _measure(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack,
+             iperf: str | None) -> dict:
+    report.progress("starting the echo server" + (" and iperf3 -s" if iperf else " and the sink"))
+    servers = Proc("servers", python_module("bench.loadgen", "serve"), workdir)
+    stack.callback(servers.stop)
+    ports = json.loads(servers.wait_for(r"^\{.*\}$")[0])
+    targets = {"echo": ports["echo"]}
+    if iperf:
+        targets["iperf"] = free_port()
+        server = Proc("iperf3", [iperf, "-s", "-B", HOST, "-p", targets["iperf"], "--forceflush"], workdir)
+        stack.callback(server.stop)
+        server.wait_for(r"Server listening on")
+    else:
+        targets["sink"] = ports["sink"]
+    paths, skipped = [], {}
+    for name in args.paths:
+        path = PATHS[name](workdir, targets)
+        stack.callback(path.stop)
+        report.progress(f"starting {path.label}")
+        try:
+            path.start()
+        except SkipPath as exc:
+            skipped[name] = str(exc)
+            report.progress(f"skipping {path.label}: {exc}")
+            continue
+        try:
+            _warm_up(path, args, iperf)
+        except _Failed as exc:
+            report.progress(f"{path.label}: warm-up failed: {exc}")
+        paths.append(path)
+    errors: list[dict] = []
+    values = _run_rounds(paths, args, iperf, errors)
+    for path in paths:
+        path.stop()
+    held, limit = {}, None
+    for path in paths:
+        for case, wanted in (("hold", args.hold and path.name != "direct"),
+                             ("stream limit", args.limit and path.name == "tunnel")):
+            if not wanted:
+                continue
+            try:
+                if case == "hold":
+                    held[path.name] = _hold(path, args.hold)
+                else:
+                    limit = _stream_limit(path, args.limit)
+            except (_Failed, StartError, SkipPath) as exc:
+                errors.append({"round": None, "case": case, "path": path.name, "error": str(exc)})
+                report.progress(f"{path.label}: {case} failed: {exc}")
+    return {"values": values, "skipped": skipped, "errors": errors, "held": held, "stream_limit": limit}
+
+
+# -- report ----------------------------------------------------------------------------------
+
+def _kib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
+
+
+def _median(values: list) -> float | None:
+    present = [v for v in values if v is not None]
+    return report.median(present) if present else None
+
+
+def _summarize(values: dict[str, dict[str, list]], args: argparse.Namespace) -> dict[str, dict]:
+    """Medians per path, and ratios to ssh -L: the median of each round's ratio, each ratio
+    being of two runs made close in time (more robust to drift than a ratio of medians)."""
+    metrics = {}
+    for key, label, higher in METRICS:
+        per_round = values[key]
+        base = per_round.get(BASELINE)
+        ratios = {name: [v / b if v is not None and b else None for v, b in zip(vs, base)]
+                  for name, vs in per_round.items()} if base else {}
+        metrics[key] = {
+            "label": label.format(streams=args.streams),
+            "higher_is_better": higher,
+            "per_round": per_round,
+            "median": {name: _median(vs) for name, vs in per_round.items()},
+            "ratio_to_ssh": {name: _median(rs) for name, rs in ratios.items()},
+            "ratio_to_ssh_per_round": ratios,
+        }
+    return metrics
+
+
+def _targets(metrics: dict[str, dict], held: dict, args: argparse.Namespace) -> list[dict]:
+    targets = []
+    for key, text, at_least in (
+        ("throughput_1", "one-stream throughput >= 1.0x ssh -L", True),
+        ("throughput_n", f"{args.streams}-stream throughput >= 1.0x ssh -L", True),
+        ("rtt_p50_us", "1 KiB round trip p50 <= 1.0x ssh -L", False),
+        ("connections_per_s", "new connections per second >= 1.0x ssh -L", True),
+    ):
+        ratio = metrics[key]["ratio_to_ssh"].get("tunnel")
+        ok = None if ratio is None else (ratio >= 1.0 if at_least else ratio <= 1.0)
+        targets.append({"target": text, "measured": _ratio(ratio), "passed": ok})
+    tally = held.get("tunnel")
+    kib = tally and tally["kib_per_connection"]
+    ok = None
+    if tally and args.hold >= TARGET_HOLD:
+        ok = tally["held"] >= TARGET_HOLD and kib is not None and kib <= TARGET_KIB_PER_CONNECTION
+    targets.append({
+        "target": f"{TARGET_HOLD:,} connections held through one tunnel, relay + agent "
+                  f"<= {TARGET_KIB_PER_CONNECTION} KiB per connection",
+        "measured": "-" if not tally else f"{tally['held']:,} held, {_kib(kib)} KiB each",
+        "passed": ok,
+    })
+    return targets
+
+
+def _render(args: argparse.Namespace, results: dict, iperf: str | None) -> str:
+    m = results["machine"]
+    names = [name for name in args.paths if name not in results["skipped"]]
+    labels = {name: PATHS[name].label for name in PATHS}
+    tool = "iperf3" if iperf else "built-in sender and sink"
+    seconds = max(1, round(args.seconds)) if iperf else args.seconds
+    parts = [
+        f"tunnel benchmark: Python {m['python']}, Trio {m['trio']}, {m['cpus']} CPUs; median of "
+        f"{args.rounds} round(s), paths alternating (ABC, CBA, ...), ratios the median of each "
+        f"round's ratio; MB = 10^6 bytes; load average "
+        f"{results['load_average']['start']:.2f} at the start (other work skews the numbers)\n"
+        f"throughput client -> target: {tool}, {seconds:g} s per run; round trips: "
+        f"{args.rtt_count:,} x 1 KiB on one connection; new connections: {args.concurrency} at a "
+        f"time for {args.rate_seconds:g} s, each one 32-byte round trip"
+    ]
+    ratio_names = [n for n in names if n != BASELINE] if BASELINE in names else []
+    headers = ["metric", *(labels[n] for n in names),
+               *(f"{labels[n]}/{labels[BASELINE]}" for n in ratio_names)]
+    rows = []
+    for key, metric in results["metrics"].items():
+        rows.append([metric["label"], *(_shown(key, metric["median"][n]) for n in names),
+                     *(_ratio(metric["ratio_to_ssh"][n]) for n in ratio_names)])
+    parts.append(report.format_table(headers, rows))
+    if results["held"]:
+        rows = []
+        for name, tally in results["held"].items():
+            before, after = tally["rss_before_kib"], tally["rss_after_kib"]
+            rss = ", ".join(f"{role} {before.get(role, 0) / 1024:,.1f} -> {after[role] / 1024:,.1f}"
+                            for role in after)
+            rows.append([labels[name], f"{tally['held']:,}", f"{tally['failed']:,}",
+                         _kib(tally["kib_per_connection"]), rss])
+        parts.append(report.format_table(
+            ["path", "held", "failed", "KiB/conn", "RSS before -> after (MiB)"], rows,
+            f"Connections held at once (asked for {args.hold:,}), fresh processes; memory is "
+            f"the resident set growth of the processes carrying them"))
+    if limit := results["stream_limit"]:
+        parts.append(f"Stream limit of one tunnel (probe bound {args.limit:,}): "
+                     f"{limit['held']:,} concurrent streams; what gave: {limit['gave']}")
+    for name, reason in results["skipped"].items():
+        parts.append(f"Skipped {labels[name]}: {reason}")
+    if results["errors"]:
+        lines = [f"  {labels[e['path']]} {e['case']}" + (f" (round {e['round']})" if e["round"] else "")
+                 + f": {e['error']}" for e in results["errors"]]
+        parts.append("\n".join(["Errors:", *lines]))
+    parts.append(report.format_table(
+        ["target", "measured", "result"],
+        [[t["target"], t["measured"], report.passed(t["passed"])] for t in results["targets"]], "Targets"))
+    return "\n\n".join(parts)
+
+
+def _chart(results: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    panels = [(metric["label"], metric["median"]) for metric in results["metrics"].values()]
+    if results["held"]:
+        panels.append(("memory per held connection, KiB",
+                       {name: tally["kib_per_connection"] for name, tally in results["held"].items()}))
+    columns = 3
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, medians) in zip(axes.flat, panels):
+        names = [name for name, value in medians.items() if value is not None]
+        bars = ax.bar([PATHS[n].label for n in names], [medians[n] for n in names],
+                      color=[{"direct": "#999999", "tunnel": "#1f77b4", "ssh": "#ff7f0e"}[n] for n in names])
+        ax.bar_label(bars, fmt="{:,.0f}", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"python -m bench tunnel ({results['machine']['cpus']} CPUs, loopback)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    _defaults(args)
+    fd_limit = _raise_fd_limit()
+    iperf = None if args.builtin else shutil.which("iperf3")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp, contextlib.ExitStack() as stack:
+            measured = _measure(args, Path(tmp), stack, iperf)
+    except KeyboardInterrupt:
+        print("interrupted: every process the benchmark started was stopped", flush=True)
+        return 130
+    except (StartError, SkipPath) as exc:
+        print(f"python -m bench tunnel: {exc}", flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    metrics = _summarize(measured.pop("values"), args)
+    results = {
+        "benchmark": "tunnel",
+        "command": shlex.join(["python", "-m", "bench", *args.argv]),
+        "machine": report.machine(),
+        "settings": {"rounds": args.rounds, "seconds": args.seconds, "streams": args.streams,
+                     "rtt_count": args.rtt_count, "rate_seconds": args.rate_seconds,
+                     "concurrency": args.concurrency, "hold": args.hold, "limit": args.limit,
+                     "paths": args.paths, "throughput_tool": "iperf3" if iperf else "built-in",
+                     "fd_limit": fd_limit},
+        "duration_s": round(time.monotonic() - started, 1),
+        "load_average": {"start": load_before, "end": os.getloadavg()[0]},
+        "metrics": metrics,
+        **measured,
+    }
+    results["targets"] = _targets(metrics, results["held"], args)
+    print(_render(args, results, iperf))
+    path = report.write_json(args.json, results)
+    chart = _chart(results, args.json.with_suffix(".png"))
+    print(f"\nresults: {path}\n" + (f"chart: {chart}" if chart else "no chart: matplotlib is not installed"))
+    return 0
