@@ -278,7 +278,9 @@ class Agent:
     ) -> None:
         address = self.relay_url.address
         async with mux.open_session(
-            PrefixedStream(transport, leftover), client=True, config=self.config.session_config()
+            PrefixedStream(transport, leftover) if leftover else transport,
+            client=True,
+            config=self.config.session_config(),
         ) as session:
             self.sessions += 1
             log.info("Handling incoming proxy connections")
@@ -448,7 +450,7 @@ class Agent:
         self.metrics.open_seconds.observe(time.monotonic() - asked, bridge=self.bridge_id)
         async with target:
             await _reply(stream, ConnectStatus.OK, address)
-            log.info("Proxying connection", extra=_fields(**info, address=address))
+            log.debug("Proxying connection", extra=_fields(**info, address=address))
             started = time.monotonic()
             sent, received = await self._splice(stream, target, early)
             duration = round(time.monotonic() - started, 3)

@@ -104,6 +104,11 @@ class Session:
         return self._error is not None
 
     @property
+    def streams_open(self) -> int:
+        """Streams that are open in either direction (cheaper than `statistics`)."""
+        return self._conn.streams_open
+
+    @property
     def close_reason(self) -> SessionClosed | None:
         """Why the session ended (None while it runs)."""
         return self._error

@@ -45,7 +45,7 @@ class RelayConfig:
     auth_failures_per_minute: int = attrs.field(default=10, validator=_count)
     rate_limit_sources: int = attrs.field(default=10_000, validator=_count)
     log_interval: float = attrs.field(default=10.0, validator=_seconds)
-    max_streams_per_bridge: int = attrs.field(default=10_000, validator=_count)
+    max_streams_per_bridge: int = attrs.field(default=16_384, validator=_count)
     max_pending_opens: int = attrs.field(default=256, validator=_count)
     drain_timeout: float = attrs.field(default=30.0, validator=_seconds)
     mux: mux.Config | None = None

@@ -82,7 +82,7 @@ async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream
             sent, received, clean = await splice(client, remote)
             if not clean:
                 reset_stream(remote)
-        log.info(
+        log.debug(
             "Forwarded connection closed",
             extra={
                 "fields": {

@@ -29,7 +29,7 @@ class AgentSession:
     close_reason: str | None = None
 
     def open_streams(self) -> int:
-        return self.mux.statistics().streams_open
+        return self.mux.streams_open
 
     def load(self) -> tuple[int, int]:
         """What new streams are spread by: open streams, then streams opened so far."""

@@ -49,8 +49,10 @@ async def test_killing_one_of_two_agents_fails_no_new_connection(launch: Launche
     listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
     target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
     relay = await trio.to_thread.run_sync(launch.relay, target)
-    doomed = await trio.to_thread.run_sync(launch.agent, relay, [target])
-    survivor = await trio.to_thread.run_sync(launch.agent, relay, [target])
+    # DEBUG: each agent logs every connection it serves ("Proxying connection").
+    start_agent = partial(launch.agent, relay, [target], LOG_LEVEL="DEBUG")
+    doomed = await trio.to_thread.run_sync(start_agent)
+    survivor = await trio.to_thread.run_sync(start_agent)
     forward = relay.forwards[target]
 
     async def kill_soon() -> None:
