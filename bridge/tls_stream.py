@@ -119,9 +119,20 @@ class TLSStream(trio.abc.Stream):
             self._receiving = False
 
     async def send_some(self, data: bytes | bytearray | memoryview) -> int:
-        """Send part of ``data`` and return how much; if it raises, nothing was sent."""
+        """Send as much of ``data`` as goes without waiting (at least some: waits for that)
+        and return how much; if it raises, nothing was sent."""
         await checkpoint_if_cancelled()
-        sent = await self._retry(self._socket.send, data)
+        tls_socket = self._socket
+        with memoryview(data) as view:
+            sent = await self._retry(tls_socket.send, view)
+            # OpenSSL writes one record per call: go on while the socket takes them. Whatever
+            # stops us here (even an error) is met again by the next call, which starts with
+            # the bytes not sent, as OpenSSL requires after a wanted read or write.
+            while sent < len(view):
+                try:
+                    sent += tls_socket.send(view[sent:])
+                except (ssl.SSLError, OSError):
+                    break
         await cancel_shielded_checkpoint()
         return sent
 
