@@ -456,7 +456,8 @@ class Agent:
             duration = round(time.monotonic() - started, 3)
             log.debug(
                 "Connection closed",
-                extra=_fields(**info, bytes_sent=sent, bytes_received=received, duration=duration),
+                extra=_fields(**info, bytes=sent + received, bytes_sent=sent, bytes_received=received,
+                              duration=duration),
             )
 
     async def _read_request(self, stream: mux.Stream) -> tuple[ConnectRequest | None, bytes]:

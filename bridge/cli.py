@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EX_USAGE
-    logs.configure(level, fmt)
+    logs.configure(level, fmt, env)
     try:
         return trio.run(run, agent, metrics)
     except KeyboardInterrupt:  # before the signal handler was in place

@@ -7,7 +7,41 @@ Structured fields travel in ``extra={"fields": {...}}``::
     log.info("Connecting to bridge server", extra={"fields": {"address": "relay:4000"}})
 
 Text: ``2026-11-21T01:46:24.123Z<TAB>INFO<TAB>Connecting to bridge server<TAB>{"address": ...}``.
-JSON: ``{"ts": ..., "level": ..., "logger": ..., "event": ..., <fields>}``, one per line.
+Under journald (stderr is the stream ``JOURNAL_STREAM`` names), the syslog priority replaces
+the timestamp, which the journal adds itself, on every line of a record (a traceback's too):
+``<6>INFO<TAB>Connecting to bridge server<TAB>{"address": ...}``, with ``<2>`` CRITICAL,
+``<3>`` ERROR, ``<4>`` WARNING, ``<6>`` INFO, ``<7>`` DEBUG.
+
+JSON, for log shippers (the same under journald): one object per line,
+``{"ts": ..., "level": ..., "logger": ..., "event": ..., <fields>}``. Field names are stable;
+an event has the fields that apply to it, and none replaces the first four:
+
+==============  ===========================================================================
+ts              time in UTC, ``2026-11-21T01:46:24.123Z``
+level           ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR`` or ``CRITICAL``
+logger          ``bridge.agent``, ``relay.relay``, ``relay.forward``, ...
+event           the message: ``Bridge connected``, ``Connection closed``, ...
+exc             the traceback, when there is one
+bridge          the bridge's name (relay)
+id              the bridge's ID (relay)
+bridge_id       the bridge ID an agent presented, on a failed login (relay)
+target          ``HOST:PORT`` a tunnel is for
+stream          the tunnel's mux stream ID (agent)
+address         ``HOST:PORT`` the event is about: the relay the agent dials, the address
+                dialed for a target, a listener
+proxy           ``HOST:PORT`` of the HTTP proxy the agent goes through
+peer            the address of an agent connection (relay)
+client          the address of a forward's or SOCKS client (relay)
+bytes           bytes a tunnel carried both ways, when it closes
+bytes_sent      bytes sent to the target, when a tunnel closes
+bytes_received  bytes received from the target, when a tunnel closes
+duration        seconds (to the millisecond) a tunnel or an agent session lasted
+clean           whether both directions of a tunnel ended in EOF
+reason          why a connection, tunnel or login ended or was refused
+==============  ===========================================================================
+
+Other fields name what they count or hold: ``agents``, ``signal``, ``open_streams``,
+``drain_timeout``, ``cut``, ``finished``, ``failures``, ``limit``, ``fingerprint``, ``path``...
 
 Every registered secret is redacted from every record before it is formatted. All state
 lives in the stdlib logging configuration.
@@ -17,15 +51,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import IO, Any
 
 LOGGERS = ("bridge", "relay")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 FORMATS = ("text", "json")
 REDACTED = "[REDACTED]"
 _HANDLER_NAME = "trio-bridge"
+#: (lowest level, syslog priority) for journald, highest first; below INFO: 7 (debug).
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 
 
 def parse_level(text: str) -> str:
@@ -36,17 +74,19 @@ def parse_level(text: str) -> str:
     return level
 
 
-def configure(level: str = "INFO", fmt: str = "text") -> None:
+def configure(level: str = "INFO", fmt: str = "text", env: Mapping[str, str] | None = None) -> None:
     """Send the ``bridge`` and ``relay`` loggers to stderr at ``level`` in ``fmt``.
 
-    Calling it again replaces the previous configuration.
+    ``env`` (default: ``os.environ``) tells whether stderr goes to journald. Calling it again
+    replaces the previous configuration.
     """
     level = parse_level(level)
     if fmt not in FORMATS:
         raise ValueError(f"invalid log format {fmt!r}: use one of {', '.join(FORMATS)}")
+    journald = writes_to_journal(sys.stderr, os.environ if env is None else env)
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter(journald=journald))
     handler.addFilter(_redactor())
     for name in LOGGERS:
         logger = logging.getLogger(name)
@@ -55,6 +95,25 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
         logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False
+
+
+def writes_to_journal(stream: IO[str], env: Mapping[str, str]) -> bool:
+    """Whether ``stream`` is the journal stream that ``JOURNAL_STREAM`` (``DEVICE:INODE``) names.
+
+    systemd sets the variable for a service whose output goes to the journal; a process whose
+    output was redirected inherits it too, hence the comparison with the stream itself.
+    """
+    try:
+        device, inode = map(int, env.get("JOURNAL_STREAM", "").split(":"))
+        stat = os.fstat(stream.fileno())
+    except (ValueError, OSError):  # unset or malformed, or a stream with no file descriptor
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level: 2 (critical) to 7 (debug)."""
+    return next((priority for level, priority in _PRIORITIES if levelno >= level), 7)
 
 
 def register_secret(secret: str) -> None:
@@ -135,16 +194,28 @@ def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
 
 
 class TextFormatter(logging.Formatter):
-    """``<ts>\\t<LEVEL>\\t<message>[\\t<fields as JSON>]``, then any traceback."""
+    """``<ts>\\t<LEVEL>\\t<message>[\\t<fields as JSON>]``, then any traceback.
+
+    With ``journald``, ``<N>`` (the syslog priority) instead of ``<ts>``, on every line.
+    """
+
+    def __init__(self, *, journald: bool = False) -> None:
+        super().__init__()
+        self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), record.levelname, record.getMessage()]
+        parts = [record.levelname, record.getMessage()]
+        if not self.journald:
+            parts.insert(0, _timestamp(record))
         if fields := _fields(record):
             parts.append(json.dumps(fields, default=str, ensure_ascii=False))
-        line = "\t".join(parts)
+        text = "\t".join(parts)
         if exc := _exception_text(self, record):
-            line += "\n" + exc
-        return line
+            text += "\n" + exc
+        if self.journald:
+            prefix = f"<{syslog_priority(record.levelno)}>"
+            text = "\n".join(prefix + line for line in text.split("\n"))
+        return text
 
 
 class JSONFormatter(logging.Formatter):

@@ -89,6 +89,7 @@ async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream
                     "bridge": spec.bridge,
                     "target": spec.target,
                     "client": peer,
+                    "bytes": sent + received,
                     "bytes_sent": sent,
                     "bytes_received": received,
                     "duration": round(time.monotonic() - started, 3),

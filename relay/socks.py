@@ -205,7 +205,7 @@ async def _serve_client(
             if not clean:
                 reset_stream(remote)
         _log(logging.INFO, "SOCKS connection closed", client=peer, bridge=request.bridge,
-             target=request.target, bytes_sent=sent, bytes_received=received,
+             target=request.target, bytes=sent + received, bytes_sent=sent, bytes_received=received,
              duration=round(time.monotonic() - started, 3), clean=clean)
 
 

@@ -3,7 +3,9 @@
 
 import json
 import logging
+import os
 import re
+import sys
 
 import pytest
 
@@ -109,3 +111,66 @@ def test_redaction_without_configure(configured, caplog):
     with caplog.at_level(logging.DEBUG, logger="bridge"):
         logging.getLogger("bridge").warning("leak another-secret-value")
     assert "another-secret-value" not in caplog.text
+
+
+@pytest.fixture
+def journal(monkeypatch, tmp_path):
+    """Called in the test (pytest sets its own stderr for the call): makes stderr a file and
+    returns its path and an environment whose JOURNAL_STREAM names it."""
+    path = tmp_path / "journal"
+    with path.open("w", buffering=1) as stream:
+        def redirect():
+            monkeypatch.setattr(sys, "stderr", stream)
+            stat = os.fstat(stream.fileno())
+            return path, {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+        yield redirect
+
+
+def test_journald_text_has_priorities_and_no_timestamp(configured, journal):
+    path, env = journal()
+    logs.configure("DEBUG", "text", env)
+    log = logging.getLogger("relay.relay")
+    log.debug("debug")
+    log.info("Bridge connected", extra={"fields": {"bridge": "prod"}})
+    log.warning("warning")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("error")
+    log.critical("critical")
+    lines = path.read_text().splitlines()
+    assert lines[:4] == ["<7>DEBUG\tdebug", '<6>INFO\tBridge connected\t{"bridge": "prod"}',
+                         "<4>WARNING\twarning", "<3>ERROR\terror"]
+    assert lines[-1] == "<2>CRITICAL\tcritical"
+    traceback = lines[4:-1]
+    assert traceback[0] == "<3>Traceback (most recent call last):"
+    assert traceback[-1] == "<3>RuntimeError: boom"
+    assert all(line.startswith("<3>") for line in traceback)
+
+
+@pytest.mark.parametrize("value", ["8:12345", "", "garbage", "1:2:3"])
+def test_journal_stream_naming_another_stream_is_ignored(configured, journal, value):
+    path, _ = journal()
+    logs.configure("INFO", "text", {"JOURNAL_STREAM": value})
+    logging.getLogger("bridge").info("plain")
+    assert LINE.fullmatch(path.read_text().rstrip("\n"))
+
+
+def test_journald_json_is_unchanged(configured, journal):
+    path, env = journal()
+    logs.configure("INFO", "json", env)
+    logging.getLogger("bridge.agent").warning("Refused", extra={"fields": {"stream": 1}})
+    record = json.loads(path.read_text())
+    assert list(record) == ["ts", "level", "logger", "event", "stream"]
+
+
+def test_configure_reads_os_environ_by_default(configured, journal, monkeypatch):
+    path, env = journal()
+    monkeypatch.setenv("JOURNAL_STREAM", env["JOURNAL_STREAM"])
+    logs.configure("INFO")
+    logging.getLogger("bridge").info("journald")
+    assert path.read_text() == "<6>INFO\tjournald\n"
+
+
+def test_no_journal_without_a_file_descriptor(capsys):
+    assert not logs.writes_to_journal(sys.stderr, {"JOURNAL_STREAM": "8:12345"})
