@@ -17,7 +17,7 @@ from .errors import RelayError
 
 log = logging.getLogger("relay.forward")
 
-_CHUNK = 64 * 1024
+_CHUNK = 256 * 1024
 
 
 @attrs.frozen

@@ -50,7 +50,7 @@ LIVE_STATES = ("opening", "open", "half_closed_local", "half_closed_remote")
 def test_config_defaults_speak_like_hashicorp():
     config = Config()
     assert (config.accept_backlog, config.keepalive_interval, config.ping_timeout) == (256, 30.0, 10.0)
-    assert (config.max_stream_window, config.max_frame_size) == (16 * MIB, 64 * KIB)
+    assert (config.max_stream_window, config.max_frame_size) == (16 * MIB, 256 * KIB)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.accept_backlog = 1
 
