@@ -113,10 +113,28 @@ class TLSStream(trio.abc.Stream):
         try:
             await checkpoint_if_cancelled()
             data = await self._retry(self._socket.recv, max_bytes)
+            if data and len(data) < max_bytes:
+                data = self._receive_more(data, max_bytes)
             await cancel_shielded_checkpoint()
             return data
         finally:
             self._receiving = False
+
+    def _receive_more(self, first: bytes, max_bytes: int) -> bytes:
+        """Add the records that can be read now without waiting: OpenSSL returns one record
+        (16 KiB at most) per read, and each read costs the reader a round of its loop."""
+        chunks, total = [first], len(first)
+        recv = self._socket.recv
+        while total < max_bytes:
+            try:
+                chunk = recv(max_bytes - total)
+            except (ssl.SSLError, OSError):
+                break  # nothing more now, or an error the next call meets again
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return first if len(chunks) == 1 else b"".join(chunks)
 
     async def send_some(self, data: bytes | bytearray | memoryview) -> int:
         """Send as much of ``data`` as goes without waiting (at least some: waits for that)
