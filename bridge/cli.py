@@ -19,7 +19,8 @@ from . import __version__, logs
 from .agent import Agent, AgentConfig, RelayRejected
 from .allowlist import AllowList
 from .http_proxy import proxy_for
-from .metrics import parse_listen_address, serve_metrics
+from .addresses import parse_listen_address
+from .metrics import serve_metrics
 from .relay_url import RelayURL, format_address
 from .systemd import Notifier, run_watchdog
 from .tls import client_ssl_context

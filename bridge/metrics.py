@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import ipaddress
 import logging
 import math
 import re
@@ -36,7 +35,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
 _READ_SIZE = 4096
 _LINGER_BYTES = 64 * 1024
 
@@ -369,30 +367,6 @@ class MetricsServerConfig:
 
     request_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     max_request_head: int = attrs.field(default=8192, validator=attrs.validators.ge(256))
-
-
-def parse_listen_address(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """`HOST:PORT`, `[IPV6]:PORT`, or `PORT` / `:PORT` on `default_host` (loopback) ->
-    (host, port); port 0 means any free port. ValueError says what is wrong."""
-    problem = f"invalid address {text!r}"
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if not rest.startswith(":"):
-            raise ValueError(f"{problem}: expected [IPV6]:PORT")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = text.rpartition(":")
-        if ":" in host:
-            raise ValueError(f"{problem}: write IPv6 addresses in brackets, e.g. [::1]:9100")
-        host = host or default_host
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME.fullmatch(host):
-            raise ValueError(f"{problem}: {host!r} is not a hostname or IP address") from None
-    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"{problem}: the port must be a number from 0 to 65535")
-    return host, int(port_text)
 
 
 async def serve_metrics(

@@ -25,12 +25,12 @@ import trio
 
 import mux
 from bridge import logs
-from bridge.metrics import parse_listen_address, serve_metrics
+from bridge.addresses import format_host_port, parse_host_port, parse_listen_address
+from bridge.metrics import serve_metrics
 from bridge.systemd import Notifier, run_watchdog
 from bridge.websocket_stream import DEFAULT_PATH, WebSocketConfig, serve_websocket_agents
 
 from . import admin
-from .addresses import format_host_port, parse_host_port
 from .certificates import ensure_self_signed, fingerprint, server_ssl_context
 from .config import RelayConfig
 from .credentials import DEFAULT_COST, check_cost

@@ -10,9 +10,9 @@ import time
 import attrs
 import trio
 
+from bridge.addresses import format_address, format_host_port, parse_host_port
 from bridge.connect import ConnectRequest
 
-from .addresses import format_address, format_host_port, parse_host_port
 from .errors import RelayError
 
 log = logging.getLogger("relay.forward")

@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 import mux
+from bridge.addresses import format_address, format_host_port
 from bridge.connect import (
     ConnectError,
     ConnectReply,
@@ -49,7 +50,6 @@ from bridge.metrics import TunnelMetrics
 from bridge.prefixed_stream import PrefixedStream
 from bridge.tls_stream import TLSStream
 
-from .addresses import format_address, format_host_port
 from .config import RelayConfig
 from .credentials import Verifier
 from .errors import (

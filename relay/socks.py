@@ -39,10 +39,10 @@ from typing import Any
 import attrs
 import trio
 
+from bridge.addresses import format_address, format_host_port
 from bridge.connect import ConnectRequest, ConnectStatus
 from bridge.metrics import TunnelMetrics
 
-from .addresses import format_address, format_host_port
 from .errors import (
     BridgeNotConnected,
     RelayError,

@@ -1,36 +1,12 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
 
-import functools
-import inspect
-from pathlib import Path
 
 import pytest
-import trio
 from bridge_support import BRIDGE_ID, SECRET, Certificates, FakeRelay, make_certificates
 
 from bridge.agent import Agent, AgentConfig
 from bridge.tls import client_ssl_context
-
-HERE = Path(__file__).parent
-TIME_LIMIT = 20  # seconds, per async test
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run every async test of this folder under trio.fail_after(TIME_LIMIT)."""
-    for item in items:
-        if isinstance(item, pytest.Function) and item.path.parent == HERE:
-            if inspect.iscoroutinefunction(item.obj):
-                item.obj = _bounded(item.obj)
-
-
-def _bounded(test):
-    @functools.wraps(test)
-    async def bounded(*args, **kwargs):
-        with trio.fail_after(TIME_LIMIT):
-            return await test(*args, **kwargs)
-
-    return bounded
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,12 @@ import pytest
 import trio
 import trio.testing
 
+from bridge.addresses import parse_listen_address
 from bridge.metrics import (
     CONTENT_TYPE,
     Metrics,
     MetricsServerConfig,
     TunnelMetrics,
-    parse_listen_address,
     serve_metrics,
 )
 

@@ -5,39 +5,16 @@ tests/e2e's helpers), and a fault-injecting proxy between them."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import trio
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
 
 from e2e_support import BRIDGE_NAME, Bridge, Launcher, parse_assignments, relay_cli, started  # noqa: E402
 from fault_proxy import FaultProxy  # noqa: E402
-
-HERE = Path(__file__).parent
-TIME_LIMIT = 90  # seconds, per async test
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run every async test of this folder under trio.fail_after(TIME_LIMIT)."""
-    for item in items:
-        if isinstance(item, pytest.Function) and item.path.parent == HERE:
-            if inspect.iscoroutinefunction(item.obj):
-                item.obj = _bounded(item.obj)
-
-
-def _bounded(test):
-    @functools.wraps(test)
-    async def bounded(*args, **kwargs):
-        with trio.fail_after(TIME_LIMIT):
-            return await test(*args, **kwargs)
-
-    return bounded
 
 
 _FIRST_PROCESS = pytest.StashKey[int]()

@@ -2,9 +2,6 @@
 # SPDX-License-Identifier: MPL-2.0
 from __future__ import annotations
 
-import functools
-import inspect
-from pathlib import Path
 
 import pytest
 import trio
@@ -12,26 +9,6 @@ import trio.testing
 
 import mux
 from mux_support import Link
-
-HERE = Path(__file__).parent
-TIME_LIMIT = 20  # seconds, per async test
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run every async test of this folder under trio.fail_after(TIME_LIMIT)."""
-    for item in items:
-        if isinstance(item, pytest.Function) and item.path.parent == HERE:
-            if inspect.iscoroutinefunction(item.obj):
-                item.obj = _bounded(item.obj)
-
-
-def _bounded(test):
-    @functools.wraps(test)
-    async def bounded(*args, **kwargs):
-        with trio.fail_after(TIME_LIMIT):
-            return await test(*args, **kwargs)
-
-    return bounded
 
 
 @pytest.fixture

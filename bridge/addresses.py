@@ -43,7 +43,15 @@ def _is_host(host: str) -> bool:
     return True
 
 
-def format_host_port(host: str, port: int) -> str:
+def parse_listen_address(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """`HOST:PORT`, `[IPV6]:PORT`, or `PORT` / `:PORT` on `default_host` (loopback) ->
+    (host, port); port 0 means any free port. ValueError says what is wrong."""
+    if ":" not in text or text.startswith(":"):
+        text = format_host_port(default_host, text.removeprefix(":"))
+    return parse_host_port(text, allow_zero=True)
+
+
+def format_host_port(host: str, port: int | str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
