@@ -19,32 +19,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from e2e_support import (
-    BRIDGE_NAME, Bridge, Launcher, Postgres, Process, clean_env, free_port, parse_assignments,
-    relay_cli, started,
+from e2e_support import Postgres, Process, clean_env, free_port
+from process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/faults)
+    bridge, launch, pytest_runtest_makereport, pytest_runtest_setup,
 )
-
-
-# -- output of every process in the report of a failing test ---------------------------------
-
-_FIRST_PROCESS = pytest.StashKey[int]()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item):
-    item.stash[_FIRST_PROCESS] = len(started)
-    return (yield)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    report = yield
-    if report.failed:
-        first = item.stash.get(_FIRST_PROCESS, 0)
-        for index, process in enumerate(started):
-            if index >= first or process.poll() is None:
-                report.sections.extend(process.log_sections())
-    return report
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -121,30 +99,6 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
         if server is not None:
             server.stop(first=signal.SIGINT)  # fast shutdown: ends open sessions
         shutil.rmtree(root, ignore_errors=True)
-
-
-# -- relay and agent ---------------------------------------------------------------------------
-
-@pytest.fixture
-def bridge(tmp_path: Path) -> Bridge:
-    """A relay data dir with one bridge, and the fingerprint of the relay's certificate."""
-    data_dir = tmp_path / "relay-data"
-    created = relay_cli(data_dir, "bridges", "create", BRIDGE_NAME, "--bcrypt-cost", "4")
-    assert created.returncode == 0, created.stderr
-    credentials = parse_assignments(created.stdout)
-    fingerprint = relay_cli(data_dir, "fingerprint")
-    assert fingerprint.returncode == 0, fingerprint.stderr
-    return Bridge(data_dir, BRIDGE_NAME, credentials["BRIDGE_ID"], credentials["BRIDGE_SECRET"],
-                  fingerprint.stdout.strip())
-
-
-@pytest.fixture
-def launch(bridge: Bridge, tmp_path: Path) -> Iterator[Launcher]:
-    launcher = Launcher(bridge, tmp_path)
-    try:
-        yield launcher
-    finally:
-        launcher.close()
 
 
 # -- TCP servers in the test -------------------------------------------------------------------

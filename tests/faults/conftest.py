@@ -13,50 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
 
-from e2e_support import BRIDGE_NAME, Bridge, Launcher, parse_assignments, relay_cli, started  # noqa: E402
 from fault_proxy import FaultProxy  # noqa: E402
-
-
-_FIRST_PROCESS = pytest.StashKey[int]()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item: pytest.Item):
-    item.stash[_FIRST_PROCESS] = len(started)
-    return (yield)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A failing test's report shows the output of the processes it started."""
-    report = yield
-    if report.failed:
-        for process in started[item.stash.get(_FIRST_PROCESS, 0):]:
-            report.sections.extend(process.log_sections())
-    return report
-
-
-@pytest.fixture
-def bridge(tmp_path: Path) -> Bridge:
-    """A relay data dir with one bridge (cheap bcrypt), and the relay certificate's fingerprint."""
-    data_dir = tmp_path / "relay-data"
-    created = relay_cli(data_dir, "bridges", "create", BRIDGE_NAME, "--bcrypt-cost", "4")
-    assert created.returncode == 0, created.stderr
-    credentials = parse_assignments(created.stdout)
-    fingerprint = relay_cli(data_dir, "fingerprint")
-    assert fingerprint.returncode == 0, fingerprint.stderr
-    return Bridge(data_dir, BRIDGE_NAME, credentials["BRIDGE_ID"], credentials["BRIDGE_SECRET"],
-                  fingerprint.stdout.strip())
-
-
-@pytest.fixture
-def launch(bridge: Bridge, tmp_path: Path) -> Iterator[Launcher]:
-    """Starts relays and agents (`Launcher`); kills them all at the end of the test."""
-    launcher = Launcher(bridge, tmp_path)
-    try:
-        yield launcher
-    finally:
-        launcher.close()
+from process_fixtures import (  # noqa: E402, F401 (fixtures and hooks, shared with tests/e2e)
+    bridge, launch, pytest_runtest_makereport, pytest_runtest_setup,
+)
 
 
 @pytest.fixture
