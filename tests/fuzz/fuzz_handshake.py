@@ -1,40 +1,12 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
 """Coverage-guided fuzzing of the handshake and connect parsers (bridge.handshake,
-bridge.connect) with atheris.
-
-atheris is not a dependency of trio-bridge; install it (in a virtualenv of its own, with the
-runtime dependencies) to run this from the repository root:
-
-    python tests/fuzz/fuzz_handshake.py -max_total_time=60
-
-Without -max_total_time or -runs it stops after 60 s. Any other libFuzzer flag works too,
-e.g. a corpus directory. A failing input is saved as crash-<hash> and reported with its
-traceback; replay it with `python tests/fuzz/fuzz_handshake.py crash-<hash>`.
-"""
+bridge.connect) with atheris: `python tests/fuzz/fuzz_handshake.py -max_total_time=60`
+(see atheris_main.py)."""
 
 import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1])]
-
-
-def main(argv: list[str]) -> int:
-    try:
-        import atheris
-    except ImportError:
-        print(f"{argv[0]}: atheris is not installed (pip install atheris): skipped",
-              file=sys.stderr)
-        return 0
-    with atheris.instrument_imports(include=["mux", "bridge", "fuzz_targets"]):
-        from fuzz_targets import handshake_from_bytes
-    if not any(arg.startswith(("-max_total_time=", "-runs=")) for arg in argv[1:]):
-        argv = [*argv, "-max_total_time=60"]
-    atheris.Setup(argv, handshake_from_bytes)
-    atheris.Fuzz()
-    return 0
-
+from atheris_main import run
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(run(sys.argv, "handshake_from_bytes"))
