@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -134,3 +137,23 @@ async def run_scripted_agent(
                     await answer(stream, request, session)
 
                 nursery.start_soon(serve)
+
+
+@contextlib.contextmanager
+def captured_logs(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records of logger `name` (and its children), whatever the logging configuration."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger, handler = logging.getLogger(name), Keep(logging.DEBUG)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

@@ -27,7 +27,7 @@ from relay import (
 )
 from relay.admin import request, serve_admin
 from relay.forward import ForwardSpec, serve_forward
-from relay_support import COST, receive_all
+from relay_support import COST, captured_logs, receive_all
 
 TIME_LIMIT = 20
 
@@ -35,19 +35,8 @@ TIME_LIMIT = 20
 @pytest.fixture
 def relay_logs():
     """Records of the relay's loggers, whatever the logging configuration of the process."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    logger, handler = logging.getLogger("relay"), Keep(logging.DEBUG)
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with captured_logs("relay") as records:
+        yield records
 
 
 def _text(records) -> str:

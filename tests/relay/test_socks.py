@@ -6,7 +6,6 @@ clients for the exact reply codes and for misbehaving peers."""
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import subprocess
 from functools import partial
@@ -19,7 +18,7 @@ from bridge.agent import AuthenticationFailed
 from bridge.metrics import TunnelMetrics, serve_metrics
 from relay import MemoryStore
 from relay.socks import Reply, SocksConfig, parse_bridge_host, serve_socks
-from relay_support import RelayHarness, RunningAgent, receive_all
+from relay_support import RelayHarness, RunningAgent, captured_logs, receive_all
 
 TIME_LIMIT = 20
 CREDENTIALS = ("alice", "s3cret pass")
@@ -84,19 +83,8 @@ async def front(nursery, cert_files, http_port, echo_port, closed_port) -> Front
 @pytest.fixture
 def socks_logs():
     """Records of the `relay.socks` logger, whatever the logging configuration."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    logger, handler = logging.getLogger("relay.socks"), Keep(logging.DEBUG)
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with captured_logs("relay.socks") as records:
+        yield records
 
 
 def _refusals(records) -> list[dict]:
