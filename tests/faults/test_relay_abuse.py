@@ -7,7 +7,6 @@ a real agent's transfer completes intact (SHA-256), and the relay's memory stays
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import ssl
@@ -16,53 +15,15 @@ from functools import partial
 
 import trio
 from e2e_support import Launcher
+from traffic import CHUNK, echo, rss_kib, transfer
 
 from bridge.agent import Agent
 from bridge.handshake import MAGIC, Hello, WelcomeParser, WelcomeStatus, encode_hello
 from bridge.tls import client_ssl_context
 
-CHUNK = 64 * 1024
 STALLED = 100
 HANDSHAKE_TIMEOUT = 2
 RSS_GROWTH_BOUND = 48 * 1024  # KiB
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return int(re.search(r"^VmRSS:\s+(\d+) kB", status.read(), re.MULTILINE)[1])
-
-
-async def echo(stream: trio.SocketStream) -> None:
-    async with stream:
-        try:
-            while data := await stream.receive_some(CHUNK):
-                await stream.send_all(data)
-            await stream.send_eof()
-        except trio.BrokenResourceError:
-            pass
-
-
-async def transfer(port: int, size: int, pace: float = 0.0, progress: trio.Event | None = None):
-    """`size` random bytes to the echo through a forward and back; True if intact."""
-    sent, received, count = hashlib.sha256(), hashlib.sha256(), 0
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        async with trio.open_nursery() as nursery:
-
-            async def send() -> None:
-                for offset in range(0, size, CHUNK):
-                    chunk = os.urandom(min(CHUNK, size - offset))
-                    sent.update(chunk)
-                    await stream.send_all(chunk)
-                    await trio.sleep(pace)
-                await stream.send_eof()
-
-            nursery.start_soon(send)
-            while data := await stream.receive_some(CHUNK):
-                received.update(data)
-                count += len(data)
-                if progress is not None and count >= 4 * CHUNK:
-                    progress.set()
-    return count == size and sent.digest() == received.digest()
 
 
 async def closed_by_peer(stream: trio.abc.ReceiveStream) -> bool:
@@ -141,7 +102,7 @@ async def test_abuse_is_dropped_alone_and_memory_stays_bounded(launch: Launcher,
     long_transfer = []
 
     async def long_running() -> None:
-        long_transfer.append(await transfer(forward, 24 * 1024 * 1024, 0.01, progress))
+        long_transfer.append(await transfer(forward, 24 * 1024 * 1024, pace=0.01, progress=progress))
 
     nursery.start_soon(long_running)
     await progress.wait()

@@ -5,7 +5,6 @@ over them, and killing one (kill -9) fails none of the new tunnels."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -13,36 +12,10 @@ from functools import partial
 
 import trio
 from e2e_support import Launcher
+from traffic import echo, transfer
 
 CONNECTIONS = 100
 KILL_AFTER = 30
-
-
-async def echo(stream: trio.SocketStream) -> None:
-    async with stream:
-        try:
-            while data := await stream.receive_some(65536):
-                await stream.send_all(data)
-            await stream.send_eof()
-        except trio.BrokenResourceError:
-            pass
-
-
-async def roundtrip(port: int, size: int) -> bool:
-    """`size` random bytes through the forward to the echo and back, compared by SHA-256."""
-    payload = os.urandom(size)
-    received = hashlib.sha256()
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        async with trio.open_nursery() as nursery:
-
-            async def send() -> None:
-                await stream.send_all(payload)
-                await stream.send_eof()
-
-            nursery.start_soon(send)
-            while data := await stream.receive_some(65536):
-                received.update(data)
-    return received.digest() == hashlib.sha256(payload).digest()
 
 
 async def test_killing_one_of_two_agents_fails_no_new_connection(launch: Launcher, nursery):
@@ -66,7 +39,7 @@ async def test_killing_one_of_two_agents_fails_no_new_connection(launch: Launche
             # answer on that agent when it dies: that one is retried on the other.
             os.killpg(doomed.popen.pid, signal.SIGSTOP)
             nursery.start_soon(kill_soon)
-        results.append(await roundtrip(forward, 32 * 1024 + i))
+        results.append(await transfer(forward, 32 * 1024 + i))
     assert results == [True] * CONNECTIONS
 
     served = [p.stderr().count("\tProxying connection\t") for p in (doomed, survivor)]

@@ -6,16 +6,14 @@ same tunnel complete intact, and the stalled ones buffer no more than their wind
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from functools import partial
 
 import attrs
 import trio
 from e2e_support import Launcher
+from traffic import CHUNK, echo, rss_kib, transfer
 
-CHUNK = 64 * 1024
 TRANSFERS, SIZE = 4, 8 * 1024 * 1024
 RSS_GROWTH_BOUND = 32 * 1024  # KiB
 # What may sit in kernel socket buffers and stream windows along a stalled path; without
@@ -23,9 +21,6 @@ RSS_GROWTH_BOUND = 32 * 1024  # KiB
 STALLED_BOUND = 48 * 1024 * 1024
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return int(re.search(r"^VmRSS:\s+(\d+) kB", status.read(), re.MULTILINE)[1])
 
 
 @attrs.define
@@ -37,22 +32,13 @@ class Targets:
 
     async def start(self, nursery: trio.Nursery) -> Targets:
         for name in ("echo", "flood", "sink"):
-            handler = getattr(self, name)
+            handler = echo if name == "echo" else getattr(self, name)
             listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
             self.ports[name] = listeners[0].socket.getsockname()[1]
         return self
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
-
-    async def echo(self, stream: trio.SocketStream) -> None:
-        async with stream:
-            try:
-                while data := await stream.receive_some(CHUNK):
-                    await stream.send_all(data)
-                await stream.send_eof()
-            except trio.BrokenResourceError:
-                pass
 
     async def flood(self, stream: trio.SocketStream) -> None:
         block = os.urandom(CHUNK)
@@ -69,23 +55,6 @@ class Targets:
             await trio.sleep_forever()
 
 
-async def transfer(port: int, size: int) -> bool:
-    sent, received, count = hashlib.sha256(), hashlib.sha256(), 0
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        async with trio.open_nursery() as nursery:
-
-            async def send() -> None:
-                for offset in range(0, size, CHUNK):
-                    chunk = os.urandom(CHUNK)
-                    sent.update(chunk)
-                    await stream.send_all(chunk)
-                await stream.send_eof()
-
-            nursery.start_soon(send)
-            while data := await stream.receive_some(CHUNK):
-                received.update(data)
-                count += len(data)
-    return count == size and sent.digest() == received.digest()
 
 
 async def test_a_stalled_stream_does_not_block_the_others(launch: Launcher, nursery):

@@ -16,18 +16,7 @@ from functools import partial
 import pytest
 import trio
 from e2e_support import RELAY, Launcher, Relay, clean_env
-
-CHUNK = 64 * 1024
-
-
-async def echo(stream: trio.SocketStream) -> None:
-    async with stream:
-        try:
-            while data := await stream.receive_some(CHUNK):
-                await stream.send_all(data)
-            await stream.send_eof()
-        except trio.BrokenResourceError:
-            pass
+from traffic import CHUNK, echo
 
 
 async def start(launch: Launcher, nursery, *args: str, **env: str) -> tuple[Relay, int]:

@@ -1,0 +1,56 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Traffic for the fault tests: an echo target, transfers checked by SHA-256, process memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import trio
+
+CHUNK = 64 * 1024
+
+
+async def echo(stream: trio.SocketStream) -> None:
+    """Echo until EOF, then half-close; a reset by the client just ends it."""
+    async with stream:
+        try:
+            while data := await stream.receive_some(CHUNK):
+                await stream.send_all(data)
+            await stream.send_eof()
+        except trio.BrokenResourceError:
+            pass
+
+
+async def transfer(
+    port: int, size: int, *, pace: float = 0.0, progress: trio.Event | None = None
+) -> bool:
+    """`size` random bytes to an echo through 127.0.0.1:`port` and back, `pace` seconds
+    between chunks; True if every byte came back intact. `progress` is set once data flows."""
+    sent, received, count = hashlib.sha256(), hashlib.sha256(), 0
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        async with trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                for offset in range(0, size, CHUNK):
+                    chunk = os.urandom(min(CHUNK, size - offset))
+                    sent.update(chunk)
+                    await stream.send_all(chunk)
+                    await trio.sleep(pace)
+                await stream.send_eof()
+
+            nursery.start_soon(send)
+            while data := await stream.receive_some(CHUNK):
+                received.update(data)
+                count += len(data)
+                if progress is not None and count >= 4 * CHUNK:
+                    progress.set()
+    return count == size and sent.digest() == received.digest()
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set of process `pid`, in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status.read(), re.MULTILINE)[1])
