@@ -87,7 +87,12 @@ def _unavailable(path: Path, reason: str) -> None:
 async def _handle(relay, stream: trio.SocketStream) -> None:
     async with stream:
         try:
-            reply = await _dispatch(relay, json.loads(await read_line(stream)))
+            # A client gets as long to send its request as an agent gets for its handshake.
+            with trio.fail_after(relay.config.handshake_timeout):
+                line = await read_line(stream)
+            reply = await _dispatch(relay, json.loads(line))
+        except trio.TooSlowError:
+            return
         except (ValueError, KeyError, TypeError) as exc:
             reply = {"ok": False, "error": f"bad request: {exc}", "kind": "BadRequest"}
         except trio.BrokenResourceError:

@@ -3,6 +3,7 @@
 """The relay end to end, in process: real TLS on loopback, real agents, real targets."""
 
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -25,7 +26,7 @@ from relay import (
     TargetNotAllowed,
     TargetUnreachable,
 )
-from relay.admin import request, serve_admin
+from relay.admin import MAX_LINE, request, serve_admin
 from relay.forward import ForwardSpec, serve_forward
 from relay_support import COST, captured_logs, receive_all
 
@@ -346,3 +347,36 @@ async def test_a_secret_given_as_the_id_is_not_logged(harness, relay_logs):
     [failure] = [r for r in relay_logs if r.getMessage() == "Authentication failed"]
     assert failure.fields["bridge_id"] == "<not a bridge ID: 43 characters>"
     assert secret not in _text(relay_logs)
+
+
+async def _raw_exchange(path, payload: bytes) -> bytes:
+    """Send `payload` to the control socket as it is, then EOF; what it answers."""
+    async with await trio.open_unix_socket(str(path)) as stream:
+        await stream.send_all(payload)
+        await stream.send_eof()
+        answer = bytearray()
+        while data := await stream.receive_some():
+            answer += data
+        return bytes(answer)
+
+
+async def test_control_socket_answers_garbage_and_keeps_serving(harness, echo_port, tmp_path):
+    path = tmp_path / "relay.sock"
+    with trio.fail_after(TIME_LIMIT):
+        await harness.nursery.start(serve_admin, harness.relay, path)
+        bridge_id, secret = harness.create_bridge("prod")
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        for payload in [
+            b"not json\n", b"[1, 2]\n", b"42\n", b'"op"\n', b"{}\n", b'{"op": null}\n',
+            b'{"op": "test"}\n', b'{"op": "test", "bridge": "prod", "host": "db", "port": "x"}\n',
+            b'{"op": "test", "bridge": "prod", "host": "db", "port": 99999}\n',
+            b'{"op": "test", "bridge": "prod", "host": "bad host\\u0000", "port": 1}\n',
+            b"\xff\xfe\n", b"x" * (MAX_LINE + 10) + b"\n",
+        ]:
+            answer = json.loads(await _raw_exchange(path, payload))
+            assert answer["ok"] is False and answer["error"], (payload[:60], answer)
+        assert await _raw_exchange(path, b'{"op": "status"') == b""  # closed mid-line: no answer
+        ok = await request(
+            path, {"op": "test", "bridge": "prod", "host": "127.0.0.1", "port": echo_port}
+        )
+        assert ok == {"ok": True, "address": f"127.0.0.1:{echo_port}"}
