@@ -6,7 +6,6 @@ WATCHDOG and STOPPING."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
@@ -16,7 +15,7 @@ from functools import partial
 import pytest
 import trio
 from e2e_support import RELAY, Launcher, Relay, clean_env
-from traffic import CHUNK, echo
+from traffic import echo, transfer
 
 
 async def start(launch: Launcher, nursery, *args: str, **env: str) -> tuple[Relay, int]:
@@ -37,33 +36,15 @@ async def start(launch: Launcher, nursery, *args: str, **env: str) -> tuple[Rela
     return relay, int(forward[1])
 
 
-async def transfer(port: int, size: int, pace: float, progress: trio.Event) -> str:
-    """Paced random bytes through the forward to the echo and back: "complete" if intact."""
-    sent, received, count, error = hashlib.sha256(), hashlib.sha256(), 0, None
+async def transfer_outcome(port: int, size: int, pace: float, progress: trio.Event) -> str:
+    """Paced random bytes through the forward to the echo and back: "complete" if intact,
+    "short" if the echo ended early, "error: ..." if the connection broke."""
+    outcome = None
     try:
-        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-            async with trio.open_nursery() as nursery:
-
-                async def send() -> None:
-                    for offset in range(0, size, CHUNK):
-                        chunk = os.urandom(CHUNK)
-                        sent.update(chunk)
-                        await stream.send_all(chunk)
-                        await trio.sleep(pace)
-                    await stream.send_eof()
-
-                nursery.start_soon(send)
-                while data := await stream.receive_some(CHUNK):
-                    received.update(data)
-                    count += len(data)
-                    if count >= 4 * CHUNK:
-                        progress.set()
-                nursery.cancel_scope.cancel()
+        outcome = "complete" if await transfer(port, size, pace=pace, progress=progress) else "short"
     except* (OSError, trio.BrokenResourceError) as group:
-        error = f"error: {group.exceptions[0]!r}"
-    if error is not None:
-        return error
-    return "complete" if count == size and sent.digest() == received.digest() else "short"
+        outcome = f"error: {group.exceptions[0]!r}"
+    return outcome
 
 
 async def refused(port: int) -> bool:
@@ -93,7 +74,7 @@ async def test_sigterm_drains_open_tunnels_and_tells_systemd(launch, nursery, tm
         progress, outcome = trio.Event(), []
 
         async def run() -> None:
-            outcome.append(await transfer(forward, 6 * 1024 * 1024, 0.02, progress))
+            outcome.append(await transfer_outcome(forward, 6 * 1024 * 1024, 0.02, progress))
 
         nursery.start_soon(run)
         await progress.wait()
@@ -119,7 +100,7 @@ async def test_stopping_does_not_wait_forever(launch, nursery, how):
     progress, outcome = trio.Event(), []
 
     async def run() -> None:
-        outcome.append(await transfer(forward, 1 << 40, 0.01, progress))
+        outcome.append(await transfer_outcome(forward, 1 << 40, 0.01, progress))
 
     nursery.start_soon(run)
     await progress.wait()

@@ -47,6 +47,7 @@ async def transfer(
                 count += len(data)
                 if progress is not None and count >= 4 * CHUNK:
                     progress.set()
+            nursery.cancel_scope.cancel()  # the echo ended: sending more would only be refused
     return count == size and sent.digest() == received.digest()
 
 
