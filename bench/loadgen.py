@@ -49,6 +49,7 @@ def _percentile(ordered: list[float], q: float) -> float | None:
 
 # -- servers ---------------------------------------------------------------------------------
 
+
 def _listener(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -90,7 +91,7 @@ def _serve_forever(echo: socket.socket, sink: socket.socket) -> None:
                 continue
             try:
                 if kind == _ECHO and state:  # writable again: flush the pending reply
-                    entry[2] = state = state[sock.send(state):]
+                    entry[2] = state = state[sock.send(state) :]
                     if not state:
                         poller.modify(fd, select.EPOLLIN)
                     continue
@@ -138,6 +139,7 @@ def serve(args: argparse.Namespace) -> None:
 
 # -- clients ---------------------------------------------------------------------------------
 
+
 def rtt(args: argparse.Namespace) -> dict:
     message = os.urandom(args.size)
     view = memoryview(bytearray(args.size))
@@ -160,8 +162,12 @@ def rtt(args: argparse.Namespace) -> dict:
     if view != message:
         return {"error": "the reply differs from the message"}
     samples.sort()
-    return {"messages": len(samples), "p50_us": _percentile(samples, 0.5),
-            "p99_us": _percentile(samples, 0.99), "mean_us": sum(samples) / len(samples)}
+    return {
+        "messages": len(samples),
+        "p50_us": _percentile(samples, 0.5),
+        "p99_us": _percentile(samples, 0.99),
+        "mean_us": sum(samples) / len(samples),
+    }
 
 
 class _Dialer:
@@ -219,17 +225,17 @@ class _Dialer:
                 sock.send(self.message)  # 32 bytes: always fits a fresh socket's buffer
                 state[2] = True
                 self.selector.modify(sock, selectors.EVENT_READ)
-                return
+                return None
             data = sock.recv(len(self.message))
         except BlockingIOError:
-            return
+            return None
         except OSError as exc:
             return self._fail(sock, exc.strerror or str(exc))
         if not data:
             return self._fail(sock, "the connection closed before the reply")
         state[1] += len(data)
         if state[1] < len(self.message):
-            return
+            return None
         self.latencies.append(time.perf_counter() - state[0])
         self.done += 1
         self._drop(sock)
@@ -273,10 +279,15 @@ class _Dialer:
 
     def result(self, elapsed: float) -> dict:
         ordered = sorted(self.latencies)
-        return {"done": self.done, "failed": self.failed, "seconds": elapsed,
-                "per_second": self.done / elapsed if elapsed else None,
-                "latency_p50_ms": None if not ordered else _percentile(ordered, 0.5) * 1000,
-                "first_error": self.first_error, "first_error_at": self.first_error_at}
+        return {
+            "done": self.done,
+            "failed": self.failed,
+            "seconds": elapsed,
+            "per_second": self.done / elapsed if elapsed else None,
+            "latency_p50_ms": None if not ordered else _percentile(ordered, 0.5) * 1000,
+            "first_error": self.first_error,
+            "first_error_at": self.first_error_at,
+        }
 
 
 def dial(args: argparse.Namespace) -> dict:

@@ -28,8 +28,8 @@ import subprocess
 import sys
 import threading
 import time
-import tracemalloc
 import traceback
+import tracemalloc
 from pathlib import Path
 
 import attrs
@@ -47,24 +47,59 @@ EXIT_GRACE = 10  # seconds a scale process may take to close its session once me
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="small run: 64 MiB, 1 round, 1k and 10k streams")
-    parser.add_argument("--size", type=float, metavar="MIB",
-                        help="data per throughput run, in MiB (default 1024; --quick 64)")
-    parser.add_argument("--write-size", type=int, default=64 * 1024, metavar="BYTES",
-                        help="send_all() size, also the receiver's max read (default 65536)")
-    parser.add_argument("--streams", type=int, default=16,
-                        help="parallel streams in the multi-stream case (default 16)")
-    parser.add_argument("--rounds", type=int, help="alternating rounds, median reported (default 3; --quick 1)")
-    parser.add_argument("--scale", type=_counts, metavar="N,N,...",
-                        help="idle-stream counts (default 1000,10000,100000; --quick 1000,10000)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small run: 64 MiB, 1 round, 1k and 10k streams"
+    )
+    parser.add_argument(
+        "--size",
+        type=float,
+        metavar="MIB",
+        help="data per throughput run, in MiB (default 1024; --quick 64)",
+    )
+    parser.add_argument(
+        "--write-size",
+        type=int,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="send_all() size, also the receiver's max read (default 65536)",
+    )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=16,
+        help="parallel streams in the multi-stream case (default 16)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="alternating rounds, median reported (default 3; --quick 1)"
+    )
+    parser.add_argument(
+        "--scale",
+        type=_counts,
+        metavar="N,N,...",
+        help="idle-stream counts (default 1000,10000,100000; --quick 1000,10000)",
+    )
     parser.add_argument("--only", choices=("throughput", "scale"), help="run one part only")
-    parser.add_argument("--mem-top", type=int, default=0, metavar="K",
-                        help="print the K allocation sites that grew most per side (largest count)")
-    parser.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                        help="give up on one scale run after S seconds (default 300)")
-    parser.add_argument("--json", type=Path, default=report.RESULTS_DIR / "mux.json", metavar="PATH",
-                        help="where to write the results (default bench/results/mux.json)")
+    parser.add_argument(
+        "--mem-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="print the K allocation sites that grew most per side (largest count)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="give up on one scale run after S seconds (default 300)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=report.RESULTS_DIR / "mux.json",
+        metavar="PATH",
+        help="where to write the results (default bench/results/mux.json)",
+    )
 
 
 def _counts(text: str) -> list[int]:
@@ -72,6 +107,7 @@ def _counts(text: str) -> list[int]:
 
 
 # -- throughput ----------------------------------------------------------------------------
+
 
 async def _send(stream: trio.abc.SendStream, nbytes: int, write_size: int) -> None:
     chunk = bytes(write_size)
@@ -115,7 +151,10 @@ async def _raw_run(streams: int, nbytes: int, write_size: int) -> float:
 async def _mux_run(streams: int, nbytes: int, write_size: int) -> float:
     a, b = _socket_streams()
     elapsed = None
-    async with mux.open_session(a, client=True) as client, mux.open_session(b, client=False) as server:
+    async with (
+        mux.open_session(a, client=True) as client,
+        mux.open_session(b, client=False) as server,
+    ):
         pairs = []
         for _ in range(streams):
             sender = await client.open_stream()
@@ -142,8 +181,10 @@ def _throughput(kind: str, streams: int, total: int, write_size: int) -> float |
 def run_throughput(args: argparse.Namespace) -> list[dict]:
     total = int(args.size * MIB)
     cases = [(1, "1 stream"), (args.streams, f"{args.streams} streams")]
-    results = {streams: {"case": name, "streams": streams, "raw_mbps": [], "mux_mbps": []}
-               for streams, name in cases}
+    results = {
+        streams: {"case": name, "streams": streams, "raw_mbps": [], "mux_mbps": []}
+        for streams, name in cases
+    }
     for kind in ("raw", "mux"):  # warm-up, not reported
         _throughput(kind, 1, min(total, 8 * MIB), args.write_size)
     for round_ in range(1, args.rounds + 1):
@@ -159,12 +200,15 @@ def run_throughput(args: argparse.Namespace) -> list[dict]:
             entry[f"{kind}_median"] = report.median(values) if values else None
         raw, mx = entry["raw_median"], entry["mux_median"]
         entry["ratio"] = mx / raw if raw and mx is not None else None
-        entry["ratio_per_round"] = [m / r if r and m is not None else None
-                                    for r, m in zip(entry["raw_mbps"], entry["mux_mbps"])]
+        entry["ratio_per_round"] = [
+            m / r if r and m is not None else None
+            for r, m in zip(entry["raw_mbps"], entry["mux_mbps"])
+        ]
     return list(results.values())
 
 
 # -- scale: one side per process -----------------------------------------------------------
+
 
 def _scale_config(count: int) -> mux.Config:
     limit = max(200_000, count + 1)
@@ -192,9 +236,14 @@ def _top_sites(before: tracemalloc.Snapshot, top: int) -> list[dict]:
     sites = []
     for stat in after.compare_to(before, "lineno")[:top]:
         frame = stat.traceback[0]
-        sites.append({"site": f"{_short(frame.filename)}:{frame.lineno}", "bytes": stat.size_diff,
-                      "blocks": stat.count_diff,
-                      "code": linecache.getline(frame.filename, frame.lineno).strip()})
+        sites.append(
+            {
+                "site": f"{_short(frame.filename)}:{frame.lineno}",
+                "bytes": stat.size_diff,
+                "blocks": stat.count_diff,
+                "code": linecache.getline(frame.filename, frame.lineno).strip(),
+            }
+        )
     return sites
 
 
@@ -208,7 +257,9 @@ async def _side(role: str, fd: int, count: int, top: int) -> None:
     sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
     opener = role == "opener"
     out: dict = {"role": role, "count": count}
-    async with mux.open_session(trio.SocketStream(sock), client=opener, config=_scale_config(count)) as session:
+    async with mux.open_session(
+        trio.SocketStream(sock), client=opener, config=_scale_config(count)
+    ) as session:
         base_heap, base_rss = _usage()
         snapshot = tracemalloc.take_snapshot() if top else None
         print("ready", flush=True)
@@ -252,16 +303,32 @@ def _side_main(argv: list[str]) -> None:
 def _scale_run(count: int, *, trace: bool, top: int, timeout: float) -> dict[str, dict] | None:
     """One opener/acceptor pair in two processes: {"opener": {...}, "acceptor": {...}}."""
     root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    )
     env.pop("PYTHONTRACEMALLOC", None)
     if trace:
         env["PYTHONTRACEMALLOC"] = "1"
     pair = socket.socketpair()
     procs = {}
     for role, sock in zip(("opener", "acceptor"), pair):
-        cmd = [sys.executable, "-m", "bench.mux_bench", role, str(sock.fileno()), str(count), str(top)]
-        procs[role] = subprocess.Popen(cmd, env=env, pass_fds=(sock.fileno(),), text=True,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.mux_bench",
+            role,
+            str(sock.fileno()),
+            str(count),
+            str(top),
+        ]
+        procs[role] = subprocess.Popen(
+            cmd,
+            env=env,
+            pass_fds=(sock.fileno(),),
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
     for sock in pair:
         sock.close()
     timed_out = threading.Event()
@@ -288,8 +355,10 @@ def _scale_run(count: int, *, trace: bool, top: int, timeout: float) -> dict[str
                 if proc.wait(EXIT_GRACE) != 0 and not timed_out.is_set():
                     report.progress(f"{count:,} streams: the {role} exited with {proc.returncode}")
             except subprocess.TimeoutExpired:
-                report.progress(f"{count:,} streams: the {role} did not exit within {EXIT_GRACE} s "
-                                f"of closing its session")
+                report.progress(
+                    f"{count:,} streams: the {role} did not exit within {EXIT_GRACE} s "
+                    f"of closing its session"
+                )
     finally:
         watchdog.cancel()
         for proc in procs.values():
@@ -302,7 +371,10 @@ def _scale_run(count: int, *, trace: bool, top: int, timeout: float) -> dict[str
 
 def run_scale(args: argparse.Namespace) -> list[dict]:
     sides = ("opener", "acceptor")
-    runs = {n: {"open_all_s": [], "open_calls_s": [], "rss": {side: [] for side in sides}} for n in args.scale}
+    runs = {
+        n: {"open_all_s": [], "open_calls_s": [], "rss": {side: [] for side in sides}}
+        for n in args.scale
+    }
     for round_ in range(1, args.rounds + 1):
         for n in args.scale:
             run = _scale_run(n, trace=False, top=0, timeout=args.timeout)
@@ -313,8 +385,10 @@ def run_scale(args: argparse.Namespace) -> list[dict]:
                 runs[n][key].append(run["opener"][key])
             for side in sides:
                 runs[n]["rss"][side].append(run[side]["rss_per_stream"])
-            report.progress(f"round {round_}/{args.rounds}  {n:>7,} idle streams: "
-                            f"{n / run['opener']['open_all_s']:,.0f} opens/s")
+            report.progress(
+                f"round {round_}/{args.rounds}  {n:>7,} idle streams: "
+                f"{n / run['opener']['open_all_s']:,.0f} opens/s"
+            )
     results = []
     for n in args.scale:
         report.progress(f"{n:>7,} idle streams under tracemalloc (heap per stream per side)")
@@ -327,7 +401,9 @@ def run_scale(args: argparse.Namespace) -> list[dict]:
             "open_calls_s": runs[n]["open_calls_s"],
             "open_all_s_median": seconds,
             "opens_per_s": n / seconds if seconds else None,
-            "heap_per_stream": {side: traced[side]["heap_per_stream"] for side in sides} if traced else {},
+            "heap_per_stream": {side: traced[side]["heap_per_stream"] for side in sides}
+            if traced
+            else {},
             "rss_per_stream": {side: report.median(v) for side, v in runs[n]["rss"].items() if v},
         }
         if top and traced:
@@ -337,6 +413,7 @@ def run_scale(args: argparse.Namespace) -> list[dict]:
 
 
 # -- report --------------------------------------------------------------------------------
+
 
 def _bytes(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} B"
@@ -351,62 +428,121 @@ def _targets(throughput: list[dict], scale: list[dict]) -> list[dict]:
     one = next((t for t in throughput if t["streams"] == 1), None)
     if one:
         ratio = one["ratio"]
-        targets.append({"target": f"one mux stream >= {ONE_STREAM_TARGET}x raw socketpair",
-                        "measured": "-" if ratio is None else f"{ratio:.2f}x",
-                        "passed": None if ratio is None else ratio >= ONE_STREAM_TARGET})
+        targets.append(
+            {
+                "target": f"one mux stream >= {ONE_STREAM_TARGET}x raw socketpair",
+                "measured": "-" if ratio is None else f"{ratio:.2f}x",
+                "passed": None if ratio is None else ratio >= ONE_STREAM_TARGET,
+            }
+        )
     if scale:
         big = max(scale, key=lambda s: s["streams"])
         heap = big["heap_per_stream"]
         ok = None
         if heap and big["streams"] >= HEAP_TARGET_STREAMS:
             ok = max(heap.values()) <= HEAP_TARGET
-        measured = (f"{_bytes(heap.get('opener'))} / {_bytes(heap.get('acceptor'))}" if heap else "-")
-        targets.append({"target": f"{HEAP_TARGET_STREAMS:,} idle streams, <= {HEAP_TARGET // 1024} KiB "
-                                  f"heap/stream/side (opener / acceptor)",
-                        "measured": f"{measured} at {big['streams']:,}", "passed": ok})
+        measured = f"{_bytes(heap.get('opener'))} / {_bytes(heap.get('acceptor'))}" if heap else "-"
+        targets.append(
+            {
+                "target": f"{HEAP_TARGET_STREAMS:,} idle streams, <= {HEAP_TARGET // 1024} KiB "
+                f"heap/stream/side (opener / acceptor)",
+                "measured": f"{measured} at {big['streams']:,}",
+                "passed": ok,
+            }
+        )
         rate = big["opens_per_s"]
-        targets.append({"target": f">= {OPEN_RATE_TARGET:,} stream opens/s",
-                        "measured": "-" if rate is None else f"{rate:,.0f}/s at {big['streams']:,}",
-                        "passed": None if rate is None else rate >= OPEN_RATE_TARGET})
+        targets.append(
+            {
+                "target": f">= {OPEN_RATE_TARGET:,} stream opens/s",
+                "measured": "-" if rate is None else f"{rate:,.0f}/s at {big['streams']:,}",
+                "passed": None if rate is None else rate >= OPEN_RATE_TARGET,
+            }
+        )
     return targets
 
 
-def _render(args: argparse.Namespace, throughput: list[dict], scale: list[dict], targets: list[dict]) -> str:
+def _render(
+    args: argparse.Namespace, throughput: list[dict], scale: list[dict], targets: list[dict]
+) -> str:
     m = report.machine()
-    parts = [f"mux benchmark: Python {m['python']}, Trio {m['trio']}, {m['cpus']} CPUs, "
-             f"median of {args.rounds} round(s); MB = 10^6 bytes"]
+    parts = [
+        f"mux benchmark: Python {m['python']}, Trio {m['trio']}, {m['cpus']} CPUs, "
+        f"median of {args.rounds} round(s); MB = 10^6 bytes"
+    ]
     if throughput:
-        rows = [[t["case"], _mbps(t["raw_median"]), _mbps(t["mux_median"]),
-                 "-" if t["ratio"] is None else f"{t['ratio']:.2f}x"] for t in throughput]
-        parts.append(report.format_table(
-            ["throughput", "raw MB/s", "mux MB/s", "mux/raw"], rows,
-            f"Throughput: {args.size:g} MiB per run, {args.write_size:,}-byte writes and reads, "
-            f"Unix socketpair (raw: one per stream), both ends in one process"))
+        rows = [
+            [
+                t["case"],
+                _mbps(t["raw_median"]),
+                _mbps(t["mux_median"]),
+                "-" if t["ratio"] is None else f"{t['ratio']:.2f}x",
+            ]
+            for t in throughput
+        ]
+        parts.append(
+            report.format_table(
+                ["throughput", "raw MB/s", "mux MB/s", "mux/raw"],
+                rows,
+                f"Throughput: {args.size:g} MiB per run, {args.write_size:,}-byte writes and reads, "
+                f"Unix socketpair (raw: one per stream), both ends in one process",
+            )
+        )
     if scale:
         rows = []
         for s in scale:
             heap, rss = s["heap_per_stream"], s["rss_per_stream"]
-            rows.append([f"{s['streams']:,}",
-                         "error" if s["open_all_s_median"] is None else f"{s['open_all_s_median']:.3f}",
-                         "-" if s["opens_per_s"] is None else f"{s['opens_per_s']:,.0f}",
-                         _bytes(heap.get("opener")), _bytes(heap.get("acceptor")),
-                         _bytes(rss.get("opener")), _bytes(rss.get("acceptor"))])
-        parts.append(report.format_table(
-            ["idle streams", "open all (s)", "opens/s", "heap opener", "heap acceptor",
-             "RSS opener", "RSS acceptor"], rows,
-            "Idle streams in one session, one process per side; per stream: Python heap "
-            "(tracemalloc, separate run), RSS growth"))
+            rows.append(
+                [
+                    f"{s['streams']:,}",
+                    "error" if s["open_all_s_median"] is None else f"{s['open_all_s_median']:.3f}",
+                    "-" if s["opens_per_s"] is None else f"{s['opens_per_s']:,.0f}",
+                    _bytes(heap.get("opener")),
+                    _bytes(heap.get("acceptor")),
+                    _bytes(rss.get("opener")),
+                    _bytes(rss.get("acceptor")),
+                ]
+            )
+        parts.append(
+            report.format_table(
+                [
+                    "idle streams",
+                    "open all (s)",
+                    "opens/s",
+                    "heap opener",
+                    "heap acceptor",
+                    "RSS opener",
+                    "RSS acceptor",
+                ],
+                rows,
+                "Idle streams in one session, one process per side; per stream: Python heap "
+                "(tracemalloc, separate run), RSS growth",
+            )
+        )
         for s in scale:
             for role, sites in s.get("top_sites", {}).items():
-                parts.append(report.format_table(
-                    ["site", "bytes", "blocks", "code"],
-                    [[site["site"], f"{site['bytes']:,}", f"{site['blocks']:,}", site["code"][:60]]
-                     for site in sites],
-                    f"Heap growth by line, {role}, {s['streams']:,} streams"))
+                parts.append(
+                    report.format_table(
+                        ["site", "bytes", "blocks", "code"],
+                        [
+                            [
+                                site["site"],
+                                f"{site['bytes']:,}",
+                                f"{site['blocks']:,}",
+                                site["code"][:60],
+                            ]
+                            for site in sites
+                        ],
+                        f"Heap growth by line, {role}, {s['streams']:,} streams",
+                    )
+                )
     if targets:
-        parts.append(report.format_table(
-            ["target", "measured", "result"],
-            [[t["target"], t["measured"], report.passed(t["passed"])] for t in targets], "Targets"))
+        parts.append(
+            report.format_table(
+                ["target", "measured", "result"],
+                [[t["target"], t["measured"], report.passed(t["passed"])] for t in targets],
+                "Targets",
+            )
+        )
     return "\n\n".join(parts)
 
 
@@ -421,17 +557,25 @@ def run(args: argparse.Namespace) -> int:
     scale = run_scale(args) if args.only in (None, "scale") else []
     targets = _targets(throughput, scale)
     print(_render(args, throughput, scale, targets))
-    path = report.write_json(args.json, {
-        "benchmark": "mux",
-        "command": shlex.join(["python", "-m", "bench", *args.argv]),
-        "machine": report.machine(),
-        "settings": {"size_bytes": int(args.size * MIB), "write_size": args.write_size,
-                     "streams": args.streams, "rounds": args.rounds, "scale": args.scale},
-        "mux_config": attrs.asdict(mux.Config()),
-        "throughput": throughput,
-        "scale": scale,
-        "targets": targets,
-    })
+    path = report.write_json(
+        args.json,
+        {
+            "benchmark": "mux",
+            "command": shlex.join(["python", "-m", "bench", *args.argv]),
+            "machine": report.machine(),
+            "settings": {
+                "size_bytes": int(args.size * MIB),
+                "write_size": args.write_size,
+                "streams": args.streams,
+                "rounds": args.rounds,
+                "scale": args.scale,
+            },
+            "mux_config": attrs.asdict(mux.Config()),
+            "throughput": throughput,
+            "scale": scale,
+            "targets": targets,
+        },
+    )
     print(f"\nresults: {path}")
     return 0
 

@@ -51,7 +51,9 @@ class BenchPath:
 
     def rss(self) -> dict[str, int]:
         """Role -> resident memory in KiB, summed over the role's processes."""
-        return {role: sum(rss_kib(pid) or 0 for pid in pids) for role, pids in self.processes().items()}
+        return {
+            role: sum(rss_kib(pid) or 0 for pid in pids) for role, pids in self.processes().items()
+        }
 
 
 class DirectPath(BenchPath):
@@ -97,10 +99,13 @@ class TunnelPath(BenchPath):
 
     def _create_bridge(self, relay_bin: str, data: Path) -> None:
         """A data dir with one bridge (made once: restarts reuse it)."""
+
         def relay_cli(*args: str) -> str:
             done = run_command([relay_bin, "--data-dir", data, *args])
             if done.returncode:
-                raise StartError(f"bridge-relay {args[0]}: {done.stderr.strip() or done.stdout.strip()}")
+                raise StartError(
+                    f"bridge-relay {args[0]}: {done.stderr.strip() or done.stdout.strip()}"
+                )
             return done.stdout
 
         created = relay_cli("bridges", "create", BRIDGE, "--bcrypt-cost", "4")
@@ -112,16 +117,26 @@ class TunnelPath(BenchPath):
         data = self.workdir / "relay-data"
         if not self._bridge:
             self._create_bridge(relay_bin, data)
-        forwards = [arg for port in self.targets.values() for arg in ("--forward", f"{BRIDGE}={HOST}:{port}")]
+        forwards = [
+            arg
+            for port in self.targets.values()
+            for arg in ("--forward", f"{BRIDGE}={HOST}:{port}")
+        ]
         try:
-            self.relay = Proc("relay", [relay_bin, "--data-dir", data, "serve", "--listen", f"{HOST}:0",
-                                        *forwards], self.workdir)
+            self.relay = Proc(
+                "relay",
+                [relay_bin, "--data-dir", data, "serve", "--listen", f"{HOST}:0", *forwards],
+                self.workdir,
+            )
             agents = self.relay.wait_for(r"^agents: listening on (\S+):(\d+)$")
             for name, port in self.targets.items():
                 match = self.relay.wait_for(
-                    rf"^forward {BRIDGE} -> {re.escape(HOST)}:{port}: listening on \S+:(\d+)$")
+                    rf"^forward {BRIDGE} -> {re.escape(HOST)}:{port}: listening on \S+:(\d+)$"
+                )
                 self.ports[name] = int(match[1])
-            env = clean_env(**self._bridge, RELAY_URL=f"tls://{HOST}:{agents[2]}", ALLOW=f"{HOST}:*")
+            env = clean_env(
+                **self._bridge, RELAY_URL=f"tls://{HOST}:{agents[2]}", ALLOW=f"{HOST}:*"
+            )
             self.agent = Proc("agent", [agent_bin], self.workdir, env=env)
             self.agent.wait_for(r"Handling incoming proxy connections", stream="stderr")
             echo_ready(self.ports["echo"], lambda: self.relay.alive() and self.agent.alive())

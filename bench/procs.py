@@ -22,8 +22,19 @@ _serial = itertools.count(1)
 
 # The product's configuration variables (by prefix), proxies included: a user's shell must not
 # change what runs.
-_CONFIG_PREFIXES = ("BRIDGE_", "RELAY_", "ALLOW", "LOG_LEVEL", "LOG_FORMAT", "NOTIFY_SOCKET", "WATCHDOG_",
-                    "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")
+_CONFIG_PREFIXES = (
+    "BRIDGE_",
+    "RELAY_",
+    "ALLOW",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+)
 
 
 class StartError(Exception):
@@ -51,14 +62,22 @@ def free_port() -> int:
 class Proc:
     """A process in a new session, stdout and stderr going to NAME.out / NAME.err in `logs`."""
 
-    def __init__(self, name: str, argv: list, logs: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: list, logs: Path, *, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         stem = logs / f"{next(_serial):02d}-{name}"
         self.paths = {"stdout": stem.with_suffix(".out"), "stderr": stem.with_suffix(".err")}
         with open(self.paths["stdout"], "wb") as out, open(self.paths["stderr"], "wb") as err:
             self.popen = subprocess.Popen(
-                [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env=clean_env() if env is None else env, cwd=logs, start_new_session=True)
+                [str(a) for a in argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=clean_env() if env is None else env,
+                cwd=logs,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:
@@ -79,8 +98,9 @@ class Proc:
         text = (self.read("stderr") + self.read("stdout")).strip().splitlines()
         return " | ".join(text[-lines:]) or "(no output)"
 
-    def wait_for(self, pattern: str, stream: str = "stdout",
-                 timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str, stream: str = "stdout", timeout: float = STARTUP_TIMEOUT
+    ) -> re.Match[str]:
         regex = re.compile(pattern, re.MULTILINE)
         deadline = time.monotonic() + timeout
         while True:
@@ -88,9 +108,13 @@ class Proc:
             if match := regex.search(self.read(stream)):
                 return match
             if exited:
-                raise StartError(f"{self.name} exited with status {self.popen.returncode}: {self.tail()}")
+                raise StartError(
+                    f"{self.name} exited with status {self.popen.returncode}: {self.tail()}"
+                )
             if time.monotonic() > deadline:
-                raise StartError(f"{self.name} did not print /{pattern}/ within {timeout:g} s: {self.tail()}")
+                raise StartError(
+                    f"{self.name} did not print /{pattern}/ within {timeout:g} s: {self.tail()}"
+                )
             time.sleep(0.05)
 
     def stop(self, grace: float = 5.0) -> None:
@@ -107,11 +131,19 @@ class Proc:
             os.killpg(self.popen.pid, sig)
 
 
-def run_command(argv: list, timeout: float = STARTUP_TIMEOUT, **kwargs) -> subprocess.CompletedProcess[str]:
+def run_command(
+    argv: list, timeout: float = STARTUP_TIMEOUT, **kwargs
+) -> subprocess.CompletedProcess[str]:
     """A short command, run to completion (killed if it outlives `timeout`)."""
-    return subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=timeout, env=kwargs.pop("env", None) or clean_env(),
-                          **kwargs)
+    return subprocess.run(
+        [str(a) for a in argv],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=kwargs.pop("env", None) or clean_env(),
+        **kwargs,
+    )
 
 
 def descendants(pid: int) -> list[int]:
@@ -148,7 +180,6 @@ def rss_kib(pid: int) -> int | None:
 def kill_pids(pids: list[int], command: str) -> None:
     """SIGKILL those of `pids` still running `command` (a pid may have been reused since)."""
     for pid in pids:
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == command:
-                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() == command:
+                os.kill(pid, signal.SIGKILL)

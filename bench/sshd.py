@@ -55,7 +55,9 @@ class SshPath(BenchPath):
             return
         self.dir.mkdir(mode=0o700, exist_ok=True)
         for key in ("host_ed25519", "user_ed25519"):
-            done = run_command([keygen, "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", self.dir / key])
+            done = run_command(
+                [keygen, "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", self.dir / key]
+            )
             if done.returncode:
                 raise SkipPath(f"ssh-keygen failed: {done.stderr.strip()}")
         (self.dir / "authorized_keys").write_bytes((self.dir / "user_ed25519.pub").read_bytes())
@@ -70,19 +72,48 @@ class SshPath(BenchPath):
         config.write_text(_CONFIG.format(port=port, host=HOST, dir=self.dir))
         check = run_command([sshd_bin, "-t", "-f", config])
         if check.returncode:
-            raise SkipPath(f"sshd refuses the configuration: {check.stderr.strip() or check.stdout.strip()}")
+            raise SkipPath(
+                f"sshd refuses the configuration: {check.stderr.strip() or check.stdout.strip()}"
+            )
         user = pwd.getpwuid(os.getuid()).pw_name
         self.ports = {name: free_port() for name in self.targets}
-        forwards = [arg for name, target in self.targets.items()
-                    for arg in ("-L", f"{HOST}:{self.ports[name]}:{HOST}:{target}")]
+        forwards = [
+            arg
+            for name, target in self.targets.items()
+            for arg in ("-L", f"{HOST}:{self.ports[name]}:{HOST}:{target}")
+        ]
         try:
             self.sshd = Proc("sshd", [sshd_bin, "-D", "-e", "-f", config], self.workdir)
-            self.ssh = Proc("ssh", [
-                ssh_bin, "-F", "/dev/null", "-N", "-i", self.dir / "user_ed25519", "-p", port,
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR",
-                "-o", "ConnectionAttempts=10", "-o", "ConnectTimeout=5", *forwards, f"{user}@{HOST}",
-            ], self.workdir)
+            self.ssh = Proc(
+                "ssh",
+                [
+                    ssh_bin,
+                    "-F",
+                    "/dev/null",
+                    "-N",
+                    "-i",
+                    self.dir / "user_ed25519",
+                    "-p",
+                    port,
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "ExitOnForwardFailure=yes",
+                    "-o",
+                    "LogLevel=ERROR",
+                    "-o",
+                    "ConnectionAttempts=10",
+                    "-o",
+                    "ConnectTimeout=5",
+                    *forwards,
+                    f"{user}@{HOST}",
+                ],
+                self.workdir,
+            )
             echo_ready(self.ports["echo"], lambda: self.ssh.alive() and self.sshd.alive())
         except StartError as exc:
             reason = f"{exc}; sshd: {self.sshd.tail(3) if self.sshd else '-'}"

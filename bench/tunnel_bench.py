@@ -65,26 +65,65 @@ class _Failed(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--quick", action="store_true",
-        help="short run: 1 round, 2 s throughput runs, 1,000 held, probe to 2,000")
+    add(
+        "--quick",
+        action="store_true",
+        help="short run: 1 round, 2 s throughput runs, 1,000 held, probe to 2,000",
+    )
     add("--rounds", type=int, help="alternating rounds, median reported (default 3; --quick 1)")
-    add("--seconds", type=float,
-        help="length of each throughput run (default 5; --quick 2; whole seconds with iperf3)")
-    add("--streams", type=int, default=8, help="parallel streams of the multi-stream case (default 8)")
+    add(
+        "--seconds",
+        type=float,
+        help="length of each throughput run (default 5; --quick 2; whole seconds with iperf3)",
+    )
+    add(
+        "--streams",
+        type=int,
+        default=8,
+        help="parallel streams of the multi-stream case (default 8)",
+    )
     add("--rtt-count", type=int, help="1 KiB round trips per run (default 5000; --quick 1000)")
-    add("--rate-seconds", type=float, help="length of each new-connection run (default 3; --quick 1)")
-    add("--concurrency", type=int, default=8,
-        help="connections being opened at once in the new-connection runs (default 8)")
-    add("--hold", type=int, help="connections to hold at once (default 10000; --quick 1000; 0: skip)")
-    add("--limit", type=int,
-        help="stop the tunnel's stream-count probe at this many (default 20000; --quick 2000; 0: skip)")
-    add("--paths", type=_path_names, default=list(PATHS), metavar="NAME,...",
-        help="paths to run, of direct,tunnel,ssh (default all)")
-    add("--builtin", action="store_true",
-        help="measure throughput with the built-in sender and sink even where iperf3 is installed")
-    add("--json", type=Path, default=report.RESULTS_DIR / "tunnel.json", metavar="PATH",
+    add(
+        "--rate-seconds",
+        type=float,
+        help="length of each new-connection run (default 3; --quick 1)",
+    )
+    add(
+        "--concurrency",
+        type=int,
+        default=8,
+        help="connections being opened at once in the new-connection runs (default 8)",
+    )
+    add(
+        "--hold",
+        type=int,
+        help="connections to hold at once (default 10000; --quick 1000; 0: skip)",
+    )
+    add(
+        "--limit",
+        type=int,
+        help="stop the tunnel's stream-count probe at this many (default 20000; --quick 2000; 0: skip)",
+    )
+    add(
+        "--paths",
+        type=_path_names,
+        default=list(PATHS),
+        metavar="NAME,...",
+        help="paths to run, of direct,tunnel,ssh (default all)",
+    )
+    add(
+        "--builtin",
+        action="store_true",
+        help="measure throughput with the built-in sender and sink even where iperf3 is installed",
+    )
+    add(
+        "--json",
+        type=Path,
+        default=report.RESULTS_DIR / "tunnel.json",
+        metavar="PATH",
         help="where to write the results (default bench/results/tunnel.json; the chart goes next "
-             "to it as .png when matplotlib is installed)")
+        "to it as .png when matplotlib is installed)",
+    )
 
 
 def _path_names(text: str) -> list[str]:
@@ -96,25 +135,35 @@ def _path_names(text: str) -> list[str]:
 
 def _defaults(args: argparse.Namespace) -> None:
     quick = args.quick
-    for name, full, short in (("rounds", 3, 1), ("seconds", 5.0, 2.0), ("rtt_count", 5000, 1000),
-                              ("rate_seconds", 3.0, 1.0), ("hold", TARGET_HOLD, 1000),
-                              ("limit", 20_000, 2000)):
+    for name, full, short in (
+        ("rounds", 3, 1),
+        ("seconds", 5.0, 2.0),
+        ("rtt_count", 5000, 1000),
+        ("rate_seconds", 3.0, 1.0),
+        ("hold", TARGET_HOLD, 1000),
+        ("limit", 20_000, 2000),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, short if quick else full)
 
 
 # -- clients ---------------------------------------------------------------------------------
 
+
 def _client(*args: object, timeout: float) -> dict:
     try:
-        done = run_command(python_module("bench.loadgen", *args), timeout=timeout, start_new_session=True)
+        done = run_command(
+            python_module("bench.loadgen", *args), timeout=timeout, start_new_session=True
+        )
     except subprocess.TimeoutExpired:
         raise _Failed(f"no result within {timeout:g} s") from None
     try:
         result = json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         lines = done.stderr.strip().splitlines()
-        raise _Failed(lines[-1] if lines else f"the client exited with status {done.returncode}") from None
+        raise _Failed(
+            lines[-1] if lines else f"the client exited with status {done.returncode}"
+        ) from None
     if result.get("error"):
         raise _Failed(result["error"])
     return result
@@ -123,7 +172,9 @@ def _client(*args: object, timeout: float) -> dict:
 def _throughput(port: int, streams: int, seconds: float, iperf: str | None) -> float:
     """MB/s client -> target."""
     if iperf is None:
-        return _client("send", port, "--streams", streams, "--seconds", seconds, timeout=seconds + 60)["mbps"]
+        return _client(
+            "send", port, "--streams", streams, "--seconds", seconds, timeout=seconds + 60
+        )["mbps"]
     argv = [iperf, "-c", HOST, "-p", port, "-t", max(1, round(seconds)), "-J"]
     argv += ["-P", streams] if streams > 1 else []
     for _ in range(IPERF_BUSY_RETRIES):  # the server may still be closing the previous test
@@ -134,7 +185,9 @@ def _throughput(port: int, streams: int, seconds: float, iperf: str | None) -> f
         try:
             data = json.loads(done.stdout)
         except ValueError:
-            raise _Failed(f"iperf3: {done.stderr.strip() or f'exit status {done.returncode}'}") from None
+            raise _Failed(
+                f"iperf3: {done.stderr.strip() or f'exit status {done.returncode}'}"
+            ) from None
         if "busy" not in data.get("error", ""):
             break
         time.sleep(0.5)
@@ -149,7 +202,11 @@ def _json_line(proc: subprocess.Popen, timeout: float) -> dict:
     try:
         return json.loads(line)
     except ValueError:
-        return {"error": "the client ended without a result" if ready else f"no result within {timeout:g} s"}
+        return {
+            "error": "the client ended without a result"
+            if ready
+            else f"no result within {timeout:g} s"
+        }
 
 
 @contextlib.contextmanager
@@ -163,16 +220,28 @@ def _holding(port: int, count: int, *, stop_on_error: bool) -> Iterator[dict]:
     holders: list[subprocess.Popen] = []
     try:
         for share in shares:
-            holders.append(subprocess.Popen(
-                python_module("bench.loadgen", "hold", port, "--count", share, *argv), text=True,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=clean_env(), start_new_session=True))
+            holders.append(
+                subprocess.Popen(
+                    python_module("bench.loadgen", "hold", port, "--count", share, *argv),
+                    text=True,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=clean_env(),
+                    start_new_session=True,
+                )
+            )
         results = [_json_line(proc, HOLD_SECONDS + 30) for proc in holders]
-        errors = [(r.get("first_error_at") or 0, r.get("first_error") or r.get("error"))
-                  for r in results if r.get("first_error") or r.get("error")]
-        yield {"held": sum(r.get("done", 0) for r in results),
-               "failed": sum(r.get("failed", 0) for r in results),
-               "seconds": max(r.get("seconds", 0) for r in results),
-               "first_error": min(errors)[1] if errors else None}
+        errors = [
+            (r.get("first_error_at") or 0, r.get("first_error") or r.get("error"))
+            for r in results
+            if r.get("first_error") or r.get("error")
+        ]
+        yield {
+            "held": sum(r.get("done", 0) for r in results),
+            "failed": sum(r.get("failed", 0) for r in results),
+            "seconds": max(r.get("seconds", 0) for r in results),
+            "first_error": min(errors)[1] if errors else None,
+        }
     finally:
         for proc in holders:
             with contextlib.suppress(OSError):
@@ -189,6 +258,7 @@ def _holding(port: int, count: int, *, stop_on_error: bool) -> Iterator[dict]:
 
 # -- measurements ----------------------------------------------------------------------------
 
+
 def _measure_case(case: str, path: BenchPath, args: argparse.Namespace, iperf: str | None) -> dict:
     sink = path.ports["iperf" if iperf else "sink"]
     echo = path.ports["echo"]
@@ -199,13 +269,27 @@ def _measure_case(case: str, path: BenchPath, args: argparse.Namespace, iperf: s
     if case == "rtt":
         result = _client("rtt", echo, "--count", args.rtt_count, "--seconds", 30, timeout=60)
         return {"rtt_p50_us": result["p50_us"], "rtt_p99_us": result["p99_us"]}
-    result = _client("dial", echo, "--count", RATE_MAX, "--seconds", args.rate_seconds,
-                     "--concurrency", args.concurrency, timeout=args.rate_seconds + 60)
-    failed = f"{result['failed']} of {result['failed'] + result['done']} connections failed: " \
-             f"{result['first_error']}"
+    result = _client(
+        "dial",
+        echo,
+        "--count",
+        RATE_MAX,
+        "--seconds",
+        args.rate_seconds,
+        "--concurrency",
+        args.concurrency,
+        timeout=args.rate_seconds + 60,
+    )
+    failed = (
+        f"{result['failed']} of {result['failed'] + result['done']} connections failed: "
+        f"{result['first_error']}"
+    )
     if not result["done"]:
         raise _Failed(failed)
-    return {"connections_per_s": result["per_second"], **({"note": failed} if result["failed"] else {})}
+    return {
+        "connections_per_s": result["per_second"],
+        **({"note": failed} if result["failed"] else {}),
+    }
 
 
 def _warm_up(path: BenchPath, args: argparse.Namespace, iperf: str | None) -> None:
@@ -217,11 +301,16 @@ def _warm_up(path: BenchPath, args: argparse.Namespace, iperf: str | None) -> No
 def _shown(key: str, value: float | None) -> str:
     if value is None:
         return "error"
-    return f"{value:,.1f}" if key.startswith("throughput") or key.startswith("rtt") else f"{value:,.0f}"
+    return (
+        f"{value:,.1f}"
+        if key.startswith("throughput") or key.startswith("rtt")
+        else f"{value:,.0f}"
+    )
 
 
-def _run_rounds(paths: list[BenchPath], args: argparse.Namespace, iperf: str | None,
-                errors: list[dict]) -> dict[str, dict[str, list]]:
+def _run_rounds(
+    paths: list[BenchPath], args: argparse.Namespace, iperf: str | None, errors: list[dict]
+) -> dict[str, dict[str, list]]:
     values = {key: {path.name: [] for path in paths} for key, *_ in METRICS}
     labels = {key: label.format(streams=args.streams) for key, label, _ in METRICS}
     for round_ in range(1, args.rounds + 1):
@@ -234,8 +323,12 @@ def _run_rounds(paths: list[BenchPath], args: argparse.Namespace, iperf: str | N
                 except _Failed as exc:
                     got = {"note": f"failed: {exc}"}
                 if "note" in got:
-                    errors.append({"round": round_, "case": case, "path": path.name, "error": got["note"]})
-                    report.progress(f"round {round_}/{args.rounds}  {path.label}: {case}: {got['note']}")
+                    errors.append(
+                        {"round": round_, "case": case, "path": path.name, "error": got["note"]}
+                    )
+                    report.progress(
+                        f"round {round_}/{args.rounds}  {path.label}: {case}: {got['note']}"
+                    )
                 for key in keys:
                     values[key][path.name].append(got.get(key))
                 shown = ", ".join(f"{labels[k]} {_shown(k, got.get(k))}" for k in keys)
@@ -257,10 +350,15 @@ def _hold(path: BenchPath, count: int) -> dict:
     finally:
         path.stop()
     growth = sum(after.values()) - sum(before.values())
-    tally.update(rss_before_kib=before, rss_after_kib=after,
-                 kib_per_connection=growth / tally["held"] if tally["held"] else None)
-    report.progress(f"{path.label}: {tally['held']:,} held, "
-                    f"{_kib(tally['kib_per_connection'])} KiB per connection")
+    tally.update(
+        rss_before_kib=before,
+        rss_after_kib=after,
+        kib_per_connection=growth / tally["held"] if tally["held"] else None,
+    )
+    report.progress(
+        f"{path.label}: {tally['held']:,} held, "
+        f"{_kib(tally['kib_per_connection'])} KiB per connection"
+    )
     return tally
 
 
@@ -316,8 +414,9 @@ def _raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _measure(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack,
-             iperf: str | None) -> dict:
+def _measure(
+    args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, iperf: str | None
+) -> dict:
     report.progress("starting the echo server" + (" and iperf3 -s" if iperf else " and the sink"))
     servers = Proc("servers", python_module("bench.loadgen", "serve"), workdir)
     stack.callback(servers.stop)
@@ -325,7 +424,9 @@ def _measure(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStac
     targets = {"echo": ports["echo"]}
     if iperf:
         targets["iperf"] = free_port()
-        server = Proc("iperf3", [iperf, "-s", "-B", HOST, "-p", targets["iperf"], "--forceflush"], workdir)
+        server = Proc(
+            "iperf3", [iperf, "-s", "-B", HOST, "-p", targets["iperf"], "--forceflush"], workdir
+        )
         stack.callback(server.stop)
         server.wait_for(r"Server listening on")
     else:
@@ -352,8 +453,10 @@ def _measure(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStac
         path.stop()
     held, limit = {}, None
     for path in paths:
-        for case, wanted in (("hold", args.hold and path.name != "direct"),
-                             ("stream limit", args.limit and path.name == "tunnel")):
+        for case, wanted in (
+            ("hold", args.hold and path.name != "direct"),
+            ("stream limit", args.limit and path.name == "tunnel"),
+        ):
             if not wanted:
                 continue
             try:
@@ -364,10 +467,17 @@ def _measure(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStac
             except (_Failed, StartError, SkipPath) as exc:
                 errors.append({"round": None, "case": case, "path": path.name, "error": str(exc)})
                 report.progress(f"{path.label}: {case} failed: {exc}")
-    return {"values": values, "skipped": skipped, "errors": errors, "held": held, "stream_limit": limit}
+    return {
+        "values": values,
+        "skipped": skipped,
+        "errors": errors,
+        "held": held,
+        "stream_limit": limit,
+    }
 
 
 # -- report ----------------------------------------------------------------------------------
+
 
 def _kib(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f}"
@@ -389,8 +499,14 @@ def _summarize(values: dict[str, dict[str, list]], args: argparse.Namespace) -> 
     for key, label, higher in METRICS:
         per_round = values[key]
         base = per_round.get(BASELINE)
-        ratios = {name: [v / b if v is not None and b else None for v, b in zip(vs, base)]
-                  for name, vs in per_round.items()} if base else {}
+        ratios = (
+            {
+                name: [v / b if v is not None and b else None for v, b in zip(vs, base)]
+                for name, vs in per_round.items()
+            }
+            if base
+            else {}
+        )
         metrics[key] = {
             "label": label.format(streams=args.streams),
             "higher_is_better": higher,
@@ -418,12 +534,14 @@ def _targets(metrics: dict[str, dict], held: dict, args: argparse.Namespace) -> 
     ok = None
     if tally and args.hold >= TARGET_HOLD:
         ok = tally["held"] >= TARGET_HOLD and kib is not None and kib <= TARGET_KIB_PER_CONNECTION
-    targets.append({
-        "target": f"{TARGET_HOLD:,} connections held through one tunnel, relay + agent "
-                  f"<= {TARGET_KIB_PER_CONNECTION} KiB per connection",
-        "measured": "-" if not tally else f"{tally['held']:,} held, {_kib(kib)} KiB each",
-        "passed": ok,
-    })
+    targets.append(
+        {
+            "target": f"{TARGET_HOLD:,} connections held through one tunnel, relay + agent "
+            f"<= {TARGET_KIB_PER_CONNECTION} KiB per connection",
+            "measured": "-" if not tally else f"{tally['held']:,} held, {_kib(kib)} KiB each",
+            "passed": ok,
+        }
+    )
     return targets
 
 
@@ -443,64 +561,105 @@ def _render(args: argparse.Namespace, results: dict, iperf: str | None) -> str:
         f"time for {args.rate_seconds:g} s, each one 32-byte round trip"
     ]
     ratio_names = [n for n in names if n != BASELINE] if BASELINE in names else []
-    headers = ["metric", *(labels[n] for n in names),
-               *(f"{labels[n]}/{labels[BASELINE]}" for n in ratio_names)]
+    headers = [
+        "metric",
+        *(labels[n] for n in names),
+        *(f"{labels[n]}/{labels[BASELINE]}" for n in ratio_names),
+    ]
     rows = []
     for key, metric in results["metrics"].items():
-        rows.append([metric["label"], *(_shown(key, metric["median"][n]) for n in names),
-                     *(_ratio(metric["ratio_to_ssh"][n]) for n in ratio_names)])
+        rows.append(
+            [
+                metric["label"],
+                *(_shown(key, metric["median"][n]) for n in names),
+                *(_ratio(metric["ratio_to_ssh"][n]) for n in ratio_names),
+            ]
+        )
     parts.append(report.format_table(headers, rows))
     if results["held"]:
         rows = []
         for name, tally in results["held"].items():
             before, after = tally["rss_before_kib"], tally["rss_after_kib"]
-            rss = ", ".join(f"{role} {before.get(role, 0) / 1024:,.1f} -> {after[role] / 1024:,.1f}"
-                            for role in after)
-            rows.append([labels[name], f"{tally['held']:,}", f"{tally['failed']:,}",
-                         _kib(tally["kib_per_connection"]), rss])
-        parts.append(report.format_table(
-            ["path", "held", "failed", "KiB/conn", "RSS before -> after (MiB)"], rows,
-            f"Connections held at once (asked for {args.hold:,}), fresh processes; memory is "
-            f"the resident set growth of the processes carrying them"))
+            rss = ", ".join(
+                f"{role} {before.get(role, 0) / 1024:,.1f} -> {after[role] / 1024:,.1f}"
+                for role in after
+            )
+            rows.append(
+                [
+                    labels[name],
+                    f"{tally['held']:,}",
+                    f"{tally['failed']:,}",
+                    _kib(tally["kib_per_connection"]),
+                    rss,
+                ]
+            )
+        parts.append(
+            report.format_table(
+                ["path", "held", "failed", "KiB/conn", "RSS before -> after (MiB)"],
+                rows,
+                f"Connections held at once (asked for {args.hold:,}), fresh processes; memory is "
+                f"the resident set growth of the processes carrying them",
+            )
+        )
     if limit := results["stream_limit"]:
-        parts.append(f"Stream limit of one tunnel (probe bound {args.limit:,}): "
-                     f"{limit['held']:,} concurrent streams; what gave: {limit['gave']}")
+        parts.append(
+            f"Stream limit of one tunnel (probe bound {args.limit:,}): "
+            f"{limit['held']:,} concurrent streams; what gave: {limit['gave']}"
+        )
     for name, reason in results["skipped"].items():
         parts.append(f"Skipped {labels[name]}: {reason}")
     if results["errors"]:
-        lines = [f"  {labels[e['path']]} {e['case']}" + (f" (round {e['round']})" if e["round"] else "")
-                 + f": {e['error']}" for e in results["errors"]]
+        lines = [
+            f"  {labels[e['path']]} {e['case']}"
+            + (f" (round {e['round']})" if e["round"] else "")
+            + f": {e['error']}"
+            for e in results["errors"]
+        ]
         parts.append("\n".join(["Errors:", *lines]))
-    parts.append(report.format_table(
-        ["target", "measured", "result"],
-        [[t["target"], t["measured"], report.passed(t["passed"])] for t in results["targets"]], "Targets"))
+    parts.append(
+        report.format_table(
+            ["target", "measured", "result"],
+            [[t["target"], t["measured"], report.passed(t["passed"])] for t in results["targets"]],
+            "Targets",
+        )
+    )
     return "\n\n".join(parts)
 
 
 def _chart(results: dict, path: Path) -> Path | None:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
     panels = [(metric["label"], metric["median"]) for metric in results["metrics"].values()]
     if results["held"]:
-        panels.append(("memory per held connection, KiB",
-                       {name: tally["kib_per_connection"] for name, tally in results["held"].items()}))
+        panels.append(
+            (
+                "memory per held connection, KiB",
+                {name: tally["kib_per_connection"] for name, tally in results["held"].items()},
+            )
+        )
     columns = 3
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (title, medians) in zip(axes.flat, panels):
         names = [name for name, value in medians.items() if value is not None]
-        bars = ax.bar([PATHS[n].label for n in names], [medians[n] for n in names],
-                      color=[{"direct": "#999999", "tunnel": "#1f77b4", "ssh": "#ff7f0e"}[n] for n in names])
+        bars = ax.bar(
+            [PATHS[n].label for n in names],
+            [medians[n] for n in names],
+            color=[{"direct": "#999999", "tunnel": "#1f77b4", "ssh": "#ff7f0e"}[n] for n in names],
+        )
         ax.bar_label(bars, fmt="{:,.0f}", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=8)
-    fig.suptitle(f"python -m bench tunnel ({results['machine']['cpus']} CPUs, loopback)", fontsize=10)
+    fig.suptitle(
+        f"python -m bench tunnel ({results['machine']['cpus']} CPUs, loopback)", fontsize=10
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -520,7 +679,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp, contextlib.ExitStack() as stack:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp,
+            contextlib.ExitStack() as stack,
+        ):
             measured = _measure(args, Path(tmp), stack, iperf)
     except KeyboardInterrupt:
         print("interrupted: every process the benchmark started was stopped", flush=True)
@@ -535,11 +697,19 @@ def run(args: argparse.Namespace) -> int:
         "benchmark": "tunnel",
         "command": shlex.join(["python", "-m", "bench", *args.argv]),
         "machine": report.machine(),
-        "settings": {"rounds": args.rounds, "seconds": args.seconds, "streams": args.streams,
-                     "rtt_count": args.rtt_count, "rate_seconds": args.rate_seconds,
-                     "concurrency": args.concurrency, "hold": args.hold, "limit": args.limit,
-                     "paths": args.paths, "throughput_tool": "iperf3" if iperf else "built-in",
-                     "fd_limit": fd_limit},
+        "settings": {
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "streams": args.streams,
+            "rtt_count": args.rtt_count,
+            "rate_seconds": args.rate_seconds,
+            "concurrency": args.concurrency,
+            "hold": args.hold,
+            "limit": args.limit,
+            "paths": args.paths,
+            "throughput_tool": "iperf3" if iperf else "built-in",
+            "fd_limit": fd_limit,
+        },
         "duration_s": round(time.monotonic() - started, 1),
         "load_average": {"start": load_before, "end": os.getloadavg()[0]},
         "metrics": metrics,
@@ -549,5 +719,8 @@ def run(args: argparse.Namespace) -> int:
     print(_render(args, results, iperf))
     path = report.write_json(args.json, results)
     chart = _chart(results, args.json.with_suffix(".png"))
-    print(f"\nresults: {path}\n" + (f"chart: {chart}" if chart else "no chart: matplotlib is not installed"))
+    print(
+        f"\nresults: {path}\n"
+        + (f"chart: {chart}" if chart else "no chart: matplotlib is not installed")
+    )
     return 0

@@ -1,6 +1,11 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""The bridge agent, and the bridge protocol it shares with the relay.
+"""The bridge agent, and everything both ends of a bridge share.
+
+Subpackages: ``bridge.protocol`` (the handshake, the connect request, addresses),
+``bridge.transport`` (TLS, WebSocket client and server, HTTP CONNECT proxies, prefixed
+streams), ``bridge.ops`` (logs, metrics, sd_notify) and ``bridge.agent`` (the agent, its
+allow-list and its command line).
 
 Embedding the agent in a Trio program::
 
@@ -17,21 +22,30 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 # The agent (and so trio and mux) is imported on first use of a name below, not with the
-# package: ``bridge.pytest_plugin`` is imported at every pytest start and must stay light.
+# package: ``relay.pytest_plugin`` is imported at every pytest start and must stay light.
 _EXPORTS = {
-    "Agent": "agent",
-    "AgentConfig": "agent",
-    "AgentError": "agent",
-    "AuthenticationFailed": "agent",
-    "RelayRejected": "agent",
-    "RelayUnavailable": "agent",
-    "AllowList": "allowlist",
-    "client_ssl_context": "tls",
+    "Agent": "bridge.agent.agent",
+    "AgentConfig": "bridge.agent.agent",
+    "AgentError": "bridge.agent.agent",
+    "AuthenticationFailed": "bridge.agent.agent",
+    "RelayRejected": "bridge.agent.agent",
+    "RelayUnavailable": "bridge.agent.agent",
+    "AllowList": "bridge.agent.allowlist",
+    "client_ssl_context": "bridge.transport.tls",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "AgentError",
+    "AllowList",
+    "AuthenticationFailed",
+    "RelayRejected",
+    "RelayUnavailable",
+    "client_ssl_context",
+]
 
 if TYPE_CHECKING:
-    from .agent import (
+    from bridge.agent.agent import (
         Agent,
         AgentConfig,
         AgentError,
@@ -39,14 +53,14 @@ if TYPE_CHECKING:
         RelayRejected,
         RelayUnavailable,
     )
-    from .allowlist import AllowList
-    from .tls import client_ssl_context
+    from bridge.agent.allowlist import AllowList
+    from bridge.transport.tls import client_ssl_context
 
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value
 

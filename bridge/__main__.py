@@ -4,7 +4,7 @@
 
 import sys
 
-from .cli import main
+from bridge.agent.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -32,14 +32,22 @@ class Config:
     #: Receive windows start at 256 KiB (the protocol's) and grow up to this, driven by the RTT.
     max_stream_window: int = field(
         default=16 * 1024 * 1024,
-        validator=[validators.instance_of(int), validators.ge(INITIAL_WINDOW), validators.le(MAX_UINT32)],
+        validator=[
+            validators.instance_of(int),
+            validators.ge(INITIAL_WINDOW),
+            validators.le(MAX_UINT32),
+        ],
     )
     #: How much all of a session's windows may grow beyond their initial 256 KiB together.
-    session_receive_budget: int = field(default=256 * 1024 * 1024, validator=validators.instance_of(int))
+    session_receive_budget: int = field(
+        default=256 * 1024 * 1024, validator=validators.instance_of(int)
+    )
     #: Data frames we send carry at most this many bytes, so streams take turns. As large as
     #: the initial window: per-frame work is what limits a Python sender, and the write
     #: buffer, not the frame, bounds how long another stream's frame waits.
-    max_frame_size: int = field(default=256 * 1024, validator=[*_positive_int, validators.le(MAX_UINT32)])
+    max_frame_size: int = field(
+        default=256 * 1024, validator=[*_positive_int, validators.le(MAX_UINT32)]
+    )
     #: Bytes queued for the transport before senders wait.
     write_buffer_size: int = field(default=1024 * 1024, validator=_positive_int)
     #: How much one read from the transport asks for.

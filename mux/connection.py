@@ -15,7 +15,16 @@ from collections.abc import Callable
 from . import events as ev
 from .config import Config
 from .errors import LocalProtocolError, RemoteProtocolError
-from .frames import HEADER, HEADER_SIZE, INITIAL_WINDOW, MAX_UINT32, Flag, FrameType, GoAwayCode, check_header
+from .frames import (
+    HEADER,
+    HEADER_SIZE,
+    INITIAL_WINDOW,
+    MAX_UINT32,
+    Flag,
+    FrameType,
+    GoAwayCode,
+    check_header,
+)
 from .state import CAN_RECEIVE, CAN_SEND, FINAL_STATES, StreamInput, StreamState, next_state
 from .windows import ReceiveWindow, WindowBudget
 
@@ -26,7 +35,7 @@ _MAX_STREAM_ID = MAX_UINT32 - 1
 
 
 class _Stream:
-    __slots__ = ("state", "window", "send_window", "inbound", "accepted", "abandoned")
+    __slots__ = ("abandoned", "accepted", "inbound", "send_window", "state", "window")
 
     def __init__(self, inbound: bool) -> None:
         self.state = StreamState.OPEN
@@ -42,7 +51,11 @@ class _Stream:
 
 class Connection:
     def __init__(
-        self, *, client: bool, config: Config | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        client: bool,
+        config: Config | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.config = config if config is not None else Config()
@@ -185,7 +198,9 @@ class Connection:
         stream = self._streams.get(stream_id)
         if stream is None or stream.state not in CAN_RECEIVE:
             return
-        delta = stream.window.consume(amount, self._clock, self._rtt, self.config.max_stream_window, self._budget)
+        delta = stream.window.consume(
+            amount, self._clock, self._rtt, self.config.max_stream_window, self._budget
+        )
         if delta:
             self._frame(_WINDOW_UPDATE, 0, stream_id, delta)
 
@@ -253,7 +268,9 @@ class Connection:
             raise
         return events
 
-    def _on_frame(self, version: int, type: int, flags: int, stream_id: int, length: int, events: list) -> None:
+    def _on_frame(
+        self, version: int, type: int, flags: int, stream_id: int, length: int, events: list
+    ) -> None:
         check_header(version, type)
         if type == _DATA or type == _WINDOW_UPDATE:
             if stream_id == 0:
@@ -268,7 +285,9 @@ class Connection:
         else:
             self._on_go_away(length, events)
 
-    def _on_stream_frame(self, type: int, flags: int, stream_id: int, length: int, events: list) -> None:
+    def _on_stream_frame(
+        self, type: int, flags: int, stream_id: int, length: int, events: list
+    ) -> None:
         stream = self._streams.get(stream_id)
         if flags & _SYN:
             stream = self._on_syn(stream_id, events)
@@ -299,7 +318,9 @@ class Connection:
             return
         elif stream is not None and length:
             if stream.send_window + length > MAX_UINT32:
-                raise RemoteProtocolError(f"peer grew the send window of stream {stream_id} past 2**32-1")
+                raise RemoteProtocolError(
+                    f"peer grew the send window of stream {stream_id} past 2**32-1"
+                )
             stream.send_window += length
             if stream.state in CAN_SEND:
                 events.append(ev.WindowUpdated(stream_id, length))
@@ -345,7 +366,9 @@ class Connection:
         self.remote_go_away = True
         events.append(ev.GoAwayReceived(code))
         if code != GoAwayCode.NORMAL:
-            self.terminated = RemoteProtocolError(f"peer ended the session with GoAway code {code}", code)
+            self.terminated = RemoteProtocolError(
+                f"peer ended the session with GoAway code {code}", code
+            )
 
     # ---- bookkeeping ------------------------------------------------------------------
 
@@ -360,7 +383,9 @@ class Connection:
         state = next_state(stream.state, event)
         if state is None:
             if event.name.startswith("SEND"):
-                raise LocalProtocolError(f"cannot {event.value} on stream {stream_id}: it is {stream.state.value}")
+                raise LocalProtocolError(
+                    f"cannot {event.value} on stream {stream_id}: it is {stream.state.value}"
+                )
             return None
         stream.state = state
         if state in FINAL_STATES:

@@ -236,7 +236,8 @@ class Session:
         conn = self._conn
         return (
             conn.send_window(stream_id) > 0
-            and conn.pending_output() + self._config.max_frame_size <= self._config.write_buffer_size
+            and conn.pending_output() + self._config.max_frame_size
+            <= self._config.write_buffer_size
         )
 
     async def _flush(self) -> bool:
@@ -328,7 +329,9 @@ class Session:
             self._open_slots.unpark()
         stream = self._streams.pop(event.stream_id, None)
         if stream is not None:
-            stream._on_error(StreamReset(f"stream {event.stream_id} was reset by the peer"), discard=True)
+            stream._on_error(
+                StreamReset(f"stream {event.stream_id} was reset by the peer"), discard=True
+            )
 
     def _on_ping_acknowledged(self, event: ev.PingAcknowledged) -> None:
         answered = self._pings.get(event.opaque)
@@ -439,7 +442,9 @@ class Session:
             with trio.move_on_after(config.ping_timeout) as deadline:
                 await self.ping()
             if deadline.cancelled_caught and config.enable_keepalive:
-                self._terminate(f"keepalive: the peer did not answer a ping within {config.ping_timeout} s")
+                self._terminate(
+                    f"keepalive: the peer did not answer a ping within {config.ping_timeout} s"
+                )
                 return
             if not config.enable_keepalive:
                 return

@@ -13,10 +13,16 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
-from trio.lowlevel import Abort, Task, checkpoint, checkpoint_if_cancelled, current_task, reschedule
-from trio.lowlevel import cancel_shielded_checkpoint, wait_task_rescheduled
-
-from .stream_errors import StreamReset
+from trio.lowlevel import (
+    Abort,
+    Task,
+    cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
+    current_task,
+    reschedule,
+    wait_task_rescheduled,
+)
 
 if TYPE_CHECKING:
     from .session import Session
@@ -51,17 +57,17 @@ class _Waiter:
 
 class Stream(trio.abc.HalfCloseableStream):
     __slots__ = (
+        "_chunks",
+        "_closed",
+        "_eof",
+        "_eof_sent",
+        "_error",
+        "_receive_waiter",
+        "_receiving",
+        "_send_waiter",
+        "_sending",
         "_session",
         "stream_id",
-        "_chunks",
-        "_eof",
-        "_error",
-        "_eof_sent",
-        "_closed",
-        "_receiving",
-        "_sending",
-        "_receive_waiter",
-        "_send_waiter",
     )
 
     def __init__(self, session: Session, stream_id: int) -> None:

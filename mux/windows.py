@@ -34,7 +34,7 @@ class WindowBudget:
 
 
 class ReceiveWindow:
-    __slots__ = ("size", "credit", "unacknowledged", "epoch")
+    __slots__ = ("credit", "epoch", "size", "unacknowledged")
 
     def __init__(self) -> None:
         self.size = INITIAL_WINDOW
@@ -50,7 +50,12 @@ class ReceiveWindow:
         self.credit -= length
 
     def consume(
-        self, amount: int, clock: Callable[[], float], rtt: float, max_size: int, budget: WindowBudget
+        self,
+        amount: int,
+        clock: Callable[[], float],
+        rtt: float,
+        max_size: int,
+        budget: WindowBudget,
     ) -> int:
         """Record that the application read ``amount`` bytes; return the delta to send (or 0)."""
         self.unacknowledged += amount

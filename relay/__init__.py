@@ -5,22 +5,33 @@
     relay = Relay(SQLiteStore("relay-data/bridges.db"), server_ssl_context(cert, key))
     listeners = await nursery.start(relay.serve, "0.0.0.0", 4000)
     stream = await relay.connect("prod-vpc", "db.internal", 5432)
+
+Also here: everything that needs both ends of a bridge (``relay.demo``, the test helpers in
+``relay.testing`` and the pytest plugin ``relay.pytest_plugin``).
 """
 
-from .config import RelayConfig
-from .errors import (
-    BridgeBusy,
-    BridgeNotConnected,
-    RelayError,
-    RelayShuttingDown,
-    TargetNotAllowed,
-    TargetUnreachable,
-    TunnelError,
-    UnknownBridge,
-)
-from .relay import Relay
-from .store import BridgeRecord, MemoryStore, SQLiteStore
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names are imported on first use, not with the package: ``relay.pytest_plugin`` is
+# imported at every pytest start and must stay light.
+_EXPORTS = {
+    "RelayConfig": "relay.config",
+    "BridgeBusy": "relay.errors",
+    "BridgeNotConnected": "relay.errors",
+    "RelayError": "relay.errors",
+    "RelayShuttingDown": "relay.errors",
+    "TargetNotAllowed": "relay.errors",
+    "TargetUnreachable": "relay.errors",
+    "TunnelError": "relay.errors",
+    "UnknownBridge": "relay.errors",
+    "Relay": "relay.relay",
+    "BridgeRecord": "relay.store",
+    "MemoryStore": "relay.store",
+    "SQLiteStore": "relay.store",
+}
 __all__ = [
     "BridgeBusy",
     "BridgeNotConnected",
@@ -36,3 +47,30 @@ __all__ = [
     "TunnelError",
     "UnknownBridge",
 ]
+
+if TYPE_CHECKING:
+    from relay.config import RelayConfig
+    from relay.errors import (
+        BridgeBusy,
+        BridgeNotConnected,
+        RelayError,
+        RelayShuttingDown,
+        TargetNotAllowed,
+        TargetUnreachable,
+        TunnelError,
+        UnknownBridge,
+    )
+    from relay.relay import Relay
+    from relay.store import BridgeRecord, MemoryStore, SQLiteStore
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

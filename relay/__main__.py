@@ -1,5 +1,5 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-from .cli import main
+from relay.cli import main
 
 raise SystemExit(main())

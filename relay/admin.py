@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from .errors import RelayError
+from relay.errors import RelayError
 
 log = logging.getLogger("relay.admin")
 

@@ -24,21 +24,20 @@ import attrs
 import trio
 
 import mux
-from bridge import logs
-from bridge.addresses import format_host_port, parse_host_port, parse_listen_address
-from bridge.metrics import serve_metrics
-from bridge.systemd import Notifier, run_watchdog
-from bridge.websocket_stream import DEFAULT_PATH, WebSocketConfig, serve_websocket_agents
-
-from . import admin
-from .certificates import ensure_self_signed, fingerprint, server_ssl_context
-from .config import RelayConfig
-from .credentials import DEFAULT_COST, check_cost
-from .errors import CertificateError, DuplicateBridge, InvalidBridgeName, UnknownBridge
-from .forward import ForwardSpec, serve_forward
-from .relay import Relay
-from .socks import SocksConfig, serve_socks
-from .store import SQLiteStore
+from bridge.ops import logs
+from bridge.ops.metrics import serve_metrics
+from bridge.ops.systemd import Notifier, run_watchdog
+from bridge.protocol.addresses import format_host_port, parse_host_port, parse_listen_address
+from bridge.transport.websocket import DEFAULT_PATH, WebSocketConfig, serve_websocket_agents
+from relay import admin
+from relay.certificates import ensure_self_signed, fingerprint, server_ssl_context
+from relay.config import RelayConfig
+from relay.credentials import DEFAULT_COST, check_cost
+from relay.errors import CertificateError, DuplicateBridge, InvalidBridgeName, UnknownBridge
+from relay.forward import ForwardSpec, serve_forward
+from relay.relay import Relay
+from relay.socks import SocksConfig, serve_socks
+from relay.store import SQLiteStore
 
 PROG = "bridge-relay"
 DEFAULT_DATA_DIR = "./relay-data"
@@ -136,11 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     serve = commands.add_parser(
-        "serve", parents=[common], help="accept agents and run the forwards",
+        "serve",
+        parents=[common],
+        help="accept agents and run the forwards",
         description="Accept bridge agents over TLS and tunnel connections through them.",
     )
     serve.add_argument(
-        "--listen", metavar="HOST:PORT",
+        "--listen",
+        metavar="HOST:PORT",
         type=_type(lambda t: parse_host_port(t, allow_zero=True)),
         default=os.environ.get("RELAY_LISTEN", DEFAULT_LISTEN),
         help=_env_help(
@@ -148,133 +150,228 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
-        "--listen-ws", metavar="HOST:PORT",
+        "--listen-ws",
+        metavar="HOST:PORT",
         type=_type(lambda t: parse_host_port(t, allow_zero=True)),
         default=os.environ.get("RELAY_LISTEN_WS"),
         help=_env_help(
             f"also accept agents over WebSocket here (wss://, path {DEFAULT_PATH}, the same TLS "
-            "certificate), for networks that only let HTTPS out", "RELAY_LISTEN_WS", "off",
+            "certificate), for networks that only let HTTPS out",
+            "RELAY_LISTEN_WS",
+            "off",
         ),
     )
     serve.add_argument(
-        "--cert", metavar="FILE", default=os.environ.get("RELAY_CERT"),
-        help=_env_help("TLS certificate (PEM; with --key)", "RELAY_CERT",
-                       "a self-signed certificate kept in the data dir"),
+        "--cert",
+        metavar="FILE",
+        default=os.environ.get("RELAY_CERT"),
+        help=_env_help(
+            "TLS certificate (PEM; with --key)",
+            "RELAY_CERT",
+            "a self-signed certificate kept in the data dir",
+        ),
     )
     serve.add_argument(
-        "--key", metavar="FILE", default=os.environ.get("RELAY_KEY"),
+        "--key",
+        metavar="FILE",
+        default=os.environ.get("RELAY_KEY"),
         help=_env_help("private key of --cert (PEM)", "RELAY_KEY", "the data dir's key"),
     )
     serve.add_argument(
-        "--forward", metavar="BRIDGE=HOST:PORT[@LISTEN_HOST:LISTEN_PORT]", action="append",
+        "--forward",
+        metavar="BRIDGE=HOST:PORT[@LISTEN_HOST:LISTEN_PORT]",
+        action="append",
         type=_type(ForwardSpec.parse),
         help=_env_help(
             "listen locally (default 127.0.0.1, any free port) and tunnel each connection to "
             "HOST:PORT through BRIDGE (a name or ID); repeatable",
-            "RELAY_FORWARD, comma-separated", "none",
+            "RELAY_FORWARD, comma-separated",
+            "none",
         ),
     )
     serve.add_argument(
-        "--socks", metavar="[HOST:]PORT", type=_type(parse_listen_address),
+        "--socks",
+        metavar="[HOST:]PORT",
+        type=_type(parse_listen_address),
         default=os.environ.get("RELAY_SOCKS"),
-        help=_env_help("serve SOCKS5 here (host 127.0.0.1 unless given): a connection to "
-                       "HOST.bridge-BRIDGE goes to HOST through BRIDGE", "RELAY_SOCKS", "off"),
+        help=_env_help(
+            "serve SOCKS5 here (host 127.0.0.1 unless given): a connection to "
+            "HOST.bridge-BRIDGE goes to HOST through BRIDGE",
+            "RELAY_SOCKS",
+            "off",
+        ),
     )
     serve.add_argument(
-        "--socks-user", metavar="USER", default=os.environ.get("RELAY_SOCKS_USER"),
-        help=_env_help("username SOCKS clients must give, with --socks-password",
-                       "RELAY_SOCKS_USER", "no authentication"),
+        "--socks-user",
+        metavar="USER",
+        default=os.environ.get("RELAY_SOCKS_USER"),
+        help=_env_help(
+            "username SOCKS clients must give, with --socks-password",
+            "RELAY_SOCKS_USER",
+            "no authentication",
+        ),
     )
     serve.add_argument(
-        "--socks-password", metavar="PASSWORD", default=os.environ.get("RELAY_SOCKS_PASSWORD"),
-        help=_env_help("password of --socks-user (prefer the environment variable: command "
-                       "lines are visible to other users)", "RELAY_SOCKS_PASSWORD", "none"),
+        "--socks-password",
+        metavar="PASSWORD",
+        default=os.environ.get("RELAY_SOCKS_PASSWORD"),
+        help=_env_help(
+            "password of --socks-user (prefer the environment variable: command "
+            "lines are visible to other users)",
+            "RELAY_SOCKS_PASSWORD",
+            "none",
+        ),
     )
     serve.add_argument(
-        "--metrics", metavar="[HOST:]PORT", type=_type(parse_listen_address),
+        "--metrics",
+        metavar="[HOST:]PORT",
+        type=_type(parse_listen_address),
         default=os.environ.get("RELAY_METRICS"),
-        help=_env_help("serve GET /metrics (Prometheus) and GET /healthz (503 once draining) "
-                       "here, host 127.0.0.1 unless given", "RELAY_METRICS", "off"),
+        help=_env_help(
+            "serve GET /metrics (Prometheus) and GET /healthz (503 once draining) "
+            "here, host 127.0.0.1 unless given",
+            "RELAY_METRICS",
+            "off",
+        ),
     )
     serve.add_argument(
-        "--handshake-timeout", metavar="SECONDS", type=_type(_seconds),
+        "--handshake-timeout",
+        metavar="SECONDS",
+        type=_type(_seconds),
         default=os.environ.get("RELAY_HANDSHAKE_TIMEOUT", "10"),
-        help=_env_help("time an agent has for TLS and authentication",
-                       "RELAY_HANDSHAKE_TIMEOUT", "10"),
+        help=_env_help(
+            "time an agent has for TLS and authentication", "RELAY_HANDSHAKE_TIMEOUT", "10"
+        ),
     )
     serve.add_argument(
-        "--connect-timeout", metavar="SECONDS", type=_type(_seconds),
+        "--connect-timeout",
+        metavar="SECONDS",
+        type=_type(_seconds),
         default=os.environ.get("RELAY_CONNECT_TIMEOUT", "15"),
-        help=_env_help("time an agent has to answer whether it reached a target",
-                       "RELAY_CONNECT_TIMEOUT", "15"),
+        help=_env_help(
+            "time an agent has to answer whether it reached a target", "RELAY_CONNECT_TIMEOUT", "15"
+        ),
     )
     defaults = RelayConfig()
     for flag, env, kind, text, default in [
-        ("--drain-timeout", "RELAY_DRAIN_TIMEOUT", _seconds,
-         "on SIGTERM/SIGINT, how long open tunnels may go on (a second signal stops at once)",
-         defaults.drain_timeout),
-        ("--keepalive-interval", "RELAY_KEEPALIVE_INTERVAL", _seconds,
-         "ping each agent this often", mux.Config().keepalive_interval),
-        ("--keepalive-timeout", "RELAY_KEEPALIVE_TIMEOUT", _seconds,
-         "drop an agent that does not answer a ping within this", mux.Config().ping_timeout),
-        ("--max-pending", "RELAY_MAX_PENDING", _count,
-         "connections still in TLS or authentication; beyond, new ones are closed unread",
-         defaults.max_pending),
-        ("--auth-failures-per-minute", "RELAY_AUTH_FAILURES_PER_MINUTE", _count,
-         "failed logins allowed per source address (IPv4 address or IPv6 /64) per minute, in "
-         "bursts of as many; beyond, its logins are answered BUSY unchecked",
-         defaults.auth_failures_per_minute),
-        ("--max-streams-per-bridge", "RELAY_MAX_STREAMS_PER_BRIDGE", _count,
-         "open tunnels per bridge, across its agents; beyond, new ones are refused",
-         defaults.max_streams_per_bridge),
-        ("--max-pending-opens", "RELAY_MAX_PENDING_OPENS", _count,
-         "tunnels per bridge waiting for the agent to reach their target; beyond, new ones "
-         "are refused", defaults.max_pending_opens),
+        (
+            "--drain-timeout",
+            "RELAY_DRAIN_TIMEOUT",
+            _seconds,
+            "on SIGTERM/SIGINT, how long open tunnels may go on (a second signal stops at once)",
+            defaults.drain_timeout,
+        ),
+        (
+            "--keepalive-interval",
+            "RELAY_KEEPALIVE_INTERVAL",
+            _seconds,
+            "ping each agent this often",
+            mux.Config().keepalive_interval,
+        ),
+        (
+            "--keepalive-timeout",
+            "RELAY_KEEPALIVE_TIMEOUT",
+            _seconds,
+            "drop an agent that does not answer a ping within this",
+            mux.Config().ping_timeout,
+        ),
+        (
+            "--max-pending",
+            "RELAY_MAX_PENDING",
+            _count,
+            "connections still in TLS or authentication; beyond, new ones are closed unread",
+            defaults.max_pending,
+        ),
+        (
+            "--auth-failures-per-minute",
+            "RELAY_AUTH_FAILURES_PER_MINUTE",
+            _count,
+            "failed logins allowed per source address (IPv4 address or IPv6 /64) per minute, in "
+            "bursts of as many; beyond, its logins are answered BUSY unchecked",
+            defaults.auth_failures_per_minute,
+        ),
+        (
+            "--max-streams-per-bridge",
+            "RELAY_MAX_STREAMS_PER_BRIDGE",
+            _count,
+            "open tunnels per bridge, across its agents; beyond, new ones are refused",
+            defaults.max_streams_per_bridge,
+        ),
+        (
+            "--max-pending-opens",
+            "RELAY_MAX_PENDING_OPENS",
+            _count,
+            "tunnels per bridge waiting for the agent to reach their target; beyond, new ones "
+            "are refused",
+            defaults.max_pending_opens,
+        ),
     ]:
         serve.add_argument(
-            flag, metavar="SECONDS" if kind is _seconds else "N", type=_type(kind),
+            flag,
+            metavar="SECONDS" if kind is _seconds else "N",
+            type=_type(kind),
             default=os.environ.get(env, f"{default:g}"),
             help=_env_help(text, env, f"{default:g}"),
         )
-    _add_cost(serve, "bcrypt cost of the stored secrets (unknown bridge IDs are checked "
-                     "against a dummy hash of this cost, so they take as long as known ones)")
+    _add_cost(
+        serve,
+        "bcrypt cost of the stored secrets (unknown bridge IDs are checked "
+        "against a dummy hash of this cost, so they take as long as known ones)",
+    )
     _add_logging(serve, "INFO")
 
     fp = commands.add_parser(
-        "fingerprint", parents=[common], help="print the certificate fingerprint agents pin",
+        "fingerprint",
+        parents=[common],
+        help="print the certificate fingerprint agents pin",
         description="Print sha256:HEX of the relay certificate, for the agent's --fingerprint "
         "(creates the data dir's self-signed certificate if there is none yet).",
     )
     fp.add_argument(
-        "--cert", metavar="FILE", default=os.environ.get("RELAY_CERT"),
-        help=_env_help("certificate to fingerprint", "RELAY_CERT",
-                       "the self-signed certificate in the data dir"),
+        "--cert",
+        metavar="FILE",
+        default=os.environ.get("RELAY_CERT"),
+        help=_env_help(
+            "certificate to fingerprint",
+            "RELAY_CERT",
+            "the self-signed certificate in the data dir",
+        ),
     )
 
     bridges = commands.add_parser(
-        "bridges", parents=[common], help="create, list, delete or rotate bridges",
+        "bridges",
+        parents=[common],
+        help="create, list, delete or rotate bridges",
         description="Manage bridges: each has a name, an ID and a secret (shown once).",
     )
     actions = bridges.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     create = actions.add_parser(
-        "create", parents=[common], help="create a bridge and print its ID and secret",
+        "create",
+        parents=[common],
+        help="create a bridge and print its ID and secret",
         description="Create a bridge; prints BRIDGE_ID=... and BRIDGE_SECRET=... (env-file "
         "ready). The secret cannot be shown again.",
     )
     create.add_argument("name", metavar="NAME", help="1 to 64 letters, digits, '-' or '_'")
     _add_cost(create, "bcrypt cost of the secret's hash")
     actions.add_parser(
-        "list", parents=[common], help="list bridges and whether they are connected",
+        "list",
+        parents=[common],
+        help="list bridges and whether they are connected",
         description="List bridges: name, ID, created, connected or not, last seen.",
     )
     delete = actions.add_parser(
-        "delete", parents=[common], help="delete a bridge and cut its tunnels",
+        "delete",
+        parents=[common],
+        help="delete a bridge and cut its tunnels",
         description="Delete a bridge. A running relay disconnects its agents within 2 seconds "
         "and refuses them from then on.",
     )
     delete.add_argument("bridge", metavar="BRIDGE", help="name or ID")
     rotate = actions.add_parser(
-        "rotate", parents=[common], help="give a bridge a new secret",
+        "rotate",
+        parents=[common],
+        help="give a bridge a new secret",
         description="Give a bridge a new secret and print BRIDGE_SECRET=...; the old secret "
         "stops working and agents using it are disconnected.",
     )
@@ -282,24 +379,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cost(rotate, "bcrypt cost of the new secret's hash")
 
     test = commands.add_parser(
-        "test", parents=[common], help="check that a bridge reaches a target",
+        "test",
+        parents=[common],
+        help="check that a bridge reaches a target",
         description="Ask the running relay (same data dir) to open a tunnel to HOST:PORT "
         "through BRIDGE; prints OK or the agent's own error.",
     )
     test.add_argument("bridge", metavar="BRIDGE", help="name or ID")
     test.add_argument(
-        "target", metavar="HOST:PORT", type=_type(parse_host_port),
+        "target",
+        metavar="HOST:PORT",
+        type=_type(parse_host_port),
         help="the target as the agent sees it",
     )
 
     demo = commands.add_parser(
-        "demo", parents=[common], help="see a tunnel work, all in one process",
+        "demo",
+        parents=[common],
+        help="see a tunnel work, all in one process",
         description="Run a relay, an agent, a small HTTP server behind it and a forward on "
         "loopback, show requests flowing through the tunnel, and print how to connect. "
         "Uses a temporary directory (--data-dir is ignored).",
     )
     demo.add_argument(
-        "--once", action="store_true",
+        "--once",
+        action="store_true",
         help="exit after showing the traffic (default: stay up until Ctrl-C when run in a "
         "terminal, exit otherwise)",
     )
@@ -309,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_cost(parser: argparse.ArgumentParser, text: str) -> None:
     parser.add_argument(
-        "--bcrypt-cost", metavar="N", type=_type(_cost),
+        "--bcrypt-cost",
+        metavar="N",
+        type=_type(_cost),
         default=os.environ.get("RELAY_BCRYPT_COST", str(DEFAULT_COST)),
         help=_env_help(f"{text}, 4 to 31", "RELAY_BCRYPT_COST", str(DEFAULT_COST)),
     )
@@ -317,12 +423,16 @@ def _add_cost(parser: argparse.ArgumentParser, text: str) -> None:
 
 def _add_logging(parser: argparse.ArgumentParser, default_level: str) -> None:
     parser.add_argument(
-        "--log-level", metavar="LEVEL", type=_type(logs.parse_level),
+        "--log-level",
+        metavar="LEVEL",
+        type=_type(logs.parse_level),
         default=os.environ.get("LOG_LEVEL", default_level),
         help=_env_help(f"{', '.join(logs.LEVELS)}", "LOG_LEVEL", default_level),
     )
     parser.add_argument(
-        "--log-format", choices=logs.FORMATS, default=os.environ.get("LOG_FORMAT", "text"),
+        "--log-format",
+        choices=logs.FORMATS,
+        default=os.environ.get("LOG_FORMAT", "text"),
         help=_env_help("log lines on stderr as text or JSON", "LOG_FORMAT", "text"),
     )
 
@@ -383,25 +493,45 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         ),
     )
     relay = Relay(store, ssl_context, config=config)
-    _run_trio(partial(
-        _serve, relay, data_dir, fingerprint(cert), listen=args.listen, listen_ws=args.listen_ws,
-        forwards=forwards, socks=args.socks, socks_config=socks_config, metrics=args.metrics,
-    ))
+    _run_trio(
+        partial(
+            _serve,
+            relay,
+            data_dir,
+            fingerprint(cert),
+            listen=args.listen,
+            listen_ws=args.listen_ws,
+            forwards=forwards,
+            socks=args.socks,
+            socks_config=socks_config,
+            metrics=args.metrics,
+        )
+    )
     return 0
 
 
 async def _serve(
-    relay: Relay, data_dir: Path, cert_fingerprint: str, *, listen: tuple[str, int],
-    listen_ws: tuple[str, int] | None, forwards: list[ForwardSpec],
-    socks: tuple[str, int] | None, socks_config: SocksConfig, metrics: tuple[str, int] | None,
+    relay: Relay,
+    data_dir: Path,
+    cert_fingerprint: str,
+    *,
+    listen: tuple[str, int],
+    listen_ws: tuple[str, int] | None,
+    forwards: list[ForwardSpec],
+    socks: tuple[str, int] | None,
+    socks_config: SocksConfig,
+    metrics: tuple[str, int] | None,
 ) -> None:
     host, port = listen
     notifier = Notifier.from_environ()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             listeners = await _start(
-                nursery, f"cannot listen for agents on {format_host_port(host, port)}",
-                relay.serve, host, port,
+                nursery,
+                f"cannot listen for agents on {format_host_port(host, port)}",
+                relay.serve,
+                host,
+                port,
             )
             address = format_host_port(host, listeners[0].socket.getsockname()[1])
             print(f"agents: listening on {address}", flush=True)
@@ -413,12 +543,18 @@ async def _serve(
                 ws_host, ws_port = listen_ws
                 config = WebSocketConfig(handshake_timeout=relay.config.handshake_timeout)
                 listeners = await _start(
-                    nursery, f"cannot listen for agents on {format_host_port(ws_host, ws_port)}",
+                    nursery,
+                    f"cannot listen for agents on {format_host_port(ws_host, ws_port)}",
                     partial(serve_websocket_agents, config=config),
-                    relay.handle_agent, ws_host, ws_port, relay.ssl_context,
+                    relay.handle_agent,
+                    ws_host,
+                    ws_port,
+                    relay.ssl_context,
                 )
                 address = format_host_port(ws_host, listeners[0].socket.getsockname()[1])
-                print(f"agents (WebSocket): listening on {address}, path {DEFAULT_PATH}", flush=True)
+                print(
+                    f"agents (WebSocket): listening on {address}, path {DEFAULT_PATH}", flush=True
+                )
                 log.info(
                     "Relay listening for WebSocket agents",
                     extra={"fields": {"address": address, "path": DEFAULT_PATH}},
@@ -426,17 +562,28 @@ async def _serve(
             for spec in forwards:
                 listen_address = format_host_port(spec.listen_host, spec.listen_port)
                 listeners = await _start(
-                    nursery, f"cannot listen for forward {spec} on {listen_address}",
-                    serve_forward, relay, spec,
+                    nursery,
+                    f"cannot listen for forward {spec} on {listen_address}",
+                    serve_forward,
+                    relay,
+                    spec,
                 )
                 local = format_host_port(spec.listen_host, listeners[0].socket.getsockname()[1])
                 print(f"forward {spec}: listening on {local}", flush=True)
             if socks is not None:
-                await _listen(nursery, "socks", socks, partial(
-                    serve_socks, relay, config=socks_config, metrics=relay.metrics))
+                await _listen(
+                    nursery,
+                    "socks",
+                    socks,
+                    partial(serve_socks, relay, config=socks_config, metrics=relay.metrics),
+                )
             if metrics is not None:
-                await _listen(nursery, "metrics", metrics, partial(
-                    serve_metrics, relay.metrics, lambda: not relay.stopping))
+                await _listen(
+                    nursery,
+                    "metrics",
+                    metrics,
+                    partial(serve_metrics, relay.metrics, lambda: not relay.stopping),
+                )
             await nursery.start(admin.serve_admin, relay, data_dir / admin.SOCKET_NAME)
             notifier.ready(f"Listening for agents on {address}")
             await nursery.start(run_watchdog, notifier)
@@ -469,8 +616,13 @@ async def _stop_on_signals(signals, relay: Relay, notifier: Notifier) -> None:
     streams = relay.registry.open_streams_total()
     log.info(
         "Stopping: no new agents or tunnels, open tunnels may finish",
-        extra={"fields": {"signal": signal.Signals(signum).name, "open_streams": streams,
-                          "drain_timeout": timeout}},
+        extra={
+            "fields": {
+                "signal": signal.Signals(signum).name,
+                "open_streams": streams,
+                "drain_timeout": timeout,
+            }
+        },
     )
     notifier.stopping(f"Draining {streams} open tunnels")
     async with trio.open_nursery() as nursery:
@@ -513,20 +665,26 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
             bridge_id, secret = store.create_bridge(args.name, cost=args.bcrypt_cost)
             print(f"BRIDGE_ID={bridge_id}")
             print(f"BRIDGE_SECRET={secret}", flush=True)
-            _note(f"Created bridge {args.name}. Store BRIDGE_SECRET now: it cannot be shown "
-                  "again (only its bcrypt hash is kept).")
+            _note(
+                f"Created bridge {args.name}. Store BRIDGE_SECRET now: it cannot be shown "
+                "again (only its bcrypt hash is kept)."
+            )
         elif args.action == "list":
             _list_bridges(store, data_dir)
         elif args.action == "delete":
             record = store.delete(args.bridge)
-            print(f"Deleted bridge {record.name} ({record.id}); a running relay disconnects "
-                  "its agents within 2 seconds.")
+            print(
+                f"Deleted bridge {record.name} ({record.id}); a running relay disconnects "
+                "its agents within 2 seconds."
+            )
         elif args.action == "rotate":
             record = store.get(args.bridge)
             secret = store.rotate(record.id, cost=args.bcrypt_cost)
             print(f"BRIDGE_SECRET={secret}", flush=True)
-            _note(f"New secret for bridge {record.name} ({record.id}); the old one no longer "
-                  "works. Store it now: it cannot be shown again.")
+            _note(
+                f"New secret for bridge {record.name} ({record.id}); the old one no longer "
+                "works. Store it now: it cannot be shown again."
+            )
     except (UnknownBridge, DuplicateBridge, InvalidBridgeName) as exc:
         raise UsageError(str(exc)) from None
     except sqlite3.Error as exc:
@@ -610,7 +768,7 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
-    from .demo import run_demo
+    from relay.demo import run_demo
 
     logs.configure(args.log_level, args.log_format)
     interactive = not args.once and sys.stdin.isatty()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .credentials import DEFAULT_COST, check_cost
+from relay.credentials import DEFAULT_COST, check_cost
 
 if TYPE_CHECKING:
     import mux

@@ -15,15 +15,14 @@ import time
 import h11
 import trio
 
-from bridge.agent import Agent
-from bridge.tls import client_ssl_context
-
-from .certificates import ensure_self_signed, fingerprint, server_ssl_context
-from .config import RelayConfig
-from .errors import RelayError
-from .forward import ForwardSpec, serve_forward
-from .relay import Relay
-from .store import MemoryStore
+from bridge.agent.agent import Agent
+from bridge.transport.tls import client_ssl_context
+from relay.certificates import ensure_self_signed, fingerprint, server_ssl_context
+from relay.config import RelayConfig
+from relay.errors import RelayError
+from relay.forward import ForwardSpec, serve_forward
+from relay.relay import Relay
+from relay.store import MemoryStore
 
 BRIDGE_NAME = "demo"
 DEMO_COST = 4  # bcrypt cost: the demo's secret is thrown away with the process
@@ -57,17 +56,24 @@ async def _show(nursery: trio.Nursery, relay: Relay, bridge_id: str, secret: str
     _say(f"relay:  listening for agents on {LOOPBACK}:{relay_port} (TLS, certificate {pin})")
 
     target_port = _port(await nursery.start(serve_http))
-    _say(f"target: a small HTTP server on {LOOPBACK}:{target_port}, standing in for a private "
-         "service")
+    _say(
+        f"target: a small HTTP server on {LOOPBACK}:{target_port}, standing in for a private "
+        "service"
+    )
 
     allow = [f"{LOOPBACK}:{target_port}"]
     agent = Agent(
-        f"tls://{LOOPBACK}:{relay_port}", bridge_id, secret, allow,
+        f"tls://{LOOPBACK}:{relay_port}",
+        bridge_id,
+        secret,
+        allow,
         client_ssl_context(fingerprint=pin),
     )
     await nursery.start(agent.run)
-    _say(f"agent:  bridge {BRIDGE_NAME!r} ({bridge_id}) dialed out and authenticated; "
-         f"ALLOW={allow[0]}")
+    _say(
+        f"agent:  bridge {BRIDGE_NAME!r} ({bridge_id}) dialed out and authenticated; "
+        f"ALLOW={allow[0]}"
+    )
 
     spec = ForwardSpec(BRIDGE_NAME, LOOPBACK, target_port)
     forward_port = _port(await nursery.start(serve_forward, relay, spec))
@@ -83,8 +89,10 @@ async def _show(nursery: trio.Nursery, relay: Relay, bridge_id: str, secret: str
         sent, response, seconds = await _get(forward_port, path)
         head, _, body = response.partition(b"\r\n\r\n")
         status = head.split(b"\r\n", 1)[0].decode(errors="replace") or "no response"
-        _say(f"  GET {path:<11} -> {status}: sent {sent} bytes, received {len(response)} bytes, "
-             f"round trip {seconds * 1000:.1f} ms")
+        _say(
+            f"  GET {path:<11} -> {status}: sent {sent} bytes, received {len(response)} bytes, "
+            f"round trip {seconds * 1000:.1f} ms"
+        )
     _say(f"  the target said: {body.decode(errors='replace').strip()}")
     try:
         await relay.connect(BRIDGE_NAME, LOOPBACK, 22)

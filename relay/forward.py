@@ -10,10 +10,9 @@ import time
 import attrs
 import trio
 
-from bridge.addresses import format_address, format_host_port, parse_host_port
-from bridge.connect import ConnectRequest
-
-from .errors import RelayError
+from bridge.protocol.addresses import format_address, format_host_port, parse_host_port
+from bridge.protocol.connect import ConnectRequest
+from relay.errors import RelayError
 
 log = logging.getLogger("relay.forward")
 

@@ -27,8 +27,9 @@ from typing import Any
 import trio
 
 import mux
-from bridge.addresses import format_address, format_host_port
-from bridge.connect import (
+from bridge.ops.metrics import TunnelMetrics
+from bridge.protocol.addresses import format_address, format_host_port
+from bridge.protocol.connect import (
     ConnectError,
     ConnectReply,
     ConnectReplyParser,
@@ -36,7 +37,7 @@ from bridge.connect import (
     ConnectStatus,
     encode_connect_request,
 )
-from bridge.handshake import (
+from bridge.protocol.handshake import (
     PROTOCOL_VERSION,
     HandshakeError,
     Hello,
@@ -46,13 +47,11 @@ from bridge.handshake import (
     WelcomeStatus,
     encode_welcome,
 )
-from bridge.metrics import TunnelMetrics
-from bridge.prefixed_stream import PrefixedStream
-from bridge.tls_stream import TLSStream
-
-from .config import RelayConfig
-from .credentials import Verifier
-from .errors import (
+from bridge.transport.prefixed_stream import PrefixedStream
+from bridge.transport.tls_stream import TLSStream
+from relay.config import RelayConfig
+from relay.credentials import Verifier
+from relay.errors import (
     BridgeBusy,
     BridgeNotConnected,
     RelayShuttingDown,
@@ -60,9 +59,9 @@ from .errors import (
     TargetUnreachable,
     TunnelError,
 )
-from .limits import LoginLimiter, Repeats, source_of
-from .registry import AgentSession, Registry
-from .store import BridgeRecord, Store
+from relay.limits import LoginLimiter, Repeats, source_of
+from relay.registry import AgentSession, Registry
+from relay.store import BridgeRecord, Store
 
 log = logging.getLogger("relay.relay")
 
@@ -112,7 +111,11 @@ class Relay:
     """
 
     def __init__(
-        self, store: Store, ssl_context: ssl.SSLContext, *, config: RelayConfig | None = None,
+        self,
+        store: Store,
+        ssl_context: ssl.SSLContext,
+        *,
+        config: RelayConfig | None = None,
         metrics: TunnelMetrics | None = None,
     ) -> None:
         self.store = store
@@ -318,7 +321,9 @@ class Relay:
         self.metrics.auth_failures.inc(listener="agent")
         if self._logins.failed(source) and not limited:
             _log(
-                logging.WARNING, "Authentication failed", bridge_id=_loggable_id(hello.bridge_id),
+                logging.WARNING,
+                "Authentication failed",
+                bridge_id=_loggable_id(hello.bridge_id),
                 peer=peer,
             )
         if limited:
@@ -326,7 +331,11 @@ class Relay:
         raise _Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
 
     async def _run_session(
-        self, transport: trio.abc.Stream, peer: str, record: BridgeRecord, hello: Hello,
+        self,
+        transport: trio.abc.Stream,
+        peer: str,
+        record: BridgeRecord,
+        hello: Hello,
         leftover: bytes,
     ) -> None:
         if leftover:
@@ -344,7 +353,9 @@ class Relay:
                     self.metrics.sessions.inc(bridge=record.name)
                     try:
                         _log(
-                            logging.INFO, "Bridge connected", **fields,
+                            logging.INFO,
+                            "Bridge connected",
+                            **fields,
                             agents=len(self.registry.sessions(record.id)),
                         )
                         self._mark_seen(record.id)
@@ -367,7 +378,10 @@ class Relay:
                     level = logging.INFO if ended.clean else logging.WARNING
             self._mark_seen(record.id)
             _log(
-                level, "Bridge disconnected", **fields, reason=reason,
+                level,
+                "Bridge disconnected",
+                **fields,
+                reason=reason,
                 duration=round(time.time() - agent.connected_at, 3),
             )
 
@@ -386,7 +400,8 @@ class Relay:
                 _log(
                     logging.WARNING,
                     f"Authentication failures from {source}: {count} in the last {seconds:.0f} s",
-                    source=source, failures=count,
+                    source=source,
+                    failures=count,
                     limit=f"{self.config.auth_failures_per_minute} per minute",
                 )
             for key, count, seconds in self._repeats.summaries():
@@ -402,7 +417,8 @@ class Relay:
                         logging.WARNING,
                         f"Tunnels refused, bridge {key[1]} at its limit: {count} more in the last"
                         f" {seconds:.0f} s",
-                        bridge=key[1], refused=count,
+                        bridge=key[1],
+                        refused=count,
                     )
 
     # -- store changes -------------------------------------------------------------------
@@ -468,8 +484,13 @@ class Relay:
         sessions = self.registry.sessions(bridge)
         if not sessions:
             self.metrics.refused.inc(reason="not_connected")
-            _log(logging.WARNING, "Tunnel refused", bridge=bridge, target=target,
-                 reason="not connected")
+            _log(
+                logging.WARNING,
+                "Tunnel refused",
+                bridge=bridge,
+                target=target,
+                reason="not connected",
+            )
             raise BridgeNotConnected(bridge)
         bridge_id, name = sessions[0].bridge_id, sessions[0].bridge_name
         self._check_limits(bridge_id, name)
@@ -481,8 +502,7 @@ class Relay:
             busy = isinstance(exc, BridgeBusy)
             self.metrics.refused.inc(reason="busy" if busy else _reason(exc.status))
             if not busy:
-                _log(logging.WARNING, "Tunnel refused", bridge=name, target=target,
-                     reason=str(exc))
+                _log(logging.WARNING, "Tunnel refused", bridge=name, target=target, reason=str(exc))
             raise
         finally:
             if pending[bridge_id] > 1:
@@ -496,7 +516,8 @@ class Relay:
         count = self.registry.pending_opens.get(bridge_id, 0)
         if count >= self.config.max_pending_opens:
             raise self._busy(
-                bridge_id, name,
+                bridge_id,
+                name,
                 f"Bridge {name}: {count} connections waiting for the agent's answer, the limit",
             )
 
@@ -518,8 +539,14 @@ class Relay:
                 return await self._open_on(agent, request, name, target)
             except _Retry as retry:
                 failure = retry.error or failure
-                _log(logging.INFO, "Retrying a tunnel on another agent", bridge=name,
-                     target=target, peer=agent.peer, reason=str(retry))
+                _log(
+                    logging.INFO,
+                    "Retrying a tunnel on another agent",
+                    bridge=name,
+                    target=target,
+                    peer=agent.peer,
+                    reason=str(retry),
+                )
         if failure is not None:
             raise failure
         raise BridgeNotConnected(name)
@@ -540,9 +567,11 @@ class Relay:
                 parser = ConnectReplyParser()
                 while (reply := parser.feed(data := await stream.receive_some(_READ_SIZE))) is None:
                     if not data:
-                        raise _Retry(TunnelError(
-                            f"Bridge {bridge} closed the connection to {target} without answering"
-                        ))
+                        raise _Retry(
+                            TunnelError(
+                                f"Bridge {bridge} closed the connection to {target} without answering"
+                            )
+                        )
         except mux.StreamReset:
             await trio.aclose_forcefully(stream)
             raise _Retry(TunnelError(f"Bridge {bridge} reset the connection to {target}")) from None
@@ -646,4 +675,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(cause, ssl.SSLError):
         return f"TLS error: {cause.reason or cause}"
     return str(exc) or (str(cause) if cause else "") or type(exc).__name__
-

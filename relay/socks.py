@@ -39,18 +39,17 @@ from typing import Any
 import attrs
 import trio
 
-from bridge.addresses import format_address, format_host_port
-from bridge.connect import ConnectRequest, ConnectStatus
-from bridge.metrics import TunnelMetrics
-
-from .errors import (
+from bridge.ops.metrics import TunnelMetrics
+from bridge.protocol.addresses import format_address, format_host_port
+from bridge.protocol.connect import ConnectRequest, ConnectStatus
+from relay.errors import (
     BridgeNotConnected,
     RelayError,
     TargetNotAllowed,
     TargetUnreachable,
     UnknownBridge,
 )
-from .forward import reset_stream, splice
+from relay.forward import reset_stream, splice
 
 log = logging.getLogger("relay.socks")
 
@@ -88,7 +87,9 @@ class SocksConfig:
 
     handshake_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     credentials: tuple[str, str] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(tuple), validator=_check_credentials,
+        default=None,
+        converter=attrs.converters.optional(tuple),
+        validator=_check_credentials,
         repr=False,
     )
 
@@ -101,7 +102,7 @@ def parse_bridge_host(name: str) -> tuple[str, str] | None:
     at = name.lower().rfind(MARKER)
     if at < 1:
         return None
-    target, bridge = name[:at], name[at + len(MARKER):]
+    target, bridge = name[:at], name[at + len(MARKER) :]
     return (bridge, target) if _BRIDGE.fullmatch(bridge) else None
 
 
@@ -179,20 +180,34 @@ async def _serve_client(
                 request = await _handshake(client, config, metrics)
             remote = await _open(relay, request)
         except _Refused as refusal:
-            _log(logging.WARNING, "SOCKS request refused", client=peer, **refusal.fields,
-                 reply=refusal.reply, reason=refusal.reason)
+            _log(
+                logging.WARNING,
+                "SOCKS request refused",
+                client=peer,
+                **refusal.fields,
+                reply=refusal.reply,
+                reason=refusal.reason,
+            )
             try:
                 await client.send_all(refusal.answer)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             return
         except trio.TooSlowError:
-            _log(logging.INFO, "SOCKS connection dropped", client=peer,
-                 reason=f"no complete request within {config.handshake_timeout:g} s")
+            _log(
+                logging.INFO,
+                "SOCKS connection dropped",
+                client=peer,
+                reason=f"no complete request within {config.handshake_timeout:g} s",
+            )
             return
         except (_Dropped, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            _log(logging.INFO, "SOCKS connection dropped", client=peer,
-                 reason=str(exc) or "connection reset")
+            _log(
+                logging.INFO,
+                "SOCKS connection dropped",
+                client=peer,
+                reason=str(exc) or "connection reset",
+            )
             return
         started = time.monotonic()
         async with remote:
@@ -204,9 +219,18 @@ async def _serve_client(
                 sent, received, clean = await splice(client, remote)
             if not clean:
                 reset_stream(remote)
-        _log(logging.INFO, "SOCKS connection closed", client=peer, bridge=request.bridge,
-             target=request.target, bytes=sent + received, bytes_sent=sent, bytes_received=received,
-             duration=round(time.monotonic() - started, 3), clean=clean)
+        _log(
+            logging.INFO,
+            "SOCKS connection closed",
+            client=peer,
+            bridge=request.bridge,
+            target=request.target,
+            bytes=sent + received,
+            bytes_sent=sent,
+            bytes_received=received,
+            duration=round(time.monotonic() - started, 3),
+            clean=clean,
+        )
 
 
 async def _open(relay, request: _Request) -> trio.abc.HalfCloseableStream:
@@ -286,8 +310,9 @@ async def _read_request(client: trio.SocketStream, metrics: TunnelMetrics) -> _R
     target = format_host_port(host, port)
     if command != 1:
         name = _COMMANDS.get(command, f"command {command}")
-        raise _refuse(Reply.COMMAND_NOT_SUPPORTED, f"only CONNECT is supported, not {name}",
-                      target=target)
+        raise _refuse(
+            Reply.COMMAND_NOT_SUPPORTED, f"only CONNECT is supported, not {name}", target=target
+        )
     if kind != 3:
         reason = f"an IP address names no bridge: {_USAGE}"
     elif (parsed := parse_bridge_host(host)) is None:

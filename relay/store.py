@@ -19,8 +19,8 @@ from typing import Protocol
 
 import attrs
 
-from .credentials import DEFAULT_COST, hash_secret, new_secret
-from .errors import DuplicateBridge, InvalidBridgeName, UnknownBridge
+from relay.credentials import DEFAULT_COST, hash_secret, new_secret
+from relay.errors import DuplicateBridge, InvalidBridgeName, UnknownBridge
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 

@@ -9,8 +9,25 @@ from bench.__main__ import main
 
 def test_mux_bench_tiny(tmp_path, capsys):
     out = tmp_path / "mux.json"
-    argv = ["mux", "--size", "1", "--write-size", "16384", "--streams", "4", "--rounds", "1",
-            "--scale", "50", "--mem-top", "3", "--timeout", "30", "--json", str(out)]
+    argv = [
+        "mux",
+        "--size",
+        "1",
+        "--write-size",
+        "16384",
+        "--streams",
+        "4",
+        "--rounds",
+        "1",
+        "--scale",
+        "50",
+        "--mem-top",
+        "3",
+        "--timeout",
+        "30",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "mux/raw" in table and "Targets" in table

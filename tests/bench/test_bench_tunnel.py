@@ -12,9 +12,26 @@ from bench.procs import descendants
 
 def test_tunnel_bench_tiny(tmp_path, capsys):
     out = tmp_path / "tunnel.json"
-    argv = ["tunnel", "--paths", "tunnel,ssh", "--builtin", "--rounds", "1", "--seconds", "0.3",
-            "--rtt-count", "100", "--rate-seconds", "0.3", "--hold", "50", "--limit", "80",
-            "--json", str(out)]
+    argv = [
+        "tunnel",
+        "--paths",
+        "tunnel,ssh",
+        "--builtin",
+        "--rounds",
+        "1",
+        "--seconds",
+        "0.3",
+        "--rtt-count",
+        "100",
+        "--rate-seconds",
+        "0.3",
+        "--hold",
+        "50",
+        "--limit",
+        "80",
+        "--json",
+        str(out),
+    ]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "tunnel/ssh -L" in table or "Skipped ssh -L" in table

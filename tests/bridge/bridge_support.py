@@ -18,10 +18,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import mux
-from bridge.connect import ConnectReply, ConnectReplyParser, ConnectRequest, encode_connect_request
-from bridge.handshake import Hello, HelloParser, Welcome, WelcomeStatus, encode_welcome
-from bridge.prefixed_stream import PrefixedStream
-from bridge.tls_stream import TLSStream
+from bridge.protocol.connect import (
+    ConnectReply,
+    ConnectReplyParser,
+    ConnectRequest,
+    encode_connect_request,
+)
+from bridge.protocol.handshake import Hello, HelloParser, Welcome, WelcomeStatus, encode_welcome
+from bridge.transport.prefixed_stream import PrefixedStream
+from bridge.transport.tls_stream import TLSStream
 
 
 @attrs.frozen
@@ -44,7 +49,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def make_certificates(directory) -> Certificates:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder()
@@ -56,9 +61,12 @@ def make_certificates(directory) -> Certificates:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -80,7 +88,9 @@ def make_certificates(directory) -> Certificates:
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     paths = {name: directory / name for name in ("ca.pem", "cert.pem", "key.pem")}
@@ -88,7 +98,9 @@ def make_certificates(directory) -> Certificates:
     paths["cert.pem"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths["key.pem"].write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
     )
     return Certificates(
@@ -155,7 +167,9 @@ class FakeRelay:
             await tls.send_all(encode_welcome(welcome))
             if welcome.status != WelcomeStatus.OK:
                 return
-            async with mux.open_session(PrefixedStream(tls, parser.leftover), client=False) as session:
+            async with mux.open_session(
+                PrefixedStream(tls, parser.leftover), client=False
+            ) as session:
                 self._send.send_nowait(session)
                 try:
                     async for stream in session:  # the agent opens none; wait for the end
@@ -177,9 +191,6 @@ class FakeRelay:
             while (reply := parser.feed(data := await stream.receive_some())) is None:
                 assert data, "stream ended before the connect reply"
         return Tunnel(stream, reply, parser.leftover)
-
-
-
 
 
 async def echo(stream: trio.SocketStream) -> None:

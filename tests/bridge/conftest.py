@@ -5,8 +5,8 @@
 import pytest
 from bridge_support import BRIDGE_ID, SECRET, Certificates, FakeRelay, make_certificates
 
-from bridge.agent import Agent, AgentConfig
-from bridge.tls import client_ssl_context
+from bridge.agent.agent import Agent, AgentConfig
+from bridge.transport.tls import client_ssl_context
 
 
 @pytest.fixture(scope="session")

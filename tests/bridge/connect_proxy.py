@@ -53,7 +53,9 @@ class ConnectProxy:
             async def answer(status: int, *extra: tuple[str, str]) -> None:
                 if status >= 300:
                     extra += (("Content-Length", "0"),)
-                await client.send_all(http.send(h11.Response(status_code=status, headers=list(extra))))
+                await client.send_all(
+                    http.send(h11.Response(status_code=status, headers=list(extra)))
+                )
 
             if request.method != b"CONNECT":
                 await answer(405)

@@ -8,17 +8,23 @@ import socket
 
 import pytest
 import trio
-
-from bridge.agent import Agent, AgentConfig, AuthenticationFailed, RelayRejected, RelayUnavailable
-from bridge.allowlist import AllowList
-from bridge.connect import ConnectStatus
-from bridge.handshake import Welcome, WelcomeStatus
-from bridge.tls import certificate_fingerprint, client_ssl_context
-from bridge.websocket_stream import serve_websocket_agents
-from relay import MemoryStore, Relay, RelayConfig
-
 from bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
 from connect_proxy import ConnectProxy
+
+from bridge.agent.agent import (
+    Agent,
+    AgentConfig,
+    AuthenticationFailed,
+    RelayRejected,
+    RelayUnavailable,
+)
+from bridge.agent.allowlist import AllowList
+from bridge.protocol.connect import ConnectStatus
+from bridge.protocol.handshake import Welcome, WelcomeStatus
+from bridge.transport.tls import certificate_fingerprint, client_ssl_context
+from bridge.transport.websocket import serve_websocket_agents
+from relay import MemoryStore, Relay, RelayConfig
+
 
 async def read_all(stream) -> bytes:
     chunks = []
@@ -86,7 +92,9 @@ async def test_half_close_both_ways(nursery, relay, make_agent):
     tunnel = await relay.open(session, "127.0.0.1", port)
     await tunnel.stream.send_all(b"abc" * 100_000)
     await tunnel.stream.send_eof()
-    assert tunnel.leftover + await read_all(tunnel.stream) == hashlib.sha256(b"abc" * 100_000).digest()
+    assert (
+        tunnel.leftover + await read_all(tunnel.stream) == hashlib.sha256(b"abc" * 100_000).digest()
+    )
     assert events == ["target saw EOF"]
 
 
@@ -128,7 +136,9 @@ async def test_hostname_rule_dials_a_resolved_address(nursery, relay, make_agent
     session = await start(nursery, relay, make_agent([f"localhost:{port}"]))
     tunnel = await relay.open(session, "localhost", port)
     assert tunnel.reply == type(tunnel.reply)(ConnectStatus.OK, f"127.0.0.1:{port}")
-    refused = await relay.open(session, "127.0.0.1", port)  # the rule names the host, not the address
+    refused = await relay.open(
+        session, "127.0.0.1", port
+    )  # the rule names the host, not the address
     assert refused.reply.status == ConnectStatus.NOT_ALLOWED
 
 
@@ -229,7 +239,11 @@ async def test_wrong_secret(nursery, relay, make_agent):
     [
         (Welcome(WelcomeStatus.BUSY, "try later"), RelayUnavailable, "BUSY"),
         (Welcome(WelcomeStatus.INTERNAL_ERROR, "oops"), RelayUnavailable, "INTERNAL_ERROR"),
-        (Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "v2 only", version=2), RelayRejected, "version 2"),
+        (
+            Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "v2 only", version=2),
+            RelayRejected,
+            "version 2",
+        ),
         (Welcome(WelcomeStatus.MALFORMED, "bad"), RelayRejected, "MALFORMED"),
         (Welcome(WelcomeStatus.OK, "", version=2), RelayRejected, "version 2"),
     ],
@@ -256,7 +270,9 @@ async def test_wrong_pin_never_sends_the_secret(nursery, relay, make_agent):
 
 
 async def test_untrusted_relay_certificate(nursery, relay, make_agent):
-    with pytest.raises(RelayUnavailable, match="TLS handshake with the relay at 127.0.0.1:.* failed"):
+    with pytest.raises(
+        RelayUnavailable, match="TLS handshake with the relay at 127.0.0.1:.* failed"
+    ):
         await nursery.start(make_agent(ssl_context=client_ssl_context()).run_session)
     assert relay.hellos == []
 
@@ -408,23 +424,33 @@ async def test_websocket_refusals(nursery, ws_relay, certificates):
 
 async def test_websocket_handshake_timeout(nursery, certificates):
     listeners = await nursery.start(
-        serve_websocket_agents, lambda stream, peer: trio.sleep_forever(), "127.0.0.1", 0,
+        serve_websocket_agents,
+        lambda stream, peer: trio.sleep_forever(),
+        "127.0.0.1",
+        0,
         certificates.server_context(),
     )
     url = f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
     context = client_ssl_context(ca_file=certificates.ca_file)
-    agent = Agent(url, BRIDGE_ID, SECRET, ["db:1"], context, config=AgentConfig(handshake_timeout=0.2))
+    agent = Agent(
+        url, BRIDGE_ID, SECRET, ["db:1"], context, config=AgentConfig(handshake_timeout=0.2)
+    )
     with pytest.raises(RelayUnavailable, match="did not finish the handshake in time"):
         await agent.run_session()
 
 
 async def test_drain_while_connecting_over_websocket(nursery, certificates):
     listeners = await nursery.start(
-        serve_websocket_agents, lambda stream, peer: trio.sleep_forever(), "127.0.0.1", 0,
+        serve_websocket_agents,
+        lambda stream, peer: trio.sleep_forever(),
+        "127.0.0.1",
+        0,
         certificates.server_context(),
     )
     url = f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
-    agent = Agent(url, BRIDGE_ID, SECRET, ["db:1"], client_ssl_context(ca_file=certificates.ca_file))
+    agent = Agent(
+        url, BRIDGE_ID, SECRET, ["db:1"], client_ssl_context(ca_file=certificates.ca_file)
+    )
     async with trio.open_nursery() as inner:
         inner.start_soon(agent.run)
         await trio.testing.wait_all_tasks_blocked()

@@ -8,14 +8,13 @@ import os
 
 import pytest
 import trio
+from bridge_support import FakeRelay, echo, serve
 
 import mux
-from bridge.agent import AgentConfig, AuthenticationFailed
-from bridge.connect import ConnectStatus
-from bridge.handshake import Welcome, WelcomeStatus
-from bridge.systemd import Notifier
-
-from bridge_support import FakeRelay, echo, serve
+from bridge.agent.agent import AgentConfig, AuthenticationFailed
+from bridge.ops.systemd import Notifier
+from bridge.protocol.connect import ConnectStatus
+from bridge.protocol.handshake import Welcome, WelcomeStatus
 
 FAST = {"max_backoff": 0.05}
 
@@ -170,11 +169,17 @@ def test_keepalive_settings_reach_the_session():
         keepalive_interval=1.5, keepalive_timeout=0.5, mux_config=mux.Config(accept_backlog=7)
     )
     session = config.session_config()
-    assert (session.keepalive_interval, session.ping_timeout, session.accept_backlog) == (1.5, 0.5, 7)
+    assert (session.keepalive_interval, session.ping_timeout, session.accept_backlog) == (
+        1.5,
+        0.5,
+        7,
+    )
     assert session.enable_keepalive
 
 
-@pytest.mark.parametrize("field", ["keepalive_interval", "keepalive_timeout", "max_backoff", "drain_timeout"])
+@pytest.mark.parametrize(
+    "field", ["keepalive_interval", "keepalive_timeout", "max_backoff", "drain_timeout"]
+)
 def test_durations_must_be_positive(field):
     with pytest.raises(ValueError):
         AgentConfig(**{field: 0})

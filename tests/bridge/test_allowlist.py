@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.allowlist import AllowList, Rule
+from bridge.agent.allowlist import AllowList, Rule
 
 
 @pytest.mark.parametrize(
@@ -42,9 +42,34 @@ def test_str_round_trips():
 
 @pytest.mark.parametrize(
     "entry",
-    ["x", "db:", ":80", "db:0", "db:65536", "db:-1", "db:+1", "db:٣", "db:1.5", "::1:80", "[::1]", "[::1]80",
-     "[db]:80", "[10.0.0.1]:80", "fd00::/8:443", "10.0.0.0/33:1", "a b:1", "-db:1", "db-:1", "db..x:1",
-     "10.0.0.256:80", "*:80", "fe80::1%eth0:80", "[fe80::1%eth0]:80", "dé:80", "x" * 254 + ":1"],
+    [
+        "x",
+        "db:",
+        ":80",
+        "db:0",
+        "db:65536",
+        "db:-1",
+        "db:+1",
+        "db:٣",
+        "db:1.5",
+        "::1:80",
+        "[::1]",
+        "[::1]80",
+        "[db]:80",
+        "[10.0.0.1]:80",
+        "fd00::/8:443",
+        "10.0.0.0/33:1",
+        "a b:1",
+        "-db:1",
+        "db-:1",
+        "db..x:1",
+        "10.0.0.256:80",
+        "*:80",
+        "fe80::1%eth0:80",
+        "[fe80::1%eth0]:80",
+        "dé:80",
+        "x" * 254 + ":1",
+    ],
 )
 def test_bad_entries_name_the_entry(entry):
     with pytest.raises(ValueError, match="invalid allow-list entry") as info:

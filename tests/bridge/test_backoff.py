@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from bridge.backoff import Backoff
+from bridge.agent.backoff import Backoff
 
 
 class Highest(random.Random):

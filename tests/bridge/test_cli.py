@@ -12,9 +12,9 @@ import pytest
 import trio
 from bridge_support import BRIDGE_ID, SECRET
 
-from bridge import cli
-from bridge.allowlist import AllowList
-from bridge.tls import PinnedSSLContext, certificate_fingerprint
+from bridge.agent import cli
+from bridge.agent.allowlist import AllowList
+from bridge.transport.tls import PinnedSSLContext, certificate_fingerprint
 
 ROOT = Path(__file__).parents[2]
 ENV = {
@@ -38,7 +38,9 @@ def error(capsys, argv=(), **env) -> str:
 
 
 def test_env_configuration():
-    agent, level, fmt = cli.load([], {**ENV, "ALLOW": "db:5432, 10.0.0.0/8:*,", "LOG_LEVEL": "debug"})
+    agent, level, fmt = cli.load(
+        [], {**ENV, "ALLOW": "db:5432, 10.0.0.0/8:*,", "LOG_LEVEL": "debug"}
+    )
     assert agent.bridge_id == BRIDGE_ID
     assert str(agent.relay_url) == "tls://relay.example.com:4000"
     assert agent.allow == AllowList.parse(["db:5432", "10.0.0.0/8:*"])
@@ -47,8 +49,22 @@ def test_env_configuration():
 
 def test_flags_override_env(certificates):
     agent, level, fmt = cli.load(
-        ["--id", "other", "--relay", "tls://127.0.0.1:4443", "--allow", "a:1,b:2", "--allow", "c:*",
-         "--ca", certificates.ca_file, "--log-level", "error", "--log-format", "json"],
+        [
+            "--id",
+            "other",
+            "--relay",
+            "tls://127.0.0.1:4443",
+            "--allow",
+            "a:1,b:2",
+            "--allow",
+            "c:*",
+            "--ca",
+            certificates.ca_file,
+            "--log-level",
+            "error",
+            "--log-format",
+            "json",
+        ],
         {**ENV, "LOG_FORMAT": "text"},
     )
     assert agent.bridge_id == "other" and agent.relay_url.port == 4443
@@ -95,7 +111,11 @@ def test_fingerprint(certificates):
         ([], {"BRIDGE_SECRET": None}, "missing bridge secret: set BRIDGE_SECRET"),
         ([], {"BRIDGE_SECRET": ""}, "missing bridge secret"),
         ([], {"RELAY_URL": None}, "missing relay URL: set RELAY_URL or pass --relay"),
-        ([], {"RELAY_URL": "https://relay"}, "invalid relay URL 'https://relay': expected tls://HOST[:PORT]"),
+        (
+            [],
+            {"RELAY_URL": "https://relay"},
+            "invalid relay URL 'https://relay': expected tls://HOST[:PORT]",
+        ),
         (["--relay", "tls://relay/bridge"], {}, "invalid relay URL 'tls://relay/bridge'"),
         (["--proxy", "https://me:hunter2@proxy"], {}, "invalid proxy URL 'https://***@proxy'"),
         ([], {"HTTPS_PROXY": "proxy:x"}, "invalid proxy URL 'proxy:x'"),
@@ -103,9 +123,17 @@ def test_fingerprint(certificates):
         ([], {"ALLOW": None}, "no allow-list: set ALLOW"),
         ([], {"ALLOW": " , "}, "no allow-list"),
         ([], {"ALLOW": "db:5432,db"}, "invalid allow-list entry 'db'"),
-        (["--allow", "db:99999"], {}, "invalid allow-list entry 'db:99999': port must be 1..65535 or *"),
+        (
+            ["--allow", "db:99999"],
+            {},
+            "invalid allow-list entry 'db:99999': port must be 1..65535 or *",
+        ),
         (["--allow-any", "--allow", "db:1"], {}, "--allow-any (ALLOW_ANY) cannot be combined"),
-        (["--ca", "/nonexistent/ca.pem"], {}, "cannot read CA file /nonexistent/ca.pem: No such file"),
+        (
+            ["--ca", "/nonexistent/ca.pem"],
+            {},
+            "cannot read CA file /nonexistent/ca.pem: No such file",
+        ),
         (["--fingerprint", "sha256:abc"], {}, "invalid certificate fingerprint"),
         ([], {"RELAY_FINGERPRINT": "md5:00"}, "invalid certificate fingerprint"),
         ([], {"RELAY_FINGERPRINT": "sha256:" + "0" * 64, "RELAY_CA": "ca.pem"}, "not both"),
@@ -192,5 +220,7 @@ async def test_process_with_wrong_secret_exits_78(relay, certificates):
     )
     assert result.returncode == 78
     lines = result.stderr.decode().splitlines()
-    assert '"event": "Relay rejected the bridge credentials: invalid bridge credentials"' in lines[-1]
+    assert (
+        '"event": "Relay rejected the bridge credentials: invalid bridge credentials"' in lines[-1]
+    )
     assert '"level": "ERROR"' in lines[-1]

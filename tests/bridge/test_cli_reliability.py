@@ -5,9 +5,14 @@
 import pytest
 from bridge_support import BRIDGE_ID, SECRET
 
-from bridge import cli
+from bridge.agent import cli
 
-ENV = {"BRIDGE_ID": BRIDGE_ID, "BRIDGE_SECRET": SECRET, "RELAY_URL": "tls://relay", "ALLOW": "db:5432"}
+ENV = {
+    "BRIDGE_ID": BRIDGE_ID,
+    "BRIDGE_SECRET": SECRET,
+    "RELAY_URL": "tls://relay",
+    "ALLOW": "db:5432",
+}
 SETTINGS = [
     ("--max-backoff", "RECONNECT_MAX_BACKOFF", "max_backoff", 30.0),
     ("--keepalive-interval", "KEEPALIVE_INTERVAL", "keepalive_interval", 30.0),

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.connect import (
+from bridge.protocol.connect import (
     MAX_REPLY,
     MAX_REQUEST,
     ConnectError,
@@ -19,7 +19,9 @@ from bridge.connect import (
 )
 
 
-@pytest.mark.parametrize("host", ["db", "db.internal.example.com", "10.0.0.5", "::1", "fe80::1%eth0"])
+@pytest.mark.parametrize(
+    "host", ["db", "db.internal.example.com", "10.0.0.5", "::1", "fe80::1%eth0"]
+)
 def test_request_round_trip(host):
     request = ConnectRequest(host, 5432)
     data = encode_connect_request(request)
@@ -41,7 +43,8 @@ def test_request_bytewise():
 
 
 @pytest.mark.parametrize(
-    "host, port", [("", 1), ("h" * 256, 1), ("a b", 1), ("[::1]", 1), ("db\n", 1), ("db", 0), ("db", 65536)]
+    "host, port",
+    [("", 1), ("h" * 256, 1), ("a b", 1), ("[::1]", 1), ("db\n", 1), ("db", 0), ("db", 65536)],
 )
 def test_invalid_request_values(host, port):
     with pytest.raises(ValueError):
@@ -73,8 +76,13 @@ def test_reply_round_trip(status):
 
 
 def test_reply_layout_and_bound():
-    assert encode_connect_reply(ConnectReply(ConnectStatus.OK, "1.2.3.4:5")) == b"\x00\x00\x091.2.3.4:5"
-    assert len(encode_connect_reply(ConnectReply(ConnectStatus.OK, "x" * 1024))) == MAX_REPLY == 1027
+    assert (
+        encode_connect_reply(ConnectReply(ConnectStatus.OK, "1.2.3.4:5"))
+        == b"\x00\x00\x091.2.3.4:5"
+    )
+    assert (
+        len(encode_connect_reply(ConnectReply(ConnectStatus.OK, "x" * 1024))) == MAX_REPLY == 1027
+    )
     with pytest.raises(ValueError):
         ConnectReply(ConnectStatus.OK, "x" * 1025)
 

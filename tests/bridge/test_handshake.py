@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.handshake import (
+from bridge.protocol.handshake import (
     MAX_HELLO,
     MAX_WELCOME,
     HandshakeError,
@@ -21,7 +21,9 @@ from bridge.handshake import (
     encode_welcome,
 )
 
-HELLO = Hello("0db4d173-a5ba-4be9-ae26-beab2f2875ee", "s3cr3t-value", {"agent": "trio-bridge/0.1.0"})
+HELLO = Hello(
+    "0db4d173-a5ba-4be9-ae26-beab2f2875ee", "s3cr3t-value", {"agent": "trio-bridge/0.1.0"}
+)
 
 
 def feed_bytewise(parser, data):
@@ -196,7 +198,12 @@ json_values = st.recursive(
 )
 
 
-@given(ident, ident, st.dictionaries(st.text(max_size=10), json_values, max_size=4), st.binary(max_size=50))
+@given(
+    ident,
+    ident,
+    st.dictionaries(st.text(max_size=10), json_values, max_size=4),
+    st.binary(max_size=50),
+)
 def test_hello_round_trip_property(bridge_id, secret, info, tail):
     hello = Hello(bridge_id, secret, info)
     if len(json.dumps(info, separators=(",", ":"), ensure_ascii=False).encode()) > 1024:

@@ -13,7 +13,7 @@ import trio
 from bridge_support import echo, serve
 from connect_proxy import ConnectProxy
 
-from bridge.http_proxy import (
+from bridge.transport.http_proxy import (
     ProxyError,
     ProxyURL,
     bypasses_proxy,
@@ -21,8 +21,8 @@ from bridge.http_proxy import (
     open_via_proxy,
     proxy_for,
 )
-from bridge.tls import client_ssl_context
-from bridge.tls_stream import TLSStream
+from bridge.transport.tls import client_ssl_context
+from bridge.transport.tls_stream import TLSStream
 
 # -- proxy URLs and their selection -------------------------------------------------------
 

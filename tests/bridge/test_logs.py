@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bridge import logs
+from bridge.ops import logs
 
 LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\t(?P<level>[A-Z]+)\t(?P<rest>.*)")
 
@@ -41,7 +41,11 @@ def test_text_format(configured, capsys):
     log.info("Handling incoming proxy connections")
     log.debug("hidden")
     first, second = lines(capsys)
-    assert first.split("\t")[1:] == ["INFO", "Connecting to bridge server", '{"address": "127.0.0.1:4000"}']
+    assert first.split("\t")[1:] == [
+        "INFO",
+        "Connecting to bridge server",
+        '{"address": "127.0.0.1:4000"}',
+    ]
     assert LINE.fullmatch(first)
     assert second.split("\t")[1:] == ["INFO", "Handling incoming proxy connections"]
 
@@ -63,7 +67,9 @@ def test_json_format(configured, capsys):
         raise RuntimeError("boom")
     except RuntimeError:
         log.exception("failed")
-    records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    records = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
     assert list(records[0]) == ["ts", "level", "logger", "event", "stream", "bytes"]
     assert records[0]["event"] == "Connection closed" and records[0]["level"] == "DEBUG"
     assert records[0]["logger"] == "bridge.agent" and records[0]["stream"] == 3
@@ -95,7 +101,10 @@ def test_registered_secret_is_redacted_everywhere(configured, capsys, fmt):
     logs.register_secret(secret)
     log = logging.getLogger("bridge.agent")
     log.debug("secret %s in args", secret)
-    log.info(f"secret {secret} in message", extra={"fields": {"secret": secret, "nested": [{"k": secret}]}})
+    log.info(
+        f"secret {secret} in message",
+        extra={"fields": {"secret": secret, "nested": [{"k": secret}]}},
+    )
     try:
         raise ValueError(f"bad {secret}")
     except ValueError:
@@ -119,10 +128,12 @@ def journal(monkeypatch, tmp_path):
     returns its path and an environment whose JOURNAL_STREAM names it."""
     path = tmp_path / "journal"
     with path.open("w", buffering=1) as stream:
+
         def redirect():
             monkeypatch.setattr(sys, "stderr", stream)
             stat = os.fstat(stream.fileno())
             return path, {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+
         yield redirect
 
 
@@ -139,8 +150,12 @@ def test_journald_text_has_priorities_and_no_timestamp(configured, journal):
         log.exception("error")
     log.critical("critical")
     lines = path.read_text().splitlines()
-    assert lines[:4] == ["<7>DEBUG\tdebug", '<6>INFO\tBridge connected\t{"bridge": "prod"}',
-                         "<4>WARNING\twarning", "<3>ERROR\terror"]
+    assert lines[:4] == [
+        "<7>DEBUG\tdebug",
+        '<6>INFO\tBridge connected\t{"bridge": "prod"}',
+        "<4>WARNING\twarning",
+        "<3>ERROR\terror",
+    ]
     assert lines[-1] == "<2>CRITICAL\tcritical"
     traceback = lines[4:-1]
     assert traceback[0] == "<3>Traceback (most recent call last):"

@@ -14,14 +14,14 @@ import pytest
 import trio
 import trio.testing
 
-from bridge.addresses import parse_listen_address
-from bridge.metrics import (
+from bridge.ops.metrics import (
     CONTENT_TYPE,
     Metrics,
     MetricsServerConfig,
     TunnelMetrics,
     serve_metrics,
 )
+from bridge.protocol.addresses import parse_listen_address
 
 # -- a strict reader of the text format 0.0.4 ------------------------------------------------
 
@@ -82,7 +82,8 @@ def parse_exposition(text: str):
             if sample != name + "_count":
                 continue
             buckets = sorted(
-                (float(dict(l)["le"]), v) for (s, l), v in samples.items()
+                (float(dict(l)["le"]), v)
+                for (s, l), v in samples.items()
                 if s == name + "_bucket" and l - {("le", dict(l)["le"])} == labels
             )
             assert buckets[-1] == (math.inf, count)
@@ -181,10 +182,9 @@ def test_misuse_is_refused():
 
 def test_gauge_tracks_a_block():
     gauge = Metrics().gauge("g", "in progress", ["bridge"])
-    with pytest.raises(RuntimeError):
-        with gauge.labels(bridge="prod").track():
-            assert gauge.value(bridge="prod") == 1
-            raise RuntimeError
+    with pytest.raises(RuntimeError), gauge.labels(bridge="prod").track():
+        assert gauge.value(bridge="prod") == 1
+        raise RuntimeError
     assert gauge.value(bridge="prod") == 0
 
 
@@ -213,8 +213,11 @@ def test_parse_listen_address():
     assert parse_listen_address("[::1]:9100") == ("::1", 9100)
     assert parse_listen_address("metrics.local:80") == ("metrics.local", 80)
     for text, problem in [
-        ("::1:9100", "brackets"), ("host:99999", "0 to 65535"), ("host:", "0 to 65535"),
-        ("bad host:1", "not a hostname"), ("[::1]9100", r"\[IPV6\]:PORT"),
+        ("::1:9100", "brackets"),
+        ("host:99999", "0 to 65535"),
+        ("host:", "0 to 65535"),
+        ("bad host:1", "not a hostname"),
+        ("[::1]9100", r"\[IPV6\]:PORT"),
     ]:
         with pytest.raises(ValueError, match=problem):
             parse_listen_address(text)
@@ -233,7 +236,10 @@ class Endpoint:
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         result = await trio.run_process(
             ["curl", "-sS", "--max-time", "10", "-i", *args],
-            capture_stdout=True, capture_stderr=True, check=False, env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
         )
         assert result.returncode == 0, result.stderr
         head, _, body = result.stdout.partition(b"\r\n\r\n")
@@ -257,9 +263,9 @@ async def endpoint(nursery):
     metrics = TunnelMetrics()
     healthy = [True]
     config = MetricsServerConfig(request_timeout=0.5, max_request_head=1024)
-    listeners = await nursery.start(partial(
-        serve_metrics, metrics, lambda: healthy[0], "127.0.0.1", 0, config=config
-    ))
+    listeners = await nursery.start(
+        partial(serve_metrics, metrics, lambda: healthy[0], "127.0.0.1", 0, config=config)
+    )
     endpoint = Endpoint(listeners[0].socket.getsockname()[1])
     endpoint.metrics, endpoint.healthy = metrics, healthy
     return endpoint

@@ -5,7 +5,7 @@ import pytest
 import trio
 import trio.testing
 
-from bridge.prefixed_stream import PrefixedStream
+from bridge.transport.prefixed_stream import PrefixedStream
 
 PREFIX = b"bytes that arrived with the handshake"
 

@@ -7,7 +7,7 @@ import socket
 import pytest
 import trio
 
-from bridge.systemd import Notifier, run_watchdog
+from bridge.ops.systemd import Notifier, run_watchdog
 
 
 @pytest.fixture
@@ -78,7 +78,9 @@ def test_a_missing_socket_is_not_an_error(tmp_path):
     ],
 )
 def test_watchdog_interval_is_half_of_watchdog_usec(env, interval):
-    assert Notifier.from_environ({"NOTIFY_SOCKET": "/run/notify", **env}).watchdog_interval == interval
+    assert (
+        Notifier.from_environ({"NOTIFY_SOCKET": "/run/notify", **env}).watchdog_interval == interval
+    )
 
 
 async def test_run_watchdog_pings_from_the_loop(listener, autojump_clock):

@@ -8,7 +8,7 @@ from functools import partial
 import pytest
 import trio
 
-from bridge.tls import (
+from bridge.transport.tls import (
     FingerprintMismatch,
     PinnedSSLContext,
     certificate_fingerprint,
@@ -119,7 +119,9 @@ async def test_system_cas_refuse_a_private_ca(certificates):
 
 async def test_hostname_is_checked(certificates):
     with pytest.raises(trio.BrokenResourceError):
-        await handshake(certificates, client_ssl_context(ca_file=certificates.ca_file), "relay.example.com")
+        await handshake(
+            certificates, client_ssl_context(ca_file=certificates.ca_file), "relay.example.com"
+        )
 
 
 async def test_fingerprint_pin(certificates):
@@ -128,4 +130,7 @@ async def test_fingerprint_pin(certificates):
     check_fingerprint(client, parse_fingerprint(good))
     with pytest.raises(FingerprintMismatch) as info:
         check_fingerprint(client, DIGEST)
-    assert str(info.value) == f"relay certificate {good} does not match the pinned sha256:{DIGEST.hex()}"
+    assert (
+        str(info.value)
+        == f"relay certificate {good} does not match the pinned sha256:{DIGEST.hex()}"
+    )

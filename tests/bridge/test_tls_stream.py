@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from bridge.tls import client_ssl_context
-from bridge.tls_stream import TLSStream
+from bridge.transport.tls import client_ssl_context
+from bridge.transport.tls_stream import TLSStream
 
 
 @pytest.fixture
@@ -71,8 +71,11 @@ async def test_send_some_reports_what_it_sent(make_pair) -> None:
 
 async def test_untrusted_certificate_fails_the_handshake(certificates) -> None:
     a, b = (trio.SocketStream(sock) for sock in trio.socket.socketpair())
-    client = TLSStream.wrap(a, ssl.create_default_context(), server_side=False, server_hostname="localhost")
+    client = TLSStream.wrap(
+        a, ssl.create_default_context(), server_side=False, server_hostname="localhost"
+    )
     server = TLSStream.wrap(b, certificates.server_context(), server_side=True)
+
     async def serve_handshake() -> None:
         with contextlib.suppress(trio.BrokenResourceError):
             await server.do_handshake()

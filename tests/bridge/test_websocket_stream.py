@@ -16,13 +16,18 @@ from bridge_support import echo, serve
 from connect_proxy import ConnectProxy
 
 import mux
-from bridge.connect import ConnectReply, ConnectRequestParser, ConnectStatus, encode_connect_reply
-from bridge.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
-from bridge.http_proxy import ProxyURL
-from bridge.prefixed_stream import PrefixedStream
-from bridge.tls import FingerprintMismatch, certificate_fingerprint, client_ssl_context
-from bridge.tls_stream import TLSStream
-from bridge.websocket_stream import (
+from bridge.protocol.connect import (
+    ConnectReply,
+    ConnectRequestParser,
+    ConnectStatus,
+    encode_connect_reply,
+)
+from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
+from bridge.transport.http_proxy import ProxyURL
+from bridge.transport.prefixed_stream import PrefixedStream
+from bridge.transport.tls import FingerprintMismatch, certificate_fingerprint, client_ssl_context
+from bridge.transport.tls_stream import TLSStream
+from bridge.transport.websocket import (
     WebSocketConfig,
     WebSocketError,
     WebSocketStream,
@@ -46,7 +51,10 @@ class Server:
 
     async def start(self, nursery: trio.Nursery, certificates, handler=None) -> Server:
         listeners = await nursery.start(
-            serve_websocket_agents, handler or self._hand_over, "127.0.0.1", 0,
+            serve_websocket_agents,
+            handler or self._hand_over,
+            "127.0.0.1",
+            0,
             certificates.server_context(),
         )
         self.port = listeners[0].socket.getsockname()[1]
@@ -165,7 +173,9 @@ async def _tls_then_close(certificates, tcp: trio.SocketStream) -> None:
             await tls.receive_some()
 
 
-async def test_a_plain_tls_port_fails_the_upgrade_at_once(nursery, certificates, client_context) -> None:
+async def test_a_plain_tls_port_fails_the_upgrade_at_once(
+    nursery, certificates, client_context
+) -> None:
     port = await serve(nursery, partial(_tls_then_close, certificates))
     config = WebSocketConfig(handshake_timeout=600)
     with pytest.raises(WebSocketError, match="closed during the WebSocket upgrade to /bridge"):
@@ -213,7 +223,9 @@ async def test_untrusted_certificate_fails_tls(server, caplog) -> None:
 
 async def test_websocket_urls_are_checked(client_context) -> None:
     for url in ("tls://relay:4000", "wss://", "wss://relay:0/bridge", "wss://me:pw@relay/bridge"):
-        with pytest.raises(ValueError, match=r"invalid WebSocket URL .*: expected wss://HOST\[:PORT\]"):
+        with pytest.raises(
+            ValueError, match=r"invalid WebSocket URL .*: expected wss://HOST\[:PORT\]"
+        ):
             async with open_websocket_stream(url, client_context):
                 pass  # pragma: no cover
 
@@ -294,7 +306,10 @@ async def test_relay_admits_an_agent_over_websocket(nursery, certificates, clien
             pass
         assert welcome.status == WelcomeStatus.OK
         transport = PrefixedStream(ws, welcome_parser.leftover)
-        async with mux.open_session(transport, client=True) as session, trio.open_nursery() as agent:
+        async with (
+            mux.open_session(transport, client=True) as session,
+            trio.open_nursery() as agent,
+        ):
             agent.start_soon(serve_tunnel, session)
             async with await relay.connect("office", "127.0.0.1", target_port) as tunnel:
                 await tunnel.send_all(b"hello through the relay")

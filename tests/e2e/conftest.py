@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from e2e_support import Postgres, Process, clean_env, free_port
 from process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/faults)
-    bridge, launch, pytest_runtest_makereport, pytest_runtest_setup,
+    bridge,
+    launch,
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
 )
 
 
@@ -29,6 +31,7 @@ from process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with te
 def _tear_down_on_sigterm() -> Iterator[None]:
     """`timeout` and CI runners stop pytest with SIGTERM: tear the fixtures down (and so stop
     every process they started) as on Ctrl-C, instead of leaving servers running."""
+
     def interrupt(signum: int, frame) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -44,6 +47,7 @@ def _tear_down_on_sigterm() -> Iterator[None]:
 
 # -- PostgreSQL --------------------------------------------------------------------------------
 
+
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (end-to-end tests may not skip when CI=true)")
@@ -52,8 +56,10 @@ def _unavailable(reason: str) -> None:
 
 def _postgres_bin_dir() -> Path | None:
     """The newest /usr/lib/postgresql/VERSION/bin that has a server."""
+
     def version(server: Path) -> tuple[int, ...]:
         return tuple(int(part) for part in re.findall(r"\d+", server.parent.parent.name))
+
     servers = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=version)
     return servers[-1].parent if servers else None
 
@@ -82,17 +88,51 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
             os.chown(root, as_user["user"], as_user["group"])
         data = root / "data"
         initdb = subprocess.run(
-            [bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync",
-             "-E", "UTF8", "--locale=C"],
-            cwd=root, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
-            env=clean_env(), **as_user)
+            [
+                bin_dir / "initdb",
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=clean_env(),
+            **as_user,
+        )
         assert initdb.returncode == 0, f"initdb failed:\n{initdb.stdout}{initdb.stderr}"
         port = free_port()
         server = Process(
             "postgres",
-            [bin_dir / "postgres", "-D", data, "-h", "127.0.0.1", "-p", port, "-k", root,
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-            tmp_path_factory.mktemp("postgres-logs"), cwd=root, **as_user)
+            [
+                bin_dir / "postgres",
+                "-D",
+                data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-k",
+                root,
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ],
+            tmp_path_factory.mktemp("postgres-logs"),
+            cwd=root,
+            **as_user,
+        )
         server.wait_for("database system is ready to accept connections", timeout=60)
         yield Postgres(psql, port)
     finally:
@@ -109,8 +149,11 @@ Handler = Callable[[trio.SocketStream], Awaitable[None]]
 @pytest.fixture
 async def tcp_server(nursery: trio.Nursery) -> Callable[[Handler], Awaitable[str]]:
     """Starts a server on 127.0.0.1 running `handler` per connection; returns its HOST:PORT."""
+
     async def start(handler: Handler) -> str:
-        listeners = await nursery.start(functools.partial(
-            trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
+        )
         return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+
     return start

@@ -38,9 +38,24 @@ LOG_TAIL = 12_000
 
 # Variables a user's shell might carry that would change what the tests start.
 CONFIG_VARIABLES = (
-    "BRIDGE_ID", "BRIDGE_SECRET", "RELAY_URL", "RELAY_FINGERPRINT", "RELAY_CA", "ALLOW",
-    "ALLOWED_HOSTS", "ALLOW_ANY", "LOG_LEVEL", "LOG_FORMAT", "RELAY_DATA_DIR", "NOTIFY_SOCKET",
-    "WATCHDOG_USEC", "WATCHDOG_PID", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy",
+    "BRIDGE_ID",
+    "BRIDGE_SECRET",
+    "RELAY_URL",
+    "RELAY_FINGERPRINT",
+    "RELAY_CA",
+    "ALLOW",
+    "ALLOWED_HOSTS",
+    "ALLOW_ANY",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "RELAY_DATA_DIR",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
     "JOURNAL_STREAM",
 )
 
@@ -60,10 +75,17 @@ def clean_env(**values: str | None) -> dict[str, str]:
     return env
 
 
-def run(argv: list[str], *, env: dict[str, str] | None = None,
-        timeout: float = STARTUP_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=clean_env() if env is None else env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+def run(
+    argv: list[str], *, env: dict[str, str] | None = None, timeout: float = STARTUP_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        env=clean_env() if env is None else env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def relay_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,16 +111,29 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = STARTU
 class Process:
     """A process in its own process group, its output going to NAME.out and NAME.err in log_dir."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path, *,
-                 env: dict[str, str] | None = None, **popen) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        **popen,
+    ) -> None:
         self.name = name
         stem = log_dir / f"{len(started):03d}-{name}"
         self.stdout_path, self.stderr_path = stem.with_suffix(".out"), stem.with_suffix(".err")
         popen.setdefault("cwd", log_dir)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.popen = subprocess.Popen(
-                [str(arg) for arg in argv], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env=clean_env() if env is None else env, start_new_session=True, **popen)
+                [str(arg) for arg in argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=clean_env() if env is None else env,
+                start_new_session=True,
+                **popen,
+            )
         started.append(self)
 
     def stdout(self) -> str:
@@ -118,8 +153,14 @@ class Process:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self.name} is still running after {timeout} s") from None
 
-    def wait_for(self, pattern: str, *, stream: str = "stderr", count: int = 1,
-                 timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
+    def wait_for(
+        self,
+        pattern: str,
+        *,
+        stream: str = "stderr",
+        count: int = 1,
+        timeout: float = STARTUP_TIMEOUT,
+    ) -> re.Match[str]:
         """The `count`-th match of `pattern` (a multi-line regex) in the process's output."""
         __tracebackhide__ = True
         regex = re.compile(pattern, re.MULTILINE)
@@ -131,11 +172,14 @@ class Process:
             if len(matches) >= count:
                 return matches[count - 1]
             if exited:
-                raise AssertionError(f"{self.name} exited with status {self.poll()} "
-                                     f"before printing /{pattern}/ on {stream}")
+                raise AssertionError(
+                    f"{self.name} exited with status {self.poll()} "
+                    f"before printing /{pattern}/ on {stream}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} did not print /{pattern}/ on {stream} "
-                                     f"within {timeout} s")
+                raise AssertionError(
+                    f"{self.name} did not print /{pattern}/ on {stream} within {timeout} s"
+                )
             time.sleep(0.05)
 
     def stop(self, first: signal.Signals | None = None, grace: float = 10.0) -> None:
@@ -177,14 +221,34 @@ class Postgres:
         return f"127.0.0.1:{self.port}"
 
     def psql_argv(self, sql: str, port: int | None = None) -> list[str]:
-        return [self.psql_bin, "-h", "127.0.0.1", "-p", str(port or self.port), "-U", "postgres",
-                "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]
+        return [
+            self.psql_bin,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port or self.port),
+            "-U",
+            "postgres",
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ]
 
-    def psql(self, sql: str, port: int | None = None,
-             timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    def psql(
+        self, sql: str, port: int | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[bytes]:
         """`sql` through psql, directly or (with `port`) through a forward; stdout as bytes."""
-        return subprocess.run(self.psql_argv(sql, port), env=self.env, stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout)
+        return subprocess.run(
+            self.psql_argv(sql, port),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+        )
 
 
 @dataclass(frozen=True)
@@ -228,8 +292,15 @@ class Launcher:
 
     def relay(self, *targets: str, args: Iterable[str | Path] = ()) -> Relay:
         """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening."""
-        argv = [RELAY, "--data-dir", self.bridge.data_dir, "serve", "--listen", "127.0.0.1:0",
-                *args]
+        argv = [
+            RELAY,
+            "--data-dir",
+            self.bridge.data_dir,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            *args,
+        ]
         for target in targets:
             argv += ["--forward", f"{self.bridge.name}={target}"]
         process = self.start("relay", argv)
@@ -238,23 +309,37 @@ class Launcher:
         for target in targets:
             listening = process.wait_for(
                 rf"^forward {re.escape(self.bridge.name)} -> {re.escape(target)}: "
-                r"listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
+                r"listening on 127\.0\.0\.1:(\d+)$",
+                stream="stdout",
+            )
             forwards[target] = int(listening[1])
         return Relay(process, int(agents[1]), forwards)
 
-    def agent(self, relay: Relay, allow: Iterable[str], *, args: Iterable[str | Path] = (),
-              wait: bool = True, **env: str | None) -> Process:
+    def agent(
+        self,
+        relay: Relay,
+        allow: Iterable[str],
+        *,
+        args: Iterable[str | Path] = (),
+        wait: bool = True,
+        **env: str | None,
+    ) -> Process:
         """`bridge-agent ARGS` configured through its environment (`env` changes the defaults:
         this test's bridge, pinning the relay's certificate); with `wait`, once connected."""
-        defaults = {"BRIDGE_ID": self.bridge.id, "BRIDGE_SECRET": self.bridge.secret,
-                    "RELAY_URL": relay.url, "RELAY_FINGERPRINT": self.bridge.fingerprint,
-                    "ALLOW": ",".join(allow)}
+        defaults = {
+            "BRIDGE_ID": self.bridge.id,
+            "BRIDGE_SECRET": self.bridge.secret,
+            "RELAY_URL": relay.url,
+            "RELAY_FINGERPRINT": self.bridge.fingerprint,
+            "ALLOW": ",".join(allow),
+        }
         agent = self.start("agent", [AGENT, *args], env=clean_env(**(defaults | env)))
         if wait:
             agent.wait_for(r"\tHandling incoming proxy connections")
             relay.connected += 1
-            relay.process.wait_for(rf'\tBridge connected\t.*"{re.escape(self.bridge.name)}"',
-                                   count=relay.connected)
+            relay.process.wait_for(
+                rf'\tBridge connected\t.*"{re.escape(self.bridge.name)}"', count=relay.connected
+            )
         return agent
 
     def tunnel(self, targets: list[str], allow: list[str] | None = None) -> tuple[Relay, Process]:
@@ -273,14 +358,14 @@ class Launcher:
 
 @dataclass(frozen=True)
 class TLSFiles:
-    ca: Path    # a CA certificate
+    ca: Path  # a CA certificate
     cert: Path  # a relay certificate for 127.0.0.1 signed by that CA
-    key: Path   # the relay certificate's key
+    key: Path  # the relay certificate's key
 
 
 def write_tls_files(directory: Path) -> TLSFiles:
     """A throwaway CA and a relay certificate it signed, as PEM files in `directory`."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def certificate(subject: str, key, issuer: str, signer, *, ca: bool) -> x509.Certificate:
         builder = (
@@ -291,10 +376,13 @@ def write_tls_files(directory: Path) -> TLSFiles:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if not ca:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
         return builder.sign(signer, hashes.SHA256())
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -304,7 +392,11 @@ def write_tls_files(directory: Path) -> TLSFiles:
     files = TLSFiles(directory / "ca.pem", directory / "relay.pem", directory / "relay-key.pem")
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(relay.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(relay_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    files.key.write_bytes(
+        relay_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return files

@@ -9,9 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from e2e_support import BRIDGE_NAME, Bridge, Launcher, parse_assignments, relay_cli, started
-
 
 _FIRST_PROCESS = pytest.StashKey[int]()
 
@@ -42,8 +40,13 @@ def bridge(tmp_path: Path) -> Bridge:
     credentials = parse_assignments(created.stdout)
     fingerprint = relay_cli(data_dir, "fingerprint")
     assert fingerprint.returncode == 0, fingerprint.stderr
-    return Bridge(data_dir, BRIDGE_NAME, credentials["BRIDGE_ID"], credentials["BRIDGE_SECRET"],
-                  fingerprint.stdout.strip())
+    return Bridge(
+        data_dir,
+        BRIDGE_NAME,
+        credentials["BRIDGE_ID"],
+        credentials["BRIDGE_SECRET"],
+        fingerprint.stdout.strip(),
+    )
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bridge"))
-from connect_proxy import ConnectProxy  # noqa: E402
+from connect_proxy import ConnectProxy
 
 REPORT_INTERVAL = 0.02
 

@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from e2e_support import AGENT, RELAY, clean_env, free_port, run, write_tls_files
 
 USAGE = 2
@@ -47,19 +46,25 @@ AGENT_CASES = {
     "missing-secret": ({"BRIDGE_SECRET": None}, [], "(?i)secret"),
     "missing-id": ({"BRIDGE_ID": None}, [], r"(?i)bridge.?id|--id"),
     "bad-fingerprint": ({"RELAY_FINGERPRINT": "sha256:nothex"}, [], "(?i)fingerprint"),
-    "missing-ca-file": ({"RELAY_FINGERPRINT": None, "RELAY_CA": "/nonexistent/ca.pem"}, [],
-                        "/nonexistent/ca.pem"),
-    "garbage-ca-file": ({"RELAY_FINGERPRINT": None, "RELAY_CA": "{garbage}"}, [],
-                        "garbage.pem"),
+    "missing-ca-file": (
+        {"RELAY_FINGERPRINT": None, "RELAY_CA": "/nonexistent/ca.pem"},
+        [],
+        "/nonexistent/ca.pem",
+    ),
+    "garbage-ca-file": ({"RELAY_FINGERPRINT": None, "RELAY_CA": "{garbage}"}, [], "garbage.pem"),
 }
 
 
 @pytest.mark.parametrize(("changes", "flags", "says"), AGENT_CASES.values(), ids=AGENT_CASES)
 def test_agent_bad_input(changes: dict, flags: list[str], says: str, files: dict[str, str]):
     # Valid apart from `changes`; the relay address has no listener, in case an error is missed.
-    valid = {"BRIDGE_ID": str(uuid.uuid4()), "BRIDGE_SECRET": "s" * 43, "ALLOW": "127.0.0.1:5432",
-             "RELAY_URL": f"tls://127.0.0.1:{free_port()}",
-             "RELAY_FINGERPRINT": "sha256:" + "0" * 64}
+    valid = {
+        "BRIDGE_ID": str(uuid.uuid4()),
+        "BRIDGE_SECRET": "s" * 43,
+        "ALLOW": "127.0.0.1:5432",
+        "RELAY_URL": f"tls://127.0.0.1:{free_port()}",
+        "RELAY_FINGERPRINT": "sha256:" + "0" * 64,
+    }
     changes = {key: value and value.format(**files) for key, value in changes.items()}
     env = clean_env(**(valid | changes))
 
@@ -74,13 +79,19 @@ RELAY_CASES = {
     "listen-no-port": (["serve", "--listen", "localhost"], "localhost"),
     "forward-no-bridge": (["serve", "--forward", "127.0.0.1:5432"], r"127\.0\.0\.1:5432"),
     "forward-bad-target": (["serve", "--forward", "e2e=db.internal"], r"db\.internal"),
-    "forward-bad-listen": (["serve", "--forward", "e2e=db.internal:5432@127.0.0.1:notaport"],
-                           "notaport"),
-    "missing-cert": (["serve", "--cert", "/nonexistent/cert.pem", "--key",
-                      "/nonexistent/key.pem"], r"/nonexistent/(cert|key)\.pem"),
+    "forward-bad-listen": (
+        ["serve", "--forward", "e2e=db.internal:5432@127.0.0.1:notaport"],
+        "notaport",
+    ),
+    "missing-cert": (
+        ["serve", "--cert", "/nonexistent/cert.pem", "--key", "/nonexistent/key.pem"],
+        r"/nonexistent/(cert|key)\.pem",
+    ),
     "garbage-cert": (["serve", "--cert", "{garbage}", "--key", "{key}"], "garbage.pem"),
-    "missing-key": (["serve", "--cert", "{cert}", "--key", "/nonexistent/key.pem"],
-                    "/nonexistent/key.pem"),
+    "missing-key": (
+        ["serve", "--cert", "{cert}", "--key", "/nonexistent/key.pem"],
+        "/nonexistent/key.pem",
+    ),
     "garbage-key": (["serve", "--cert", "{cert}", "--key", "{garbage}"], "garbage.pem"),
     "test-bad-target": (["test", "e2e", "db.internal"], r"db\.internal"),
 }

@@ -9,7 +9,6 @@ import secrets
 import uuid
 
 import pytest
-
 from e2e_support import Bridge, Launcher, Postgres, parse_assignments, relay_cli, wait_until
 
 EX_CONFIG = 78
@@ -23,8 +22,10 @@ def test_bridges_create_and_list(bridge: Bridge):
     created = relay_cli(bridge.data_dir, "bridges", "create", "second", "--bcrypt-cost", "4")
 
     assert created.returncode == 0, created.stderr
-    assert [line.split("=", 1)[0] for line in created.stdout.splitlines()] == \
-        ["BRIDGE_ID", "BRIDGE_SECRET"]
+    assert [line.split("=", 1)[0] for line in created.stdout.splitlines()] == [
+        "BRIDGE_ID",
+        "BRIDGE_SECRET",
+    ]
     credentials = parse_assignments(created.stdout)
     uuid.UUID(credentials["BRIDGE_ID"])
     assert len(credentials["BRIDGE_SECRET"]) >= 43  # 32 random bytes
@@ -40,8 +41,9 @@ def test_bridges_create_and_list(bridge: Bridge):
 def test_wrong_credentials_are_refused(launch: Launcher, bridge: Bridge, wrong: str):
     relay = launch.relay()
     wrong_secret = secrets.token_urlsafe(32)
-    credentials = ({"BRIDGE_SECRET": wrong_secret} if wrong == "secret"
-                   else {"BRIDGE_ID": str(uuid.uuid4())})
+    credentials = (
+        {"BRIDGE_SECRET": wrong_secret} if wrong == "secret" else {"BRIDGE_ID": str(uuid.uuid4())}
+    )
 
     agent = launch.agent(relay, ["127.0.0.1:5432"], wait=False, **credentials)
 
@@ -72,9 +74,13 @@ def test_delete_cuts_the_live_tunnel(postgres: Postgres, launch: Launcher, bridg
     forward = relay.forwards[postgres.target]
     query = "select pg_sleep(30)"
     live = launch.start("psql", postgres.psql_argv(query, port=forward), env=postgres.env)
-    wait_until(lambda: postgres.psql(
-        f"select count(*) from pg_stat_activity where query = '{query}'").stdout == b"1\n",
-        "the tunneled query to run")
+    wait_until(
+        lambda: (
+            postgres.psql(f"select count(*) from pg_stat_activity where query = '{query}'").stdout
+            == b"1\n"
+        ),
+        "the tunneled query to run",
+    )
 
     deleted = relay_cli(bridge.data_dir, "bridges", "delete", bridge.name)
 

@@ -14,7 +14,6 @@ import sys
 from functools import partial
 
 import trio
-
 from e2e_support import AGENT, RELAY, Bridge, Launcher, Process, Relay, clean_env, free_port
 
 DEBUG_JSON = {"LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"}
@@ -24,7 +23,9 @@ PRIORITIES = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}
 # Runs ARGV with JOURNAL_STREAM naming its stderr, as systemd does for a service whose output
 # goes to the journal.
 UNDER_JOURNALD = [
-    sys.executable, "-c", "import os, sys; s = os.fstat(2); "
+    sys.executable,
+    "-c",
+    "import os, sys; s = os.fstat(2); "
     "os.environ['JOURNAL_STREAM'] = f'{s.st_dev}:{s.st_ino}'; os.execv(sys.argv[1], sys.argv[1:])",
 ]
 
@@ -69,8 +70,9 @@ async def blocking(fn, *args, **kwargs):
 
 async def test_json_logs(launch: Launcher, bridge: Bridge, tcp_server):
     target, refused = await tcp_server(echo), f"127.0.0.1:{free_port()}"
-    relay = await blocking(launch.relay, target, refused,
-                           args=["--log-format", "json", "--log-level", "DEBUG"])
+    relay = await blocking(
+        launch.relay, target, refused, args=["--log-format", "json", "--log-level", "DEBUG"]
+    )
     agent = await blocking(launch.agent, relay, [target], wait=False, **DEBUG_JSON)
     await blocking(relay.process.wait_for, event("Bridge connected"))
 
@@ -83,8 +85,9 @@ async def test_json_logs(launch: Launcher, bridge: Bridge, tcp_server):
     async with await trio.open_tcp_stream("127.0.0.1", relay.forwards[refused]):
         await blocking(relay.process.wait_for, event("Tunnel refused"))
     wrong_secret = secrets.token_urlsafe(32)
-    wrong = await blocking(launch.agent, relay, [target], wait=False,
-                           BRIDGE_SECRET=wrong_secret, **DEBUG_JSON)
+    wrong = await blocking(
+        launch.agent, relay, [target], wait=False, BRIDGE_SECRET=wrong_secret, **DEBUG_JSON
+    )
     assert await blocking(wrong.wait) == 78
     for process in (agent, relay.process):
         await blocking(process.stop, first=signal.SIGTERM)
@@ -92,19 +95,40 @@ async def test_json_logs(launch: Launcher, bridge: Bridge, tcp_server):
     relay_logs, agent_logs, wrong_logs = map(records, (relay.process, agent, wrong))
     size = len(PAYLOAD)
     find(agent_logs, "Connecting to bridge server", address=f"127.0.0.1:{relay.agent_port}")
-    closed = find(agent_logs, "Connection closed", level="DEBUG", target=target,
-                  bytes=2 * size, bytes_sent=size, bytes_received=size)
+    closed = find(
+        agent_logs,
+        "Connection closed",
+        level="DEBUG",
+        target=target,
+        bytes=2 * size,
+        bytes_sent=size,
+        bytes_received=size,
+    )
     assert isinstance(closed["stream"], int) and closed["duration"] >= 0
-    denied = find(agent_logs, f"Host not in allowed hosts list: {refused}", level="WARNING",
-                  target=refused)
+    denied = find(
+        agent_logs, f"Host not in allowed hosts list: {refused}", level="WARNING", target=refused
+    )
     assert isinstance(denied["stream"], int)
     find(relay_logs, "Bridge connected", bridge=bridge.name, id=bridge.id)
-    forwarded = find(relay_logs, "Forwarded connection closed", bridge=bridge.name,
-                     target=target, bytes=2 * size, bytes_sent=size, bytes_received=size,
-                     clean=True)
+    forwarded = find(
+        relay_logs,
+        "Forwarded connection closed",
+        bridge=bridge.name,
+        target=target,
+        bytes=2 * size,
+        bytes_sent=size,
+        bytes_received=size,
+        clean=True,
+    )
     assert forwarded["duration"] >= 0
-    find(relay_logs, "Tunnel refused", level="WARNING", bridge=bridge.name, target=refused,
-         reason=f"Host not in allowed hosts list: {refused}")
+    find(
+        relay_logs,
+        "Tunnel refused",
+        level="WARNING",
+        bridge=bridge.name,
+        target=refused,
+        reason=f"Host not in allowed hosts list: {refused}",
+    )
     failed = find(relay_logs, "Authentication failed", level="WARNING", bridge_id=bridge.id)
     assert failed["peer"].startswith("127.0.0.1:")
     assert any(r["level"] == "ERROR" and "credentials" in r["event"] for r in wrong_logs)
@@ -114,14 +138,30 @@ async def test_json_logs(launch: Launcher, bridge: Bridge, tcp_server):
 
 def test_journald_priorities(launch: Launcher, bridge: Bridge):
     refused = f"127.0.0.1:{free_port()}"
-    process = launch.start("relay", [
-        *UNDER_JOURNALD, RELAY, "--data-dir", bridge.data_dir, "serve", "--listen", "127.0.0.1:0",
-        "--forward", f"{bridge.name}={refused}"])
+    process = launch.start(
+        "relay",
+        [
+            *UNDER_JOURNALD,
+            RELAY,
+            "--data-dir",
+            bridge.data_dir,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--forward",
+            f"{bridge.name}={refused}",
+        ],
+    )
     port = process.wait_for(r"^agents: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")[1]
     forward = process.wait_for(r"^forward .*: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")[1]
     relay = Relay(process, int(port), {refused: int(forward)})
-    env = clean_env(BRIDGE_ID=bridge.id, BRIDGE_SECRET=bridge.secret, RELAY_URL=relay.url,
-                    RELAY_FINGERPRINT=bridge.fingerprint, ALLOW="127.0.0.1:1")
+    env = clean_env(
+        BRIDGE_ID=bridge.id,
+        BRIDGE_SECRET=bridge.secret,
+        RELAY_URL=relay.url,
+        RELAY_FINGERPRINT=bridge.fingerprint,
+        ALLOW="127.0.0.1:1",
+    )
     agent = launch.start("agent", [*UNDER_JOURNALD, AGENT], env=env)
     agent.wait_for(r"^<6>INFO\tHandling incoming proxy connections$")
     process.wait_for(r"^<6>INFO\tBridge connected\t")
@@ -129,8 +169,9 @@ def test_journald_priorities(launch: Launcher, bridge: Bridge):
     with socket.create_connection(("127.0.0.1", relay.forwards[refused])):
         agent.wait_for(rf"^<4>WARNING\tHost not in allowed hosts list: {re.escape(refused)}\t")
         process.wait_for(r"^<4>WARNING\tTunnel refused\t")
-    wrong = launch.start("agent", [*UNDER_JOURNALD, AGENT],
-                         env=env | {"BRIDGE_SECRET": secrets.token_urlsafe(32)})
+    wrong = launch.start(
+        "agent", [*UNDER_JOURNALD, AGENT], env=env | {"BRIDGE_SECRET": secrets.token_urlsafe(32)}
+    )
     assert wrong.wait() == 78
     process.wait_for(r"^<4>WARNING\tAuthentication failed\t")
     # A JOURNAL_STREAM inherited by a process whose stderr goes elsewhere is not the journal.

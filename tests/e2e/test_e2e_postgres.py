@@ -8,13 +8,13 @@ import hashlib
 import re
 
 import pytest
-
 from e2e_support import Bridge, Launcher, Postgres, free_port, relay_cli
 
 pytestmark = pytest.mark.interop
 
 LOG_LINE = re.compile(
-    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\t(DEBUG|INFO|WARNING|ERROR)\t[^\t]+(\t\{.*\})?")
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\t(DEBUG|INFO|WARNING|ERROR)\t[^\t]+(\t\{.*\})?"
+)
 
 
 def not_allowed(target: str) -> str:
@@ -28,19 +28,25 @@ def test_query_through_forward(postgres: Postgres, launch: Launcher, bridge: Bri
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"1\n"
-    assert f'\tConnecting to bridge server\t{{"address": "127.0.0.1:{relay.agent_port}"}}' \
+    assert (
+        f'\tConnecting to bridge server\t{{"address": "127.0.0.1:{relay.agent_port}"}}'
         in agent.stderr()
+    )
     for process in (relay.process, agent):
         bad = [line for line in process.stderr().splitlines() if not LOG_LINE.fullmatch(line)]
         assert not bad, f"{process.name} log lines not in the documented format: {bad}"
     assert bridge.secret not in launch.logs()
 
 
-@pytest.mark.parametrize("sql", [
-    "select string_agg(md5(i::text), '') from generate_series(1, 200000) i",
-    "copy (select i, md5(i::text), repeat(chr(65 + i % 26), i % 61) from "
-    "generate_series(1, 150000) i) to stdout",
-], ids=["one-big-value", "many-rows"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select string_agg(md5(i::text), '') from generate_series(1, 200000) i",
+        "copy (select i, md5(i::text), repeat(chr(65 + i % 26), i % 61) from "
+        "generate_series(1, 150000) i) to stdout",
+    ],
+    ids=["one-big-value", "many-rows"],
+)
 def test_multi_megabyte_result_is_identical(postgres: Postgres, launch: Launcher, sql: str):
     relay, _ = launch.tunnel([postgres.target])
 
@@ -50,8 +56,10 @@ def test_multi_megabyte_result_is_identical(postgres: Postgres, launch: Launcher
     assert direct.returncode == 0, direct.stderr
     assert tunneled.returncode == 0, tunneled.stderr
     assert len(direct.stdout) > 5_000_000
-    assert (len(tunneled.stdout), hashlib.sha256(tunneled.stdout).hexdigest()) == \
-        (len(direct.stdout), hashlib.sha256(direct.stdout).hexdigest())
+    assert (len(tunneled.stdout), hashlib.sha256(tunneled.stdout).hexdigest()) == (
+        len(direct.stdout),
+        hashlib.sha256(direct.stdout).hexdigest(),
+    )
 
 
 def test_target_outside_allow_list_is_refused(postgres: Postgres, launch: Launcher):

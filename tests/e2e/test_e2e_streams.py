@@ -8,7 +8,6 @@ import hashlib
 import os
 
 import trio
-
 from e2e_support import Launcher
 
 CONNECTIONS = 200

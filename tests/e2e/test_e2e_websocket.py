@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from e2e_support import Bridge, Launcher, Postgres, Process, Relay
 
 pytestmark = pytest.mark.interop
@@ -32,14 +31,19 @@ def websocket_relay(launch: Launcher, target: str) -> tuple[Relay, int]:
     """A relay forwarding to `target` that also takes agents over WebSocket; and that port."""
     relay = launch.relay(target, args=["--listen-ws", "127.0.0.1:0", "--log-level", "DEBUG"])
     listening = relay.process.wait_for(
-        r"^agents \(WebSocket\): listening on 127\.0\.0\.1:(\d+), path /bridge$", stream="stdout")
+        r"^agents \(WebSocket\): listening on 127\.0\.0\.1:(\d+), path /bridge$", stream="stdout"
+    )
     return relay, int(listening[1])
 
 
 def proxy_env(port: int, no_proxy: str | None = None) -> dict[str, str | None]:
     """The agent's proxy variables (the lower-case ones, which would win, unset)."""
-    return {"HTTPS_PROXY": f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{port}",
-            "NO_PROXY": no_proxy, "https_proxy": None, "no_proxy": None}
+    return {
+        "HTTPS_PROXY": f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{port}",
+        "NO_PROXY": no_proxy,
+        "https_proxy": None,
+        "no_proxy": None,
+    }
 
 
 def test_psql_over_websocket_through_proxy(
@@ -48,8 +52,12 @@ def test_psql_over_websocket_through_proxy(
     proxy_process, proxy_port = proxy
     relay, ws_port = websocket_relay(launch, postgres.target)
     agent = launch.agent(
-        relay, [postgres.target], RELAY_URL=f"wss://127.0.0.1:{ws_port}/bridge",
-        LOG_LEVEL="DEBUG", **proxy_env(proxy_port))
+        relay,
+        [postgres.target],
+        RELAY_URL=f"wss://127.0.0.1:{ws_port}/bridge",
+        LOG_LEVEL="DEBUG",
+        **proxy_env(proxy_port),
+    )
     forward = relay.forwards[postgres.target]
 
     query = postgres.psql("select 1", port=forward)
@@ -60,13 +68,20 @@ def test_psql_over_websocket_through_proxy(
     assert direct.returncode == 0, direct.stderr
     assert tunneled.returncode == 0, tunneled.stderr
     assert len(direct.stdout) > 5_000_000
-    assert (len(tunneled.stdout), hashlib.sha256(tunneled.stdout).hexdigest()) == \
-        (len(direct.stdout), hashlib.sha256(direct.stdout).hexdigest())
+    assert (len(tunneled.stdout), hashlib.sha256(tunneled.stdout).hexdigest()) == (
+        len(direct.stdout),
+        hashlib.sha256(direct.stdout).hexdigest(),
+    )
     # One tunnel through the proxy, to the WebSocket listener, carried everything.
-    assert proxy_process.stdout().splitlines() == \
-        [f"listening on {proxy_port}", f"CONNECT 127.0.0.1:{ws_port}", "tunnels 1"]
-    assert (f'\tConnecting to bridge server\t{{"address": "127.0.0.1:{ws_port}", '
-            f'"proxy": "127.0.0.1:{proxy_port}"}}') in agent.stderr()
+    assert proxy_process.stdout().splitlines() == [
+        f"listening on {proxy_port}",
+        f"CONNECT 127.0.0.1:{ws_port}",
+        "tunnels 1",
+    ]
+    assert (
+        f'\tConnecting to bridge server\t{{"address": "127.0.0.1:{ws_port}", '
+        f'"proxy": "127.0.0.1:{proxy_port}"}}'
+    ) in agent.stderr()
     logs = launch.logs()
     basic = base64.b64encode(f"{PROXY_USER}:{PROXY_PASSWORD}".encode()).decode()
     for secret in (bridge.secret, PROXY_PASSWORD, basic):
@@ -79,8 +94,11 @@ def test_no_proxy_connects_directly(
     proxy_process, proxy_port = proxy
     relay, ws_port = websocket_relay(launch, postgres.target)
     agent = launch.agent(
-        relay, [postgres.target], RELAY_URL=f"wss://127.0.0.1:{ws_port}/bridge",
-        **proxy_env(proxy_port, no_proxy="127.0.0.1"))
+        relay,
+        [postgres.target],
+        RELAY_URL=f"wss://127.0.0.1:{ws_port}/bridge",
+        **proxy_env(proxy_port, no_proxy="127.0.0.1"),
+    )
 
     result = postgres.psql("select 1", port=relay.forwards[postgres.target])
 

@@ -13,9 +13,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
 
-from fault_proxy import FaultProxy  # noqa: E402
-from process_fixtures import (  # noqa: E402, F401 (fixtures and hooks, shared with tests/e2e)
-    bridge, launch, pytest_runtest_makereport, pytest_runtest_setup,
+from fault_proxy import FaultProxy
+from process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/e2e)
+    bridge,
+    launch,
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
 )
 
 

@@ -22,8 +22,8 @@ import enum
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import trio
 
@@ -77,7 +77,9 @@ class FaultProxy:
 
     def start(self) -> FaultProxy:
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name="fault-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="fault-proxy", daemon=True
+        )
         self._thread.start()
         if not ready.wait(10) or self._error is not None:
             raise RuntimeError(f"the fault proxy did not start: {self._error!r}")
@@ -119,7 +121,9 @@ class FaultProxy:
         self._token = trio.lowlevel.current_trio_token()
         with trio.CancelScope() as self._stop:
             async with trio.open_nursery() as nursery:
-                listeners = await nursery.start(partial(trio.serve_tcp, self._handle, 0, host="127.0.0.1"))
+                listeners = await nursery.start(
+                    partial(trio.serve_tcp, self._handle, 0, host="127.0.0.1")
+                )
                 self.port = listeners[0].socket.getsockname()[1]
                 ready.set()
 
@@ -173,4 +177,3 @@ class FaultProxy:
                 await sink.send_eof()
                 return
             await sink.send_all(data)
-

@@ -131,15 +131,21 @@ async def transfer_all(port: int, *sizes: int) -> None:
 
 
 async def start_tunnel(
-    launch: Launcher, fault_proxy, *targets: Target, relay_port: int | None = None,
-    wait: bool = True, **env: str,
+    launch: Launcher,
+    fault_proxy,
+    *targets: Target,
+    relay_port: int | None = None,
+    wait: bool = True,
+    **env: str,
 ):
     """A relay forwarding to the targets, a proxy in front of it, an agent dialing the proxy."""
     args = ["--listen", f"127.0.0.1:{relay_port}"] if relay_port else []
     relay = await in_thread(launch.relay, *(t.address for t in targets), args=args)
     proxy = fault_proxy(relay.agent_port)
     allow = [t.address for t in targets] or ["127.0.0.1:1"]
-    agent = await in_thread(launch.agent, relay, allow, wait=wait, RELAY_URL=proxy.url, **(FAST | env))
+    agent = await in_thread(
+        launch.agent, relay, allow, wait=wait, RELAY_URL=proxy.url, **(FAST | env)
+    )
     return relay, proxy, agent
 
 
@@ -175,7 +181,9 @@ async def test_relay_killed_and_restarted(launch, fault_proxy, nursery):
     assert all(t.cut for t in transfers), transfers
     await wait_until(lambda: target.open == 0, "the agent to drop the target connections", 10)
     # A failed attempt while the relay is down, then another: retried, not given up.
-    await wait_for(agent, r"\tWARNING\tReconnecting in [01]\.\d s\t.*\"reason\": ", count=2, timeout=10)
+    await wait_for(
+        agent, r"\tWARNING\tReconnecting in [01]\.\d s\t.*\"reason\": ", count=2, timeout=10
+    )
 
     restarted: Relay = await in_thread(
         launch.relay, target.address, args=["--listen", f"127.0.0.1:{port}"]
@@ -256,7 +264,9 @@ async def test_second_signal_stops_at_once(launch, fault_proxy, nursery):
             agent.popen.send_signal(signal.SIGTERM)
             assert await in_thread(agent.wait, 10) == 1
     assert transfer.cut, transfer
-    assert re.search(r'\tWARNING\tStopping at once\t\{"signal": "SIGTERM", "cut": 1\}', agent.stderr())
+    assert re.search(
+        r'\tWARNING\tStopping at once\t\{"signal": "SIGTERM", "cut": 1\}', agent.stderr()
+    )
 
 
 async def test_sd_notify(launch, fault_proxy, tmp_path):
@@ -280,8 +290,11 @@ async def test_sd_notify(launch, fault_proxy, tmp_path):
             connected = f"STATUS=Connected to 127.0.0.1:{proxy.port}"
             await wait_until(lambda: messages.count("WATCHDOG=1") >= 3, "3 watchdog pings", 10)
             proxy.cut()
-            await wait_until(lambda: any(m.startswith("STATUS=Reconnecting in ") for m in messages),
-                             "a reconnect status", 10)
+            await wait_until(
+                lambda: any(m.startswith("STATUS=Reconnecting in ") for m in messages),
+                "a reconnect status",
+                10,
+            )
             proxy.pass_traffic()
             await wait_until(lambda: connected in messages, "the status after reconnecting", 15)
             agent.popen.send_signal(signal.SIGTERM)
@@ -294,7 +307,9 @@ async def test_sd_notify(launch, fault_proxy, tmp_path):
 
 
 async def test_wrong_credentials_exit_78_without_retrying(launch, fault_proxy, bridge):
-    relay, proxy, agent = await start_tunnel(launch, fault_proxy, wait=False, BRIDGE_SECRET="x" * 43)
+    relay, proxy, agent = await start_tunnel(
+        launch, fault_proxy, wait=False, BRIDGE_SECRET="x" * 43
+    )
     assert await in_thread(agent.wait, 20) == 78
     log = agent.stderr()
     assert "\tERROR\tRelay rejected the bridge credentials: invalid bridge credentials" in log
@@ -309,4 +324,3 @@ async def test_deleted_bridge_exits_78(launch, fault_proxy, bridge):
     assert deleted.returncode == 0, deleted.stderr
     assert await in_thread(agent.wait, 20) == 78
     assert "was the bridge deleted or its secret rotated?" in agent.stderr()
-

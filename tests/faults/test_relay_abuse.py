@@ -17,9 +17,9 @@ import trio
 from e2e_support import Launcher
 from traffic import CHUNK, echo, rss_kib, transfer
 
-from bridge.agent import Agent
-from bridge.handshake import MAGIC, Hello, WelcomeParser, WelcomeStatus, encode_hello
-from bridge.tls import client_ssl_context
+from bridge.agent.agent import Agent
+from bridge.protocol.handshake import MAGIC, Hello, WelcomeParser, WelcomeStatus, encode_hello
+from bridge.transport.tls import client_ssl_context
 
 STALLED = 100
 HANDSHAKE_TIMEOUT = 2
@@ -82,8 +82,14 @@ MALFORMED_HELLOS = {
     "id length out of range": MAGIC + bytes([1, 200]) + b"x" * 200,
     "info length out of range": MAGIC + bytes([1]) + ID_AND_SECRET + b"\xff\xff",
     "info not JSON": MAGIC + bytes([1]) + ID_AND_SECRET + b"\x04\x00{{{{" + bytes(1200),
-    "every field at its longest, a JSON bomb, 64 KiB more": MAGIC + bytes([1, 64]) + b"a" * 64
-    + bytes([128]) + b"b" * 128 + b"\x04\x00" + b"[" * 1024 + bytes(64 * 1024),
+    "every field at its longest, a JSON bomb, 64 KiB more": MAGIC
+    + bytes([1, 64])
+    + b"a" * 64
+    + bytes([128])
+    + b"b" * 128
+    + b"\x04\x00"
+    + b"[" * 1024
+    + bytes(64 * 1024),
 }
 
 
@@ -102,7 +108,9 @@ async def test_abuse_is_dropped_alone_and_memory_stays_bounded(launch: Launcher,
     long_transfer = []
 
     async def long_running() -> None:
-        long_transfer.append(await transfer(forward, 24 * 1024 * 1024, pace=0.01, progress=progress))
+        long_transfer.append(
+            await transfer(forward, 24 * 1024 * 1024, pace=0.01, progress=progress)
+        )
 
     nursery.start_soon(long_running)
     await progress.wait()
@@ -126,8 +134,9 @@ async def test_abuse_is_dropped_alone_and_memory_stays_bounded(launch: Launcher,
 
     # Meanwhile new agents are admitted and new tunnels work.
     context = client_ssl_context(fingerprint=bridge.fingerprint)
-    second = Agent(f"tls://127.0.0.1:{relay.agent_port}", bridge.id, bridge.secret, [target],
-                   context)
+    second = Agent(
+        f"tls://127.0.0.1:{relay.agent_port}", bridge.id, bridge.secret, [target], context
+    )
     await nursery.start(second.run)
     assert [await transfer(forward, 256 * 1024) for _ in range(4)] == [True] * 4
     assert relay.process.stderr().count("\tBridge connected\t") == 2

@@ -45,7 +45,10 @@ async def test_killing_one_of_two_agents_fails_no_new_connection(launch: Launche
     served = [p.stderr().count("\tProxying connection\t") for p in (doomed, survivor)]
     assert served[0] >= KILL_AFTER // 2 - 1 and sum(served) >= CONNECTIONS  # spread, then moved
     log = relay.process.stderr()
-    assert re.search(r'\tBridge disconnected\t.*"reason": "the (peer closed the connection|'
-                     r'connection was lost)', log), log
+    assert re.search(
+        r'\tBridge disconnected\t.*"reason": "the (peer closed the connection|'
+        r"connection was lost)",
+        log,
+    ), log
     assert "\tRetrying a tunnel on another agent\t" in log
     assert "Tunnel refused" not in log and "Traceback" not in log

@@ -21,8 +21,6 @@ RSS_GROWTH_BOUND = 32 * 1024  # KiB
 STALLED_BOUND = 48 * 1024 * 1024
 
 
-
-
 @attrs.define
 class Targets:
     """An echo, a flood (sends forever, never reads) and a sink (accepts, never reads)."""
@@ -53,8 +51,6 @@ class Targets:
     async def sink(self, stream: trio.SocketStream) -> None:
         async with stream:
             await trio.sleep_forever()
-
-
 
 
 async def test_a_stalled_stream_does_not_block_the_others(launch: Launcher, nursery):
@@ -95,8 +91,10 @@ async def test_a_stalled_stream_does_not_block_the_others(launch: Launcher, nurs
     assert targets.flooded < STALLED_BOUND and uploaded < STALLED_BOUND
     for name, pid in pids.items():
         growth = rss_kib(pid) - rss_before[name]
-        print(f"\n{name} RSS grew by {growth} KiB; stalled: {targets.flooded} B flooded, "
-              f"{uploaded} B uploaded")
+        print(
+            f"\n{name} RSS grew by {growth} KiB; stalled: {targets.flooded} B flooded, "
+            f"{uploaded} B uploaded"
+        )
         assert growth < RSS_GROWTH_BOUND, name
     await never_reads.aclose()
     nursery.cancel_scope.cancel()

@@ -11,8 +11,8 @@ import time
 import trio
 from e2e_support import parse_assignments, relay_cli
 
-from bridge.agent import Agent, AgentConfig
-from bridge.tls import client_ssl_context
+from bridge.agent.agent import Agent, AgentConfig
+from bridge.transport.tls import client_ssl_context
 
 AGENTS = 200
 READMISSION_BOUND = 30.0  # seconds; a few with the cache, minutes of bcrypt without
@@ -33,7 +33,11 @@ async def test_200_agents_reconnecting_at_once_are_all_readmitted(
 ):
     caplog.set_level(logging.ERROR, logger="bridge")  # 200 agents' reconnect warnings
     created = await trio.to_thread.run_sync(
-        relay_cli, bridge.data_dir, "bridges", "create", "fleet"  # the default cost, 12
+        relay_cli,
+        bridge.data_dir,
+        "bridges",
+        "create",
+        "fleet",  # the default cost, 12
     )
     assert created.returncode == 0, created.stderr
     fleet = parse_assignments(created.stdout)
@@ -42,8 +46,14 @@ async def test_200_agents_reconnecting_at_once_are_all_readmitted(
     context = client_ssl_context(fingerprint=bridge.fingerprint)
     config = AgentConfig(max_backoff=1.0)
     agents = [
-        Agent(proxy.url, fleet["BRIDGE_ID"], fleet["BRIDGE_SECRET"], ["127.0.0.1:1"], context,
-              config=config)
+        Agent(
+            proxy.url,
+            fleet["BRIDGE_ID"],
+            fleet["BRIDGE_SECRET"],
+            ["127.0.0.1:1"],
+            context,
+            config=config,
+        )
         for _ in range(AGENTS)
     ]
     for agent in agents:
@@ -55,7 +65,8 @@ async def test_200_agents_reconnecting_at_once_are_all_readmitted(
     proxy.cut()  # every agent connection aborted (RST) at once
     proxy.pass_traffic()
     readmitted = await wait_until(
-        lambda: all(a.sessions >= 2 for a in agents), f"{AGENTS} agents to reconnect",
+        lambda: all(a.sessions >= 2 for a in agents),
+        f"{AGENTS} agents to reconnect",
         READMISSION_BOUND,
     )
     print(f"\n{AGENTS} agents: admitted in {admitted:.2f} s, readmitted in {readmitted:.2f} s")

@@ -22,8 +22,17 @@ async def start(launch: Launcher, nursery, *args: str, **env: str) -> tuple[Rela
     """An echo target, a relay forwarding to it (with `env`), a connected agent."""
     listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
     target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-    argv = [RELAY, "--data-dir", launch.bridge.data_dir, "serve", "--listen", "127.0.0.1:0",
-            "--forward", f"{launch.bridge.name}={target}", *args]
+    argv = [
+        RELAY,
+        "--data-dir",
+        launch.bridge.data_dir,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        f"{launch.bridge.name}={target}",
+        *args,
+    ]
     process = launch.start("relay", argv, env=clean_env(**env))
     agents = await trio.to_thread.run_sync(
         partial(process.wait_for, r"^agents: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
@@ -41,7 +50,9 @@ async def transfer_outcome(port: int, size: int, pace: float, progress: trio.Eve
     "short" if the echo ended early, "error: ..." if the connection broke."""
     outcome = None
     try:
-        outcome = "complete" if await transfer(port, size, pace=pace, progress=progress) else "short"
+        outcome = (
+            "complete" if await transfer(port, size, pace=pace, progress=progress) else "short"
+        )
     except* (OSError, trio.BrokenResourceError) as group:
         outcome = f"error: {group.exceptions[0]!r}"
     return outcome

@@ -24,7 +24,9 @@ def run(argv: list[str], target: str) -> int:
     try:
         import atheris
     except ImportError:
-        print(f"{argv[0]}: atheris is not installed (pip install atheris): skipped", file=sys.stderr)
+        print(
+            f"{argv[0]}: atheris is not installed (pip install atheris): skipped", file=sys.stderr
+        )
         return 0
     with atheris.instrument_imports(include=["mux", "bridge", "fuzz_targets"]):
         import fuzz_targets

@@ -1,7 +1,7 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""Coverage-guided fuzzing of the handshake and connect parsers (bridge.handshake,
-bridge.connect) with atheris: `python tests/fuzz/fuzz_handshake.py -max_total_time=60`
+"""Coverage-guided fuzzing of the handshake and connect parsers (bridge.protocol.handshake,
+bridge.protocol.connect) with atheris: `python tests/fuzz/fuzz_handshake.py -max_total_time=60`
 (see atheris_main.py)."""
 
 import sys

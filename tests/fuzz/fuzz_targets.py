@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.connect import MAX_HOST, ConnectReplyParser, ConnectRequestParser
-from bridge.handshake import MAX_ID, MAX_MESSAGE, MAX_SECRET, HelloParser, WelcomeParser
+from bridge.protocol.connect import MAX_HOST, ConnectReplyParser, ConnectRequestParser
+from bridge.protocol.handshake import MAX_ID, MAX_MESSAGE, MAX_SECRET, HelloParser, WelcomeParser
 from mux import events as ev
 from mux.config import Config
 from mux.connection import Connection
@@ -19,11 +19,24 @@ from mux.frames import HEADER, HEADER_SIZE, FrameType
 from mux.state import CAN_SEND
 
 #: Small limits, so that generated input reaches them.
-CONFIG = Config(accept_backlog=4, max_inbound_streams=8, max_stream_window=1 << 20,
-                session_receive_budget=1 << 20, max_frame_size=1024, write_buffer_size=4096)
+CONFIG = Config(
+    accept_backlog=4,
+    max_inbound_streams=8,
+    max_stream_window=1 << 20,
+    session_receive_budget=1 << 20,
+    max_frame_size=1024,
+    write_buffer_size=4096,
+)
 EVENT_TYPES = (
-    ev.StreamOpened, ev.StreamAccepted, ev.DataReceived, ev.StreamEnded, ev.StreamReset,
-    ev.WindowUpdated, ev.PingReceived, ev.PingAcknowledged, ev.GoAwayReceived,
+    ev.StreamOpened,
+    ev.StreamAccepted,
+    ev.DataReceived,
+    ev.StreamEnded,
+    ev.StreamReset,
+    ev.WindowUpdated,
+    ev.PingReceived,
+    ev.PingAcknowledged,
+    ev.GoAwayReceived,
 )
 PARSERS = (HelloParser, WelcomeParser, ConnectRequestParser, ConnectReplyParser)
 

@@ -1,16 +1,17 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""The handshake and connect parsers (`bridge.handshake`, `bridge.connect`) under generated
+"""The handshake and connect parsers (`bridge.protocol.handshake`, `bridge.protocol.connect`) under generated
 input: arbitrary and mutated bytes raise only the parser's own error, and valid messages
 survive any split and any trailing bytes."""
 
 from __future__ import annotations
 
 import pytest
+from fuzz_targets import PARSERS, check_parser, handshake_from_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.connect import (
+from bridge.protocol.connect import (
     ConnectReply,
     ConnectReplyParser,
     ConnectRequest,
@@ -19,7 +20,7 @@ from bridge.connect import (
     encode_connect_reply,
     encode_connect_request,
 )
-from bridge.handshake import (
+from bridge.protocol.handshake import (
     Hello,
     HelloParser,
     Welcome,
@@ -28,15 +29,15 @@ from bridge.handshake import (
     encode_hello,
     encode_welcome,
 )
-from fuzz_targets import PARSERS, check_parser, handshake_from_bytes
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 cuts = st.lists(st.integers(0, 1 << 12), max_size=6)
 tokens = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=8,
 )
 

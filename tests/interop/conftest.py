@@ -32,13 +32,19 @@ def goyamux_binary(tmp_path_factory) -> Path:
     if go is None:
         _unavailable("the Go toolchain is missing (Debian package golang-go)")
     if not (YAMUX_SOURCE / "session.go").is_file():
-        _unavailable(f"hashicorp/yamux is missing from {YAMUX_SOURCE} "
-                     "(Debian package golang-github-hashicorp-yamux-dev)")
+        _unavailable(
+            f"hashicorp/yamux is missing from {YAMUX_SOURCE} "
+            "(Debian package golang-github-hashicorp-yamux-dev)"
+        )
     out = tmp_path_factory.mktemp("goyamux")
-    env = {**os.environ, "GOPATH": str(GOPATH), "GO111MODULE": "off",
-           "GOCACHE": str(out / "cache")}
-    build = subprocess.run([go, "build", "-o", str(out / "goyamux"), "./main.go"],
-                           cwd=PEER_SOURCE, env=env, capture_output=True, text=True)
+    env = {**os.environ, "GOPATH": str(GOPATH), "GO111MODULE": "off", "GOCACHE": str(out / "cache")}
+    build = subprocess.run(
+        [go, "build", "-o", str(out / "goyamux"), "./main.go"],
+        cwd=PEER_SOURCE,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if build.returncode != 0:
         pytest.fail(f"building the Go yamux peer failed:\n{build.stderr}")
     return out / "goyamux"
@@ -86,9 +92,13 @@ class GoYamux:
         with trio.fail_after(TIME_LIMIT):
             listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
             port = listener.socket.getsockname()[1]
-            args = [str(self.binary), f"-addr=127.0.0.1:{port}", f"-scenario={scenario}",
-                    f"-role={'client' if go_client else 'server'}",
-                    *(f"-{name}={value}" for name, value in options.items())]
+            args = [
+                str(self.binary),
+                f"-addr=127.0.0.1:{port}",
+                f"-scenario={scenario}",
+                f"-role={'client' if go_client else 'server'}",
+                *(f"-{name}={value}" for name, value in options.items()),
+            ]
             process = await trio.lowlevel.open_process(args, stdout=subprocess.PIPE)
             peer = GoPeer(process)
             try:
@@ -108,12 +118,14 @@ class GoYamux:
             assert status == 0, f"the Go peer failed:\n{rest}"
 
     @asynccontextmanager
-    async def session(self, scenario: str, *, python_client: bool,
-                      config: mux.Config | None = None, **options):
+    async def session(
+        self, scenario: str, *, python_client: bool, config: mux.Config | None = None, **options
+    ):
         """A mux session (Python side) with the Go peer playing `scenario`."""
-        async with (self.peer(scenario, go_client=not python_client, **options) as peer,
-                    mux.open_session(peer.transport, client=python_client,
-                                     config=config) as session):
+        async with (
+            self.peer(scenario, go_client=not python_client, **options) as peer,
+            mux.open_session(peer.transport, client=python_client, config=config) as session,
+        ):
             yield session, peer
 
 

@@ -61,6 +61,7 @@ async def serve_echo(session: mux.Session) -> None:
 
 async def echo_check(stream: mux.Stream, data: bytes) -> None:
     """Ask the Go peer to echo `data`, then check the reply and the clean end."""
+
     async def send() -> None:
         await stream.send_all(b"echo\n" + data)
         await stream.send_eof()
@@ -86,8 +87,10 @@ async def test_streams_opened_by_python(goyamux, python_client):
 
 
 async def test_streams_opened_by_go(goyamux, python_client):
-    async with goyamux.session("open", python_client=python_client,
-                               streams=1000, size=2000) as (session, peer):
+    async with goyamux.session("open", python_client=python_client, streams=1000, size=2000) as (
+        session,
+        peer,
+    ):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_echo, session)
             assert await peer.line() == "ok 1000"
@@ -96,8 +99,10 @@ async def test_streams_opened_by_go(goyamux, python_client):
 
 async def test_streams_opened_by_both_sides_at_once(goyamux, python_client):
     count = 500
-    async with goyamux.session("open", python_client=python_client, streams=count,
-                               size=3000) as (session, peer):
+    async with goyamux.session("open", python_client=python_client, streams=count, size=3000) as (
+        session,
+        peer,
+    ):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_echo, session)
             async with trio.open_nursery() as mine:
@@ -141,8 +146,9 @@ async def test_half_close_python_to_go(goyamux, python_client):
 
 
 async def test_half_close_go_to_python(goyamux, python_client):
-    async with goyamux.session("source", python_client=python_client,
-                               size=INITIAL_WINDOW + 50_000) as (session, peer):
+    async with goyamux.session(
+        "source", python_client=python_client, size=INITIAL_WINDOW + 50_000
+    ) as (session, peer):
         digest = await take_from_go(session)
         assert await peer.lines(2) == [f"sha256 {digest}", f"reply {digest}"]
 
@@ -158,15 +164,17 @@ async def test_transfer_64mib_each_way_at_once(goyamux, python_client):
         results[name] = await fn(*args)
 
     # Go's receive window is raised to 8 MiB: its SYN and ACK carry the delta.
-    async with goyamux.session("source", python_client=python_client, size=size,
-                               window=8 * MiB) as (session, peer):
+    async with goyamux.session(
+        "source", python_client=python_client, size=size, window=8 * MiB
+    ) as (session, peer):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run, "reply", sink_to_go, session, chunks)
             nursery.start_soon(run, "received", take_from_go, session)
         assert results["reply"] == sent
         received = results["received"]
         assert sorted(await peer.lines(3)) == sorted(
-            [f"sha256 {sent} {size}", f"sha256 {received}", f"reply {received}"])
+            [f"sha256 {sent} {size}", f"sha256 {received}", f"reply {received}"]
+        )
 
 
 # RST in both directions
@@ -208,8 +216,10 @@ async def test_stream_answered_without_ack_outlives_open_timeout(goyamux, python
     answers on it: the answer shows the stream was accepted, so it must not be
     reset when stream_open_timeout passes."""
     config = mux.Config(stream_open_timeout=0.5)
-    async with goyamux.session("gated", python_client=python_client,
-                               config=config) as (session, peer):
+    async with goyamux.session("gated", python_client=python_client, config=config) as (
+        session,
+        peer,
+    ):
         gate = await session.open_stream()
         stream = await session.open_stream()
         await stream.send_all(b"late\n")
@@ -270,8 +280,10 @@ async def test_go_backlog_full_resets_excess_streams(goyamux, python_client):
     count = GO_BACKLOG + 44
     # Python lets more of its streams wait for an ACK than Go's backlog takes.
     config = mux.Config(accept_backlog=count)
-    async with goyamux.session("hold", python_client=python_client,
-                               config=config) as (session, peer):
+    async with goyamux.session("hold", python_client=python_client, config=config) as (
+        session,
+        peer,
+    ):
         streams = [await session.open_stream() for _ in range(count)]
         # Go answers the ping after the RSTs for the SYNs that came before it.
         await session.ping()
@@ -291,19 +303,22 @@ async def test_go_backlog_full_resets_excess_streams(goyamux, python_client):
 # Window overrun: the receiver tears the session down
 
 
-def frame(type_: FrameType, flags: int, stream_id: int, length: int = 0,
-          data: bytes = b"") -> bytes:
+def frame(
+    type_: FrameType, flags: int, stream_id: int, length: int = 0, data: bytes = b""
+) -> bytes:
     return encode_header(type_, flags, stream_id, len(data) if data else length) + data
 
 
 GO_AWAY_PROTOCOL_ERROR = bytes.fromhex("000300000000000000000001")
 # Stream 1, opened with WindowUpdate|SYN, then exactly the initial window in
 # 64 KiB Data frames, then a Ping that must still be answered.
-FILL_WINDOW = b"".join([
-    frame(FrameType.WINDOW_UPDATE, Flag.SYN, 1),
-    *(frame(FrameType.DATA, 0, 1, data=bytes(64 * 1024)) for _ in range(4)),
-    frame(FrameType.PING, Flag.SYN, 0, 7),
-])
+FILL_WINDOW = b"".join(
+    [
+        frame(FrameType.WINDOW_UPDATE, Flag.SYN, 1),
+        *(frame(FrameType.DATA, 0, 1, data=bytes(64 * 1024)) for _ in range(4)),
+        frame(FrameType.PING, Flag.SYN, 0, 7),
+    ]
+)
 PONG = frame(FrameType.PING, Flag.ACK, 0, 7)
 ONE_BYTE_TOO_MANY = frame(FrameType.DATA, 0, 1, data=b"!")
 

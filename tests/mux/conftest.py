@@ -2,13 +2,12 @@
 # SPDX-License-Identifier: MPL-2.0
 from __future__ import annotations
 
-
 import pytest
 import trio
 import trio.testing
+from mux_support import Link
 
 import mux
-from mux_support import Link
 
 
 @pytest.fixture

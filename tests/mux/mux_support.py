@@ -17,7 +17,15 @@ import mux
 from mux import events
 from mux.config import Config
 from mux.connection import Connection
-from mux.frames import HEADER_SIZE, Flag, FrameType, GoAwayCode, Header, decode_header, encode_header
+from mux.frames import (
+    HEADER_SIZE,
+    Flag,
+    FrameType,
+    GoAwayCode,
+    Header,
+    decode_header,
+    encode_header,
+)
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -283,7 +291,9 @@ class RawPeer:
                         is_ping = header.type == FrameType.PING and header.flags & Flag.SYN
                         if is_ping and self.answer_pings:
                             # The session may be gone already: still hand over what it sent.
-                            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                            with contextlib.suppress(
+                                trio.BrokenResourceError, trio.ClosedResourceError
+                            ):
                                 await self.send(pong(header.length))
                         else:
                             self._frames_in.send_nowait(frame)

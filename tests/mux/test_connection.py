@@ -8,22 +8,6 @@ import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from mux.config import Config
-from mux.connection import Connection
-from mux.errors import LocalProtocolError, RemoteProtocolError
-from mux.events import (
-    DataReceived,
-    GoAwayReceived,
-    PingAcknowledged,
-    PingReceived,
-    StreamAccepted,
-    StreamEnded,
-    StreamOpened,
-    StreamReset,
-    WindowUpdated,
-)
-from mux.frames import Flag, FrameType, GoAwayCode
 from mux_support import (
     FIXED_WINDOW,
     INITIAL_WINDOW,
@@ -41,6 +25,22 @@ from mux_support import (
     window,
 )
 
+from mux.config import Config
+from mux.connection import Connection
+from mux.errors import LocalProtocolError, RemoteProtocolError
+from mux.events import (
+    DataReceived,
+    GoAwayReceived,
+    PingAcknowledged,
+    PingReceived,
+    StreamAccepted,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+from mux.frames import Flag, FrameType, GoAwayCode
+
 SYN_1 = bytes.fromhex("000100010000000100000000")
 ACK_1 = bytes.fromhex("000100020000000100000000")
 FIN_1 = bytes.fromhex("000100040000000100000000")
@@ -49,7 +49,11 @@ LIVE_STATES = ("opening", "open", "half_closed_local", "half_closed_remote")
 
 def test_config_defaults_speak_like_hashicorp():
     config = Config()
-    assert (config.accept_backlog, config.keepalive_interval, config.ping_timeout) == (256, 30.0, 10.0)
+    assert (config.accept_backlog, config.keepalive_interval, config.ping_timeout) == (
+        256,
+        30.0,
+        10.0,
+    )
     assert (config.max_stream_window, config.max_frame_size) == (16 * MIB, 256 * KIB)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.accept_backlog = 1

@@ -11,10 +11,10 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mux_support import raw_header
 
 from mux.errors import RemoteProtocolError
 from mux.frames import HEADER_SIZE, Flag, FrameType, GoAwayCode, decode_header, encode_header
-from mux_support import raw_header
 
 T, F = FrameType, Flag
 u32 = st.integers(0, 2**32 - 1)
@@ -25,7 +25,9 @@ SETTINGS = settings(max_examples=150, deadline=None)
 
 GOLDEN = [
     pytest.param("000100010000000100000000", T.WINDOW_UPDATE, F.SYN, 1, 0, id="open"),
-    pytest.param("0001000100000001000c0000", T.WINDOW_UPDATE, F.SYN, 1, 786432, id="open-1MiB-window"),
+    pytest.param(
+        "0001000100000001000c0000", T.WINDOW_UPDATE, F.SYN, 1, 786432, id="open-1MiB-window"
+    ),
     pytest.param("000100020000000100000000", T.WINDOW_UPDATE, F.ACK, 1, 0, id="ack"),
     pytest.param("0000000000000001000222e0", T.DATA, 0, 1, 140000, id="data-140000"),
     pytest.param("0001000000000001000222e0", T.WINDOW_UPDATE, 0, 1, 140000, id="window-update"),
@@ -63,7 +65,9 @@ def test_decode_captured_frame(wire, type, flags, stream_id, length):
 
 
 @SETTINGS
-@given(st.sampled_from(FrameType), flag_sets, u32, u32, st.binary(max_size=20), st.binary(max_size=20))
+@given(
+    st.sampled_from(FrameType), flag_sets, u32, u32, st.binary(max_size=20), st.binary(max_size=20)
+)
 def test_round_trip(type, flags, stream_id, length, before, after):
     wire = encode_header(type, flags, stream_id, length)
     assert wire == struct.pack(">BBHII", 0, type, flags, stream_id, length)

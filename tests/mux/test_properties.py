@@ -9,12 +9,6 @@ from collections import defaultdict
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from mux.config import Config
-from mux.connection import Connection
-from mux.errors import RemoteProtocolError
-from mux.events import GoAwayReceived
-from mux.frames import Flag, FrameType, GoAwayCode
 from mux_support import (
     INITIAL_WINDOW,
     MIB,
@@ -31,6 +25,12 @@ from mux_support import (
     stream_in_state,
     window,
 )
+
+from mux.config import Config
+from mux.connection import Connection
+from mux.errors import RemoteProtocolError
+from mux.events import GoAwayReceived
+from mux.frames import Flag, FrameType, GoAwayCode
 
 SMALL_BUDGET = Config(max_stream_window=MIB, session_receive_budget=MIB)
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -102,7 +102,9 @@ def peer_traffic(draw, first_id: int) -> bytes:
 
 
 #: (first stream ID of the sender, its traffic): from a client (odd IDs) or a server (even IDs)
-traffic = st.sampled_from([1, 2]).flatmap(lambda first: st.tuples(st.just(first), peer_traffic(first)))
+traffic = st.sampled_from([1, 2]).flatmap(
+    lambda first: st.tuples(st.just(first), peer_traffic(first))
+)
 
 
 @SETTINGS
@@ -141,7 +143,9 @@ valid_frame = st.one_of(
     st.builds(data, st.integers(1, 8), st.binary(max_size=100), st.sampled_from(list(Flag))),
     st.builds(ping, u32, st.sampled_from([Flag.SYN, Flag.ACK])),
 )
-noise = st.lists(st.one_of(noisy_frame(), valid_frame, st.binary(max_size=30)), max_size=25).map(b"".join)
+noise = st.lists(st.one_of(noisy_frame(), valid_frame, st.binary(max_size=30)), max_size=25).map(
+    b"".join
+)
 
 
 @SETTINGS

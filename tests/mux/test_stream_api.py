@@ -10,9 +10,6 @@ import random
 import pytest
 import trio
 import trio.testing
-
-import mux
-from mux.frames import Flag, FrameType
 from mux_support import (
     FIXED_WINDOW,
     INITIAL_WINDOW,
@@ -28,6 +25,8 @@ from mux_support import (
     window,
 )
 
+import mux
+from mux.frames import Flag, FrameType
 
 # ---- the generic stream checks ----------------------------------------------------------------
 
@@ -289,7 +288,12 @@ async def test_closing_a_session_breaks_its_streams_on_both_ends(sessions):
         with pytest.raises(mux.SessionClosed):
             await stream.receive_some()
     for session in (client, server):
-        for operation in (session.open_stream, session.accept_stream, session.ping, session.go_away):
+        for operation in (
+            session.open_stream,
+            session.accept_stream,
+            session.ping,
+            session.go_away,
+        ):
             with pytest.raises(mux.SessionClosed):
                 await operation()
     await client.aclose()  # closing twice is fine

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 import relay
-from bridge.testing import BridgeTunnel, open_bridge_tunnel
+from relay.testing import BridgeTunnel, open_bridge_tunnel
 
 
 async def echo(stream: trio.SocketStream) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import trio
 
-import bridge.pytest_plugin
+import relay.pytest_plugin
 
 PYTEST_INI = "[pytest]\ntrio_mode = true\n"
 
-FAILING = '''
+FAILING = """
 import relay
 
 
@@ -28,12 +28,12 @@ async def test_expects_a_refusal_that_does_not_come(bridge_tunnel, nursery):
         return
     except relay.TargetUnreachable as exc:
         raise AssertionError(f"allowed, but nothing listens: {exc}")
-'''
+"""
 
 
 def documented_example() -> str:
     """The example test module in the plugin's docstring (what the README shows)."""
-    doc = bridge.pytest_plugin.__doc__
+    doc = relay.pytest_plugin.__doc__
     block = doc.split("::\n", 1)[1]
     return textwrap.dedent(block)
 
@@ -43,7 +43,10 @@ async def run_project(tmp_path: Path, command: list[str], test_module: str):
     (tmp_path / "test_project.py").write_text(test_module)
     return await trio.run_process(
         [*command, "-p", "no:cacheprovider", "-q"],
-        cwd=tmp_path, capture_stdout=True, stderr=subprocess.STDOUT, check=False,
+        cwd=tmp_path,
+        capture_stdout=True,
+        stderr=subprocess.STDOUT,
+        check=False,
     )
 
 
@@ -64,13 +67,19 @@ async def test_failing_project_fails(tmp_path, plugin_pytest_command):
 
 
 async def test_importing_the_plugin_is_light():
-    heavy = ["trio", "mux", "relay", "cryptography", "bcrypt", "bridge.agent", "bridge.testing"]
+    heavy = [
+        "trio",
+        "mux",
+        "relay.relay",
+        "cryptography",
+        "bcrypt",
+        "bridge.agent.agent",
+        "relay.testing",
+    ]
     code = (
-        "import sys, bridge.pytest_plugin\n"
+        "import sys, relay.pytest_plugin\n"
         f"loaded = [name for name in {heavy!r} if name in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
-    result = await trio.run_process(
-        [sys.executable, "-c", code], capture_stderr=True, check=False
-    )
+    result = await trio.run_process([sys.executable, "-c", code], capture_stderr=True, check=False)
     assert result.returncode == 0, result.stderr.decode()

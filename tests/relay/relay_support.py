@@ -13,11 +13,11 @@ import attrs
 import trio
 
 import mux
-from bridge.agent import Agent, AgentError
-from bridge.connect import ConnectRequestParser
-from bridge.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
-from bridge.prefixed_stream import PrefixedStream
-from bridge.tls import client_ssl_context
+from bridge.agent.agent import Agent, AgentError
+from bridge.protocol.connect import ConnectRequestParser
+from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
+from bridge.transport.prefixed_stream import PrefixedStream
+from bridge.transport.tls import client_ssl_context
 from relay import Relay, RelayConfig
 from relay.certificates import server_ssl_context
 
@@ -113,7 +113,12 @@ async def receive_all(stream: trio.abc.ReceiveStream) -> bytes:
 
 
 async def run_scripted_agent(
-    port: int, client_context, bridge_id: str, secret: str, answer, *,
+    port: int,
+    client_context,
+    bridge_id: str,
+    secret: str,
+    answer,
+    *,
     task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Authenticate like an agent, then run `answer(stream, request, session)` for each

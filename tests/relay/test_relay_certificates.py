@@ -69,7 +69,7 @@ async def test_server_context_speaks_tls12_and_up_only(cert_files):
 
 
 async def test_agents_can_verify_it_as_a_ca_file(cert_files):
-    from bridge.tls import client_ssl_context
+    from bridge.transport.tls import client_ssl_context
 
     context = client_ssl_context(ca_file=str(cert_files.cert))
     server_sock, client_sock = trio.socket.socketpair()

@@ -13,11 +13,11 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trio
+from relay_support import COST, RunningAgent, receive_all
 
 from relay import SQLiteStore
 from relay.certificates import fingerprint
 from relay.cli import build_parser
-from relay_support import COST, RunningAgent, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME_LIMIT = 30
@@ -40,7 +40,11 @@ def data_dir(tmp_path) -> Path:
 def cli(env, data_dir, *args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "relay", "--data-dir", str(data_dir), *args],
-        env=env, capture_output=True, text=True, timeout=TIME_LIMIT, **kwargs,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT,
+        **kwargs,
     )
 
 
@@ -97,8 +101,10 @@ def test_fingerprint_is_stable_and_matches_the_certificate(env, data_dir):
         (["serve", "--listen", "127.0.0.1:99999"], "the port must be a number"),
         (["serve", "--forward", "prod"], "invalid forward 'prod'"),
         (["serve", "--forward", "prod=db:5432@nowhere"], "invalid HOST:PORT 'nowhere'"),
-        (["serve", "--cert", "/nonexistent/relay.pem", "--key", "/nonexistent/relay.key"],
-         "cannot read certificate file /nonexistent/relay.pem"),
+        (
+            ["serve", "--cert", "/nonexistent/relay.pem", "--key", "/nonexistent/relay.key"],
+            "cannot read certificate file /nonexistent/relay.pem",
+        ),
         (["serve", "--cert", "/nonexistent/relay.pem"], "--cert and --key must be given together"),
         (["serve", "--log-level", "LOUD"], "invalid log level"),
         (["serve", "--handshake-timeout", "soon"], "invalid duration"),
@@ -156,22 +162,40 @@ def test_every_flag_documents_its_default():
                 assert "default" in (action.help or ""), (parser.prog, action.option_strings)
     result = subprocess.run(
         [sys.executable, "-m", "relay", "serve", "--help"],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
         timeout=TIME_LIMIT,
     )
-    for name in ["RELAY_DATA_DIR", "RELAY_LISTEN", "RELAY_CERT", "RELAY_KEY", "RELAY_FORWARD",
-                 "RELAY_HANDSHAKE_TIMEOUT", "RELAY_CONNECT_TIMEOUT", "RELAY_BCRYPT_COST",
-                 "RELAY_DRAIN_TIMEOUT", "RELAY_KEEPALIVE_INTERVAL", "RELAY_KEEPALIVE_TIMEOUT",
-                 "RELAY_MAX_PENDING", "RELAY_AUTH_FAILURES_PER_MINUTE",
-                 "RELAY_MAX_STREAMS_PER_BRIDGE", "RELAY_MAX_PENDING_OPENS",
-                 "LOG_LEVEL", "LOG_FORMAT"]:
+    for name in [
+        "RELAY_DATA_DIR",
+        "RELAY_LISTEN",
+        "RELAY_CERT",
+        "RELAY_KEY",
+        "RELAY_FORWARD",
+        "RELAY_HANDSHAKE_TIMEOUT",
+        "RELAY_CONNECT_TIMEOUT",
+        "RELAY_BCRYPT_COST",
+        "RELAY_DRAIN_TIMEOUT",
+        "RELAY_KEEPALIVE_INTERVAL",
+        "RELAY_KEEPALIVE_TIMEOUT",
+        "RELAY_MAX_PENDING",
+        "RELAY_AUTH_FAILURES_PER_MINUTE",
+        "RELAY_MAX_STREAMS_PER_BRIDGE",
+        "RELAY_MAX_PENDING_OPENS",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+    ]:
         assert name in result.stdout
 
 
 async def _run_cli(env, data_dir, *args) -> subprocess.CompletedProcess:
     return await trio.run_process(
         [sys.executable, "-m", "relay", "--data-dir", str(data_dir), *args],
-        env=env, capture_stdout=True, capture_stderr=True, check=False,
+        env=env,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
     )
 
 
@@ -184,17 +208,29 @@ async def _read_lines(stream, count: int, buffer: bytearray) -> list[str]:
 
 
 async def test_serve_forward_and_test_as_separate_processes(env, data_dir, nursery, echo_port):
-    from bridge.agent import Agent
-    from bridge.tls import client_ssl_context
+    from bridge.agent.agent import Agent
+    from bridge.transport.tls import client_ssl_context
 
     created = await _run_cli(env, data_dir, "bridges", "create", "prod")
     values = dict(line.split("=", 1) for line in created.stdout.decode().splitlines())
     pin = (await _run_cli(env, data_dir, "fingerprint")).stdout.decode().strip()
     with trio.fail_after(TIME_LIMIT):
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay", "--data-dir", str(data_dir), "serve",
-             "--listen", "127.0.0.1:0", "--forward", f"prod=127.0.0.1:{echo_port}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "relay",
+                "--data-dir",
+                str(data_dir),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--forward",
+                f"prod=127.0.0.1:{echo_port}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         stderr = bytearray()
 
@@ -214,8 +250,11 @@ async def test_serve_forward_and_test_as_separate_processes(env, data_dir, nurse
             forward_port = int(match[1])
 
             agent = Agent(
-                f"tls://127.0.0.1:{relay_port}", values["BRIDGE_ID"], values["BRIDGE_SECRET"],
-                [f"127.0.0.1:{echo_port}"], client_ssl_context(fingerprint=pin),
+                f"tls://127.0.0.1:{relay_port}",
+                values["BRIDGE_ID"],
+                values["BRIDGE_SECRET"],
+                [f"127.0.0.1:{echo_port}"],
+                client_ssl_context(fingerprint=pin),
             )
             await nursery.start(RunningAgent(agent).run)
 
@@ -247,7 +286,11 @@ async def test_serve_forward_and_test_as_separate_processes(env, data_dir, nurse
 def test_demo_runs_on_its_own(env, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "relay", "demo", "--once"],
-        env=env, capture_output=True, text=True, timeout=TIME_LIMIT, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT,
+        cwd=tmp_path,
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stderr
@@ -262,18 +305,31 @@ def test_demo_runs_on_its_own(env, tmp_path):
 
 
 async def test_serve_accepts_agents_over_websocket(env, data_dir, nursery, echo_port):
-    from bridge.agent import Agent
-    from bridge.tls import client_ssl_context
+    from bridge.agent.agent import Agent
+    from bridge.transport.tls import client_ssl_context
 
     created = await _run_cli(env, data_dir, "bridges", "create", "prod")
     values = dict(line.split("=", 1) for line in created.stdout.decode().splitlines())
     pin = (await _run_cli(env, data_dir, "fingerprint")).stdout.decode().strip()
     with trio.fail_after(TIME_LIMIT):
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "relay", "--data-dir", str(data_dir), "serve",
-             "--listen", "127.0.0.1:0", "--listen-ws", "127.0.0.1:0",
-             "--forward", f"prod=127.0.0.1:{echo_port}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "relay",
+                "--data-dir",
+                str(data_dir),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--listen-ws",
+                "127.0.0.1:0",
+                "--forward",
+                f"prod=127.0.0.1:{echo_port}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         try:
             _, ws_line, forward_line = await _read_lines(process.stdout, 3, bytearray())
@@ -283,7 +339,10 @@ async def test_serve_accepts_agents_over_websocket(env, data_dir, nursery, echo_
             url = f"wss://127.0.0.1:{match[1]}/bridge"
             forward_port = int(forward_line.rpartition(":")[2])
             agent = Agent(
-                url, values["BRIDGE_ID"], values["BRIDGE_SECRET"], [f"127.0.0.1:{echo_port}"],
+                url,
+                values["BRIDGE_ID"],
+                values["BRIDGE_SECRET"],
+                [f"127.0.0.1:{echo_port}"],
                 client_ssl_context(fingerprint=pin),
             )
             await nursery.start(RunningAgent(agent).run)

@@ -7,14 +7,13 @@ import logging
 
 import pytest
 import trio
+from relay_support import RelayHarness, receive_all, run_scripted_agent
 
 import mux
-from bridge.connect import ConnectReply, ConnectStatus, encode_connect_reply
-from bridge.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
-from relay import BridgeBusy, MemoryStore, RelayShuttingDown, TargetUnreachable
-from relay import credentials
+from bridge.protocol.connect import ConnectReply, ConnectStatus, encode_connect_reply
+from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
+from relay import BridgeBusy, MemoryStore, RelayShuttingDown, TargetUnreachable, credentials
 from relay.limits import LoginLimiter, Repeats, source_of
-from relay_support import RelayHarness, receive_all, run_scripted_agent
 
 TIME_LIMIT = 20
 
@@ -147,8 +146,11 @@ async def test_pending_connections_are_bounded_and_timed_out(
             assert await closed_by_relay(tcp)
         await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
     assert len(messages(relay_logs, "Too many connections awaiting authentication")) == 1
-    dropped = [r for r in messages(relay_logs, "Connection dropped")
-               if r.fields["reason"] == "handshake timed out"]
+    dropped = [
+        r
+        for r in messages(relay_logs, "Connection dropped")
+        if r.fields["reason"] == "handshake timed out"
+    ]
     assert len(dropped) == 3
 
 
@@ -183,8 +185,12 @@ async def test_pending_opens_are_bounded(nursery, cert_files):
 
     with trio.fail_after(TIME_LIMIT):
         await nursery.start(
-            run_scripted_agent, harness.port, harness.cert_files.client_context(), bridge_id,
-            secret, never_answer,
+            run_scripted_agent,
+            harness.port,
+            harness.cert_files.client_context(),
+            bridge_id,
+            secret,
+            never_answer,
         )
         outcomes = []
 
@@ -294,7 +300,9 @@ async def test_an_agent_that_stops_answering_is_dropped_by_keepalive(
     nursery, cert_files, relay_logs
 ):
     harness = await RelayHarness(
-        nursery, MemoryStore(), cert_files,
+        nursery,
+        MemoryStore(),
+        cert_files,
         mux=mux.Config(keepalive_interval=0.2, ping_timeout=0.2),
     ).start()
     bridge_id, secret = harness.create_bridge("prod")

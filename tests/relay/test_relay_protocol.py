@@ -4,18 +4,18 @@
 
 import pytest
 import trio
+from relay_support import RelayHarness, receive_all
 
 import mux
-from bridge.connect import (
+from bridge.protocol.connect import (
     ConnectReply,
     ConnectRequestParser,
     ConnectStatus,
     encode_connect_reply,
 )
-from bridge.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
-from bridge.prefixed_stream import PrefixedStream
+from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
+from bridge.transport.prefixed_stream import PrefixedStream
 from relay import MemoryStore, TargetUnreachable, TunnelError
-from relay_support import RelayHarness, receive_all
 
 TIME_LIMIT = 20
 

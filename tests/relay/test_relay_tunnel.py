@@ -11,9 +11,10 @@ from functools import partial
 
 import pytest
 import trio
+from relay_support import COST, captured_logs, receive_all
 
-from bridge.agent import AuthenticationFailed
-from bridge.handshake import (
+from bridge.agent.agent import AuthenticationFailed
+from bridge.protocol.handshake import (
     MAGIC,
     Hello,
     WelcomeParser,
@@ -28,7 +29,6 @@ from relay import (
 )
 from relay.admin import MAX_LINE, request, serve_admin
 from relay.forward import ForwardSpec, serve_forward
-from relay_support import COST, captured_logs, receive_all
 
 TIME_LIMIT = 20
 
@@ -45,15 +45,14 @@ def _text(records) -> str:
 
 
 async def _echo_through(stream, payload: bytes) -> bytes:
-    async with stream:
-        async with trio.open_nursery() as nursery:
+    async with stream, trio.open_nursery() as nursery:
 
-            async def send():
-                await stream.send_all(payload)
-                await stream.send_eof()
+        async def send():
+            await stream.send_all(payload)
+            await stream.send_eof()
 
-            nursery.start_soon(send)
-            return await receive_all(stream)
+        nursery.start_soon(send)
+        return await receive_all(stream)
 
 
 async def test_connect_tunnels_bytes_both_ways_with_half_close(harness, echo_port):
@@ -279,8 +278,9 @@ async def test_forward_tunnels_local_connections(harness, echo_port, relay_logs)
         ok = ForwardSpec.parse(f"prod=127.0.0.1:{echo_port}")
         refused = ForwardSpec.parse("prod=db:5432@127.0.0.1:0")
         ok_port, refused_port = [
-            (await harness.nursery.start(serve_forward, harness.relay, spec))[0]
-            .socket.getsockname()[1]
+            (await harness.nursery.start(serve_forward, harness.relay, spec))[
+                0
+            ].socket.getsockname()[1]
             for spec in (ok, refused)
         ]
 
@@ -308,8 +308,17 @@ def test_forward_spec_parsing():
     assert ForwardSpec.parse("p=[::1]:1@0.0.0.0:6000") == ForwardSpec(
         "p", "::1", 1, "0.0.0.0", 6000
     )
-    for bad in ["prod", "=db:5432", "prod=db", "prod=db:0", "prod=db:5432@x", "prod=db:99999",
-                "prod=::1:5432", "prod=db:5432@127.0.0.1:-1", "prod=bad host:1"]:
+    for bad in [
+        "prod",
+        "=db:5432",
+        "prod=db",
+        "prod=db:0",
+        "prod=db:5432@x",
+        "prod=db:99999",
+        "prod=::1:5432",
+        "prod=db:5432@127.0.0.1:-1",
+        "prod=bad host:1",
+    ]:
         with pytest.raises(ValueError):
             ForwardSpec.parse(bad)
 
@@ -367,11 +376,18 @@ async def test_control_socket_answers_garbage_and_keeps_serving(harness, echo_po
         bridge_id, secret = harness.create_bridge("prod")
         await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
         for payload in [
-            b"not json\n", b"[1, 2]\n", b"42\n", b'"op"\n', b"{}\n", b'{"op": null}\n',
-            b'{"op": "test"}\n', b'{"op": "test", "bridge": "prod", "host": "db", "port": "x"}\n',
+            b"not json\n",
+            b"[1, 2]\n",
+            b"42\n",
+            b'"op"\n',
+            b"{}\n",
+            b'{"op": null}\n',
+            b'{"op": "test"}\n',
+            b'{"op": "test", "bridge": "prod", "host": "db", "port": "x"}\n',
             b'{"op": "test", "bridge": "prod", "host": "db", "port": 99999}\n',
             b'{"op": "test", "bridge": "prod", "host": "bad host\\u0000", "port": 1}\n',
-            b"\xff\xfe\n", b"x" * (MAX_LINE + 10) + b"\n",
+            b"\xff\xfe\n",
+            b"x" * (MAX_LINE + 10) + b"\n",
         ]:
             answer = json.loads(await _raw_exchange(path, payload))
             assert answer["ok"] is False and answer["error"], (payload[:60], answer)

@@ -13,12 +13,12 @@ from functools import partial
 import h11
 import pytest
 import trio
+from relay_support import RelayHarness, RunningAgent, captured_logs, receive_all
 
-from bridge.agent import AuthenticationFailed
-from bridge.metrics import TunnelMetrics, serve_metrics
+from bridge.agent.agent import AuthenticationFailed
+from bridge.ops.metrics import TunnelMetrics, serve_metrics
 from relay import MemoryStore
 from relay.socks import Reply, SocksConfig, parse_bridge_host, serve_socks
-from relay_support import RelayHarness, RunningAgent, captured_logs, receive_all
 
 TIME_LIMIT = 20
 CREDENTIALS = ("alice", "s3cret pass")
@@ -64,10 +64,16 @@ class Front:
         self.metrics = TunnelMetrics()
 
     async def socks(self, **config) -> int:
-        listeners = await self.nursery.start(partial(
-            serve_socks, self.harness.relay, "127.0.0.1", 0, config=SocksConfig(**config),
-            metrics=self.metrics,
-        ))
+        listeners = await self.nursery.start(
+            partial(
+                serve_socks,
+                self.harness.relay,
+                "127.0.0.1",
+                0,
+                config=SocksConfig(**config),
+                metrics=self.metrics,
+            )
+        )
         return listeners[0].socket.getsockname()[1]
 
 
@@ -95,7 +101,10 @@ async def curl(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     return await trio.run_process(
         ["curl", "-sS", "--max-time", "10", *args],
-        capture_stdout=True, capture_stderr=True, check=False, env=env,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=env,
     )
 
 
@@ -219,8 +228,11 @@ async def test_refusals_map_to_reply_codes_and_log_lines(
         assert result.returncode == CURLE_PROXY, result.stderr
         refusal = _refusals(socks_logs)[-1]
         assert refusal == {
-            "client": refusal["client"], "bridge": "prod", "target": "db:80",
-            "reply": "NOT_ALLOWED", "reason": "Host not in allowed hosts list: db:80",
+            "client": refusal["client"],
+            "bridge": "prod",
+            "target": "db:80",
+            "reply": "NOT_ALLOWED",
+            "reason": "Host not in allowed hosts list: db:80",
         }
 
 

@@ -21,8 +21,8 @@ import attrs
 import h11
 import trio
 
-from . import __version__
-from .relay_url import format_address
+from bridge import __version__
+from bridge.agent.relay_url import format_address
 
 #: The proxy's answer to CONNECT (status line and headers) may not be longer than this.
 MAX_RESPONSE_HEAD = 16 * 1024
@@ -131,7 +131,9 @@ def bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
     return False
 
 
-async def open_tcp_stream(host: str, port: int, *, proxy: ProxyURL | None = None) -> trio.SocketStream:
+async def open_tcp_stream(
+    host: str, port: int, *, proxy: ProxyURL | None = None
+) -> trio.SocketStream:
     """`trio.open_tcp_stream`, through ``proxy`` when one is given (see `open_via_proxy`)."""
     if proxy is None:
         return await trio.open_tcp_stream(host, port)
@@ -151,7 +153,9 @@ async def open_via_proxy(proxy: ProxyURL | str, host: str, port: int) -> trio.So
     try:
         tcp = await trio.open_tcp_stream(proxy.host, proxy.port)
     except OSError as exc:
-        raise ProxyError(f"cannot connect to the proxy {proxy.address}: {exc.strerror or exc}") from None
+        raise ProxyError(
+            f"cannot connect to the proxy {proxy.address}: {exc.strerror or exc}"
+        ) from None
     try:
         await _connect(tcp, proxy, target)
     except BaseException:
@@ -177,7 +181,9 @@ async def _connect(tcp: trio.SocketStream, proxy: ProxyURL, target: str) -> None
                     too_long = f"over {MAX_RESPONSE_HEAD // 1024} KiB of headers"
                     raise ProxyError(f"{where} answered CONNECT {target} with {too_long}")
                 if not (data := await tcp.receive_some(MAX_RESPONSE_HEAD - received)):
-                    raise ProxyError(f"{where} closed the connection without answering CONNECT {target}")
+                    raise ProxyError(
+                        f"{where} closed the connection without answering CONNECT {target}"
+                    )
                 received += len(data)
                 http.receive_data(data)
     except trio.BrokenResourceError as exc:

@@ -11,7 +11,7 @@ import ssl
 
 import trio
 
-from .tls_stream import TLSStream
+from bridge.transport.tls_stream import TLSStream
 
 _FINGERPRINT = re.compile(r"sha256:((?:[0-9a-f]{2}:?){31}[0-9a-f]{2})", re.IGNORECASE)
 
@@ -53,7 +53,9 @@ def client_ssl_context(
     Raises ValueError with a one-line message when the CA file cannot be used.
     """
     if ca_file is not None and fingerprint is not None:
-        raise ValueError("use either a CA file (--ca) or a certificate fingerprint (--fingerprint), not both")
+        raise ValueError(
+            "use either a CA file (--ca) or a certificate fingerprint (--fingerprint), not both"
+        )
     if fingerprint is not None:
         digest = parse_fingerprint(fingerprint) if isinstance(fingerprint, str) else fingerprint
         if len(digest) != 32:

@@ -62,7 +62,7 @@ class TLSStream(trio.abc.Stream):
 
     # ---- what callers of an SSL connection ask about -------------------------------------
 
-    def getpeercert(self, binary_form: bool = False):  # noqa: ANN201 - as ssl.SSLSocket
+    def getpeercert(self, binary_form: bool = False):
         return self._socket.getpeercert(binary_form)
 
     def version(self) -> str | None:
@@ -76,7 +76,7 @@ class TLSStream(trio.abc.Stream):
 
     # ---- the TLS machinery ------------------------------------------------------------
 
-    async def _retry(self, operation, *args):  # noqa: ANN001, ANN202 - internal
+    async def _retry(self, operation, *args):
         """Run one OpenSSL call until it completes, waiting for whatever it wants."""
         tls_socket = self._socket
         while True:

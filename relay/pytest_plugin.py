@@ -9,7 +9,7 @@ service embedding the relay), and ``relay``, ``agent`` (``agents``), ``bridge_id
 ``bridge_name``, ``relay_url``. ``bridge_tunnel_factory`` makes tunnels of other shapes:
 ``await bridge_tunnel_factory(allow=["127.0.0.1:5432"], agents=2)`` (several agents sharing
 one bridge's credentials, as for high availability). Everything stops when the test ends.
-Outside pytest, use ``bridge.testing.open_bridge_tunnel()``.
+Outside pytest, use ``relay.testing.open_bridge_tunnel()``.
 
 Example test module (with ``trio_mode = true`` in the pytest configuration)::
 
@@ -50,14 +50,14 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from bridge.testing import BridgeTunnel, BridgeTunnelFactory
+    from relay.testing import BridgeTunnel, BridgeTunnelFactory
 
 
 @pytest.fixture
 async def bridge_tunnel_factory() -> AsyncIterator[BridgeTunnelFactory]:
     """``await bridge_tunnel_factory(allow=[...], agents=1, bridge_name=..., relay_config=...,
     agent_config=...)``: a new relay, bridge and agent(s), stopped when the test ends."""
-    from bridge.testing import open_bridge_tunnel_factory
+    from relay.testing import open_bridge_tunnel_factory
 
     async with open_bridge_tunnel_factory() as factory:
         yield factory

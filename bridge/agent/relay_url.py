@@ -26,9 +26,7 @@ class RelayURL:
     @classmethod
     def parse(cls, text: str) -> RelayURL:
         """Raises ValueError with a one-line message saying what a valid URL looks like."""
-        expected = (
-            "expected tls://HOST[:PORT] or wss://HOST[:PORT]/bridge, e.g. tls://relay.example.com:4000"
-        )
+        expected = "expected tls://HOST[:PORT] or wss://HOST[:PORT]/bridge, e.g. tls://relay.example.com:4000"
         try:
             parts = urlsplit(text.strip())
             port = parts.port

@@ -22,20 +22,23 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Iterable
+from typing import Any
 
 import attrs
 import trio
 from trio.lowlevel import ParkingLot
 
 import mux
-
-from . import __version__, logs
-from .allowlist import AllowList
-from .backoff import Backoff
-from .connect import (
+from bridge import __version__
+from bridge.agent.allowlist import AllowList
+from bridge.agent.backoff import Backoff
+from bridge.agent.relay_url import RelayURL, format_address
+from bridge.ops import logs
+from bridge.ops.metrics import TunnelMetrics
+from bridge.ops.systemd import Notifier
+from bridge.protocol.connect import (
     MAX_MESSAGE,
     MAX_REQUEST,
     ConnectError,
@@ -45,7 +48,7 @@ from .connect import (
     ConnectStatus,
     encode_connect_reply,
 )
-from .handshake import (
+from bridge.protocol.handshake import (
     PROTOCOL_VERSION,
     HandshakeError,
     Hello,
@@ -54,14 +57,11 @@ from .handshake import (
     WelcomeStatus,
     encode_hello,
 )
-from .http_proxy import ProxyURL, open_tcp_stream
-from .metrics import TunnelMetrics
-from .prefixed_stream import PrefixedStream
-from .relay_url import RelayURL, format_address
-from .systemd import Notifier
-from .tls import FingerprintMismatch, PinnedSSLContext, check_fingerprint
-from .tls_stream import TLSStream
-from .websocket_stream import WebSocketConfig, WebSocketError, websocket_client
+from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
+from bridge.transport.prefixed_stream import PrefixedStream
+from bridge.transport.tls import FingerprintMismatch, PinnedSSLContext, check_fingerprint
+from bridge.transport.tls_stream import TLSStream
+from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocket_client
 
 log = logging.getLogger("bridge.agent")
 
@@ -150,8 +150,8 @@ class Agent:
 
     ``allow`` is an `AllowList` or allow-list entries; it must not be empty (use
     ``AllowList.any()`` to allow every target). ``ssl_context`` comes from
-    `bridge.tls.client_ssl_context`. ``notifier`` tells systemd about the agent's state.
-    ``proxy`` is an HTTP proxy to reach the relay through (`bridge.http_proxy.proxy_for`
+    `bridge.transport.tls.client_ssl_context`. ``notifier`` tells systemd about the agent's state.
+    ``proxy`` is an HTTP proxy to reach the relay through (`bridge.transport.http_proxy.proxy_for`
     picks one from HTTPS_PROXY and NO_PROXY, as curl does). ``metrics`` (a fresh
     `TunnelMetrics` if None) counts sessions, reconnects, streams, bytes and refusals,
     labelled with the bridge ID.
@@ -253,7 +253,11 @@ class Agent:
             if self._draining:
                 break
             delay = backoff.next()
-            log.log(level, f"Reconnecting in {delay:.1f} s", extra=_fields(address=address, reason=reason))
+            log.log(
+                level,
+                f"Reconnecting in {delay:.1f} s",
+                extra=_fields(address=address, reason=reason),
+            )
             self.notifier.status(f"Reconnecting in {delay:.1f} s: {reason}")
             with trio.move_on_after(delay):
                 await self._drain_requested.wait()
@@ -302,7 +306,9 @@ class Agent:
         if self._draining:
             return
         reason = str(lost) if lost is not None else "the session ended"
-        log.warning("Disconnected from bridge server", extra=_fields(address=address, reason=reason))
+        log.warning(
+            "Disconnected from bridge server", extra=_fields(address=address, reason=reason)
+        )
         if lost is not None and not lost.clean:
             raise RelayUnavailable(f"Lost the connection to the relay at {address}: {lost}")
 
@@ -320,7 +326,9 @@ class Agent:
                 while self._open_streams:
                     await self._stream_ended.park()
             if self._open_streams:
-                log.warning(f"Drain timed out after {timeout} s: cutting {self._open_streams} connections")
+                log.warning(
+                    f"Drain timed out after {timeout} s: cutting {self._open_streams} connections"
+                )
             await session.aclose()
 
     # -- connecting to the relay ------------------------------------------------------------
@@ -341,13 +349,18 @@ class Agent:
                 with trio.fail_after(self.config.connect_timeout):
                     tcp = await open_tcp_stream(url.host, url.port, proxy=self.proxy)
             except trio.TooSlowError:
-                raise RelayUnavailable(f"Timed out connecting to the relay at {url.address}") from None
+                raise RelayUnavailable(
+                    f"Timed out connecting to the relay at {url.address}"
+                ) from None
             except OSError as exc:
                 message = f"Cannot connect to the relay at {url.address}: {exc.strerror or exc}"
                 raise RelayUnavailable(message) from None
             pinned = isinstance(self.ssl_context, PinnedSSLContext)
             tls = TLSStream.wrap(
-                tcp, self.ssl_context, server_side=False, server_hostname=None if pinned else url.host
+                tcp,
+                self.ssl_context,
+                server_side=False,
+                server_hostname=None if pinned else url.host,
             )
             timeout = self.config.handshake_timeout
             connecting.deadline = trio.current_time() + timeout
@@ -369,7 +382,9 @@ class Agent:
                 return
         self._connecting = None
         if not self._draining:
-            raise RelayUnavailable(f"The relay at {url.address} did not finish the handshake in time")
+            raise RelayUnavailable(
+                f"The relay at {url.address} did not finish the handshake in time"
+            )
         yield None
 
     async def _secure(self, tls: TLSStream) -> None:
@@ -402,9 +417,13 @@ class Agent:
                     message = f"The relay at {address} closed the connection during the handshake"
                     raise RelayUnavailable(message)
         except trio.BrokenResourceError as exc:
-            raise RelayUnavailable(f"Lost the connection to the relay at {address}: {exc}") from None
+            raise RelayUnavailable(
+                f"Lost the connection to the relay at {address}: {exc}"
+            ) from None
         except HandshakeError as exc:
-            raise RelayUnavailable(f"Invalid handshake from the relay at {address}: {exc}") from None
+            raise RelayUnavailable(
+                f"Invalid handshake from the relay at {address}: {exc}"
+            ) from None
         _check_welcome(welcome, address)
         return parser.leftover
 
@@ -456,8 +475,13 @@ class Agent:
             duration = round(time.monotonic() - started, 3)
             log.debug(
                 "Connection closed",
-                extra=_fields(**info, bytes=sent + received, bytes_sent=sent, bytes_received=received,
-                              duration=duration),
+                extra=_fields(
+                    **info,
+                    bytes=sent + received,
+                    bytes_sent=sent,
+                    bytes_received=received,
+                    duration=duration,
+                ),
             )
 
     async def _read_request(self, stream: mux.Stream) -> tuple[ConnectRequest | None, bytes]:
@@ -476,7 +500,8 @@ class Agent:
         """Allow-list, DNS, dial: returns the connected stream and the address dialed."""
         host, port = request.host, request.port
         refusal = _Refused(
-            ConnectStatus.NOT_ALLOWED, f"Host not in allowed hosts list: {format_address(host, port)}"
+            ConnectStatus.NOT_ALLOWED,
+            f"Host not in allowed hosts list: {format_address(host, port)}",
         )
         if not self.allow.may_allow(host, port):
             raise refusal
@@ -518,18 +543,24 @@ class Agent:
             return list({info[4][:2]: info for info in inet}.values())
         raise _Refused(ConnectStatus.DNS_FAILURE, f"DNS lookup failed for {host}: {reason}")
 
-    async def _splice(self, stream: mux.Stream, target: trio.SocketStream, early: bytes) -> tuple[int, int]:
+    async def _splice(
+        self, stream: mux.Stream, target: trio.SocketStream, early: bytes
+    ) -> tuple[int, int]:
         """Copy both ways until both sides sent EOF; an error on either side aborts both.
 
         Returns the byte counts (to the target, from the target).
         """
         counts = [len(early), 0]
         size = self.config.copy_size
-        meters = [self.metrics.bytes.labels(bridge=self.bridge_id, direction=direction)
-                  for direction in ("to_target", "from_target")]
+        meters = [
+            self.metrics.bytes.labels(bridge=self.bridge_id, direction=direction)
+            for direction in ("to_target", "from_target")
+        ]
         streams_open = self.metrics.streams_open.labels(bridge=self.bridge_id)
 
-        async def pump(source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStream, i: int) -> None:
+        async def pump(
+            source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStream, i: int
+        ) -> None:
             while data := await source.receive_some(size):
                 await sink.send_all(data)
                 counts[i] += len(data)
@@ -562,7 +593,9 @@ def _check_welcome(welcome: Welcome, address: str) -> None:
     if status == WelcomeStatus.AUTH_FAILED:
         raise AuthenticationFailed(f"Relay rejected the bridge credentials{reason}", status)
     if status in (WelcomeStatus.BUSY, WelcomeStatus.INTERNAL_ERROR):
-        raise RelayUnavailable(f"The relay at {address} cannot take the bridge now ({status.name}){reason}")
+        raise RelayUnavailable(
+            f"The relay at {address} cannot take the bridge now ({status.name}){reason}"
+        )
     if status == WelcomeStatus.UNSUPPORTED_VERSION or welcome.version != PROTOCOL_VERSION:
         raise RelayRejected(
             f"The relay speaks bridge protocol version {welcome.version}, "

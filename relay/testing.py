@@ -8,7 +8,7 @@
 Or, in a nursery that outlives the caller: ``tunnel = await nursery.start(serve_bridge_tunnel)``
 (``functools.partial`` for the options). Leaving the block, or cancelling the nursery, stops
 the relay and the agents and closes every socket. The pytest fixtures of
-`bridge.pytest_plugin` are built on this module.
+`relay.pytest_plugin` are built on this module.
 """
 
 from __future__ import annotations
@@ -29,13 +29,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bridge.agent.agent import Agent, AgentConfig
+from bridge.agent.allowlist import AllowList
+from bridge.transport.tls import client_ssl_context
 from relay import MemoryStore, Relay, RelayConfig
 from relay.certificates import server_ssl_context
 from relay.credentials import MIN_COST
-
-from .agent import Agent, AgentConfig
-from .allowlist import AllowList
-from .tls import client_ssl_context
 
 __all__ = [
     "DEFAULT_ALLOW",
@@ -63,7 +62,7 @@ class ThrowawayCA:
     @classmethod
     def create(cls, hostnames: Sequence[str] = ("localhost", _HOST)) -> ThrowawayCA:
         """EC P-256 keys; the relay certificate covers ``hostnames`` and lasts a day."""
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         ca_key, key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(2))
         ca_name = _name("trio-bridge throwaway CA")
         ca = (
@@ -116,7 +115,9 @@ def _general_name(name: str) -> x509.GeneralName:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
     now: datetime.datetime,
 ) -> x509.CertificateBuilder:
     return (

@@ -26,10 +26,10 @@ import trio_websocket
 from trio.lowlevel import checkpoint
 from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, WebSocketConnection
 
-from .http_proxy import ProxyURL, open_tcp_stream
-from .relay_url import format_address
-from .tls import PinnedSSLContext, check_fingerprint
-from .tls_stream import TLSStream
+from bridge.agent.relay_url import format_address
+from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
+from bridge.transport.tls import PinnedSSLContext, check_fingerprint
+from bridge.transport.tls_stream import TLSStream
 
 DEFAULT_PATH = "/bridge"
 NORMAL_CLOSURE = 1000
@@ -84,7 +84,11 @@ class WebSocketStream(trio.abc.Stream):
     """
 
     def __init__(
-        self, connection: WebSocketConnection, transport: trio.abc.Stream, *, config: WebSocketConfig
+        self,
+        connection: WebSocketConnection,
+        transport: trio.abc.Stream,
+        *,
+        config: WebSocketConfig,
     ) -> None:
         self.connection = connection
         self.transport = transport
@@ -197,8 +201,8 @@ async def open_websocket_stream(
 
     TCP goes through ``proxy`` when given. The relay's certificate is checked by
     ``ssl_context`` and, for a `PinnedSSLContext`, against its pin before anything is sent.
-    Raises OSError (`bridge.http_proxy.ProxyError` included) when TCP fails,
-    `trio.BrokenResourceError` when TLS does, `bridge.tls.FingerprintMismatch`,
+    Raises OSError (`bridge.transport.http_proxy.ProxyError` included) when TCP fails,
+    `trio.BrokenResourceError` when TLS does, `bridge.transport.tls.FingerprintMismatch`,
     `WebSocketError` when the upgrade fails, and `trio.TooSlowError` past ``connect_timeout``
     or a TLS handshake longer than ``handshake_timeout``.
     """
@@ -207,7 +211,9 @@ async def open_websocket_stream(
     with trio.fail_after(config.connect_timeout):
         tcp = await open_tcp_stream(host, port, proxy=proxy)
     pinned = isinstance(ssl_context, PinnedSSLContext)
-    tls = TLSStream.wrap(tcp, ssl_context, server_side=False, server_hostname=None if pinned else host)
+    tls = TLSStream.wrap(
+        tcp, ssl_context, server_side=False, server_hostname=None if pinned else host
+    )
     try:
         with trio.fail_after(config.handshake_timeout):
             await tls.do_handshake()
@@ -317,7 +323,9 @@ async def _accept(
         except ConnectionClosed:
             raise _Dropped("connection lost during the WebSocket upgrade") from None
         raise _Dropped(f"WebSocket upgrade to {request.path[:100]!r} refused with 404")
-    raise _Dropped("no WebSocket upgrade request" if reader.ended else "WebSocket upgrade timed out")
+    raise _Dropped(
+        "no WebSocket upgrade request" if reader.ended else "WebSocket upgrade timed out"
+    )
 
 
 class _ReaderTask:
@@ -350,7 +358,9 @@ class _ReaderTask:
 def _upgrade_error(reader: _ReaderTask, path: str, config: WebSocketConfig) -> WebSocketError:
     if reader.rejected is not None:
         status = reader.rejected.status_code
-        return WebSocketError(f"WebSocket upgrade to {path} refused: {status} {_phrase(status)}", status)
+        return WebSocketError(
+            f"WebSocket upgrade to {path} refused: {status} {_phrase(status)}", status
+        )
     if reader.ended:
         return WebSocketError(
             f"the connection was closed during the WebSocket upgrade to {path} "

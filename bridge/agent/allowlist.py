@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 

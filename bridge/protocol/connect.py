@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from ._wire import MessageParser, Reader, prefixed
+from bridge.protocol.wire import MessageParser, Reader, prefixed
 
 CONNECT_VERSION = 1
 MAX_HOST = 255

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from ._wire import MessageParser, Reader, encode_json, is_token, prefixed
+from bridge.protocol.wire import MessageParser, Reader, encode_json, is_token, prefixed
 
 PROTOCOL_VERSION = 1
 MAGIC = b"TBRG"

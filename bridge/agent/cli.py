@@ -10,20 +10,22 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Mapping, NoReturn, Sequence
+from typing import NoReturn
 
 import trio
 
-from . import __version__, logs
-from .agent import Agent, AgentConfig, RelayRejected
-from .allowlist import AllowList
-from .http_proxy import proxy_for
-from .addresses import parse_listen_address
-from .metrics import serve_metrics
-from .relay_url import RelayURL, format_address
-from .systemd import Notifier, run_watchdog
-from .tls import client_ssl_context
+from bridge import __version__
+from bridge.agent.agent import Agent, AgentConfig, RelayRejected
+from bridge.agent.allowlist import AllowList
+from bridge.agent.relay_url import RelayURL, format_address
+from bridge.ops import logs
+from bridge.ops.metrics import serve_metrics
+from bridge.ops.systemd import Notifier, run_watchdog
+from bridge.protocol.addresses import parse_listen_address
+from bridge.transport.http_proxy import proxy_for
+from bridge.transport.tls import client_ssl_context
 
 PROG = "bridge-agent"
 EX_USAGE = 2
@@ -33,16 +35,36 @@ log = logging.getLogger("bridge.cli")
 
 #: Duration flags: (flag, env var, AgentConfig field, default seconds, what it is).
 DURATIONS = (
-    ("--max-backoff", "RECONNECT_MAX_BACKOFF", "max_backoff", 30.0,
-     "longest wait between reconnect attempts (exponential backoff with full jitter; the first "
-     "retry comes within 1 s)"),
-    ("--keepalive-interval", "KEEPALIVE_INTERVAL", "keepalive_interval", 30.0,
-     "ping the relay this often"),
-    ("--keepalive-timeout", "KEEPALIVE_TIMEOUT", "keepalive_timeout", 10.0,
-     "a ping unanswered this long ends the session, and the agent reconnects"),
-    ("--drain-timeout", "DRAIN_TIMEOUT", "drain_timeout", 30.0,
-     "on SIGTERM or SIGINT, how long open connections may take to finish (a second signal "
-     "stops at once)"),
+    (
+        "--max-backoff",
+        "RECONNECT_MAX_BACKOFF",
+        "max_backoff",
+        30.0,
+        "longest wait between reconnect attempts (exponential backoff with full jitter; the first "
+        "retry comes within 1 s)",
+    ),
+    (
+        "--keepalive-interval",
+        "KEEPALIVE_INTERVAL",
+        "keepalive_interval",
+        30.0,
+        "ping the relay this often",
+    ),
+    (
+        "--keepalive-timeout",
+        "KEEPALIVE_TIMEOUT",
+        "keepalive_timeout",
+        10.0,
+        "a ping unanswered this long ends the session, and the agent reconnects",
+    ),
+    (
+        "--drain-timeout",
+        "DRAIN_TIMEOUT",
+        "drain_timeout",
+        30.0,
+        "on SIGTERM or SIGINT, how long open connections may take to finish (a second signal "
+        "stops at once)",
+    ),
 )
 
 
@@ -121,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve GET /metrics (Prometheus) and GET /healthz (200 while connected to the relay) "
         "here, host 127.0.0.1 unless given (env: METRICS_ADDRESS; default: off)",
     )
-    add("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (env: LOG_LEVEL; default: INFO)")
+    add(
+        "--log-level",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (env: LOG_LEVEL; default: INFO)",
+    )
     add("--log-format", metavar="FORMAT", help="text or json (env: LOG_FORMAT; default: text)")
     add("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -170,16 +196,22 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
         raise UsageError("missing bridge secret: set BRIDGE_SECRET (or pass --secret)")
     relay = pick(args.relay, "RELAY_URL")
     if not relay:
-        raise UsageError("missing relay URL: set RELAY_URL or pass --relay, e.g. tls://relay.example.com")
+        raise UsageError(
+            "missing relay URL: set RELAY_URL or pass --relay, e.g. tls://relay.example.com"
+        )
     try:
         relay_url = RelayURL.parse(relay)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    entries = _split(args.allow) if args.allow else _split([pick(None, "ALLOW", "ALLOWED_HOSTS") or ""])
+    entries = (
+        _split(args.allow) if args.allow else _split([pick(None, "ALLOW", "ALLOWED_HOSTS") or ""])
+    )
     allow_any = args.allow_any if args.allow_any is not None else _truthy(env.get("ALLOW_ANY"))
     if allow_any and entries:
-        raise UsageError("--allow-any (ALLOW_ANY) cannot be combined with an allow-list (--allow, ALLOW)")
+        raise UsageError(
+            "--allow-any (ALLOW_ANY) cannot be combined with an allow-list (--allow, ALLOW)"
+        )
     if allow_any:
         allow = AllowList.any()
     elif not entries:
@@ -216,8 +248,14 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
 
     try:
         agent = Agent(
-            relay_url, bridge_id, secret, allow, ssl_context,
-            config=config, notifier=Notifier.from_environ(env), proxy=proxy,
+            relay_url,
+            bridge_id,
+            secret,
+            allow,
+            ssl_context,
+            config=config,
+            notifier=Notifier.from_environ(env),
+            proxy=proxy,
         )
     except ValueError as exc:
         raise UsageError(f"invalid bridge credentials: {exc}") from None
@@ -285,7 +323,10 @@ async def _serve_metrics(nursery: trio.Nursery, agent: Agent, host: str, port: i
 
 
 async def _stop_on_signal(
-    agent: Agent, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    agent: Agent,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The first SIGINT/SIGTERM drains the agent, a second one stops it at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -296,6 +337,8 @@ async def _stop_on_signal(
                 log.info("Stopping", extra={"fields": fields})
                 agent.drain()
             else:
-                log.warning("Stopping at once", extra={"fields": {**fields, "cut": agent.open_streams}})
+                log.warning(
+                    "Stopping at once", extra={"fields": {**fields, "cut": agent.open_streams}}
+                )
                 scope.cancel()
                 return

@@ -86,7 +86,7 @@ class GaugeValue:
 class HistogramValue:
     """One labelled series of a histogram: counts per bucket, sum and count."""
 
-    __slots__ = ("bounds", "counts", "sum", "count")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -259,7 +259,10 @@ class Metrics:
         return self._add(Gauge(name, help, labels))
 
     def histogram(
-        self, name: str, help: str, labels: Sequence[str] = (),
+        self,
+        name: str,
+        help: str,
+        labels: Sequence[str] = (),
         buckets: Iterable[float] = LATENCY_BUCKETS,
     ) -> Histogram:
         return self._add(Histogram(name, help, labels, buckets))
@@ -283,9 +286,7 @@ class TunnelMetrics(Metrics):
         self.streams_open = self.gauge(
             p + "streams_open", "Tunneled connections open now.", ["bridge"]
         )
-        self.streams = self.counter(
-            p + "streams_total", "Tunneled connections opened.", ["bridge"]
-        )
+        self.streams = self.counter(p + "streams_total", "Tunneled connections opened.", ["bridge"])
         self.bytes = self.counter(
             p + "bytes_total", "Payload bytes tunneled, by direction.", ["bridge", "direction"]
         )
@@ -387,7 +388,9 @@ async def serve_metrics(
 
 
 async def _serve_client(
-    metrics: Metrics, health: Callable[[], bool], config: MetricsServerConfig,
+    metrics: Metrics,
+    health: Callable[[], bool],
+    config: MetricsServerConfig,
     stream: trio.SocketStream,
 ) -> None:
     """Never raises: a client that misbehaves or goes away only ends its own connection."""
@@ -402,7 +405,9 @@ async def _serve_client(
 
 
 async def _exchange(
-    stream: trio.SocketStream, metrics: Metrics, health: Callable[[], bool],
+    stream: trio.SocketStream,
+    metrics: Metrics,
+    health: Callable[[], bool],
     config: MetricsServerConfig,
 ) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_request_head)
@@ -423,8 +428,10 @@ async def _exchange(
         status = exc.error_status_hint
         content_type, body, extra = "text/plain; charset=utf-8", _phrase(status), []
     headers = [
-        ("Content-Type", content_type), ("Content-Length", str(len(body))),
-        ("Connection", "close"), *extra,
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        *extra,
     ]
     reason = HTTPStatus(status).phrase.encode()
     data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
