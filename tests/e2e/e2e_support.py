@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 BIN_DIR = Path(sys.executable).parent
+#: The repository root: the working directory of helpers run as ``python -m tests...``.
+ROOT = Path(__file__).resolve().parents[2]
 RELAY = str(BIN_DIR / "bridge-relay")
 AGENT = str(BIN_DIR / "bridge-agent")
 
@@ -285,8 +287,10 @@ class Launcher:
         self.log_dir = log_dir
         self.processes: list[Process] = []
 
-    def start(self, name: str, argv: list, *, env: dict[str, str] | None = None) -> Process:
-        process = Process(name, argv, self.log_dir, env=env)
+    def start(
+        self, name: str, argv: list, *, env: dict[str, str] | None = None, **popen
+    ) -> Process:
+        process = Process(name, argv, self.log_dir, env=env, **popen)
         self.processes.append(process)
         return process
 
