@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 import attrs
 
 from bridge.protocol.addresses import format_host_port
+from bridge.transport.websocket import DEFAULT_PATH
 
 DEFAULT_PORT = 4000
 DEFAULT_PORTS = {"tls": DEFAULT_PORT, "wss": 443}
-DEFAULT_PATH = "/bridge"
 SCHEMES = tuple(DEFAULT_PORTS)
 
 
