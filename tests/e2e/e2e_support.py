@@ -24,6 +24,8 @@ from pathlib import Path
 from relay.testing import ThrowawayCA
 
 BIN_DIR = Path(sys.executable).parent
+#: The repository root: the working directory of helpers run as ``python -m tests...``.
+ROOT = Path(__file__).resolve().parents[2]
 RELAY = str(BIN_DIR / "bridge-relay")
 AGENT = str(BIN_DIR / "bridge-agent")
 
@@ -280,8 +282,10 @@ class Launcher:
         self.log_dir = log_dir
         self.processes: list[Process] = []
 
-    def start(self, name: str, argv: list, *, env: dict[str, str] | None = None) -> Process:
-        process = Process(name, argv, self.log_dir, env=env)
+    def start(
+        self, name: str, argv: list, *, env: dict[str, str] | None = None, **popen
+    ) -> Process:
+        process = Process(name, argv, self.log_dir, env=env, **popen)
         self.processes.append(process)
         return process
 
