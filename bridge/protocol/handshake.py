@@ -54,6 +54,8 @@ class UnsupportedVersion(HandshakeError):
 
 
 class WelcomeStatus(enum.IntEnum):
+    """The relay's answer to a `Hello`, one byte on the wire: OK, or why the agent is refused."""
+
     OK = 0
     UNSUPPORTED_VERSION = 1
     AUTH_FAILED = 2
@@ -82,8 +84,11 @@ def _utf8_at_most(high: int):
 
 @attrs.frozen
 class Hello:
-    """The agent's first message. ``info`` is a JSON object: the agent's name and host for
-    people, and ``versions`` and ``capabilities`` (lists) for the negotiation."""
+    """The agent's first message: its bridge ID and secret (printable ASCII without spaces,
+    within MAX_ID and MAX_SECRET characters) and a JSON object describing the agent: its name
+    and host for people, and ``versions`` and ``capabilities`` (lists) for the negotiation.
+    The secret is left out of ``repr``. Raises ValueError on construction for an ID or secret
+    that breaks those rules."""
 
     bridge_id: str = attrs.field(validator=_token(1, MAX_ID))
     secret: str = attrs.field(repr=False, validator=_token(1, MAX_SECRET))
@@ -105,8 +110,10 @@ class Hello:
 
 @attrs.frozen
 class Welcome:
-    """The relay's answer. ``info`` exists from version 2 on (a JSON object, its
-    ``capabilities`` the ones both sides support); a version 1 Welcome has none."""
+    """The relay's answer to a `Hello`: a `WelcomeStatus`, a message for the agent's log, the
+    session version, and from version 2 on an ``info`` object whose ``capabilities`` are the
+    ones both sides support (a version 1 Welcome has none). Raises ValueError on construction
+    for a message over MAX_MESSAGE bytes of UTF-8 or a version outside 0..255."""
 
     status: WelcomeStatus = attrs.field(converter=WelcomeStatus)
     message: str = attrs.field(default="", validator=_utf8_at_most(MAX_MESSAGE))
@@ -163,6 +170,8 @@ def welcome_for(agreement: Agreement | None, status: WelcomeStatus, message: str
 
 
 def encode_hello(hello: Hello) -> bytes:
+    """The wire form of `hello`. Raises ValueError for fields too long for the wire, or an
+    ``info`` that is not JSON-serialisable (TypeError) or too large once encoded."""
     return b"".join(
         [
             MAGIC,
@@ -176,7 +185,8 @@ def encode_hello(hello: Hello) -> bytes:
 
 def encode_welcome(welcome: Welcome) -> bytes:
     """Version 1: magic, version, status, message. Version 2 adds the info object (except
-    for UNSUPPORTED_VERSION)."""
+    for UNSUPPORTED_VERSION). Raises ValueError for a message or info too long for the
+    wire."""
     parts = [
         MAGIC,
         bytes([welcome.version, welcome.status]),
