@@ -20,12 +20,14 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
-from http import HTTPStatus
 from typing import ClassVar, Generic, TypeVar
 
 import attrs
 import h11
 import trio
+
+from bridge.transport.http_status import status_phrase
+from bridge.transport.splice import reset_stream
 
 log = logging.getLogger("bridge.metrics")
 
@@ -365,11 +367,7 @@ class MeteredStream(trio.abc.HalfCloseableStream):
     def reset(self) -> None:
         """Abort the connection (RST to the far end) through the wrapped streams."""
         self.was_reset = True
-        stream = self.transport_stream
-        while stream is not None and not hasattr(stream, "reset"):
-            stream = getattr(stream, "transport_stream", None)
-        if stream is not None:
-            stream.reset()
+        reset_stream(self.transport_stream)
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -455,7 +453,7 @@ async def _exchange(
         ("Connection", "close"),
         *extra,
     ]
-    reason = HTTPStatus(status).phrase.encode()
+    reason = status_phrase(status).encode()
     data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
     if not head_only:
         data += conn.send(h11.Data(data=body))
@@ -489,4 +487,5 @@ def _answer(
 
 
 def _phrase(status: int) -> bytes:
-    return f"{HTTPStatus(status).phrase.lower()}\n".encode()
+    """The body of a plain-text error answer: ``not found\\n``."""
+    return f"{status_phrase(status).lower()}\n".encode()

@@ -8,8 +8,6 @@ import socket
 
 import pytest
 import trio
-from bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
-from connect_proxy import ConnectProxy
 
 from bridge.agent.agent import (
     Agent,
@@ -24,6 +22,9 @@ from bridge.protocol.handshake import Welcome, WelcomeStatus
 from bridge.transport.tls import certificate_fingerprint, client_ssl_context
 from bridge.transport.websocket import serve_websocket_agents
 from relay import MemoryStore, Relay, RelayConfig
+
+from .bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
+from .connect_proxy import ConnectProxy
 
 
 async def read_all(stream) -> bytes:

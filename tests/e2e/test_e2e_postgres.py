@@ -8,7 +8,8 @@ import hashlib
 import re
 
 import pytest
-from e2e_support import Bridge, Launcher, Postgres, free_port, relay_cli
+
+from .e2e_support import Bridge, Launcher, Postgres, free_port, relay_cli
 
 pytestmark = pytest.mark.interop
 

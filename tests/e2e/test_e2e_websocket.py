@@ -8,10 +8,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import sys
-from pathlib import Path
 
 import pytest
-from e2e_support import Bridge, Launcher, Postgres, Process, Relay
+
+from .e2e_support import ROOT, Bridge, Launcher, Postgres, Process, Relay
 
 pytestmark = pytest.mark.interop
 
@@ -22,8 +22,8 @@ BIG_RESULT = "select string_agg(md5(i::text), '') from generate_series(1, 200000
 @pytest.fixture
 def proxy(launch: Launcher) -> tuple[Process, int]:
     """The tests' CONNECT proxy, requiring PROXY_USER and PROXY_PASSWORD; and its port."""
-    runner = Path(__file__).with_name("run_connect_proxy.py")
-    process = launch.start("proxy", [sys.executable, runner, PROXY_USER, PROXY_PASSWORD])
+    runner = [sys.executable, "-m", "tests.e2e.run_connect_proxy", PROXY_USER, PROXY_PASSWORD]
+    process = launch.start("proxy", runner, cwd=ROOT)
     return process, int(process.wait_for(r"^listening on (\d+)$", stream="stdout")[1])
 
 

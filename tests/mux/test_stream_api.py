@@ -10,7 +10,11 @@ import random
 import pytest
 import trio
 import trio.testing
-from mux_support import (
+
+import mux
+from mux.frames import Flag, FrameType
+
+from .mux_support import (
     FIXED_WINDOW,
     INITIAL_WINDOW,
     KIB,
@@ -24,9 +28,6 @@ from mux_support import (
     stream_pair,
     window,
 )
-
-import mux
-from mux.frames import Flag, FrameType
 
 # ---- the generic stream checks ----------------------------------------------------------------
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trio
-from relay_support import COST, RunningAgent, receive_all
 
 from relay import SQLiteStore
 from relay.certificates import fingerprint
 from relay.cli import build_parser
+
+from .relay_support import COST, RunningAgent, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME_LIMIT = 30

@@ -4,7 +4,6 @@
 
 import pytest
 import trio
-from relay_support import RelayHarness, receive_all
 
 import mux
 from bridge.protocol.connect import (
@@ -16,6 +15,8 @@ from bridge.protocol.connect import (
 from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
 from bridge.transport.prefixed_stream import PrefixedStream
 from relay import MemoryStore, TargetUnreachable, TunnelError
+
+from .relay_support import RelayHarness, receive_all
 
 TIME_LIMIT = 20
 
