@@ -13,7 +13,10 @@ import socket
 from pathlib import Path
 
 import trio
-from e2e_support import (
+
+from relay.audit import OUTCOMES
+
+from .e2e_support import (
     RELAY,
     Bridge,
     Launcher,
@@ -23,8 +26,6 @@ from e2e_support import (
     run,
     wait_until,
 )
-
-from relay.audit import OUTCOMES
 
 SOCKS_USER, SOCKS_PASSWORD = "auditor", "socks-password-not-for-the-log"
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")

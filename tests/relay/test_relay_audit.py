@@ -9,12 +9,13 @@ import time
 
 import pytest
 import trio
-from relay_support import RelayHarness, captured_logs, receive_all
 
 from bridge.ops.metrics import TunnelMetrics
 from relay import TargetNotAllowed
 from relay.audit import AuditConfig, AuditTrail, Caller, TunnelEvent
 from relay.audit_log import JsonLinesSink, matches, parse_since, read, table
+
+from .relay_support import RelayHarness, captured_logs, receive_all
 
 
 def _event(n: int = 0, **fields) -> TunnelEvent:
