@@ -216,13 +216,16 @@ class Relay:
     async def drain(self) -> None:
         """Stop accepting, tell every agent GoAway, and return once no stream is open.
 
-        Bound it with a deadline; cancel what is left afterwards.
+        Waits on the sessions' own notice that their last stream closed (no polling). Raises
+        nothing of its own; bound it with a deadline (a cancel scope) and cancel what is left
+        afterwards: cancelling it leaves the relay stopped, with the streams still open.
         """
         self.stop_accepting()
         for agent in list(self.registry):
             await _go_away(agent.mux)
-        while self.registry.open_streams_total():
-            await trio.sleep(0.05)
+        # No stream opens once stopping, so a session found idle stays idle.
+        while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
+            await busy[0].mux.wait_streams_closed()
 
     # -- agents --------------------------------------------------------------------------
 
