@@ -28,7 +28,7 @@ import trio
 
 import mux
 from bridge.ops.metrics import TunnelMetrics
-from bridge.protocol.addresses import format_address, format_host_port
+from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import (
     ConnectError,
     ConnectReply,
@@ -47,6 +47,7 @@ from bridge.protocol.handshake import (
     WelcomeStatus,
     encode_welcome,
 )
+from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
 from relay.config import RelayConfig
@@ -82,15 +83,6 @@ def _extra(**fields: Any) -> dict[str, Any]:
 
 def _log(level: int, message: str, **fields: Any) -> None:
     log.log(level, message, extra=_extra(**fields))
-
-
-class _Refused(Exception):
-    """An agent connection is turned away; `status` and the message go into the Welcome."""
-
-    def __init__(self, status: WelcomeStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class _Retry(Exception):
@@ -196,13 +188,16 @@ class Relay:
     async def drain(self) -> None:
         """Stop accepting, tell every agent GoAway, and return once no stream is open.
 
-        Bound it with a deadline; cancel what is left afterwards.
+        Waits on the sessions' own notice that their last stream closed (no polling). Raises
+        nothing of its own; bound it with a deadline (a cancel scope) and cancel what is left
+        afterwards: cancelling it leaves the relay stopped, with the streams still open.
         """
         self.stop_accepting()
         for agent in list(self.registry):
             await _go_away(agent.mux)
-        while self.registry.open_streams_total():
-            await trio.sleep(0.05)
+        # No stream opens once stopping, so a session found idle stays idle.
+        while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
+            await busy[0].mux.wait_streams_closed()
 
     # -- agents --------------------------------------------------------------------------
 
@@ -221,7 +216,7 @@ class Relay:
 
     async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
         try:
-            peer = format_address(tcp.socket.getpeername())
+            peer = format_socket_address(tcp.socket.getpeername())
             transport = TLSStream.wrap(tcp, self.ssl_context, server_side=True)
         except OSError:  # already gone
             self._pending -= 1
@@ -283,12 +278,12 @@ class Relay:
                     break
             record = await self._authenticate(hello, peer)
         except UnsupportedVersion as exc:
-            refusal = _Refused(
+            refusal = Refused(
                 WelcomeStatus.UNSUPPORTED_VERSION, f"{exc}; this relay speaks {PROTOCOL_VERSION}"
             )
         except HandshakeError as exc:
-            refusal = _Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
-        except _Refused as exc:
+            refusal = Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
+        except Refused as exc:
             refusal = exc
         else:
             await transport.send_all(
@@ -306,7 +301,7 @@ class Relay:
             record = self.store.find(hello.bridge_id)
         except Exception:
             log.exception("Bridge store failed", extra=_extra(peer=peer))
-            raise _Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
+            raise Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
         if record is not None and record.id != hello.bridge_id:
             record = None  # agents authenticate by ID, not by name
         stored_hash = None if record is None else record.secret_hash
@@ -327,8 +322,8 @@ class Relay:
                 peer=peer,
             )
         if limited:
-            raise _Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
-        raise _Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
+            raise Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
+        raise Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
 
     async def _run_session(
         self,
@@ -568,7 +563,8 @@ class Relay:
                     if not data:
                         raise _Retry(
                             TunnelError(
-                                f"Bridge {bridge} closed the connection to {target} without answering"
+                                f"Bridge {bridge} closed the connection to {target} "
+                                "without answering"
                             )
                         )
         except mux.StreamReset:

@@ -26,8 +26,9 @@ import trio_websocket
 from trio.lowlevel import checkpoint
 from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, WebSocketConnection
 
-from bridge.agent.relay_url import format_address
+from bridge.protocol.addresses import format_socket_address
 from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
+from bridge.transport.http_status import status_phrase
 from bridge.transport.tls import PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
 from mux.conflict import RECEIVING, SENDING, ConflictDetector
@@ -102,6 +103,10 @@ class WebSocketStream(trio.abc.Stream):
         self._receive_conflict = ConflictDetector(RECEIVING)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send `data` as binary messages of at most ``max_message_size`` bytes each. Raises
+        `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError` once
+        closed, `trio.BrokenResourceError` when the connection ended. Cancelled part-way, some
+        messages may have been sent: the stream is then only good for closing."""
         with self._send_conflict:
             if self._closed or not data:
                 await checkpoint()
@@ -117,11 +122,19 @@ class WebSocketStream(trio.abc.Stream):
                 raise self._closed_error(exc.reason) from None
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Returns after a checkpoint (trio-websocket does not expose the socket's readiness).
+        Raises `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError`
+        once closed."""
         with self._send_conflict:
             await checkpoint()
             self._check_open()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to `max_bytes` of the current binary message (all of it without `max_bytes`), ``b""``
+        once the peer closed with code 1000. Raises ValueError for `max_bytes` < 1,
+        `trio.BusyResourceError` when another task is receiving, `trio.BrokenResourceError` for a
+        text message or any other end of the connection, `trio.ClosedResourceError` once closed.
+        Cancelled, it loses nothing."""
         if max_bytes is not None and operator.index(max_bytes) < 1:
             raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
@@ -194,7 +207,8 @@ async def open_websocket_stream(
     Raises OSError (`bridge.transport.http_proxy.ProxyError` included) when TCP fails,
     `trio.BrokenResourceError` when TLS does, `bridge.transport.tls.FingerprintMismatch`,
     `WebSocketError` when the upgrade fails, and `trio.TooSlowError` past ``connect_timeout``
-    or a TLS handshake longer than ``handshake_timeout``.
+    or a TLS handshake longer than ``handshake_timeout``. Cancelled at any point, it closes
+    what it opened.
     """
     host, port, path = _parse_url(url)
     config = config or WebSocketConfig()
@@ -228,8 +242,8 @@ async def websocket_client(
     """Upgrade ``transport``, a TLS stream already open to host:port, to a WebSocket on ``path``.
 
     Raises `WebSocketError` when the server refuses or closes the connection, or does not
-    answer within ``handshake_timeout``. ``transport`` is closed when this raises, and when
-    the block is left.
+    answer within ``handshake_timeout``. ``transport`` is closed when this raises, when
+    the block is left and when it is cancelled.
     """
     config = config or WebSocketConfig()
     try:
@@ -263,7 +277,8 @@ async def serve_websocket_agents(
     port), and run ``await handler(stream, peer)`` for each upgrade to ``path``, with the
     peer's ``ip:port``; other paths are refused with 404. The stream is closed when the
     handler returns. `task_status.started` gets the list of `trio.SocketListener`s.
-    Connections that fail before the handler runs are logged and dropped.
+    Connections that fail before the handler runs are logged and dropped. Raises OSError
+    when it cannot listen. Cancelling it closes the listeners and cancels the handlers.
 
     For the relay: ``await nursery.start(serve_websocket_agents, relay.handle_agent, host,
     port, relay.ssl_context)``.
@@ -272,7 +287,7 @@ async def serve_websocket_agents(
 
     async def serve(tcp: trio.SocketStream) -> None:
         try:
-            peer = format_address(*tcp.socket.getpeername()[:2])
+            peer = format_socket_address(tcp.socket.getpeername())
         except OSError:  # already gone
             await tcp.aclose()
             return
@@ -349,7 +364,7 @@ def _upgrade_error(reader: _ReaderTask, path: str, config: WebSocketConfig) -> W
     if reader.rejected is not None:
         status = reader.rejected.status_code
         return WebSocketError(
-            f"WebSocket upgrade to {path} refused: {status} {_phrase(status)}", status
+            f"WebSocket upgrade to {path} refused: {status} {status_phrase(status)}", status
         )
     if reader.ended:
         return WebSocketError(
@@ -394,13 +409,6 @@ def _authority(host: str, port: int) -> str:
     """The Host header: the port is left out when it is the default one."""
     name = f"[{host}]" if ":" in host else host
     return name if port == 443 else f"{name}:{port}"
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _describe(reason: CloseReason | None) -> str:

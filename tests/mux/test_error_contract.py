@@ -13,9 +13,10 @@ import textwrap
 import pytest
 import trio
 import trio.testing
-from mux_support import stream_pair
 
 import mux
+
+from .mux_support import stream_pair
 
 TRANSPORT_FAILURES = [
     trio.BrokenResourceError("broken"),
