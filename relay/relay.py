@@ -142,7 +142,9 @@ class Relay:
     ) -> None:
         """Accept agents over TLS on host:port until cancelled (port 0: any free port).
 
-        `task_status.started` gets the list of `trio.SocketListener`s.
+        `task_status.started` gets the list of `trio.SocketListener`s. Raises OSError when it
+        cannot listen. Cancelling it closes the listeners and ends every agent session at
+        once, cutting their tunnels: call `drain` first to let them finish.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
         async with trio.open_nursery() as nursery:
@@ -450,6 +452,7 @@ class Relay:
     # -- tunnels -------------------------------------------------------------------------
 
     def is_connected(self, bridge: str) -> bool:
+        """Whether an agent of `bridge` (a name or ID) is connected right now."""
         return bool(self.registry.sessions(bridge))
 
     async def connect(self, bridge: str, host: str, port: int) -> trio.abc.HalfCloseableStream:
@@ -458,13 +461,16 @@ class Relay:
         Raises `BridgeNotConnected`, `TargetNotAllowed`, `TargetUnreachable`, `BridgeBusy`
         or another `TunnelError`, each carrying the agent's own message when it gave one;
         `RelayShuttingDown` while the relay drains; ValueError for a host or port that
-        cannot be sent.
+        cannot be sent. Waits at most ``connect_timeout`` for the agent's answer (then
+        `TargetUnreachable`); cancelled before the answer, it resets the stream it opened.
+        The caller owns the returned stream and must close it.
         """
         stream, _ = await self._open(bridge, host, port)
         return stream
 
     async def probe(self, bridge: str, host: str, port: int) -> str:
-        """Check that `bridge` reaches host:port; returns the address the agent dialed."""
+        """Check that `bridge` reaches host:port; returns the address the agent dialed.
+        Raises what `connect` raises; the tunnel is closed before it returns."""
         stream, reply = await self._open(bridge, host, port)
         await trio.aclose_forcefully(stream)
         return reply.message or format_host_port(host, port)
