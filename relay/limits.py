@@ -107,6 +107,8 @@ class Repeats:
         self._windows: dict[Hashable, list[float]] = {}  # key -> [since, count]
 
     def note(self, key: Hashable = None) -> bool:
+        """Count one event of `key`: True when it opens a window (log this one), False while one is
+        open."""
         window = self._windows.get(key)
         if window is None:
             self._windows[key] = [self._clock(), 0]
