@@ -27,6 +27,7 @@ import h11
 import trio
 
 from bridge.transport.http_status import status_phrase
+from bridge.transport.splice import reset_stream
 
 log = logging.getLogger("bridge.metrics")
 
@@ -358,7 +359,11 @@ class TunnelMetrics(Metrics):
 
 class MeteredStream(trio.abc.HalfCloseableStream):
     """A stream to a target: bytes sent count as `to_target`, bytes received as
-    `from_target`; it counts in `streams_open` until closed."""
+    `from_target`; it counts in `streams_open` until closed.
+
+    It also keeps this connection's own totals (`bytes_sent`, `bytes_received`), whether it
+    was aborted (`was_reset`), and calls `on_close(self)` once when closed (set it to be
+    told; an exception it raises propagates from `aclose`)."""
 
     def __init__(
         self, stream: trio.abc.HalfCloseableStream, metrics: TunnelMetrics, bridge: str
@@ -368,6 +373,10 @@ class MeteredStream(trio.abc.HalfCloseableStream):
         self._received = metrics.bytes.labels(bridge=bridge, direction="from_target")
         self._open = metrics.streams_open.labels(bridge=bridge)
         self._closed = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.was_reset = False
+        self.on_close: Callable[[MeteredStream], object] | None = None
         metrics.streams.inc(bridge=bridge)
         self._open.inc()
 
@@ -375,7 +384,9 @@ class MeteredStream(trio.abc.HalfCloseableStream):
         """Send through the wrapped stream, then count the bytes; raises what it raises (nothing is
         counted then)."""
         await self.transport_stream.send_all(data)
-        self._sent.inc(memoryview(data).nbytes)
+        size = memoryview(data).nbytes
+        self.bytes_sent += size
+        self._sent.inc(size)
 
     async def wait_send_all_might_not_block(self) -> None:
         """As the wrapped stream's."""
@@ -388,14 +399,22 @@ class MeteredStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Receive from the wrapped stream and count the bytes; raises what it raises."""
         data = await self.transport_stream.receive_some(max_bytes)
+        self.bytes_received += len(data)
         self._received.inc(len(data))
         return data
+
+    def reset(self) -> None:
+        """Abort the connection (RST to the far end) through the wrapped streams."""
+        self.was_reset = True
+        reset_stream(self.transport_stream)
 
     async def aclose(self) -> None:
         """Stop counting the stream as open (once), then close the wrapped stream."""
         if not self._closed:
             self._closed = True
             self._open.dec()
+            if self.on_close is not None:
+                self.on_close(self)
         await self.transport_stream.aclose()
 
 
