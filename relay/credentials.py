@@ -35,6 +35,7 @@ def new_secret() -> str:
 
 
 def check_cost(cost: int) -> int:
+    """`cost` if it is a bcrypt cost from MIN_COST to MAX_COST; else ValueError saying so."""
     if not MIN_COST <= cost <= MAX_COST:
         raise ValueError(f"bcrypt cost must be between {MIN_COST} and {MAX_COST}, not {cost}")
     return cost
@@ -140,6 +141,7 @@ class Verifier:
         return flight.result
 
     def forget(self, bridge_id: str) -> None:
+        """Drop what was verified for `bridge_id` (its secret changed or it was deleted)."""
         self._verified.pop(bridge_id, None)
 
     async def _run(self, fn, *args):

@@ -111,6 +111,8 @@ class Repeats(Generic[K]):
         self._windows: dict[K, tuple[float, int]] = {}  # key -> (since, count)
 
     def note(self, key: K) -> bool:
+        """Count one event of `key`: True when it opens a window (log this one), False while one is
+        open."""
         window = self._windows.get(key)
         if window is None:
             self._windows[key] = (self._clock(), 0)

@@ -166,7 +166,9 @@ class Relay:
     ) -> None:
         """Accept agents over TLS on host:port until cancelled (port 0: any free port).
 
-        `task_status.started` gets the list of `trio.SocketListener`s.
+        `task_status.started` gets the list of `trio.SocketListener`s. Raises OSError when it
+        cannot listen. Cancelling it closes the listeners and ends every agent session at
+        once, cutting their tunnels: call `drain` first to let them finish.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
         if self.config.node is None:
@@ -478,6 +480,7 @@ class Relay:
     # -- tunnels -------------------------------------------------------------------------
 
     def is_connected(self, bridge: str) -> bool:
+        """Whether an agent of `bridge` (a name or ID) is connected right now."""
         return bool(self.registry.sessions(bridge))
 
     async def connect(
@@ -491,7 +494,9 @@ class Relay:
         Raises `BridgeNotConnected`, `TargetNotAllowed`, `TargetUnreachable`, `BridgeBusy`
         or another `TunnelError`, each carrying the agent's own message when it gave one;
         `RelayShuttingDown` while the relay drains; ValueError for a host or port that
-        cannot be sent. Cancelling it abandons the attempt (the agent's side is reset).
+        cannot be sent. Waits at most ``connect_timeout`` for the agent's answer (then
+        `TargetUnreachable`); cancelling it abandons the attempt (the agent's side is reset).
+        The caller owns the returned stream and must close it.
         """
         stream, _ = await self._open(bridge, host, port, Caller.of(caller))
         return stream
@@ -499,7 +504,8 @@ class Relay:
     async def probe(
         self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
     ) -> str:
-        """Check that `bridge` reaches host:port; returns the address the agent dialed."""
+        """Check that `bridge` reaches host:port; returns the address the agent dialed.
+        Raises what `connect` raises; the tunnel is closed before it returns."""
         stream, reply = await self._open(bridge, host, port, Caller.of(caller))
         await trio.aclose_forcefully(stream)
         return reply.message or format_host_port(host, port)
