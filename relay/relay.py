@@ -634,9 +634,8 @@ class Relay:
         started = time.monotonic()
         try:
             stream = await agent.mux.open_stream()
-        except (mux.SessionClosed, mux.LocalProtocolError) as exc:
-            # That session is going away. (open_stream raises LocalProtocolError instead of
-            # SessionClosed when the session ends or says GoAway during its checkpoint.)
+        except mux.SessionClosed as exc:
+            # That session is going away (it ended, or said or got GoAway).
             raise _Retry(None, exc) from None
         reply = None  # stays None if the agent does not answer within connect_timeout
         try:

@@ -31,6 +31,7 @@ from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
 from bridge.transport.http_status import status_phrase
 from bridge.transport.tls import PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
+from mux.conflict import RECEIVING, SENDING, ConflictDetector
 
 DEFAULT_PATH = "/bridge"
 NORMAL_CLOSURE = 1000
@@ -110,18 +111,15 @@ class WebSocketStream(trio.abc.Stream):
         self._pending = memoryview(b"")
         self._eof = False
         self._closed = False
-        self._sending = False
-        self._receiving = False
+        self._send_conflict = ConflictDetector(SENDING)
+        self._receive_conflict = ConflictDetector(RECEIVING)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send `data` as binary messages of at most ``max_message_size`` bytes each. Raises
         `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError` once
         closed, `trio.BrokenResourceError` when the connection ended. Cancelled part-way, some
         messages may have been sent: the stream is then only good for closing."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
+        with self._send_conflict:
             if self._closed or not data:
                 await checkpoint()
                 self._check_open()
@@ -134,17 +132,14 @@ class WebSocketStream(trio.abc.Stream):
             except ConnectionClosed as exc:
                 await checkpoint()  # a closed connection raises without scheduling
                 raise self._closed_error(exc.reason) from None
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Returns after a checkpoint (trio-websocket does not expose the socket's readiness).
         Raises `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError`
         once closed."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        await checkpoint()
-        self._check_open()
+        with self._send_conflict:
+            await checkpoint()
+            self._check_open()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to `max_bytes` of the current binary message (all of it without `max_bytes`), ``b""``
@@ -154,10 +149,7 @@ class WebSocketStream(trio.abc.Stream):
         Cancelled, it loses nothing."""
         if max_bytes is not None and operator.index(max_bytes) < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        self._receiving = True
-        try:
+        with self._receive_conflict:
             if not self._pending:
                 message = await self._next_message()
                 if max_bytes is None or len(message) <= max_bytes:
@@ -168,8 +160,6 @@ class WebSocketStream(trio.abc.Stream):
                 self._check_open()
             data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
             return bytes(data)
-        finally:
-            self._receiving = False
 
     async def _next_message(self) -> bytes:
         """The next binary message that is not empty; b"" once the peer has closed normally."""
