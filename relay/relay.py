@@ -131,7 +131,7 @@ class Relay:
         self.registry = Registry()
         self._verifier = Verifier(cost=config.bcrypt_cost)
         self._logins = LoginLimiter(config.auth_failures_per_minute, config.rate_limit_sources)
-        self._repeats = Repeats(config.log_interval)
+        self._repeats: Repeats[str | tuple[str, str]] = Repeats(config.log_interval)
         self._pending = 0  # agent connections not yet admitted
         self._accepting: set[trio.CancelScope] = set()
         self._stopping = False
@@ -659,8 +659,9 @@ class Relay:
         except mux.SessionClosed as exc:
             # That session is going away (it ended, or said or got GoAway).
             raise _Retry(None, exc) from None
+        reply = None  # stays None if the agent does not answer within connect_timeout
         try:
-            with trio.move_on_after(self.config.connect_timeout) as deadline:
+            with trio.move_on_after(self.config.connect_timeout):
                 await stream.send_all(request)
                 parser = ConnectReplyParser()
                 while (reply := parser.feed(data := await stream.receive_some(_READ_SIZE))) is None:
@@ -683,7 +684,7 @@ class Relay:
         except BaseException:
             await _reset(stream)
             raise
-        if deadline.cancelled_caught:
+        if reply is None:
             await _reset(stream)
             raise TargetUnreachable(
                 f"No answer from bridge {bridge} about {target} within "
