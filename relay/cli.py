@@ -1039,6 +1039,8 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay audit``: print the events of the audit log, filtered by bridge and time.
+    Raises `UsageError` without a log to read, `Failure` when it cannot be read."""
     if not args.audit_log:
         raise UsageError("audit needs the log to read: --audit-log PATH (or RELAY_AUDIT_LOG)")
     selected = []
