@@ -121,7 +121,7 @@ def _cost(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``bridge-relay`` argument parser; its ``error`` raises `UsageError` instead of
     exiting."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--data-dir",
         metavar="DIR",

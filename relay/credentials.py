@@ -92,10 +92,12 @@ class Verifier:
         message = b"\0".join([bridge_id.encode(), stored_hash, secret])
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    async def prepare(self) -> None:
-        """Make the dummy hash now, so the first unknown ID costs no more than later ones."""
+    async def prepare(self) -> bytes:
+        """Make the dummy hash now, so the first unknown ID costs no more than later ones;
+        returns it."""
         if self._dummy is None:
             self._dummy = await self._run(hash_secret, new_secret(), self._cost)
+        return self._dummy
 
     async def verify(
         self, bridge_id: str, stored_hash: bytes | None, secret: bytes, *, cached_only: bool = False
@@ -106,8 +108,8 @@ class Verifier:
         """
         if stored_hash is None:
             if not cached_only:
-                await self.prepare()
-                await self._check(self._mac("", self._dummy, secret), secret, self._dummy)
+                dummy = await self.prepare()
+                await self._check(self._mac("", dummy, secret), secret, dummy)
             return False
         mac = self._mac(bridge_id, stored_hash, secret)
         known = self._verified.get(bridge_id)

@@ -17,7 +17,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -38,7 +38,19 @@ NORMAL_CLOSURE = 1000
 
 log = logging.getLogger("bridge.websocket")
 
-_positive = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+
+class _Sizes(TypedDict):
+    """The buffer sizes trio-websocket takes as keyword arguments."""
+
+    max_message_size: int
+    message_queue_size: int
+    receive_buffer_size: int
+
+
+_positive: list[Callable[[Any, Any, Any], Any]] = [
+    attrs.validators.instance_of((int, float)),
+    attrs.validators.gt(0),
+]
 _size = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
 
 
@@ -60,7 +72,7 @@ class WebSocketConfig:
     #: How long closing waits for the peer to answer the close frame.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
 
-    def _sizes(self) -> dict[str, int]:
+    def _sizes(self) -> _Sizes:
         return {
             "max_message_size": self.max_message_size,
             "message_queue_size": self.message_queue_size,
@@ -221,7 +233,7 @@ async def open_websocket_stream(
     try:
         with trio.fail_after(config.handshake_timeout):
             await tls.do_handshake()
-        if pinned:
+        if isinstance(ssl_context, PinnedSSLContext):
             check_fingerprint(tls, ssl_context.fingerprint)
     except BaseException:
         await trio.aclose_forcefully(tls)
@@ -251,7 +263,13 @@ async def websocket_client(
             with trio.move_on_after(config.handshake_timeout) as upgrade:
                 reader = _ReaderTask(nursery, upgrade)
                 connection = await trio_websocket.wrap_client_stream(
-                    reader, transport, _authority(host, port), path, **config._sizes()
+                    reader.as_nursery(),
+                    # trio-websocket declares a socket or SSL stream; it uses only the methods
+                    # of trio.abc.Stream.
+                    cast("trio.SocketStream", transport),
+                    _authority(host, port),
+                    path,
+                    **config._sizes(),
                 )
             if upgrade.cancelled_caught:
                 raise _upgrade_error(reader, path, config)
@@ -318,7 +336,9 @@ async def _accept(
         reader = _ReaderTask(nursery, upgrade)
         try:
             await transport.do_handshake()
-            request = await trio_websocket.wrap_server_stream(reader, transport, **config._sizes())
+            request = await trio_websocket.wrap_server_stream(
+                reader.as_nursery(), transport, **config._sizes()
+            )
             if urlsplit(request.path).path == path:
                 return await request.accept()
             await request.reject(HTTPStatus.NOT_FOUND)
@@ -349,6 +369,11 @@ class _ReaderTask:
 
     def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         self._nursery.start_soon(self._run, fn, *args)
+
+    def as_nursery(self) -> trio.Nursery:
+        """This stand-in, typed as the nursery trio-websocket declares: it only calls
+        ``start_soon``."""
+        return cast("trio.Nursery", self)
 
     async def _run(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         try:
