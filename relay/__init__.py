@@ -31,17 +31,21 @@ _EXPORTS = {
     "BridgeRecord": "relay.store",
     "MemoryStore": "relay.store",
     "SQLiteStore": "relay.store",
+    "PostgresStore": "relay.store",
+    "StoreError": "relay.errors",
 }
 __all__ = [
     "BridgeBusy",
     "BridgeNotConnected",
     "BridgeRecord",
     "MemoryStore",
+    "PostgresStore",
     "Relay",
     "RelayConfig",
     "RelayError",
     "RelayShuttingDown",
     "SQLiteStore",
+    "StoreError",
     "TargetNotAllowed",
     "TargetUnreachable",
     "TunnelError",
@@ -55,13 +59,14 @@ if TYPE_CHECKING:
         BridgeNotConnected,
         RelayError,
         RelayShuttingDown,
+        StoreError,
         TargetNotAllowed,
         TargetUnreachable,
         TunnelError,
         UnknownBridge,
     )
     from relay.relay import Relay
-    from relay.store import BridgeRecord, MemoryStore, SQLiteStore
+    from relay.store import BridgeRecord, MemoryStore, PostgresStore, SQLiteStore
 
 
 def __getattr__(name: str) -> Any:
