@@ -29,7 +29,7 @@ import trio
 
 import mux
 from bridge.ops.metrics import TunnelMetrics
-from bridge.protocol.addresses import format_address, format_host_port
+from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import (
     ConnectError,
     ConnectReply,
@@ -48,6 +48,7 @@ from bridge.protocol.handshake import (
     WelcomeStatus,
     encode_welcome,
 )
+from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
 from relay.config import RelayConfig
@@ -89,15 +90,6 @@ def _extra(**fields: Any) -> dict[str, Any]:
 
 def _log(level: int, message: str, **fields: Any) -> None:
     log.log(level, message, extra=_extra(**fields))
-
-
-class _Refused(Exception):
-    """An agent connection is turned away; `status` and the message go into the Welcome."""
-
-    def __init__(self, status: WelcomeStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class _Retry(Exception):
@@ -216,13 +208,16 @@ class Relay:
     async def drain(self) -> None:
         """Stop accepting, tell every agent GoAway, and return once no stream is open.
 
-        Bound it with a deadline; cancel what is left afterwards.
+        Waits on the sessions' own notice that their last stream closed (no polling). Raises
+        nothing of its own; bound it with a deadline (a cancel scope) and cancel what is left
+        afterwards: cancelling it leaves the relay stopped, with the streams still open.
         """
         self.stop_accepting()
         for agent in list(self.registry):
             await _go_away(agent.mux)
-        while self.registry.open_streams_total():
-            await trio.sleep(0.05)
+        # No stream opens once stopping, so a session found idle stays idle.
+        while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
+            await busy[0].mux.wait_streams_closed()
 
     # -- agents --------------------------------------------------------------------------
 
@@ -241,7 +236,7 @@ class Relay:
 
     async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
         try:
-            peer = format_address(tcp.socket.getpeername())
+            peer = format_socket_address(tcp.socket.getpeername())
             transport = TLSStream.wrap(tcp, self.ssl_context, server_side=True)
         except OSError:  # already gone
             self._pending -= 1
@@ -303,12 +298,12 @@ class Relay:
                     break
             record = await self._authenticate(hello, peer)
         except UnsupportedVersion as exc:
-            refusal = _Refused(
+            refusal = Refused(
                 WelcomeStatus.UNSUPPORTED_VERSION, f"{exc}; this relay speaks {PROTOCOL_VERSION}"
             )
         except HandshakeError as exc:
-            refusal = _Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
-        except _Refused as exc:
+            refusal = Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
+        except Refused as exc:
             refusal = exc
         else:
             await transport.send_all(
@@ -337,11 +332,11 @@ class Relay:
             record, fresh = await self._find(hello.bridge_id)
         except Exception:
             log.exception("Bridge store failed", extra=_extra(peer=peer))
-            raise _Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
+            raise Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
         if record is not None and record.id != hello.bridge_id:
             record = None  # agents authenticate by ID, not by name
         if record is None and not fresh:
-            raise _Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
+            raise Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
         stored_hash = None if record is None else record.secret_hash
         source = source_of(peer)
         # A source over its limit of failed logins gets no bcrypt check: only credentials
@@ -360,7 +355,7 @@ class Relay:
                 self._admitted.popitem(last=False)
             return record
         if not fresh:
-            raise _Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
+            raise Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
         self.metrics.auth_failures.inc(listener="agent")
         if self._logins.failed(source) and not limited:
             _log(
@@ -370,8 +365,8 @@ class Relay:
                 peer=peer,
             )
         if limited:
-            raise _Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
-        raise _Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
+            raise Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
+        raise Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
 
     async def _run_session(
         self,

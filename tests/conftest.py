@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
@@ -35,18 +33,13 @@ def _bounded(test, limit: float):
     return bounded
 
 
-def _postgres_server_module():
-    sys.path.insert(0, str(Path(__file__).parent / "e2e"))
-    import postgres_server
-
-    return postgres_server
-
-
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """A running `postgres_server.PostgresServer` (tests/e2e/postgres_server.py), shared by
     the run: tests that stop a server start one of their own."""
-    server = _postgres_server_module().PostgresServer(tmp_path_factory.mktemp("postgres-logs"))
+    from .e2e.postgres_server import PostgresServer
+
+    server = PostgresServer(tmp_path_factory.mktemp("postgres-logs"))
     try:
         server.start()
         yield server

@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 
 import pytest
 import trio
-from process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/faults)
+
+from .process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/faults)
     bridge,
     launch,
     pytest_runtest_makereport,

@@ -19,7 +19,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from e2e_support import Postgres, Process, clean_env, free_port
+
+from .e2e_support import Postgres, Process, clean_env, free_port
 
 
 def unavailable(reason: str) -> None:

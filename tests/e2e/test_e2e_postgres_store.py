@@ -13,7 +13,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from e2e_support import (
+
+from .e2e_support import (
     BRIDGE_NAME,
     Bridge,
     Launcher,
@@ -23,7 +24,7 @@ from e2e_support import (
     parse_assignments,
     relay_cli,
 )
-from postgres_server import PostgresServer
+from .postgres_server import PostgresServer
 
 pytestmark = pytest.mark.interop
 
@@ -130,7 +131,7 @@ def test_unreachable_store_at_start_is_one_line_and_exit_1(tmp_path: Path):
         lines = done.stderr.splitlines()
         assert len(lines) == 1, done.stderr
         assert re.fullmatch(
-            rf"bridge-relay: bridge store postgresql://postgres@127\.0\.0\.1:\d+/relay: "
+            r"bridge-relay: bridge store postgresql://postgres@127\.0\.0\.1:\d+/relay: "
             r".*Connection refused.*",
             lines[0],
         ), lines[0]

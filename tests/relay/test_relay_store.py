@@ -9,12 +9,13 @@ import bcrypt
 import psycopg
 import pytest
 import trio
-from relay_support import COST
 
 from relay import PostgresStore, SQLiteStore, UnknownBridge
 from relay.errors import DuplicateBridge, InvalidBridgeName, StoreError, StoreNotInitialised
 from relay.store import BridgeRecord, StoreURL, open_store
 from relay.store.postgres import SCHEMA_VERSION
+
+from .relay_support import COST
 
 
 def test_create_returns_uuid_and_urlsafe_secret_and_stores_only_a_hash(store):
