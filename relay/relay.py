@@ -39,15 +39,19 @@ from bridge.protocol.connect import (
     ConnectStatus,
     encode_connect_request,
 )
+from bridge.protocol.control import ControlMessage, encode_control
 from bridge.protocol.handshake import (
-    PROTOCOL_VERSION,
+    HELLO_VERSION,
+    VERSIONS,
+    Agreement,
     HandshakeError,
     Hello,
     HelloParser,
     UnsupportedVersion,
-    Welcome,
     WelcomeStatus,
     encode_welcome,
+    negotiate,
+    welcome_for,
 )
 from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
@@ -139,7 +143,7 @@ class Relay:
         self.registry = Registry()
         self._verifier = Verifier(cost=config.bcrypt_cost)
         self._logins = LoginLimiter(config.auth_failures_per_minute, config.rate_limit_sources)
-        self._repeats = Repeats(config.log_interval)
+        self._repeats: Repeats[str | tuple[str, str]] = Repeats(config.log_interval)
         self._pending = 0  # agent connections not yet admitted
         self._accepting: set[trio.CancelScope] = set()
         self._stopping = False
@@ -185,7 +189,9 @@ class Relay:
     ) -> None:
         """Accept agents over TLS on host:port until cancelled (port 0: any free port).
 
-        `task_status.started` gets the list of `trio.SocketListener`s.
+        `task_status.started` gets the list of `trio.SocketListener`s. Raises OSError when it
+        cannot listen. Cancelling it closes the listeners and ends every agent session at
+        once, cutting their tunnels: call `drain` first to let them finish.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
         if self.config.node is None:
@@ -242,7 +248,7 @@ class Relay:
         """
         self.stop_accepting()
         for agent in list(self.registry):
-            await _go_away(agent.mux)
+            await _go_away(agent, "relay shutting down")
         # No stream opens once stopping, so a session found idle stays idle.
         while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
             await busy[0].mux.wait_streams_closed()
@@ -295,7 +301,10 @@ class Relay:
             if deadline.cancelled_caught:
                 _log(logging.INFO, "Connection dropped", peer=peer, reason="handshake timed out")
             elif admitted is not None:
-                await self._run_session(transport, peer, *admitted)
+                record, hello, agreement, leftover = admitted
+                await self._run_session(
+                    transport, peer, record, hello, leftover, agreement=agreement
+                )
         except Exception as exc:
             if (broken := _connection_failure(exc)) is None:
                 log.exception("Unexpected error on agent connection", extra=_extra(peer=peer))
@@ -308,9 +317,12 @@ class Relay:
 
     async def _admit(
         self, transport: trio.abc.Stream, peer: str
-    ) -> tuple[BridgeRecord, Hello, bytes] | None:
-        """Reads the Hello and answers it. The (record, hello, leftover) of an admitted agent."""
+    ) -> tuple[BridgeRecord, Hello, Agreement, bytes] | None:
+        """Reads the Hello and answers it, in the highest version both sides speak.
+
+        The (record, hello, agreement, leftover) of an admitted agent."""
         parser = HelloParser()
+        agreement = None
         try:
             while True:
                 data = await transport.receive_some(_READ_SIZE)
@@ -324,23 +336,31 @@ class Relay:
                     return None
                 if (hello := parser.feed(data)) is not None:
                     break
+            if (agreement := negotiate(hello)) is None:
+                offered = ", ".join(map(str, sorted(hello.versions()))) or "none"
+                raise Refused(
+                    WelcomeStatus.UNSUPPORTED_VERSION,
+                    f"no common bridge protocol version: the agent speaks {offered}, "
+                    f"this relay {', '.join(map(str, VERSIONS))}",
+                )
             record = await self._authenticate(hello, peer)
         except UnsupportedVersion as exc:
             refusal = Refused(
-                WelcomeStatus.UNSUPPORTED_VERSION, f"{exc}; this relay speaks {PROTOCOL_VERSION}"
+                WelcomeStatus.UNSUPPORTED_VERSION,
+                f"{exc}; this relay reads Hello version {HELLO_VERSION}",
             )
         except HandshakeError as exc:
             refusal = Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
         except Refused as exc:
             refusal = exc
         else:
-            await transport.send_all(
-                encode_welcome(Welcome(WelcomeStatus.OK, f"connected as bridge {record.name}"))
-            )
-            return record, hello, parser.leftover
+            welcome = welcome_for(agreement, WelcomeStatus.OK, f"connected as bridge {record.name}")
+            await transport.send_all(encode_welcome(welcome))
+            return record, hello, agreement, parser.leftover
         if refusal.status not in (WelcomeStatus.AUTH_FAILED, WelcomeStatus.BUSY):
             _log(logging.INFO, "Handshake refused", peer=peer, reason=refusal.message)
-        await transport.send_all(encode_welcome(Welcome(refusal.status, refusal.message)))
+        welcome = welcome_for(agreement, refusal.status, refusal.message)
+        await transport.send_all(encode_welcome(welcome))
         await transport.aclose()
         return None
 
@@ -403,6 +423,8 @@ class Relay:
         record: BridgeRecord,
         hello: Hello,
         leftover: bytes,
+        *,
+        agreement: Agreement,
     ) -> None:
         if leftover:
             transport = PrefixedStream(transport, leftover)
@@ -410,14 +432,14 @@ class Relay:
         agent = AgentSession(record.id, record.name, peer, record.secret_hash, info=hello.info)
         session = None
         try:
-            with agent.cancel_scope:
-                async with mux.open_session(
-                    transport, client=False, config=self.config.mux
-                ) as session:
-                    agent.mux = session
-                    self.registry.add(agent)
-                    self.metrics.sessions.inc(bridge=record.name)
-                    try:
+            async with mux.open_session(transport, client=False, config=self.config.mux) as session:
+                agent.mux = session
+                if "control" in agreement.capabilities:
+                    agent.control = await session.open_stream()  # the first stream: see PROTOCOL.md
+                self.registry.add(agent)
+                self.metrics.sessions.inc(bridge=record.name)
+                try:
+                    with agent.cancel_scope:
                         _log(
                             logging.INFO,
                             "Bridge connected",
@@ -429,12 +451,14 @@ class Relay:
                         self._changed.add(record.id)
                         self._store_wake.set()
                         if self._stopping:
-                            await _go_away(session)
+                            await _go_away(agent, "relay shutting down")
                         async for stream in session:  # agents never open streams
                             await trio.aclose_forcefully(stream)
-                    finally:
-                        self.registry.remove(agent)
-                        self.metrics.sessions.dec(bridge=record.name)
+                finally:
+                    self.registry.remove(agent)
+                    self.metrics.sessions.dec(bridge=record.name)
+                if agent.close_reason is not None:
+                    await _tell_closing(agent, agent.close_reason)
         finally:
             ended = session.close_reason if session is not None else None
             level, reason = logging.INFO, agent.close_reason
@@ -585,6 +609,7 @@ class Relay:
     # -- tunnels -------------------------------------------------------------------------
 
     def is_connected(self, bridge: str) -> bool:
+        """Whether an agent of `bridge` (a name or ID) is connected right now."""
         return bool(self.registry.sessions(bridge))
 
     async def connect(
@@ -598,7 +623,9 @@ class Relay:
         Raises `BridgeNotConnected`, `TargetNotAllowed`, `TargetUnreachable`, `BridgeBusy`
         or another `TunnelError`, each carrying the agent's own message when it gave one;
         `RelayShuttingDown` while the relay drains; ValueError for a host or port that
-        cannot be sent. Cancelling it abandons the attempt (the agent's side is reset).
+        cannot be sent. Waits at most ``connect_timeout`` for the agent's answer (then
+        `TargetUnreachable`); cancelling it abandons the attempt (the agent's side is reset).
+        The caller owns the returned stream and must close it.
         """
         stream, _ = await self._open(bridge, host, port, Caller.of(caller))
         return stream
@@ -606,7 +633,8 @@ class Relay:
     async def probe(
         self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
     ) -> str:
-        """Check that `bridge` reaches host:port; returns the address the agent dialed."""
+        """Check that `bridge` reaches host:port; returns the address the agent dialed.
+        Raises what `connect` raises; the tunnel is closed before it returns."""
         stream, reply = await self._open(bridge, host, port, Caller.of(caller))
         await trio.aclose_forcefully(stream)
         return reply.message or format_host_port(host, port)
@@ -735,12 +763,12 @@ class Relay:
         started = time.monotonic()
         try:
             stream = await agent.mux.open_stream()
-        except (mux.SessionClosed, mux.LocalProtocolError) as exc:
-            # That session is going away. (open_stream raises LocalProtocolError instead of
-            # SessionClosed when the session ends or says GoAway during its checkpoint.)
+        except mux.SessionClosed as exc:
+            # That session is going away (it ended, or said or got GoAway).
             raise _Retry(None, exc) from None
+        reply = None  # stays None if the agent does not answer within connect_timeout
         try:
-            with trio.move_on_after(self.config.connect_timeout) as deadline:
+            with trio.move_on_after(self.config.connect_timeout):
                 await stream.send_all(request)
                 parser = ConnectReplyParser()
                 while (reply := parser.feed(data := await stream.receive_some(_READ_SIZE))) is None:
@@ -763,7 +791,7 @@ class Relay:
         except BaseException:
             await _reset(stream)
             raise
-        if deadline.cancelled_caught:
+        if reply is None:
             await _reset(stream)
             raise TargetUnreachable(
                 f"No answer from bridge {bridge} about {target} within "
@@ -816,9 +844,30 @@ def _reason(status: ConnectStatus | None) -> str:
     return "failed" if status is None else status.name.lower()
 
 
-async def _go_away(session: mux.Session) -> None:
+async def _tell_closing(agent: AgentSession, reason: str) -> None:
+    """Tell the agent why the relay ends (or drains) its session, if it has a control stream.
+
+    Queues the message for the session's writer, which flushes it before it closes the
+    connection; waits at most a second for room to queue it."""
+    if agent.control is None:
+        return
+    with trio.move_on_after(1):
+        try:
+            await agent.control.send_all(encode_control(ControlMessage.closing(reason)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def _go_away(agent: AgentSession, reason: str) -> None:
+    """No new streams on this session: the agent is told why, then GoAway. The control stream
+    is closed after the message (the agent closes its end on EOF), so that a drain waiting
+    for the session's streams does not wait for it."""
+    await _tell_closing(agent, reason)
+    if (control := agent.control) is not None:
+        agent.control = None
+        await control.aclose()
     try:
-        await session.go_away()
+        await agent.mux.go_away()
     except trio.BrokenResourceError:
         pass
 
