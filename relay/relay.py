@@ -575,7 +575,8 @@ class Relay:
                     self._listening = True
                     self._store_changed(_ALL)  # changes made while not listening
             except* StoreError as group:
-                self._store.failed(group.exceptions[0])
+                first = group.exceptions[0]
+                self._store.failed(first if isinstance(first, StoreError) else StoreError(first))
             except* Exception as group:
                 reason = f"bridge store notifications: {group.exceptions[0]!r}"
                 self._store.failed(StoreError(reason))
