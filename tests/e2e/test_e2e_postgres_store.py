@@ -95,7 +95,9 @@ def test_relay_on_postgres_serves_psql_and_delete_elsewhere_cuts_the_tunnel(
             agent,
             relay.process,
             "bridge deleted",
-            lambda: relay_cli(elsewhere, "--store", postgres_url, "bridges", "delete", "e2e"),
+            lambda: relay_cli(
+                elsewhere, "--store", postgres_url, "bridges", "delete", "e2e", "--yes"
+            ),
         )
         assert psql.wait(timeout=10) != 0
         assert not (elsewhere / "bridges.db").exists()
@@ -184,7 +186,9 @@ def test_store_outage_keeps_tunnels_and_logins_and_logs_each_change_once(
         with psycopg.connect(url) as conn:
             seen = conn.execute("select last_seen_at from bridges").fetchone()
         assert seen is not None and seen[0] is not None
-        done = relay_cli(tmp_path / "elsewhere", "--store", url, "bridges", "delete", "e2e")
+        done = relay_cli(
+            tmp_path / "elsewhere", "--store", url, "bridges", "delete", "e2e", "--yes"
+        )
         assert done.returncode == 0, done.stderr
         relay.process.wait_for(r"\"reason\": \"bridge deleted\"", timeout=REVOCATION_BOUND + 1)
     finally:

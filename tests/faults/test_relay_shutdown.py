@@ -121,11 +121,13 @@ async def test_stopping_does_not_wait_forever(launch, nursery, how):
     await trio.to_thread.run_sync(relay.process.wait_for, r"\tStopping: no new agents")
     if how == "second signal":
         relay.process.popen.send_signal(signal.SIGTERM)
-    assert await trio.to_thread.run_sync(relay.process.wait, 15) == 0
+    # Tunnels were cut: exit status 1, as the agent does, stated on the last line.
+    assert await trio.to_thread.run_sync(relay.process.wait, 15) == 1
     with trio.fail_after(10):
         await finished.wait()
     assert outcome[0] != "complete"
     log = relay.process.stderr()
     expected = "\tStopping now\t" if how == "second signal" else "Drain timed out after 1 s"
     assert expected in log and "Traceback" not in log, log
+    assert re.search(r"\tERROR\tStopped with \d+ tunnels cut: exit status 1\n$", log), log
     assert re.search(r"\tBridge disconnected\t.*relay shutting down", log), log
