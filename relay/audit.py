@@ -42,7 +42,8 @@ log = logging.getLogger("relay.audit")
 
 #: Outcomes of a tunnel event. An attempt that fails gets one `tunnel.open` event with the
 #: failure; a tunnel that opened gets `tunnel.close` with `ok`, `reset` (a side aborted),
-#: `cut` (its agent's session ended under it) or `revoked` (its bridge was deleted or rotated).
+#: `cut` (its agent's session ended under it, or the relay or the caller cut it short) or
+#: `revoked` (its bridge was deleted or rotated).
 OUTCOMES = (
     "ok",
     "refused",
@@ -279,6 +280,8 @@ class AuditTrail:
         self._open: dict[MeteredStream, OpenTunnel] = {}  # in order of their next progress
         self._repeats: Repeats[str | tuple[str, int]] = Repeats(config.log_interval, clock=clock)
         self._running = False
+        #: Set when the relay stops accepting: tunnels cut from then on were cut by it.
+        self.stopping = False
         self._held: list[AuditEvent] = []  # taken from the queue, not yet delivered
         self.dropped = metrics.counter(
             "trio_bridge_audit_events_dropped_total",
@@ -393,14 +396,16 @@ class AuditTrail:
             return
         agent = tunnel.agent
         reason = None
+        ended = agent.cancel_scope.cancel_called or getattr(agent.mux, "close_reason", None)
         if agent.close_reason in REVOCATIONS:
             outcome, reason = "revoked", agent.close_reason
-        elif agent.cancel_scope.cancel_called or getattr(agent.mux, "close_reason", None):
+        elif (ended or stream.was_reset) and self.stopping:
+            outcome, reason = "cut", "relay shutting down"
+        elif ended:
             outcome = "cut"
             reason = agent.close_reason or str(agent.mux.close_reason or "agent session ended")
         elif stream.was_reset:
-            outcome = "reset"
-            reason = "aborted by the caller or the target"
+            outcome, reason = "reset", "aborted by the caller or the target"
         else:
             outcome = "ok"
         self.emit(self._event(tunnel, "tunnel.close", outcome, reason))

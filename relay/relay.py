@@ -236,6 +236,7 @@ class Relay:
         """Close every listener (agents and forwards): connections already in go on, and no
         new tunnel is opened."""
         self._stopping = True
+        self.audit_trail.stopping = True
         for scope in self._accepting:
             scope.cancel()
 
