@@ -1049,7 +1049,7 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
     if as_json:
         for record in records:
             sessions = (live or {}).get(record.id, [])
-            row = {
+            entry = {
                 "name": record.name,
                 "id": record.id,
                 "created_at": _iso(record.created_at),
@@ -1057,7 +1057,7 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
                 "connected": None if live is None else bool(sessions),
                 "agents": [s.get("peer") for s in sessions],
             }
-            print(json.dumps(row, separators=(",", ":")))
+            print(json.dumps(entry, separators=(",", ":")))
         return
     if not records:
         _note("No bridges yet: create one with 'bridge-relay bridges create NAME'.")

@@ -708,15 +708,13 @@ def _os_reason(exc: OSError) -> str:
     cause = exc.__cause__
     causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
     errors = [exc] if exc.errno else [c for c in causes if isinstance(c, OSError) and c.errno]
-    reasons = list(dict.fromkeys(_os_words(e) for e in errors))
+    reasons = list(
+        dict.fromkeys(
+            (e.strerror or str(e)) if isinstance(e, socket.gaierror) else os.strerror(e.errno or 0)
+            for e in errors
+        )
+    )
     return "; ".join(reasons) if reasons else exc.strerror or str(exc)
-
-
-def _os_words(error: OSError) -> str:
-    """The resolver's words for a failed lookup, the OS's for an error number."""
-    if isinstance(error, socket.gaierror) or error.errno is None:
-        return error.strerror or str(error)
-    return os.strerror(error.errno)
 
 
 def _tls_reason(exc: BaseException) -> str:
