@@ -1071,8 +1071,8 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
         last_seen = "now" if sessions else _when(record.last_seen_at)
         rows.append((record.name, record.id, _when(record.created_at), status, last_seen))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for cells in rows:
+        print("  ".join(c.ljust(width) for c, width in zip(cells, widths)) + "  " + cells[-1])
 
 
 def _relay_status(data_dir: Path) -> dict[str, list[dict[str, Any]]] | None:
