@@ -519,11 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        parents=[common],
         help="see a tunnel work, all in one process",
         description="Run a relay, an agent, a small HTTP server behind it and a forward on "
         "loopback, show requests flowing through the tunnel, and print how to connect. "
-        "Uses a temporary directory (--data-dir is ignored).",
+        "Uses a temporary directory, removed at the end.",
     )
     demo.add_argument(
         "--once",
@@ -1187,6 +1186,8 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay demo``: see `relay.demo.run_demo`."""
     from relay.demo import run_demo
 
+    if getattr(args, "data_dir", None) or os.environ.get("RELAY_DATA_DIR"):
+        _note("The demo uses a temporary directory: the data dir is not used.")
     logs.configure(args.log_level, args.log_format)
     interactive = not args.once and sys.stdin.isatty()
     _run_trio(run_demo, interactive)
