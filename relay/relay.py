@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import ssl
 import time
 import uuid
@@ -129,6 +130,7 @@ class Relay:
         self._pending = 0  # agent connections not yet admitted
         self._accepting: set[trio.CancelScope] = set()
         self._stopping = False
+        self._spare = _SpareDescriptor()
 
     def __repr__(self) -> str:
         return f"<Relay store={self.store!r} sessions={len(self.registry)}>"
@@ -179,7 +181,7 @@ class Relay:
                 try:
                     async with trio.open_nursery() as loops:
                         for listener in listeners:
-                            loops.start_soon(_accept_loop, listener, handler, gate, handlers)
+                            loops.start_soon(self._accept_loop, listener, handler, gate, handlers)
                         task_status.started(listeners)
                 finally:
                     self._accepting.discard(accepting)
@@ -203,6 +205,51 @@ class Relay:
             await _go_away(agent.mux)
         while self.registry.open_streams_total():
             await trio.sleep(0.05)
+
+    async def _accept_loop(
+        self,
+        listener: trio.SocketListener,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        gate: Callable[[], bool] | None,
+        nursery: trio.Nursery,
+    ) -> None:
+        """Accept connections on `listener` and hand each to `handler` in `nursery`.
+
+        Out of descriptors (or memory), the newest work is shed: the waiting connection is
+        accepted on the spare descriptor and closed at once, with one log line per
+        `log_interval`; connections already in go on."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                await self._shed(listener, exc)
+                continue
+            if gate is None or gate():
+                nursery.start_soon(handler, stream)
+            else:
+                stream.socket.close()
+
+    async def _shed(self, listener: trio.SocketListener, exc: OSError) -> None:
+        if self._repeats.note("shed"):
+            _log(
+                logging.ERROR,
+                "Out of file descriptors: closing new connections at once until some are "
+                "free (raise the limit: ulimit -n, LimitNOFILE=)",
+                reason=exc.strerror,
+            )
+        if self._spare.release():
+            try:
+                stream = await listener.accept()  # the connection that is waiting: at once
+            except OSError:
+                pass
+            else:
+                stream.socket.close()
+            finally:
+                self._spare.reopen()
+        else:
+            await trio.sleep(0.1)
 
     # -- agents --------------------------------------------------------------------------
 
@@ -252,7 +299,10 @@ class Relay:
             if deadline.cancelled_caught:
                 _log(logging.INFO, "Connection dropped", peer=peer, reason="handshake timed out")
             elif admitted is not None:
-                await self._run_session(transport, peer, *admitted)
+                try:
+                    await self._run_session(transport, peer, *admitted)
+                finally:
+                    self.registry.release_session(admitted[0].id)
         except Exception as exc:
             if (broken := _connection_failure(exc)) is None:
                 log.exception("Unexpected error on agent connection", extra=_extra(peer=peer))
@@ -282,6 +332,7 @@ class Relay:
                 if (hello := parser.feed(data)) is not None:
                     break
             record = await self._authenticate(hello, peer)
+            self._claim_session(record)
         except UnsupportedVersion as exc:
             refusal = _Refused(
                 WelcomeStatus.UNSUPPORTED_VERSION, f"{exc}; this relay speaks {PROTOCOL_VERSION}"
@@ -291,15 +342,37 @@ class Relay:
         except _Refused as exc:
             refusal = exc
         else:
-            await transport.send_all(
-                encode_welcome(Welcome(WelcomeStatus.OK, f"connected as bridge {record.name}"))
-            )
+            try:
+                await transport.send_all(
+                    encode_welcome(Welcome(WelcomeStatus.OK, f"connected as bridge {record.name}"))
+                )
+            except BaseException:
+                self.registry.release_session(record.id)
+                raise
             return record, hello, parser.leftover
         if refusal.status not in (WelcomeStatus.AUTH_FAILED, WelcomeStatus.BUSY):
             _log(logging.INFO, "Handshake refused", peer=peer, reason=refusal.message)
         await transport.send_all(encode_welcome(Welcome(refusal.status, refusal.message)))
         await transport.aclose()
         return None
+
+    def _claim_session(self, record: BridgeRecord) -> None:
+        """Take one of the bridge's `max_sessions_per_bridge` session slots, or refuse the
+        login (BUSY): the sessions already up are kept."""
+        limit = self.config.max_sessions_per_bridge
+        if not self.registry.claim_session(record.id, limit):
+            if self._repeats.note(("sessions", record.name)):
+                _log(
+                    logging.WARNING,
+                    "Login refused: the bridge has as many sessions as allowed",
+                    bridge=record.name,
+                    limit=limit,
+                )
+            raise _Refused(
+                WelcomeStatus.BUSY,
+                f"bridge {record.name} already has {limit} agent sessions, the most this relay "
+                "allows (--max-sessions-per-bridge); retrying later",
+            )
 
     async def _authenticate(self, hello: Hello, peer: str) -> BridgeRecord:
         try:
@@ -362,8 +435,8 @@ class Relay:
                         self._revalidate(agent)  # the store may have changed while we verified
                         if self._stopping:
                             await _go_away(session)
-                        async for stream in session:  # agents never open streams
-                            await trio.aclose_forcefully(stream)
+                        async for stream in session:  # agents never open streams: RST at once
+                            stream.reset()
                     finally:
                         self.registry.remove(agent)
                         self.metrics.sessions.dec(bridge=record.name)
@@ -410,6 +483,22 @@ class Relay:
                         logging.WARNING,
                         f"Connections closed unread, over the limit of {self.config.max_pending}"
                         f" awaiting authentication: {count} more in the last {seconds:.0f} s",
+                        refused=count,
+                    )
+                elif key == "shed":
+                    _log(
+                        logging.ERROR,
+                        f"Connections closed at once, out of file descriptors: {count} more in "
+                        f"the last {seconds:.0f} s",
+                        refused=count,
+                    )
+                elif key[0] == "sessions":
+                    _log(
+                        logging.WARNING,
+                        f"Logins refused, bridge {key[1]} at its limit of "
+                        f"{self.config.max_sessions_per_bridge} sessions: {count} more in the last"
+                        f" {seconds:.0f} s",
+                        bridge=key[1],
                         refused=count,
                     )
                 else:
@@ -511,7 +600,9 @@ class Relay:
                 del pending[bridge_id]
 
     def _check_limits(self, bridge_id: str, name: str) -> None:
-        if (count := self.registry.open_streams(bridge_id)) >= self.config.max_streams_per_bridge:
+        # Opens still on their way to a session count too: they become open streams later.
+        count = self.registry.open_streams(bridge_id) + self.registry.opening.get(bridge_id, 0)
+        if count >= self.config.max_streams_per_bridge:
             raise self._busy(bridge_id, name, f"Bridge {name}: {count} streams open, the limit")
         count = self.registry.pending_opens.get(bridge_id, 0)
         if count >= self.config.max_pending_opens:
@@ -556,7 +647,10 @@ class Relay:
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         started = time.monotonic()
         try:
-            stream = await agent.mux.open_stream()
+            # Counted from `_check_limits` on (no checkpoint lies between) until the session
+            # counts the stream itself.
+            with self.registry.opening_stream(agent.bridge_id):
+                stream = await agent.mux.open_stream()
         except (mux.SessionClosed, mux.LocalProtocolError) as exc:
             # That session is going away. (open_stream raises LocalProtocolError instead of
             # SessionClosed when the session ends or says GoAway during its checkpoint.)
@@ -608,25 +702,28 @@ class Relay:
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-async def _accept_loop(
-    listener: trio.SocketListener,
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
-    gate: Callable[[], bool] | None,
-    nursery: trio.Nursery,
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                raise
-            _log(logging.ERROR, "Cannot accept connections for now", reason=exc.strerror)
-            await trio.sleep(0.1)
-            continue
-        if gate is None or gate():
-            nursery.start_soon(handler, stream)
-        else:
-            stream.socket.close()
+class _SpareDescriptor:
+    """One descriptor kept open so that, when the process has none left, a waiting
+    connection can still be accepted and closed at once instead of waiting unanswered."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self.reopen()
+
+    def reopen(self) -> None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # out of descriptors: tried again after the next shed connection
+
+    def release(self) -> bool:
+        """Close the spare (False if there was none); `reopen` takes it back."""
+        if self._fd is None:
+            return False
+        os.close(self._fd)
+        self._fd = None
+        return True
 
 
 def _reason(status: ConnectStatus | None) -> str:
