@@ -48,6 +48,7 @@ from bridge.protocol.handshake import (
     WelcomeStatus,
     encode_welcome,
 )
+from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
 from relay.config import RelayConfig
@@ -83,15 +84,6 @@ def _extra(**fields: Any) -> dict[str, Any]:
 
 def _log(level: int, message: str, **fields: Any) -> None:
     log.log(level, message, extra=_extra(**fields))
-
-
-class _Refused(Exception):
-    """An agent connection is turned away; `status` and the message go into the Welcome."""
-
-    def __init__(self, status: WelcomeStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class _Retry(Exception):
@@ -334,12 +326,12 @@ class Relay:
             record = await self._authenticate(hello, peer)
             self._claim_session(record)
         except UnsupportedVersion as exc:
-            refusal = _Refused(
+            refusal = Refused(
                 WelcomeStatus.UNSUPPORTED_VERSION, f"{exc}; this relay speaks {PROTOCOL_VERSION}"
             )
         except HandshakeError as exc:
-            refusal = _Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
-        except _Refused as exc:
+            refusal = Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
+        except Refused as exc:
             refusal = exc
         else:
             try:
@@ -379,7 +371,7 @@ class Relay:
             record = self.store.find(hello.bridge_id)
         except Exception:
             log.exception("Bridge store failed", extra=_extra(peer=peer))
-            raise _Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
+            raise Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
         if record is not None and record.id != hello.bridge_id:
             record = None  # agents authenticate by ID, not by name
         stored_hash = None if record is None else record.secret_hash
@@ -400,8 +392,8 @@ class Relay:
                 peer=peer,
             )
         if limited:
-            raise _Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
-        raise _Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
+            raise Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
+        raise Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
 
     async def _run_session(
         self,

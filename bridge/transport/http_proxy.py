@@ -14,7 +14,6 @@ import base64
 import ipaddress
 import re
 from collections.abc import Mapping
-from http import HTTPStatus
 from urllib.parse import unquote, urlsplit
 
 import attrs
@@ -23,6 +22,7 @@ import trio
 
 from bridge import __version__
 from bridge.agent.relay_url import format_address
+from bridge.transport.http_status import status_phrase
 
 #: The proxy's answer to CONNECT (status line and headers) may not be longer than this.
 MAX_RESPONSE_HEAD = 16 * 1024
@@ -192,7 +192,9 @@ async def _connect(tcp: trio.SocketStream, proxy: ProxyURL, target: str) -> None
         raise ProxyError(f"{where} sent an invalid answer to CONNECT {target}: {exc}") from None
     status = event.status_code
     if not 200 <= status < 300:
-        reason = event.reason.decode("ascii", "replace") or _phrase(status)
+        reason = (
+            event.reason.decode("ascii", "replace") or status_phrase(status) or "(no reason given)"
+        )
         reason = "".join(c if c.isprintable() else "?" for c in reason)
         hint = ""
         if status == 407:
@@ -204,13 +206,6 @@ async def _connect(tcp: trio.SocketStream, proxy: ProxyURL, target: str) -> None
         raise ProxyError(f"{where} refused CONNECT {target}: {status} {reason}{hint}")
     if http.trailing_data[0]:
         raise ProxyError(f"{where} sent data before the tunnel to {target} was used")
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "(no reason given)"
 
 
 def _first(env: Mapping[str, str], *names: str) -> str | None:

@@ -28,6 +28,7 @@ from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, We
 
 from bridge.agent.relay_url import format_address
 from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
+from bridge.transport.http_status import status_phrase
 from bridge.transport.tls import PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
 
@@ -359,7 +360,7 @@ def _upgrade_error(reader: _ReaderTask, path: str, config: WebSocketConfig) -> W
     if reader.rejected is not None:
         status = reader.rejected.status_code
         return WebSocketError(
-            f"WebSocket upgrade to {path} refused: {status} {_phrase(status)}", status
+            f"WebSocket upgrade to {path} refused: {status} {status_phrase(status)}", status
         )
     if reader.ended:
         return WebSocketError(
@@ -404,13 +405,6 @@ def _authority(host: str, port: int) -> str:
     """The Host header: the port is left out when it is the default one."""
     name = f"[{host}]" if ":" in host else host
     return name if port == 443 else f"{name}:{port}"
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _describe(reason: CloseReason | None) -> str:
