@@ -360,7 +360,7 @@ class Relay:
                     bridge=record.name,
                     limit=limit,
                 )
-            raise _Refused(
+            raise Refused(
                 WelcomeStatus.BUSY,
                 f"bridge {record.name} already has {limit} agent sessions, the most this relay "
                 "allows (--max-sessions-per-bridge); retrying later",
