@@ -10,7 +10,7 @@ import time
 import attrs
 import trio
 
-from bridge.protocol.addresses import format_address, format_host_port, parse_host_port
+from bridge.protocol.addresses import format_host_port, format_socket_address, parse_host_port
 from bridge.protocol.connect import ConnectRequest
 from bridge.transport.splice import reset_stream, splice
 from relay.errors import RelayError
@@ -68,7 +68,7 @@ async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATU
 async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream) -> None:
     async with client:
         try:
-            peer = format_address(client.socket.getpeername())
+            peer = format_socket_address(client.socket.getpeername())
         except OSError:
             return
         started = time.monotonic()

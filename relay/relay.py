@@ -29,7 +29,7 @@ import trio
 
 import mux
 from bridge.ops.metrics import TunnelMetrics
-from bridge.protocol.addresses import format_address, format_host_port
+from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import (
     ConnectError,
     ConnectReply,
@@ -260,7 +260,7 @@ class Relay:
 
     async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
         try:
-            peer = format_address(tcp.socket.getpeername())
+            peer = format_socket_address(tcp.socket.getpeername())
             transport = TLSStream.wrap(tcp, self.ssl_context, server_side=True)
         except OSError:  # already gone
             self._pending -= 1

@@ -40,7 +40,7 @@ import attrs
 import trio
 
 from bridge.ops.metrics import TunnelMetrics
-from bridge.protocol.addresses import format_address, format_host_port
+from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import ConnectRequest, ConnectStatus
 from bridge.protocol.refusal import Refused
 from bridge.transport.splice import reset_stream, splice
@@ -175,7 +175,7 @@ async def _serve_client(
 ) -> None:
     async with client:
         try:
-            peer = format_address(client.socket.getpeername())
+            peer = format_socket_address(client.socket.getpeername())
         except OSError:
             return
         try:

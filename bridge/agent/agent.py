@@ -34,10 +34,11 @@ import mux
 from bridge import __version__
 from bridge.agent.allowlist import AllowList
 from bridge.agent.backoff import Backoff
-from bridge.agent.relay_url import RelayURL, format_address
+from bridge.agent.relay_url import RelayURL
 from bridge.ops import logs
 from bridge.ops.metrics import TunnelMetrics
 from bridge.ops.systemd import Notifier
+from bridge.protocol.addresses import format_host_port
 from bridge.protocol.connect import (
     MAX_MESSAGE,
     MAX_REQUEST,
@@ -450,7 +451,7 @@ class Agent:
             return
         if request is None:
             return
-        info = {"target": format_address(request.host, request.port), "stream": stream.stream_id}
+        info = {"target": format_host_port(request.host, request.port), "stream": stream.stream_id}
         asked = time.monotonic()
         try:
             target, address = await self._open_target(request)
@@ -494,7 +495,7 @@ class Agent:
         host, port = request.host, request.port
         refusal = Refused(
             ConnectStatus.NOT_ALLOWED,
-            f"Host not in allowed hosts list: {format_address(host, port)}",
+            f"Host not in allowed hosts list: {format_host_port(host, port)}",
         )
         if not self.allow.may_allow(host, port):
             raise refusal
@@ -503,7 +504,7 @@ class Agent:
         for family, type_, proto, _, sockaddr in candidates:
             if sockaddr[0] not in allowed:
                 continue
-            address = format_address(sockaddr[0], port)
+            address = format_host_port(sockaddr[0], port)
             sock = trio.socket.socket(family, type_, proto)
             try:
                 with trio.fail_after(self.config.connect_timeout):

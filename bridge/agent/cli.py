@@ -19,11 +19,11 @@ import trio
 from bridge import __version__
 from bridge.agent.agent import Agent, AgentConfig, RelayRejected
 from bridge.agent.allowlist import AllowList
-from bridge.agent.relay_url import RelayURL, format_address
+from bridge.agent.relay_url import RelayURL
 from bridge.ops import logs
 from bridge.ops.metrics import serve_metrics
 from bridge.ops.systemd import Notifier, run_watchdog
-from bridge.protocol.addresses import parse_listen_address
+from bridge.protocol.addresses import format_host_port, parse_listen_address
 from bridge.transport.http_proxy import proxy_for
 from bridge.transport.tls import client_ssl_context
 
@@ -315,9 +315,9 @@ async def _serve_metrics(nursery: trio.Nursery, agent: Agent, host: str, port: i
             serve_metrics, agent.metrics, lambda: connected() > 0, host, port
         )
     except OSError as exc:
-        log.error(f"Cannot serve metrics on {format_address(host, port)}: {exc.strerror or exc}")
+        log.error(f"Cannot serve metrics on {format_host_port(host, port)}: {exc.strerror or exc}")
         return False
-    address = format_address(host, listeners[0].socket.getsockname()[1])
+    address = format_host_port(host, listeners[0].socket.getsockname()[1])
     log.info("Serving metrics", extra={"fields": {"address": address}})
     return True
 

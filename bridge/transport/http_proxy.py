@@ -21,7 +21,7 @@ import h11
 import trio
 
 from bridge import __version__
-from bridge.agent.relay_url import format_address
+from bridge.protocol.addresses import format_host_port
 from bridge.transport.http_status import status_phrase
 
 #: The proxy's answer to CONNECT (status line and headers) may not be longer than this.
@@ -70,7 +70,7 @@ class ProxyURL:
     @property
     def address(self) -> str:
         """``host:port``, as shown in messages and logs."""
-        return format_address(self.host, self.port)
+        return format_host_port(self.host, self.port)
 
     def __str__(self) -> str:
         return f"http://{self.address}"
@@ -149,7 +149,7 @@ async def open_via_proxy(proxy: ProxyURL | str, host: str, port: int) -> trio.So
     """
     if isinstance(proxy, str):
         proxy = ProxyURL.parse(proxy)
-    target = format_address(host, port)
+    target = format_host_port(host, port)
     try:
         tcp = await trio.open_tcp_stream(proxy.host, proxy.port)
     except OSError as exc:

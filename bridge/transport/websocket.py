@@ -26,7 +26,7 @@ import trio_websocket
 from trio.lowlevel import checkpoint
 from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, WebSocketConnection
 
-from bridge.agent.relay_url import format_address
+from bridge.protocol.addresses import format_socket_address
 from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
 from bridge.transport.http_status import status_phrase
 from bridge.transport.tls import PinnedSSLContext, check_fingerprint
@@ -283,7 +283,7 @@ async def serve_websocket_agents(
 
     async def serve(tcp: trio.SocketStream) -> None:
         try:
-            peer = format_address(*tcp.socket.getpeername()[:2])
+            peer = format_socket_address(tcp.socket.getpeername())
         except OSError:  # already gone
             await tcp.aclose()
             return
