@@ -291,10 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
             defaults.auth_failures_per_minute,
         ),
         (
+            "--max-sessions-per-bridge",
+            "RELAY_MAX_SESSIONS_PER_BRIDGE",
+            _count,
+            "agent sessions per bridge (agents with the same credentials); beyond, a new login is "
+            "refused BUSY and the agent retries later, the sessions already up are kept",
+            defaults.max_sessions_per_bridge,
+        ),
+        (
             "--max-streams-per-bridge",
             "RELAY_MAX_STREAMS_PER_BRIDGE",
             _count,
-            "open tunnels per bridge, across its agents; beyond, new ones are refused",
+            "tunnels per bridge, across its agents, open or being opened; beyond, new ones are "
+            "refused",
             defaults.max_streams_per_bridge,
         ),
         (
@@ -485,6 +494,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         bcrypt_cost=args.bcrypt_cost,
         max_pending=args.max_pending,
         auth_failures_per_minute=args.auth_failures_per_minute,
+        max_sessions_per_bridge=args.max_sessions_per_bridge,
         max_streams_per_bridge=args.max_streams_per_bridge,
         max_pending_opens=args.max_pending_opens,
         drain_timeout=args.drain_timeout,
