@@ -280,13 +280,16 @@ class Launcher:
         self.log_dir = log_dir
         self.processes: list[Process] = []
 
-    def start(self, name: str, argv: list, *, env: dict[str, str] | None = None) -> Process:
-        process = Process(name, argv, self.log_dir, env=env)
+    def start(
+        self, name: str, argv: list, *, env: dict[str, str] | None = None, **popen
+    ) -> Process:
+        process = Process(name, argv, self.log_dir, env=env, **popen)
         self.processes.append(process)
         return process
 
-    def relay(self, *targets: str, args: Iterable[str | Path] = ()) -> Relay:
-        """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening."""
+    def relay(self, *targets: str, args: Iterable[str | Path] = (), **popen) -> Relay:
+        """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening
+        (`popen`: more arguments for `subprocess.Popen`)."""
         argv = [
             RELAY,
             "--data-dir",
@@ -298,7 +301,7 @@ class Launcher:
         ]
         for target in targets:
             argv += ["--forward", f"{self.bridge.name}={target}"]
-        process = self.start("relay", argv)
+        process = self.start("relay", argv, **popen)
         agents = process.wait_for(r"^agents: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
         forwards = {}
         for target in targets:
