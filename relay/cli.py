@@ -771,9 +771,10 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
         error = str(reply.get("error", "unknown error"))
         if reply.get("kind") == "BridgeNotConnected":
             error = f"Bridge not connected: {args.bridge}"
-        print(error, file=sys.stderr)
+        print(logs.printable(error), file=sys.stderr)  # the agent's words: never raw
         return 1
-    print(f"OK: {args.bridge} reached {target} via {reply.get('address', target)}")
+    address = logs.printable(str(reply.get("address", target)))
+    print(f"OK: {args.bridge} reached {target} via {address}")
     return 0
 
 

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 import mux
@@ -52,7 +53,7 @@ from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
 from relay.config import RelayConfig
-from relay.credentials import Verifier
+from relay.credentials import Verifier, cost_of, same_secret
 from relay.errors import (
     BridgeBusy,
     BridgeNotConnected,
@@ -382,7 +383,7 @@ class Relay:
         secret = hello.secret.encode()
         if await self._verifier.verify(hello.bridge_id, stored_hash, secret, cached_only=limited):
             assert record is not None
-            return record
+            return await self._rehashed(record, secret)
         self.metrics.auth_failures.inc(listener="agent")
         if self._logins.failed(source) and not limited:
             _log(
@@ -450,6 +451,28 @@ class Relay:
                 duration=round(time.time() - agent.connected_at, 3),
             )
 
+    async def _rehashed(self, record: BridgeRecord, secret: bytes) -> BridgeRecord:
+        """The record of a bridge that just logged in, its secret rehashed at the relay's
+        bcrypt cost and stored if it had less (so that it is no faster to check than others)."""
+        new_hash = await self._verifier.rehash(record.id, record.secret_hash, secret)
+        if new_hash is None:
+            return record
+        try:
+            stored = self.store.rehash(record.id, record.secret_hash, new_hash)
+        except Exception as exc:
+            _log(logging.WARNING, "Cannot store a rehashed secret", id=record.id, reason=str(exc))
+            return record
+        if not stored:  # rotated or deleted meanwhile: revalidation sees to it
+            return record
+        _log(
+            logging.INFO,
+            "Bridge secret rehashed at the relay's bcrypt cost",
+            bridge=record.name,
+            id=record.id,
+            cost=self.config.bcrypt_cost,
+        )
+        return attrs.evolve(record, secret_hash=new_hash)
+
     def _mark_seen(self, bridge_id: str) -> None:
         try:
             self.store.mark_seen(bridge_id)
@@ -512,10 +535,21 @@ class Relay:
             except Exception as exc:
                 _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
             else:
-                if seen is not None and generation != seen:
-                    self.revalidate()
+                if generation != seen:
+                    if seen is not None:
+                        self.revalidate()
+                    self._note_costs()
                 seen = generation
             await trio.sleep(self.config.store_poll_interval)
+
+    def _note_costs(self) -> None:
+        """Unknown IDs are checked at the highest bcrypt cost of the stored secrets."""
+        try:
+            records = self.store.list()
+        except Exception as exc:
+            _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
+            return
+        self._verifier.note_costs(cost_of(record.secret_hash) for record in records)
 
     def revalidate(self) -> None:
         """Close the sessions of bridges deleted or rotated since they were admitted."""
@@ -530,7 +564,9 @@ class Relay:
             return
         if record is None:
             agent.close("bridge deleted")
-        elif record.secret_hash != agent.secret_hash:
+        elif same_secret(agent.secret_hash, record.secret_hash):
+            agent.secret_hash = record.secret_hash  # rehashed at a higher cost, maybe elsewhere
+        else:
             agent.close("bridge secret rotated")
 
     # -- tunnels -------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class Store(Protocol):
     def list(self) -> list[BridgeRecord]: ...
     def delete(self, bridge: str) -> BridgeRecord: ...
     def rotate(self, bridge: str, *, cost: int = DEFAULT_COST) -> str: ...
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool: ...
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None: ...
     def generation(self) -> int: ...
 
@@ -109,6 +110,16 @@ class MemoryStore:
         self._bridges[record.id] = attrs.evolve(record, secret_hash=hash_secret(secret, cost))
         self._generation += 1
         return secret
+
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """Replace the bridge's hash by `new_hash` (the same secret, a higher bcrypt cost)
+        if it is still `old_hash`; False if the bridge is gone or its secret changed."""
+        record = self._bridges.get(bridge_id)
+        if record is None or record.secret_hash != old_hash:
+            return False
+        self._bridges[bridge_id] = attrs.evolve(record, secret_hash=new_hash)
+        self._generation += 1
+        return True
 
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         if (record := self._bridges.get(bridge_id)) is not None:
@@ -221,6 +232,18 @@ class SQLiteStore:
             raise UnknownBridge(bridge)
         self._generation += 1
         return secret
+
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """Replace the bridge's hash by `new_hash` (the same secret, a higher bcrypt cost)
+        if it is still `old_hash`; False if the bridge is gone or its secret changed."""
+        cursor = self._write(
+            "UPDATE bridges SET secret_hash = ? WHERE id = ? AND secret_hash = ?",
+            (new_hash, bridge_id, old_hash),
+        )
+        if cursor.rowcount == 0:
+            return False
+        self._generation += 1
+        return True
 
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         self._write(

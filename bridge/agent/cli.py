@@ -14,11 +14,12 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import NoReturn
 
+import attrs
 import trio
 
 from bridge import __version__
 from bridge.agent.agent import Agent, AgentConfig, RelayRejected
-from bridge.agent.allowlist import AllowList
+from bridge.agent.allowlist import AllowList, parse_name_patterns
 from bridge.agent.relay_url import RelayURL
 from bridge.ops import logs
 from bridge.ops.metrics import serve_metrics
@@ -124,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         "default: off)",
     )
     add(
+        "--resolve-names",
+        metavar="PATTERN",
+        action="append",
+        help="names the agent may resolve to check them against IP and CIDR entries: patterns "
+        "such as *.corp.example, repeatable or comma-separated; others are refused unresolved "
+        "(hostname entries are always resolved) (env: RESOLVE_NAMES; default: any name)",
+    )
+    add(
         "--ca",
         metavar="FILE",
         help="verify the relay against this CA (PEM) instead of the system CAs "
@@ -224,6 +233,17 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
             allow = AllowList.parse(entries)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+    names = (
+        _split(args.resolve_names)
+        if args.resolve_names
+        else _split([pick(None, "RESOLVE_NAMES") or ""])
+    )
+    if names:
+        try:
+            allow = attrs.evolve(allow, resolve_names=parse_name_patterns(names))
+        except ValueError as exc:
+            raise UsageError(f"--resolve-names (RESOLVE_NAMES): {exc}") from None
 
     if args.ca is not None or args.fingerprint is not None:  # flags replace the env's choice
         ca_file, fingerprint = args.ca, args.fingerprint
