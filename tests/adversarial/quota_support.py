@@ -113,3 +113,32 @@ async def round_trip(port: int, source: str, size: int = 1024) -> bool:
         while len(received) < size and (data := await stream.receive_some(size)):
             received += data
     return bytes(received) == payload
+
+
+async def socks_login(
+    port: int, source: str, user: bytes, password: bytes
+) -> tuple[bool, trio.SocketStream]:
+    """SOCKS5 greeting and RFC 1929 authentication from `source`: (accepted, the stream)."""
+    stream = await connect_from(source, port)
+    try:
+        await stream.send_all(b"\x05\x01\x02")
+        if await receive_exactly(stream, 2) != b"\x05\x02":
+            raise AssertionError("the proxy did not ask for a username and password")
+        await stream.send_all(
+            b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password
+        )
+        answer = await receive_exactly(stream, 2)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return answer == b"\x01\x00", stream
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        if not chunk:
+            raise AssertionError(f"end of stream after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
