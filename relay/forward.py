@@ -13,6 +13,7 @@ import trio
 from bridge.protocol.addresses import format_host_port, format_socket_address, parse_host_port
 from bridge.protocol.connect import ConnectRequest
 from bridge.transport.splice import reset_stream, splice
+from relay.audit import Caller
 from relay.errors import RelayError
 
 log = logging.getLogger("relay.forward")
@@ -50,6 +51,15 @@ class ForwardSpec:
     def __str__(self) -> str:
         return f"{self.bridge} -> {self.target}"
 
+    def describe(self, client: trio.SocketStream) -> str:
+        """The forward as `--forward` takes it, with the port it listens on: the caller's
+        name in the audit trail."""
+        try:
+            port = client.socket.getsockname()[1]
+        except OSError:
+            port = self.listen_port
+        return f"{self.bridge}={self.target}@{format_host_port(self.listen_host, port)}"
+
 
 async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATUS_IGNORED):
     """Listen on spec's local address and tunnel each connection; `task_status` gets the
@@ -73,7 +83,8 @@ async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream
             return
         started = time.monotonic()
         try:
-            remote = await relay.connect(spec.bridge, spec.host, spec.port)
+            caller = Caller("forward", spec.describe(client), address=peer)
+            remote = await relay.connect(spec.bridge, spec.host, spec.port, caller=caller)
         except RelayError:
             return  # the relay has logged the refusal and its reason
         async with remote:

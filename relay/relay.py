@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 import ssl
 import time
 import uuid
@@ -52,6 +53,7 @@ from bridge.protocol.handshake import (
 from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
+from relay.audit import BRIDGE_DELETED, SECRET_ROTATED, AuditHook, AuditTrail, Caller
 from relay.config import RelayConfig
 from relay.credentials import Verifier, cost_of, same_secret
 from relay.errors import (
@@ -101,7 +103,8 @@ class Relay:
 
     `store` holds the bridges (`SQLiteStore` or `MemoryStore`); `ssl_context` is the server
     context of the agent listener (see `relay.certificates.server_ssl_context`); `metrics`
-    (a fresh `TunnelMetrics` if None) counts sessions, tunnels and refusals.
+    (a fresh `TunnelMetrics` if None) counts sessions, tunnels and refusals. `audit`, if
+    given, is called with every audit event (see `add_audit_hook`).
     """
 
     def __init__(
@@ -111,11 +114,18 @@ class Relay:
         *,
         config: RelayConfig | None = None,
         metrics: TunnelMetrics | None = None,
+        audit: AuditHook | None = None,
     ) -> None:
         self.store = store
         self.ssl_context = ssl_context
         self.config = config = config or RelayConfig()
         self.metrics = metrics or TunnelMetrics()
+        #: Audit events go here: `relay.audit_trail.add_sink(...)`; run by `serve`.
+        self.audit_trail = AuditTrail(
+            self.metrics, config.audit, node=config.node or socket.gethostname()
+        )
+        if audit is not None:
+            self.audit_trail.add_hook(audit)
         self.registry = Registry()
         self._verifier = Verifier(cost=config.bcrypt_cost)
         self._logins = LoginLimiter(config.auth_failures_per_minute, config.rate_limit_sources)
@@ -127,6 +137,20 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay store={self.store!r} sessions={len(self.registry)}>"
+
+    @property
+    def node(self) -> str:
+        """This relay's name in audit events: `RelayConfig.node`, or the host name and the
+        agent port once `serve` listens."""
+        return self.audit_trail.node
+
+    def add_audit_hook(self, hook: AuditHook) -> None:
+        """Call `hook(event)` with every audit event from now on: a `relay.audit.TunnelEvent`
+        per tunnel opened (or refused), still open every `AuditConfig.interval`, and closed.
+        It runs in the audit task started by `serve`, never on the data path; it should
+        return quickly (events queue behind it, up to `AuditConfig.queue_size`, then are
+        dropped and counted). An exception it raises is logged, not propagated."""
+        self.audit_trail.add_hook(hook)
 
     @property
     def pending(self) -> int:
@@ -148,7 +172,11 @@ class Relay:
         `task_status.started` gets the list of `trio.SocketListener`s.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
+        if self.config.node is None:
+            bound = listeners[0].socket.getsockname()[1]
+            self.audit_trail.node = f"{socket.gethostname()}:{bound}"
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.audit_trail.run)
             nursery.start_soon(self._watch_store)
             nursery.start_soon(self._verifier.prepare)
             nursery.start_soon(self._report_repeats)
@@ -191,13 +219,16 @@ class Relay:
     async def drain(self) -> None:
         """Stop accepting, tell every agent GoAway, and return once no stream is open.
 
-        Bound it with a deadline; cancel what is left afterwards.
+        Waits on the sessions' own notice that their last stream closed (no polling). Raises
+        nothing of its own; bound it with a deadline (a cancel scope) and cancel what is left
+        afterwards: cancelling it leaves the relay stopped, with the streams still open.
         """
         self.stop_accepting()
         for agent in list(self.registry):
             await _go_away(agent.mux)
-        while self.registry.open_streams_total():
-            await trio.sleep(0.05)
+        # No stream opens once stopping, so a session found idle stays idle.
+        while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
+            await busy[0].mux.wait_streams_closed()
 
     async def _accept_loop(
         self,
@@ -563,36 +594,63 @@ class Relay:
             _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
             return
         if record is None:
-            agent.close("bridge deleted")
+            agent.close(BRIDGE_DELETED)
         elif same_secret(agent.secret_hash, record.secret_hash):
             agent.secret_hash = record.secret_hash  # rehashed at a higher cost, maybe elsewhere
         else:
-            agent.close("bridge secret rotated")
+            agent.close(SECRET_ROTATED)
 
     # -- tunnels -------------------------------------------------------------------------
 
     def is_connected(self, bridge: str) -> bool:
         return bool(self.registry.sessions(bridge))
 
-    async def connect(self, bridge: str, host: str, port: int) -> trio.abc.HalfCloseableStream:
+    async def connect(
+        self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
+    ) -> trio.abc.HalfCloseableStream:
         """A stream to host:port through `bridge` (its name or ID).
+
+        `caller` names who asks in the audit trail: a label of the embedding code's choice
+        (a user, a request ID; never a secret) or a `relay.audit.Caller`.
 
         Raises `BridgeNotConnected`, `TargetNotAllowed`, `TargetUnreachable`, `BridgeBusy`
         or another `TunnelError`, each carrying the agent's own message when it gave one;
         `RelayShuttingDown` while the relay drains; ValueError for a host or port that
-        cannot be sent.
+        cannot be sent. Cancelling it abandons the attempt (the agent's side is reset).
         """
-        stream, _ = await self._open(bridge, host, port)
+        stream, _ = await self._open(bridge, host, port, Caller.of(caller))
         return stream
 
-    async def probe(self, bridge: str, host: str, port: int) -> str:
+    async def probe(
+        self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
+    ) -> str:
         """Check that `bridge` reaches host:port; returns the address the agent dialed."""
-        stream, reply = await self._open(bridge, host, port)
+        stream, reply = await self._open(bridge, host, port, Caller.of(caller))
         await trio.aclose_forcefully(stream)
         return reply.message or format_host_port(host, port)
 
     async def _open(
-        self, bridge: str, host: str, port: int
+        self, bridge: str, host: str, port: int, caller: Caller
+    ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
+        if not self.audit_trail.enabled:
+            return await self._open_tunnel(bridge, host, port, caller, 0.0)
+        started = time.monotonic()
+        try:
+            return await self._open_tunnel(bridge, host, port, caller, started)
+        except (Exception, trio.Cancelled) as exc:
+            sessions = self.registry.sessions(bridge)
+            name, bridge_id = bridge, None
+            if sessions:
+                name, bridge_id = sessions[0].bridge_name, sessions[0].bridge_id
+            target = format_host_port(host, port)
+            agent = getattr(exc, "answered_by", None)
+            self.audit_trail.failed(
+                name, bridge_id, caller, target, agent=agent, started=started, error=exc
+            )
+            raise
+
+    async def _open_tunnel(
+        self, bridge: str, host: str, port: int, caller: Caller, started: float
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         request = encode_connect_request(ConnectRequest(host, port))
         target = format_host_port(host, port)
@@ -614,7 +672,9 @@ class Relay:
         pending = self.registry.pending_opens
         pending[bridge_id] = pending.get(bridge_id, 0) + 1
         try:
-            return await self._open_on_any(bridge_id, request, name, target)
+            return await self._open_on_any(
+                bridge_id, request, name, target, caller=caller, started=started
+            )
         except TunnelError as exc:
             busy = isinstance(exc, BridgeBusy)
             self.metrics.refused.inc(reason="busy" if busy else _reason(exc.status))
@@ -646,7 +706,14 @@ class Relay:
         return BridgeBusy(message)
 
     async def _open_on_any(
-        self, bridge_id: str, request: bytes, name: str, target: str
+        self,
+        bridge_id: str,
+        request: bytes,
+        name: str,
+        target: str,
+        *,
+        caller: Caller,
+        started: float,
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         """Try the bridge's sessions, least loaded first, until one gets an answer."""
         tried: set[AgentSession] = set()
@@ -655,7 +722,12 @@ class Relay:
             agent = candidates[0]
             tried.add(agent)
             try:
-                return await self._open_on(agent, request, name, target)
+                return await self._open_on(
+                    agent, request, name, target, caller=caller, asked=started
+                )
+            except TunnelError as exc:
+                exc.answered_by = agent  # type: ignore[attr-defined]  # for the audit trail
+                raise
             except _Retry as retry:
                 failure = retry.error or failure
                 _log(
@@ -671,7 +743,14 @@ class Relay:
         raise BridgeNotConnected(name)
 
     async def _open_on(
-        self, agent: AgentSession, request: bytes, bridge: str, target: str
+        self,
+        agent: AgentSession,
+        request: bytes,
+        bridge: str,
+        target: str,
+        *,
+        caller: Caller,
+        asked: float,
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         started = time.monotonic()
         try:
@@ -691,7 +770,8 @@ class Relay:
                     if not data:
                         raise _Retry(
                             TunnelError(
-                                f"Bridge {bridge} closed the connection to {target} without answering"
+                                f"Bridge {bridge} closed the connection to {target} "
+                                "without answering"
                             )
                         )
         except mux.StreamReset:
@@ -716,7 +796,10 @@ class Relay:
         if reply.status == ConnectStatus.OK:
             tunnel = PrefixedStream(stream, parser.leftover) if parser.leftover else stream
             elapsed = time.monotonic() - started
-            return self.metrics.opened(tunnel, agent.bridge_name, elapsed), reply
+            metered = self.metrics.opened(tunnel, agent.bridge_name, elapsed)
+            if self.audit_trail.enabled:
+                self.audit_trail.opened(metered, agent, caller, target, asked)
+            return metered, reply
         await trio.aclose_forcefully(stream)
         message = reply.message or f"{reply.status.name.replace('_', ' ').lower()}: {target}"
         if reply.status == ConnectStatus.NOT_ALLOWED:

@@ -14,7 +14,6 @@ the relay and the agents and closes every socket. The pytest fixtures of
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import ssl
 import tempfile
@@ -34,7 +33,7 @@ from bridge.agent.agent import Agent, AgentConfig
 from bridge.agent.allowlist import AllowList
 from bridge.transport.tls import client_ssl_context
 from relay import MemoryStore, Relay, RelayConfig
-from relay.certificates import server_ssl_context
+from relay.certificates import server_ssl_context, subject_alt_names
 from relay.credentials import MIN_COST
 
 __all__ = [
@@ -75,7 +74,7 @@ class ThrowawayCA:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        sans = [_general_name(name) for name in hostnames]
+        sans = subject_alt_names(hostnames)
         cert = (
             _builder(_name(hostnames[0]), ca_name, key.public_key(), now)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -116,13 +115,6 @@ class ThrowawayCA:
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _general_name(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
 
 
 def _builder(

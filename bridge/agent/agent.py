@@ -174,6 +174,10 @@ class Agent:
     picks one from HTTPS_PROXY and NO_PROXY, as curl does). ``metrics`` (a fresh
     `TunnelMetrics` if None) counts sessions, reconnects, streams, bytes and refusals,
     labelled with the bridge ID.
+
+    Raises ValueError on construction for an invalid relay URL, proxy URL, allow-list entry,
+    bridge ID or secret, and for an empty allow-list. The secret (and a proxy password) is
+    redacted from every later log line.
     """
 
     def __init__(
@@ -228,7 +232,8 @@ class Agent:
 
     def drain(self) -> None:
         """Stop gracefully: no new streams (GoAway), open ones get ``drain_timeout`` to finish,
-        then `run` returns. Without a session (connecting, or waiting to reconnect), at once."""
+        then `run` returns. Without a session (connecting, or waiting to reconnect), at once.
+        Safe to call more than once, from any task of the agent's Trio run; never blocks."""
         if self._draining:
             return
         self._draining = True
@@ -247,6 +252,9 @@ class Agent:
         drain). Raises `AuthenticationFailed` or `RelayRejected` when the relay refuses this
         agent: retrying would not help. A relay that is unavailable is retried, with a
         warning per attempt (an error when its certificate fails verification).
+
+        Cancelled, it closes the session at once: open streams are cut (reset), nothing is
+        drained; use `drain` to stop gracefully.
         """
         address = self.relay_url.address
         backoff = Backoff(self.config.max_backoff)
@@ -258,7 +266,10 @@ class Agent:
                 reason = "the relay closed the session"
             except AuthenticationFailed as exc:
                 if self.sessions:  # it worked before: the bridge was deleted or its secret rotated
-                    message = f"{exc} (it was accepted before: was the bridge deleted or its secret rotated?)"
+                    message = (
+                        f"{exc} (it was accepted before: "
+                        "was the bridge deleted or its secret rotated?)"
+                    )
                     raise AuthenticationFailed(message, exc.status) from None
                 raise
             except RelayUnavailable as exc:
@@ -291,6 +302,7 @@ class Agent:
 
         Raises `RelayUnavailable` when the relay cannot be reached or the session is lost,
         `AuthenticationFailed` or `RelayRejected` when the relay refuses this agent.
+        Cancelled, it closes the connection and cuts the open streams.
         """
         async with self._connect() as connected:
             if connected is not None:  # None: `drain` was called while connecting

@@ -20,7 +20,7 @@ import trio
 from bridge import __version__
 from bridge.agent.agent import Agent, AgentConfig, RelayRejected
 from bridge.agent.allowlist import AllowList, parse_name_patterns
-from bridge.agent.relay_url import RelayURL
+from bridge.agent.relay_url import DEFAULT_PATH, DEFAULT_PORTS, RelayURL
 from bridge.ops import logs
 from bridge.ops.metrics import serve_metrics
 from bridge.ops.systemd import Notifier, run_watchdog
@@ -34,13 +34,12 @@ EX_CONFIG = 78
 
 log = logging.getLogger("bridge.cli")
 
-#: Duration flags: (flag, env var, AgentConfig field, default seconds, what it is).
+#: Duration flags: (flag, env var, AgentConfig field, what it is); the defaults are AgentConfig's.
 DURATIONS = (
     (
         "--max-backoff",
         "RECONNECT_MAX_BACKOFF",
         "max_backoff",
-        30.0,
         "longest wait between reconnect attempts (exponential backoff with full jitter; the first "
         "retry comes within 1 s)",
     ),
@@ -48,21 +47,18 @@ DURATIONS = (
         "--keepalive-interval",
         "KEEPALIVE_INTERVAL",
         "keepalive_interval",
-        30.0,
         "ping the relay this often",
     ),
     (
         "--keepalive-timeout",
         "KEEPALIVE_TIMEOUT",
         "keepalive_timeout",
-        10.0,
         "a ping unanswered this long ends the session, and the agent reconnects",
     ),
     (
         "--drain-timeout",
         "DRAIN_TIMEOUT",
         "drain_timeout",
-        30.0,
         "on SIGTERM or SIGINT, how long open connections may take to finish (a second signal "
         "stops at once)",
     ),
@@ -79,6 +75,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``bridge-agent`` argument parser; its ``error`` raises `UsageError` instead of
+    exiting."""
     parser = _Parser(
         prog=PROG,
         description="Dial out to a bridge relay over TLS and serve the connections it tunnels "
@@ -93,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--relay",
         metavar="URL",
-        help="relay URL: tls://HOST[:PORT] (port 4000 by default), or wss://HOST[:PORT][/PATH] "
-        "for WebSocket (port 443 and path /bridge by default) (env: RELAY_URL; required)",
+        help=f"relay URL: tls://HOST[:PORT] (port {DEFAULT_PORTS['tls']} by default), or "
+        f"wss://HOST[:PORT][/PATH] for WebSocket (port {DEFAULT_PORTS['wss']} and path "
+        f"{DEFAULT_PATH} by default) (env: RELAY_URL; required)",
     )
     add(
         "--proxy",
@@ -144,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin the relay certificate by SHA-256, as printed by 'bridge-relay fingerprint' "
         "(env: RELAY_FINGERPRINT; default: none)",
     )
-    for flag, env, _, default, text in DURATIONS:
+    defaults = attrs.fields_dict(AgentConfig)
+    for flag, env, field, text in DURATIONS:
+        default = defaults[field].default
         add(flag, metavar="SECONDS", help=f"{text} (env: {env}; default: {default:g})")
     add(
         "--metrics",
@@ -261,9 +262,9 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
         raise UsageError(str(exc)) from None
 
     durations = {}
-    for flag, name, field, default, _ in DURATIONS:
-        text = pick(getattr(args, field), name)
-        durations[field] = default if text is None else _seconds(text, flag, name)
+    for flag, name, field, _ in DURATIONS:
+        if (text := pick(getattr(args, field), name)) is not None:
+            durations[field] = _seconds(text, flag, name)
     config = AgentConfig(**durations)
 
     try:
@@ -292,6 +293,9 @@ def metrics_address(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """The ``bridge-agent`` command: read flags and environment, run the agent, return the exit
+    status (2 for usage errors, printed as one line; see `run` for the others). Never raises
+    for a user's mistake."""
     try:
         env = os.environ if env is None else env
         agent, level, fmt = load(argv, env)

@@ -10,15 +10,18 @@ from urllib.parse import urlsplit
 import attrs
 
 from bridge.protocol.addresses import format_host_port
+from bridge.transport.websocket import DEFAULT_PATH
 
 DEFAULT_PORT = 4000
 DEFAULT_PORTS = {"tls": DEFAULT_PORT, "wss": 443}
-DEFAULT_PATH = "/bridge"
 SCHEMES = tuple(DEFAULT_PORTS)
 
 
 @attrs.frozen
 class RelayURL:
+    """Where the agent dials: the scheme (``tls`` or ``wss``), host, port, and the WebSocket path
+    for wss://. Build one with `RelayURL.parse`; ``str()`` gives the URL back."""
+
     scheme: str
     host: str
     port: int = DEFAULT_PORT

@@ -140,6 +140,8 @@ class SecretRedactor(logging.Filter):
         self.secrets: set[str] = set()
 
     def redact(self, value: Any) -> Any:
+        """`value` with every registered secret replaced, recursively through dicts, lists and
+        tuples; other objects become their redacted ``str``."""
         if isinstance(value, str):
             for secret in self.secrets:
                 value = value.replace(secret, REDACTED)
@@ -153,6 +155,8 @@ class SecretRedactor(logging.Filter):
         return self.redact(str(value))
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record's message, fields and traceback text in place (once per record); always
+        keeps the record."""
         if not self.secrets or getattr(record, "redacted", False):
             return True
         record.msg = self.redact(record.getMessage())
@@ -214,6 +218,8 @@ class TextFormatter(logging.Formatter):
         self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
+        """One line (with the traceback, if any, on the lines after): timestamp unless journald,
+        level, message, then the fields as JSON; with journald, a priority prefix on every line."""
         parts = [record.levelname, printable(record.getMessage())]
         if not self.journald:
             parts.insert(0, _timestamp(record))
@@ -232,6 +238,7 @@ class JSONFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, event, then the fields (and exc)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON object on one line."""
         entry: dict[str, Any] = {
             "ts": _timestamp(record),
             "level": record.levelname,

@@ -40,6 +40,8 @@ class UnsupportedVersion(HandshakeError):
 
 
 class WelcomeStatus(enum.IntEnum):
+    """The relay's answer to a `Hello`, one byte on the wire: OK, or why the agent is refused."""
+
     OK = 0
     UNSUPPORTED_VERSION = 1
     AUTH_FAILED = 2
@@ -68,6 +70,11 @@ def _utf8_at_most(high: int):
 
 @attrs.frozen
 class Hello:
+    """The agent's first message: its bridge ID and secret (printable ASCII without spaces,
+    within MAX_ID and MAX_SECRET characters) and a JSON object describing the agent. The secret
+    is left out of ``repr``. Raises ValueError on construction for an ID or secret that breaks
+    those rules."""
+
     bridge_id: str = attrs.field(validator=_token(1, MAX_ID))
     secret: str = attrs.field(repr=False, validator=_token(1, MAX_SECRET))
     info: dict[str, Any] = attrs.field(factory=dict, validator=attrs.validators.instance_of(dict))
@@ -75,12 +82,18 @@ class Hello:
 
 @attrs.frozen
 class Welcome:
+    """The relay's answer to a `Hello`: a `WelcomeStatus`, a message for the agent's log, and
+    the protocol version the relay speaks. Raises ValueError on construction for a message over
+    MAX_MESSAGE bytes of UTF-8 or a version outside 0..255."""
+
     status: WelcomeStatus = attrs.field(converter=WelcomeStatus)
     message: str = attrs.field(default="", validator=_utf8_at_most(MAX_MESSAGE))
     version: int = attrs.field(default=PROTOCOL_VERSION, validator=attrs.validators.in_(range(256)))
 
 
 def encode_hello(hello: Hello) -> bytes:
+    """The wire form of `hello`. Raises ValueError for fields too long for the wire, or an
+    ``info`` that is not JSON-serialisable (TypeError) or too large once encoded."""
     return b"".join(
         [
             MAGIC,
@@ -93,6 +106,7 @@ def encode_hello(hello: Hello) -> bytes:
 
 
 def encode_welcome(welcome: Welcome) -> bytes:
+    """The wire form of `welcome`. Raises ValueError for a message too long for the wire."""
     return b"".join(
         [
             MAGIC,

@@ -135,7 +135,10 @@ def bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
 async def open_tcp_stream(
     host: str, port: int, *, proxy: ProxyURL | None = None
 ) -> trio.SocketStream:
-    """`trio.open_tcp_stream`, through ``proxy`` when one is given (see `open_via_proxy`)."""
+    """`trio.open_tcp_stream`, through ``proxy`` when one is given (see `open_via_proxy`).
+
+    Raises OSError (`ProxyError` for the proxy's failures) when no connection comes about.
+    Cancelled, it closes whatever it had opened."""
     if proxy is None:
         return await trio.open_tcp_stream(host, port)
     return await open_via_proxy(proxy, host, port)

@@ -63,15 +63,20 @@ class TLSStream(trio.abc.Stream):
     # ---- what callers of an SSL connection ask about -------------------------------------
 
     def getpeercert(self, binary_form: bool = False):
+        """The peer's certificate, as `ssl.SSLSocket.getpeercert` returns it (DER with
+        `binary_form`); None before the handshake."""
         return self._socket.getpeercert(binary_form)
 
     def version(self) -> str | None:
+        """The negotiated TLS version (``"TLSv1.3"``), None before the handshake."""
         return self._socket.version()
 
     def getpeername(self) -> tuple:
+        """The peer's socket address. Raises OSError once the connection is gone."""
         return self._socket.getpeername()
 
     def getsockname(self) -> tuple:
+        """This end's socket address. Raises OSError once the socket is closed."""
         return self._socket.getsockname()
 
     # ---- the TLS machinery ------------------------------------------------------------
@@ -96,6 +101,10 @@ class TLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS connection failed: {exc}") from exc
 
     async def do_handshake(self) -> None:
+        """Run the TLS handshake (certificate checks included). Raises `trio.BrokenResourceError`
+        with the `ssl.SSLError` as ``__cause__`` when it fails, `trio.ClosedResourceError` when
+        the stream is closed meanwhile. Cancelled, it leaves the handshake half done: close the
+        stream."""
         await checkpoint_if_cancelled()
         await self._retry(self._socket.do_handshake)
         await cancel_shielded_checkpoint()
@@ -103,6 +112,11 @@ class TLSStream(trio.abc.Stream):
     # ---- trio.abc.Stream --------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to `max_bytes` (256 KiB by default) of decrypted data: every record readable now, not
+        just one; ``b""`` once the peer sent close_notify. Raises ValueError for `max_bytes` < 1,
+        `trio.BusyResourceError` when another task is receiving, `trio.BrokenResourceError` when
+        the connection fails (a ragged EOF included) and `trio.ClosedResourceError` once closed.
+        Cancelled, it returns nothing and loses nothing."""
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
         elif max_bytes < 1:
@@ -155,6 +169,10 @@ class TLSStream(trio.abc.Stream):
         return sent
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send all of `data`. Raises `trio.BusyResourceError` when another task is
+        sending, `trio.BrokenResourceError` when the connection fails, `trio.ClosedResourceError`
+        once closed. Cancelled part-way, an unknown part was sent: the stream is then only good for
+        closing, as with any trio stream."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
@@ -171,6 +189,8 @@ class TLSStream(trio.abc.Stream):
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the socket takes writes. Raises `trio.BusyResourceError` when another task is
+        sending, `trio.ClosedResourceError` once closed. Cancelling it has no other effect."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
@@ -182,6 +202,9 @@ class TLSStream(trio.abc.Stream):
             self._sending = False
 
     async def aclose(self) -> None:
+        """Send close_notify if the socket takes it at once, then close the socket; tasks blocked on
+        the stream get `trio.ClosedResourceError`. Never blocks, never raises for a broken
+        connection; closing twice is fine."""
         if not self._closed:
             self._closed = True
             notify_closing(self._socket)

@@ -102,6 +102,10 @@ class WebSocketStream(trio.abc.Stream):
         self._receiving = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send `data` as binary messages of at most ``max_message_size`` bytes each. Raises
+        `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError` once
+        closed, `trio.BrokenResourceError` when the connection ended. Cancelled part-way, some
+        messages may have been sent: the stream is then only good for closing."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         self._sending = True
@@ -122,12 +126,20 @@ class WebSocketStream(trio.abc.Stream):
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Returns after a checkpoint (trio-websocket does not expose the socket's readiness).
+        Raises `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError`
+        once closed."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this stream")
         await checkpoint()
         self._check_open()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to `max_bytes` of the current binary message (all of it without `max_bytes`), ``b""``
+        once the peer closed with code 1000. Raises ValueError for `max_bytes` < 1,
+        `trio.BusyResourceError` when another task is receiving, `trio.BrokenResourceError` for a
+        text message or any other end of the connection, `trio.ClosedResourceError` once closed.
+        Cancelled, it loses nothing."""
         if max_bytes is not None and operator.index(max_bytes) < 1:
             raise ValueError("max_bytes must be >= 1")
         if self._receiving:
@@ -205,7 +217,8 @@ async def open_websocket_stream(
     Raises OSError (`bridge.transport.http_proxy.ProxyError` included) when TCP fails,
     `trio.BrokenResourceError` when TLS does, `bridge.transport.tls.FingerprintMismatch`,
     `WebSocketError` when the upgrade fails, and `trio.TooSlowError` past ``connect_timeout``
-    or a TLS handshake longer than ``handshake_timeout``.
+    or a TLS handshake longer than ``handshake_timeout``. Cancelled at any point, it closes
+    what it opened.
     """
     host, port, path = _parse_url(url)
     config = config or WebSocketConfig()
@@ -239,8 +252,8 @@ async def websocket_client(
     """Upgrade ``transport``, a TLS stream already open to host:port, to a WebSocket on ``path``.
 
     Raises `WebSocketError` when the server refuses or closes the connection, or does not
-    answer within ``handshake_timeout``. ``transport`` is closed when this raises, and when
-    the block is left.
+    answer within ``handshake_timeout``. ``transport`` is closed when this raises, when
+    the block is left and when it is cancelled.
     """
     config = config or WebSocketConfig()
     try:
@@ -274,7 +287,8 @@ async def serve_websocket_agents(
     port), and run ``await handler(stream, peer)`` for each upgrade to ``path``, with the
     peer's ``ip:port``; other paths are refused with 404. The stream is closed when the
     handler returns. `task_status.started` gets the list of `trio.SocketListener`s.
-    Connections that fail before the handler runs are logged and dropped.
+    Connections that fail before the handler runs are logged and dropped. Raises OSError
+    when it cannot listen. Cancelling it closes the listeners and cancels the handlers.
 
     For the relay: ``await nursery.start(serve_websocket_agents, relay.handle_agent, host,
     port, relay.ssl_context)``.

@@ -10,17 +10,11 @@ import functools
 import os
 import re
 import ssl
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "faults"))
-
-from e2e_support import Launcher, Process, Relay, parse_assignments, relay_cli
-from traffic import echo  # noqa: F401 (re-exported for the tests)
 
 import mux
 from bridge.protocol.handshake import (
@@ -30,6 +24,9 @@ from bridge.protocol.handshake import (
     WelcomeStatus,
     encode_hello,
 )
+
+from ..e2e.e2e_support import Launcher, Process, Relay, parse_assignments, relay_cli
+from ..faults.traffic import echo  # noqa: F401 (re-exported for the tests)
 
 #: Source addresses: attackers and victims each have their own.
 ATTACKER = "127.0.0.2"

@@ -11,7 +11,11 @@ import time
 from functools import partial
 
 import trio
-from quota_support import (
+
+import mux
+from bridge.protocol.handshake import WelcomeStatus
+
+from .quota_support import (
     ATTACKER,
     VICTIM,
     add_bridge,
@@ -23,9 +27,6 @@ from quota_support import (
     round_trip,
     tracebacks,
 )
-
-import mux
-from bridge.protocol.handshake import WelcomeStatus
 
 SESSIONS = 8  # the default --max-sessions-per-bridge
 LOGINS = 3000

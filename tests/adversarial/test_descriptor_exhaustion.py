@@ -11,7 +11,8 @@ import time
 from functools import partial
 
 import trio
-from quota_support import ATTACKER, VICTIM, connect_from, descriptors, echo, round_trip, tracebacks
+
+from .quota_support import ATTACKER, VICTIM, connect_from, descriptors, echo, round_trip, tracebacks
 
 DESCRIPTORS = 64  # the relay's limit
 HANDSHAKE_TIMEOUT = 3

@@ -6,8 +6,6 @@ lines: the operator's terminal and the relay's log get them escaped, never raw."
 from __future__ import annotations
 
 import trio
-from e2e_support import relay_cli
-from quota_support import ATTACKER, add_bridge, hostile_agent, tracebacks
 
 from bridge.protocol.connect import (
     ConnectReply,
@@ -15,6 +13,9 @@ from bridge.protocol.connect import (
     ConnectStatus,
     encode_connect_reply,
 )
+
+from ..e2e.e2e_support import relay_cli
+from .quota_support import ATTACKER, add_bridge, hostile_agent, tracebacks
 
 # Clear the screen, retitle the terminal, then a forged line and a forged log record.
 EVIL = (

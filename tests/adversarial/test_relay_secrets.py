@@ -17,10 +17,11 @@ import time
 import uuid
 
 import trio
-from e2e_support import RELAY, clean_env, relay_cli
-from quota_support import ATTACKER, VICTIM, add_bridge, echo, login, round_trip, tracebacks
 
 from bridge.protocol.handshake import WelcomeStatus
+
+from ..e2e.e2e_support import RELAY, clean_env, relay_cli
+from .quota_support import ATTACKER, VICTIM, add_bridge, echo, login, round_trip, tracebacks
 
 LOCK = ".certificate.lock"
 

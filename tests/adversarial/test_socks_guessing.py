@@ -11,7 +11,8 @@ import time
 from functools import partial
 
 import trio
-from quota_support import (
+
+from .quota_support import (
     ATTACKER,
     VICTIM,
     echo,

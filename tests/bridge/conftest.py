@@ -3,10 +3,11 @@
 
 
 import pytest
-from bridge_support import BRIDGE_ID, SECRET, Certificates, FakeRelay, make_certificates
 
 from bridge.agent.agent import Agent, AgentConfig
 from bridge.transport.tls import client_ssl_context
+
+from .bridge_support import BRIDGE_ID, SECRET, Certificates, FakeRelay, make_certificates
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +26,8 @@ async def relay(nursery, certificates) -> FakeRelay:
 
 @pytest.fixture
 def make_agent(relay, certificates):
-    """Builds agents for the relay fixture: ``make_agent(allow, secret=..., ssl_context=..., **config)``."""
+    """Builds agents for the relay fixture:
+    ``make_agent(allow, secret=..., ssl_context=..., **config)``."""
 
     def make(allow=("127.0.0.1:*",), *, secret=SECRET, ssl_context=None, **config) -> Agent:
         context = ssl_context or client_ssl_context(ca_file=certificates.ca_file)

@@ -8,8 +8,6 @@ import socket
 
 import pytest
 import trio
-from bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
-from connect_proxy import ConnectProxy
 
 from bridge.agent.agent import (
     Agent,
@@ -24,6 +22,9 @@ from bridge.protocol.handshake import Welcome, WelcomeStatus
 from bridge.transport.tls import certificate_fingerprint, client_ssl_context
 from bridge.transport.websocket import serve_websocket_agents
 from relay import MemoryStore, Relay, RelayConfig
+
+from .bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
+from .connect_proxy import ConnectProxy
 
 
 async def read_all(stream) -> bytes:
@@ -361,9 +362,10 @@ async def test_proxy_refusal(nursery, relay):
     with pytest.raises(RelayUnavailable) as info:
         await agent.run_session()
     assert str(info.value) == (
-        f"Cannot connect to the relay at 127.0.0.1:{relay.port}: proxy 127.0.0.1:{proxy.port} refused "
-        f"CONNECT 127.0.0.1:{relay.port}: 407 Proxy Authentication Required (give credentials in "
-        "the proxy URL: http://USER:PASSWORD@HOST:PORT)"
+        f"Cannot connect to the relay at 127.0.0.1:{relay.port}: "
+        f"proxy 127.0.0.1:{proxy.port} refused CONNECT 127.0.0.1:{relay.port}: "
+        "407 Proxy Authentication Required "
+        "(give credentials in the proxy URL: http://USER:PASSWORD@HOST:PORT)"
     )
     assert relay.connections == 0
 
@@ -422,15 +424,25 @@ async def test_websocket_refusals(nursery, ws_relay, certificates):
         await agent.run()
 
 
-async def test_websocket_handshake_timeout(nursery, certificates):
+async def never_answer(stream, peer) -> None:
+    """A WebSocket agent handler that never answers the agent's handshake."""
+    await trio.sleep_forever()
+
+
+async def silent_websocket_relay(nursery, certificates) -> str:
+    """A WebSocket listener that upgrades connections and then says nothing; its wss:// URL."""
     listeners = await nursery.start(
         serve_websocket_agents,
-        lambda stream, peer: trio.sleep_forever(),
+        never_answer,
         "127.0.0.1",
         0,
         certificates.server_context(),
     )
-    url = f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
+    return f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
+
+
+async def test_websocket_handshake_timeout(nursery, certificates):
+    url = await silent_websocket_relay(nursery, certificates)
     context = client_ssl_context(ca_file=certificates.ca_file)
     agent = Agent(
         url, BRIDGE_ID, SECRET, ["db:1"], context, config=AgentConfig(handshake_timeout=0.2)
@@ -440,14 +452,7 @@ async def test_websocket_handshake_timeout(nursery, certificates):
 
 
 async def test_drain_while_connecting_over_websocket(nursery, certificates):
-    listeners = await nursery.start(
-        serve_websocket_agents,
-        lambda stream, peer: trio.sleep_forever(),
-        "127.0.0.1",
-        0,
-        certificates.server_context(),
-    )
-    url = f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
+    url = await silent_websocket_relay(nursery, certificates)
     agent = Agent(
         url, BRIDGE_ID, SECRET, ["db:1"], client_ssl_context(ca_file=certificates.ca_file)
     )

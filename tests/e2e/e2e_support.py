@@ -10,6 +10,7 @@ relay and agents of one test the way a user runs them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import signal
@@ -24,6 +25,8 @@ from pathlib import Path
 from relay.testing import ThrowawayCA
 
 BIN_DIR = Path(sys.executable).parent
+#: The repository root: the working directory of helpers run as ``python -m tests...``.
+ROOT = Path(__file__).resolve().parents[2]
 RELAY = str(BIN_DIR / "bridge-relay")
 AGENT = str(BIN_DIR / "bridge-agent")
 
@@ -243,6 +246,19 @@ class Postgres:
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
+        )
+
+    def check_same_result(self, sql: str, port: int) -> None:
+        """`sql` gives the same multi-megabyte output directly and through the forward on
+        `port`, to the byte."""
+        direct = self.psql(sql)
+        tunneled = self.psql(sql, port=port)
+        assert direct.returncode == 0, direct.stderr
+        assert tunneled.returncode == 0, tunneled.stderr
+        assert len(direct.stdout) > 5_000_000
+        assert (len(tunneled.stdout), hashlib.sha256(tunneled.stdout).hexdigest()) == (
+            len(direct.stdout),
+            hashlib.sha256(direct.stdout).hexdigest(),
         )
 
 

@@ -1,13 +1,12 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""The handshake and connect parsers (`bridge.protocol.handshake`, `bridge.protocol.connect`) under generated
-input: arbitrary and mutated bytes raise only the parser's own error, and valid messages
-survive any split and any trailing bytes."""
+"""The handshake and connect parsers (`bridge.protocol.handshake`, `bridge.protocol.connect`)
+under generated input: arbitrary and mutated bytes raise only the parser's own error, and
+valid messages survive any split and any trailing bytes."""
 
 from __future__ import annotations
 
 import pytest
-from fuzz_targets import PARSERS, check_parser, handshake_from_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +28,8 @@ from bridge.protocol.handshake import (
     encode_hello,
     encode_welcome,
 )
+
+from .fuzz_targets import PARSERS, check_parser, handshake_from_bytes
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 cuts = st.lists(st.integers(0, 1 << 12), max_size=6)

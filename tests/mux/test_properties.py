@@ -4,12 +4,20 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mux_support import (
+
+from mux.config import Config
+from mux.connection import Connection
+from mux.errors import RemoteProtocolError
+from mux.events import GoAwayReceived
+from mux.frames import Flag, FrameType, GoAwayCode
+
+from .mux_support import (
     INITIAL_WINDOW,
     MIB,
     STATES,
@@ -26,12 +34,6 @@ from mux_support import (
     window,
 )
 
-from mux.config import Config
-from mux.connection import Connection
-from mux.errors import RemoteProtocolError
-from mux.events import GoAwayReceived
-from mux.frames import Flag, FrameType, GoAwayCode
-
 SMALL_BUDGET = Config(max_stream_window=MIB, session_receive_budget=MIB)
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 u32 = st.integers(0, 2**32 - 1)
@@ -45,7 +47,7 @@ def payloads(limit: int) -> st.SearchStrategy[bytes]:
 
 def split(blob: bytes, cuts: list[int]) -> list[bytes]:
     bounds = sorted({0, len(blob), *(c % (len(blob) + 1) for c in cuts)})
-    return [blob[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [blob[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def feed(conn: Connection, chunks: list[bytes]) -> list[object]:
