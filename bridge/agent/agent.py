@@ -548,6 +548,12 @@ class Agent:
             f"Host not in allowed hosts list: {format_host_port(host, port)}",
         )
         if not self.allow.may_allow(host, port):
+            if not self.allow.may_resolve(host):
+                raise Refused(
+                    ConnectStatus.NOT_ALLOWED,
+                    f"Host not in allowed hosts list: {format_host_port(host, port)} (a name "
+                    "this agent does not resolve for IP or CIDR entries: --resolve-names)",
+                )
             raise refusal
         candidates = await self._resolve(host, port)
         allowed = set(self.allow.allowed_addresses(host, port, [c[4][0] for c in candidates]))

@@ -313,6 +313,8 @@ class Launcher:
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--bcrypt-cost",  # the test bridges' (a later --bcrypt-cost in ARGS wins)
+            "4",
             *args,
         ]
         for target in targets:
