@@ -123,6 +123,9 @@ async def _dispatch(relay, request: dict[str, Any]) -> dict[str, Any]:
 
 
 async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    """One line from `stream`, without its newline (bytes after it are dropped). Raises
+    ValueError for a line longer than MAX_LINE, `trio.BrokenResourceError` when the stream
+    ends first. Cancelled, the bytes read so far are lost."""
     buffer = bytearray()
     while b"\n" not in buffer:
         if len(buffer) > MAX_LINE:

@@ -210,7 +210,10 @@ class HookSink:
         pass
 
 
-_seconds = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+_seconds: list[Callable[[Any, Any, Any], Any]] = [
+    attrs.validators.instance_of((int, float)),
+    attrs.validators.gt(0),
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -265,7 +268,7 @@ class AuditTrail:
         self._sinks: list[AuditSink] = []
         self._send, self._receive = trio.open_memory_channel[AuditEvent](config.queue_size)
         self._open: dict[MeteredStream, OpenTunnel] = {}  # in order of their next progress
-        self._repeats = Repeats(config.log_interval, clock=clock)
+        self._repeats: Repeats[str | tuple[str, int]] = Repeats(config.log_interval, clock=clock)
         self._running = False
         self._wakeup = trio.Event()
         self.dropped = metrics.counter(

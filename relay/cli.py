@@ -119,7 +119,9 @@ def _cost(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    """The ``bridge-relay`` argument parser; its ``error`` raises `UsageError` instead of
+    exiting."""
+    common = _Parser(add_help=False)
     common.add_argument(
         "--data-dir",
         metavar="DIR",
@@ -509,6 +511,8 @@ def _add_logging(parser: argparse.ArgumentParser, default_level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay serve``: run the relay until SIGINT or SIGTERM (then drain); returns 0. Raises
+    `UsageError` or `Failure` with a one-line message."""
     logs.configure(args.log_level, args.log_format)
     forwards = args.forward
     if forwards is None:
@@ -762,6 +766,8 @@ async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: 
 
 
 def cmd_fingerprint(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay fingerprint``: print the certificate's fingerprint. Raises `Failure` when the
+    certificate cannot be read."""
     try:
         cert = args.cert if args.cert is not None else ensure_self_signed(data_dir)[0]
         print(fingerprint(cert))
@@ -773,6 +779,8 @@ def cmd_fingerprint(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay bridges create|list|delete|rotate``. Raises `UsageError` or `Failure` with a
+    one-line message."""
     if args.action is None:
         raise UsageError("bridges needs an action: create, list, delete or rotate")
     store = _open_store(data_dir)
@@ -882,6 +890,8 @@ def _when(timestamp: float | None) -> str:
 
 
 def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay test BRIDGE HOST:PORT``: ask the running relay to open a tunnel; 0 when the
+    agent reached the target, 1 with its reason when not. Raises `UsageError` or `Failure`."""
     store = _open_store(data_dir)
     try:
         record = store.get(args.bridge)
@@ -942,6 +952,7 @@ def cmd_audit(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay demo``: see `relay.demo.run_demo`."""
     from relay.demo import run_demo
 
     logs.configure(args.log_level, args.log_format)
@@ -997,6 +1008,8 @@ _COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``bridge-relay`` command: returns the exit status (1 for a `Failure`, 2 for a
+    `UsageError`, each printed as one line). Never raises for a user's mistake."""
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:

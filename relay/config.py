@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -14,7 +15,10 @@ from relay.credentials import DEFAULT_COST, check_cost
 if TYPE_CHECKING:
     import mux
 
-_seconds = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+_seconds: list[Callable[[Any, Any, Any], Any]] = [
+    attrs.validators.instance_of((int, float)),
+    attrs.validators.gt(0),
+]
 _count = [attrs.validators.instance_of(int), attrs.validators.gt(0)]
 
 

@@ -41,6 +41,7 @@ def new_secret() -> str:
 
 
 def check_cost(cost: int) -> int:
+    """`cost` if it is a bcrypt cost from MIN_COST to MAX_COST; else ValueError saying so."""
     if not MIN_COST <= cost <= MAX_COST:
         raise ValueError(f"bcrypt cost must be between {MIN_COST} and {MAX_COST}, not {cost}")
     return cost
@@ -134,13 +135,15 @@ class Verifier:
         if cost != self._dummy_cost:
             self._dummy_cost, self._dummy = cost, None
 
-    async def prepare(self) -> None:
-        """Make the dummy hash now, so the first unknown ID costs no more than later ones."""
+    async def prepare(self) -> bytes:
+        """Make the dummy hash now, so the first unknown ID costs no more than later ones;
+        returns it."""
         while self._dummy is None:
             cost = self._dummy_cost
             dummy = await self._run(hash_secret, new_secret(), cost)
             if cost == self._dummy_cost:  # else the costs changed meanwhile: again
                 self._dummy = dummy
+        return self._dummy
 
     async def rehash(self, bridge_id: str, stored_hash: bytes, secret: bytes) -> bytes | None:
         """`stored_hash` made again at the relay's cost, if it has less (None if not), for a
@@ -161,9 +164,7 @@ class Verifier:
         """
         if stored_hash is None:
             if not cached_only:
-                await self.prepare()
-                dummy = self._dummy
-                assert dummy is not None
+                dummy = await self.prepare()
                 await self._check(self._mac("", dummy, secret), secret, dummy)
             return False
         mac = self._mac(bridge_id, stored_hash, secret)
@@ -196,6 +197,7 @@ class Verifier:
         return flight.result
 
     def forget(self, bridge_id: str) -> None:
+        """Drop what was verified for `bridge_id` (its secret changed or it was deleted)."""
         self._verified.pop(bridge_id, None)
 
     async def _run(self, fn, *args):

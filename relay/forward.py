@@ -31,6 +31,8 @@ class ForwardSpec:
 
     @classmethod
     def parse(cls, text: str) -> ForwardSpec:
+        """``BRIDGE=HOST:PORT[@LISTEN_HOST:LISTEN_PORT]`` -> a ForwardSpec (listening on
+        127.0.0.1, any free port, unless given). Raises ValueError with a one-line message."""
         bridge, sep, rest = text.partition("=")
         if not sep or not bridge:
             raise ValueError(
@@ -46,6 +48,7 @@ class ForwardSpec:
 
     @property
     def target(self) -> str:
+        """``HOST:PORT`` of the target, IPv6 in brackets."""
         return format_host_port(self.host, self.port)
 
     def __str__(self) -> str:
@@ -76,6 +79,9 @@ async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATU
 
 
 async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream) -> None:
+    """Tunnel one accepted `client` connection to the spec's target, then close it; a refused
+    tunnel (logged by the relay) closes it at once. Raises nothing for a client or tunnel that
+    breaks (the tunnel is reset then); cancelled, it closes both ends."""
     async with client:
         try:
             peer = format_socket_address(client.socket.getpeername())

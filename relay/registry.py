@@ -30,6 +30,7 @@ class AgentSession:
     close_reason: str | None = None
 
     def open_streams(self) -> int:
+        """Streams open on this session right now."""
         return self.mux.streams_open
 
     def load(self) -> tuple[int, int]:
@@ -44,6 +45,7 @@ class AgentSession:
         self.cancel_scope.cancel()
 
     def describe(self) -> dict[str, Any]:
+        """What ``bridge-relay bridges list`` shows of the session (JSON-serialisable)."""
         return {
             "peer": self.peer,
             "connected_at": self.connected_at,
@@ -53,6 +55,9 @@ class AgentSession:
 
 
 class Registry:
+    """The live agent sessions by bridge ID (and name). Not thread-safe; used from the relay's
+    Trio run only."""
+
     def __init__(self) -> None:
         self._sessions: dict[str, list[AgentSession]] = {}
         self._ids: dict[str, str] = {}  # bridge name -> ID, for the bridges with sessions
@@ -70,10 +75,12 @@ class Registry:
         return sum(len(sessions) for sessions in self._sessions.values())
 
     def add(self, session: AgentSession) -> None:
+        """Register an authenticated session."""
         self._sessions.setdefault(session.bridge_id, []).append(session)
         self._ids[session.bridge_name] = session.bridge_id
 
     def remove(self, session: AgentSession) -> None:
+        """Forget a session (once it has ended); unknown ones are ignored."""
         sessions = self._sessions.get(session.bridge_id, [])
         if session in sessions:
             sessions.remove(session)
@@ -120,11 +127,14 @@ class Registry:
                 del self.opening[bridge_id]
 
     def open_streams(self, bridge: str) -> int:
+        """Streams open across the sessions of `bridge` (a name or ID)."""
         return sum(session.open_streams() for session in self.sessions(bridge))
 
     def open_streams_total(self) -> int:
+        """Streams open across all sessions."""
         return sum(session.open_streams() for session in self)
 
     def close_bridge(self, bridge_id: str, reason: str) -> None:
+        """End every session of `bridge_id`, giving `reason` (see `AgentSession.close`)."""
         for session in self.sessions(bridge_id):
             session.close(reason)

@@ -129,7 +129,7 @@ class Relay:
         self.registry = Registry()
         self._verifier = Verifier(cost=config.bcrypt_cost)
         self._logins = LoginLimiter(config.auth_failures_per_minute, config.rate_limit_sources)
-        self._repeats = Repeats(config.log_interval)
+        self._repeats: Repeats[str | tuple[str, str]] = Repeats(config.log_interval)
         self._pending = 0  # agent connections not yet admitted
         self._accepting: set[trio.CancelScope] = set()
         self._stopping = False
@@ -169,7 +169,9 @@ class Relay:
     ) -> None:
         """Accept agents over TLS on host:port until cancelled (port 0: any free port).
 
-        `task_status.started` gets the list of `trio.SocketListener`s.
+        `task_status.started` gets the list of `trio.SocketListener`s. Raises OSError when it
+        cannot listen. Cancelling it closes the listeners and ends every agent session at
+        once, cutting their tunnels: call `drain` first to let them finish.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
         if self.config.node is None:
@@ -603,6 +605,7 @@ class Relay:
     # -- tunnels -------------------------------------------------------------------------
 
     def is_connected(self, bridge: str) -> bool:
+        """Whether an agent of `bridge` (a name or ID) is connected right now."""
         return bool(self.registry.sessions(bridge))
 
     async def connect(
@@ -616,7 +619,9 @@ class Relay:
         Raises `BridgeNotConnected`, `TargetNotAllowed`, `TargetUnreachable`, `BridgeBusy`
         or another `TunnelError`, each carrying the agent's own message when it gave one;
         `RelayShuttingDown` while the relay drains; ValueError for a host or port that
-        cannot be sent. Cancelling it abandons the attempt (the agent's side is reset).
+        cannot be sent. Waits at most ``connect_timeout`` for the agent's answer (then
+        `TargetUnreachable`); cancelling it abandons the attempt (the agent's side is reset).
+        The caller owns the returned stream and must close it.
         """
         stream, _ = await self._open(bridge, host, port, Caller.of(caller))
         return stream
@@ -624,7 +629,8 @@ class Relay:
     async def probe(
         self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
     ) -> str:
-        """Check that `bridge` reaches host:port; returns the address the agent dialed."""
+        """Check that `bridge` reaches host:port; returns the address the agent dialed.
+        Raises what `connect` raises; the tunnel is closed before it returns."""
         stream, reply = await self._open(bridge, host, port, Caller.of(caller))
         await trio.aclose_forcefully(stream)
         return reply.message or format_host_port(host, port)
@@ -758,12 +764,12 @@ class Relay:
             # counts the stream itself.
             with self.registry.opening_stream(agent.bridge_id):
                 stream = await agent.mux.open_stream()
-        except (mux.SessionClosed, mux.LocalProtocolError) as exc:
-            # That session is going away. (open_stream raises LocalProtocolError instead of
-            # SessionClosed when the session ends or says GoAway during its checkpoint.)
+        except mux.SessionClosed as exc:
+            # That session is going away (it ended, or said or got GoAway).
             raise _Retry(None, exc) from None
+        reply = None  # stays None if the agent does not answer within connect_timeout
         try:
-            with trio.move_on_after(self.config.connect_timeout) as deadline:
+            with trio.move_on_after(self.config.connect_timeout):
                 await stream.send_all(request)
                 parser = ConnectReplyParser()
                 while (reply := parser.feed(data := await stream.receive_some(_READ_SIZE))) is None:
@@ -786,7 +792,7 @@ class Relay:
         except BaseException:
             await _reset(stream)
             raise
-        if deadline.cancelled_caught:
+        if reply is None:
             await _reset(stream)
             raise TargetUnreachable(
                 f"No answer from bridge {bridge} about {target} within "

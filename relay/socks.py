@@ -64,6 +64,8 @@ _USAGE = "ask for HOST.bridge-BRIDGE and let the proxy resolve it (socks5h://, -
 
 
 class Reply(enum.IntEnum):
+    """SOCKS5 reply codes (RFC 1928, section 6)."""
+
     SUCCEEDED = 0x00
     GENERAL_FAILURE = 0x01
     NOT_ALLOWED = 0x02

@@ -22,7 +22,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -68,7 +68,10 @@ from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocke
 
 log = logging.getLogger("bridge.agent")
 
-_positive = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+_positive: list[Callable[[Any, Any, Any], Any]] = [
+    attrs.validators.instance_of((int, float)),
+    attrs.validators.gt(0),
+]
 
 
 @attrs.frozen(kw_only=True)

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -261,7 +261,7 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    durations = {}
+    durations: dict[str, Any] = {}
     for flag, name, field, _ in DURATIONS:
         if (text := pick(getattr(args, field), name)) is not None:
             durations[field] = _seconds(text, flag, name)

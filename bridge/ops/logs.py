@@ -161,8 +161,8 @@ class SecretRedactor(logging.Filter):
             return True
         record.msg = self.redact(record.getMessage())
         record.args = None
-        if isinstance(getattr(record, "fields", None), dict):
-            record.fields = self.redact(record.fields)
+        if isinstance(fields := getattr(record, "fields", None), dict):
+            record.__dict__["fields"] = self.redact(fields)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

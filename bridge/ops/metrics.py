@@ -108,6 +108,7 @@ class HistogramValue:
 
 
 V = TypeVar("V", CounterValue, GaugeValue, HistogramValue)
+S = TypeVar("S", CounterValue, GaugeValue)
 F = TypeVar("F", bound="_Family")
 
 
@@ -159,10 +160,17 @@ class _Family(Generic[V]):
             yield from self._samples(labels, series)
 
     def _samples(self, labels: dict[str, str], series: V) -> Iterator[str]:
+        raise NotImplementedError
+
+
+class _ScalarFamily(_Family[S]):
+    """A family whose series are one number each: counters and gauges."""
+
+    def _samples(self, labels: dict[str, str], series: S) -> Iterator[str]:
         yield f"{self.name}{_labels(labels)} {_number(series.value)}"
 
 
-class Counter(_Family[CounterValue]):
+class Counter(_ScalarFamily[CounterValue]):
     """A family of counters, one per label set; `inc` and `value` take the labels as keywords."""
 
     kind = "counter"
@@ -179,7 +187,7 @@ class Counter(_Family[CounterValue]):
         return 0 if series is None else series.value
 
 
-class Gauge(_Family[GaugeValue]):
+class Gauge(_ScalarFamily[GaugeValue]):
     """A family of gauges, one per label set; the methods take the labels as keywords."""
 
     kind = "gauge"

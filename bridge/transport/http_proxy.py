@@ -172,7 +172,7 @@ async def _connect(tcp: trio.SocketStream, proxy: ProxyURL, target: str) -> None
     headers = [("Host", target), ("User-Agent", f"trio-bridge/{__version__}")]
     if proxy.username is not None:
         credentials = f"{proxy.username}:{proxy.password or ''}".encode()
-        headers.append(("Proxy-Authorization", b"Basic " + base64.b64encode(credentials)))
+        headers.append(("Proxy-Authorization", "Basic " + base64.b64encode(credentials).decode()))
     http = h11.Connection(h11.CLIENT)
     request = h11.Request(method="CONNECT", target=target, headers=headers)
     where = f"proxy {proxy.address}"

@@ -8,6 +8,8 @@ import operator
 
 import trio
 
+from mux.conflict import RECEIVING, ConflictDetector
+
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
     """Wraps ``stream`` so that ``receive_some`` returns ``prefix`` before anything else.
@@ -21,7 +23,7 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         self.transport_stream = stream
         self._prefix = memoryview(bytes(prefix))
         self._closed = False
-        self._receiving = False
+        self._receive_conflict = ConflictDetector(RECEIVING)
         send_some = getattr(stream, "send_some", None)
         if send_some is not None:
             self.send_some = send_some
@@ -50,23 +52,18 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
             max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        if self._closed:
+        with self._receive_conflict:
+            if self._closed:
+                await trio.lowlevel.checkpoint()
+                raise trio.ClosedResourceError("stream was closed")
+            if not self._prefix:
+                return await self.transport_stream.receive_some(max_bytes)
             await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("stream was closed")
-        if not self._prefix:
-            return await self.transport_stream.receive_some(max_bytes)
-        self._receiving = True
-        try:
-            await trio.lowlevel.checkpoint()
-        finally:
-            self._receiving = False
-        if self._closed:
-            raise trio.ClosedResourceError("stream was closed")
-        n = len(self._prefix) if max_bytes is None else max_bytes
-        chunk, self._prefix = self._prefix[:n], self._prefix[n:]
-        return bytes(chunk)
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:n], self._prefix[n:]
+            return bytes(chunk)
 
     async def aclose(self) -> None:
         """Drop the prefix and close the wrapped stream (also when cancelled, as trio streams

@@ -26,6 +26,8 @@ from trio.lowlevel import (
     wait_writable,
 )
 
+from mux.conflict import RECEIVING, SENDING, ConflictDetector
+
 DEFAULT_RECEIVE_SIZE = 256 * 1024
 
 
@@ -35,8 +37,8 @@ class TLSStream(trio.abc.Stream):
     def __init__(self, tls_socket: ssl.SSLSocket) -> None:
         self._socket = tls_socket
         self._closed = False
-        self._sending = False
-        self._receiving = False
+        self._send_conflict = ConflictDetector(SENDING)
+        self._receive_conflict = ConflictDetector(RECEIVING)
 
     @classmethod
     def wrap(
@@ -121,18 +123,13 @@ class TLSStream(trio.abc.Stream):
             max_bytes = DEFAULT_RECEIVE_SIZE
         elif max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        self._receiving = True
-        try:
+        with self._receive_conflict:
             await checkpoint_if_cancelled()
             data = await self._retry(self._socket.recv, max_bytes)
             if data and len(data) < max_bytes:
                 data = self._receive_more(data, max_bytes)
             await cancel_shielded_checkpoint()
             return data
-        finally:
-            self._receiving = False
 
     def _receive_more(self, first: bytes, max_bytes: int) -> bytes:
         """Add the records that can be read now without waiting: OpenSSL returns one record
@@ -173,10 +170,7 @@ class TLSStream(trio.abc.Stream):
         sending, `trio.BrokenResourceError` when the connection fails, `trio.ClosedResourceError`
         once closed. Cancelled part-way, an unknown part was sent: the stream is then only good for
         closing, as with any trio stream."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
+        with self._send_conflict:
             await checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError("the TLS stream was closed")
@@ -185,21 +179,14 @@ class TLSStream(trio.abc.Stream):
                     sent = await self._retry(self._socket.send, view)
                     view = view[sent:]
             await cancel_shielded_checkpoint()
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the socket takes writes. Raises `trio.BusyResourceError` when another task is
         sending, `trio.ClosedResourceError` once closed. Cancelling it has no other effect."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
+        with self._send_conflict:
             if self._closed:
                 raise trio.ClosedResourceError("the TLS stream was closed")
             await wait_writable(self._socket)
-        finally:
-            self._sending = False
 
     async def aclose(self) -> None:
         """Send close_notify if the socket takes it at once, then close the socket; tasks blocked on

@@ -17,7 +17,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -31,13 +31,26 @@ from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
 from bridge.transport.http_status import status_phrase
 from bridge.transport.tls import PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
+from mux.conflict import RECEIVING, SENDING, ConflictDetector
 
 DEFAULT_PATH = "/bridge"
 NORMAL_CLOSURE = 1000
 
 log = logging.getLogger("bridge.websocket")
 
-_positive = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+
+class _Sizes(TypedDict):
+    """The buffer sizes trio-websocket takes as keyword arguments."""
+
+    max_message_size: int
+    message_queue_size: int
+    receive_buffer_size: int
+
+
+_positive: list[Callable[[Any, Any, Any], Any]] = [
+    attrs.validators.instance_of((int, float)),
+    attrs.validators.gt(0),
+]
 _size = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
 
 
@@ -59,7 +72,7 @@ class WebSocketConfig:
     #: How long closing waits for the peer to answer the close frame.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
 
-    def _sizes(self) -> dict[str, int]:
+    def _sizes(self) -> _Sizes:
         return {
             "max_message_size": self.max_message_size,
             "message_queue_size": self.message_queue_size,
@@ -98,18 +111,15 @@ class WebSocketStream(trio.abc.Stream):
         self._pending = memoryview(b"")
         self._eof = False
         self._closed = False
-        self._sending = False
-        self._receiving = False
+        self._send_conflict = ConflictDetector(SENDING)
+        self._receive_conflict = ConflictDetector(RECEIVING)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send `data` as binary messages of at most ``max_message_size`` bytes each. Raises
         `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError` once
         closed, `trio.BrokenResourceError` when the connection ended. Cancelled part-way, some
         messages may have been sent: the stream is then only good for closing."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
+        with self._send_conflict:
             if self._closed or not data:
                 await checkpoint()
                 self._check_open()
@@ -122,17 +132,14 @@ class WebSocketStream(trio.abc.Stream):
             except ConnectionClosed as exc:
                 await checkpoint()  # a closed connection raises without scheduling
                 raise self._closed_error(exc.reason) from None
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
         """Returns after a checkpoint (trio-websocket does not expose the socket's readiness).
         Raises `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError`
         once closed."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        await checkpoint()
-        self._check_open()
+        with self._send_conflict:
+            await checkpoint()
+            self._check_open()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to `max_bytes` of the current binary message (all of it without `max_bytes`), ``b""``
@@ -142,10 +149,7 @@ class WebSocketStream(trio.abc.Stream):
         Cancelled, it loses nothing."""
         if max_bytes is not None and operator.index(max_bytes) < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        self._receiving = True
-        try:
+        with self._receive_conflict:
             if not self._pending:
                 message = await self._next_message()
                 if max_bytes is None or len(message) <= max_bytes:
@@ -156,8 +160,6 @@ class WebSocketStream(trio.abc.Stream):
                 self._check_open()
             data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
             return bytes(data)
-        finally:
-            self._receiving = False
 
     async def _next_message(self) -> bytes:
         """The next binary message that is not empty; b"" once the peer has closed normally."""
@@ -231,7 +233,7 @@ async def open_websocket_stream(
     try:
         with trio.fail_after(config.handshake_timeout):
             await tls.do_handshake()
-        if pinned:
+        if isinstance(ssl_context, PinnedSSLContext):
             check_fingerprint(tls, ssl_context.fingerprint)
     except BaseException:
         await trio.aclose_forcefully(tls)
@@ -261,7 +263,13 @@ async def websocket_client(
             with trio.move_on_after(config.handshake_timeout) as upgrade:
                 reader = _ReaderTask(nursery, upgrade)
                 connection = await trio_websocket.wrap_client_stream(
-                    reader, transport, _authority(host, port), path, **config._sizes()
+                    reader.as_nursery(),
+                    # trio-websocket declares a socket or SSL stream; it uses only the methods
+                    # of trio.abc.Stream.
+                    cast("trio.SocketStream", transport),
+                    _authority(host, port),
+                    path,
+                    **config._sizes(),
                 )
             if upgrade.cancelled_caught:
                 raise _upgrade_error(reader, path, config)
@@ -328,7 +336,9 @@ async def _accept(
         reader = _ReaderTask(nursery, upgrade)
         try:
             await transport.do_handshake()
-            request = await trio_websocket.wrap_server_stream(reader, transport, **config._sizes())
+            request = await trio_websocket.wrap_server_stream(
+                reader.as_nursery(), transport, **config._sizes()
+            )
             if urlsplit(request.path).path == path:
                 return await request.accept()
             await request.reject(HTTPStatus.NOT_FOUND)
@@ -359,6 +369,11 @@ class _ReaderTask:
 
     def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         self._nursery.start_soon(self._run, fn, *args)
+
+    def as_nursery(self) -> trio.Nursery:
+        """This stand-in, typed as the nursery trio-websocket declares: it only calls
+        ``start_soon``."""
+        return cast("trio.Nursery", self)
 
     async def _run(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         try:
