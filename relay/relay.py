@@ -133,7 +133,6 @@ class Relay:
         self._pending = 0  # agent connections not yet admitted
         self._accepting: set[trio.CancelScope] = set()
         self._stopping = False
-        self._spare = _SpareDescriptor()
 
     def __repr__(self) -> str:
         return f"<Relay store={self.store!r} sessions={len(self.registry)}>"
@@ -197,14 +196,16 @@ class Relay:
         accepting, while the handlers of connections already accepted run on. `gate` is
         asked before each connection is handed to a task: False closes it at once, unread."""
         async with trio.open_nursery() as handlers:
-            with trio.CancelScope() as accepting:
+            with trio.CancelScope() as accepting, _SpareDescriptor() as spare:
                 self._accepting.add(accepting)
                 if self._stopping:
                     accepting.cancel()
                 try:
                     async with trio.open_nursery() as loops:
                         for listener in listeners:
-                            loops.start_soon(self._accept_loop, listener, handler, gate, handlers)
+                            loops.start_soon(
+                                self._accept_loop, listener, handler, gate, handlers, spare
+                            )
                         task_status.started(listeners)
                 finally:
                     self._accepting.discard(accepting)
@@ -238,6 +239,7 @@ class Relay:
         handler: Callable[[trio.SocketStream], Awaitable[None]],
         gate: Callable[[], bool] | None,
         nursery: trio.Nursery,
+        spare: _SpareDescriptor,
     ) -> None:
         """Accept connections on `listener` and hand each to `handler` in `nursery`.
 
@@ -250,14 +252,16 @@ class Relay:
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                await self._shed(listener, exc)
+                await self._shed(listener, spare, exc)
                 continue
             if gate is None or gate():
                 nursery.start_soon(handler, stream)
             else:
                 stream.socket.close()
 
-    async def _shed(self, listener: trio.SocketListener, exc: OSError) -> None:
+    async def _shed(
+        self, listener: trio.SocketListener, spare: _SpareDescriptor, exc: OSError
+    ) -> None:
         if self._repeats.note("shed"):
             _log(
                 logging.ERROR,
@@ -265,7 +269,7 @@ class Relay:
                 "free (raise the limit: ulimit -n, LimitNOFILE=)",
                 reason=exc.strerror,
             )
-        if self._spare.release():
+        if spare.release():
             try:
                 stream = await listener.accept()  # the connection that is waiting: at once
             except OSError:
@@ -273,7 +277,7 @@ class Relay:
             else:
                 stream.socket.close()
             finally:
-                self._spare.reopen()
+                spare.reopen()
         else:
             await trio.sleep(0.1)
 
@@ -826,6 +830,12 @@ class _SpareDescriptor:
     def __init__(self) -> None:
         self._fd: int | None = None
         self.reopen()
+
+    def __enter__(self) -> _SpareDescriptor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
     def reopen(self) -> None:
         if self._fd is None:
