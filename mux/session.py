@@ -391,7 +391,13 @@ class Session:
             stream._wake_sender()
 
     def _on_stream_opened(self, event: ev.StreamOpened) -> None:
-        stream = self._streams[event.stream_id] = Stream(self, event.stream_id)
+        stream = Stream(self, event.stream_id)
+        if self._error is not None:
+            # Read in the same batch as the session's end (the writer found the connection
+            # broken meanwhile): handed out like the others, with the session's error.
+            stream._on_error(self._error, discard=False)
+        else:
+            self._streams[event.stream_id] = stream
         self._accept_queue.append(stream)
         self._acceptors.unpark()
 

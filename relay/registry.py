@@ -28,15 +28,17 @@ class AgentSession:
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
     connected_at: float = attrs.field(factory=time.time)
     close_reason: str | None = None
+    #: The control stream (when the agent supports one), opened first; not a tunnel.
+    control: Any = attrs.field(default=None, repr=False)
 
     def open_streams(self) -> int:
-        """Streams open on this session right now."""
-        return self.mux.streams_open
+        """Tunnels open through this session (the control stream is not one)."""
+        return self.mux.streams_open - (self.control is not None)
 
     def load(self) -> tuple[int, int]:
-        """What new streams are spread by: open streams, then streams opened so far."""
+        """What new streams are spread by: open tunnels, then streams opened so far."""
         stats = self.mux.statistics()
-        return stats.streams_open, stats.streams_opened_total
+        return stats.streams_open - (self.control is not None), stats.streams_opened_total
 
     def close(self, reason: str) -> None:
         """Ends the session (the task serving it logs why and cleans up)."""

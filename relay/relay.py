@@ -40,15 +40,19 @@ from bridge.protocol.connect import (
     ConnectStatus,
     encode_connect_request,
 )
+from bridge.protocol.control import ControlMessage, encode_control
 from bridge.protocol.handshake import (
-    PROTOCOL_VERSION,
+    HELLO_VERSION,
+    VERSIONS,
+    Agreement,
     HandshakeError,
     Hello,
     HelloParser,
     UnsupportedVersion,
-    Welcome,
     WelcomeStatus,
     encode_welcome,
+    negotiate,
+    welcome_for,
 )
 from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
@@ -228,7 +232,7 @@ class Relay:
         """
         self.stop_accepting()
         for agent in list(self.registry):
-            await _go_away(agent.mux)
+            await _go_away(agent, "relay shutting down")
         # No stream opens once stopping, so a session found idle stays idle.
         while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
             await busy[0].mux.wait_streams_closed()
@@ -329,10 +333,13 @@ class Relay:
             if deadline.cancelled_caught:
                 _log(logging.INFO, "Connection dropped", peer=peer, reason="handshake timed out")
             elif admitted is not None:
+                record, hello, agreement, leftover = admitted
                 try:
-                    await self._run_session(transport, peer, *admitted)
+                    await self._run_session(
+                        transport, peer, record, hello, leftover, agreement=agreement
+                    )
                 finally:
-                    self.registry.release_session(admitted[0].id)
+                    self.registry.release_session(record.id)
         except Exception as exc:
             if (broken := _connection_failure(exc)) is None:
                 log.exception("Unexpected error on agent connection", extra=_extra(peer=peer))
@@ -345,9 +352,12 @@ class Relay:
 
     async def _admit(
         self, transport: trio.abc.Stream, peer: str
-    ) -> tuple[BridgeRecord, Hello, bytes] | None:
-        """Reads the Hello and answers it. The (record, hello, leftover) of an admitted agent."""
+    ) -> tuple[BridgeRecord, Hello, Agreement, bytes] | None:
+        """Reads the Hello and answers it, in the highest version both sides speak.
+
+        The (record, hello, agreement, leftover) of an admitted agent."""
         parser = HelloParser()
+        agreement = None
         try:
             while True:
                 data = await transport.receive_some(_READ_SIZE)
@@ -361,28 +371,36 @@ class Relay:
                     return None
                 if (hello := parser.feed(data)) is not None:
                     break
+            if (agreement := negotiate(hello)) is None:
+                offered = ", ".join(map(str, sorted(hello.versions()))) or "none"
+                raise Refused(
+                    WelcomeStatus.UNSUPPORTED_VERSION,
+                    f"no common bridge protocol version: the agent speaks {offered}, "
+                    f"this relay {', '.join(map(str, VERSIONS))}",
+                )
             record = await self._authenticate(hello, peer)
             self._claim_session(record)
         except UnsupportedVersion as exc:
             refusal = Refused(
-                WelcomeStatus.UNSUPPORTED_VERSION, f"{exc}; this relay speaks {PROTOCOL_VERSION}"
+                WelcomeStatus.UNSUPPORTED_VERSION,
+                f"{exc}; this relay reads Hello version {HELLO_VERSION}",
             )
         except HandshakeError as exc:
             refusal = Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
         except Refused as exc:
             refusal = exc
         else:
+            welcome = welcome_for(agreement, WelcomeStatus.OK, f"connected as bridge {record.name}")
             try:
-                await transport.send_all(
-                    encode_welcome(Welcome(WelcomeStatus.OK, f"connected as bridge {record.name}"))
-                )
+                await transport.send_all(encode_welcome(welcome))
             except BaseException:
                 self.registry.release_session(record.id)
                 raise
-            return record, hello, parser.leftover
+            return record, hello, agreement, parser.leftover
         if refusal.status not in (WelcomeStatus.AUTH_FAILED, WelcomeStatus.BUSY):
             _log(logging.INFO, "Handshake refused", peer=peer, reason=refusal.message)
-        await transport.send_all(encode_welcome(Welcome(refusal.status, refusal.message)))
+        welcome = welcome_for(agreement, refusal.status, refusal.message)
+        await transport.send_all(encode_welcome(welcome))
         await transport.aclose()
         return None
 
@@ -440,6 +458,8 @@ class Relay:
         record: BridgeRecord,
         hello: Hello,
         leftover: bytes,
+        *,
+        agreement: Agreement,
     ) -> None:
         if leftover:
             transport = PrefixedStream(transport, leftover)
@@ -447,14 +467,14 @@ class Relay:
         agent = AgentSession(record.id, record.name, peer, record.secret_hash, info=hello.info)
         session = None
         try:
-            with agent.cancel_scope:
-                async with mux.open_session(
-                    transport, client=False, config=self.config.mux
-                ) as session:
-                    agent.mux = session
-                    self.registry.add(agent)
-                    self.metrics.sessions.inc(bridge=record.name)
-                    try:
+            async with mux.open_session(transport, client=False, config=self.config.mux) as session:
+                agent.mux = session
+                if "control" in agreement.capabilities:
+                    agent.control = await session.open_stream()  # the first stream: see PROTOCOL.md
+                self.registry.add(agent)
+                self.metrics.sessions.inc(bridge=record.name)
+                try:
+                    with agent.cancel_scope:
                         _log(
                             logging.INFO,
                             "Bridge connected",
@@ -464,12 +484,14 @@ class Relay:
                         self._mark_seen(record.id)
                         self._revalidate(agent)  # the store may have changed while we verified
                         if self._stopping:
-                            await _go_away(session)
+                            await _go_away(agent, "relay shutting down")
                         async for stream in session:  # agents never open streams: RST at once
                             stream.reset()
-                    finally:
-                        self.registry.remove(agent)
-                        self.metrics.sessions.dec(bridge=record.name)
+                finally:
+                    self.registry.remove(agent)
+                    self.metrics.sessions.dec(bridge=record.name)
+                if agent.close_reason is not None:
+                    await _tell_closing(agent, agent.close_reason)
         finally:
             ended = session.close_reason if session is not None else None
             level, reason = logging.INFO, agent.close_reason
@@ -858,9 +880,30 @@ def _reason(status: ConnectStatus | None) -> str:
     return "failed" if status is None else status.name.lower()
 
 
-async def _go_away(session: mux.Session) -> None:
+async def _tell_closing(agent: AgentSession, reason: str) -> None:
+    """Tell the agent why the relay ends (or drains) its session, if it has a control stream.
+
+    Queues the message for the session's writer, which flushes it before it closes the
+    connection; waits at most a second for room to queue it."""
+    if agent.control is None:
+        return
+    with trio.move_on_after(1):
+        try:
+            await agent.control.send_all(encode_control(ControlMessage.closing(reason)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def _go_away(agent: AgentSession, reason: str) -> None:
+    """No new streams on this session: the agent is told why, then GoAway. The control stream
+    is closed after the message (the agent closes its end on EOF), so that a drain waiting
+    for the session's streams does not wait for it."""
+    await _tell_closing(agent, reason)
+    if (control := agent.control) is not None:
+        agent.control = None
+        await control.aclose()
     try:
-        await session.go_away()
+        await agent.mux.go_away()
     except trio.BrokenResourceError:
         pass
 

@@ -4,12 +4,12 @@
 
 Structured fields travel in ``extra={"fields": {...}}``::
 
-    log.info("Connecting to bridge server", extra={"fields": {"address": "relay:4000"}})
+    log.info("Connecting to the relay", extra={"fields": {"address": "relay:4000"}})
 
-Text: ``2026-11-21T01:46:24.123Z<TAB>INFO<TAB>Connecting to bridge server<TAB>{"address": ...}``.
+Text: ``2026-11-21T01:46:24.123Z<TAB>INFO<TAB>Connecting to the relay<TAB>{"address": ...}``.
 Under journald (stderr is the stream ``JOURNAL_STREAM`` names), the syslog priority replaces
 the timestamp, which the journal adds itself, on every line of a record (a traceback's too):
-``<6>INFO<TAB>Connecting to bridge server<TAB>{"address": ...}``, with ``<2>`` CRITICAL,
+``<6>INFO<TAB>Connecting to the relay<TAB>{"address": ...}``, with ``<2>`` CRITICAL,
 ``<3>`` ERROR, ``<4>`` WARNING, ``<6>`` INFO, ``<7>`` DEBUG.
 
 JSON, for log shippers (the same under journald): one object per line,
