@@ -92,12 +92,12 @@ async def login(
 
 @asynccontextmanager
 async def hostile_agent(
-    port: int, bridge_id: str, secret: str, source: str
+    port: int, bridge_id: str, secret: str, source: str, config: mux.Config | None = None
 ) -> AsyncIterator[mux.Session]:
     """A logged-in agent session driven by the test (the client end of yamux)."""
     welcome, tls = await login(port, bridge_id, secret, source)
     assert welcome.status == WelcomeStatus.OK, welcome
-    async with tls, mux.open_session(tls, client=True) as session:
+    async with tls, mux.open_session(tls, client=True, config=config) as session:
         yield session
 
 
