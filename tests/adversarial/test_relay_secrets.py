@@ -32,11 +32,12 @@ def lock_mode(data_dir) -> int:
 
 def test_the_certificate_lock_is_private_and_never_blocks_forever(tmp_path):
     data_dir = tmp_path / "relay-data"
-    created = relay_cli(data_dir, "fingerprint")
+    created = relay_cli(data_dir, "bridges", "create", "b", "--bcrypt-cost", "4")
     assert created.returncode == 0, created.stderr
     assert lock_mode(data_dir) == 0o600
 
-    # A lock file made world-readable (as older versions did) and held by another process.
+    # A lock file made world-readable (as older versions did) and held by another process
+    # while a new data dir's certificate is to be made.
     other = tmp_path / "other-data"
     other.mkdir(mode=0o700)
     (other / LOCK).touch(mode=0o644)
@@ -46,7 +47,7 @@ def test_the_certificate_lock_is_private_and_never_blocks_forever(tmp_path):
         started = time.monotonic()
         try:
             blocked = subprocess.run(
-                [RELAY, "--data-dir", str(other), "fingerprint"],
+                [RELAY, "--data-dir", str(other), "bridges", "create", "b", "--bcrypt-cost", "4"],
                 env=clean_env(),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
@@ -65,7 +66,9 @@ def test_the_certificate_lock_is_private_and_never_blocks_forever(tmp_path):
     assert blocked.returncode == 1
     assert "has held" in blocked.stderr and LOCK in blocked.stderr
     assert blocked.stderr.count("\n") == 1 and "Traceback" not in blocked.stderr
-    assert relay_cli(other, "fingerprint").returncode == 0  # released: it goes on
+    assert (
+        relay_cli(other, "bridges", "create", "b", "--bcrypt-cost", "4").returncode == 0
+    )  # released: it goes on
     assert lock_mode(other) == 0o600
 
 
