@@ -528,11 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        parents=[common],
         help="see a tunnel work, all in one process",
         description="Run a relay, an agent, a small HTTP server behind it and a forward on "
         "loopback, show requests flowing through the tunnel, and print how to connect. "
-        "Uses a temporary directory (--data-dir is ignored).",
+        "Uses a temporary directory, removed at the end.",
     )
     demo.add_argument(
         "--once",
@@ -1082,8 +1081,8 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
         last_seen = "now" if sessions else _when(record.last_seen_at)
         rows.append((record.name, record.id, _when(record.created_at), status, last_seen))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for cells in rows:
+        print("  ".join(c.ljust(width) for c, width in zip(cells, widths)) + "  " + cells[-1])
 
 
 def _relay_status(data_dir: Path) -> dict[str, list[dict[str, Any]]] | None:
@@ -1186,6 +1185,8 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay demo``: see `relay.demo.run_demo`."""
     from relay.demo import run_demo
 
+    if getattr(args, "data_dir", None) or os.environ.get("RELAY_DATA_DIR"):
+        _note("The demo uses a temporary directory: the data dir is not used.")
     logs.configure(args.log_level, args.log_format)
     interactive = not args.once and sys.stdin.isatty()
     _run_trio(run_demo, interactive)

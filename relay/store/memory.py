@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import attrs
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, UnknownBridge
-from relay.store.records import BridgeRecord, check_name
+from relay.store.records import BridgeRecord, StoreBase, check_name
 
 
-class MemoryStore:
+class MemoryStore(StoreBase):
     """Bridges in a dict, gone with the process. Thread-safe (one lock)."""
 
     def __init__(self) -> None:
@@ -25,13 +24,6 @@ class MemoryStore:
 
     def __repr__(self) -> str:
         return f"<MemoryStore bridges={len(self._bridges)}>"
-
-    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
-        """As `Store.create_bridge`."""
-        check_name(name)
-        bridge_id, secret = str(uuid.uuid4()), new_secret()
-        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
-        return bridge_id, secret
 
     def import_bridge(self, record: BridgeRecord) -> None:
         """Add `record` as it is (ID, hash, times). Raises DuplicateBridge if its name or ID
@@ -52,12 +44,6 @@ class MemoryStore:
         """As `Store.find`."""
         with self._lock:
             return self._find(bridge)
-
-    def get(self, bridge: str) -> BridgeRecord:
-        """As `Store.get`."""
-        if (record := self.find(bridge)) is None:
-            raise UnknownBridge(bridge)
-        return record
 
     def list(self) -> list[BridgeRecord]:
         """As `Store.list`."""

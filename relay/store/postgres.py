@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,7 +30,7 @@ from psycopg import conninfo, errors, sql
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, StoreError, StoreNotInitialised, UnknownBridge
-from relay.store.records import BridgeRecord, check_name
+from relay.store.records import BridgeRecord, StoreBase, check_name
 
 log = logging.getLogger("relay.store")
 
@@ -105,7 +104,7 @@ def check_dsn(dsn: str) -> str:
     return dsn
 
 
-class PostgresStore:
+class PostgresStore(StoreBase):
     """Bridges in a PostgreSQL database (`dsn`: a postgresql:// URL or a libpq conninfo).
 
     Nothing connects until first use. Then, with `create` (the default), the schema is made
@@ -254,13 +253,6 @@ class PostgresStore:
         conn.execute("UPDATE bridge_generation SET value = value + 1")
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, bridge_id))
 
-    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
-        """As `Store.create_bridge`."""
-        check_name(name)
-        bridge_id, secret = str(uuid.uuid4()), new_secret()
-        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
-        return bridge_id, secret
-
     def import_bridge(self, record: BridgeRecord) -> None:
         """Add `record` as it is (ID, hash, times). Raises DuplicateBridge if its name or ID
         is taken."""
@@ -293,12 +285,6 @@ class PostgresStore:
             ).fetchone()
         )
         return None if row is None else BridgeRecord(*row)
-
-    def get(self, bridge: str) -> BridgeRecord:
-        """As `Store.get`."""
-        if (record := self.find(bridge)) is None:
-            raise UnknownBridge(bridge)
-        return record
 
     def list(self) -> list[BridgeRecord]:
         """As `Store.list`."""

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import Protocol
 
 import attrs
 
-from relay.credentials import DEFAULT_COST
-from relay.errors import InvalidBridgeName
+from relay.credentials import DEFAULT_COST, hash_secret, new_secret
+from relay.errors import InvalidBridgeName, UnknownBridge
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
@@ -98,3 +99,29 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release what the store holds (connections, files); it is not used afterwards."""
+
+
+class StoreBase:
+    """What every store does alike on top of its own `find` and `import_bridge`:
+    `create_bridge` and `get`. The stores of this package derive from it."""
+
+    def find(self, bridge: str) -> BridgeRecord | None:
+        """As `Store.find`."""
+        raise NotImplementedError
+
+    def import_bridge(self, record: BridgeRecord) -> None:
+        """As `Store.import_bridge`."""
+        raise NotImplementedError
+
+    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
+        """As `Store.create_bridge`."""
+        check_name(name)
+        bridge_id, secret = str(uuid.uuid4()), new_secret()
+        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
+        return bridge_id, secret
+
+    def get(self, bridge: str) -> BridgeRecord:
+        """As `Store.get`."""
+        if (record := self.find(bridge)) is None:
+            raise UnknownBridge(bridge)
+        return record

@@ -9,13 +9,12 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, StoreError, UnknownBridge
-from relay.store.records import BridgeRecord, check_name
+from relay.store.records import BridgeRecord, StoreBase, check_name
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridges (
@@ -29,7 +28,7 @@ CREATE TABLE IF NOT EXISTS bridges (
 _COLUMNS = "id, name, secret_hash, created_at, last_seen_at"
 
 
-class SQLiteStore:
+class SQLiteStore(StoreBase):
     """Bridges in an SQLite database file (WAL mode), created with mode 0600 on first use.
 
     Safe to use from several processes at once (the CLI writes while `serve` reads) and from
@@ -94,13 +93,6 @@ class SQLiteStore:
             db.execute("COMMIT")
             return cursor.rowcount
 
-    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
-        """As `Store.create_bridge`."""
-        check_name(name)
-        bridge_id, secret = str(uuid.uuid4()), new_secret()
-        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
-        return bridge_id, secret
-
     def import_bridge(self, record: BridgeRecord) -> None:
         """Add `record` as it is (ID, hash, times). Raises DuplicateBridge if its name or ID
         is taken."""
@@ -127,12 +119,6 @@ class SQLiteStore:
                 f"SELECT {_COLUMNS} FROM bridges WHERE id = ? OR name = ?", (bridge, bridge)
             ).fetchone()
         return None if row is None else BridgeRecord(*row)
-
-    def get(self, bridge: str) -> BridgeRecord:
-        """As `Store.get`."""
-        if (record := self.find(bridge)) is None:
-            raise UnknownBridge(bridge)
-        return record
 
     def list(self) -> list[BridgeRecord]:
         """As `Store.list`."""
