@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,8 +292,11 @@ class Launcher:
         self.processes.append(process)
         return process
 
-    def relay(self, *targets: str, args: Iterable[str | Path] = ()) -> Relay:
-        """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening."""
+    def relay(
+        self, *targets: str, args: Iterable[str | Path] = (), env: dict[str, str] | None = None
+    ) -> Relay:
+        """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening;
+        `env` adds to its (clean) environment."""
         argv = [
             RELAY,
             "--data-dir",
@@ -303,7 +308,7 @@ class Launcher:
         ]
         for target in targets:
             argv += ["--forward", f"{self.bridge.name}={target}"]
-        process = self.start("relay", argv)
+        process = self.start("relay", argv, env=clean_env(**env) if env else None)
         agents = process.wait_for(r"^agents: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
         forwards = {}
         for target in targets:
@@ -400,3 +405,25 @@ def write_tls_files(directory: Path) -> TLSFiles:
         )
     )
     return files
+
+
+def log_lines(log: str, message: str) -> list[dict]:
+    """The fields of each text-format log line whose message is or starts with `message`."""
+    found = []
+    for line in log.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[2].startswith(message):
+            found.append(json.loads(parts[3]) if len(parts) > 3 else {})
+    return found
+
+
+def dropped_by_reason(log: str) -> Counter[str]:
+    """Connections dropped before authentication, by reason: the ones logged one by one
+    ("Connection dropped", "Handshake refused") plus those summed up per interval."""
+    counts: Counter[str] = Counter()
+    for message in ("Connection dropped", "Handshake refused"):
+        for fields in log_lines(log, message):
+            counts[fields.get("reason", "?")] += 1
+    for fields in log_lines(log, "Connections dropped before authentication"):
+        counts.update(fields["reasons"])
+    return counts

@@ -1,0 +1,18 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Fixtures of the adversarial tests: real `bridge-relay` and `bridge-agent` processes,
+started with tests/e2e's helpers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+
+from process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/e2e)
+    bridge,
+    launch,
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
+)
