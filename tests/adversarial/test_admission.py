@@ -107,10 +107,12 @@ async def test_a_burst_of_wrong_hellos_is_budgeted_and_others_still_log_in(
     report(
         f"victim uncached logins: {ok}/{len(results)} succeeded; attacker: {len(statuses)} "
         f"wrong Hellos answered in {elapsed:.1f} s, {checked} of them bcrypt-checked "
-        f"(bound {bound}), {statuses.count(WelcomeStatus.BUSY)} answered BUSY"
+        f"(bound {bound}), {statuses.count(WelcomeStatus.BUSY)} answered BUSY, "
+        f"{statuses.count('timeout')} unanswered"
     )
     assert ok >= 0.95 * len(results)
     assert checked <= bound
+    assert "timeout" not in statuses  # every Hello is answered, BUSY if nothing else
 
 
 async def test_thousands_of_websocket_connections_stay_within_the_caps(
