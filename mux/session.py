@@ -75,6 +75,8 @@ class Session:
         self._acceptors = ParkingLot()
         self._buffer_space = ParkingLot()
         self._open_slots = ParkingLot()
+        #: Tasks in `wait_streams_closed`.
+        self._idle_waiters = ParkingLot()
         self._writer = _Waiter()
         #: Someone (the writer task or a sender) is writing to the transport right now.
         self._writing = False
@@ -203,6 +205,16 @@ class Session:
             self._writer.wake()
         await cancel_shielded_checkpoint()
 
+    async def wait_streams_closed(self) -> None:
+        """Return once no stream of this session is open in either direction (`streams_open`
+        is 0), or once the session has ended; at once if that is so already. Streams opened
+        meanwhile are waited for too. Raises nothing of its own; cancelling it changes nothing.
+        """
+        await checkpoint_if_cancelled()
+        while self._error is None and self._conn.streams_open:
+            await self._idle_waiters.park()
+        await cancel_shielded_checkpoint()
+
     async def aclose(self) -> None:
         """Close every stream, flush what they queued (within write_timeout) and the transport."""
         if self._error is None:
@@ -281,6 +293,7 @@ class Session:
         self._conn.send_eof(stream_id)
         self._forget_if_done(stream_id)
         self._writer.wake()
+        self._wake_if_idle()
 
     def _close_stream(self, stream: Stream, reset: bool) -> None:
         stream_id = stream.stream_id
@@ -291,6 +304,12 @@ class Session:
             else:
                 self._conn.close_stream(stream_id)
             self._writer.wake()
+        self._wake_if_idle()
+
+    def _wake_if_idle(self) -> None:
+        """Wake `wait_streams_closed` once no stream is open or the session ended."""
+        if self._idle_waiters and (self._error is not None or not self._conn.streams_open):
+            self._idle_waiters.unpark_all()
 
     def _forget_if_done(self, stream_id: int) -> None:
         if self._conn.stream_state(stream_id) is None:
@@ -351,6 +370,7 @@ class Session:
         self._acceptors.unpark_all()
         self._buffer_space.unpark_all()
         self._open_slots.unpark_all()
+        self._idle_waiters.unpark_all()
         for answered in self._pings.values():
             answered.set()
         self._writer.wake()
@@ -372,6 +392,8 @@ class Session:
                     return
                 for event in events:
                     handlers[type(event)](event)
+                if self._idle_waiters:
+                    self._wake_if_idle()
                 if conn.terminated is not None:
                     self._terminate(str(conn.terminated))
                     return
@@ -473,6 +495,7 @@ class Session:
             conn.reset_stream(stream_id)
         if self._open_slots and conn.unacknowledged_streams < config.accept_backlog:
             self._open_slots.unpark_all()
+        self._wake_if_idle()
         self._writer.wake()
 
 

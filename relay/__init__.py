@@ -12,8 +12,9 @@ Also here: everything that needs both ends of a bridge (``relay.demo``, the test
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bridge.lazy import lazy_exports
 
 # Names are imported on first use, not with the package: ``relay.pytest_plugin`` is
 # imported at every pytest start and must stay light.
@@ -64,13 +65,4 @@ if TYPE_CHECKING:
     from relay.store import BridgeRecord, MemoryStore, SQLiteStore
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

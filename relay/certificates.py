@@ -10,6 +10,7 @@ import ipaddress
 import os
 import socket
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
@@ -32,15 +33,22 @@ def default_hostnames() -> list[str]:
     return names
 
 
-def generate_self_signed(hostnames: list[str]) -> tuple[bytes, bytes]:
-    """A new EC P-256 key and a self-signed certificate for `hostnames`, both PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def subject_alt_names(hostnames: Iterable[str]) -> list[x509.GeneralName]:
+    """The subjectAltName entries of a certificate for `hostnames`: an IP address entry
+    for each IP literal, a DNS name entry for anything else."""
     sans: list[x509.GeneralName] = []
     for name in hostnames:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             sans.append(x509.DNSName(name))
+    return sans
+
+
+def generate_self_signed(hostnames: list[str]) -> tuple[bytes, bytes]:
+    """A new EC P-256 key and a self-signed certificate for `hostnames`, both PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = subject_alt_names(hostnames)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
     now = datetime.datetime.now(datetime.UTC)
     public_key = key.public_key()

@@ -24,6 +24,7 @@ import attrs
 import trio
 
 import mux
+from bridge.agent.relay_url import DEFAULT_PORT
 from bridge.ops import logs
 from bridge.ops.metrics import serve_metrics
 from bridge.ops.systemd import Notifier, run_watchdog
@@ -41,7 +42,7 @@ from relay.store import SQLiteStore
 
 PROG = "bridge-relay"
 DEFAULT_DATA_DIR = "./relay-data"
-DEFAULT_LISTEN = "0.0.0.0:4000"
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 STORE_FILE = "bridges.db"
 
 log = logging.getLogger("relay.cli")
@@ -234,46 +235,43 @@ def build_parser() -> argparse.ArgumentParser:
             "off",
         ),
     )
-    serve.add_argument(
-        "--handshake-timeout",
-        metavar="SECONDS",
-        type=_type(_seconds),
-        default=os.environ.get("RELAY_HANDSHAKE_TIMEOUT", "10"),
-        help=_env_help(
-            "time an agent has for TLS and authentication", "RELAY_HANDSHAKE_TIMEOUT", "10"
-        ),
-    )
-    serve.add_argument(
-        "--connect-timeout",
-        metavar="SECONDS",
-        type=_type(_seconds),
-        default=os.environ.get("RELAY_CONNECT_TIMEOUT", "15"),
-        help=_env_help(
-            "time an agent has to answer whether it reached a target", "RELAY_CONNECT_TIMEOUT", "15"
-        ),
-    )
-    defaults = RelayConfig()
+    # The defaults are those of the config classes that own them.
+    defaults, mux_defaults = attrs.fields(RelayConfig), attrs.fields(mux.Config)
     for flag, env, kind, text, default in [
+        (
+            "--handshake-timeout",
+            "RELAY_HANDSHAKE_TIMEOUT",
+            _seconds,
+            "time an agent has for TLS and authentication",
+            defaults.handshake_timeout.default,
+        ),
+        (
+            "--connect-timeout",
+            "RELAY_CONNECT_TIMEOUT",
+            _seconds,
+            "time an agent has to answer whether it reached a target",
+            defaults.connect_timeout.default,
+        ),
         (
             "--drain-timeout",
             "RELAY_DRAIN_TIMEOUT",
             _seconds,
             "on SIGTERM/SIGINT, how long open tunnels may go on (a second signal stops at once)",
-            defaults.drain_timeout,
+            defaults.drain_timeout.default,
         ),
         (
             "--keepalive-interval",
             "RELAY_KEEPALIVE_INTERVAL",
             _seconds,
             "ping each agent this often",
-            mux.Config().keepalive_interval,
+            mux_defaults.keepalive_interval.default,
         ),
         (
             "--keepalive-timeout",
             "RELAY_KEEPALIVE_TIMEOUT",
             _seconds,
             "drop an agent that does not answer a ping within this",
-            mux.Config().ping_timeout,
+            mux_defaults.ping_timeout.default,
         ),
         (
             "--max-pending",
@@ -281,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
             _count,
             "connections (TLS and WebSocket) still in TLS or authentication, shared fairly "
             "between source addresses; beyond, new ones are closed unread",
-            defaults.max_pending,
+            defaults.max_pending.default,
         ),
         (
             "--auth-failures-per-minute",
@@ -290,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
             "failed logins allowed per source address (IPv4 address or IPv6 /64) per minute, in "
             "bursts of as many, checks in flight included; beyond, its logins are answered BUSY "
             "unchecked",
-            defaults.auth_failures_per_minute,
+            defaults.auth_failures_per_minute.default,
         ),
         (
             "--auth-failures-per-bridge",
@@ -298,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
             _count,
             "failed logins allowed per bridge ID per minute from the addresses that never "
             "logged in as it (addresses it logged in from are not held back)",
-            defaults.auth_failures_per_bridge,
+            defaults.auth_failures_per_bridge.default,
         ),
         (
             "--bcrypt-threads",
@@ -306,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
             _count,
             "bcrypt checks run at once; one of them is kept for bridges logging in again from "
             "an address they used before",
-            defaults.bcrypt_threads,
+            defaults.bcrypt_threads.default,
         ),
         (
             "--log-interval",
@@ -314,14 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
             _seconds,
             "repeated refusals and connections dropped before authentication are logged in "
             "one summary line per this interval",
-            defaults.log_interval,
+            defaults.log_interval.default,
         ),
         (
             "--max-streams-per-bridge",
             "RELAY_MAX_STREAMS_PER_BRIDGE",
             _count,
             "open tunnels per bridge, across its agents; beyond, new ones are refused",
-            defaults.max_streams_per_bridge,
+            defaults.max_streams_per_bridge.default,
         ),
         (
             "--max-pending-opens",
@@ -329,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
             _count,
             "tunnels per bridge waiting for the agent to reach their target; beyond, new ones "
             "are refused",
-            defaults.max_pending_opens,
+            defaults.max_pending_opens.default,
         ),
     ]:
         serve.add_argument(

@@ -39,8 +39,8 @@ def parse_networks(value: str | list | tuple) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _default_bcrypt_threads() -> int:
-    return max(2, os.cpu_count() or 1)
+#: bcrypt checks at once: one per core, at least two (one of them kept for known bridges).
+DEFAULT_BCRYPT_THREADS = max(2, os.cpu_count() or 1)
 
 
 @attrs.frozen(kw_only=True)
@@ -86,7 +86,7 @@ class RelayConfig:
     proxy_protocol: tuple[Network, ...] = attrs.field(default=(), converter=parse_networks)
     auth_failures_per_minute: int = attrs.field(default=10, validator=_count)
     auth_failures_per_bridge: int = attrs.field(default=30, validator=_count)
-    bcrypt_threads: int = attrs.field(factory=_default_bcrypt_threads, validator=_count)
+    bcrypt_threads: int = attrs.field(default=DEFAULT_BCRYPT_THREADS, validator=_count)
     bcrypt_reserved: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     bcrypt_wait: float = attrs.field(default=2.0, validator=_seconds)
     bcrypt_per_source: int = attrs.field(default=1, validator=_count)

@@ -10,13 +10,12 @@ import time
 import attrs
 import trio
 
-from bridge.protocol.addresses import format_address, format_host_port, parse_host_port
+from bridge.protocol.addresses import format_host_port, format_socket_address, parse_host_port
 from bridge.protocol.connect import ConnectRequest
+from bridge.transport.splice import reset_stream, splice
 from relay.errors import RelayError
 
 log = logging.getLogger("relay.forward")
-
-_CHUNK = 256 * 1024
 
 
 @attrs.frozen
@@ -69,7 +68,7 @@ async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATU
 async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream) -> None:
     async with client:
         try:
-            peer = format_address(client.socket.getpeername())
+            peer = format_socket_address(client.socket.getpeername())
         except OSError:
             return
         started = time.monotonic()
@@ -96,35 +95,3 @@ async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream
                 }
             },
         )
-
-
-def reset_stream(stream: trio.abc.Stream) -> None:
-    """Abort a tunneled stream (RST), also through wrappers such as PrefixedStream."""
-    while stream is not None and not hasattr(stream, "reset"):
-        stream = getattr(stream, "transport_stream", None)
-    if stream is not None:
-        stream.reset()
-
-
-async def splice(a: trio.abc.HalfCloseableStream, b: trio.abc.HalfCloseableStream):
-    """Copy a -> b and b -> a until both directions reached EOF, passing each EOF on as a
-    half-close. Returns (bytes a -> b, bytes b -> a, whether both ended cleanly); when either
-    side breaks, both directions stop at once."""
-    counts = [0, 0]
-    clean = True
-
-    async def pump(source, sink, index: int) -> None:
-        nonlocal clean
-        try:
-            while data := await source.receive_some(_CHUNK):
-                await sink.send_all(data)
-                counts[index] += len(data)
-            await sink.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            clean = False
-            nursery.cancel_scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, b, a, 1)
-        await pump(a, b, 0)  # in this task: one task fewer per connection
-    return counts[0], counts[1], clean

@@ -37,7 +37,7 @@ import trio
 
 import mux
 from bridge.ops.metrics import TunnelMetrics
-from bridge.protocol.addresses import format_address, format_host_port
+from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import (
     ConnectError,
     ConnectReply,
@@ -57,6 +57,7 @@ from bridge.protocol.handshake import (
     WelcomeStatus,
     encode_welcome,
 )
+from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.websocket import (
@@ -110,15 +111,6 @@ def _extra(**fields: Any) -> dict[str, Any]:
 
 def _log(level: int, message: str, **fields: Any) -> None:
     log.log(level, message, extra=_extra(**fields))
-
-
-class _Refused(Exception):
-    """An agent connection is turned away; `status` and the message go into the Welcome."""
-
-    def __init__(self, status: WelcomeStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class _Dropped(Exception):
@@ -284,13 +276,16 @@ class Relay:
     async def drain(self) -> None:
         """Stop accepting, tell every agent GoAway, and return once no stream is open.
 
-        Bound it with a deadline; cancel what is left afterwards.
+        Waits on the sessions' own notice that their last stream closed (no polling). Raises
+        nothing of its own; bound it with a deadline (a cancel scope) and cancel what is left
+        afterwards: cancelling it leaves the relay stopped, with the streams still open.
         """
         self.stop_accepting()
         for agent in list(self.registry):
             await _go_away(agent.mux)
-        while self.registry.open_streams_total():
-            await trio.sleep(0.05)
+        # No stream opens once stopping, so a session found idle stays idle.
+        while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
+            await busy[0].mux.wait_streams_closed()
 
     # -- admission -----------------------------------------------------------------------
 
@@ -313,7 +308,7 @@ class Relay:
                     source=source,
                 )
             return None
-        return _Arrival(ticket, format_address(address), ip)
+        return _Arrival(ticket, format_socket_address(address), ip)
 
     async def _handle_connection(
         self, websocket: _WebSocketListen | None, tcp: trio.SocketStream, arrival: _Arrival
@@ -431,12 +426,12 @@ class Relay:
             ticket.protect()
             record = await self._authenticate(hello, peer, ticket.source)
         except UnsupportedVersion as exc:
-            refusal = _Refused(
+            refusal = Refused(
                 WelcomeStatus.UNSUPPORTED_VERSION, f"{exc}; this relay speaks {PROTOCOL_VERSION}"
             )
         except HandshakeError as exc:
-            refusal = _Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
-        except _Refused as exc:
+            refusal = Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
+        except Refused as exc:
             refusal = exc
         else:
             await transport.send_all(
@@ -454,7 +449,7 @@ class Relay:
             record = self.store.find(hello.bridge_id)
         except Exception:
             log.exception("Bridge store failed", extra=_extra(peer=peer))
-            raise _Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
+            raise Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
         if record is not None and record.id != hello.bridge_id:
             record = None  # agents authenticate by ID, not by name
         stored_hash = None if record is None else record.secret_hash
@@ -465,7 +460,7 @@ class Relay:
             verified = await self._verifier.verify(
                 hello.bridge_id, stored_hash, secret, budget=budget
             )
-        except _Refused:
+        except Refused:
             self.metrics.auth_failures.inc(listener="agent")
             raise
         if verified:
@@ -485,7 +480,7 @@ class Relay:
                 bridge_id=_loggable_id(hello.bridge_id),
                 peer=peer,
             )
-        raise _Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
+        raise Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
 
     @asynccontextmanager
     async def _bcrypt_slot(
@@ -493,13 +488,13 @@ class Relay:
     ) -> AsyncIterator[None]:
         """Entered around each bcrypt check a login needs: charges the attempt to its source
         address (and to the bridge ID, unless this address logged in as it before), then
-        waits up to `bcrypt_wait` for a bcrypt slot. Raises `_Refused` (BUSY) when the
+        waits up to `bcrypt_wait` for a bcrypt slot. Raises `Refused` (BUSY) when the
         address already has `bcrypt_per_source` checks running or waiting, when a budget is
         spent, or when no slot comes in time."""
         known = (source, bridge_id) in self._known
         in_flight = self._bcrypt_by_source.get(source, 0)
         if in_flight >= self.config.bcrypt_per_source:
-            raise _Refused(WelcomeStatus.BUSY, BUSY_MESSAGE)
+            raise Refused(WelcomeStatus.BUSY, BUSY_MESSAGE)
         self._bcrypt_by_source[source] = in_flight + 1
         try:
             async with self._charged_slot(source, bridge_id, known, charged):
@@ -522,7 +517,7 @@ class Relay:
                 for spent, spent_key in charged:
                     spent.refund(spent_key)
                 charged.clear()
-                raise _Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
+                raise Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
             charged.append((limiter, key))
         limiters = [self._bcrypt_all] if known else [self._bcrypt_strangers, self._bcrypt_all]
         held = []
@@ -542,7 +537,7 @@ class Relay:
                         threads=self.config.bcrypt_threads,
                         wait=self.config.bcrypt_wait,
                     )
-                raise _Refused(WelcomeStatus.BUSY, BUSY_MESSAGE)
+                raise Refused(WelcomeStatus.BUSY, BUSY_MESSAGE)
             yield
         finally:
             for limiter in reversed(held):

@@ -40,8 +40,10 @@ import attrs
 import trio
 
 from bridge.ops.metrics import TunnelMetrics
-from bridge.protocol.addresses import format_address, format_host_port
+from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import ConnectRequest, ConnectStatus
+from bridge.protocol.refusal import Refused
+from bridge.transport.splice import reset_stream, splice
 from relay.errors import (
     BridgeNotConnected,
     RelayError,
@@ -49,7 +51,6 @@ from relay.errors import (
     TargetUnreachable,
     UnknownBridge,
 )
-from relay.forward import reset_stream, splice
 
 log = logging.getLogger("relay.socks")
 
@@ -110,15 +111,17 @@ class _Dropped(Exception):
     """The client is not speaking SOCKS5 or went away: close without an answer."""
 
 
-class _Refused(Exception):
-    """Answer `answer` (a method, auth or request reply), close, and log the reason."""
+@attrs.frozen
+class _Answer:
+    """What a refused client is sent (a method, auth or request reply), and its name for the
+    log line."""
 
-    def __init__(self, reason: str, answer: bytes, reply: str, **fields: Any) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.answer = answer
-        self.reply = reply
-        self.fields = fields
+    name: str
+    data: bytes
+
+
+_NO_ACCEPTABLE_METHODS = _Answer("NO_ACCEPTABLE_METHODS", bytes([5, _NO_METHOD]))
+_AUTH_FAILED = _Answer("AUTH_FAILED", b"\x01\x01")
 
 
 def _reply(code: Reply) -> bytes:
@@ -126,8 +129,8 @@ def _reply(code: Reply) -> bytes:
     return bytes([5, code, 0, 1, 0, 0, 0, 0, 0, 0])
 
 
-def _refuse(code: Reply, reason: str, **fields: Any) -> _Refused:
-    return _Refused(reason, _reply(code), code.name, **fields)
+def _refuse(code: Reply, reason: str, **fields: Any) -> Refused[_Answer]:
+    return Refused(_Answer(code.name, _reply(code)), reason, **fields)
 
 
 @attrs.frozen
@@ -172,24 +175,24 @@ async def _serve_client(
 ) -> None:
     async with client:
         try:
-            peer = format_address(client.socket.getpeername())
+            peer = format_socket_address(client.socket.getpeername())
         except OSError:
             return
         try:
             with trio.fail_after(config.handshake_timeout):
                 request = await _handshake(client, config, metrics)
             remote = await _open(relay, request)
-        except _Refused as refusal:
+        except Refused as refusal:
             _log(
                 logging.WARNING,
                 "SOCKS request refused",
                 client=peer,
                 **refusal.fields,
-                reply=refusal.reply,
-                reason=refusal.reason,
+                reply=refusal.status.name,
+                reason=refusal.message,
             )
             try:
-                await client.send_all(refusal.answer)
+                await client.send_all(refusal.status.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             return
@@ -253,7 +256,7 @@ async def _open(relay, request: _Request) -> trio.abc.HalfCloseableStream:
 async def _handshake(
     client: trio.SocketStream, config: SocksConfig, metrics: TunnelMetrics
 ) -> _Request:
-    """Greeting, authentication, request: the tunnel asked for, or `_Refused` / `_Dropped`."""
+    """Greeting, authentication, request: the tunnel asked for, or `Refused` / `_Dropped`."""
     version, count = await _receive(client, 2)
     if version != 5:
         hint = ": SOCKS4 is not supported, use SOCKS5" if version == 4 else ""
@@ -265,7 +268,7 @@ async def _handshake(
             reason = "the client offered no method this proxy accepts (it needs no password)"
         else:
             reason = "the client offered no username/password (socks5h://USER:PASSWORD@...)"
-        raise _Refused(reason, bytes([5, _NO_METHOD]), "NO_ACCEPTABLE_METHODS")
+        raise Refused(_NO_ACCEPTABLE_METHODS, reason)
     await client.send_all(bytes([5, wanted]))
     if config.credentials is not None:
         await _authenticate(client, config.credentials, metrics)
@@ -278,13 +281,13 @@ async def _authenticate(
     """RFC 1929. Both parts are compared in constant time (as digests, to hide lengths)."""
     version, length = await _receive(client, 2)
     if version != 1:
-        raise _Refused(f"malformed authentication (version {version})", b"\x01\x01", "AUTH_FAILED")
+        raise Refused(_AUTH_FAILED, f"malformed authentication (version {version})")
     username = await _receive(client, length)
     password = await _receive(client, (await _receive(client, 1))[0])
     ok = _same(username, credentials[0]) & _same(password, credentials[1])
     if not ok:
         metrics.auth_failures.inc(listener="socks")
-        raise _Refused("wrong username or password", b"\x01\x01", "AUTH_FAILED")
+        raise Refused(_AUTH_FAILED, "wrong username or password")
     await client.send_all(b"\x01\x00")
 
 

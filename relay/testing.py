@@ -14,7 +14,7 @@ the relay and the agents and closes every socket. The pytest fixtures of
 from __future__ import annotations
 
 import datetime
-import ipaddress
+import os
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -33,7 +33,7 @@ from bridge.agent.agent import Agent, AgentConfig
 from bridge.agent.allowlist import AllowList
 from bridge.transport.tls import client_ssl_context
 from relay import MemoryStore, Relay, RelayConfig
-from relay.certificates import server_ssl_context
+from relay.certificates import server_ssl_context, subject_alt_names
 from relay.credentials import MIN_COST
 
 __all__ = [
@@ -74,7 +74,7 @@ class ThrowawayCA:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        sans = [_general_name(name) for name in hostnames]
+        sans = subject_alt_names(hostnames)
         cert = (
             _builder(_name(hostnames[0]), ca_name, key.public_key(), now)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -92,26 +92,29 @@ class ThrowawayCA:
         )
         return cls(ca.public_bytes(pem), cert.public_bytes(pem), key_pem)
 
+    @property
+    def cert_der(self) -> bytes:
+        """The relay certificate in DER form (what `certificate_fingerprint` hashes)."""
+        return ssl.PEM_cert_to_DER_cert(self.cert_pem.decode())
+
+    def write(self, directory: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+        """Write ``ca.pem``, ``cert.pem`` and ``key.pem`` into ``directory`` (which must
+        exist) and return their paths in that order. Raises `OSError` if it cannot."""
+        paths = tuple(Path(directory, name) for name in ("ca.pem", "cert.pem", "key.pem"))
+        for path, pem in zip(paths, (self.ca_pem, self.cert_pem, self.key_pem), strict=True):
+            path.write_bytes(pem)
+        return paths  # type: ignore[return-value]
+
     def ssl_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         """(relay server context, agent client context trusting only this CA), made the way
         the relay and the agent make them from files."""
         with tempfile.TemporaryDirectory(prefix="trio-bridge-") as directory:
-            ca, cert, key = (Path(directory, name) for name in ("ca.pem", "cert.pem", "key.pem"))
-            ca.write_bytes(self.ca_pem)
-            cert.write_bytes(self.cert_pem)
-            key.write_bytes(self.key_pem)
+            ca, cert, key = self.write(directory)
             return server_ssl_context(cert, key), client_ssl_context(ca_file=str(ca))
 
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _general_name(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
 
 
 def _builder(

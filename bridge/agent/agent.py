@@ -34,10 +34,11 @@ import mux
 from bridge import __version__
 from bridge.agent.allowlist import AllowList
 from bridge.agent.backoff import Backoff
-from bridge.agent.relay_url import RelayURL, format_address
+from bridge.agent.relay_url import RelayURL
 from bridge.ops import logs
 from bridge.ops.metrics import TunnelMetrics
 from bridge.ops.systemd import Notifier
+from bridge.protocol.addresses import format_host_port
 from bridge.protocol.connect import (
     MAX_MESSAGE,
     MAX_REQUEST,
@@ -57,8 +58,10 @@ from bridge.protocol.handshake import (
     WelcomeStatus,
     encode_hello,
 )
+from bridge.protocol.refusal import Refused
 from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
 from bridge.transport.prefixed_stream import PrefixedStream
+from bridge.transport.splice import splice
 from bridge.transport.tls import FingerprintMismatch, PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocket_client
@@ -125,15 +128,6 @@ class RelayRejected(AgentError):
 
 class AuthenticationFailed(RelayRejected):
     """The relay rejected the bridge ID or secret."""
-
-
-class _Refused(Exception):
-    """A stream's target cannot be served; carries the reply to send."""
-
-    def __init__(self, status: ConnectStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _fields(**fields: Any) -> dict[str, Any]:
@@ -457,11 +451,11 @@ class Agent:
             return
         if request is None:
             return
-        info = {"target": format_address(request.host, request.port), "stream": stream.stream_id}
+        info = {"target": format_host_port(request.host, request.port), "stream": stream.stream_id}
         asked = time.monotonic()
         try:
             target, address = await self._open_target(request)
-        except _Refused as refusal:
+        except Refused as refusal:
             self.metrics.refused.inc(reason=refusal.status.name.lower())
             log.warning(refusal.message, extra=_fields(**info))
             await _reply(stream, refusal.status, refusal.message)
@@ -499,9 +493,9 @@ class Agent:
     async def _open_target(self, request: ConnectRequest) -> tuple[trio.SocketStream, str]:
         """Allow-list, DNS, dial: returns the connected stream and the address dialed."""
         host, port = request.host, request.port
-        refusal = _Refused(
+        refusal = Refused(
             ConnectStatus.NOT_ALLOWED,
-            f"Host not in allowed hosts list: {format_address(host, port)}",
+            f"Host not in allowed hosts list: {format_host_port(host, port)}",
         )
         if not self.allow.may_allow(host, port):
             raise refusal
@@ -510,13 +504,13 @@ class Agent:
         for family, type_, proto, _, sockaddr in candidates:
             if sockaddr[0] not in allowed:
                 continue
-            address = format_address(sockaddr[0], port)
+            address = format_host_port(sockaddr[0], port)
             sock = trio.socket.socket(family, type_, proto)
             try:
                 with trio.fail_after(self.config.connect_timeout):
                     await sock.connect(sockaddr)
             except trio.TooSlowError:
-                refusal = _Refused(ConnectStatus.TIMEOUT, f"Connection timed out: {address}")
+                refusal = Refused(ConnectStatus.TIMEOUT, f"Connection timed out: {address}")
             except OSError as exc:
                 refusal = _connect_refusal(exc, address)
             except BaseException:
@@ -541,47 +535,36 @@ class Agent:
         else:
             inet = [info for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
             return list({info[4][:2]: info for info in inet}.values())
-        raise _Refused(ConnectStatus.DNS_FAILURE, f"DNS lookup failed for {host}: {reason}")
+        raise Refused(ConnectStatus.DNS_FAILURE, f"DNS lookup failed for {host}: {reason}")
 
     async def _splice(
         self, stream: mux.Stream, target: trio.SocketStream, early: bytes
     ) -> tuple[int, int]:
-        """Copy both ways until both sides sent EOF; an error on either side aborts both.
-
-        Returns the byte counts (to the target, from the target).
-        """
-        counts = [len(early), 0]
-        size = self.config.copy_size
-        meters = [
-            self.metrics.bytes.labels(bridge=self.bridge_id, direction=direction)
-            for direction in ("to_target", "from_target")
-        ]
+        """`early` to the target, then copy both ways until both sides sent EOF; an error on
+        either side aborts both. Returns the byte counts (to the target, from the target)."""
+        meters = (
+            self.metrics.bytes.labels(bridge=self.bridge_id, direction="to_target").inc,
+            self.metrics.bytes.labels(bridge=self.bridge_id, direction="from_target").inc,
+        )
         streams_open = self.metrics.streams_open.labels(bridge=self.bridge_id)
-
-        async def pump(
-            source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStream, i: int
-        ) -> None:
-            while data := await source.receive_some(size):
-                await sink.send_all(data)
-                counts[i] += len(data)
-                meters[i].inc(len(data))
-            await sink.send_eof()
-
         self.metrics.streams.inc(bridge=self.bridge_id)
         streams_open.inc()
+        sent = received = 0
         try:
             if early:
                 await target.send_all(early)
-                meters[0].inc(len(early))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump, target, stream, 1)
-                await pump(stream, target, 0)  # in this task: one task fewer per connection
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            stream.reset()
-            _abort(target)
+                meters[0](len(early))
+            sent, received, clean = await splice(
+                stream, target, chunk=self.config.copy_size, meters=meters
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            clean = False
         finally:
             streams_open.dec()
-        return counts[0], counts[1]
+        if not clean:
+            stream.reset()
+            _abort(target)
+        return len(early) + sent, received
 
 
 def _check_welcome(welcome: Welcome, address: str) -> None:
@@ -610,12 +593,12 @@ async def _reply(stream: mux.Stream, status: ConnectStatus, message: str) -> Non
     await stream.send_all(encode_connect_reply(ConnectReply(status, raw)))
 
 
-def _connect_refusal(exc: OSError, address: str) -> _Refused:
+def _connect_refusal(exc: OSError, address: str) -> Refused[ConnectStatus]:
     if exc.errno == errno.ECONNREFUSED:
-        return _Refused(ConnectStatus.CONNECTION_REFUSED, f"Connection refused: {address}")
+        return Refused(ConnectStatus.CONNECTION_REFUSED, f"Connection refused: {address}")
     if exc.errno == errno.ETIMEDOUT:
-        return _Refused(ConnectStatus.TIMEOUT, f"Connection timed out: {address}")
-    return _Refused(ConnectStatus.UNREACHABLE, f"{exc.strerror or exc}: {address}")
+        return Refused(ConnectStatus.TIMEOUT, f"Connection timed out: {address}")
+    return Refused(ConnectStatus.UNREACHABLE, f"{exc.strerror or exc}: {address}")
 
 
 def _abort(target: trio.SocketStream) -> None:

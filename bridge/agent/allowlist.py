@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
+from bridge.protocol.addresses import format_host_port
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -62,7 +64,7 @@ class Rule:
         assert self.network is not None
         net = self.network
         host = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
-        return f"[{host}]:{port}" if net.version == 6 else f"{host}:{port}"
+        return format_host_port(host, port)
 
     def matches_port(self, port: int) -> bool:
         return self.port is None or self.port == port

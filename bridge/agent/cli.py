@@ -14,16 +14,17 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import NoReturn
 
+import attrs
 import trio
 
 from bridge import __version__
 from bridge.agent.agent import Agent, AgentConfig, RelayRejected
 from bridge.agent.allowlist import AllowList
-from bridge.agent.relay_url import RelayURL, format_address
+from bridge.agent.relay_url import DEFAULT_PATH, DEFAULT_PORTS, RelayURL
 from bridge.ops import logs
 from bridge.ops.metrics import serve_metrics
 from bridge.ops.systemd import Notifier, run_watchdog
-from bridge.protocol.addresses import parse_listen_address
+from bridge.protocol.addresses import format_host_port, parse_listen_address
 from bridge.transport.http_proxy import proxy_for
 from bridge.transport.tls import client_ssl_context
 
@@ -33,13 +34,12 @@ EX_CONFIG = 78
 
 log = logging.getLogger("bridge.cli")
 
-#: Duration flags: (flag, env var, AgentConfig field, default seconds, what it is).
+#: Duration flags: (flag, env var, AgentConfig field, what it is); the defaults are AgentConfig's.
 DURATIONS = (
     (
         "--max-backoff",
         "RECONNECT_MAX_BACKOFF",
         "max_backoff",
-        30.0,
         "longest wait between reconnect attempts (exponential backoff with full jitter; the first "
         "retry comes within 1 s)",
     ),
@@ -47,21 +47,18 @@ DURATIONS = (
         "--keepalive-interval",
         "KEEPALIVE_INTERVAL",
         "keepalive_interval",
-        30.0,
         "ping the relay this often",
     ),
     (
         "--keepalive-timeout",
         "KEEPALIVE_TIMEOUT",
         "keepalive_timeout",
-        10.0,
         "a ping unanswered this long ends the session, and the agent reconnects",
     ),
     (
         "--drain-timeout",
         "DRAIN_TIMEOUT",
         "drain_timeout",
-        30.0,
         "on SIGTERM or SIGINT, how long open connections may take to finish (a second signal "
         "stops at once)",
     ),
@@ -92,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--relay",
         metavar="URL",
-        help="relay URL: tls://HOST[:PORT] (port 4000 by default), or wss://HOST[:PORT][/PATH] "
-        "for WebSocket (port 443 and path /bridge by default) (env: RELAY_URL; required)",
+        help=f"relay URL: tls://HOST[:PORT] (port {DEFAULT_PORTS['tls']} by default), or "
+        f"wss://HOST[:PORT][/PATH] for WebSocket (port {DEFAULT_PORTS['wss']} and path "
+        f"{DEFAULT_PATH} by default) (env: RELAY_URL; required)",
     )
     add(
         "--proxy",
@@ -135,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin the relay certificate by SHA-256, as printed by 'bridge-relay fingerprint' "
         "(env: RELAY_FINGERPRINT; default: none)",
     )
-    for flag, env, _, default, text in DURATIONS:
+    defaults = attrs.fields_dict(AgentConfig)
+    for flag, env, field, text in DURATIONS:
+        default = defaults[field].default
         add(flag, metavar="SECONDS", help=f"{text} (env: {env}; default: {default:g})")
     add(
         "--metrics",
@@ -241,9 +241,9 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
         raise UsageError(str(exc)) from None
 
     durations = {}
-    for flag, name, field, default, _ in DURATIONS:
-        text = pick(getattr(args, field), name)
-        durations[field] = default if text is None else _seconds(text, flag, name)
+    for flag, name, field, _ in DURATIONS:
+        if (text := pick(getattr(args, field), name)) is not None:
+            durations[field] = _seconds(text, flag, name)
     config = AgentConfig(**durations)
 
     try:
@@ -315,9 +315,9 @@ async def _serve_metrics(nursery: trio.Nursery, agent: Agent, host: str, port: i
             serve_metrics, agent.metrics, lambda: connected() > 0, host, port
         )
     except OSError as exc:
-        log.error(f"Cannot serve metrics on {format_address(host, port)}: {exc.strerror or exc}")
+        log.error(f"Cannot serve metrics on {format_host_port(host, port)}: {exc.strerror or exc}")
         return False
-    address = format_address(host, listeners[0].socket.getsockname()[1])
+    address = format_host_port(host, listeners[0].socket.getsockname()[1])
     log.info("Serving metrics", extra={"fields": {"address": address}})
     return True
 

@@ -9,9 +9,11 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from bridge.protocol.addresses import format_host_port
+from bridge.transport.websocket import DEFAULT_PATH
+
 DEFAULT_PORT = 4000
 DEFAULT_PORTS = {"tls": DEFAULT_PORT, "wss": 443}
-DEFAULT_PATH = "/bridge"
 SCHEMES = tuple(DEFAULT_PORTS)
 
 
@@ -51,11 +53,7 @@ class RelayURL:
     @property
     def address(self) -> str:
         """``host:port`` as logged (IPv6 hosts in brackets)."""
-        return format_address(self.host, self.port)
+        return format_host_port(self.host, self.port)
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.address}{self.path}"
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -20,12 +20,13 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
-from http import HTTPStatus
 from typing import ClassVar, Generic, TypeVar
 
 import attrs
 import h11
 import trio
+
+from bridge.transport.http_status import status_phrase
 
 log = logging.getLogger("bridge.metrics")
 
@@ -433,7 +434,7 @@ async def _exchange(
         ("Connection", "close"),
         *extra,
     ]
-    reason = HTTPStatus(status).phrase.encode()
+    reason = status_phrase(status).encode()
     data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
     if not head_only:
         data += conn.send(h11.Data(data=body))
@@ -467,4 +468,5 @@ def _answer(
 
 
 def _phrase(status: int) -> bytes:
-    return f"{HTTPStatus(status).phrase.lower()}\n".encode()
+    """The body of a plain-text error answer: ``not found\\n``."""
+    return f"{status_phrase(status).lower()}\n".encode()

@@ -52,11 +52,15 @@ def parse_listen_address(text: str, *, default_host: str = "127.0.0.1") -> tuple
 
 
 def format_host_port(host: str, port: int | str) -> str:
+    """``host:port`` as users type it and logs show it: an IPv6 host in brackets
+    (``[::1]:5432``). The inverse of `parse_host_port`."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def format_address(address: Any) -> str:
-    """`ip:port` (`[ip]:port` for IPv6) of a socket address."""
+def format_socket_address(address: Any) -> str:
+    """A socket address as ``getpeername()`` returns it, in the form of `format_host_port`
+    (the IPv6 flow info and scope ID are left out); anything else (an AF_UNIX path) as
+    ``str``."""
     if isinstance(address, tuple) and len(address) >= 2:
         return format_host_port(address[0], address[1])
     return str(address)

@@ -14,7 +14,6 @@ import base64
 import ipaddress
 import re
 from collections.abc import Mapping
-from http import HTTPStatus
 from urllib.parse import unquote, urlsplit
 
 import attrs
@@ -22,7 +21,8 @@ import h11
 import trio
 
 from bridge import __version__
-from bridge.agent.relay_url import format_address
+from bridge.protocol.addresses import format_host_port
+from bridge.transport.http_status import status_phrase
 
 #: The proxy's answer to CONNECT (status line and headers) may not be longer than this.
 MAX_RESPONSE_HEAD = 16 * 1024
@@ -70,7 +70,7 @@ class ProxyURL:
     @property
     def address(self) -> str:
         """``host:port``, as shown in messages and logs."""
-        return format_address(self.host, self.port)
+        return format_host_port(self.host, self.port)
 
     def __str__(self) -> str:
         return f"http://{self.address}"
@@ -149,7 +149,7 @@ async def open_via_proxy(proxy: ProxyURL | str, host: str, port: int) -> trio.So
     """
     if isinstance(proxy, str):
         proxy = ProxyURL.parse(proxy)
-    target = format_address(host, port)
+    target = format_host_port(host, port)
     try:
         tcp = await trio.open_tcp_stream(proxy.host, proxy.port)
     except OSError as exc:
@@ -192,7 +192,9 @@ async def _connect(tcp: trio.SocketStream, proxy: ProxyURL, target: str) -> None
         raise ProxyError(f"{where} sent an invalid answer to CONNECT {target}: {exc}") from None
     status = event.status_code
     if not 200 <= status < 300:
-        reason = event.reason.decode("ascii", "replace") or _phrase(status)
+        reason = (
+            event.reason.decode("ascii", "replace") or status_phrase(status) or "(no reason given)"
+        )
         reason = "".join(c if c.isprintable() else "?" for c in reason)
         hint = ""
         if status == 407:
@@ -204,13 +206,6 @@ async def _connect(tcp: trio.SocketStream, proxy: ProxyURL, target: str) -> None
         raise ProxyError(f"{where} refused CONNECT {target}: {status} {reason}{hint}")
     if http.trailing_data[0]:
         raise ProxyError(f"{where} sent data before the tunnel to {target} was used")
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "(no reason given)"
 
 
 def _first(env: Mapping[str, str], *names: str) -> str | None:

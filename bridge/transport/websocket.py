@@ -27,8 +27,9 @@ import trio_websocket
 from trio.lowlevel import checkpoint
 from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, WebSocketConnection
 
-from bridge.agent.relay_url import format_address
+from bridge.protocol.addresses import format_socket_address
 from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
+from bridge.transport.http_status import status_phrase
 from bridge.transport.tls import PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
 
@@ -356,7 +357,7 @@ async def serve_websocket_agents(
 
     async def serve(tcp: trio.SocketStream) -> None:
         try:
-            peer = format_address(*tcp.socket.getpeername()[:2])
+            peer = format_socket_address(tcp.socket.getpeername())
         except OSError:  # already gone
             await tcp.aclose()
             return
@@ -447,7 +448,7 @@ def _upgrade_error(reader: _ReaderTask, path: str, config: WebSocketConfig) -> W
     if reader.rejected is not None:
         status = reader.rejected.status_code
         return WebSocketError(
-            f"WebSocket upgrade to {path} refused: {status} {_phrase(status)}", status
+            f"WebSocket upgrade to {path} refused: {status} {status_phrase(status)}", status
         )
     if reader.ended:
         return WebSocketError(
@@ -492,13 +493,6 @@ def _authority(host: str, port: int) -> str:
     """The Host header: the port is left out when it is the default one."""
     name = f"[{host}]" if ":" in host else host
     return name if port == 443 else f"{name}:{port}"
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
 
 
 def _describe(reason: CloseReason | None) -> str:

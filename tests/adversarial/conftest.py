@@ -5,12 +5,7 @@ started with tests/e2e's helpers."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
-
-from process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/e2e)
+from ..e2e.process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/e2e)
     bridge,
     launch,
     pytest_runtest_makereport,

@@ -15,7 +15,7 @@ from functools import partial
 
 import pytest
 import trio
-from admission_support import (
+from .admission_support import (
     VICTIM,
     attacker,
     closed_by_peer,
@@ -27,7 +27,7 @@ from admission_support import (
     rss_kib,
     websocket_upgrade,
 )
-from e2e_support import Bridge, Launcher, dropped_by_reason, log_lines
+from ..e2e.e2e_support import Bridge, Launcher, dropped_by_reason, log_lines
 from trio_websocket import ConnectionClosed
 
 from bridge.protocol.handshake import WelcomeStatus

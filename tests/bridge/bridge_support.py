@@ -4,18 +4,12 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import math
 import ssl
 from functools import partial
 
 import attrs
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 import mux
 from bridge.protocol.connect import (
@@ -27,6 +21,7 @@ from bridge.protocol.connect import (
 from bridge.protocol.handshake import Hello, HelloParser, Welcome, WelcomeStatus, encode_welcome
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
+from relay.testing import ThrowawayCA
 
 
 @attrs.frozen
@@ -44,71 +39,12 @@ class Certificates:
         return context
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 def make_certificates(directory) -> Certificates:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name("trio-bridge test CA"))
-        .issuer_name(_name("trio-bridge test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {name: directory / name for name in ("ca.pem", "cert.pem", "key.pem")}
-    paths["ca.pem"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert.pem"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key.pem"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Certificates(
-        str(paths["ca.pem"]),
-        str(paths["cert.pem"]),
-        str(paths["key.pem"]),
-        cert.public_bytes(serialization.Encoding.DER),
-    )
+    """A throwaway CA (`relay.testing.ThrowawayCA`) and its relay certificate, written into
+    `directory`."""
+    authority = ThrowawayCA.create()
+    ca, cert, key = authority.write(directory)
+    return Certificates(str(ca), str(cert), str(key), authority.cert_der)
 
 
 BRIDGE_ID = "0db4d173-a5ba-4be9-ae26-beab2f2875ee"

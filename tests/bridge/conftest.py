@@ -3,10 +3,11 @@
 
 
 import pytest
-from bridge_support import BRIDGE_ID, SECRET, Certificates, FakeRelay, make_certificates
 
 from bridge.agent.agent import Agent, AgentConfig
 from bridge.transport.tls import client_ssl_context
+
+from .bridge_support import BRIDGE_ID, SECRET, Certificates, FakeRelay, make_certificates
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,6 @@ import socket
 
 import pytest
 import trio
-from bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
-from connect_proxy import ConnectProxy
 
 from bridge.agent.agent import (
     Agent,
@@ -24,6 +22,9 @@ from bridge.protocol.handshake import Welcome, WelcomeStatus
 from bridge.transport.tls import certificate_fingerprint, client_ssl_context
 from bridge.transport.websocket import serve_websocket_agents
 from relay import MemoryStore, Relay, RelayConfig
+
+from .bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
+from .connect_proxy import ConnectProxy
 
 
 async def read_all(stream) -> bytes:
@@ -420,7 +421,8 @@ async def test_websocket_refusals(nursery, ws_relay, certificates):
         await agent.run()
 
 
-async def test_websocket_handshake_timeout(nursery, certificates):
+async def silent_websocket_relay(nursery, certificates) -> str:
+    """A WebSocket listener that upgrades connections and then says nothing; its wss:// URL."""
     listeners = await nursery.start(
         serve_websocket_agents,
         lambda stream, peer: trio.sleep_forever(),
@@ -428,7 +430,11 @@ async def test_websocket_handshake_timeout(nursery, certificates):
         0,
         certificates.server_context(),
     )
-    url = f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
+    return f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
+
+
+async def test_websocket_handshake_timeout(nursery, certificates):
+    url = await silent_websocket_relay(nursery, certificates)
     context = client_ssl_context(ca_file=certificates.ca_file)
     agent = Agent(
         url, BRIDGE_ID, SECRET, ["db:1"], context, config=AgentConfig(handshake_timeout=0.2)
@@ -438,14 +444,7 @@ async def test_websocket_handshake_timeout(nursery, certificates):
 
 
 async def test_drain_while_connecting_over_websocket(nursery, certificates):
-    listeners = await nursery.start(
-        serve_websocket_agents,
-        lambda stream, peer: trio.sleep_forever(),
-        "127.0.0.1",
-        0,
-        certificates.server_context(),
-    )
-    url = f"wss://localhost:{listeners[0].socket.getsockname()[1]}"
+    url = await silent_websocket_relay(nursery, certificates)
     agent = Agent(
         url, BRIDGE_ID, SECRET, ["db:1"], client_ssl_context(ca_file=certificates.ca_file)
     )

@@ -8,13 +8,14 @@ import os
 
 import pytest
 import trio
-from bridge_support import FakeRelay, echo, serve
 
 import mux
 from bridge.agent.agent import AgentConfig, AuthenticationFailed
 from bridge.ops.systemd import Notifier
 from bridge.protocol.connect import ConnectStatus
 from bridge.protocol.handshake import Welcome, WelcomeStatus
+
+from .bridge_support import FakeRelay, echo, serve
 
 FAST = {"max_backoff": 0.05}
 

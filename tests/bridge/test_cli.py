@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from bridge_support import BRIDGE_ID, SECRET
 
 from bridge.agent import cli
 from bridge.agent.allowlist import AllowList
 from bridge.transport.tls import PinnedSSLContext, certificate_fingerprint
+
+from .bridge_support import BRIDGE_ID, SECRET
 
 ROOT = Path(__file__).parents[2]
 ENV = {

@@ -3,9 +3,10 @@
 """bridge-agent's reconnect, keepalive and drain settings."""
 
 import pytest
-from bridge_support import BRIDGE_ID, SECRET
 
 from bridge.agent import cli
+
+from .bridge_support import BRIDGE_ID, SECRET
 
 ENV = {
     "BRIDGE_ID": BRIDGE_ID,

@@ -10,8 +10,6 @@ from functools import partial
 
 import pytest
 import trio
-from bridge_support import echo, serve
-from connect_proxy import ConnectProxy
 
 from bridge.transport.http_proxy import (
     ProxyError,
@@ -23,6 +21,9 @@ from bridge.transport.http_proxy import (
 )
 from bridge.transport.tls import client_ssl_context
 from bridge.transport.tls_stream import TLSStream
+
+from .bridge_support import echo, serve
+from .connect_proxy import ConnectProxy
 
 # -- proxy URLs and their selection -------------------------------------------------------
 

@@ -12,8 +12,6 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
-from bridge_support import echo, serve
-from connect_proxy import ConnectProxy
 
 import mux
 from bridge.protocol.connect import (
@@ -35,6 +33,9 @@ from bridge.transport.websocket import (
     serve_websocket_agents,
 )
 from relay import MemoryStore, Relay, RelayConfig
+
+from .bridge_support import echo, serve
+from .connect_proxy import ConnectProxy
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from e2e_support import Postgres, Process, clean_env, free_port
-from process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/faults)
+
+from .e2e_support import Postgres, Process, clean_env, free_port
+from .process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/faults)
     bridge,
     launch,
     pytest_runtest_makereport,

@@ -10,8 +10,7 @@ relay and agents of one test the way a user runs them.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
+import hashlib
 import json
 import os
 import re
@@ -25,12 +24,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from relay.testing import ThrowawayCA
 
 BIN_DIR = Path(sys.executable).parent
+#: The repository root: the working directory of helpers run as ``python -m tests...``.
+ROOT = Path(__file__).resolve().parents[2]
 RELAY = str(BIN_DIR / "bridge-relay")
 AGENT = str(BIN_DIR / "bridge-agent")
 
@@ -252,6 +250,19 @@ class Postgres:
             timeout=timeout,
         )
 
+    def check_same_result(self, sql: str, port: int) -> None:
+        """`sql` gives the same multi-megabyte output directly and through the forward on
+        `port`, to the byte."""
+        direct = self.psql(sql)
+        tunneled = self.psql(sql, port=port)
+        assert direct.returncode == 0, direct.stderr
+        assert tunneled.returncode == 0, tunneled.stderr
+        assert len(direct.stdout) > 5_000_000
+        assert (len(tunneled.stdout), hashlib.sha256(tunneled.stdout).hexdigest()) == (
+            len(direct.stdout),
+            hashlib.sha256(direct.stdout).hexdigest(),
+        )
+
 
 @dataclass(frozen=True)
 class Bridge:
@@ -287,8 +298,10 @@ class Launcher:
         self.log_dir = log_dir
         self.processes: list[Process] = []
 
-    def start(self, name: str, argv: list, *, env: dict[str, str] | None = None) -> Process:
-        process = Process(name, argv, self.log_dir, env=env)
+    def start(
+        self, name: str, argv: list, *, env: dict[str, str] | None = None, **popen
+    ) -> Process:
+        process = Process(name, argv, self.log_dir, env=env, **popen)
         self.processes.append(process)
         return process
 
@@ -369,42 +382,9 @@ class TLSFiles:
 
 
 def write_tls_files(directory: Path) -> TLSFiles:
-    """A throwaway CA and a relay certificate it signed, as PEM files in `directory`."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def certificate(subject: str, key, issuer: str, signer, *, ca: bool) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    relay_key = ec.generate_private_key(ec.SECP256R1())
-    ca = certificate("e2e test CA", ca_key, "e2e test CA", ca_key, ca=True)
-    relay = certificate("127.0.0.1", relay_key, "e2e test CA", ca_key, ca=False)
-    files = TLSFiles(directory / "ca.pem", directory / "relay.pem", directory / "relay-key.pem")
-    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(relay.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(
-        relay_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return files
+    """A throwaway CA (`relay.testing.ThrowawayCA`) and a relay certificate it signed, as
+    PEM files in `directory`."""
+    return TLSFiles(*ThrowawayCA.create().write(directory))
 
 
 def log_lines(log: str, message: str) -> list[dict]:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import BRIDGE_NAME, Bridge, Launcher, parse_assignments, relay_cli, started
+
+from .e2e_support import BRIDGE_NAME, Bridge, Launcher, parse_assignments, relay_cli, started
 
 _FIRST_PROCESS = pytest.StashKey[int]()
 

@@ -2,20 +2,18 @@
 # SPDX-License-Identifier: MPL-2.0
 """The tests' CONNECT proxy (tests/bridge/connect_proxy.py) as a process on 127.0.0.1.
 
-``python run_connect_proxy.py [USER PASSWORD]`` prints ``listening on PORT``, then
-``CONNECT HOST:PORT`` for each request it reads and ``tunnels N`` whenever the number of
-tunnels it opened changes.
+``python -m tests.e2e.run_connect_proxy [USER PASSWORD]``, run from the repository root, prints
+``listening on PORT``, then ``CONNECT HOST:PORT`` for each request it reads and ``tunnels N``
+whenever the number of tunnels it opened changes.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bridge"))
-from connect_proxy import ConnectProxy
+from ..bridge.connect_proxy import ConnectProxy
 
 REPORT_INTERVAL = 0.02
 

@@ -10,7 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from e2e_support import AGENT, RELAY, clean_env, free_port, run, write_tls_files
+
+from .e2e_support import AGENT, RELAY, clean_env, free_port, run, write_tls_files
 
 USAGE = 2
 GARBAGE_PEM = "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"

@@ -9,7 +9,8 @@ import secrets
 import uuid
 
 import pytest
-from e2e_support import Bridge, Launcher, Postgres, parse_assignments, relay_cli, wait_until
+
+from .e2e_support import Bridge, Launcher, Postgres, parse_assignments, relay_cli, wait_until
 
 EX_CONFIG = 78
 REJECTED = "Relay rejected the bridge credentials"

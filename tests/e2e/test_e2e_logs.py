@@ -14,7 +14,8 @@ import sys
 from functools import partial
 
 import trio
-from e2e_support import AGENT, RELAY, Bridge, Launcher, Process, Relay, clean_env, free_port
+
+from .e2e_support import AGENT, RELAY, Bridge, Launcher, Process, Relay, clean_env, free_port
 
 DEBUG_JSON = {"LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"}
 PAYLOAD = bytes(range(256)) * 64

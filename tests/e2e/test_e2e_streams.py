@@ -8,7 +8,8 @@ import hashlib
 import os
 
 import trio
-from e2e_support import Launcher
+
+from .e2e_support import Launcher
 
 CONNECTIONS = 200
 GIB = 1 << 30

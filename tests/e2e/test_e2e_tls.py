@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_support import Launcher, TLSFiles, write_tls_files
+
+from .e2e_support import Launcher, TLSFiles, write_tls_files
 
 ALLOW = ["127.0.0.1:5432"]
 

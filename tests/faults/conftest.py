@@ -5,21 +5,17 @@ tests/e2e's helpers), and a fault-injecting proxy between them."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
-
-from fault_proxy import FaultProxy
-from process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/e2e)
+from ..e2e.process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/e2e)
     bridge,
     launch,
     pytest_runtest_makereport,
     pytest_runtest_setup,
 )
+from .fault_proxy import FaultProxy
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from functools import partial
 
 import attrs
 import trio
-from e2e_support import Launcher, Process, Relay, free_port, relay_cli
+
+from ..e2e.e2e_support import Launcher, Process, Relay, free_port, relay_cli
 
 CHUNK = 64 * 1024
 ENDLESS = 1 << 40  # bytes: a transfer that only a fault ends

@@ -14,12 +14,13 @@ import struct
 from functools import partial
 
 import trio
-from e2e_support import Launcher, dropped_by_reason
-from traffic import CHUNK, echo, rss_kib, transfer
 
 from bridge.agent.agent import Agent
 from bridge.protocol.handshake import MAGIC, Hello, WelcomeParser, WelcomeStatus, encode_hello
 from bridge.transport.tls import client_ssl_context
+
+from ..e2e.e2e_support import Launcher, dropped_by_reason
+from .traffic import CHUNK, echo, rss_kib, transfer
 
 STALLED = 100
 HANDSHAKE_TIMEOUT = 2

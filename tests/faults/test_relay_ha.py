@@ -11,8 +11,9 @@ import signal
 from functools import partial
 
 import trio
-from e2e_support import Launcher
-from traffic import echo, transfer
+
+from ..e2e.e2e_support import Launcher
+from .traffic import echo, transfer
 
 CONNECTIONS = 100
 KILL_AFTER = 30

@@ -11,8 +11,9 @@ from functools import partial
 
 import attrs
 import trio
-from e2e_support import Launcher
-from traffic import CHUNK, echo, rss_kib, transfer
+
+from ..e2e.e2e_support import Launcher
+from .traffic import CHUNK, echo, rss_kib, transfer
 
 TRANSFERS, SIZE = 4, 8 * 1024 * 1024
 RSS_GROWTH_BOUND = 32 * 1024  # KiB

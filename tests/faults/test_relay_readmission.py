@@ -9,10 +9,11 @@ import logging
 import time
 
 import trio
-from e2e_support import parse_assignments, relay_cli
 
 from bridge.agent.agent import Agent, AgentConfig
 from bridge.transport.tls import client_ssl_context
+
+from ..e2e.e2e_support import parse_assignments, relay_cli
 
 AGENTS = 200
 READMISSION_BOUND = 30.0  # seconds; a few with the cache, minutes of bcrypt without

@@ -14,8 +14,9 @@ from functools import partial
 
 import pytest
 import trio
-from e2e_support import RELAY, Launcher, Relay, clean_env
-from traffic import echo, transfer
+
+from ..e2e.e2e_support import RELAY, Launcher, Relay, clean_env
+from .traffic import echo, transfer
 
 
 async def start(launch: Launcher, nursery, *args: str, **env: str) -> tuple[Relay, int]:

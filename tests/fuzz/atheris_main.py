@@ -5,18 +5,14 @@
 atheris is not a dependency of trio-bridge; install it (in a virtualenv of its own, with the
 runtime dependencies) to run a harness from the repository root, e.g.
 
-    python tests/fuzz/fuzz_frames.py -max_total_time=60
+    python -m tests.fuzz.fuzz_frames -max_total_time=60
 
 Without -max_total_time or -runs it stops after 60 s. Any other libFuzzer flag works too,
 e.g. a corpus directory. A failing input is saved as crash-<hash> and reported with its
-traceback; replay it with `python tests/fuzz/fuzz_frames.py crash-<hash>`.
+traceback; replay it with `python -m tests.fuzz.fuzz_frames crash-<hash>`.
 """
 
 import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 
 def run(argv: list[str], target: str) -> int:
@@ -28,8 +24,8 @@ def run(argv: list[str], target: str) -> int:
             f"{argv[0]}: atheris is not installed (pip install atheris): skipped", file=sys.stderr
         )
         return 0
-    with atheris.instrument_imports(include=["mux", "bridge", "fuzz_targets"]):
-        import fuzz_targets
+    with atheris.instrument_imports(include=["mux", "bridge", f"{__package__}.fuzz_targets"]):
+        from . import fuzz_targets
     if not any(arg.startswith(("-max_total_time=", "-runs=")) for arg in argv[1:]):
         argv = [*argv, "-max_total_time=60"]
     atheris.Setup(argv, getattr(fuzz_targets, target))

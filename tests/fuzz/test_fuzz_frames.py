@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import struct
 
-from fuzz_targets import check_frames, frames_from_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from .fuzz_targets import check_frames, frames_from_bytes
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 cuts = st.lists(st.integers(0, 1 << 16), max_size=8)

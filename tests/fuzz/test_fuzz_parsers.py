@@ -7,7 +7,6 @@ survive any split and any trailing bytes."""
 from __future__ import annotations
 
 import pytest
-from fuzz_targets import PARSERS, check_parser, handshake_from_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +28,8 @@ from bridge.protocol.handshake import (
     encode_hello,
     encode_welcome,
 )
+
+from .fuzz_targets import PARSERS, check_parser, handshake_from_bytes
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 cuts = st.lists(st.integers(0, 1 << 12), max_size=6)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from mux_support import Link
 
 import mux
+
+from .mux_support import Link
 
 
 @pytest.fixture

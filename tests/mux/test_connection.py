@@ -8,22 +8,6 @@ import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mux_support import (
-    FIXED_WINDOW,
-    INITIAL_WINDOW,
-    KIB,
-    MIB,
-    Data,
-    Link,
-    data,
-    go_away,
-    merge,
-    parse_frames,
-    ping,
-    pong,
-    stream_in_state,
-    window,
-)
 
 from mux.config import Config
 from mux.connection import Connection
@@ -40,6 +24,23 @@ from mux.events import (
     WindowUpdated,
 )
 from mux.frames import Flag, FrameType, GoAwayCode
+
+from .mux_support import (
+    FIXED_WINDOW,
+    INITIAL_WINDOW,
+    KIB,
+    MIB,
+    Data,
+    Link,
+    data,
+    go_away,
+    merge,
+    parse_frames,
+    ping,
+    pong,
+    stream_in_state,
+    window,
+)
 
 SYN_1 = bytes.fromhex("000100010000000100000000")
 ACK_1 = bytes.fromhex("000100020000000100000000")

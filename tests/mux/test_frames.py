@@ -11,10 +11,11 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mux_support import raw_header
 
 from mux.errors import RemoteProtocolError
 from mux.frames import HEADER_SIZE, Flag, FrameType, GoAwayCode, decode_header, encode_header
+
+from .mux_support import raw_header
 
 T, F = FrameType, Flag
 u32 = st.integers(0, 2**32 - 1)

@@ -9,7 +9,14 @@ from collections import defaultdict
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mux_support import (
+
+from mux.config import Config
+from mux.connection import Connection
+from mux.errors import RemoteProtocolError
+from mux.events import GoAwayReceived
+from mux.frames import Flag, FrameType, GoAwayCode
+
+from .mux_support import (
     INITIAL_WINDOW,
     MIB,
     STATES,
@@ -25,12 +32,6 @@ from mux_support import (
     stream_in_state,
     window,
 )
-
-from mux.config import Config
-from mux.connection import Connection
-from mux.errors import RemoteProtocolError
-from mux.events import GoAwayReceived
-from mux.frames import Flag, FrameType, GoAwayCode
 
 SMALL_BUDGET = Config(max_stream_window=MIB, session_receive_budget=MIB)
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

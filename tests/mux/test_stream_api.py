@@ -10,7 +10,11 @@ import random
 import pytest
 import trio
 import trio.testing
-from mux_support import (
+
+import mux
+from mux.frames import Flag, FrameType
+
+from .mux_support import (
     FIXED_WINDOW,
     INITIAL_WINDOW,
     KIB,
@@ -24,9 +28,6 @@ from mux_support import (
     stream_pair,
     window,
 )
-
-import mux
-from mux.frames import Flag, FrameType
 
 # ---- the generic stream checks ----------------------------------------------------------------
 
@@ -297,6 +298,39 @@ async def test_closing_a_session_breaks_its_streams_on_both_ends(sessions):
             with pytest.raises(mux.SessionClosed):
                 await operation()
     await client.aclose()  # closing twice is fine
+
+
+async def test_wait_streams_closed_wakes_when_the_last_stream_closes(sessions):
+    client, server = await sessions.open()
+    await client.wait_streams_closed()  # none open: at once
+    pairs = [await stream_pair(client, server) for _ in range(2)]
+    done: list[str] = []
+
+    async def wait(name: str, session: mux.Session) -> None:
+        await session.wait_streams_closed()
+        done.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait, "client", client)
+        nursery.start_soon(wait, "server", server)
+        await settle()
+        await pairs[0][0].aclose()  # a graceful close takes both halves
+        await pairs[0][1].aclose()
+        await settle()
+        assert done == [] and client.streams_open == server.streams_open == 1
+        pairs[1][1].reset()  # the last one: both ends wake
+        await settle()
+        assert sorted(done) == ["client", "server"]
+
+
+async def test_wait_streams_closed_returns_when_the_session_ends(sessions):
+    client, server = await sessions.open()
+    await stream_pair(client, server)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.wait_streams_closed)
+        await settle()
+        await client.aclose()
+    assert server.closed
 
 
 async def test_iterating_a_session_ends_with_it(sessions, nursery):

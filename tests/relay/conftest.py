@@ -9,10 +9,11 @@ from functools import partial
 
 import pytest
 import trio
-from relay_support import CertFiles, RelayHarness
 
 from relay import MemoryStore, SQLiteStore
 from relay.certificates import ensure_self_signed, fingerprint
+
+from .relay_support import CertFiles, RelayHarness
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import socket
 import threading
 
 import trio
-from relay_support import COST, RelayHarness
+from .relay_support import COST, RelayHarness
 
 from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
 from relay import MemoryStore, credentials

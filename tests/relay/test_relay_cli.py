@@ -13,11 +13,12 @@ from pathlib import Path
 import bcrypt
 import pytest
 import trio
-from relay_support import COST, RunningAgent, receive_all
 
 from relay import SQLiteStore
 from relay.certificates import fingerprint
 from relay.cli import build_parser
+
+from .relay_support import COST, RunningAgent, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME_LIMIT = 30
@@ -207,30 +208,42 @@ async def _read_lines(stream, count: int, buffer: bytearray) -> list[str]:
     return bytes(buffer).decode().splitlines()[:count]
 
 
-async def test_serve_forward_and_test_as_separate_processes(env, data_dir, nursery, echo_port):
+async def _serve_process(env, data_dir, echo_port: int, *args: str, stderr: int):
+    """Creates bridge prod, then starts ``relay serve`` with a forward to `echo_port` and
+    `args`. Returns the process and an agent for bridge prod that pins the relay and may
+    reach `echo_port`, given the relay URL."""
     from bridge.agent.agent import Agent
     from bridge.transport.tls import client_ssl_context
 
     created = await _run_cli(env, data_dir, "bridges", "create", "prod")
     values = dict(line.split("=", 1) for line in created.stdout.decode().splitlines())
     pin = (await _run_cli(env, data_dir, "fingerprint")).stdout.decode().strip()
+    process = await trio.lowlevel.open_process(
+        [
+            *(sys.executable, "-m", "relay", "--data-dir", str(data_dir), "serve"),
+            *("--listen", "127.0.0.1:0", "--forward", f"prod=127.0.0.1:{echo_port}", *args),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+    )
+
+    def make_agent(url: str) -> Agent:
+        return Agent(
+            url,
+            values["BRIDGE_ID"],
+            values["BRIDGE_SECRET"],
+            [f"127.0.0.1:{echo_port}"],
+            client_ssl_context(fingerprint=pin),
+        )
+
+    return process, values, make_agent
+
+
+async def test_serve_forward_and_test_as_separate_processes(env, data_dir, nursery, echo_port):
     with trio.fail_after(TIME_LIMIT):
-        process = await trio.lowlevel.open_process(
-            [
-                sys.executable,
-                "-m",
-                "relay",
-                "--data-dir",
-                str(data_dir),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--forward",
-                f"prod=127.0.0.1:{echo_port}",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        process, values, make_agent = await _serve_process(
+            env, data_dir, echo_port, stderr=subprocess.PIPE
         )
         stderr = bytearray()
 
@@ -249,13 +262,7 @@ async def test_serve_forward_and_test_as_separate_processes(env, data_dir, nurse
             )
             forward_port = int(match[1])
 
-            agent = Agent(
-                f"tls://127.0.0.1:{relay_port}",
-                values["BRIDGE_ID"],
-                values["BRIDGE_SECRET"],
-                [f"127.0.0.1:{echo_port}"],
-                client_ssl_context(fingerprint=pin),
-            )
+            agent = make_agent(f"tls://127.0.0.1:{relay_port}")
             await nursery.start(RunningAgent(agent).run)
 
             ok = await _run_cli(env, data_dir, "test", "prod", f"127.0.0.1:{echo_port}")
@@ -305,31 +312,9 @@ def test_demo_runs_on_its_own(env, tmp_path):
 
 
 async def test_serve_accepts_agents_over_websocket(env, data_dir, nursery, echo_port):
-    from bridge.agent.agent import Agent
-    from bridge.transport.tls import client_ssl_context
-
-    created = await _run_cli(env, data_dir, "bridges", "create", "prod")
-    values = dict(line.split("=", 1) for line in created.stdout.decode().splitlines())
-    pin = (await _run_cli(env, data_dir, "fingerprint")).stdout.decode().strip()
     with trio.fail_after(TIME_LIMIT):
-        process = await trio.lowlevel.open_process(
-            [
-                sys.executable,
-                "-m",
-                "relay",
-                "--data-dir",
-                str(data_dir),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--listen-ws",
-                "127.0.0.1:0",
-                "--forward",
-                f"prod=127.0.0.1:{echo_port}",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+        process, _, make_agent = await _serve_process(
+            env, data_dir, echo_port, "--listen-ws", "127.0.0.1:0", stderr=subprocess.DEVNULL
         )
         try:
             _, ws_line, forward_line = await _read_lines(process.stdout, 3, bytearray())
@@ -338,14 +323,7 @@ async def test_serve_accepts_agents_over_websocket(env, data_dir, nursery, echo_
             )
             url = f"wss://127.0.0.1:{match[1]}/bridge"
             forward_port = int(forward_line.rpartition(":")[2])
-            agent = Agent(
-                url,
-                values["BRIDGE_ID"],
-                values["BRIDGE_SECRET"],
-                [f"127.0.0.1:{echo_port}"],
-                client_ssl_context(fingerprint=pin),
-            )
-            await nursery.start(RunningAgent(agent).run)
+            await nursery.start(RunningAgent(make_agent(url)).run)
             async with await trio.open_tcp_stream("127.0.0.1", forward_port) as client:
                 await client.send_all(b"over WebSocket")
                 await client.send_eof()

@@ -1,10 +1,11 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
 import pytest
-from relay_support import COST
 
 from relay import credentials
 from relay.credentials import Verifier, hash_secret, new_secret
+
+from .relay_support import COST
 
 
 @pytest.fixture

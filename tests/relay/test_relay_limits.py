@@ -7,13 +7,14 @@ import logging
 
 import pytest
 import trio
-from relay_support import RelayHarness, receive_all, run_scripted_agent
 
 import mux
 from bridge.protocol.connect import ConnectReply, ConnectStatus, encode_connect_reply
 from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
 from relay import BridgeBusy, MemoryStore, RelayShuttingDown, TargetUnreachable, credentials
 from relay.limits import LoginLimiter, Repeats, source_of
+
+from .relay_support import RelayHarness, receive_all, run_scripted_agent
 
 TIME_LIMIT = 20
 

@@ -4,45 +4,17 @@
 
 import pytest
 import trio
-from relay_support import RelayHarness, receive_all
 
-import mux
 from bridge.protocol.connect import (
     ConnectReply,
-    ConnectRequestParser,
     ConnectStatus,
     encode_connect_reply,
 )
-from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
-from bridge.transport.prefixed_stream import PrefixedStream
 from relay import MemoryStore, TargetUnreachable, TunnelError
 
+from .relay_support import RelayHarness, receive_all, run_scripted_agent
+
 TIME_LIMIT = 20
-
-
-async def run_scripted_agent(
-    harness, bridge_id, secret, answer, *, task_status=trio.TASK_STATUS_IGNORED
-):
-    """Authenticate like an agent, then hand each stream and its request to `answer`."""
-    tcp = await trio.open_tcp_stream("127.0.0.1", harness.port)
-    tls = trio.SSLStream(tcp, harness.cert_files.client_context())
-    await tls.send_all(encode_hello(Hello(bridge_id, secret)))
-    parser = WelcomeParser()
-    while (welcome := parser.feed(await tls.receive_some())) is None:
-        pass
-    assert welcome.status == WelcomeStatus.OK
-    async with mux.open_session(PrefixedStream(tls, parser.leftover), client=True) as session:
-        task_status.started()
-        async with trio.open_nursery() as nursery:
-            async for stream in session:
-
-                async def serve(stream=stream):
-                    requests = ConnectRequestParser()
-                    while (request := requests.feed(await stream.receive_some())) is None:
-                        pass
-                    await answer(stream, request)
-
-                nursery.start_soon(serve)
 
 
 @pytest.fixture
@@ -53,7 +25,15 @@ async def scripted(nursery, cert_files):
         harness = RelayHarness(nursery, MemoryStore(), cert_files, connect_timeout=0.5)
         await harness.start()
         bridge_id, secret = harness.create_bridge("scripted")
-        await nursery.start(run_scripted_agent, harness, bridge_id, secret, answer)
+        client_context = harness.cert_files.client_context()
+        await nursery.start(
+            run_scripted_agent,
+            harness.port,
+            client_context,
+            bridge_id,
+            secret,
+            lambda stream, request, session: answer(stream, request),
+        )
         return harness.relay
 
     return start

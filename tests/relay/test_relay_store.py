@@ -5,10 +5,11 @@ import uuid
 
 import bcrypt
 import pytest
-from relay_support import COST
 
 from relay import SQLiteStore, UnknownBridge
 from relay.errors import DuplicateBridge, InvalidBridgeName
+
+from .relay_support import COST
 
 
 def test_create_returns_uuid_and_urlsafe_secret_and_stores_only_a_hash(store):

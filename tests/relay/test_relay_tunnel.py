@@ -11,7 +11,6 @@ from functools import partial
 
 import pytest
 import trio
-from relay_support import COST, captured_logs, receive_all
 
 from bridge.agent.agent import AuthenticationFailed
 from bridge.protocol.handshake import (
@@ -29,6 +28,8 @@ from relay import (
 )
 from relay.admin import MAX_LINE, request, serve_admin
 from relay.forward import ForwardSpec, serve_forward
+
+from .relay_support import COST, captured_logs, receive_all
 
 TIME_LIMIT = 20
 

@@ -13,12 +13,13 @@ from functools import partial
 import h11
 import pytest
 import trio
-from relay_support import RelayHarness, RunningAgent, captured_logs, receive_all
 
 from bridge.agent.agent import AuthenticationFailed
 from bridge.ops.metrics import TunnelMetrics, serve_metrics
 from relay import MemoryStore
 from relay.socks import Reply, SocksConfig, parse_bridge_host, serve_socks
+
+from .relay_support import RelayHarness, RunningAgent, captured_logs, receive_all
 
 TIME_LIMIT = 20
 CREDENTIALS = ("alice", "s3cret pass")

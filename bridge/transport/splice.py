@@ -1,0 +1,74 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Splicing two byte streams: what both ends do with a tunneled connection once it is open."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+#: How much one read asks for, by default: large reads mean fewer frames per byte.
+CHUNK = 256 * 1024
+
+#: Called with the size of each chunk passed on in one direction (a metrics counter's ``inc``).
+Meter = Callable[[int], object]
+
+
+async def splice(
+    a: trio.abc.HalfCloseableStream,
+    b: trio.abc.HalfCloseableStream,
+    *,
+    chunk: int = CHUNK,
+    meters: tuple[Meter, Meter] | None = None,
+) -> tuple[int, int, bool]:
+    """Copy ``a -> b`` and ``b -> a`` until both directions reached EOF, passing each EOF on
+    as a half-close (``send_eof``).
+
+    Returns ``(bytes a -> b, bytes b -> a, clean)``. ``chunk`` is the most one read asks for;
+    ``meters``, if given, are called with each chunk's size once it was sent on (``a -> b``
+    first). The direction ``a -> b`` is copied in the calling task and ``b -> a`` in one
+    child task: one task fewer per connection than a task per direction.
+
+    When either side breaks or is closed (`trio.BrokenResourceError`, which a reset mux
+    stream raises, or `trio.ClosedResourceError`), both directions stop at once and
+    ``clean`` is False; nothing is raised for that, and both streams are left open for the
+    caller to reset or close. Any other exception propagates (inside an `ExceptionGroup`
+    when the child task raised it).
+
+    Cancellation: cancelling the caller stops both directions and raises `trio.Cancelled`;
+    what was sent before stays sent, and the streams are left as they are.
+    """
+    counts = [0, 0]
+    clean = True
+
+    async def pump(
+        source: trio.abc.ReceiveStream, sink: trio.abc.HalfCloseableStream, index: int
+    ) -> None:
+        nonlocal clean
+        meter = None if meters is None else meters[index]
+        try:
+            while data := await source.receive_some(chunk):
+                await sink.send_all(data)
+                counts[index] += len(data)
+                if meter is not None:
+                    meter(len(data))
+            await sink.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            clean = False
+            nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump, b, a, 1)
+        await pump(a, b, 0)  # in this task: one task fewer per connection
+    return counts[0], counts[1], clean
+
+
+def reset_stream(stream: trio.abc.Stream | None) -> None:
+    """Abort a tunneled stream (a yamux RST), also through wrappers that keep the stream
+    they wrap as ``transport_stream`` (such as `PrefixedStream`); a stream with nothing to
+    reset is left alone. Never blocks, never raises for a stream already reset or closed."""
+    while stream is not None and not hasattr(stream, "reset"):
+        stream = getattr(stream, "transport_stream", None)
+    if stream is not None:
+        stream.reset()
