@@ -221,21 +221,24 @@ class _Dialer:
         try:
             if not state[2]:
                 if err := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                    return self._fail(sock, os.strerror(err))
+                    self._fail(sock, os.strerror(err))
+                    return
                 sock.send(self.message)  # 32 bytes: always fits a fresh socket's buffer
                 state[2] = True
                 self.selector.modify(sock, selectors.EVENT_READ)
-                return None
+                return
             data = sock.recv(len(self.message))
         except BlockingIOError:
-            return None
+            return
         except OSError as exc:
-            return self._fail(sock, exc.strerror or str(exc))
+            self._fail(sock, exc.strerror or str(exc))
+            return
         if not data:
-            return self._fail(sock, "the connection closed before the reply")
+            self._fail(sock, "the connection closed before the reply")
+            return
         state[1] += len(data)
         if state[1] < len(self.message):
-            return None
+            return
         self.latencies.append(time.perf_counter() - state[0])
         self.done += 1
         self._drop(sock)

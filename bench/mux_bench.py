@@ -483,8 +483,8 @@ def _render(
             report.format_table(
                 ["throughput", "raw MB/s", "mux MB/s", "mux/raw"],
                 rows,
-                f"Throughput: {args.size:g} MiB per run, {args.write_size:,}-byte writes and reads, "
-                f"Unix socketpair (raw: one per stream), both ends in one process",
+                f"Throughput: {args.size:g} MiB per run, {args.write_size:,}-byte writes and "
+                "reads, Unix socketpair (raw: one per stream), both ends in one process",
             )
         )
     if scale:

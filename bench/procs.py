@@ -137,6 +137,7 @@ def run_command(
     """A short command, run to completion (killed if it outlives `timeout`)."""
     return subprocess.run(
         [str(a) for a in argv],
+        check=False,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -102,7 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--limit",
         type=int,
-        help="stop the tunnel's stream-count probe at this many (default 20000; --quick 2000; 0: skip)",
+        help=(
+            "stop the tunnel's stream-count probe at this many "
+            "(default 20000; --quick 2000; 0: skip)"
+        ),
     )
     add(
         "--paths",
@@ -301,11 +304,7 @@ def _warm_up(path: BenchPath, args: argparse.Namespace, iperf: str | None) -> No
 def _shown(key: str, value: float | None) -> str:
     if value is None:
         return "error"
-    return (
-        f"{value:,.1f}"
-        if key.startswith("throughput") or key.startswith("rtt")
-        else f"{value:,.0f}"
-    )
+    return f"{value:,.1f}" if key.startswith(("throughput", "rtt")) else f"{value:,.0f}"
 
 
 def _run_rounds(

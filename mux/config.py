@@ -19,7 +19,8 @@ class Config:
     accept_backlog: int = field(default=256, validator=_positive_int)
     #: Streams the peer may keep open at once; beyond, a SYN gets RST.
     max_inbound_streams: int = field(default=16384, validator=_positive_int)
-    #: Ping the peer every keepalive_interval; a ping unanswered within ping_timeout ends the session.
+    #: Ping the peer every keepalive_interval; a ping unanswered within ping_timeout ends the
+    #: session.
     enable_keepalive: bool = True
     keepalive_interval: float = field(default=30.0, validator=_positive_float)
     ping_timeout: float = field(default=10.0, validator=_positive_float)

@@ -116,7 +116,8 @@ class Connection:
         return _older_than(self._unacknowledged, opened_before)
 
     def lingering_streams(self, closed_before: float) -> list[int]:
-        """Streams the application closed before ``closed_before`` that the peer has not finished."""
+        """Streams the application closed before ``closed_before`` that the peer has not
+        finished."""
         return _older_than(self._lingering, closed_before)
 
     # ---- sending ----------------------------------------------------------------------
@@ -272,7 +273,7 @@ class Connection:
         self, version: int, type: int, flags: int, stream_id: int, length: int, events: list
     ) -> None:
         check_header(version, type)
-        if type == _DATA or type == _WINDOW_UPDATE:
+        if type in (_DATA, _WINDOW_UPDATE):
             if stream_id == 0:
                 raise RemoteProtocolError(f"{FrameType(type).name} frame for stream 0")
             self._on_stream_frame(type, flags, stream_id, length, events)

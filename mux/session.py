@@ -488,7 +488,8 @@ class Session:
             stream = self._streams.pop(stream_id, None)
             if stream is not None:
                 error = StreamReset(
-                    f"stream {stream_id}: the peer did not acknowledge it within {config.stream_open_timeout} s"
+                    f"stream {stream_id}: the peer did not acknowledge it "
+                    f"within {config.stream_open_timeout} s"
                 )
                 stream._on_error(error, discard=True)
         for stream_id in conn.lingering_streams(now - config.stream_close_timeout):

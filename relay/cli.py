@@ -15,7 +15,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -647,11 +647,10 @@ async def _start(nursery: trio.Nursery, what: str, fn, *args: Any) -> Any:
         raise Failure(f"{what}: {exc.strerror or exc}") from None
 
 
-async def _stop_on_signals(signals, relay: Relay, notifier: Notifier) -> None:
+async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: Notifier) -> None:
     """Returns once the relay may stop: after the first signal, when its tunnels are done or
     the drain timeout has passed; at once on a second signal."""
-    async for signum in signals:
-        break
+    signum = await anext(signals)
     timeout = relay.config.drain_timeout
     streams = relay.registry.open_streams_total()
     log.info(

@@ -797,7 +797,8 @@ class Relay:
                     if not data:
                         raise _Retry(
                             TunnelError(
-                                f"Bridge {bridge} closed the connection to {target} without answering"
+                                f"Bridge {bridge} closed the connection to {target} "
+                                "without answering"
                             )
                         )
         except mux.StreamReset:

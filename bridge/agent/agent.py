@@ -233,7 +233,10 @@ class Agent:
                 reason = "the relay closed the session"
             except AuthenticationFailed as exc:
                 if self.sessions:  # it worked before: the bridge was deleted or its secret rotated
-                    message = f"{exc} (it was accepted before: was the bridge deleted or its secret rotated?)"
+                    message = (
+                        f"{exc} (it was accepted before: "
+                        "was the bridge deleted or its secret rotated?)"
+                    )
                     raise AuthenticationFailed(message, exc.status) from None
                 raise
             except RelayUnavailable as exc:

@@ -148,7 +148,8 @@ class AllowList:
         )
 
     def allows_address(self, address: str, port: int) -> bool:
-        """An IP or CIDR rule covers ``address`` (an IP literal, maybe with a %zone) and ``port``."""
+        """An IP or CIDR rule covers ``address`` (an IP literal, maybe with a %zone) and
+        ``port``."""
         if self.allow_any:
             return True
         ip = _address(address)

@@ -26,7 +26,8 @@ async def relay(nursery, certificates) -> FakeRelay:
 
 @pytest.fixture
 def make_agent(relay, certificates):
-    """Builds agents for the relay fixture: ``make_agent(allow, secret=..., ssl_context=..., **config)``."""
+    """Builds agents for the relay fixture:
+    ``make_agent(allow, secret=..., ssl_context=..., **config)``."""
 
     def make(allow=("127.0.0.1:*",), *, secret=SECRET, ssl_context=None, **config) -> Agent:
         context = ssl_context or client_ssl_context(ca_file=certificates.ca_file)

@@ -362,9 +362,10 @@ async def test_proxy_refusal(nursery, relay):
     with pytest.raises(RelayUnavailable) as info:
         await agent.run_session()
     assert str(info.value) == (
-        f"Cannot connect to the relay at 127.0.0.1:{relay.port}: proxy 127.0.0.1:{proxy.port} refused "
-        f"CONNECT 127.0.0.1:{relay.port}: 407 Proxy Authentication Required (give credentials in "
-        "the proxy URL: http://USER:PASSWORD@HOST:PORT)"
+        f"Cannot connect to the relay at 127.0.0.1:{relay.port}: "
+        f"proxy 127.0.0.1:{proxy.port} refused CONNECT 127.0.0.1:{relay.port}: "
+        "407 Proxy Authentication Required "
+        "(give credentials in the proxy URL: http://USER:PASSWORD@HOST:PORT)"
     )
     assert relay.connections == 0
 
@@ -421,11 +422,16 @@ async def test_websocket_refusals(nursery, ws_relay, certificates):
         await agent.run()
 
 
+async def never_answer(stream, peer) -> None:
+    """A WebSocket agent handler that never answers the agent's handshake."""
+    await trio.sleep_forever()
+
+
 async def silent_websocket_relay(nursery, certificates) -> str:
     """A WebSocket listener that upgrades connections and then says nothing; its wss:// URL."""
     listeners = await nursery.start(
         serve_websocket_agents,
-        lambda stream, peer: trio.sleep_forever(),
+        never_answer,
         "127.0.0.1",
         0,
         certificates.server_context(),

@@ -82,9 +82,9 @@ def parse_exposition(text: str):
             if sample != name + "_count":
                 continue
             buckets = sorted(
-                (float(dict(l)["le"]), v)
-                for (s, l), v in samples.items()
-                if s == name + "_bucket" and l - {("le", dict(l)["le"])} == labels
+                (float(dict(bucket)["le"]), v)
+                for (s, bucket), v in samples.items()
+                if s == name + "_bucket" and bucket - {("le", dict(bucket)["le"])} == labels
             )
             assert buckets[-1] == (math.inf, count)
             assert [v for _, v in buckets] == sorted(v for _, v in buckets)

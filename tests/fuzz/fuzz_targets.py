@@ -7,6 +7,7 @@ derive those arguments from one flat input for coverage-guided fuzzing."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from bridge.protocol.connect import MAX_HOST, ConnectReplyParser, ConnectRequestParser
@@ -43,7 +44,7 @@ PARSERS = (HelloParser, WelcomeParser, ConnectRequestParser, ConnectReplyParser)
 
 def split(data: bytes, cuts: Sequence[int]) -> list[bytes]:
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 # -- yamux frames ------------------------------------------------------------------------------

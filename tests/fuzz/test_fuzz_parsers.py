@@ -1,8 +1,8 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""The handshake and connect parsers (`bridge.protocol.handshake`, `bridge.protocol.connect`) under generated
-input: arbitrary and mutated bytes raise only the parser's own error, and valid messages
-survive any split and any trailing bytes."""
+"""The handshake and connect parsers (`bridge.protocol.handshake`, `bridge.protocol.connect`)
+under generated input: arbitrary and mutated bytes raise only the parser's own error, and
+valid messages survive any split and any trailing bytes."""
 
 from __future__ import annotations
 

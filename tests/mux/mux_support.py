@@ -215,7 +215,8 @@ def stream_in_state(state: str, *, outbound: bool) -> Scene:
 
 
 def check_event_order(received: list[object]) -> None:
-    """Per stream: nothing after StreamReset, and no data or second StreamEnded after StreamEnded."""
+    """Per stream: nothing after StreamReset; no data and no second StreamEnded after
+    StreamEnded."""
     ended: set[int] = set()
     reset: set[int] = set()
     for event in received:

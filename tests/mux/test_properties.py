@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import pytest
@@ -46,7 +47,7 @@ def payloads(limit: int) -> st.SearchStrategy[bytes]:
 
 def split(blob: bytes, cuts: list[int]) -> list[bytes]:
     bounds = sorted({0, len(blob), *(c % (len(blob) + 1) for c in cuts)})
-    return [blob[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [blob[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def feed(conn: Connection, chunks: list[bytes]) -> list[object]:

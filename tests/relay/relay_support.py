@@ -44,9 +44,12 @@ class RelayHarness:
         self.nursery = nursery
         self.store = store
         self.cert_files = cert_files
-        defaults = dict(
-            handshake_timeout=2.0, connect_timeout=5.0, bcrypt_cost=COST, store_poll_interval=0.05
-        )
+        defaults = {
+            "handshake_timeout": 2.0,
+            "connect_timeout": 5.0,
+            "bcrypt_cost": COST,
+            "store_poll_interval": 0.05,
+        }
         config = RelayConfig(**{**defaults, **config})
         self.relay = Relay(store, cert_files.server_context(), config=config)
         self.port = 0

@@ -303,8 +303,9 @@ async def test_misbehaving_clients_do_not_hurt_the_server(front, http_port, sock
         assert dropped.count("closed during the handshake") == 2
 
         # and the server still works
-        credentials = dict(credentials=CREDENTIALS)
-        code, stream = await socks_connect(port, "127.0.0.1.bridge-prod", http_port, **credentials)
+        code, stream = await socks_connect(
+            port, "127.0.0.1.bridge-prod", http_port, credentials=CREDENTIALS
+        )
         await stream.aclose()
         assert code == Reply.SUCCEEDED
 
@@ -371,8 +372,9 @@ async def test_relay_and_agent_metrics_after_curl_traffic(front, http_port, nurs
             assert samples[f"trio_bridge_stream_open_seconds_count{label}"] == 2
             assert samples['trio_bridge_refused_targets_total{reason="not_allowed"}'] == 1
         for direction in ["to_target", "from_target"]:
-            counted = 'trio_bridge_bytes_total{{bridge="{}",direction="%s"}}' % direction
-            assert at_relay[counted.format("prod")] == at_agent[counted.format(bridge_id)] > bodies
+            relay_key = f'trio_bridge_bytes_total{{bridge="prod",direction="{direction}"}}'
+            agent_key = f'trio_bridge_bytes_total{{bridge="{bridge_id}",direction="{direction}"}}'
+            assert at_relay[relay_key] == at_agent[agent_key] > bodies
         assert at_relay['trio_bridge_auth_failures_total{listener="agent"}'] == 1
 
         front.agent.kill()
