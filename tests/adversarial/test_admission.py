@@ -15,6 +15,13 @@ from functools import partial
 
 import pytest
 import trio
+from trio_websocket import ConnectionClosed
+
+from bridge.protocol.handshake import WelcomeStatus
+from relay.proxy_protocol import encode_proxy_header
+from relay.store import SQLiteStore
+
+from ..e2e.e2e_support import Bridge, Launcher, dropped_by_reason, log_lines
 from .admission_support import (
     VICTIM,
     attacker,
@@ -27,12 +34,6 @@ from .admission_support import (
     rss_kib,
     websocket_upgrade,
 )
-from ..e2e.e2e_support import Bridge, Launcher, dropped_by_reason, log_lines
-from trio_websocket import ConnectionClosed
-
-from bridge.protocol.handshake import WelcomeStatus
-from relay.proxy_protocol import encode_proxy_header
-from relay.store import SQLiteStore
 
 MAX_PENDING = 256  # the default
 

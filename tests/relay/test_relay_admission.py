@@ -10,11 +10,12 @@ import socket
 import threading
 
 import trio
-from .relay_support import COST, RelayHarness
 
 from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
 from relay import MemoryStore, credentials
 from relay.admission import DETAILED_DROPS, AdmissionGate, DropLog
+
+from .relay_support import COST, RelayHarness
 
 TIME_LIMIT = 20
 
@@ -40,7 +41,8 @@ def test_one_address_may_take_every_free_slot_but_not_keep_them():
     b = gate.admit("b")  # full: the address holding the most gives its oldest slot
     assert b is not None and evicted == [0] and tickets[0].evicted
     assert gate.admit("a") is None  # a holds 3, b 1: a may not take b's
-    assert (b2 := gate.admit("b")) is not None and evicted == [0, 1]
+    b2 = gate.admit("b")
+    assert b2 is not None and evicted == [0, 1]
     assert gate.admit("b") is None  # 2 and 2: nobody gives up a slot for a third
     assert gate.admit("c") is not None and evicted == [0, 1, 2]
     assert (gate.held("a"), gate.held("b"), gate.held("c")) == (1, 2, 1)
