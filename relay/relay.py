@@ -317,7 +317,6 @@ class Relay:
         misbehaving connection is logged and dropped."""
         ticket, peer = arrival.ticket, arrival.peer
         transport: trio.abc.Stream | None = None
-        admitted = False
         try:
             with trio.CancelScope(
                 deadline=trio.current_time() + self.config.handshake_timeout
@@ -331,7 +330,7 @@ class Relay:
                 transport = TLSStream.wrap(tcp, self.ssl_context, server_side=True)
                 if websocket is None:
                     await transport.do_handshake()
-                    admitted = await self._login(transport, peer, ticket, handshake)
+                    await self._login(transport, peer, ticket, handshake)
                 else:
                     async with accept_websocket(
                         transport,
@@ -339,8 +338,8 @@ class Relay:
                         config=websocket.config,
                         receive_limit=MAX_HELLO + FRAME_OVERHEAD,
                     ) as stream:
-                        admitted = await self._login(stream, peer, ticket, handshake)
-            if handshake.cancelled_caught and not admitted:
+                        await self._login(stream, peer, ticket, handshake)
+            if handshake.cancelled_caught and not ticket.released:  # released once admitted
                 if ticket.evicted:
                     self._dropped(peer, ticket, "closed for a connection from another address")
                 else:
@@ -350,7 +349,7 @@ class Relay:
         except Exception as exc:
             if (broken := _connection_failure(exc)) is None:
                 log.exception("Unexpected error on agent connection", extra=_extra(peer=peer))
-            elif admitted:
+            elif ticket.released:  # admitted: its session broke
                 _log(logging.INFO, "Connection dropped", peer=peer, reason=_describe(broken))
             else:
                 self._dropped(peer, ticket, _describe(broken))
@@ -397,18 +396,17 @@ class Relay:
         peer: str,
         ticket: Ticket,
         handshake: trio.CancelScope,
-    ) -> bool:
+    ) -> None:
         """The Hello and its answer, then (once admitted, free of the handshake's deadline and
-        of its slot) the session. False if the agent was not admitted."""
+        of its slot: `ticket` is released) the session."""
         admitted = await self._admit(transport, peer, ticket)
         if admitted is None:
-            return False
+            return
         handshake.deadline = math.inf
         ticket.release()
         if isinstance(transport, WebSocketStream):
             transport.lift_receive_limit()
         await self._run_session(transport, peer, *admitted)
-        return True
 
     async def _admit(
         self, transport: trio.abc.Stream, peer: str, ticket: Ticket
@@ -465,8 +463,7 @@ class Relay:
             raise
         if verified:
             assert record is not None
-            for limiter, key in charged:
-                limiter.refund(key)
+            _refund(charged)
             self._known[(source, record.id)] = None
             self._known.move_to_end((source, record.id))
             while len(self._known) > self.config.rate_limit_sources:
@@ -512,24 +509,20 @@ class Relay:
         budgets = [(self._logins, source)]
         if not known:
             budgets.append((self._bridge_logins, bridge_id))
-        for limiter, key in budgets:
-            if not limiter.charge(key):
-                for spent, spent_key in charged:
-                    spent.refund(spent_key)
-                charged.clear()
+        for budget, key in budgets:
+            if not budget.charge(key):
+                _refund(charged)
                 raise Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
-            charged.append((limiter, key))
-        limiters = [self._bcrypt_all] if known else [self._bcrypt_strangers, self._bcrypt_all]
-        held = []
+            charged.append((budget, key))
+        slots = [self._bcrypt_all] if known else [self._bcrypt_strangers, self._bcrypt_all]
+        held: list[trio.CapacityLimiter] = []
         try:
             with trio.move_on_after(self.config.bcrypt_wait):
-                for limiter in limiters:
-                    await limiter.acquire()
-                    held.append(limiter)
-            if len(held) < len(limiters):
-                for spent, spent_key in charged:
-                    spent.refund(spent_key)
-                charged.clear()
+                for slot in slots:
+                    await slot.acquire()
+                    held.append(slot)
+            if len(held) < len(slots):
+                _refund(charged)
                 if self._repeats.note("bcrypt"):
                     _log(
                         logging.WARNING,
@@ -540,8 +533,8 @@ class Relay:
                 raise Refused(WelcomeStatus.BUSY, BUSY_MESSAGE)
             yield
         finally:
-            for limiter in reversed(held):
-                limiter.release()
+            for slot in reversed(held):
+                slot.release()
 
     async def _run_session(
         self,
@@ -858,6 +851,13 @@ async def _accept_loop(
             nursery.start_soon(handler, stream, admitted)
         else:
             stream.socket.close()
+
+
+def _refund(charged: list[tuple[LoginLimiter, str]]) -> None:
+    """Give back the login budget charged for a check that succeeded or never ran."""
+    for budget, key in charged:
+        budget.refund(key)
+    charged.clear()
 
 
 def _reason(status: ConnectStatus | None) -> str:
