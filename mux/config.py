@@ -4,16 +4,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import field, frozen, validators
 
 from .frames import INITIAL_WINDOW, MAX_UINT32
 
-_positive_int = [validators.instance_of(int), validators.gt(0)]
-_positive_float = [validators.instance_of((int, float)), validators.gt(0)]
+_positive_int: list[Any] = [validators.instance_of(int), validators.gt(0)]
+_positive_float: list[Any] = [validators.instance_of((int, float)), validators.gt(0)]
 
 
 @frozen(kw_only=True)
 class Config:
+    """A session's settings (frozen; every field keyword-only, validated on creation).
+
+    Raises `ValueError` or `TypeError` for a value out of range.
+    """
+
     #: Streams the peer opened that the application has not accepted yet; beyond, a SYN gets
     #: RST. Also how many of our streams may wait for the peer's ACK before opening waits.
     accept_backlog: int = field(default=256, validator=_positive_int)

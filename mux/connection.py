@@ -50,6 +50,21 @@ class _Stream:
 
 
 class Connection:
+    """The yamux protocol state of one session, without I/O (as h11's `Connection`).
+
+    Feed what the transport delivers to `receive_data` and act on the events it returns;
+    call the sending methods and write what `data_to_send` returns to the transport.
+    ``client`` picks odd stream IDs for the streams we open. ``clock`` (seconds, monotonic)
+    drives window growth and the stream deadlines.
+
+    Errors: a call the protocol does not allow in the current state (a bug of the caller)
+    raises `LocalProtocolError` and changes nothing. A peer that breaks the protocol makes
+    `receive_data` raise `RemoteProtocolError`, after queuing a GoAway with the error's code;
+    the connection is then over (`terminated`): sending methods raise `LocalProtocolError`
+    and `receive_data` raises the same error again. Nothing here blocks or awaits, so there
+    is no cancellation to speak of.
+    """
+
     def __init__(
         self,
         *,
@@ -88,27 +103,43 @@ class Connection:
 
     @property
     def streams_open(self) -> int:
+        """Streams open in either direction (not yet forgotten)."""
         return len(self._streams)
 
     @property
     def rtt(self) -> float:
+        """The round-trip time given to `set_rtt` (0.0 until then)."""
         return self._rtt
 
     def stream_state(self, stream_id: int) -> StreamState | None:
+        """The stream's state, or None once the connection has forgotten it (closed both
+        ways, reset, or never opened): the one answer to "is this stream still here"."""
         stream = self._streams.get(stream_id)
         return stream.state if stream is not None else None
 
+    def can_send(self, stream_id: int) -> bool:
+        """Whether data may be sent on the stream: it is open and our half is not closed."""
+        stream = self._streams.get(stream_id)
+        return stream is not None and stream.state in CAN_SEND
+
     def send_window(self, stream_id: int) -> int:
+        """How many bytes the peer lets us send on the stream now.
+
+        Raises `LocalProtocolError` if the stream is not open.
+        """
         return self._stream(stream_id).send_window
 
     def pending_output(self) -> int:
+        """How many bytes `data_to_send` would return now."""
         return len(self._out)
 
     def set_rtt(self, seconds: float) -> None:
+        """Record a measured round-trip time: windows grow faster when the RTT is known."""
         self._rtt = seconds
 
     @property
     def unacknowledged_streams(self) -> int:
+        """Streams we opened that the peer has neither acknowledged nor refused yet."""
         return len(self._unacknowledged)
 
     def overdue_streams(self, opened_before: float) -> list[int]:
@@ -123,6 +154,7 @@ class Connection:
     # ---- sending ----------------------------------------------------------------------
 
     def data_to_send(self) -> bytearray:
+        """Everything queued for the transport, in order; the caller owns the buffer."""
         out = self._out
         self._out = bytearray()
         self.bytes_sent += len(out)
@@ -138,6 +170,11 @@ class Connection:
         self._out += HEADER.pack(0, type, flags, stream_id, length)
 
     def open_stream(self) -> int:
+        """Open a stream (queues its SYN) and return its ID; data may be sent at once.
+
+        Raises `LocalProtocolError` after GoAway (either way), once the session is over, or
+        when the stream IDs are exhausted.
+        """
         self._check_alive()
         if self.remote_go_away or self.local_go_away:
             raise LocalProtocolError("no new streams after GoAway")
@@ -151,6 +188,10 @@ class Connection:
         return stream_id
 
     def accept_stream(self, stream_id: int) -> None:
+        """Acknowledge (ACK) a stream the peer opened (`StreamOpened`).
+
+        Raises `LocalProtocolError` if it is not one waiting to be accepted.
+        """
         stream = self._stream(stream_id)
         if stream.accepted or not stream.inbound:
             raise LocalProtocolError(f"stream {stream_id} is not waiting to be accepted")
@@ -159,6 +200,11 @@ class Connection:
         self._frame(_WINDOW_UPDATE, _ACK, stream_id, stream.window.grown())
 
     def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of ``data`` as the send window allows, in frames of at most
+        ``max_frame_size``; return how much that was (0: wait for `WindowUpdated`).
+
+        Raises `LocalProtocolError` if the stream is not open for sending.
+        """
         stream = self._stream(stream_id)
         if stream.state not in CAN_SEND:
             raise LocalProtocolError(f"stream {stream_id} is {stream.state.value}: cannot send")
@@ -176,10 +222,14 @@ class Connection:
         return total
 
     def send_eof(self, stream_id: int) -> None:
+        """Half-close the stream (FIN, after its data). Raises `LocalProtocolError` if our
+        half is closed already or the stream is not open."""
         self._transition(stream_id, StreamInput.SEND_FIN)
         self._frame(_WINDOW_UPDATE, _FIN, stream_id, 0)
 
     def reset_stream(self, stream_id: int) -> None:
+        """Abort the stream (RST); the connection forgets it. Raises `LocalProtocolError` if
+        the stream is not open."""
         self._transition(stream_id, StreamInput.SEND_RST)
         self._frame(_WINDOW_UPDATE, _RST, stream_id, 0)
 
@@ -187,6 +237,7 @@ class Connection:
         """The application is done with the stream, having read all it was sent.
 
         Sends FIN if not sent yet; data that still arrives is answered with RST (as TCP does).
+        Raises `LocalProtocolError` if the stream is not open.
         """
         stream = self._stream(stream_id)
         if stream.state in CAN_SEND:
@@ -196,6 +247,8 @@ class Connection:
             self._lingering[stream_id] = self._clock()
 
     def consumed(self, stream_id: int, amount: int) -> None:
+        """The application read ``amount`` bytes of the stream: credit them back to the peer
+        (a WindowUpdate once half the window is read). Ignored for a forgotten stream."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.state not in CAN_RECEIVE:
             return
@@ -206,10 +259,14 @@ class Connection:
             self._frame(_WINDOW_UPDATE, 0, stream_id, delta)
 
     def send_ping(self, opaque: int) -> None:
+        """Queue a PING; the peer answers with the same ``opaque`` (`PingAcknowledged`).
+        Raises `LocalProtocolError` once the session is over."""
         self._check_alive()
         self._frame(_PING, _SYN, 0, opaque & MAX_UINT32)
 
     def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
+        """Queue a GoAway: the peer may open no more streams (``code`` 0) or the session
+        ends (any other code). Raises `LocalProtocolError` once the session is over."""
         self._check_alive()
         self.local_go_away = True
         self._frame(_GO_AWAY, 0, 0, code)
@@ -217,6 +274,12 @@ class Connection:
     # ---- receiving --------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[ev.Event]:
+        """Parse ``data`` (any split of the byte stream) and return what the peer did.
+
+        `DataReceived` events hold views into ``data``: keep it unchanged while they are in
+        use. Answers (PING ACKs, RSTs for refused streams) are queued for `data_to_send`.
+        Raises `RemoteProtocolError` if the peer broke the protocol (a GoAway is queued).
+        """
         self._check_alive(remote=True)
         self.bytes_received += len(data)
         events: list[ev.Event] = []
@@ -263,15 +326,14 @@ class Connection:
                                 events.append(DataReceived(stream_id, view[pos : pos + length]))
                                 pos += length
                             continue
-                self._on_frame(*header, events)
+                self._on_frame(header, events)
         except RemoteProtocolError as exc:
             self._fail(exc)
             raise
         return events
 
-    def _on_frame(
-        self, version: int, type: int, flags: int, stream_id: int, length: int, events: list
-    ) -> None:
+    def _on_frame(self, header: tuple[int, int, int, int, int], events: list[ev.Event]) -> None:
+        version, type, flags, stream_id, length = header
         check_header(version, type)
         if type in (_DATA, _WINDOW_UPDATE):
             if stream_id == 0:
@@ -287,7 +349,7 @@ class Connection:
             self._on_go_away(length, events)
 
     def _on_stream_frame(
-        self, type: int, flags: int, stream_id: int, length: int, events: list
+        self, type: int, flags: int, stream_id: int, length: int, events: list[ev.Event]
     ) -> None:
         stream = self._streams.get(stream_id)
         if flags & _SYN:
@@ -328,13 +390,13 @@ class Connection:
         if stream is not None:
             self._on_close_flags(stream_id, flags, events)
 
-    def _end_payload(self, events: list) -> None:
+    def _end_payload(self, events: list[ev.Event]) -> None:
         stream_id = self._payload_owner
         self._payload_stream = self._payload_owner = None
         if stream_id is not None and stream_id in self._streams:
             self._on_close_flags(stream_id, self._payload_flags, events)
 
-    def _on_close_flags(self, stream_id: int, flags: int, events: list) -> None:
+    def _on_close_flags(self, stream_id: int, flags: int, events: list[ev.Event]) -> None:
         if flags & _RST:
             self._transition(stream_id, StreamInput.RECV_RST)
             events.append(ev.StreamReset(stream_id))
@@ -342,9 +404,9 @@ class Connection:
             before = self._streams[stream_id].state
             after = self._transition(stream_id, StreamInput.RECV_FIN)
             if after is not None and after is not before:
-                events.append(ev.StreamEnded(stream_id))
+                events.append(ev.StreamEnded(stream_id, after is StreamState.CLOSED))
 
-    def _on_syn(self, stream_id: int, events: list) -> _Stream | None:
+    def _on_syn(self, stream_id: int, events: list[ev.Event]) -> _Stream | None:
         if (stream_id & 1) == self.client:
             raise RemoteProtocolError(f"peer opened stream {stream_id}, an ID of ours")
         if stream_id in self._streams:
@@ -363,7 +425,7 @@ class Connection:
         events.append(ev.StreamOpened(stream_id))
         return stream
 
-    def _on_go_away(self, code: int, events: list) -> None:
+    def _on_go_away(self, code: int, events: list[ev.Event]) -> None:
         self.remote_go_away = True
         events.append(ev.GoAwayReceived(code))
         if code != GoAwayCode.NORMAL:

@@ -40,9 +40,14 @@ class DataReceived(Event):
 
 @frozen
 class StreamEnded(Event):
-    """The peer half-closed the stream (FIN): it sends no more data."""
+    """The peer half-closed the stream (FIN): it sends no more data.
+
+    ``closed`` tells whether that closed the stream's last open half: the connection has
+    then forgotten the stream (the answer as of this event, not of the end of the batch).
+    """
 
     stream_id: int
+    closed: bool = False
 
 
 @frozen

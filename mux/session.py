@@ -7,6 +7,12 @@ bytes to the `Connection` and hands the events to streams; one writer that sends
 queued since its last write in one `send_all` (frames of many streams coalesce while a write
 is in flight; a sender writes itself when the transport allows and no write is in flight);
 keepalive pings; and stream-open and stream-close deadlines.
+
+Error contract: every call into the transport goes through one translation boundary
+(`_TRANSPORT_ERRORS`, `Session._connection_lost`): whatever the transport raises (`OSError`,
+`ssl.SSLError`, `trio.BrokenResourceError`, `trio.ClosedResourceError`) ends the session, and
+callers see `SessionClosed` (or `StreamReset` for one stream), a fresh object per raise whose
+``__cause__`` is the transport's error. No error of the sans-IO core escapes the adapter.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import attrs
 import trio
@@ -23,19 +30,30 @@ from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_
 from . import events as ev
 from .config import Config
 from .connection import Connection
-from .errors import RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError
 from .frames import MAX_UINT32
 from .stream import Stream, _Waiter
-from .stream_errors import RemoteGoAway, SessionClosed, StreamReset
+from .stream_errors import RemoteGoAway, SessionClosed, StreamReset, fresh
+
+#: What a transport may raise when the connection fails: `ssl.SSLError` is an `OSError`;
+#: trio's streams raise the other two (a mux `Stream` used as a transport raises
+#: `SessionClosed` or `StreamReset`, both `trio.BrokenResourceError`).
+_TRANSPORT_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @attrs.frozen
 class SessionStatistics:
+    """A snapshot of a session's counters (`Session.statistics`)."""
+
+    #: Streams open in either direction now.
     streams_open: int
+    #: Streams we opened, and streams of the peer's the application accepted, since the start.
     streams_opened_total: int
     streams_accepted_total: int
+    #: Bytes handed to the transport and read from it (frame headers included).
     bytes_sent: int
     bytes_received: int
+    #: The last measured round-trip time in seconds (0.0 before the first ping's answer).
     rtt: float
 
 
@@ -43,7 +61,14 @@ class SessionStatistics:
 async def open_session(
     transport: trio.abc.Stream, *, client: bool, config: Config | None = None
 ) -> AsyncIterator[Session]:
-    """Run a yamux session over ``transport``; leaving the block closes it and its streams."""
+    """Run a yamux session over ``transport``; leaving the block closes it and its streams.
+
+    ``client`` picks the odd stream IDs (the end that dialled, by convention). The session's
+    tasks run in a nursery of their own inside the block; on leaving it, the session sends
+    GoAway, flushes what is queued (within ``config.write_timeout``) and closes the
+    transport, even when the block is left by cancellation. A failure of the transport ends
+    the session (`Session.close_reason` says why); it is not raised out of the block.
+    """
     async with trio.open_nursery() as nursery:
         session = Session(transport, client=client, config=config)
         nursery.start_soon(session._run_background, session._read_loop)
@@ -57,6 +82,13 @@ async def open_session(
 
 
 class Session:
+    """One yamux session over a `trio.abc.Stream`: opens and accepts `Stream` objects.
+
+    Create it with `open_session`. Every method may be called from any task of the program;
+    after the session has ended, `open_stream`, `accept_stream`, `ping` and `go_away` raise
+    `SessionClosed` (a fresh object each time, see `close_reason`).
+    """
+
     def __init__(
         self,
         transport: trio.abc.Stream,
@@ -87,7 +119,7 @@ class Session:
         self._closed = trio.Event()
         self._opened_total = 0
         self._accepted_total = 0
-        self._handlers = {
+        self._handlers: dict[type[ev.Event], Callable[[Any], None]] = {
             ev.DataReceived: self._on_data,
             ev.WindowUpdated: self._on_window_update,
             ev.StreamOpened: self._on_stream_opened,
@@ -103,6 +135,7 @@ class Session:
 
     @property
     def closed(self) -> bool:
+        """Whether the session is over (its `close_reason` is set)."""
         return self._error is not None
 
     @property
@@ -112,10 +145,12 @@ class Session:
 
     @property
     def close_reason(self) -> SessionClosed | None:
-        """Why the session ended (None while it runs)."""
+        """Why the session ended (None while it runs): the record of the `SessionClosed`
+        that calls raise from then on, its ``__cause__`` the transport error if one ended it."""
         return self._error
 
     def statistics(self) -> SessionStatistics:
+        """The session's counters now."""
         conn = self._conn
         return SessionStatistics(
             streams_open=conn.streams_open,
@@ -131,6 +166,10 @@ class Session:
 
         As in hashicorp/yamux, it waits while ``accept_backlog`` of our streams are still
         unacknowledged, so a burst of opens does not overflow the peer's accept backlog.
+
+        Raises `SessionClosed` once the session is over, after GoAway was sent, or when the
+        stream IDs are exhausted; `RemoteGoAway` after the peer's GoAway. A checkpoint:
+        cancelled, it opens nothing.
         """
         await checkpoint_if_cancelled()
         self._check_open()
@@ -141,14 +180,22 @@ class Session:
         else:
             await cancel_shielded_checkpoint()
             self._check_open()  # a GoAway may have gone out while we yielded
-        stream_id = self._conn.open_stream()
+        try:
+            stream_id = self._conn.open_stream()
+        except LocalProtocolError as exc:  # stream IDs exhausted
+            raise SessionClosed(str(exc), clean=True) from exc
         stream = self._streams[stream_id] = Stream(self, stream_id)
         self._opened_total += 1
         self._writer.wake()
         return stream
 
     async def accept_stream(self) -> Stream:
-        """The next stream the peer opened; raises `SessionClosed` once the session is over."""
+        """The next stream the peer opened, waiting for one if needed.
+
+        Streams the peer opened before the session ended are still handed out (what it sent
+        on them can be read); then it raises `SessionClosed`. A checkpoint: cancelled, it
+        takes no stream.
+        """
         await checkpoint_if_cancelled()
         while True:
             while self._accept_queue:
@@ -164,10 +211,11 @@ class Session:
                 await cancel_shielded_checkpoint()
                 return stream
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
             await self._acceptors.park()
 
     def __aiter__(self) -> Session:
+        """Iterating a session accepts its streams: ``async for stream in session``."""
         return self
 
     async def __anext__(self) -> Stream:
@@ -178,7 +226,11 @@ class Session:
             raise StopAsyncIteration from None
 
     async def ping(self) -> float:
-        """Round-trip time to the peer, in seconds."""
+        """Ping the peer and return the round-trip time in seconds.
+
+        Raises `SessionClosed` if the session is or becomes over before the answer comes.
+        Cancellation abandons the wait (the answer, when it comes, is ignored).
+        """
         await checkpoint_if_cancelled()
         self._check_alive()
         opaque = self._next_ping
@@ -197,7 +249,10 @@ class Session:
         return rtt
 
     async def go_away(self) -> None:
-        """Tell the peer to open no more streams; open streams go on. We open none either."""
+        """Tell the peer to open no more streams; open streams go on. We open none either.
+
+        Idempotent. Raises `SessionClosed` if the session is over. A checkpoint.
+        """
         await checkpoint_if_cancelled()
         self._check_alive()
         if not self._conn.local_go_away:
@@ -216,7 +271,11 @@ class Session:
         await cancel_shielded_checkpoint()
 
     async def aclose(self) -> None:
-        """Close every stream, flush what they queued (within write_timeout) and the transport."""
+        """Close every stream, flush what they queued (within write_timeout) and the transport.
+
+        Waits until the transport is closed; idempotent. Cancelling the wait does not stop
+        the closing, which the session's own tasks finish.
+        """
         if self._error is None:
             if not self._conn.local_go_away:
                 self._conn.go_away()
@@ -227,7 +286,7 @@ class Session:
 
     def _check_alive(self) -> None:
         if self._error is not None:
-            raise self._error
+            raise fresh(self._error)
 
     def _check_open(self) -> None:
         self._check_alive()
@@ -267,7 +326,7 @@ class Session:
         sent = 0
         try:
             sent = await send_some(data)
-        except OSError as exc:
+        except _TRANSPORT_ERRORS as exc:
             self._connection_lost(exc)
         finally:
             self._writing = False
@@ -277,11 +336,15 @@ class Session:
                 self._writer.wake()
         return True
 
-    async def _wait_for_send(self, stream: Stream) -> None:
-        if self._conn.send_window(stream.stream_id) == 0:
-            await stream._wait_sendable()
-        else:
-            await self._buffer_space.park()
+    def _send_window(self, stream_id: int) -> int:
+        return self._conn.send_window(stream_id)
+
+    async def _wait_buffer_space(self) -> None:
+        await self._buffer_space.park()
+
+    def _sendable(self, stream_id: int) -> bool:
+        """Whether the core still lets us send on the stream (no FIN sent, not forgotten)."""
+        return self._conn.can_send(stream_id)
 
     def _consumed(self, stream_id: int, amount: int) -> None:
         if self._error is None:
@@ -328,7 +391,13 @@ class Session:
             stream._wake_sender()
 
     def _on_stream_opened(self, event: ev.StreamOpened) -> None:
-        stream = self._streams[event.stream_id] = Stream(self, event.stream_id)
+        stream = Stream(self, event.stream_id)
+        if self._error is not None:
+            # Read in the same batch as the session's end (the writer found the connection
+            # broken meanwhile): handed out like the others, with the session's error.
+            stream._on_error(self._error, discard=False)
+        else:
+            self._streams[event.stream_id] = stream
         self._accept_queue.append(stream)
         self._acceptors.unpark()
 
@@ -336,7 +405,7 @@ class Session:
         stream = self._streams.get(event.stream_id)
         if stream is not None:
             stream._on_eof()
-            if stream._eof_sent:  # both halves are closed: the connection forgot it too
+            if event.closed:
                 del self._streams[event.stream_id]
 
     def _on_stream_accepted(self, event: ev.StreamAccepted) -> None:
@@ -359,11 +428,14 @@ class Session:
 
     # ---- the session's tasks ----------------------------------------------------------
 
-    def _terminate(self, reason: str, *, clean: bool = False) -> None:
+    def _terminate(
+        self, reason: str, *, clean: bool = False, cause: BaseException | None = None
+    ) -> None:
         """End the session: every stream and waiter learns why; the writer flushes and closes."""
         if self._error is not None:
             return
         self._error = error = SessionClosed(reason, clean=clean)
+        error.__cause__ = cause
         for stream in self._streams.values():
             stream._on_error(error, discard=False)
         self._streams.clear()
@@ -388,7 +460,7 @@ class Session:
                 try:
                     events = conn.receive_data(data)
                 except RemoteProtocolError as exc:
-                    self._terminate(f"the peer broke the yamux protocol: {exc}")
+                    self._terminate(f"the peer broke the yamux protocol: {exc}", cause=exc)
                     return
                 for event in events:
                     handlers[type(event)](event)
@@ -399,14 +471,16 @@ class Session:
                     return
                 if conn.pending_output():
                     self._writer.wake()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             self._connection_lost(exc)
 
     def _connection_lost(self, exc: BaseException) -> None:
+        """The translation boundary: a transport error becomes the session's end."""
         # After the peer's GoAway, the connection going away is the orderly end.
         self._terminate(
             f"the connection was lost: {exc or type(exc).__name__}",
             clean=self._conn.remote_go_away and self._conn.terminated is None,
+            cause=exc,
         )
 
     async def _write_loop(self) -> None:
@@ -435,12 +509,15 @@ class Session:
                     self._buffer_space.unpark_all()
             if deadline.cancelled_caught:
                 self._terminate(f"a write to the peer made no progress for {timeout} s")
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             self._connection_lost(exc)
         finally:
             with trio.move_on_after(timeout) as cleanup:
                 cleanup.shield = True
-                await transport.aclose()
+                try:
+                    await transport.aclose()
+                except _TRANSPORT_ERRORS as exc:
+                    self._connection_lost(exc)
             self._closed.set()
             for scope in self._background:
                 scope.cancel()
@@ -516,13 +593,13 @@ def _partial_sender(transport: trio.abc.Stream) -> Callable[[bytearray], Awaitab
     """
     send_some = getattr(transport, "send_some", None)
     if send_some is not None:
-        return send_some
+        return cast("Callable[[bytearray], Awaitable[int]]", send_some)
     if type(transport) is trio.SocketStream:
         return transport.socket.send
     return None
 
 
-def _receiver(transport: trio.abc.Stream) -> Callable[[int], Awaitable[bytes]]:
+def _receiver(transport: trio.abc.Stream) -> Callable[[int], Awaitable[bytes | bytearray]]:
     """How to read from the transport: straight from the socket where it is a plain one
     (skipping a per-read context manager), else through `receive_some`."""
     if type(transport) is trio.SocketStream:

@@ -13,6 +13,8 @@ import enum
 
 
 class StreamState(enum.Enum):
+    """Where a stream is in its life (`TRANSITIONS`)."""
+
     OPEN = "open"
     LOCAL_CLOSED = "half-closed (local)"
     REMOTE_CLOSED = "half-closed (remote)"
@@ -21,6 +23,8 @@ class StreamState(enum.Enum):
 
 
 class StreamInput(enum.Enum):
+    """What happens to a stream: we send, or receive, data, FIN or RST."""
+
     SEND_DATA = "send data"
     SEND_FIN = "send FIN"
     SEND_RST = "send RST"

@@ -3,7 +3,9 @@
 """One yamux stream as a `trio.abc.HalfCloseableStream`.
 
 A stream holds what arrived for it until the application reads it, and at most one parked
-task per direction; nothing else, so that an idle stream costs a few hundred bytes.
+task per direction; nothing else, so that an idle stream costs a few hundred bytes. Its
+protocol state (which halves are open, its send window) lives in the session's sans-IO
+`Connection`, which the stream asks through the session.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from trio.lowlevel import (
     reschedule,
     wait_task_rescheduled,
 )
+
+from .conflict import RECEIVING, SENDING, ConflictDetector
+from .stream_errors import fresh
 
 if TYPE_CHECKING:
     from .session import Session
@@ -56,30 +61,41 @@ class _Waiter:
 
 
 class Stream(trio.abc.HalfCloseableStream):
+    """One yamux stream: a `trio.abc.HalfCloseableStream` made by `Session.open_stream`
+    or `Session.accept_stream` (never directly).
+
+    Errors: a reset stream raises `StreamReset`, a stream of an ended session raises
+    `SessionClosed` (fresh objects each time, both `trio.BrokenResourceError`); using a
+    stream after `aclose` raises `trio.ClosedResourceError`; two tasks sending (or
+    receiving) at once raise `trio.BusyResourceError`. Every async method is a checkpoint,
+    and a cancelled call has no effect, except that `send_all` may have queued part of its
+    data, as trio's streams may.
+    """
+
     __slots__ = (
         "_chunks",
         "_closed",
         "_eof",
-        "_eof_sent",
         "_error",
+        "_receive_conflict",
         "_receive_waiter",
-        "_receiving",
+        "_send_conflict",
         "_send_waiter",
-        "_sending",
         "_session",
         "stream_id",
     )
 
     def __init__(self, session: Session, stream_id: int) -> None:
         self._session = session
+        #: The yamux stream ID (odd for streams the client end opened).
         self.stream_id = stream_id
         self._chunks: deque[bytes | memoryview] | None = None
         self._eof = False
+        #: The record of what broke the stream (a fresh copy is raised each time).
         self._error: BaseException | None = None
-        self._eof_sent = False
         self._closed = False
-        self._receiving = False
-        self._sending = False
+        self._receive_conflict = ConflictDetector(RECEIVING)
+        self._send_conflict = ConflictDetector(SENDING)
         self._receive_waiter: _Waiter | None = None
         self._send_waiter: _Waiter | None = None
 
@@ -91,7 +107,7 @@ class Stream(trio.abc.HalfCloseableStream):
     def _on_data(self, data: memoryview) -> None:
         # Keep a view only where it is most of the read it came from; a small piece is
         # copied so a slow reader cannot pin large receive buffers.
-        piece = data if len(data) * 2 >= data.obj.__len__() else bytes(data)
+        piece = data if len(data) * 2 >= len(data.obj) else bytes(data)  # type: ignore[arg-type]
         if self._chunks is None:
             self._chunks = deque()
         self._chunks.append(piece)
@@ -125,23 +141,31 @@ class Stream(trio.abc.HalfCloseableStream):
         await self._receive_waiter.wait()
 
     async def _wait_sendable(self) -> None:
-        if self._send_waiter is None:
-            self._send_waiter = _Waiter()
-        await self._send_waiter.wait()
+        """Wait for send window (woken by the peer's window update) or for room in the
+        session's write buffer, whichever is missing."""
+        if self._session._send_window(self.stream_id) == 0:
+            if self._send_waiter is None:
+                self._send_waiter = _Waiter()
+            await self._send_waiter.wait()
+        else:
+            await self._session._wait_buffer_space()
 
     # ---- trio.abc.ReceiveStream -------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Up to ``max_bytes`` (default 256 KiB) of what the peer sent; ``b""`` after its FIN.
+
+        Waits until something arrived. Reading credits the peer's send window. Raises
+        `StreamReset` (unread data is discarded), `SessionClosed` once what arrived before
+        the session ended is read, `trio.ClosedResourceError` after `aclose`.
+        """
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
         else:
             max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        self._receiving = True
-        try:
+        with self._receive_conflict:
             await checkpoint_if_cancelled()
             waited = False
             while True:
@@ -154,19 +178,18 @@ class Stream(trio.abc.HalfCloseableStream):
                     data = b""
                     break
                 if self._error is not None:
-                    raise self._error
+                    raise fresh(self._error)
                 await self._wait_receivable()
                 waited = True
             if not waited:
                 await cancel_shielded_checkpoint()
             return data
-        finally:
-            self._receiving = False
 
     def _take(self, max_bytes: int) -> bytes | bytearray:
         chunks = self._chunks
         assert chunks
         head = chunks[0]
+        data: bytes | bytearray
         if len(head) >= max_bytes or len(chunks) == 1:
             if len(head) > max_bytes:
                 data = bytes(head[:max_bytes])
@@ -191,19 +214,21 @@ class Stream(trio.abc.HalfCloseableStream):
     # ---- trio.abc.SendStream ----------------------------------------------------------
 
     def _check_sendable(self) -> None:
-        if self._closed or self._eof_sent:
-            raise trio.ClosedResourceError("the stream was closed for sending")
+        if self._closed:
+            raise trio.ClosedResourceError("the stream was closed")
         if self._error is not None:
-            raise self._error
-
-    def _enter_send(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
+            raise fresh(self._error)
+        if not self._session._sendable(self.stream_id):
+            raise trio.ClosedResourceError("the stream was closed for sending")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._enter_send()
-        try:
+        """Send all of ``data``, waiting for send window and write-buffer room as needed.
+
+        Returns once the data is queued for the transport (not when the peer has it).
+        Raises `StreamReset`, `SessionClosed`, or `trio.ClosedResourceError` after
+        `send_eof` or `aclose`. Cancelled midway, part of ``data`` may have been queued.
+        """
+        with self._send_conflict:
             await checkpoint_if_cancelled()
             self._check_sendable()
             session = self._session
@@ -216,50 +241,54 @@ class Stream(trio.abc.HalfCloseableStream):
                         view = view[queued:]
                         checkpointed |= await session._flush()
                     else:
-                        await session._wait_for_send(self)
+                        await self._wait_sendable()
                         checkpointed = True
+                    # Also after the last write: a write that failed raises SessionClosed.
                     self._check_sendable()
             if not checkpointed:
                 await cancel_shielded_checkpoint()
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        self._enter_send()
-        try:
+        """Wait until there is send window and write-buffer room for at least one frame.
+
+        Raises as `send_all` does.
+        """
+        with self._send_conflict:
             await checkpoint_if_cancelled()
             self._check_sendable()
             if self._session._can_send(self.stream_id):
                 await cancel_shielded_checkpoint()
             else:
-                await self._session._wait_for_send(self)
+                await self._wait_sendable()
                 self._check_sendable()
-        finally:
-            self._sending = False
 
     async def send_eof(self) -> None:
-        self._enter_send()
-        try:
+        """Half-close: send FIN after the data already queued; we may still receive.
+
+        Idempotent. Raises `StreamReset` or `SessionClosed` if the stream is broken,
+        `trio.ClosedResourceError` after `aclose`. A checkpoint.
+        """
+        with self._send_conflict:
             await checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed")
-            if not self._eof_sent:
-                if self._error is not None:
-                    raise self._error
-                self._eof_sent = True
+            if self._error is not None:
+                raise fresh(self._error)
+            if self._session._sendable(self.stream_id):
                 self._session._send_eof(self.stream_id)
             await cancel_shielded_checkpoint()
-        finally:
-            self._sending = False
 
     # ---- closing ----------------------------------------------------------------------
 
     async def aclose(self) -> None:
+        """Close the stream: FIN after the queued data, or RST if received data was left
+        unread (as TCP does). Never raises for a broken stream; idempotent; a checkpoint,
+        but the stream is closed even if the call is cancelled."""
         self._close(reset=bool(self._chunks))
         await checkpoint()
 
     def reset(self) -> None:
-        """Abort the stream at once: the peer's reads and writes fail (RST)."""
+        """Abort the stream at once: the peer's reads and writes fail (RST). Idempotent."""
         self._close(reset=True)
 
     def _close(self, reset: bool) -> None:

@@ -25,15 +25,19 @@ class WindowBudget:
         self.available = size
 
     def take(self, wanted: int) -> int:
+        """Take up to ``wanted`` bytes of growth; return how much was granted."""
         granted = min(wanted, self.available)
         self.available -= granted
         return granted
 
     def give_back(self, amount: int) -> None:
+        """Return growth taken by a window that is gone."""
         self.available += amount
 
 
 class ReceiveWindow:
+    """How much the peer may still send on one stream, and when to credit it back."""
+
     __slots__ = ("credit", "epoch", "size", "unacknowledged")
 
     def __init__(self) -> None:
@@ -43,6 +47,7 @@ class ReceiveWindow:
         self.epoch = 0.0
 
     def receive(self, length: int) -> None:
+        """The peer sent ``length`` bytes. Raises `RemoteProtocolError` beyond the window."""
         if length > self.credit:
             raise RemoteProtocolError(
                 f"peer sent {length} bytes with only {self.credit} left in the receive window"

@@ -21,12 +21,14 @@ from typing import Any
 
 import trio
 
+from relay.audit import Caller
 from relay.errors import RelayError
 
 log = logging.getLogger("relay.admin")
 
 SOCKET_NAME = "relay.sock"
 MAX_LINE = 64 * 1024
+PROBE_LABEL = "bridge-relay test"
 
 
 class AdminUnavailable(RelayError):
@@ -113,7 +115,7 @@ async def _dispatch(relay, request: dict[str, Any]) -> dict[str, Any]:
     if op == "test":
         bridge, host, port = str(request["bridge"]), str(request["host"]), int(request["port"])
         try:
-            address = await relay.probe(bridge, host, port)
+            address = await relay.probe(bridge, host, port, caller=Caller("test", PROBE_LABEL))
         except RelayError as exc:
             return {"ok": False, "error": str(exc), "kind": type(exc).__name__}
         return {"ok": True, "address": address}
@@ -121,6 +123,9 @@ async def _dispatch(relay, request: dict[str, Any]) -> dict[str, Any]:
 
 
 async def read_line(stream: trio.abc.ReceiveStream) -> bytes:
+    """One line from `stream`, without its newline (bytes after it are dropped). Raises
+    ValueError for a line longer than MAX_LINE, `trio.BrokenResourceError` when the stream
+    ends first. Cancelled, the bytes read so far are lost."""
     buffer = bytearray()
     while b"\n" not in buffer:
         if len(buffer) > MAX_LINE:

@@ -27,6 +27,7 @@ VALIDITY = datetime.timedelta(days=3650)
 
 
 def default_hostnames() -> list[str]:
+    """What the self-signed certificate covers: localhost, 127.0.0.1, ::1 and this host's name."""
     names = ["localhost", "127.0.0.1", "::1"]
     if (host := socket.gethostname()) and host not in names:
         names.append(host)

@@ -9,9 +9,12 @@ Exit status: 0 success (for `serve`: stopped by SIGTERM or SIGINT), 1 the operat
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -30,7 +33,8 @@ from bridge.ops.metrics import serve_metrics
 from bridge.ops.systemd import Notifier, run_watchdog
 from bridge.protocol.addresses import format_host_port, parse_host_port, parse_listen_address
 from bridge.transport.websocket import DEFAULT_PATH, WebSocketConfig
-from relay import admin
+from relay import admin, audit_log
+from relay.audit import AuditConfig, admin_event
 from relay.certificates import ensure_self_signed, fingerprint, server_ssl_context
 from relay.config import RelayConfig, parse_networks
 from relay.credentials import DEFAULT_COST, check_cost
@@ -115,7 +119,9 @@ def _cost(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    """The ``bridge-relay`` argument parser; its ``error`` raises `UsageError` instead of
+    exiting."""
+    common = _Parser(add_help=False)
     common.add_argument(
         "--data-dir",
         metavar="DIR",
@@ -351,6 +357,24 @@ def build_parser() -> argparse.ArgumentParser:
             "off",
         ),
     )
+    _add_audit_log(serve, "append an audit event per tunnel opened, still open, and closed")
+    serve.add_argument(
+        "--audit-interval",
+        metavar="SECONDS",
+        type=_type(_seconds),
+        default=os.environ.get("RELAY_AUDIT_INTERVAL", f"{AuditConfig().interval:g}"),
+        help=_env_help(
+            "how often a tunnel that stays open gets an audit event with its bytes so far",
+            "RELAY_AUDIT_INTERVAL",
+            f"{AuditConfig().interval:g}",
+        ),
+    )
+    serve.add_argument(
+        "--node",
+        metavar="NAME",
+        default=os.environ.get("RELAY_NODE"),
+        help=_env_help("this relay's name in audit events", "RELAY_NODE", "host name:agent port"),
+    )
     _add_cost(
         serve,
         "bcrypt cost of the stored secrets (unknown bridge IDs are checked "
@@ -392,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("name", metavar="NAME", help="1 to 64 letters, digits, '-' or '_'")
     _add_cost(create, "bcrypt cost of the secret's hash")
+    _add_audit_log(create, "append an audit event for the change")
     actions.add_parser(
         "list",
         parents=[common],
@@ -406,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and refuses them from then on.",
     )
     delete.add_argument("bridge", metavar="BRIDGE", help="name or ID")
+    _add_audit_log(delete, "append an audit event for the change")
     rotate = actions.add_parser(
         "rotate",
         parents=[common],
@@ -415,6 +441,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotate.add_argument("bridge", metavar="BRIDGE", help="name or ID")
     _add_cost(rotate, "bcrypt cost of the new secret's hash")
+    _add_audit_log(rotate, "append an audit event for the change")
+
+    audit = commands.add_parser(
+        "audit",
+        parents=[common],
+        help="show the audit log",
+        description="Show the audit events of the log written by 'serve --audit-log' and the "
+        "'bridges' commands: tunnels opened, refused, still open and closed, with their "
+        "bytes each way; bridges created, deleted and rotated.",
+    )
+    _add_audit_log(audit, "the audit log to read")
+    audit.add_argument(
+        "--bridge",
+        metavar="BRIDGE",
+        help="only events of this bridge, by name or ID (default: all)",
+    )
+    audit.add_argument(
+        "--since",
+        metavar="TIME",
+        type=_type(audit_log.parse_since),
+        help="only events from TIME on: a duration back from now (30s, 15m, 2h, 7d) or an "
+        "ISO 8601 date or time, local unless it ends in Z or an offset (default: all)",
+    )
+    audit.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line, as stored in the log (default: a table)",
+    )
 
     test = commands.add_parser(
         "test",
@@ -459,6 +513,15 @@ def _add_cost(parser: argparse.ArgumentParser, text: str) -> None:
     )
 
 
+def _add_audit_log(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        default=os.environ.get("RELAY_AUDIT_LOG"),
+        help=_env_help(f"{text} (JSON lines)", "RELAY_AUDIT_LOG", "none"),
+    )
+
+
 def _add_logging(parser: argparse.ArgumentParser, default_level: str) -> None:
     parser.add_argument(
         "--log-level",
@@ -479,6 +542,8 @@ def _add_logging(parser: argparse.ArgumentParser, default_level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay serve``: run the relay until SIGINT or SIGTERM (then drain); returns 0. Raises
+    `UsageError` or `Failure` with a one-line message."""
     logs.configure(args.log_level, args.log_format)
     forwards = args.forward
     if forwards is None:
@@ -533,8 +598,15 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         mux=mux.Config(
             keepalive_interval=args.keepalive_interval, ping_timeout=args.keepalive_timeout
         ),
+        node=args.node or None,
+        audit=AuditConfig(interval=args.audit_interval),
     )
     relay = Relay(store, ssl_context, config=config)
+    if args.audit_log:
+        try:
+            relay.audit_trail.add_sink(audit_log.JsonLinesSink(args.audit_log))
+        except OSError as exc:
+            raise Failure(f"cannot open the audit log {args.audit_log}: {_reason(exc)}") from None
     _run_trio(
         partial(
             _serve,
@@ -566,6 +638,47 @@ async def _serve(
 ) -> None:
     host, port = listen
     notifier = Notifier.from_environ()
+    # The audit task outlives the serving tasks, so that it writes the close events of the
+    # tunnels cut at the end.
+    async with trio.open_nursery() as audit:
+        await audit.start(relay.audit_trail.run)
+        audit.start_soon(_reopen_on_sighup, relay)
+        await _serve_until_signal(
+            relay,
+            data_dir,
+            cert_fingerprint,
+            notifier,
+            host=host,
+            port=port,
+            listen_ws=listen_ws,
+            forwards=forwards,
+            socks=socks,
+            socks_config=socks_config,
+            metrics=metrics,
+        )
+        audit.cancel_scope.cancel()
+
+
+async def _reopen_on_sighup(relay: Relay) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            relay.audit_trail.reopen()
+
+
+async def _serve_until_signal(
+    relay: Relay,
+    data_dir: Path,
+    cert_fingerprint: str,
+    notifier: Notifier,
+    *,
+    host: str,
+    port: int,
+    listen_ws: tuple[str, int] | None,
+    forwards: list[ForwardSpec],
+    socks: tuple[str, int] | None,
+    socks_config: SocksConfig,
+    metrics: tuple[str, int] | None,
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             listeners = await _start(
@@ -685,6 +798,8 @@ async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: 
 
 
 def cmd_fingerprint(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay fingerprint``: print the certificate's fingerprint. Raises `Failure` when the
+    certificate cannot be read."""
     try:
         cert = args.cert if args.cert is not None else ensure_self_signed(data_dir)[0]
         print(fingerprint(cert))
@@ -696,12 +811,21 @@ def cmd_fingerprint(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay bridges create|list|delete|rotate``. Raises `UsageError` or `Failure` with a
+    one-line message."""
     if args.action is None:
         raise UsageError("bridges needs an action: create, list, delete or rotate")
     store = _open_store(data_dir)
+    audit_path = getattr(args, "audit_log", None)
+    if audit_path:
+        try:
+            audit_log.append(audit_path, [])  # can it be written? Checked before any change.
+        except OSError as exc:
+            raise Failure(f"cannot write the audit log {audit_path}: {_reason(exc)}") from None
     try:
         if args.action == "create":
             bridge_id, secret = store.create_bridge(args.name, cost=args.bcrypt_cost)
+            _audit_admin(audit_path, "bridge.created", store.get(bridge_id), args.action)
             print(f"BRIDGE_ID={bridge_id}")
             print(f"BRIDGE_SECRET={secret}", flush=True)
             _note(
@@ -712,6 +836,7 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
             _list_bridges(store, data_dir)
         elif args.action == "delete":
             record = store.delete(args.bridge)
+            _audit_admin(audit_path, "bridge.deleted", record, args.action)
             print(
                 f"Deleted bridge {record.name} ({record.id}); a running relay disconnects "
                 "its agents within 2 seconds."
@@ -719,6 +844,7 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
         elif args.action == "rotate":
             record = store.get(args.bridge)
             secret = store.rotate(record.id, cost=args.bcrypt_cost)
+            _audit_admin(audit_path, "bridge.rotated", record, args.action)
             print(f"BRIDGE_SECRET={secret}", flush=True)
             _note(
                 f"New secret for bridge {record.name} ({record.id}); the old one no longer "
@@ -729,6 +855,29 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
     except sqlite3.Error as exc:
         raise Failure(f"bridge store {data_dir / STORE_FILE}: {exc}") from None
     return 0
+
+
+def _audit_admin(path: str | None, kind: str, record: Any, action: str) -> None:
+    """Append the admin event of a change already made; a failure to write it is reported
+    (exit 1) after the command's own output."""
+    if not path:
+        return
+    try:
+        user: str | None = getpass.getuser()
+    except (OSError, KeyError):
+        user = None
+    event = admin_event(
+        kind, record, f"{PROG} bridges {action}", user=user, node=socket.gethostname()
+    )
+    try:
+        audit_log.append(path, [event])
+    except OSError as exc:
+        _note(f"{PROG}: cannot write the audit log {path}: {_reason(exc)}")
+        raise SystemExit(1) from None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _list_bridges(store: SQLiteStore, data_dir: Path) -> None:
@@ -773,6 +922,8 @@ def _when(timestamp: float | None) -> str:
 
 
 def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay test BRIDGE HOST:PORT``: ask the running relay to open a tunnel; 0 when the
+    agent reached the target, 1 with its reason when not. Raises `UsageError` or `Failure`."""
     store = _open_store(data_dir)
     try:
         record = store.get(args.bridge)
@@ -806,7 +957,33 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace, data_dir: Path) -> int:
+    if not args.audit_log:
+        raise UsageError("audit needs the log to read: --audit-log PATH (or RELAY_AUDIT_LOG)")
+    selected = []
+    unreadable = 0
+    try:
+        for event in audit_log.read(args.audit_log):
+            if event is None:
+                unreadable += 1
+            elif audit_log.matches(event, bridge=args.bridge, since=args.since):
+                selected.append(event)
+    except OSError as exc:
+        raise Failure(f"cannot read the audit log {args.audit_log}: {_reason(exc)}") from None
+    if args.json:
+        for event in selected:
+            print(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+    elif selected:
+        print("\n".join(audit_log.table(selected)))
+    else:
+        _note("No audit events match." if args.bridge or args.since else "No audit events yet.")
+    if unreadable:
+        _note(f"{unreadable} lines of {args.audit_log} are not audit events: skipped.")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay demo``: see `relay.demo.run_demo`."""
     from relay.demo import run_demo
 
     logs.configure(args.log_level, args.log_format)
@@ -856,16 +1033,19 @@ _COMMANDS = {
     "fingerprint": cmd_fingerprint,
     "bridges": cmd_bridges,
     "test": cmd_test,
+    "audit": cmd_audit,
     "demo": cmd_demo,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``bridge-relay`` command: returns the exit status (1 for a `Failure`, 2 for a
+    `UsageError`, each printed as one line). Never raises for a user's mistake."""
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError(
-                "a command is required: serve, fingerprint, bridges, test or demo "
+                "a command is required: serve, fingerprint, bridges, test, audit or demo "
                 "(see bridge-relay --help)"
             )
         data_dir = Path(

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from relay.audit import AuditConfig
 from relay.credentials import DEFAULT_COST, check_cost
 
 if TYPE_CHECKING:
     import mux
 
-_seconds = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+_seconds: list[Callable[[Any, Any, Any], Any]] = [
+    attrs.validators.instance_of((int, float)),
+    attrs.validators.gt(0),
+]
 _count = [attrs.validators.instance_of(int), attrs.validators.gt(0)]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -76,6 +81,8 @@ class RelayConfig:
     max_pending_opens: streams of one bridge waiting for the agent's answer about a target.
     drain_timeout: on shutdown, how long open streams may go on after GoAway.
     mux: yamux settings for agent sessions (None: the defaults), keepalive included.
+    node: this relay's name in audit events (None: host name and agent port, `host:4000`).
+    audit: the audit trail's queue and progress interval.
     """
 
     handshake_timeout: float = attrs.field(default=10.0, validator=_seconds)
@@ -96,3 +103,5 @@ class RelayConfig:
     max_pending_opens: int = attrs.field(default=256, validator=_count)
     drain_timeout: float = attrs.field(default=30.0, validator=_seconds)
     mux: mux.Config | None = None
+    node: str | None = None
+    audit: AuditConfig = attrs.field(factory=AuditConfig)

@@ -37,6 +37,7 @@ def new_secret() -> str:
 
 
 def check_cost(cost: int) -> int:
+    """`cost` if it is a bcrypt cost from MIN_COST to MAX_COST; else ValueError saying so."""
     if not MIN_COST <= cost <= MAX_COST:
         raise ValueError(f"bcrypt cost must be between {MIN_COST} and {MAX_COST}, not {cost}")
     return cost
@@ -94,13 +95,14 @@ class Verifier:
         message = b"\0".join([bridge_id.encode(), stored_hash, secret])
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    async def prepare(self) -> None:
-        """Make the dummy hash now, so the first unknown ID costs no more than later ones.
-        Made once: concurrent callers wait for the first."""
+    async def prepare(self) -> bytes:
+        """Make the dummy hash now, so the first unknown ID costs no more than later ones;
+        returns it. Made once: concurrent callers wait for the first."""
         if self._dummy is None:
             async with self._preparing:
                 if self._dummy is None:
                     self._dummy = await self._run(hash_secret, new_secret(), self._cost)
+        return self._dummy
 
     async def verify(
         self,
@@ -120,10 +122,8 @@ class Verifier:
         """
         if stored_hash is None:
             if not cached_only:
-                await self.prepare()
-                assert self._dummy is not None
-                mac = self._mac("", self._dummy, secret)
-                await self._check(mac, secret, self._dummy, budget)
+                dummy = await self.prepare()
+                await self._check(self._mac("", dummy, secret), secret, dummy, budget)
             return False
         mac = self._mac(bridge_id, stored_hash, secret)
         known = self._verified.get(bridge_id)
@@ -162,6 +162,7 @@ class Verifier:
         return flight.result
 
     def forget(self, bridge_id: str) -> None:
+        """Drop what was verified for `bridge_id` (its secret changed or it was deleted)."""
         self._verified.pop(bridge_id, None)
 
     async def _run(self, fn, *args):

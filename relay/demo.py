@@ -35,6 +35,10 @@ def _say(text: str = "") -> None:
 
 
 async def run_demo(interactive: bool) -> None:
+    """The ``bridge-relay demo`` command: a relay, an agent, an HTTP server behind it and a
+    forward on loopback in a temporary directory; prints requests going through and how to
+    connect. With `interactive`, stays up until SIGINT or SIGTERM. Cancelled, it stops
+    everything and removes the directory."""
     with tempfile.TemporaryDirectory(prefix="bridge-relay-demo-") as data_dir:
         cert, key = ensure_self_signed(data_dir)
         store = MemoryStore()

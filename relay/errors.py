@@ -4,6 +4,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bridge.protocol.connect import ConnectStatus
+
 
 class RelayError(Exception):
     """Base class of every error the relay raises on purpose."""
@@ -44,7 +49,7 @@ class BridgeNotConnected(RelayError):
 class TunnelError(RelayError):
     """A tunneled connection failed; the message says why (usually the agent's own words)."""
 
-    def __init__(self, message: str, *, status: object = None) -> None:
+    def __init__(self, message: str, *, status: ConnectStatus | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status

@@ -13,6 +13,7 @@ import trio
 from bridge.protocol.addresses import format_host_port, format_socket_address, parse_host_port
 from bridge.protocol.connect import ConnectRequest
 from bridge.transport.splice import reset_stream, splice
+from relay.audit import Caller
 from relay.errors import RelayError
 
 log = logging.getLogger("relay.forward")
@@ -30,6 +31,8 @@ class ForwardSpec:
 
     @classmethod
     def parse(cls, text: str) -> ForwardSpec:
+        """``BRIDGE=HOST:PORT[@LISTEN_HOST:LISTEN_PORT]`` -> a ForwardSpec (listening on
+        127.0.0.1, any free port, unless given). Raises ValueError with a one-line message."""
         bridge, sep, rest = text.partition("=")
         if not sep or not bridge:
             raise ValueError(
@@ -45,10 +48,20 @@ class ForwardSpec:
 
     @property
     def target(self) -> str:
+        """``HOST:PORT`` of the target, IPv6 in brackets."""
         return format_host_port(self.host, self.port)
 
     def __str__(self) -> str:
         return f"{self.bridge} -> {self.target}"
+
+    def describe(self, client: trio.SocketStream) -> str:
+        """The forward as `--forward` takes it, with the port it listens on: the caller's
+        name in the audit trail."""
+        try:
+            port = client.socket.getsockname()[1]
+        except OSError:
+            port = self.listen_port
+        return f"{self.bridge}={self.target}@{format_host_port(self.listen_host, port)}"
 
 
 async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -66,6 +79,9 @@ async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATU
 
 
 async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream) -> None:
+    """Tunnel one accepted `client` connection to the spec's target, then close it; a refused
+    tunnel (logged by the relay) closes it at once. Raises nothing for a client or tunnel that
+    breaks (the tunnel is reset then); cancelled, it closes both ends."""
     async with client:
         try:
             peer = format_socket_address(client.socket.getpeername())
@@ -73,7 +89,8 @@ async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream
             return
         started = time.monotonic()
         try:
-            remote = await relay.connect(spec.bridge, spec.host, spec.port)
+            caller = Caller("forward", spec.describe(client), address=peer)
+            remote = await relay.connect(spec.bridge, spec.host, spec.port, caller=caller)
         except RelayError:
             return  # the relay has logged the refusal and its reason
         async with remote:

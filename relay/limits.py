@@ -9,6 +9,7 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 import attrs
 
@@ -114,24 +115,29 @@ class LoginLimiter:
         return due
 
 
-class Repeats:
+K = TypeVar("K", bound=Hashable)
+
+
+class Repeats(Generic[K]):
     """Counts a repeating event per key: `note` is True for the first of a window (log it),
     `summaries` returns the rest once their window of `interval` seconds has ended."""
 
     def __init__(self, interval: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = interval
         self._clock = clock
-        self._windows: dict[Hashable, list[float]] = {}  # key -> [since, count]
+        self._windows: dict[K, tuple[float, int]] = {}  # key -> (since, count)
 
-    def note(self, key: Hashable = None) -> bool:
+    def note(self, key: K) -> bool:
+        """Count one event of `key`: True when it opens a window (log this one), False while one is
+        open."""
         window = self._windows.get(key)
         if window is None:
-            self._windows[key] = [self._clock(), 0]
+            self._windows[key] = (self._clock(), 0)
             return True
-        window[1] += 1
+        self._windows[key] = (window[0], window[1] + 1)
         return False
 
-    def summaries(self) -> list[tuple[Hashable, int, float]]:
+    def summaries(self) -> list[tuple[K, int, float]]:
         """(key, events after the first, seconds) for each window that has ended with more."""
         now = self._clock()
         due = []

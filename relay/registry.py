@@ -27,14 +27,17 @@ class AgentSession:
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
     connected_at: float = attrs.field(factory=time.time)
     close_reason: str | None = None
+    #: The control stream (when the agent supports one), opened first; not a tunnel.
+    control: Any = attrs.field(default=None, repr=False)
 
     def open_streams(self) -> int:
-        return self.mux.streams_open
+        """Tunnels open through this session (the control stream is not one)."""
+        return self.mux.streams_open - (self.control is not None)
 
     def load(self) -> tuple[int, int]:
-        """What new streams are spread by: open streams, then streams opened so far."""
+        """What new streams are spread by: open tunnels, then streams opened so far."""
         stats = self.mux.statistics()
-        return stats.streams_open, stats.streams_opened_total
+        return stats.streams_open - (self.control is not None), stats.streams_opened_total
 
     def close(self, reason: str) -> None:
         """Ends the session (the task serving it logs why and cleans up)."""
@@ -43,6 +46,7 @@ class AgentSession:
         self.cancel_scope.cancel()
 
     def describe(self) -> dict[str, Any]:
+        """What ``bridge-relay bridges list`` shows of the session (JSON-serialisable)."""
         return {
             "peer": self.peer,
             "connected_at": self.connected_at,
@@ -52,6 +56,9 @@ class AgentSession:
 
 
 class Registry:
+    """The live agent sessions by bridge ID (and name). Not thread-safe; used from the relay's
+    Trio run only."""
+
     def __init__(self) -> None:
         self._sessions: dict[str, list[AgentSession]] = {}
         self._ids: dict[str, str] = {}  # bridge name -> ID, for the bridges with sessions
@@ -65,10 +72,12 @@ class Registry:
         return sum(len(sessions) for sessions in self._sessions.values())
 
     def add(self, session: AgentSession) -> None:
+        """Register an authenticated session."""
         self._sessions.setdefault(session.bridge_id, []).append(session)
         self._ids[session.bridge_name] = session.bridge_id
 
     def remove(self, session: AgentSession) -> None:
+        """Forget a session (once it has ended); unknown ones are ignored."""
         sessions = self._sessions.get(session.bridge_id, [])
         if session in sessions:
             sessions.remove(session)
@@ -88,11 +97,14 @@ class Registry:
         return sorted(self.sessions(bridge), key=AgentSession.load)
 
     def open_streams(self, bridge: str) -> int:
+        """Streams open across the sessions of `bridge` (a name or ID)."""
         return sum(session.open_streams() for session in self.sessions(bridge))
 
     def open_streams_total(self) -> int:
+        """Streams open across all sessions."""
         return sum(session.open_streams() for session in self)
 
     def close_bridge(self, bridge_id: str, reason: str) -> None:
+        """End every session of `bridge_id`, giving `reason` (see `AgentSession.close`)."""
         for session in self.sessions(bridge_id):
             session.close(reason)

@@ -46,16 +46,20 @@ from bridge.protocol.connect import (
     ConnectStatus,
     encode_connect_request,
 )
+from bridge.protocol.control import ControlMessage, encode_control
 from bridge.protocol.handshake import (
+    HELLO_VERSION,
     MAX_HELLO,
-    PROTOCOL_VERSION,
+    VERSIONS,
+    Agreement,
     HandshakeError,
     Hello,
     HelloParser,
     UnsupportedVersion,
-    Welcome,
     WelcomeStatus,
     encode_welcome,
+    negotiate,
+    welcome_for,
 )
 from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
@@ -69,6 +73,7 @@ from bridge.transport.websocket import (
     accept_websocket,
 )
 from relay.admission import AdmissionGate, DropLog, Ticket
+from relay.audit import BRIDGE_DELETED, SECRET_ROTATED, AuditHook, AuditTrail, Caller
 from relay.config import RelayConfig
 from relay.credentials import Verifier
 from relay.errors import (
@@ -153,7 +158,8 @@ class Relay:
 
     `store` holds the bridges (`SQLiteStore` or `MemoryStore`); `ssl_context` is the server
     context of the agent listener (see `relay.certificates.server_ssl_context`); `metrics`
-    (a fresh `TunnelMetrics` if None) counts sessions, tunnels and refusals.
+    (a fresh `TunnelMetrics` if None) counts sessions, tunnels and refusals. `audit`, if
+    given, is called with every audit event (see `add_audit_hook`).
     """
 
     def __init__(
@@ -163,11 +169,18 @@ class Relay:
         *,
         config: RelayConfig | None = None,
         metrics: TunnelMetrics | None = None,
+        audit: AuditHook | None = None,
     ) -> None:
         self.store = store
         self.ssl_context = ssl_context
         self.config = config = config or RelayConfig()
         self.metrics = metrics or TunnelMetrics()
+        #: Audit events go here: `relay.audit_trail.add_sink(...)`; run by `serve`.
+        self.audit_trail = AuditTrail(
+            self.metrics, config.audit, node=config.node or socket.gethostname()
+        )
+        if audit is not None:
+            self.audit_trail.add_hook(audit)
         self.registry = Registry()
         self._verifier = Verifier(cost=config.bcrypt_cost, threads=config.bcrypt_threads)
         self._logins = LoginLimiter(config.auth_failures_per_minute, config.rate_limit_sources)
@@ -182,7 +195,7 @@ class Relay:
         self._bcrypt_strangers = trio.CapacityLimiter(
             max(1, config.bcrypt_threads - config.bcrypt_reserved)
         )
-        self._repeats = Repeats(config.log_interval)
+        self._repeats: Repeats[str | tuple[str, str]] = Repeats(config.log_interval)
         self._admission = AdmissionGate(config.max_pending)
         self._drops = DropLog(config.log_interval)
         self._accepting: set[trio.CancelScope] = set()
@@ -190,6 +203,20 @@ class Relay:
 
     def __repr__(self) -> str:
         return f"<Relay store={self.store!r} sessions={len(self.registry)}>"
+
+    @property
+    def node(self) -> str:
+        """This relay's name in audit events: `RelayConfig.node`, or the host name and the
+        agent port once `serve` listens."""
+        return self.audit_trail.node
+
+    def add_audit_hook(self, hook: AuditHook) -> None:
+        """Call `hook(event)` with every audit event from now on: a `relay.audit.TunnelEvent`
+        per tunnel opened (or refused), still open every `AuditConfig.interval`, and closed.
+        It runs in the audit task started by `serve`, never on the data path; it should
+        return quickly (events queue behind it, up to `AuditConfig.queue_size`, then are
+        dropped and counted). An exception it raises is logged, not propagated."""
+        self.audit_trail.add_hook(hook)
 
     @property
     def pending(self) -> int:
@@ -209,10 +236,16 @@ class Relay:
         """Accept agents over TLS on host:port until cancelled (port 0: any free port), and run
         the relay's housekeeping (store changes, log summaries).
 
-        `task_status.started` gets the list of `trio.SocketListener`s.
+        `task_status.started` gets the list of `trio.SocketListener`s. Raises OSError when it
+        cannot listen. Cancelling it closes the listeners and ends every agent session at
+        once, cutting their tunnels: call `drain` first to let them finish.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
+        if self.config.node is None:
+            bound = listeners[0].socket.getsockname()[1]
+            self.audit_trail.node = f"{socket.gethostname()}:{bound}"
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.audit_trail.run)
             nursery.start_soon(self._watch_store)
             nursery.start_soon(self._verifier.prepare)
             nursery.start_soon(self._report_repeats)
@@ -282,7 +315,7 @@ class Relay:
         """
         self.stop_accepting()
         for agent in list(self.registry):
-            await _go_away(agent.mux)
+            await _go_away(agent, "relay shutting down")
         # No stream opens once stopping, so a session found idle stays idle.
         while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
             await busy[0].mux.wait_streams_closed()
@@ -406,13 +439,17 @@ class Relay:
         ticket.release()
         if isinstance(transport, WebSocketStream):
             transport.lift_receive_limit()
-        await self._run_session(transport, peer, *admitted)
+        record, hello, agreement, leftover = admitted
+        await self._run_session(transport, peer, record, hello, leftover, agreement=agreement)
 
     async def _admit(
         self, transport: trio.abc.Stream, peer: str, ticket: Ticket
-    ) -> tuple[BridgeRecord, Hello, bytes] | None:
-        """Reads the Hello and answers it. The (record, hello, leftover) of an admitted agent."""
+    ) -> tuple[BridgeRecord, Hello, Agreement, bytes] | None:
+        """Reads the Hello and answers it, in the highest version both sides speak.
+
+        The (record, hello, agreement, leftover) of an admitted agent."""
         parser = HelloParser()
+        agreement = None
         try:
             while True:
                 data = await transport.receive_some(MAX_HELLO)
@@ -422,23 +459,31 @@ class Relay:
                 if (hello := parser.feed(data)) is not None:
                     break
             ticket.protect()
+            if (agreement := negotiate(hello)) is None:
+                offered = ", ".join(map(str, sorted(hello.versions()))) or "none"
+                raise Refused(
+                    WelcomeStatus.UNSUPPORTED_VERSION,
+                    f"no common bridge protocol version: the agent speaks {offered}, "
+                    f"this relay {', '.join(map(str, VERSIONS))}",
+                )
             record = await self._authenticate(hello, peer, ticket.source)
         except UnsupportedVersion as exc:
             refusal = Refused(
-                WelcomeStatus.UNSUPPORTED_VERSION, f"{exc}; this relay speaks {PROTOCOL_VERSION}"
+                WelcomeStatus.UNSUPPORTED_VERSION,
+                f"{exc}; this relay reads Hello version {HELLO_VERSION}",
             )
         except HandshakeError as exc:
             refusal = Refused(WelcomeStatus.MALFORMED, f"malformed handshake: {exc}")
         except Refused as exc:
             refusal = exc
         else:
-            await transport.send_all(
-                encode_welcome(Welcome(WelcomeStatus.OK, f"connected as bridge {record.name}"))
-            )
-            return record, hello, parser.leftover
+            welcome = welcome_for(agreement, WelcomeStatus.OK, f"connected as bridge {record.name}")
+            await transport.send_all(encode_welcome(welcome))
+            return record, hello, agreement, parser.leftover
         if refusal.status not in (WelcomeStatus.AUTH_FAILED, WelcomeStatus.BUSY):
             self._dropped(peer, ticket, refusal.message, "Handshake refused")
-        await transport.send_all(encode_welcome(Welcome(refusal.status, refusal.message)))
+        welcome = welcome_for(agreement, refusal.status, refusal.message)
+        await transport.send_all(encode_welcome(welcome))
         await transport.aclose()
         return None
 
@@ -543,6 +588,8 @@ class Relay:
         record: BridgeRecord,
         hello: Hello,
         leftover: bytes,
+        *,
+        agreement: Agreement,
     ) -> None:
         if leftover:
             transport = PrefixedStream(transport, leftover)
@@ -550,14 +597,14 @@ class Relay:
         agent = AgentSession(record.id, record.name, peer, record.secret_hash, info=hello.info)
         session = None
         try:
-            with agent.cancel_scope:
-                async with mux.open_session(
-                    transport, client=False, config=self.config.mux
-                ) as session:
-                    agent.mux = session
-                    self.registry.add(agent)
-                    self.metrics.sessions.inc(bridge=record.name)
-                    try:
+            async with mux.open_session(transport, client=False, config=self.config.mux) as session:
+                agent.mux = session
+                if "control" in agreement.capabilities:
+                    agent.control = await session.open_stream()  # the first stream: see PROTOCOL.md
+                self.registry.add(agent)
+                self.metrics.sessions.inc(bridge=record.name)
+                try:
+                    with agent.cancel_scope:
                         _log(
                             logging.INFO,
                             "Bridge connected",
@@ -567,12 +614,14 @@ class Relay:
                         self._mark_seen(record.id)
                         self._revalidate(agent)  # the store may have changed while we verified
                         if self._stopping:
-                            await _go_away(session)
+                            await _go_away(agent, "relay shutting down")
                         async for stream in session:  # agents never open streams
                             await trio.aclose_forcefully(stream)
-                    finally:
-                        self.registry.remove(agent)
-                        self.metrics.sessions.dec(bridge=record.name)
+                finally:
+                    self.registry.remove(agent)
+                    self.metrics.sessions.dec(bridge=record.name)
+                if agent.close_reason is not None:
+                    await _tell_closing(agent, agent.close_reason)
         finally:
             ended = session.close_reason if session is not None else None
             level, reason = logging.INFO, agent.close_reason
@@ -669,34 +718,65 @@ class Relay:
             _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
             return
         if record is None:
-            agent.close("bridge deleted")
+            agent.close(BRIDGE_DELETED)
         elif record.secret_hash != agent.secret_hash:
-            agent.close("bridge secret rotated")
+            agent.close(SECRET_ROTATED)
 
     # -- tunnels -------------------------------------------------------------------------
 
     def is_connected(self, bridge: str) -> bool:
+        """Whether an agent of `bridge` (a name or ID) is connected right now."""
         return bool(self.registry.sessions(bridge))
 
-    async def connect(self, bridge: str, host: str, port: int) -> trio.abc.HalfCloseableStream:
+    async def connect(
+        self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
+    ) -> trio.abc.HalfCloseableStream:
         """A stream to host:port through `bridge` (its name or ID).
+
+        `caller` names who asks in the audit trail: a label of the embedding code's choice
+        (a user, a request ID; never a secret) or a `relay.audit.Caller`.
 
         Raises `BridgeNotConnected`, `TargetNotAllowed`, `TargetUnreachable`, `BridgeBusy`
         or another `TunnelError`, each carrying the agent's own message when it gave one;
         `RelayShuttingDown` while the relay drains; ValueError for a host or port that
-        cannot be sent.
+        cannot be sent. Waits at most ``connect_timeout`` for the agent's answer (then
+        `TargetUnreachable`); cancelling it abandons the attempt (the agent's side is reset).
+        The caller owns the returned stream and must close it.
         """
-        stream, _ = await self._open(bridge, host, port)
+        stream, _ = await self._open(bridge, host, port, Caller.of(caller))
         return stream
 
-    async def probe(self, bridge: str, host: str, port: int) -> str:
-        """Check that `bridge` reaches host:port; returns the address the agent dialed."""
-        stream, reply = await self._open(bridge, host, port)
+    async def probe(
+        self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
+    ) -> str:
+        """Check that `bridge` reaches host:port; returns the address the agent dialed.
+        Raises what `connect` raises; the tunnel is closed before it returns."""
+        stream, reply = await self._open(bridge, host, port, Caller.of(caller))
         await trio.aclose_forcefully(stream)
         return reply.message or format_host_port(host, port)
 
     async def _open(
-        self, bridge: str, host: str, port: int
+        self, bridge: str, host: str, port: int, caller: Caller
+    ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
+        if not self.audit_trail.enabled:
+            return await self._open_tunnel(bridge, host, port, caller, 0.0)
+        started = time.monotonic()
+        try:
+            return await self._open_tunnel(bridge, host, port, caller, started)
+        except (Exception, trio.Cancelled) as exc:
+            sessions = self.registry.sessions(bridge)
+            name, bridge_id = bridge, None
+            if sessions:
+                name, bridge_id = sessions[0].bridge_name, sessions[0].bridge_id
+            target = format_host_port(host, port)
+            agent = getattr(exc, "answered_by", None)
+            self.audit_trail.failed(
+                name, bridge_id, caller, target, agent=agent, started=started, error=exc
+            )
+            raise
+
+    async def _open_tunnel(
+        self, bridge: str, host: str, port: int, caller: Caller, started: float
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         request = encode_connect_request(ConnectRequest(host, port))
         target = format_host_port(host, port)
@@ -718,7 +798,9 @@ class Relay:
         pending = self.registry.pending_opens
         pending[bridge_id] = pending.get(bridge_id, 0) + 1
         try:
-            return await self._open_on_any(bridge_id, request, name, target)
+            return await self._open_on_any(
+                bridge_id, request, name, target, caller=caller, started=started
+            )
         except TunnelError as exc:
             busy = isinstance(exc, BridgeBusy)
             self.metrics.refused.inc(reason="busy" if busy else _reason(exc.status))
@@ -748,7 +830,14 @@ class Relay:
         return BridgeBusy(message)
 
     async def _open_on_any(
-        self, bridge_id: str, request: bytes, name: str, target: str
+        self,
+        bridge_id: str,
+        request: bytes,
+        name: str,
+        target: str,
+        *,
+        caller: Caller,
+        started: float,
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         """Try the bridge's sessions, least loaded first, until one gets an answer."""
         tried: set[AgentSession] = set()
@@ -757,7 +846,12 @@ class Relay:
             agent = candidates[0]
             tried.add(agent)
             try:
-                return await self._open_on(agent, request, name, target)
+                return await self._open_on(
+                    agent, request, name, target, caller=caller, asked=started
+                )
+            except TunnelError as exc:
+                exc.answered_by = agent  # type: ignore[attr-defined]  # for the audit trail
+                raise
             except _Retry as retry:
                 failure = retry.error or failure
                 _log(
@@ -773,17 +867,24 @@ class Relay:
         raise BridgeNotConnected(name)
 
     async def _open_on(
-        self, agent: AgentSession, request: bytes, bridge: str, target: str
+        self,
+        agent: AgentSession,
+        request: bytes,
+        bridge: str,
+        target: str,
+        *,
+        caller: Caller,
+        asked: float,
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         started = time.monotonic()
         try:
             stream = await agent.mux.open_stream()
-        except (mux.SessionClosed, mux.LocalProtocolError) as exc:
-            # That session is going away. (open_stream raises LocalProtocolError instead of
-            # SessionClosed when the session ends or says GoAway during its checkpoint.)
+        except mux.SessionClosed as exc:
+            # That session is going away (it ended, or said or got GoAway).
             raise _Retry(None, exc) from None
+        reply = None  # stays None if the agent does not answer within connect_timeout
         try:
-            with trio.move_on_after(self.config.connect_timeout) as deadline:
+            with trio.move_on_after(self.config.connect_timeout):
                 await stream.send_all(request)
                 parser = ConnectReplyParser()
                 while (reply := parser.feed(data := await stream.receive_some(_READ_SIZE))) is None:
@@ -806,7 +907,7 @@ class Relay:
         except BaseException:
             await _reset(stream)
             raise
-        if deadline.cancelled_caught:
+        if reply is None:
             await _reset(stream)
             raise TargetUnreachable(
                 f"No answer from bridge {bridge} about {target} within "
@@ -816,7 +917,10 @@ class Relay:
         if reply.status == ConnectStatus.OK:
             tunnel = PrefixedStream(stream, parser.leftover) if parser.leftover else stream
             elapsed = time.monotonic() - started
-            return self.metrics.opened(tunnel, agent.bridge_name, elapsed), reply
+            metered = self.metrics.opened(tunnel, agent.bridge_name, elapsed)
+            if self.audit_trail.enabled:
+                self.audit_trail.opened(metered, agent, caller, target, asked)
+            return metered, reply
         await trio.aclose_forcefully(stream)
         message = reply.message or f"{reply.status.name.replace('_', ' ').lower()}: {target}"
         if reply.status == ConnectStatus.NOT_ALLOWED:
@@ -865,9 +969,30 @@ def _reason(status: ConnectStatus | None) -> str:
     return "failed" if status is None else status.name.lower()
 
 
-async def _go_away(session: mux.Session) -> None:
+async def _tell_closing(agent: AgentSession, reason: str) -> None:
+    """Tell the agent why the relay ends (or drains) its session, if it has a control stream.
+
+    Queues the message for the session's writer, which flushes it before it closes the
+    connection; waits at most a second for room to queue it."""
+    if agent.control is None:
+        return
+    with trio.move_on_after(1):
+        try:
+            await agent.control.send_all(encode_control(ControlMessage.closing(reason)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+async def _go_away(agent: AgentSession, reason: str) -> None:
+    """No new streams on this session: the agent is told why, then GoAway. The control stream
+    is closed after the message (the agent closes its end on EOF), so that a drain waiting
+    for the session's streams does not wait for it."""
+    await _tell_closing(agent, reason)
+    if (control := agent.control) is not None:
+        agent.control = None
+        await control.aclose()
     try:
-        await session.go_away()
+        await agent.mux.go_away()
     except trio.BrokenResourceError:
         pass
 

@@ -44,6 +44,7 @@ from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import ConnectRequest, ConnectStatus
 from bridge.protocol.refusal import Refused
 from bridge.transport.splice import reset_stream, splice
+from relay.audit import Caller
 from relay.errors import (
     BridgeNotConnected,
     RelayError,
@@ -62,6 +63,8 @@ _USAGE = "ask for HOST.bridge-BRIDGE and let the proxy resolve it (socks5h://, -
 
 
 class Reply(enum.IntEnum):
+    """SOCKS5 reply codes (RFC 1928, section 6)."""
+
     SUCCEEDED = 0x00
     GENERAL_FAILURE = 0x01
     NOT_ALLOWED = 0x02
@@ -181,7 +184,8 @@ async def _serve_client(
         try:
             with trio.fail_after(config.handshake_timeout):
                 request = await _handshake(client, config, metrics)
-            remote = await _open(relay, request)
+            user = None if config.credentials is None else config.credentials[0]
+            remote = await _open(relay, request, Caller("socks", user=user, address=peer))
         except Refused as refusal:
             _log(
                 logging.WARNING,
@@ -236,11 +240,11 @@ async def _serve_client(
         )
 
 
-async def _open(relay, request: _Request) -> trio.abc.HalfCloseableStream:
+async def _open(relay, request: _Request, caller: Caller) -> trio.abc.HalfCloseableStream:
     """The tunnel for `request`; the relay's refusals become SOCKS replies."""
     fields = {"bridge": request.bridge, "target": request.target}
     try:
-        return await relay.connect(request.bridge, request.host, request.port)
+        return await relay.connect(request.bridge, request.host, request.port, caller=caller)
     except (UnknownBridge, BridgeNotConnected) as exc:
         raise _refuse(Reply.NETWORK_UNREACHABLE, str(exc), **fields) from None
     except TargetNotAllowed as exc:

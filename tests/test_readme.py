@@ -28,4 +28,5 @@ def test_embedding_example_runs(tmp_path):
     assert result.stdout.splitlines() == [
         "b'hello through the bridge'",
         "refused: Host not in allowed hosts list: 127.0.0.1:22",
+        "audited: [('tunnel.open', 'ok'), ('tunnel.close', 'ok'), ('tunnel.open', 'refused')]",
     ]

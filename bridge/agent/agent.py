@@ -22,7 +22,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -49,8 +49,15 @@ from bridge.protocol.connect import (
     ConnectStatus,
     encode_connect_reply,
 )
+from bridge.protocol.control import (
+    CLOSING,
+    MAX_CONTROL_MESSAGE,
+    ControlError,
+    ControlParser,
+)
 from bridge.protocol.handshake import (
-    PROTOCOL_VERSION,
+    CAPABILITIES,
+    VERSIONS,
     HandshakeError,
     Hello,
     Welcome,
@@ -68,7 +75,10 @@ from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocke
 
 log = logging.getLogger("bridge.agent")
 
-_positive = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+_positive: list[Callable[[Any, Any, Any], Any]] = [
+    attrs.validators.instance_of((int, float)),
+    attrs.validators.gt(0),
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -149,6 +159,10 @@ class Agent:
     picks one from HTTPS_PROXY and NO_PROXY, as curl does). ``metrics`` (a fresh
     `TunnelMetrics` if None) counts sessions, reconnects, streams, bytes and refusals,
     labelled with the bridge ID.
+
+    Raises ValueError on construction for an invalid relay URL, proxy URL, allow-list entry,
+    bridge ID or secret, and for an empty allow-list. The secret (and a proxy password) is
+    redacted from every later log line.
     """
 
     def __init__(
@@ -169,7 +183,12 @@ class Agent:
         self.allow = allow if isinstance(allow, AllowList) else AllowList.parse(allow)
         if not self.allow:
             raise ValueError("the allow-list is empty: give HOST:PORT entries, or AllowList.any()")
-        info = {"agent": f"trio-bridge/{__version__}", "hostname": socket.gethostname()}
+        info = {
+            "agent": f"trio-bridge/{__version__}",
+            "hostname": socket.gethostname(),
+            "versions": list(VERSIONS),
+            "capabilities": list(CAPABILITIES),
+        }
         self._hello = Hello(bridge_id, secret, info)
         self.bridge_id = bridge_id
         self.ssl_context = ssl_context
@@ -184,6 +203,8 @@ class Agent:
         self._open_streams = 0
         self._stream_ended = ParkingLot()
         self._drain_opened = self._cut = 0
+        #: What the relay said when it last ended (or began to end) a session.
+        self._relay_reason: str | None = None
         logs.register_secret(secret)
         if self.proxy is not None and self.proxy.password:
             logs.register_secret(self.proxy.password)
@@ -203,7 +224,8 @@ class Agent:
 
     def drain(self) -> None:
         """Stop gracefully: no new streams (GoAway), open ones get ``drain_timeout`` to finish,
-        then `run` returns. Without a session (connecting, or waiting to reconnect), at once."""
+        then `run` returns. Without a session (connecting, or waiting to reconnect), at once.
+        Safe to call more than once, from any task of the agent's Trio run; never blocks."""
         if self._draining:
             return
         self._draining = True
@@ -222,6 +244,9 @@ class Agent:
         drain). Raises `AuthenticationFailed` or `RelayRejected` when the relay refuses this
         agent: retrying would not help. A relay that is unavailable is retried, with a
         warning per attempt (an error when its certificate fails verification).
+
+        Cancelled, it closes the session at once: open streams are cut (reset), nothing is
+        drained; use `drain` to stop gracefully.
         """
         address = self.relay_url.address
         backoff = Backoff(self.config.max_backoff)
@@ -231,7 +256,12 @@ class Agent:
             try:
                 await self.run_session(task_status=task_status)
                 reason = "the relay closed the session"
+                if self._relay_reason:
+                    reason += f": {self._relay_reason}"
             except AuthenticationFailed as exc:
+                if self._relay_reason:  # the relay said why it ended the last session
+                    message = f"{exc} (the relay said: {self._relay_reason})"
+                    raise AuthenticationFailed(message, exc.status) from None
                 if self.sessions:  # it worked before: the bridge was deleted or its secret rotated
                     message = (
                         f"{exc} (it was accepted before: "
@@ -268,16 +298,25 @@ class Agent:
         """One session: connect, authenticate, serve; return when the relay ends it cleanly.
 
         Raises `RelayUnavailable` when the relay cannot be reached or the session is lost,
-        `AuthenticationFailed` or `RelayRejected` when the relay refuses this agent.
+        `AuthenticationFailed` or `RelayRejected` when the relay refuses this agent. The
+        relay's reason for ending a session, when it gives one, is logged. Cancelled, it
+        closes the connection and cuts the open streams.
         """
         async with self._connect() as connected:
             if connected is not None:  # None: `drain` was called while connecting
                 await self._serve_session(*connected, task_status=task_status)
 
     async def _serve_session(
-        self, transport: trio.abc.Stream, leftover: bytes, *, task_status: trio.TaskStatus[None]
+        self,
+        transport: trio.abc.Stream,
+        leftover: bytes,
+        capabilities: frozenset[str],
+        *,
+        task_status: trio.TaskStatus[None],
     ) -> None:
         address = self.relay_url.address
+        self._relay_reason = None
+        control = "control" in capabilities  # the relay's first stream is the control stream
         async with mux.open_session(
             PrefixedStream(transport, leftover) if leftover else transport,
             client=True,
@@ -297,17 +336,44 @@ class Agent:
                     watcher = trio.CancelScope()
                     nursery.start_soon(self._drain_when_asked, session, watcher)
                     async for stream in session:
-                        nursery.start_soon(self._serve_stream, session, stream)
+                        if control:
+                            control = False
+                            nursery.start_soon(self._read_control, stream)
+                        else:
+                            nursery.start_soon(self._serve_stream, session, stream)
                     watcher.cancel()
         lost = session.close_reason
         if self._draining:
             return
         reason = str(lost) if lost is not None else "the session ended"
-        log.warning(
-            "Disconnected from bridge server", extra=_fields(address=address, reason=reason)
-        )
+        if self._relay_reason:
+            reason = f"the relay said: {self._relay_reason}"
+        log.warning("Disconnected from the relay", extra=_fields(address=address, reason=reason))
         if lost is not None and not lost.clean:
             raise RelayUnavailable(f"Lost the connection to the relay at {address}: {lost}")
+
+    async def _read_control(self, stream: mux.Stream) -> None:
+        """Read the relay's control messages until the stream or the session ends; what is
+        read before the end (the relay's reason for ending it) is read in full."""
+        parser = ControlParser()
+        try:
+            async with stream:
+                while data := await stream.receive_some(MAX_CONTROL_MESSAGE):
+                    for message in parser.feed(data):
+                        if message.type == CLOSING:
+                            self._relay_reason = reason = _printable(message.reason) or "no reason"
+                            log.warning(
+                                "The relay is ending the session",
+                                extra=_fields(address=self.relay_url.address, reason=reason),
+                            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except ControlError as exc:
+            log.warning(
+                "Invalid control message from the relay",
+                extra=_fields(address=self.relay_url.address, reason=str(exc)),
+            )
+            stream.reset()
 
     async def _drain_when_asked(self, session: mux.Session, scope: trio.CancelScope) -> None:
         """Once `drain` is called: GoAway, wait for the open streams (up to the drain
@@ -331,13 +397,16 @@ class Agent:
     # -- connecting to the relay ------------------------------------------------------------
 
     @asynccontextmanager
-    async def _connect(self) -> AsyncIterator[tuple[trio.abc.Stream, bytes] | None]:
+    async def _connect(
+        self,
+    ) -> AsyncIterator[tuple[trio.abc.Stream, bytes, frozenset[str]] | None]:
         """TCP (through the proxy, if any), TLS, the WebSocket upgrade for wss://, and the
-        handshake. Yields the transport and the bytes after the Welcome, or None when `drain`
-        was called meanwhile; closes the transport at the end."""
+        handshake. Yields the transport, the bytes after the Welcome and the negotiated
+        capabilities, or None when `drain` was called meanwhile; closes the transport at
+        the end."""
         url = self.relay_url
         via = {} if self.proxy is None else {"proxy": self.proxy.address}
-        log.info("Connecting to bridge server", extra=_fields(address=url.address, **via))
+        log.info("Connecting to the relay", extra=_fields(address=url.address, **via))
         with trio.CancelScope() as connecting:  # `drain` cancels it, and so does the deadline
             self._connecting = connecting
             if self._draining:
@@ -373,9 +442,9 @@ class Agent:
                     except WebSocketError as exc:
                         message = f"Cannot connect to the relay at {url}: {exc}"
                         raise RelayUnavailable(message) from None
-                leftover = await self._handshake(transport)
+                leftover, capabilities = await self._handshake(transport)
                 self._connecting, connecting.deadline = None, math.inf
-                yield transport, leftover
+                yield transport, leftover, capabilities
                 return
         self._connecting = None
         if not self._draining:
@@ -403,8 +472,9 @@ class Agent:
             except FingerprintMismatch as exc:
                 raise RelayUntrusted(f"Refusing the relay at {address}: {exc}") from None
 
-    async def _handshake(self, transport: trio.abc.Stream) -> bytes:
-        """Hello, Welcome; returns the bytes received after the Welcome."""
+    async def _handshake(self, transport: trio.abc.Stream) -> tuple[bytes, frozenset[str]]:
+        """Hello, Welcome; returns the bytes received after the Welcome and the capabilities
+        both sides support."""
         address = self.relay_url.address
         parser = WelcomeParser()
         try:
@@ -422,7 +492,7 @@ class Agent:
                 f"Invalid handshake from the relay at {address}: {exc}"
             ) from None
         _check_welcome(welcome, address)
-        return parser.leftover
+        return parser.leftover, welcome.capabilities() & frozenset(CAPABILITIES)
 
     # -- serving one stream -----------------------------------------------------------------
 
@@ -571,9 +641,9 @@ class Agent:
 
 
 def _check_welcome(welcome: Welcome, address: str) -> None:
-    """Raise unless the relay accepted this agent."""
+    """Raise unless the relay accepted this agent in a version it offered."""
     status = welcome.status
-    if status == WelcomeStatus.OK and welcome.version == PROTOCOL_VERSION:
+    if status == WelcomeStatus.OK and welcome.version in VERSIONS:
         return
     reason = f": {_printable(welcome.message)}" if welcome.message else ""
     if status == WelcomeStatus.AUTH_FAILED:
@@ -582,10 +652,17 @@ def _check_welcome(welcome: Welcome, address: str) -> None:
         raise RelayUnavailable(
             f"The relay at {address} cannot take the bridge now ({status.name}){reason}"
         )
-    if status == WelcomeStatus.UNSUPPORTED_VERSION or welcome.version != PROTOCOL_VERSION:
+    if welcome.version in VERSIONS:  # a version both speak: not a reason to give up
+        if status == WelcomeStatus.UNSUPPORTED_VERSION:
+            raise RelayUnavailable(
+                f"The relay at {address} refused the protocol version, yet speaks version "
+                f"{welcome.version}, as this agent does{reason}"
+            )
+    else:
+        speaks = ", ".join(map(str, VERSIONS))
         raise RelayRejected(
             f"The relay speaks bridge protocol version {welcome.version}, "
-            f"this agent version {PROTOCOL_VERSION}{reason}",
+            f"this agent versions {speaks}{reason}",
             WelcomeStatus.UNSUPPORTED_VERSION,
         )
     raise RelayRejected(f"The relay rejected the handshake ({status.name}){reason}", status)

@@ -67,10 +67,13 @@ class Rule:
         return format_host_port(host, port)
 
     def matches_port(self, port: int) -> bool:
+        """Whether the rule covers `port` (a ``*`` rule covers every port)."""
         return self.port is None or self.port == port
 
     @classmethod
     def parse(cls, entry: str) -> Rule:
+        """One allow-list entry: ``HOST:PORT``, ``IP:PORT``, ``[IPV6]:PORT`` or ``CIDR:PORT``, with
+        ``*`` for any port. Raises ValueError with a one-line message saying what is wrong."""
         text = entry.strip()
         if text.startswith("["):
             host, sep, port = text[1:].partition("]:")
@@ -132,6 +135,7 @@ class AllowList:
 
     @classmethod
     def any(cls) -> AllowList:
+        """An allow-list that allows every host and port (``--allow-any``)."""
         return cls(allow_any=True)
 
     def __bool__(self) -> bool:

@@ -30,9 +30,12 @@ class Backoff:
         return min(self.maximum, self.initial * 2 ** min(self.attempts, 64))
 
     def next(self) -> float:
+        """The delay before the next attempt, drawn at random below `ceiling`; counts the
+        attempt."""
         delay = self._random.uniform(0, self.ceiling())
         self.attempts += 1
         return delay
 
     def reset(self) -> None:
+        """Start over from the shortest delays (after a healthy session)."""
         self.attempts = 0

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -75,6 +75,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``bridge-agent`` argument parser; its ``error`` raises `UsageError` instead of
+    exiting."""
     parser = _Parser(
         prog=PROG,
         description="Dial out to a bridge relay over TLS and serve the connections it tunnels "
@@ -240,7 +242,7 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    durations = {}
+    durations: dict[str, Any] = {}
     for flag, name, field, _ in DURATIONS:
         if (text := pick(getattr(args, field), name)) is not None:
             durations[field] = _seconds(text, flag, name)
@@ -272,6 +274,9 @@ def metrics_address(argv: Sequence[str] | None, env: Mapping[str, str]) -> tuple
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """The ``bridge-agent`` command: read flags and environment, run the agent, return the exit
+    status (2 for usage errors, printed as one line; see `run` for the others). Never raises
+    for a user's mistake."""
     try:
         env = os.environ if env is None else env
         agent, level, fmt = load(argv, env)

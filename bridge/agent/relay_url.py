@@ -19,6 +19,9 @@ SCHEMES = tuple(DEFAULT_PORTS)
 
 @attrs.frozen
 class RelayURL:
+    """Where the agent dials: the scheme (``tls`` or ``wss``), host, port, and the WebSocket path
+    for wss://. Build one with `RelayURL.parse`; ``str()`` gives the URL back."""
+
     scheme: str
     host: str
     port: int = DEFAULT_PORT

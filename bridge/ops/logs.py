@@ -4,12 +4,12 @@
 
 Structured fields travel in ``extra={"fields": {...}}``::
 
-    log.info("Connecting to bridge server", extra={"fields": {"address": "relay:4000"}})
+    log.info("Connecting to the relay", extra={"fields": {"address": "relay:4000"}})
 
-Text: ``2026-11-21T01:46:24.123Z<TAB>INFO<TAB>Connecting to bridge server<TAB>{"address": ...}``.
+Text: ``2026-11-21T01:46:24.123Z<TAB>INFO<TAB>Connecting to the relay<TAB>{"address": ...}``.
 Under journald (stderr is the stream ``JOURNAL_STREAM`` names), the syslog priority replaces
 the timestamp, which the journal adds itself, on every line of a record (a traceback's too):
-``<6>INFO<TAB>Connecting to bridge server<TAB>{"address": ...}``, with ``<2>`` CRITICAL,
+``<6>INFO<TAB>Connecting to the relay<TAB>{"address": ...}``, with ``<2>`` CRITICAL,
 ``<3>`` ERROR, ``<4>`` WARNING, ``<6>`` INFO, ``<7>`` DEBUG.
 
 JSON, for log shippers (the same under journald): one object per line,
@@ -130,6 +130,8 @@ class SecretRedactor(logging.Filter):
         self.secrets: set[str] = set()
 
     def redact(self, value: Any) -> Any:
+        """`value` with every registered secret replaced, recursively through dicts, lists and
+        tuples; other objects become their redacted ``str``."""
         if isinstance(value, str):
             for secret in self.secrets:
                 value = value.replace(secret, REDACTED)
@@ -143,12 +145,14 @@ class SecretRedactor(logging.Filter):
         return self.redact(str(value))
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record's message, fields and traceback text in place (once per record); always
+        keeps the record."""
         if not self.secrets or getattr(record, "redacted", False):
             return True
         record.msg = self.redact(record.getMessage())
         record.args = None
-        if isinstance(getattr(record, "fields", None), dict):
-            record.fields = self.redact(record.fields)
+        if isinstance(fields := getattr(record, "fields", None), dict):
+            record.__dict__["fields"] = self.redact(fields)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -204,6 +208,8 @@ class TextFormatter(logging.Formatter):
         self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
+        """One line (with the traceback, if any, on the lines after): timestamp unless journald,
+        level, message, then the fields as JSON; with journald, a priority prefix on every line."""
         parts = [record.levelname, record.getMessage()]
         if not self.journald:
             parts.insert(0, _timestamp(record))
@@ -222,6 +228,7 @@ class JSONFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, event, then the fields (and exc)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON object on one line."""
         entry: dict[str, Any] = {
             "ts": _timestamp(record),
             "level": record.levelname,

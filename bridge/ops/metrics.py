@@ -27,6 +27,7 @@ import h11
 import trio
 
 from bridge.transport.http_status import status_phrase
+from bridge.transport.splice import reset_stream
 
 log = logging.getLogger("bridge.metrics")
 
@@ -52,6 +53,7 @@ class CounterValue:
         self.value: float = 0
 
     def inc(self, amount: float = 1) -> None:
+        """Add `amount`. Raises ValueError for a negative one."""
         if amount < 0:
             raise ValueError(f"a counter cannot go down (inc by {amount})")
         self.value += amount
@@ -66,12 +68,15 @@ class GaugeValue:
         self.value: float = 0
 
     def inc(self, amount: float = 1) -> None:
+        """Add `amount`."""
         self.value += amount
 
     def dec(self, amount: float = 1) -> None:
+        """Subtract `amount`."""
         self.value -= amount
 
     def set(self, value: float) -> None:
+        """Set to `value`."""
         self.value = value
 
     @contextlib.contextmanager
@@ -96,12 +101,14 @@ class HistogramValue:
         self.count = 0
 
     def observe(self, value: float) -> None:
+        """Count `value` in its bucket (bounds are inclusive) and in the sum and count."""
         self.counts[bisect.bisect_left(self.bounds, value)] += 1  # a bound is inclusive (le)
         self.sum += value
         self.count += 1
 
 
 V = TypeVar("V", CounterValue, GaugeValue, HistogramValue)
+S = TypeVar("S", CounterValue, GaugeValue)
 F = TypeVar("F", bound="_Family")
 
 
@@ -153,40 +160,62 @@ class _Family(Generic[V]):
             yield from self._samples(labels, series)
 
     def _samples(self, labels: dict[str, str], series: V) -> Iterator[str]:
+        raise NotImplementedError
+
+
+class _ScalarFamily(_Family[S]):
+    """A family whose series are one number each: counters and gauges."""
+
+    def _samples(self, labels: dict[str, str], series: S) -> Iterator[str]:
         yield f"{self.name}{_labels(labels)} {_number(series.value)}"
 
 
-class Counter(_Family[CounterValue]):
+class Counter(_ScalarFamily[CounterValue]):
+    """A family of counters, one per label set; `inc` and `value` take the labels as keywords."""
+
     kind = "counter"
     _new = CounterValue
 
     def inc(self, amount: float = 1, /, **labels: object) -> None:
+        """Add `amount` to the series of `labels`. Raises ValueError for a negative amount or labels
+        that are not the family's."""
         self.labels(**labels).inc(amount)
 
     def value(self, /, **labels: object) -> float:
+        """The series' value, 0 for a series never touched."""
         series = self._series.get(self._key(labels))
         return 0 if series is None else series.value
 
 
-class Gauge(_Family[GaugeValue]):
+class Gauge(_ScalarFamily[GaugeValue]):
+    """A family of gauges, one per label set; the methods take the labels as keywords."""
+
     kind = "gauge"
     _new = GaugeValue
 
     def inc(self, amount: float = 1, /, **labels: object) -> None:
+        """Add `amount` to the series of `labels`. Raises ValueError for labels that are not the
+        family's."""
         self.labels(**labels).inc(amount)
 
     def dec(self, amount: float = 1, /, **labels: object) -> None:
+        """Subtract `amount` from the series of `labels`."""
         self.labels(**labels).dec(amount)
 
     def set(self, value: float, /, **labels: object) -> None:
+        """Set the series of `labels` to `value`."""
         self.labels(**labels).set(value)
 
     def value(self, /, **labels: object) -> float:
+        """The series' value, 0 for a series never touched."""
         series = self._series.get(self._key(labels))
         return 0 if series is None else series.value
 
 
 class Histogram(_Family[HistogramValue]):
+    """A family of histograms with fixed bucket bounds, one per label set. Raises ValueError on
+    construction for bounds that are empty, not increasing or infinite, and for a label ``le``."""
+
     kind = "histogram"
 
     def __init__(
@@ -204,6 +233,8 @@ class Histogram(_Family[HistogramValue]):
         return HistogramValue(self.bounds)
 
     def observe(self, value: float, /, **labels: object) -> None:
+        """Count `value` in the series of `labels`. Raises ValueError for labels that are not the
+        family's."""
         self.labels(**labels).observe(value)
 
     def _samples(self, labels: dict[str, str], series: HistogramValue) -> Iterator[str]:
@@ -254,9 +285,11 @@ class Metrics:
         return family
 
     def counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
+        """Register and return a `Counter`. Raises ValueError when the name is taken."""
         return self._add(Counter(name, help, labels))
 
     def gauge(self, name: str, help: str, labels: Sequence[str] = ()) -> Gauge:
+        """Register and return a `Gauge`. Raises ValueError when the name is taken."""
         return self._add(Gauge(name, help, labels))
 
     def histogram(
@@ -266,6 +299,8 @@ class Metrics:
         labels: Sequence[str] = (),
         buckets: Iterable[float] = LATENCY_BUCKETS,
     ) -> Histogram:
+        """Register and return a `Histogram`. Raises ValueError when the name is taken or the
+        buckets are invalid."""
         return self._add(Histogram(name, help, labels, buckets))
 
     def render(self) -> str:
@@ -324,7 +359,11 @@ class TunnelMetrics(Metrics):
 
 class MeteredStream(trio.abc.HalfCloseableStream):
     """A stream to a target: bytes sent count as `to_target`, bytes received as
-    `from_target`; it counts in `streams_open` until closed."""
+    `from_target`; it counts in `streams_open` until closed.
+
+    It also keeps this connection's own totals (`bytes_sent`, `bytes_received`), whether it
+    was aborted (`was_reset`), and calls `on_close(self)` once when closed (set it to be
+    told; an exception it raises propagates from `aclose`)."""
 
     def __init__(
         self, stream: trio.abc.HalfCloseableStream, metrics: TunnelMetrics, bridge: str
@@ -334,28 +373,48 @@ class MeteredStream(trio.abc.HalfCloseableStream):
         self._received = metrics.bytes.labels(bridge=bridge, direction="from_target")
         self._open = metrics.streams_open.labels(bridge=bridge)
         self._closed = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.was_reset = False
+        self.on_close: Callable[[MeteredStream], object] | None = None
         metrics.streams.inc(bridge=bridge)
         self._open.inc()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send through the wrapped stream, then count the bytes; raises what it raises (nothing is
+        counted then)."""
         await self.transport_stream.send_all(data)
-        self._sent.inc(memoryview(data).nbytes)
+        size = memoryview(data).nbytes
+        self.bytes_sent += size
+        self._sent.inc(size)
 
     async def wait_send_all_might_not_block(self) -> None:
+        """As the wrapped stream's."""
         await self.transport_stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
+        """Half-close the wrapped stream."""
         await self.transport_stream.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """Receive from the wrapped stream and count the bytes; raises what it raises."""
         data = await self.transport_stream.receive_some(max_bytes)
+        self.bytes_received += len(data)
         self._received.inc(len(data))
         return data
 
+    def reset(self) -> None:
+        """Abort the connection (RST to the far end) through the wrapped streams."""
+        self.was_reset = True
+        reset_stream(self.transport_stream)
+
     async def aclose(self) -> None:
+        """Stop counting the stream as open (once), then close the wrapped stream."""
         if not self._closed:
             self._closed = True
             self._open.dec()
+            if self.on_close is not None:
+                self.on_close(self)
         await self.transport_stream.aclose()
 
 

@@ -46,6 +46,7 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
+        """Whether NOTIFY_SOCKET was set: without it every notification is a no-op."""
         return self.address is not None
 
     @property
@@ -70,15 +71,19 @@ class Notifier:
         return True
 
     def ready(self, status: str | None = None) -> bool:
+        """``READY=1`` (and a status line). Returns whether it was sent; never raises."""
         return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
 
     def status(self, text: str) -> bool:
+        """``STATUS=text``. Returns whether it was sent; never raises."""
         return self.notify(f"STATUS={text}")
 
     def stopping(self, status: str | None = None) -> bool:
+        """``STOPPING=1`` (and a status line). Returns whether it was sent; never raises."""
         return self.notify("STOPPING=1", *([f"STATUS={status}"] if status else []))
 
     def watchdog(self) -> bool:
+        """``WATCHDOG=1``. Returns whether it was sent; never raises."""
         return self.notify("WATCHDOG=1")
 
 

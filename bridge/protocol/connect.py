@@ -31,6 +31,9 @@ class ConnectError(Exception):
 
 
 class ConnectStatus(enum.IntEnum):
+    """The agent's answer to a connect request, one byte on the wire: OK, or why the target
+    cannot be served."""
+
     OK = 0
     NOT_ALLOWED = 1
     DNS_FAILURE = 2
@@ -60,17 +63,28 @@ def _check_message(instance: Any, attribute: attrs.Attribute, value: str) -> Non
 
 @attrs.frozen
 class ConnectRequest:
+    """What the relay asks of the agent at the start of a stream: a connection to host:port.
+
+    Raises ValueError on construction for a host that is not a hostname or IP literal of
+    1..MAX_HOST characters, or a port outside 1..65535."""
+
     host: str = attrs.field(validator=_check_host)
     port: int = attrs.field(validator=_check_port)
 
 
 @attrs.frozen
 class ConnectReply:
+    """The agent's answer to a `ConnectRequest`: a `ConnectStatus` and a message (the address
+    dialed on OK, the reason otherwise). Raises ValueError on construction for a message over
+    MAX_MESSAGE bytes of UTF-8, or a status that is not a `ConnectStatus`."""
+
     status: ConnectStatus = attrs.field(converter=ConnectStatus)
     message: str = attrs.field(default="", validator=_check_message)
 
 
 def encode_connect_request(request: ConnectRequest) -> bytes:
+    """The wire form of `request`. Raises ValueError for a host that is not ASCII or too long
+    (a validated `ConnectRequest` has neither)."""
     return (
         bytes([CONNECT_VERSION])
         + prefixed(1, request.host.encode("ascii"), MAX_HOST, "host")
@@ -79,6 +93,8 @@ def encode_connect_request(request: ConnectRequest) -> bytes:
 
 
 def encode_connect_reply(reply: ConnectReply) -> bytes:
+    """The wire form of `reply`. Raises ValueError for a message too long for the wire (a
+    validated `ConnectReply` has none)."""
     return bytes([reply.status]) + prefixed(2, reply.message.encode(), MAX_MESSAGE, "message")
 
 

@@ -5,6 +5,11 @@
 The agent sends a `Hello` carrying its credentials; the relay answers with a `Welcome`.
 After a `Welcome` with status OK both sides speak yamux over the same bytes. See
 docs/PROTOCOL.md for the wire layout and limits.
+
+Negotiation: the Hello keeps the layout of version 1 (every relay reads it) and lists in its
+``info`` the session versions and capabilities the agent supports. The relay answers in the
+highest version both speak, and from version 2 on its Welcome carries the capabilities both
+sides support. An agent that lists nothing gets a version 1 Welcome, exactly as before.
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ import attrs
 
 from bridge.protocol.wire import MessageParser, Reader, encode_json, is_token, prefixed
 
-PROTOCOL_VERSION = 1
+#: The layout of the Hello: unchanged since version 1, so that every relay reads it.
+HELLO_VERSION = 1
+#: Session versions this code speaks, oldest first: 1 (no Welcome info), 2 (Welcome info
+#: with the negotiated capabilities).
+VERSIONS = (1, 2)
+PROTOCOL_VERSION = VERSIONS[-1]
+#: Capabilities this code supports. "control": the relay opens a control stream first and
+#: sends control messages on it (see `bridge.protocol.control`), e.g. why it closes a session.
+CAPABILITIES = ("control",)
 MAGIC = b"TBRG"
 
 MAX_ID = 64
@@ -24,7 +37,8 @@ MAX_SECRET = 128
 MAX_INFO = 1024
 MAX_MESSAGE = 1024
 MAX_HELLO = len(MAGIC) + 1 + 1 + MAX_ID + 1 + MAX_SECRET + 2 + MAX_INFO  # 1225
-MAX_WELCOME = len(MAGIC) + 1 + 1 + 2 + MAX_MESSAGE  # 1032
+MAX_WELCOME_V1 = len(MAGIC) + 1 + 1 + 2 + MAX_MESSAGE  # 1032
+MAX_WELCOME = MAX_WELCOME_V1 + 2 + MAX_INFO  # 2058
 
 
 class HandshakeError(Exception):
@@ -40,6 +54,8 @@ class UnsupportedVersion(HandshakeError):
 
 
 class WelcomeStatus(enum.IntEnum):
+    """The relay's answer to a `Hello`, one byte on the wire: OK, or why the agent is refused."""
+
     OK = 0
     UNSUPPORTED_VERSION = 1
     AUTH_FAILED = 2
@@ -68,23 +84,98 @@ def _utf8_at_most(high: int):
 
 @attrs.frozen
 class Hello:
+    """The agent's first message: its bridge ID and secret (printable ASCII without spaces,
+    within MAX_ID and MAX_SECRET characters) and a JSON object describing the agent: its name
+    and host for people, and ``versions`` and ``capabilities`` (lists) for the negotiation.
+    The secret is left out of ``repr``. Raises ValueError on construction for an ID or secret
+    that breaks those rules."""
+
     bridge_id: str = attrs.field(validator=_token(1, MAX_ID))
     secret: str = attrs.field(repr=False, validator=_token(1, MAX_SECRET))
     info: dict[str, Any] = attrs.field(factory=dict, validator=attrs.validators.instance_of(dict))
 
+    def versions(self) -> set[int]:
+        """The session versions the agent offers: {1} when it lists none (before 0.2)."""
+        offered = self.info.get("versions")
+        if not isinstance(offered, list):
+            return {1}
+        return {v for v in offered if isinstance(v, int) and not isinstance(v, bool)}
+
+    def capabilities(self) -> set[str]:
+        offered = self.info.get("capabilities")
+        if not isinstance(offered, list):
+            return set()
+        return {c for c in offered if isinstance(c, str)}
+
 
 @attrs.frozen
 class Welcome:
+    """The relay's answer to a `Hello`: a `WelcomeStatus`, a message for the agent's log, the
+    session version, and from version 2 on an ``info`` object whose ``capabilities`` are the
+    ones both sides support (a version 1 Welcome has none). Raises ValueError on construction
+    for a message over MAX_MESSAGE bytes of UTF-8 or a version outside 0..255."""
+
     status: WelcomeStatus = attrs.field(converter=WelcomeStatus)
     message: str = attrs.field(default="", validator=_utf8_at_most(MAX_MESSAGE))
-    version: int = attrs.field(default=PROTOCOL_VERSION, validator=attrs.validators.in_(range(256)))
+    version: int = attrs.field(default=1, validator=attrs.validators.in_(range(256)))
+    info: dict[str, Any] = attrs.field(factory=dict, validator=attrs.validators.instance_of(dict))
+
+    def capabilities(self) -> frozenset[str]:
+        caps = self.info.get("capabilities")
+        if not isinstance(caps, list):
+            return frozenset()
+        return frozenset(c for c in caps if isinstance(c, str))
+
+
+@attrs.frozen
+class Agreement:
+    """What the relay settled on for one agent: the session version, and the capabilities
+    both sides support."""
+
+    version: int
+    capabilities: frozenset[str] = frozenset()
+
+
+def negotiate(
+    hello: Hello,
+    versions: tuple[int, ...] = VERSIONS,
+    capabilities: tuple[str, ...] = CAPABILITIES,
+) -> Agreement | None:
+    """The highest session version both speak, with the common capabilities (none below
+    version 2); None when there is no common version."""
+    common = hello.versions() & set(versions)
+    if not common:
+        return None
+    version = max(common)
+    if version < 2:
+        return Agreement(version)
+    return Agreement(version, frozenset(hello.capabilities() & set(capabilities)))
+
+
+def _has_info(version: int, status: WelcomeStatus) -> bool:
+    """Welcomes of version 2 carry info, except UNSUPPORTED_VERSION: that one keeps the
+    version 1 layout, which every agent reads, with the relay's highest version."""
+    return version >= 2 and status != WelcomeStatus.UNSUPPORTED_VERSION
+
+
+def welcome_for(agreement: Agreement | None, status: WelcomeStatus, message: str = "") -> Welcome:
+    """The Welcome to send in the agreed version (version 1 when none was agreed; for
+    UNSUPPORTED_VERSION, the relay's highest version)."""
+    if status == WelcomeStatus.UNSUPPORTED_VERSION:
+        return Welcome(status, message, PROTOCOL_VERSION)
+    if agreement is None or agreement.version < 2:
+        return Welcome(status, message)
+    info = {"capabilities": sorted(agreement.capabilities)}
+    return Welcome(status, message, agreement.version, info)
 
 
 def encode_hello(hello: Hello) -> bytes:
+    """The wire form of `hello`. Raises ValueError for fields too long for the wire, or an
+    ``info`` that is not JSON-serialisable (TypeError) or too large once encoded."""
     return b"".join(
         [
             MAGIC,
-            bytes([PROTOCOL_VERSION]),
+            bytes([HELLO_VERSION]),
             prefixed(1, hello.bridge_id.encode("ascii"), MAX_ID, "bridge id"),
             prefixed(1, hello.secret.encode("ascii"), MAX_SECRET, "secret"),
             encode_json(hello.info, MAX_INFO, "info"),
@@ -93,13 +184,19 @@ def encode_hello(hello: Hello) -> bytes:
 
 
 def encode_welcome(welcome: Welcome) -> bytes:
-    return b"".join(
-        [
-            MAGIC,
-            bytes([welcome.version, welcome.status]),
-            prefixed(2, welcome.message.encode(), MAX_MESSAGE, "message"),
-        ]
-    )
+    """Version 1: magic, version, status, message. Version 2 adds the info object (except
+    for UNSUPPORTED_VERSION). Raises ValueError for a message or info too long for the
+    wire."""
+    parts = [
+        MAGIC,
+        bytes([welcome.version, welcome.status]),
+        prefixed(2, welcome.message.encode(), MAX_MESSAGE, "message"),
+    ]
+    if _has_info(welcome.version, welcome.status):
+        parts.append(encode_json(welcome.info, MAX_INFO, "info"))
+    elif welcome.info:
+        raise ValueError("this Welcome carries no info: version 1, or UNSUPPORTED_VERSION")
+    return b"".join(parts)
 
 
 def _magic_and_version(reader: Reader) -> int:
@@ -119,7 +216,7 @@ class HelloParser(MessageParser[Hello]):
 
     def _parse(self, reader: Reader) -> Hello:
         version = _magic_and_version(reader)
-        if version != PROTOCOL_VERSION:
+        if version != HELLO_VERSION:
             raise UnsupportedVersion(version)
         bridge_id = reader.text(1, 1, MAX_ID, "bridge id", ascii=True)
         secret = reader.text(1, 1, MAX_SECRET, "secret", ascii=True)
@@ -131,7 +228,8 @@ class WelcomeParser(MessageParser[Welcome]):
     """Agent side: ``feed`` bytes until it returns the `Welcome`.
 
     A welcome of any version is returned (a relay that does not speak ours says so with
-    UNSUPPORTED_VERSION and its own version).
+    UNSUPPORTED_VERSION and its own version). Version 2 carries an info object; for a
+    version this code does not know, only the fields every version starts with are read.
     """
 
     max_size = MAX_WELCOME
@@ -145,4 +243,6 @@ class WelcomeParser(MessageParser[Welcome]):
             status = WelcomeStatus(code)
         except ValueError:
             raise HandshakeError(f"unknown welcome status {code}") from None
-        return Welcome(status, message, version)
+        known = version in VERSIONS[1:] and _has_info(version, status)
+        info = reader.json_object(2, MAX_INFO, "info") if known else {}
+        return Welcome(status, message, version, info)

@@ -27,6 +27,7 @@ class Reader:
         self.pos = 0
 
     def take(self, n: int) -> bytes:
+        """The next `n` bytes. Raises `NeedMore` (and consumes nothing) when fewer are buffered."""
         end = self.pos + n
         if end > len(self._data):
             raise NeedMore
@@ -35,6 +36,7 @@ class Reader:
         return chunk
 
     def uint(self, width: int) -> int:
+        """The next `width` bytes as a big-endian unsigned integer; `NeedMore` when short."""
         return int.from_bytes(self.take(width), "big")
 
     def field(self, width: int, low: int, high: int, what: str) -> bytes:
@@ -45,6 +47,9 @@ class Reader:
         return self.take(n)
 
     def text(self, width: int, low: int, high: int, what: str, *, ascii: bool = False) -> str:
+        """A length-prefixed string (see `field`), decoded as UTF-8, or as printable ASCII without
+        spaces when `ascii`. Raises the reader's error for a bad length or encoding, `NeedMore`
+        when short."""
         raw = self.field(width, low, high, what)
         try:
             text = raw.decode("ascii" if ascii else "utf-8")
@@ -55,6 +60,8 @@ class Reader:
         return text
 
     def json_object(self, width: int, high: int, what: str) -> dict[str, Any]:
+        """A length-prefixed JSON object (empty: ``{}``). Raises the reader's error for invalid
+        JSON, a non-object, NaN or Infinity; `NeedMore` when short."""
         raw = self.text(width, 0, high, what)
         if not raw:
             return {}
@@ -77,12 +84,16 @@ def is_token(text: str) -> bool:
 
 
 def prefixed(width: int, data: bytes, high: int, what: str) -> bytes:
+    """`data` behind a `width`-byte big-endian length. Raises ValueError, naming `what`, when it
+    is longer than `high` bytes."""
     if len(data) > high:
         raise ValueError(f"{what} is {len(data)} bytes, at most {high} allowed")
     return len(data).to_bytes(width, "big") + data
 
 
 def encode_json(value: dict[str, Any], high: int, what: str) -> bytes:
+    """`value` as compact JSON behind a two-byte length (empty for an empty dict). Raises
+    ValueError when it encodes to more than `high` bytes, TypeError when it is not JSON."""
     data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode() if value else b""
     return prefixed(2, data, high, what)
 
@@ -104,6 +115,7 @@ class MessageParser(Generic[T]):
 
     @property
     def message(self) -> T | None:
+        """The parsed message once `feed` returned it, else None."""
         return self._message
 
     def feed(self, data: bytes | bytearray | memoryview) -> T | None:

@@ -134,7 +134,10 @@ def bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
 async def open_tcp_stream(
     host: str, port: int, *, proxy: ProxyURL | None = None
 ) -> trio.SocketStream:
-    """`trio.open_tcp_stream`, through ``proxy`` when one is given (see `open_via_proxy`)."""
+    """`trio.open_tcp_stream`, through ``proxy`` when one is given (see `open_via_proxy`).
+
+    Raises OSError (`ProxyError` for the proxy's failures) when no connection comes about.
+    Cancelled, it closes whatever it had opened."""
     if proxy is None:
         return await trio.open_tcp_stream(host, port)
     return await open_via_proxy(proxy, host, port)
@@ -168,7 +171,7 @@ async def _connect(tcp: trio.SocketStream, proxy: ProxyURL, target: str) -> None
     headers = [("Host", target), ("User-Agent", f"trio-bridge/{__version__}")]
     if proxy.username is not None:
         credentials = f"{proxy.username}:{proxy.password or ''}".encode()
-        headers.append(("Proxy-Authorization", b"Basic " + base64.b64encode(credentials)))
+        headers.append(("Proxy-Authorization", "Basic " + base64.b64encode(credentials).decode()))
     http = h11.Connection(h11.CLIENT)
     request = h11.Request(method="CONNECT", target=target, headers=headers)
     where = f"proxy {proxy.address}"

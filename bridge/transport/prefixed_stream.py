@@ -8,6 +8,8 @@ import operator
 
 import trio
 
+from mux.conflict import RECEIVING, ConflictDetector
+
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
     """Wraps ``stream`` so that ``receive_some`` returns ``prefix`` before anything else.
@@ -21,47 +23,51 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         self.transport_stream = stream
         self._prefix = memoryview(bytes(prefix))
         self._closed = False
-        self._receiving = False
+        self._receive_conflict = ConflictDetector(RECEIVING)
         send_some = getattr(stream, "send_some", None)
         if send_some is not None:
             self.send_some = send_some
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send through the wrapped stream; raises and behaves on cancellation as it does."""
         await self.transport_stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
+        """As the wrapped stream's."""
         await self.transport_stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
+        """Half-close the wrapped stream. Raises TypeError when it cannot half-close, else what its
+        ``send_eof`` raises."""
         send_eof = getattr(self.transport_stream, "send_eof", None)
         if send_eof is None:
             raise TypeError(f"{type(self.transport_stream).__name__} cannot half-close")
         await send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """The prefix's next bytes (up to `max_bytes`) while any are left, then the wrapped
+        stream's. Raises ValueError for `max_bytes` < 1, `trio.BusyResourceError` when another task
+        is receiving, `trio.ClosedResourceError` once closed. Cancelled, it consumes nothing."""
         if max_bytes is not None:
             max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        if self._closed:
+        with self._receive_conflict:
+            if self._closed:
+                await trio.lowlevel.checkpoint()
+                raise trio.ClosedResourceError("stream was closed")
+            if not self._prefix:
+                return await self.transport_stream.receive_some(max_bytes)
             await trio.lowlevel.checkpoint()
-            raise trio.ClosedResourceError("stream was closed")
-        if not self._prefix:
-            return await self.transport_stream.receive_some(max_bytes)
-        self._receiving = True
-        try:
-            await trio.lowlevel.checkpoint()
-        finally:
-            self._receiving = False
-        if self._closed:
-            raise trio.ClosedResourceError("stream was closed")
-        n = len(self._prefix) if max_bytes is None else max_bytes
-        chunk, self._prefix = self._prefix[:n], self._prefix[n:]
-        return bytes(chunk)
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            n = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:n], self._prefix[n:]
+            return bytes(chunk)
 
     async def aclose(self) -> None:
+        """Drop the prefix and close the wrapped stream (also when cancelled, as trio streams
+        do)."""
         self._closed = True
         self._prefix = memoryview(b"")
         await self.transport_stream.aclose()

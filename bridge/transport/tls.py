@@ -60,10 +60,11 @@ def client_ssl_context(
         digest = parse_fingerprint(fingerprint) if isinstance(fingerprint, str) else fingerprint
         if len(digest) != 32:
             raise ValueError("a SHA-256 fingerprint is 32 bytes")
-        context = PinnedSSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.fingerprint = digest
+        pinned = PinnedSSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        pinned.check_hostname = False
+        pinned.verify_mode = ssl.CERT_NONE
+        pinned.fingerprint = digest
+        context: ssl.SSLContext = pinned
     elif ca_file is not None:
         context = _context_from_ca_file(ca_file)
     else:

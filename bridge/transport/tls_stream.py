@@ -26,6 +26,8 @@ from trio.lowlevel import (
     wait_writable,
 )
 
+from mux.conflict import RECEIVING, SENDING, ConflictDetector
+
 DEFAULT_RECEIVE_SIZE = 256 * 1024
 
 
@@ -35,8 +37,8 @@ class TLSStream(trio.abc.Stream):
     def __init__(self, tls_socket: ssl.SSLSocket) -> None:
         self._socket = tls_socket
         self._closed = False
-        self._sending = False
-        self._receiving = False
+        self._send_conflict = ConflictDetector(SENDING)
+        self._receive_conflict = ConflictDetector(RECEIVING)
 
     @classmethod
     def wrap(
@@ -63,15 +65,20 @@ class TLSStream(trio.abc.Stream):
     # ---- what callers of an SSL connection ask about -------------------------------------
 
     def getpeercert(self, binary_form: bool = False):
+        """The peer's certificate, as `ssl.SSLSocket.getpeercert` returns it (DER with
+        `binary_form`); None before the handshake."""
         return self._socket.getpeercert(binary_form)
 
     def version(self) -> str | None:
+        """The negotiated TLS version (``"TLSv1.3"``), None before the handshake."""
         return self._socket.version()
 
     def getpeername(self) -> tuple:
+        """The peer's socket address. Raises OSError once the connection is gone."""
         return self._socket.getpeername()
 
     def getsockname(self) -> tuple:
+        """This end's socket address. Raises OSError once the socket is closed."""
         return self._socket.getsockname()
 
     # ---- the TLS machinery ------------------------------------------------------------
@@ -96,6 +103,10 @@ class TLSStream(trio.abc.Stream):
                 raise trio.BrokenResourceError(f"TLS connection failed: {exc}") from exc
 
     async def do_handshake(self) -> None:
+        """Run the TLS handshake (certificate checks included). Raises `trio.BrokenResourceError`
+        with the `ssl.SSLError` as ``__cause__`` when it fails, `trio.ClosedResourceError` when
+        the stream is closed meanwhile. Cancelled, it leaves the handshake half done: close the
+        stream."""
         await checkpoint_if_cancelled()
         await self._retry(self._socket.do_handshake)
         await cancel_shielded_checkpoint()
@@ -103,22 +114,22 @@ class TLSStream(trio.abc.Stream):
     # ---- trio.abc.Stream --------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to `max_bytes` (256 KiB by default) of decrypted data: every record readable now, not
+        just one; ``b""`` once the peer sent close_notify. Raises ValueError for `max_bytes` < 1,
+        `trio.BusyResourceError` when another task is receiving, `trio.BrokenResourceError` when
+        the connection fails (a ragged EOF included) and `trio.ClosedResourceError` once closed.
+        Cancelled, it returns nothing and loses nothing."""
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
         elif max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        self._receiving = True
-        try:
+        with self._receive_conflict:
             await checkpoint_if_cancelled()
             data = await self._retry(self._socket.recv, max_bytes)
             if data and len(data) < max_bytes:
                 data = self._receive_more(data, max_bytes)
             await cancel_shielded_checkpoint()
             return data
-        finally:
-            self._receiving = False
 
     def _receive_more(self, first: bytes, max_bytes: int) -> bytes:
         """Add the records that can be read now without waiting: OpenSSL returns one record
@@ -155,10 +166,11 @@ class TLSStream(trio.abc.Stream):
         return sent
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
+        """Encrypt and send all of `data`. Raises `trio.BusyResourceError` when another task is
+        sending, `trio.BrokenResourceError` when the connection fails, `trio.ClosedResourceError`
+        once closed. Cancelled part-way, an unknown part was sent: the stream is then only good for
+        closing, as with any trio stream."""
+        with self._send_conflict:
             await checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError("the TLS stream was closed")
@@ -167,21 +179,19 @@ class TLSStream(trio.abc.Stream):
                     sent = await self._retry(self._socket.send, view)
                     view = view[sent:]
             await cancel_shielded_checkpoint()
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
+        """Wait until the socket takes writes. Raises `trio.BusyResourceError` when another task is
+        sending, `trio.ClosedResourceError` once closed. Cancelling it has no other effect."""
+        with self._send_conflict:
             if self._closed:
                 raise trio.ClosedResourceError("the TLS stream was closed")
             await wait_writable(self._socket)
-        finally:
-            self._sending = False
 
     async def aclose(self) -> None:
+        """Send close_notify if the socket takes it at once, then close the socket; tasks blocked on
+        the stream get `trio.ClosedResourceError`. Never blocks, never raises for a broken
+        connection; closing twice is fine."""
         if not self._closed:
             self._closed = True
             notify_closing(self._socket)

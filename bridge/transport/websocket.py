@@ -18,7 +18,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict, cast
 from urllib.parse import urlsplit
 
 import attrs
@@ -32,13 +32,26 @@ from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
 from bridge.transport.http_status import status_phrase
 from bridge.transport.tls import PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
+from mux.conflict import RECEIVING, SENDING, ConflictDetector
 
 DEFAULT_PATH = "/bridge"
 NORMAL_CLOSURE = 1000
 
 log = logging.getLogger("bridge.websocket")
 
-_positive = [attrs.validators.instance_of((int, float)), attrs.validators.gt(0)]
+
+class _Sizes(TypedDict):
+    """The buffer sizes trio-websocket takes as keyword arguments."""
+
+    max_message_size: int
+    message_queue_size: int
+    receive_buffer_size: int
+
+
+_positive: list[Callable[[Any, Any, Any], Any]] = [
+    attrs.validators.instance_of((int, float)),
+    attrs.validators.gt(0),
+]
 _size = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
 
 
@@ -60,7 +73,7 @@ class WebSocketConfig:
     #: How long closing waits for the peer to answer the close frame.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
 
-    def _sizes(self) -> dict[str, int]:
+    def _sizes(self) -> _Sizes:
         return {
             "max_message_size": self.max_message_size,
             "message_queue_size": self.message_queue_size,
@@ -99,8 +112,8 @@ class WebSocketStream(trio.abc.Stream):
         self._pending = memoryview(b"")
         self._eof = False
         self._closed = False
-        self._sending = False
-        self._receiving = False
+        self._send_conflict = ConflictDetector(SENDING)
+        self._receive_conflict = ConflictDetector(RECEIVING)
         self._receive_limit: _ReceiveLimit | None = None
 
     def lift_receive_limit(self) -> None:
@@ -110,10 +123,11 @@ class WebSocketStream(trio.abc.Stream):
             self._receive_limit.limit = None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        self._sending = True
-        try:
+        """Send `data` as binary messages of at most ``max_message_size`` bytes each. Raises
+        `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError` once
+        closed, `trio.BrokenResourceError` when the connection ended. Cancelled part-way, some
+        messages may have been sent: the stream is then only good for closing."""
+        with self._send_conflict:
             if self._closed or not data:
                 await checkpoint()
                 self._check_open()
@@ -126,22 +140,24 @@ class WebSocketStream(trio.abc.Stream):
             except ConnectionClosed as exc:
                 await checkpoint()  # a closed connection raises without scheduling
                 raise self._closed_error(exc.reason) from None
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this stream")
-        await checkpoint()
-        self._check_open()
+        """Returns after a checkpoint (trio-websocket does not expose the socket's readiness).
+        Raises `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError`
+        once closed."""
+        with self._send_conflict:
+            await checkpoint()
+            self._check_open()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to `max_bytes` of the current binary message (all of it without `max_bytes`), ``b""``
+        once the peer closed with code 1000. Raises ValueError for `max_bytes` < 1,
+        `trio.BusyResourceError` when another task is receiving, `trio.BrokenResourceError` for a
+        text message or any other end of the connection, `trio.ClosedResourceError` once closed.
+        Cancelled, it loses nothing."""
         if max_bytes is not None and operator.index(max_bytes) < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        self._receiving = True
-        try:
+        with self._receive_conflict:
             if not self._pending:
                 message = await self._next_message()
                 if max_bytes is None or len(message) <= max_bytes:
@@ -152,8 +168,6 @@ class WebSocketStream(trio.abc.Stream):
                 self._check_open()
             data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
             return bytes(data)
-        finally:
-            self._receiving = False
 
     async def _next_message(self) -> bytes:
         """The next binary message that is not empty; b"" once the peer has closed normally."""
@@ -213,7 +227,8 @@ async def open_websocket_stream(
     Raises OSError (`bridge.transport.http_proxy.ProxyError` included) when TCP fails,
     `trio.BrokenResourceError` when TLS does, `bridge.transport.tls.FingerprintMismatch`,
     `WebSocketError` when the upgrade fails, and `trio.TooSlowError` past ``connect_timeout``
-    or a TLS handshake longer than ``handshake_timeout``.
+    or a TLS handshake longer than ``handshake_timeout``. Cancelled at any point, it closes
+    what it opened.
     """
     host, port, path = _parse_url(url)
     config = config or WebSocketConfig()
@@ -226,7 +241,7 @@ async def open_websocket_stream(
     try:
         with trio.fail_after(config.handshake_timeout):
             await tls.do_handshake()
-        if pinned:
+        if isinstance(ssl_context, PinnedSSLContext):
             check_fingerprint(tls, ssl_context.fingerprint)
     except BaseException:
         await trio.aclose_forcefully(tls)
@@ -247,8 +262,8 @@ async def websocket_client(
     """Upgrade ``transport``, a TLS stream already open to host:port, to a WebSocket on ``path``.
 
     Raises `WebSocketError` when the server refuses or closes the connection, or does not
-    answer within ``handshake_timeout``. ``transport`` is closed when this raises, and when
-    the block is left.
+    answer within ``handshake_timeout``. ``transport`` is closed when this raises, when
+    the block is left and when it is cancelled.
     """
     config = config or WebSocketConfig()
     try:
@@ -256,7 +271,13 @@ async def websocket_client(
             with trio.move_on_after(config.handshake_timeout) as upgrade:
                 reader = _ReaderTask(nursery, upgrade)
                 connection = await trio_websocket.wrap_client_stream(
-                    reader, transport, _authority(host, port), path, **config._sizes()
+                    reader.as_nursery(),
+                    # trio-websocket declares a socket or SSL stream; it uses only the methods
+                    # of trio.abc.Stream.
+                    cast("trio.SocketStream", transport),
+                    _authority(host, port),
+                    path,
+                    **config._sizes(),
                 )
             if upgrade.cancelled_caught:
                 raise _upgrade_error(reader, path, config)
@@ -322,7 +343,9 @@ async def _upgrade(
 ) -> WebSocketConnection:
     try:
         await transport.do_handshake()
-        request = await trio_websocket.wrap_server_stream(reader, limited, **config._sizes())
+        request = await trio_websocket.wrap_server_stream(
+            reader.as_nursery(), limited, **config._sizes()
+        )
         if urlsplit(request.path).path == path:
             return await request.accept()
         await request.reject(HTTPStatus.NOT_FOUND)
@@ -348,7 +371,8 @@ async def serve_websocket_agents(
     (port 0: any free port), and run ``await handler(stream, peer)`` for each upgrade to
     ``path`` (see `accept_websocket`), with the peer's ``ip:port``, within
     ``config.handshake_timeout``. `task_status.started` gets the listeners. Connections that
-    fail before the handler runs are logged and dropped.
+    fail before the handler runs are logged and dropped. Raises OSError when it cannot
+    listen. Cancelling it closes the listeners and cancels the handlers.
 
     It has no admission control: the relay serves agents with `relay.Relay.serve_websocket`,
     which puts every connection through its gate before TLS.
@@ -433,6 +457,11 @@ class _ReaderTask:
 
     def start_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         self._nursery.start_soon(self._run, fn, *args)
+
+    def as_nursery(self) -> trio.Nursery:
+        """This stand-in, typed as the nursery trio-websocket declares: it only calls
+        ``start_soon``."""
+        return cast("trio.Nursery", self)
 
     async def _run(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         try:

@@ -46,7 +46,7 @@ async def test_connects_authenticates_and_logs(nursery, relay, make_agent, caplo
     assert (hello.bridge_id, hello.secret) == (BRIDGE_ID, SECRET)
     assert hello.info["agent"].startswith("trio-bridge/") and hello.info["hostname"]
     connecting, handling = [r for r in caplog.records if r.levelno == logging.INFO][:2]
-    assert connecting.getMessage() == "Connecting to bridge server"
+    assert connecting.getMessage() == "Connecting to the relay"
     assert connecting.fields == {"address": f"127.0.0.1:{relay.port}"}
     assert handling.getMessage() == "Handling incoming proxy connections"
 
@@ -241,12 +241,18 @@ async def test_wrong_secret(nursery, relay, make_agent):
         (Welcome(WelcomeStatus.BUSY, "try later"), RelayUnavailable, "BUSY"),
         (Welcome(WelcomeStatus.INTERNAL_ERROR, "oops"), RelayUnavailable, "INTERNAL_ERROR"),
         (
-            Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "v2 only", version=2),
+            Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "v3 only", version=3),
             RelayRejected,
-            "version 2",
+            "version 3, this agent versions 1, 2",
+        ),
+        # The relay names a version this agent speaks too: retried, never a reason to stop.
+        (
+            Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "odd", version=1),
+            RelayUnavailable,
+            "yet speaks version 1",
         ),
         (Welcome(WelcomeStatus.MALFORMED, "bad"), RelayRejected, "MALFORMED"),
-        (Welcome(WelcomeStatus.OK, "", version=2), RelayRejected, "version 2"),
+        (Welcome(WelcomeStatus.OK, "", version=3), RelayRejected, "version 3"),
     ],
 )
 async def test_relay_refusals(nursery, relay, make_agent, welcome, error, text):
@@ -302,7 +308,7 @@ async def test_session_end_is_reported(nursery, relay, make_agent, caplog):
     session = await relay.next_session()
     await session.aclose()
     await done.wait()
-    assert "Disconnected from bridge server" in caplog.text
+    assert "Disconnected from the relay" in caplog.text
 
 
 async def test_secret_never_logged_nor_in_reprs(nursery, relay, make_agent, caplog):
@@ -348,7 +354,7 @@ async def test_tls_through_a_proxy(nursery, relay, certificates, caplog):
     tunnel = await relay.open(session, "127.0.0.1", port, b"ping")
     assert tunnel.leftover + await tunnel.stream.receive_some() == b"ping"
     assert proxy.tunnels == 1 and proxy.requests[0][0] == f"localhost:{relay.port}"
-    connecting = next(r for r in caplog.records if r.getMessage() == "Connecting to bridge server")
+    connecting = next(r for r in caplog.records if r.getMessage() == "Connecting to the relay")
     assert connecting.fields["proxy"] == f"127.0.0.1:{proxy.port}"
     assert "pr0xy-pass" not in caplog.text and "pr0xy-pass" not in repr(agent.__dict__)
 

@@ -210,7 +210,7 @@ async def test_process_runs_and_exits_cleanly_on_sigint(nursery, relay, certific
         seen += data
     assert await process.wait() == 0, seen.decode()
     log = seen.decode()
-    assert f'\tINFO\tConnecting to bridge server\t{{"address": "127.0.0.1:{relay.port}"}}' in log
+    assert f'\tINFO\tConnecting to the relay\t{{"address": "127.0.0.1:{relay.port}"}}' in log
     assert "Traceback" not in log and SECRET not in log
 
 

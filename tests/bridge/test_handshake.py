@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from bridge.protocol.handshake import (
     MAX_HELLO,
     MAX_WELCOME,
+    MAX_WELCOME_V1,
+    Agreement,
     HandshakeError,
     Hello,
     HelloParser,
@@ -19,6 +21,8 @@ from bridge.protocol.handshake import (
     WelcomeStatus,
     encode_hello,
     encode_welcome,
+    negotiate,
+    welcome_for,
 )
 
 HELLO = Hello(
@@ -145,7 +149,11 @@ def test_welcome_round_trip(status):
 def test_welcome_layout_and_bound():
     assert encode_welcome(Welcome(WelcomeStatus.AUTH_FAILED, "no")) == b"TBRG\x01\x02\x00\x02no"
     largest = Welcome(WelcomeStatus.BUSY, "m" * 1024)
-    assert len(encode_welcome(largest)) == MAX_WELCOME == 1032
+    assert len(encode_welcome(largest)) == MAX_WELCOME_V1 == 1032
+    info = {"x": "y" * (1024 - len('{"x":""}'))}
+    largest = Welcome(WelcomeStatus.OK, "m" * 1024, 2, info)
+    assert len(encode_welcome(largest)) == MAX_WELCOME == 2058
+    assert WelcomeParser().feed(encode_welcome(largest)) == largest
     with pytest.raises(ValueError):
         Welcome(WelcomeStatus.BUSY, "m" * 1025)
 
@@ -211,3 +219,63 @@ def test_hello_round_trip_property(bridge_id, secret, info, tail):
     parser = HelloParser()
     assert parser.feed(encode_hello(hello) + tail) == hello
     assert parser.leftover == tail
+
+
+# -- negotiation, old against new -------------------------------------------------------------
+
+#: A Hello exactly as release 0.1.0 encoded it (no versions, no capabilities).
+HELLO_0_1 = (
+    b"TBRG\x01$0db4d173-a5ba-4be9-ae26-beab2f2875ee\x0cs3cr3t-value\x00/"
+    b'{"agent":"trio-bridge/0.1.0","hostname":"db-1"}'
+)
+#: The Welcome release 0.1.0 sent on success, and what its agent accepted (nothing else).
+WELCOME_0_1 = b"TBRG\x01\x00\x00\x1cconnected as bridge prod-vpc"
+
+
+def test_a_hello_of_the_previous_release_is_answered_in_version_1():
+    hello = HelloParser().feed(HELLO_0_1)
+    assert hello.versions() == {1}
+    agreement = negotiate(hello)
+    assert agreement == Agreement(1)
+    welcome = welcome_for(agreement, WelcomeStatus.OK, "connected as bridge prod-vpc")
+    assert encode_welcome(welcome) == WELCOME_0_1
+
+
+def test_a_welcome_of_the_previous_release_is_read_without_capabilities():
+    welcome = WelcomeParser().feed(WELCOME_0_1 + b"\x00yamux")
+    assert welcome == Welcome(WelcomeStatus.OK, "connected as bridge prod-vpc", 1)
+    assert welcome.capabilities() == frozenset()
+
+
+def test_new_agent_and_new_relay_agree_on_version_2_and_control():
+    hello = Hello("id", "pw", {"versions": [1, 2], "capabilities": ["control", "future"]})
+    agreement = negotiate(HelloParser().feed(encode_hello(hello)))
+    assert agreement == Agreement(2, frozenset({"control"}))
+    data = encode_welcome(welcome_for(agreement, WelcomeStatus.OK, "hi"))
+    assert data == b'TBRG\x02\x00\x00\x02hi\x00\x1c{"capabilities":["control"]}'
+    welcome = WelcomeParser().feed(data)
+    assert welcome.version == 2 and welcome.capabilities() == {"control"}
+
+
+@pytest.mark.parametrize(
+    "info, expected",
+    [
+        ({"versions": [1, 2, 7]}, Agreement(2)),  # a newer agent: the highest common one
+        ({"versions": [1]}, Agreement(1)),
+        ({"versions": "2"}, Agreement(1)),  # not a list: treated as a 0.1 agent
+        ({"versions": [True, 2.0, 2], "capabilities": [1, "control"]}, Agreement(2, {"control"})),
+        ({"versions": [3, 4]}, None),
+        ({"versions": []}, None),
+    ],
+)
+def test_negotiate_picks_the_highest_common_version(info, expected):
+    if expected is not None:
+        expected = Agreement(expected.version, frozenset(expected.capabilities))
+    assert negotiate(Hello("id", "pw", info)) == expected
+
+
+def test_unsupported_version_keeps_the_version_1_layout():
+    welcome = welcome_for(Agreement(2), WelcomeStatus.UNSUPPORTED_VERSION, "no")
+    data = encode_welcome(welcome)
+    assert data == b"TBRG\x02\x01\x00\x02no"
+    assert WelcomeParser().feed(data) == Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "no", 2)

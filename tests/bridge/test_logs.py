@@ -37,13 +37,13 @@ def lines(capsys):
 def test_text_format(configured, capsys):
     logs.configure("INFO")
     log = logging.getLogger("bridge.agent")
-    log.info("Connecting to bridge server", extra={"fields": {"address": "127.0.0.1:4000"}})
+    log.info("Connecting to the relay", extra={"fields": {"address": "127.0.0.1:4000"}})
     log.info("Handling incoming proxy connections")
     log.debug("hidden")
     first, second = lines(capsys)
     assert first.split("\t")[1:] == [
         "INFO",
-        "Connecting to bridge server",
+        "Connecting to the relay",
         '{"address": "127.0.0.1:4000"}',
     ]
     assert LINE.fullmatch(first)

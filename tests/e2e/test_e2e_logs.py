@@ -95,7 +95,7 @@ async def test_json_logs(launch: Launcher, bridge: Bridge, tcp_server):
 
     relay_logs, agent_logs, wrong_logs = map(records, (relay.process, agent, wrong))
     size = len(PAYLOAD)
-    find(agent_logs, "Connecting to bridge server", address=f"127.0.0.1:{relay.agent_port}")
+    find(agent_logs, "Connecting to the relay", address=f"127.0.0.1:{relay.agent_port}")
     closed = find(
         agent_logs,
         "Connection closed",

@@ -29,7 +29,7 @@ def test_query_through_forward(postgres: Postgres, launch: Launcher, bridge: Bri
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"1\n"
     assert (
-        f'\tConnecting to bridge server\t{{"address": "127.0.0.1:{relay.agent_port}"}}'
+        f'\tConnecting to the relay\t{{"address": "127.0.0.1:{relay.agent_port}"}}'
         in agent.stderr()
     )
     for process in (relay.process, agent):

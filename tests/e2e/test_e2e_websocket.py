@@ -69,7 +69,7 @@ def test_psql_over_websocket_through_proxy(
         "tunnels 1",
     ]
     assert (
-        f'\tConnecting to bridge server\t{{"address": "127.0.0.1:{ws_port}", '
+        f'\tConnecting to the relay\t{{"address": "127.0.0.1:{ws_port}", '
         f'"proxy": "127.0.0.1:{proxy_port}"}}'
     ) in agent.stderr()
     logs = launch.logs()
@@ -94,4 +94,4 @@ def test_no_proxy_connects_directly(
 
     assert (result.returncode, result.stdout) == (0, b"1\n"), result.stderr
     assert proxy_process.stdout().splitlines() == [f"listening on {proxy_port}"]
-    assert f'\tConnecting to bridge server\t{{"address": "127.0.0.1:{ws_port}"}}' in agent.stderr()
+    assert f'\tConnecting to the relay\t{{"address": "127.0.0.1:{ws_port}"}}' in agent.stderr()

@@ -255,7 +255,8 @@ def test_fin_half_closes_one_direction(link):
     assert link.server.send_data(stream_id, b"reply") == 5
     assert link.pump() == ([Data(stream_id, b"reply")], [])
     link.server.send_eof(stream_id)
-    assert link.pump() == ([StreamEnded(stream_id)], [])
+    assert link.pump() == ([StreamEnded(stream_id, closed=True)], [])
+    assert link.client.stream_state(stream_id) is None
     for conn in (link.client, link.server):
         with pytest.raises(LocalProtocolError):
             conn.send_data(stream_id, b"closed")

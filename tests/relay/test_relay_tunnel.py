@@ -224,7 +224,7 @@ async def test_misbehaving_connections_are_dropped_alone(harness, echo_port, rel
         future = await _raw_tls(harness)
         await future.send_all(MAGIC + bytes([7]) + b"\x01x")
         welcome = await _welcome(future)
-        assert (welcome.status, welcome.version) == (WelcomeStatus.UNSUPPORTED_VERSION, 1)
+        assert (welcome.status, welcome.version) == (WelcomeStatus.UNSUPPORTED_VERSION, 2)
 
         # An oversized field.
         oversized = await _raw_tls(harness)

@@ -1,0 +1,90 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Capability negotiation against a real relay: an agent of the previous release (its Hello
+as bytes) is served in version 1; a current agent learns why the relay ends its session."""
+
+import json
+
+import trio
+
+import mux
+from bridge.protocol.connect import (
+    ConnectReply,
+    ConnectRequestParser,
+    ConnectStatus,
+    encode_connect_reply,
+)
+from bridge.transport.prefixed_stream import PrefixedStream
+from tests.relay.relay_support import captured_logs
+
+TIME_LIMIT = 20
+
+
+def hello_0_1(bridge_id: str, secret: str) -> bytes:
+    """The Hello exactly as release 0.1.0 put it on the wire (no versions, no capabilities)."""
+    info = json.dumps({"agent": "trio-bridge/0.1.0", "hostname": "db-1"}, separators=(",", ":"))
+    return b"".join(
+        [
+            b"TBRG\x01",
+            bytes([len(bridge_id)]) + bridge_id.encode(),
+            bytes([len(secret)]) + secret.encode(),
+            len(info).to_bytes(2, "big") + info.encode(),
+        ]
+    )
+
+
+async def test_an_agent_of_the_previous_release_is_served_in_version_1(harness, echo_port):
+    bridge_id, secret = harness.create_bridge("prod")
+    with trio.fail_after(TIME_LIMIT):
+        tcp = await trio.open_tcp_stream("127.0.0.1", harness.port)
+        tls = trio.SSLStream(tcp, harness.cert_files.client_context())
+        await tls.send_all(hello_0_1(bridge_id, secret))
+        expected = b"TBRG\x01\x00\x00\x18connected as bridge prod"  # what 0.1.0 read
+        received = b""
+        while len(received) < len(expected):
+            received += await tls.receive_some()
+        assert received[: len(expected)] == expected
+        leftover = received[len(expected) :]
+        async with mux.open_session(PrefixedStream(tls, leftover), client=True) as session:
+
+            async def open_tunnel():
+                stream = await harness.relay.connect("prod", "127.0.0.1", echo_port)
+                await trio.aclose_forcefully(stream)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(open_tunnel)
+                # The first stream is a tunnel's connect request: no control stream for 0.1.
+                stream = await session.accept_stream()
+                parser = ConnectRequestParser()
+                while (request := parser.feed(await stream.receive_some())) is None:
+                    pass
+                assert (request.host, request.port) == ("127.0.0.1", echo_port)
+                reply = ConnectReply(ConnectStatus.OK, f"127.0.0.1:{echo_port}")
+                await stream.send_all(encode_connect_reply(reply))
+                nursery.cancel_scope.cancel()
+
+
+async def test_the_agent_logs_why_the_relay_ends_its_session(harness, echo_port):
+    bridge_id, secret = harness.create_bridge("prod")
+    with captured_logs("bridge.agent") as records, trio.fail_after(TIME_LIMIT):
+        agent = await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        harness.store.rotate("prod", cost=4)
+        await agent.done.wait()
+    assert "(the relay said: bridge secret rotated)" in str(agent.error)
+    ending = [r for r in records if r.getMessage() == "The relay is ending the session"]
+    assert [r.fields["reason"] for r in ending] == ["bridge secret rotated"]
+    disconnected = [r for r in records if r.getMessage() == "Disconnected from the relay"]
+    assert disconnected[0].fields["reason"] == "the relay said: bridge secret rotated"
+
+
+async def test_a_draining_relay_tells_the_agent(harness, echo_port):
+    bridge_id, secret = harness.create_bridge("prod")
+    with captured_logs("bridge.agent") as records, trio.fail_after(TIME_LIMIT):
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        await harness.relay.drain()
+        while not any(r.getMessage() == "The relay is ending the session" for r in records):
+            await trio.sleep(0.01)
+    ending = [r for r in records if r.getMessage() == "The relay is ending the session"]
+    assert ending[0].fields["reason"] == "relay shutting down"
+    # The control stream is not a tunnel: the drain did not wait for it.
+    assert harness.relay.registry.open_streams_total() == 0
