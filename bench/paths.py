@@ -97,6 +97,10 @@ class TunnelPath(BenchPath):
         self.agent: Proc | None = None
         self._bridge: dict[str, str] = {}  # BRIDGE_ID, BRIDGE_SECRET, RELAY_FINGERPRINT
 
+    def relay_args(self) -> list[str | Path]:
+        """More `serve` arguments (a subclass's variant of the path)."""
+        return []
+
     def _create_bridge(self, relay_bin: str, data: Path) -> None:
         """A data dir with one bridge (made once: restarts reuse it)."""
 
@@ -125,7 +129,16 @@ class TunnelPath(BenchPath):
         try:
             self.relay = Proc(
                 "relay",
-                [relay_bin, "--data-dir", data, "serve", "--listen", f"{HOST}:0", *forwards],
+                [
+                    relay_bin,
+                    "--data-dir",
+                    data,
+                    "serve",
+                    "--listen",
+                    f"{HOST}:0",
+                    *forwards,
+                    *self.relay_args(),
+                ],
                 self.workdir,
             )
             agents = self.relay.wait_for(r"^agents: listening on (\S+):(\d+)$")
@@ -154,3 +167,18 @@ class TunnelPath(BenchPath):
 
     def procs(self) -> dict[str, Proc]:
         return {role: proc for role, proc in (("relay", self.relay), ("agent", self.agent)) if proc}
+
+
+class AuditedTunnelPath(TunnelPath):
+    """The tunnel path with the relay writing its audit log (`serve --audit-log`): run it
+    beside `tunnel` to see what auditing costs."""
+
+    name, label = "tunnel-audit", "tunnel, audit log on"
+
+    def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
+        workdir = workdir / self.name  # a data dir of its own
+        workdir.mkdir(exist_ok=True)
+        super().__init__(workdir, targets)
+
+    def relay_args(self) -> list[str | Path]:
+        return ["--audit-log", self.workdir / "audit.jsonl"]

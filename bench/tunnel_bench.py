@@ -36,11 +36,17 @@ from pathlib import Path
 
 import mux
 from bench import report
-from bench.paths import HOST, BenchPath, DirectPath, SkipPath, TunnelPath
+from bench.paths import HOST, AuditedTunnelPath, BenchPath, DirectPath, SkipPath, TunnelPath
 from bench.procs import Proc, StartError, clean_env, free_port, python_module, run_command
 from bench.sshd import SshPath
 
-PATHS = {"direct": DirectPath, "tunnel": TunnelPath, "ssh": SshPath}
+PATHS = {
+    "direct": DirectPath,
+    "tunnel": TunnelPath,
+    "tunnel-audit": AuditedTunnelPath,
+    "ssh": SshPath,
+}
+DEFAULT_PATHS = ["direct", "tunnel", "ssh"]
 BASELINE = "ssh"
 TARGET_HOLD = 10_000
 TARGET_KIB_PER_CONNECTION = 32
@@ -110,9 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--paths",
         type=_path_names,
-        default=list(PATHS),
+        default=DEFAULT_PATHS,
         metavar="NAME,...",
-        help="paths to run, of direct,tunnel,ssh (default all)",
+        help=f"paths to run, of {','.join(PATHS)} (default {','.join(DEFAULT_PATHS)}; "
+        "tunnel-audit is the tunnel with the relay's audit log on)",
     )
     add(
         "--builtin",
@@ -651,7 +658,10 @@ def _chart(results: dict, path: Path) -> Path | None:
         bars = ax.bar(
             [PATHS[n].label for n in names],
             [medians[n] for n in names],
-            color=[{"direct": "#999999", "tunnel": "#1f77b4", "ssh": "#ff7f0e"}[n] for n in names],
+            color=[
+                {"direct": "#999999", "tunnel": "#1f77b4", "ssh": "#ff7f0e"}.get(n, "#2ca02c")
+                for n in names
+            ],
         )
         ax.bar_label(bars, fmt="{:,.0f}", fontsize=8)
         ax.set_title(title, fontsize=9)

@@ -29,6 +29,7 @@ _EXPORTS = {
     "AgentConfig": "bridge.agent.agent",
     "AgentError": "bridge.agent.agent",
     "AuthenticationFailed": "bridge.agent.agent",
+    "RelayNotTrusted": "bridge.agent.agent",
     "RelayRejected": "bridge.agent.agent",
     "RelayUnavailable": "bridge.agent.agent",
     "AllowList": "bridge.agent.allowlist",
@@ -40,6 +41,7 @@ __all__ = [
     "AgentError",
     "AllowList",
     "AuthenticationFailed",
+    "RelayNotTrusted",
     "RelayRejected",
     "RelayUnavailable",
     "client_ssl_context",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
         AgentConfig,
         AgentError,
         AuthenticationFailed,
+        RelayNotTrusted,
         RelayRejected,
         RelayUnavailable,
     )

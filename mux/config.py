@@ -21,8 +21,9 @@ class Config:
     Raises `ValueError` or `TypeError` for a value out of range.
     """
 
-    #: Streams the peer opened that the application has not accepted yet; beyond, a SYN gets
-    #: RST. Also how many of our streams may wait for the peer's ACK before opening waits.
+    #: Streams the peer opened that the application has not accepted yet; beyond, the one
+    #: that waited longest is refused (RST). Also how many of our streams may wait for the
+    #: peer's ACK before opening waits.
     accept_backlog: int = field(default=256, validator=_positive_int)
     #: Streams the peer may keep open at once; beyond, a SYN gets RST.
     max_inbound_streams: int = field(default=16384, validator=_positive_int)
@@ -31,6 +32,12 @@ class Config:
     enable_keepalive: bool = True
     keepalive_interval: float = field(default=30.0, validator=_positive_float)
     ping_timeout: float = field(default=10.0, validator=_positive_float)
+    #: Control frames (answers to pings, RSTs, window updates...) queued for the peer, in
+    #: bytes, beyond which the session stops reading from the peer until they are written.
+    max_control_backlog: int = field(default=16 * 1024, validator=_positive_int)
+    #: A peer that keeps the control backlog full (reading less than it makes us answer) for
+    #: this long breaks the protocol: GoAway with the protocol-error code ends the session.
+    control_backlog_timeout: float = field(default=10.0, validator=_positive_float)
     #: A transport write that makes no progress (64 KiB) for this long ends the session.
     write_timeout: float = field(default=10.0, validator=_positive_float)
     #: A stream we opened that the peer has not acknowledged by then is reset.

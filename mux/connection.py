@@ -3,8 +3,18 @@
 """The yamux state machine, sans-IO: feed it bytes, get events; call methods, get bytes to send.
 
 Nothing here does I/O or imports trio. ``receive_data`` parses frames in place and reports
-payloads as views into the bytes it was given (no copies). Outgoing frames accumulate in one
-buffer that ``data_to_send`` hands over whole, so a writer sends many frames in one call.
+payloads as views into the bytes it was given (no copies). Outgoing frames accumulate in two
+buffers that ``data_to_send`` hands over together, so a writer sends many frames in one call:
+control frames (pings and their answers, window updates, SYN, ACK, RST, GoAway) first, then
+data frames and FINs in the order they were queued (a FIN never overtakes its stream's data).
+
+Work the peer can cause is bounded. Control output queued in answer to the peer's frames is
+bounded by ``Config.max_control_backlog``: once that much is queued, ``receive_data`` stops
+parsing and holds the rest of its input (``input_held``) until ``resume_receiving``, which
+the adapter calls once the writer has taken the queued frames. Streams the peer opened and
+the application has not accepted are bounded by ``accept_backlog`` (the oldest is refused).
+Our pings carry opaque values the caller picks; an answer to a ping never sent is a
+protocol violation.
 """
 
 from __future__ import annotations
@@ -77,14 +87,25 @@ class Connection:
         self._clock = clock
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1 if client else 2
+        #: Data frames and FINs, in order.
         self._out = bytearray()
+        #: Control frames: they go out ahead of ``_out``.
+        self._urgent = bytearray()
+        #: What a transport write did not take: it goes out before anything else.
+        self._resume = bytearray()
+        #: Input not parsed yet because the control output was full (see resume_receiving).
+        self._held: memoryview | None = None
+        self._control_limit = self.config.max_control_backlog
+        #: Opaque values of our pings that the peer has not answered.
+        self._pings: set[int] = set()
         self._budget = WindowBudget(self.config.session_receive_budget)
         self._rtt = 0.0
         #: Streams we opened that the peer has not acknowledged, with when we opened them.
         self._unacknowledged: dict[int, float] = {}
         #: Streams the application closed while the peer was still sending, with when.
         self._lingering: dict[int, float] = {}
-        self._awaiting_accept = 0
+        #: Streams the peer opened that wait for the application, oldest first.
+        self._awaiting: dict[int, None] = {}
         self._inbound = 0
         # Where a frame's payload continues into the next receive_data call.
         self._partial_header = bytearray()
@@ -131,7 +152,23 @@ class Connection:
 
     def pending_output(self) -> int:
         """How many bytes `data_to_send` would return now."""
-        return len(self._out)
+        return len(self._out) + len(self._urgent) + len(self._resume)
+
+    def control_output(self) -> int:
+        """How many bytes of control frames are queued (bounded by ``max_control_backlog``
+        while the peer keeps the input coming: see `input_held`)."""
+        return len(self._urgent)
+
+    @property
+    def input_held(self) -> bool:
+        """Whether `receive_data` stopped with input left, the control output being full:
+        take `data_to_send`, then call `resume_receiving`."""
+        return self._held is not None
+
+    @property
+    def streams_awaiting_accept(self) -> int:
+        """Streams the peer opened that the application has not accepted yet."""
+        return len(self._awaiting)
 
     def set_rtt(self, seconds: float) -> None:
         """Record a measured round-trip time: windows grow faster when the RTT is known."""
@@ -154,8 +191,16 @@ class Connection:
     # ---- sending ----------------------------------------------------------------------
 
     def data_to_send(self) -> bytearray:
-        """Everything queued for the transport, in order; the caller owns the buffer."""
+        """Everything queued for the transport, control frames first; the caller owns the
+        buffer."""
         out = self._out
+        if self._urgent or self._resume:
+            head = self._resume
+            head += self._urgent
+            head += out
+            out = head
+            self._resume = bytearray()
+            self._urgent = bytearray()
         self._out = bytearray()
         self.bytes_sent += len(out)
         return out
@@ -163,11 +208,12 @@ class Connection:
     def unsend(self, data: bytes | bytearray | memoryview) -> None:
         """Put back, in front of anything queued since, what a transport write did not take."""
         if data:
-            self._out[:0] = data
+            self._resume[:0] = data
             self.bytes_sent -= len(data)
 
     def _frame(self, type: int, flags: int, stream_id: int, length: int) -> None:
-        self._out += HEADER.pack(0, type, flags, stream_id, length)
+        """Queue a control frame (it goes out ahead of queued data)."""
+        self._urgent += HEADER.pack(0, type, flags, stream_id, length)
 
     def open_stream(self) -> int:
         """Open a stream (queues its SYN) and return its ID; data may be sent at once.
@@ -196,7 +242,7 @@ class Connection:
         if stream.accepted or not stream.inbound:
             raise LocalProtocolError(f"stream {stream_id} is not waiting to be accepted")
         stream.accepted = True
-        self._awaiting_accept -= 1
+        del self._awaiting[stream_id]
         self._frame(_WINDOW_UPDATE, _ACK, stream_id, stream.window.grown())
 
     def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
@@ -225,7 +271,8 @@ class Connection:
         """Half-close the stream (FIN, after its data). Raises `LocalProtocolError` if our
         half is closed already or the stream is not open."""
         self._transition(stream_id, StreamInput.SEND_FIN)
-        self._frame(_WINDOW_UPDATE, _FIN, stream_id, 0)
+        # With the data, not ahead of it: a graceful close never overtakes what it closes.
+        self._out += HEADER.pack(0, _WINDOW_UPDATE, _FIN, stream_id, 0)
 
     def reset_stream(self, stream_id: int) -> None:
         """Abort the stream (RST); the connection forgets it. Raises `LocalProtocolError` if
@@ -260,9 +307,30 @@ class Connection:
 
     def send_ping(self, opaque: int) -> None:
         """Queue a PING; the peer answers with the same ``opaque`` (`PingAcknowledged`).
-        Raises `LocalProtocolError` once the session is over."""
+
+        Pick ``opaque`` unpredictably (the peer must not answer pings in advance) and not
+        one that is `ping_unanswered`. An answer to a ping never sent ends the session with a
+        protocol error. Raises `LocalProtocolError` once the session is over or if
+        ``opaque`` does not fit 32 bits.
+        """
         self._check_alive()
-        self._frame(_PING, _SYN, 0, opaque & MAX_UINT32)
+        if not 0 <= opaque <= MAX_UINT32:
+            raise LocalProtocolError(f"ping opaque value {opaque} does not fit 32 bits")
+        self._pings.add(opaque)
+        self._frame(_PING, _SYN, 0, opaque)
+
+    def ping_unanswered(self, opaque: int) -> bool:
+        """Whether a ping of ours with this opaque value awaits its answer."""
+        return opaque in self._pings
+
+    def protocol_violation(self, message: str) -> RemoteProtocolError:
+        """End the session for a violation the adapter detected (a peer that does not read
+        what we must send it): queue GoAway with the protocol-error code and return the
+        error, which `terminated` holds from then on."""
+        exc = RemoteProtocolError(message, GoAwayCode.PROTOCOL_ERROR)
+        if self.terminated is None:
+            self._fail(exc)
+        return exc
 
     def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
         """Queue a GoAway: the peer may open no more streams (``code`` 0) or the session
@@ -281,9 +349,20 @@ class Connection:
         Raises `RemoteProtocolError` if the peer broke the protocol (a GoAway is queued).
         """
         self._check_alive(remote=True)
+        if self._held is not None:
+            raise LocalProtocolError("input is held: call resume_receiving first")
         self.bytes_received += len(data)
+        return self._parse(memoryview(data))
+
+    def resume_receiving(self) -> list[ev.Event]:
+        """Parse the input `receive_data` held back (see `input_held`), as far as the
+        control output allows again; return the events. Raises as `receive_data` does."""
+        self._check_alive(remote=True)
+        held, self._held = self._held, None
+        return self._parse(held) if held is not None else []
+
+    def _parse(self, view: memoryview) -> list[ev.Event]:
         events: list[ev.Event] = []
-        view = memoryview(data)
         end = len(view)
         pos = 0
         partial = self._partial_header
@@ -327,6 +406,10 @@ class Connection:
                                 pos += length
                             continue
                 self._on_frame(header, events)
+                if len(self._urgent) >= self._control_limit and pos < end:
+                    # Answers pile up faster than the peer reads them: stop here.
+                    self._held = view[pos:]
+                    break
         except RemoteProtocolError as exc:
             self._fail(exc)
             raise
@@ -344,6 +427,9 @@ class Connection:
                 self._frame(_PING, _ACK, 0, length)
                 events.append(ev.PingReceived(length))
             elif flags & _ACK:
+                if length not in self._pings:
+                    raise RemoteProtocolError(f"peer answered a ping never sent (opaque {length})")
+                self._pings.discard(length)
                 events.append(ev.PingAcknowledged(length))
         else:
             self._on_go_away(length, events)
@@ -412,15 +498,17 @@ class Connection:
         if stream_id in self._streams:
             raise RemoteProtocolError(f"peer opened stream {stream_id}, which is open already")
         config = self.config
-        if (
-            self.local_go_away
-            or self._awaiting_accept >= config.accept_backlog
-            or self._inbound >= config.max_inbound_streams
-        ):
+        if self.local_go_away or self._inbound >= config.max_inbound_streams:
             self._frame(_WINDOW_UPDATE, _RST, stream_id, 0)
             return None
+        if len(self._awaiting) >= config.accept_backlog:
+            # The application does not keep up: refuse the stream that waited longest.
+            oldest = next(iter(self._awaiting))
+            self._remove(oldest, self._streams[oldest])
+            self._frame(_WINDOW_UPDATE, _RST, oldest, 0)
+            events.append(ev.StreamReset(oldest))
         stream = self._streams[stream_id] = _Stream(inbound=True)
-        self._awaiting_accept += 1
+        self._awaiting[stream_id] = None
         self._inbound += 1
         events.append(ev.StreamOpened(stream_id))
         return stream
@@ -465,7 +553,7 @@ class Connection:
         if stream.inbound:
             self._inbound -= 1
             if not stream.accepted:
-                self._awaiting_accept -= 1
+                del self._awaiting[stream_id]
 
     def _check_alive(self, remote: bool = False) -> None:
         if self.terminated is not None:
@@ -475,8 +563,10 @@ class Connection:
 
     def _fail(self, exc: RemoteProtocolError) -> None:
         self.terminated = exc
+        self._held = None
         self._frame(_GO_AWAY, 0, 0, exc.code)
         self._streams.clear()
+        self._awaiting.clear()
         self._unacknowledged.clear()
         self._lingering.clear()
 

@@ -18,7 +18,7 @@ callers see `SessionClosed` (or `StreamReset` for one stream), a fresh object pe
 from __future__ import annotations
 
 import math
-from collections import deque
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -31,7 +31,6 @@ from . import events as ev
 from .config import Config
 from .connection import Connection
 from .errors import LocalProtocolError, RemoteProtocolError
-from .frames import MAX_UINT32
 from .stream import Stream, _Waiter
 from .stream_errors import RemoteGoAway, SessionClosed, StreamReset, fresh
 
@@ -103,7 +102,8 @@ class Session:
         #: the nursery's own scope: that one also holds the application's code).
         self._background: list[trio.CancelScope] = []
         self._streams: dict[int, Stream] = {}
-        self._accept_queue: deque[Stream] = deque()
+        #: Streams the peer opened, oldest first, until accepted (or refused by the core).
+        self._accept_queue: dict[int, Stream] = {}
         self._acceptors = ParkingLot()
         self._buffer_space = ParkingLot()
         self._open_slots = ParkingLot()
@@ -114,7 +114,8 @@ class Session:
         self._writing = False
         self._send_some = _partial_sender(transport)
         self._pings: dict[int, trio.Event] = {}
-        self._next_ping = 0
+        #: The reader waits here while the control output is full (woken by writes).
+        self._reader = _Waiter()
         self._error: SessionClosed | None = None
         self._closed = trio.Event()
         self._opened_total = 0
@@ -198,11 +199,10 @@ class Session:
         """
         await checkpoint_if_cancelled()
         while True:
-            while self._accept_queue:
-                stream = self._accept_queue.popleft()
+            if self._accept_queue:
+                queue = self._accept_queue
+                stream = queue.pop(next(iter(queue)))
                 if self._error is None:
-                    if self._streams.get(stream.stream_id) is not stream:
-                        continue  # reset by the peer before we got to it (its ID may be reused)
                     self._conn.accept_stream(stream.stream_id)
                     self._writer.wake()
                 # Once the session is over, streams it opened are still handed out: what the
@@ -233,8 +233,10 @@ class Session:
         """
         await checkpoint_if_cancelled()
         self._check_alive()
-        opaque = self._next_ping
-        self._next_ping = (opaque + 1) & MAX_UINT32
+        # Unpredictable, so that a peer cannot answer pings before it has read them.
+        opaque = secrets.randbits(32)
+        while self._conn.ping_unanswered(opaque):
+            opaque = secrets.randbits(32)  # pragma: no cover - one chance in 2**32 per ping
         answered = self._pings[opaque] = trio.Event()
         self._conn.send_ping(opaque)
         self._writer.wake()
@@ -322,6 +324,7 @@ class Session:
             self._writer.wake()
             return False
         data = self._conn.data_to_send()
+        self._reader.wake()
         self._writing = True
         sent = 0
         try:
@@ -398,7 +401,7 @@ class Session:
             stream._on_error(self._error, discard=False)
         else:
             self._streams[event.stream_id] = stream
-        self._accept_queue.append(stream)
+        self._accept_queue[event.stream_id] = stream
         self._acceptors.unpark()
 
     def _on_stream_ended(self, event: ev.StreamEnded) -> None:
@@ -417,6 +420,8 @@ class Session:
             self._open_slots.unpark()
         stream = self._streams.pop(event.stream_id, None)
         if stream is not None:
+            # Reset before it was accepted: the peer gave up, or the backlog was full.
+            self._accept_queue.pop(event.stream_id, None)
             stream._on_error(
                 StreamReset(f"stream {event.stream_id} was reset by the peer"), discard=True
             )
@@ -443,6 +448,7 @@ class Session:
         self._buffer_space.unpark_all()
         self._open_slots.unpark_all()
         self._idle_waiters.unpark_all()
+        self._reader.wake()
         for answered in self._pings.values():
             answered.set()
         self._writer.wake()
@@ -459,20 +465,43 @@ class Session:
                     return
                 try:
                     events = conn.receive_data(data)
+                    while True:
+                        for event in events:
+                            handlers[type(event)](event)
+                        if self._idle_waiters:
+                            self._wake_if_idle()
+                        if conn.terminated is not None:
+                            self._terminate(str(conn.terminated))
+                            return
+                        if conn.pending_output():
+                            self._writer.wake()
+                        if not conn.input_held:
+                            break
+                        # The peer makes us answer faster than it reads: read no more until
+                        # the writer has taken the answers (backpressure), for so long only.
+                        if not await self._wait_control_taken():
+                            return
+                        events = conn.resume_receiving()
                 except RemoteProtocolError as exc:
                     self._terminate(f"the peer broke the yamux protocol: {exc}", cause=exc)
                     return
-                for event in events:
-                    handlers[type(event)](event)
-                if self._idle_waiters:
-                    self._wake_if_idle()
-                if conn.terminated is not None:
-                    self._terminate(str(conn.terminated))
-                    return
-                if conn.pending_output():
-                    self._writer.wake()
         except _TRANSPORT_ERRORS as exc:
             self._connection_lost(exc)
+
+    async def _wait_control_taken(self) -> bool:
+        """Wait until the writer has taken the queued control frames; past
+        ``control_backlog_timeout``, end the session (GoAway, protocol error) and say False."""
+        conn, timeout = self._conn, self._config.control_backlog_timeout
+        with trio.move_on_after(timeout):
+            while conn.control_output() and self._error is None:
+                await self._reader.wait()
+            return self._error is None
+        exc = conn.protocol_violation(
+            f"the peer did not read our answers to its frames for {timeout} s"
+        )
+        self._writer.wake()
+        self._terminate(f"the peer broke the yamux protocol: {exc}", cause=exc)
+        return False
 
     def _connection_lost(self, exc: BaseException) -> None:
         """The translation boundary: a transport error becomes the session's end."""
@@ -498,6 +527,7 @@ class Session:
                         await self._writer.wait()
                         continue
                     self._writing = True
+                    self._reader.wake()
                     with memoryview(conn.data_to_send()) as data:
                         # In slices, so that the deadline is about progress: a slow link
                         # that keeps moving is not a dead one.

@@ -14,10 +14,10 @@ dropped, counted in `trio_bridge_audit_events_dropped_total` and logged once per
 
 from __future__ import annotations
 
-import datetime
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -63,8 +63,11 @@ ADMIN_EVENTS = ("bridge.created", "bridge.deleted", "bridge.rotated")
 
 def iso_time(timestamp: float) -> str:
     """UTC, ISO 8601 with microseconds and a Z: how event times are written."""
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds = int(timestamp)
+    micros = round((timestamp - seconds) * 1e6)
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
 
 
 @attrs.frozen
@@ -85,6 +88,9 @@ class Caller:
         if isinstance(caller, Caller):
             return caller
         return cls("embedded", None if caller is None else str(caller))
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"kind": self.kind, "label": self.label, "address": self.address, "user": self.user}
 
     def describe(self) -> str:
         """One short phrase for a table: `forward e2e=db:5432@127.0.0.1:15432 from ...`."""
@@ -137,7 +143,7 @@ class TunnelEvent:
             "node": self.node,
             "agent_node": self.agent_node,
             "agent": self.agent,
-            "caller": attrs.asdict(self.caller),
+            "caller": self.caller.to_dict(),
             "target": self.target,
             "outcome": self.outcome,
             "reason": self.reason,
@@ -221,12 +227,15 @@ class AuditConfig:
     """interval: seconds between the progress events of a tunnel that stays open.
     queue_size: events waiting for the audit task; beyond, new ones are dropped (counted).
     batch_size: events handed to the sinks at once, at most.
+    batch_delay: seconds the audit task lets events gather before it hands them on (fewer
+        wakeups and writes when tunnels open and close at a high rate).
     log_interval: a dropped event or a failing sink is logged once per this.
     flush_timeout: on shutdown, how long the sinks get for the events still queued."""
 
     interval: float = attrs.field(default=60.0, validator=_seconds)
     queue_size: int = attrs.field(default=10_000, validator=attrs.validators.gt(0))
     batch_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
+    batch_delay: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))
     log_interval: float = attrs.field(default=10.0, validator=_seconds)
     flush_timeout: float = attrs.field(default=5.0, validator=_seconds)
 
@@ -270,7 +279,7 @@ class AuditTrail:
         self._open: dict[MeteredStream, OpenTunnel] = {}  # in order of their next progress
         self._repeats: Repeats[str | tuple[str, int]] = Repeats(config.log_interval, clock=clock)
         self._running = False
-        self._wakeup = trio.Event()
+        self._held: list[AuditEvent] = []  # taken from the queue, not yet delivered
         self.dropped = metrics.counter(
             "trio_bridge_audit_events_dropped_total",
             "Audit events lost, by reason: queue_full (the audit task fell behind) or "
@@ -443,7 +452,8 @@ class AuditTrail:
             self._running = False
 
     def _take(self) -> list[AuditEvent]:
-        batch: list[AuditEvent] = []
+        """The events taken but not yet delivered, then what the queue holds, up to a batch."""
+        batch, self._held = self._held, []
         while len(batch) < self.config.batch_size:
             try:
                 batch.append(self._receive.receive_nowait())
@@ -453,9 +463,9 @@ class AuditTrail:
 
     async def _deliver(self) -> None:
         while True:
-            batch = [await self._receive.receive()]
-            batch += self._take()
-            await self._write(batch)
+            self._held.append(await self._receive.receive())
+            await trio.sleep(self.config.batch_delay)
+            await self._write(self._take())
 
     async def _write(self, batch: list[AuditEvent]) -> None:
         for sink in self._sinks:
@@ -507,8 +517,13 @@ SECRET_ROTATED = "bridge secret rotated"
 REVOCATIONS = (BRIDGE_DELETED, SECRET_ROTATED)
 
 
+_TUNNEL_PREFIX = secrets.token_hex(8)
+_tunnel_numbers = itertools.count(1)
+
+
 def new_tunnel_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits, unique: a random prefix per process, then a counter."""
+    return f"{_TUNNEL_PREFIX}{next(_tunnel_numbers):016x}"
 
 
 def outcome_of(error: BaseException) -> tuple[str, str]:

@@ -22,16 +22,14 @@ from typing import Any
 from relay.audit import AuditEvent, Caller
 
 _FILE_MODE = 0o640
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def encode(events: Iterable[AuditEvent]) -> bytes:
     """Events as JSON lines (compact, UTF-8, one per line)."""
-    return "".join(
-        json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False) + "\n"
-        for event in events
-    ).encode()
+    return "".join(_ENCODER.encode(event.to_dict()) + "\n" for event in events).encode()
 
 
 def _open(path: Path) -> int:

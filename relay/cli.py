@@ -9,6 +9,7 @@ Exit status: 0 success (for `serve`: stopped by SIGTERM or SIGINT), 1 the operat
 from __future__ import annotations
 
 import argparse
+import fcntl
 import getpass
 import json
 import logging
@@ -19,6 +20,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,6 +29,7 @@ import attrs
 import trio
 
 import mux
+from bridge import __version__
 from bridge.agent.relay_url import DEFAULT_PORT
 from bridge.ops import logs
 from bridge.ops.metrics import serve_metrics
@@ -35,7 +38,7 @@ from bridge.protocol.addresses import format_host_port, parse_host_port, parse_l
 from bridge.transport.websocket import DEFAULT_PATH, WebSocketConfig
 from relay import admin, audit_log
 from relay.audit import AuditConfig, admin_event
-from relay.certificates import ensure_self_signed, fingerprint, server_ssl_context
+from relay.certificates import CERT_FILE, ensure_self_signed, fingerprint, server_ssl_context
 from relay.config import RelayConfig, parse_networks
 from relay.credentials import DEFAULT_COST, check_cost
 from relay.errors import CertificateError, DuplicateBridge, InvalidBridgeName, UnknownBridge
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         "over TLS, and connections are tunneled to their targets through them.",
         epilog="Start with 'bridge-relay demo' to see a tunnel work on this machine.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     serve = commands.add_parser(
@@ -417,11 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name", metavar="NAME", help="1 to 64 letters, digits, '-' or '_'")
     _add_cost(create, "bcrypt cost of the secret's hash")
     _add_audit_log(create, "append an audit event for the change")
-    actions.add_parser(
+    listing = actions.add_parser(
         "list",
         parents=[common],
         help="list bridges and whether they are connected",
         description="List bridges: name, ID, created, connected or not, last seen.",
+    )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per bridge and line: name, id, created_at, last_seen_at "
+        "(ISO 8601 or null), connected (true, false, or null when no relay runs on the data "
+        "dir) and agents (their addresses) (default: a table)",
     )
     delete = actions.add_parser(
         "delete",
@@ -431,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and refuses them from then on.",
     )
     delete.add_argument("bridge", metavar="BRIDGE", help="name or ID")
+    delete.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="delete without asking (required when stdin is not a terminal; default: ask "
+        "on a terminal)",
+    )
     _add_audit_log(delete, "append an audit event for the change")
     rotate = actions.add_parser(
         "rotate",
@@ -483,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         type=_type(parse_host_port),
         help="the target as the agent sees it",
+    )
+    test.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: ok, bridge, target, and address (the address the agent "
+        "dialed) or error (the agent's own words) (default: one line of text)",
     )
 
     demo = commands.add_parser(
@@ -575,6 +599,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     logs.register_secret(args.socks_password or "")
+    lock = _lock_data_dir(data_dir)  # held until the process exits
     store = _open_store(data_dir)
     for spec in forwards:
         if store.find(spec.bridge) is None:
@@ -607,7 +632,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             relay.audit_trail.add_sink(audit_log.JsonLinesSink(args.audit_log))
         except OSError as exc:
             raise Failure(f"cannot open the audit log {args.audit_log}: {_reason(exc)}") from None
-    _run_trio(
+    cut = _run_trio(
         partial(
             _serve,
             relay,
@@ -621,7 +646,39 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             metrics=args.metrics,
         )
     )
+    lock.close()
+    if cut:
+        log.error(f"Stopped with {cut} tunnels cut: exit status 1")
+        return 1
     return 0
+
+
+LOCK_FILE = "relay.lock"
+
+
+def _lock_data_dir(data_dir: Path) -> Any:
+    """An exclusive lock on the data dir, held while the relay serves: a second relay on the
+    same data dir stops with one line. Raises `Failure`."""
+    path = data_dir / LOCK_FILE
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = open(path, "a+")  # noqa: SIM115 - held for the life of the process
+    except OSError as exc:
+        raise Failure(f"cannot lock the data dir {data_dir}: {_reason(exc)}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        owner = lock.read().strip() or "?"
+        lock.close()
+        raise Failure(
+            f"another relay (pid {owner}) is serving the data dir {data_dir.resolve()}"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 async def _serve(
@@ -635,7 +692,8 @@ async def _serve(
     socks: tuple[str, int] | None,
     socks_config: SocksConfig,
     metrics: tuple[str, int] | None,
-) -> None:
+) -> int:
+    """Returns how many tunnels the stop cut (0 after a clean drain)."""
     host, port = listen
     notifier = Notifier.from_environ()
     # The audit task outlives the serving tasks, so that it writes the close events of the
@@ -643,7 +701,7 @@ async def _serve(
     async with trio.open_nursery() as audit:
         await audit.start(relay.audit_trail.run)
         audit.start_soon(_reopen_on_sighup, relay)
-        await _serve_until_signal(
+        cut = await _serve_until_signal(
             relay,
             data_dir,
             cert_fingerprint,
@@ -657,6 +715,7 @@ async def _serve(
             metrics=metrics,
         )
         audit.cancel_scope.cancel()
+    return cut
 
 
 async def _reopen_on_sighup(relay: Relay) -> None:
@@ -678,7 +737,7 @@ async def _serve_until_signal(
     socks: tuple[str, int] | None,
     socks_config: SocksConfig,
     metrics: tuple[str, int] | None,
-) -> None:
+) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             listeners = await _start(
@@ -741,7 +800,9 @@ async def _serve_until_signal(
             notifier.ready(f"Listening for agents on {address}")
             await nursery.start(run_watchdog, notifier)
             await _stop_on_signals(signals, relay, notifier)
+            cut = relay.registry.open_streams_total()
             nursery.cancel_scope.cancel()
+    return cut
 
 
 async def _listen(nursery: trio.Nursery, what: str, address: tuple[str, int], serve) -> None:
@@ -801,7 +862,15 @@ def cmd_fingerprint(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay fingerprint``: print the certificate's fingerprint. Raises `Failure` when the
     certificate cannot be read."""
     try:
-        cert = args.cert if args.cert is not None else ensure_self_signed(data_dir)[0]
+        if args.cert is not None:
+            cert = args.cert
+        else:
+            cert = _require_data_dir(data_dir) / CERT_FILE
+            if not cert.exists():
+                raise Failure(
+                    f"no relay certificate in {data_dir.resolve()}: 'bridge-relay serve' or "
+                    "'bridge-relay bridges create' makes one (or pass --cert FILE)"
+                )
         print(fingerprint(cert))
     except CertificateError as exc:
         if args.cert is not None:
@@ -815,6 +884,10 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
     one-line message."""
     if args.action is None:
         raise UsageError("bridges needs an action: create, list, delete or rotate")
+    if args.action == "create":
+        _init_data_dir(data_dir)
+    else:
+        _require_data_dir(data_dir)
     store = _open_store(data_dir)
     audit_path = getattr(args, "audit_log", None)
     if audit_path:
@@ -833,8 +906,9 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
                 "again (only its bcrypt hash is kept)."
             )
         elif args.action == "list":
-            _list_bridges(store, data_dir)
+            _list_bridges(store, data_dir, as_json=args.json)
         elif args.action == "delete":
+            _confirm_delete(store.get(args.bridge), args.yes)
             record = store.delete(args.bridge)
             _audit_admin(audit_path, "bridge.deleted", record, args.action)
             print(
@@ -880,11 +954,51 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _list_bridges(store: SQLiteStore, data_dir: Path) -> None:
+def _confirm_delete(record: Any, yes: bool) -> None:
+    """Ask on a terminal; without one, only --yes deletes (a script must say so)."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"not deleting bridge {record.name} without confirmation: stdin is not a "
+            "terminal; pass --yes"
+        )
+    prompt = (
+        f"Delete bridge {record.name} ({record.id})? Its agents are disconnected and "
+        "refused from then on. [y/N] "
+    )
+    try:
+        answer = input(prompt)
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise Failure(f"bridge {record.name} not deleted")
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _list_bridges(store: SQLiteStore, data_dir: Path, *, as_json: bool = False) -> None:
     records = store.list()
     live = _relay_status(data_dir)
     if live is None:
         _note(f"No relay is running on {data_dir}: all bridges shown as disconnected.")
+    if as_json:
+        for record in records:
+            sessions = (live or {}).get(record.id, [])
+            row = {
+                "name": record.name,
+                "id": record.id,
+                "created_at": _iso(record.created_at),
+                "last_seen_at": _iso(record.last_seen_at),
+                "connected": None if live is None else bool(sessions),
+                "agents": [s.get("peer") for s in sessions],
+            }
+            print(json.dumps(row, separators=(",", ":")))
+        return
     if not records:
         _note("No bridges yet: create one with 'bridge-relay bridges create NAME'.")
         return
@@ -924,7 +1038,7 @@ def _when(timestamp: float | None) -> str:
 def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay test BRIDGE HOST:PORT``: ask the running relay to open a tunnel; 0 when the
     agent reached the target, 1 with its reason when not. Raises `UsageError` or `Failure`."""
-    store = _open_store(data_dir)
+    store = _open_store(_require_data_dir(data_dir))
     try:
         record = store.get(args.bridge)
     except UnknownBridge as exc:
@@ -951,9 +1065,18 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
         error = str(reply.get("error", "unknown error"))
         if reply.get("kind") == "BridgeNotConnected":
             error = f"Bridge not connected: {args.bridge}"
-        print(error, file=sys.stderr)
+        if args.json:
+            result = {"ok": False, "bridge": args.bridge, "target": target, "error": error}
+            print(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+        else:
+            print(error, file=sys.stderr)
         return 1
-    print(f"OK: {args.bridge} reached {target} via {reply.get('address', target)}")
+    address = reply.get("address", target)
+    if args.json:
+        result = {"ok": True, "bridge": args.bridge, "target": target, "address": address}
+        print(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+    else:
+        print(f"OK: {args.bridge} reached {target} via {address}")
     return 0
 
 
@@ -995,6 +1118,26 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
 # -- plumbing --------------------------------------------------------------------------------
 
 
+def _require_data_dir(data_dir: Path) -> Path:
+    """The data dir, which must exist: a command that only reads never makes one (a mistyped
+    --data-dir would show an empty store and a certificate no relay uses)."""
+    if not (data_dir / STORE_FILE).exists() and not (data_dir / CERT_FILE).exists():
+        raise Failure(
+            f"no relay data dir at {data_dir.resolve()} (give --data-dir or RELAY_DATA_DIR; "
+            "'bridge-relay bridges create NAME' or 'bridge-relay serve' makes one)"
+        )
+    return data_dir
+
+
+def _init_data_dir(data_dir: Path) -> None:
+    """Make the data dir's certificate if there is none (the store is made when opened), so
+    that `fingerprint` works right after `bridges create`."""
+    try:
+        ensure_self_signed(data_dir)
+    except CertificateError as exc:
+        raise Failure(str(exc)) from None
+
+
 def _open_store(data_dir: Path) -> SQLiteStore:
     store = SQLiteStore(data_dir / STORE_FILE)
     try:
@@ -1017,10 +1160,10 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def _run_trio(fn, *args: Any) -> None:
+def _run_trio(fn, *args: Any) -> Any:
     """trio.run, turning a Failure or UsageError raised inside nurseries into a plain one."""
     try:
-        trio.run(fn, *args)
+        return trio.run(fn, *args)
     except BaseExceptionGroup as group:
         for leaf in _leaves(group):
             if isinstance(leaf, (Failure, UsageError)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import socket
 import ssl
 import struct
@@ -131,9 +132,19 @@ class RelayUntrusted(RelayUnavailable):
 class RelayRejected(AgentError):
     """The relay refused this agent for a reason retrying will not fix."""
 
-    def __init__(self, message: str, status: WelcomeStatus) -> None:
+    def __init__(self, message: str, status: WelcomeStatus | None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class RelayNotTrusted(RelayRejected):
+    """Before the first session, the relay's certificate failed verification (the pinned
+    fingerprint or the CA): a configuration error, not retried. (After a first session the
+    same failure is retried: a certificate rotation, an intercepting proxy or a clock fault
+    must not stop a running agent for good.)"""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None)
 
 
 class AuthenticationFailed(RelayRejected):
@@ -269,10 +280,12 @@ class Agent:
                     )
                     raise AuthenticationFailed(message, exc.status) from None
                 raise
+            except RelayUntrusted as exc:
+                if not self.sessions:  # never worked: the trust settings are wrong
+                    raise RelayNotTrusted(str(exc)) from None
+                reason, level = str(exc), logging.ERROR
             except RelayUnavailable as exc:
                 reason = str(exc)
-                if isinstance(exc, RelayUntrusted):
-                    level = logging.ERROR
             if self.sessions > sessions:
                 task_status = trio.TASK_STATUS_IGNORED
                 if trio.current_time() - began >= self.config.healthy_session:
@@ -419,7 +432,7 @@ class Agent:
                     f"Timed out connecting to the relay at {url.address}"
                 ) from None
             except OSError as exc:
-                message = f"Cannot connect to the relay at {url.address}: {exc.strerror or exc}"
+                message = f"Cannot connect to the relay at {url.address}: {_os_reason(exc)}"
                 raise RelayUnavailable(message) from None
             pinned = isinstance(self.ssl_context, PinnedSSLContext)
             tls = TLSStream.wrap(
@@ -687,6 +700,20 @@ def _abort(target: trio.SocketStream) -> None:
         target.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass
+
+
+def _os_reason(exc: OSError) -> str:
+    """The OS's words for a failed connection ("Connection refused"), also when the error
+    sums up several attempts (one per address) whose own errors are its cause."""
+    cause = exc.__cause__
+    causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
+    errors = [exc] if exc.errno else [c for c in causes if isinstance(c, OSError) and c.errno]
+    reasons = list(
+        dict.fromkeys(
+            e.strerror if isinstance(e, socket.gaierror) else os.strerror(e.errno) for e in errors
+        )
+    )
+    return "; ".join(reasons) if reasons else exc.strerror or str(exc)
 
 
 def _tls_reason(exc: BaseException) -> str:

@@ -31,6 +31,9 @@ from bridge.transport.tls import client_ssl_context
 PROG = "bridge-agent"
 EX_USAGE = 2
 EX_CONFIG = 78
+#: Bridge secrets made by `bridge-relay bridges create` are 43 characters; anything much
+#: shorter is a mistake (a placeholder, a truncated paste).
+MIN_SECRET = 16
 
 log = logging.getLogger("bridge.cli")
 
@@ -191,36 +194,41 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
         raise UsageError(f"invalid log format {fmt!r}: use text or json")
 
     bridge_id = pick(args.id, "BRIDGE_ID")
-    if not bridge_id:
-        raise UsageError("missing bridge ID: set BRIDGE_ID or pass --id")
     secret = pick(args.secret, "BRIDGE_SECRET")
-    if not secret:
-        raise UsageError("missing bridge secret: set BRIDGE_SECRET (or pass --secret)")
     relay = pick(args.relay, "RELAY_URL")
-    if not relay:
+    entries = (
+        _split(args.allow) if args.allow else _split([pick(None, "ALLOW", "ALLOWED_HOSTS") or ""])
+    )
+    allow_any = args.allow_any if args.allow_any is not None else _truthy(env.get("ALLOW_ANY"))
+    missing = [
+        setting
+        for setting, value in [
+            ("BRIDGE_ID (--id)", bridge_id),
+            ("BRIDGE_SECRET (--secret)", secret),
+            ("RELAY_URL (--relay, e.g. tls://relay.example.com)", relay),
+            ("ALLOW (--allow HOST:PORT, or --allow-any)", entries or allow_any),
+        ]
+        if not value
+    ]
+    if missing:  # all of them in one line: one run to learn what to set
+        raise UsageError(f"missing settings: {', '.join(missing)}")
+    assert bridge_id and secret and relay
+    if len(secret) < MIN_SECRET:
         raise UsageError(
-            "missing relay URL: set RELAY_URL or pass --relay, e.g. tls://relay.example.com"
+            f"BRIDGE_SECRET is {len(secret)} characters, too short to be a bridge secret (at "
+            f"least {MIN_SECRET}; 'bridge-relay bridges create' makes 43): check the env file"
         )
     try:
         relay_url = RelayURL.parse(relay)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    entries = (
-        _split(args.allow) if args.allow else _split([pick(None, "ALLOW", "ALLOWED_HOSTS") or ""])
-    )
-    allow_any = args.allow_any if args.allow_any is not None else _truthy(env.get("ALLOW_ANY"))
     if allow_any and entries:
         raise UsageError(
             "--allow-any (ALLOW_ANY) cannot be combined with an allow-list (--allow, ALLOW)"
         )
     if allow_any:
         allow = AllowList.any()
-    elif not entries:
-        raise UsageError(
-            "no allow-list: set ALLOW (e.g. ALLOW=localhost:5432) or pass --allow HOST:PORT; "
-            "--allow-any lets the relay reach every host"
-        )
     else:
         try:
             allow = AllowList.parse(entries)
@@ -303,12 +311,18 @@ async def run(agent: Agent, metrics: tuple[str, int] | None = None) -> int:
             return 1
         await nursery.start(_stop_on_signal, agent, nursery.cancel_scope)
         try:
-            status = 1 if await agent.run() else 0
+            cut = await agent.run()
+            status = 1 if cut else 0
+            if cut:
+                log.error(f"Stopped with {cut} connections cut: exit status 1")
         except RelayRejected as exc:
-            log.error(str(exc))
+            log.error(f"{exc}; exit status {EX_CONFIG}, not restarted under systemd")
             status = EX_CONFIG
         nursery.cancel_scope.cancel()
-    return 1 if status is None else status  # None: a second signal stopped it at once
+    if status is None:  # a second signal stopped it at once
+        log.error("Stopped at once by a second signal: exit status 1")
+        return 1
+    return status
 
 
 async def _serve_metrics(nursery: trio.Nursery, agent: Agent, host: str, port: int) -> bool:

@@ -77,6 +77,8 @@ class ControlParser:
         self._parser = _OneMessage()
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[ControlMessage]:
+        """The messages `data` completes, in order (an empty list while one is still partial).
+        Raises `ControlError` for a malformed or oversized message."""
         messages = []
         while (message := self._parser.feed(data)) is not None:
             messages.append(message)

@@ -102,6 +102,7 @@ class Hello:
         return {v for v in offered if isinstance(v, int) and not isinstance(v, bool)}
 
     def capabilities(self) -> set[str]:
+        """The capabilities the agent offers (names from ``info``); empty when it lists none."""
         offered = self.info.get("capabilities")
         if not isinstance(offered, list):
             return set()
@@ -121,6 +122,7 @@ class Welcome:
     info: dict[str, Any] = attrs.field(factory=dict, validator=attrs.validators.instance_of(dict))
 
     def capabilities(self) -> frozenset[str]:
+        """The capabilities both sides use in this session (from ``info``); empty for version 1."""
         caps = self.info.get("capabilities")
         if not isinstance(caps, list):
             return frozenset()

@@ -1,3 +1,2 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""Tests: attacks on real processes."""

@@ -1,7 +1,6 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""Fixtures of the adversarial tests: real `bridge-relay` and `bridge-agent` processes,
-started with tests/e2e's helpers."""
+"""Real relay and agent processes (tests/e2e's helpers) for the adversarial tests."""
 
 from __future__ import annotations
 

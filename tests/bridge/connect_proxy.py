@@ -9,6 +9,8 @@ import base64
 import h11
 import trio
 
+from bridge.transport.splice import splice
+
 
 class ConnectProxy:
     """Tunnels ``CONNECT host:port``; ``await nursery.start(proxy.serve)``.
@@ -74,15 +76,4 @@ class ConnectProxy:
             async with upstream:
                 await answer(200)
                 self.tunnels += 1
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_pump, client, upstream)
-                    nursery.start_soon(_pump, upstream, client)
-
-
-async def _pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
-    try:
-        while data := await source.receive_some(65536):
-            await sink.send_all(data)
-        await sink.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+                await splice(client, upstream)

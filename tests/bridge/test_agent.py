@@ -13,6 +13,7 @@ from bridge.agent.agent import (
     Agent,
     AgentConfig,
     AuthenticationFailed,
+    RelayNotTrusted,
     RelayRejected,
     RelayUnavailable,
 )
@@ -23,7 +24,7 @@ from bridge.transport.tls import certificate_fingerprint, client_ssl_context
 from bridge.transport.websocket import serve_websocket_agents
 from relay import MemoryStore, Relay, RelayConfig
 
-from .bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, serve
+from .bridge_support import BRIDGE_ID, SECRET, FakeRelay, echo, make_certificates, serve
 from .connect_proxy import ConnectProxy
 
 
@@ -465,3 +466,37 @@ async def test_drain_while_connecting_over_websocket(nursery, certificates):
         await trio.testing.wait_all_tasks_blocked()
         agent.drain()
     assert agent.sessions == 0
+
+
+# -- trust failures: a configuration error at first, retried once the agent has worked -------
+
+
+async def test_a_wrong_pin_before_any_session_is_a_configuration_error(relay, make_agent):
+    pinned = client_ssl_context(fingerprint="sha256:" + "00" * 32)
+    with trio.fail_after(10), pytest.raises(RelayNotTrusted, match="does not match the pinned"):
+        await make_agent(ssl_context=pinned).run()
+    assert relay.hellos == []  # the secret never left
+
+
+async def test_a_trust_failure_after_a_session_is_retried(
+    nursery, relay, make_agent, tmp_path, caplog
+):
+    agent = make_agent(max_backoff=0.2)
+    await nursery.start(agent.run)
+    session = await relay.next_session()
+    (other := tmp_path / "other").mkdir()
+    relay.context = make_certificates(other).server_context()  # a new certificate
+    await session.aclose()
+
+    def untrusted():
+        return [
+            r
+            for r in caplog.records
+            if r.levelno == logging.ERROR and "trust the relay with" in r.fields.get("reason", "")
+        ]
+
+    with trio.fail_after(10):
+        while len(untrusted()) < 2:  # retried, with backoff
+            await trio.sleep(0.02)
+    assert not agent.draining and agent.sessions == 1  # still trying, not stopped
+    agent.drain()

@@ -15,6 +15,7 @@ from bridge.ops.systemd import Notifier
 from bridge.protocol.connect import ConnectStatus
 from bridge.protocol.handshake import Welcome, WelcomeStatus
 
+from ..settle import settled
 from .bridge_support import FakeRelay, echo, serve
 
 FAST = {"max_backoff": 0.05}
@@ -32,14 +33,14 @@ class Recorder(Notifier):
 
 async def run_agent(nursery, agent) -> dict:
     """Start ``agent.run`` in the background; the dict gets its result or error."""
-    outcome = {}
+    outcome = {"done": trio.Event()}
 
     async def run(task_status=trio.TASK_STATUS_IGNORED):
         try:
             outcome["result"] = await agent.run(task_status=task_status)
         except Exception as exc:
             outcome["error"] = exc
-        outcome["done"] = True
+        outcome["done"].set()
 
     await nursery.start(run)
     return outcome
@@ -47,8 +48,7 @@ async def run_agent(nursery, agent) -> dict:
 
 async def wait_done(outcome: dict) -> None:
     with trio.fail_after(10):
-        while "done" not in outcome:
-            await trio.sleep(0.01)
+        await outcome["done"].wait()
 
 
 async def test_reconnects_after_the_session_ends(nursery, relay: FakeRelay, make_agent, caplog):
@@ -113,8 +113,7 @@ async def test_drain_lets_open_streams_finish(nursery, relay, make_agent, caplog
     agent.drain()
     assert "STOPPING=1\nSTATUS=Draining 1 open connections" in notifier.messages
     with trio.fail_after(5):
-        while not session._conn.remote_go_away:  # GoAway reached the relay
-            await trio.sleep(0.01)
+        await settled(lambda: session._conn.remote_go_away)  # GoAway reached the relay
     with pytest.raises(mux.RemoteGoAway):
         await session.open_stream()
     payload = os.urandom(1024 * 1024)
@@ -155,13 +154,11 @@ async def test_drain_while_waiting_to_reconnect_returns_at_once(nursery, relay, 
     async def run():
         outcome["result"] = await agent.run()
 
-    nursery.start_soon(run)
     with trio.fail_after(5):
-        while relay.connections < 2:
-            await trio.sleep(0.01)
-        agent.drain()
-        while "result" not in outcome:
-            await trio.sleep(0.01)
+        async with trio.open_nursery() as running:
+            running.start_soon(run)
+            await settled(lambda: relay.connections >= 2)
+            agent.drain()
     assert outcome["result"] == 0 and agent.sessions == 0
 
 

@@ -108,10 +108,26 @@ def test_fingerprint(certificates):
 @pytest.mark.parametrize(
     "argv, env, expected",
     [
-        ([], {"BRIDGE_ID": None}, "missing bridge ID: set BRIDGE_ID or pass --id"),
-        ([], {"BRIDGE_SECRET": None}, "missing bridge secret: set BRIDGE_SECRET"),
-        ([], {"BRIDGE_SECRET": ""}, "missing bridge secret"),
-        ([], {"RELAY_URL": None}, "missing relay URL: set RELAY_URL or pass --relay"),
+        ([], {"BRIDGE_ID": None}, "missing settings: BRIDGE_ID (--id)"),
+        ([], {"BRIDGE_SECRET": None}, "missing settings: BRIDGE_SECRET (--secret)"),
+        ([], {"BRIDGE_SECRET": ""}, "missing settings: BRIDGE_SECRET (--secret)"),
+        (
+            [],
+            {"RELAY_URL": None},
+            "missing settings: RELAY_URL (--relay, e.g. tls://relay.example.com)",
+        ),
+        (
+            [],
+            {"BRIDGE_ID": None, "BRIDGE_SECRET": None, "RELAY_URL": None, "ALLOW": None},
+            "missing settings: BRIDGE_ID (--id), BRIDGE_SECRET (--secret), RELAY_URL (--relay, "
+            "e.g. tls://relay.example.com), ALLOW (--allow HOST:PORT, or --allow-any)",
+        ),
+        (
+            [],
+            {"BRIDGE_SECRET": "0"},
+            "BRIDGE_SECRET is 1 characters, too short to be a bridge secret (at least 16;",
+        ),
+        ([], {"BRIDGE_SECRET": "s" * 15}, "BRIDGE_SECRET is 15 characters, too short"),
         (
             [],
             {"RELAY_URL": "https://relay"},
@@ -121,8 +137,8 @@ def test_fingerprint(certificates):
         (["--proxy", "https://me:hunter2@proxy"], {}, "invalid proxy URL 'https://***@proxy'"),
         ([], {"HTTPS_PROXY": "proxy:x"}, "invalid proxy URL 'proxy:x'"),
         ([], {"RELAY_URL": "tls://relay:99999"}, "invalid relay URL"),
-        ([], {"ALLOW": None}, "no allow-list: set ALLOW"),
-        ([], {"ALLOW": " , "}, "no allow-list"),
+        ([], {"ALLOW": None}, "missing settings: ALLOW (--allow HOST:PORT, or --allow-any)"),
+        ([], {"ALLOW": " , "}, "missing settings: ALLOW"),
         ([], {"ALLOW": "db:5432,db"}, "invalid allow-list entry 'db'"),
         (
             ["--allow", "db:99999"],
@@ -215,13 +231,49 @@ async def test_process_runs_and_exits_cleanly_on_sigint(nursery, relay, certific
 
 
 async def test_process_with_wrong_secret_exits_78(relay, certificates):
-    env = agent_process_env(relay, certificates, BRIDGE_SECRET="wrong-secret", LOG_FORMAT="json")
+    env = agent_process_env(
+        relay, certificates, BRIDGE_SECRET="wrong-secret-but-long-enough", LOG_FORMAT="json"
+    )
     result = await trio.run_process(
         [sys.executable, "-m", "bridge"], env=env, capture_stderr=True, check=False, cwd=ROOT
     )
     assert result.returncode == 78
     lines = result.stderr.decode().splitlines()
     assert (
-        '"event": "Relay rejected the bridge credentials: invalid bridge credentials"' in lines[-1]
+        '"event": "Relay rejected the bridge credentials: invalid bridge credentials; '
+        'exit status 78, not restarted under systemd"' in lines[-1]
     )
     assert '"level": "ERROR"' in lines[-1]
+
+
+async def test_process_with_a_wrong_fingerprint_exits_78_without_retrying(relay, certificates):
+    env = agent_process_env(relay, certificates, RELAY_FINGERPRINT="sha256:" + "ab" * 32)
+    del env["RELAY_CA"]
+    with trio.fail_after(20):
+        result = await trio.run_process(
+            [sys.executable, "-m", "bridge"], env=env, capture_stderr=True, check=False, cwd=ROOT
+        )
+    assert result.returncode == 78
+    last = result.stderr.decode().splitlines()[-1]
+    assert "\tERROR\tRefusing the relay at 127.0.0.1:" in last
+    assert last.endswith("; exit status 78, not restarted under systemd")
+    assert "Reconnecting" not in result.stderr.decode()
+
+
+async def test_connection_failures_keep_the_os_words(relay, certificates):
+    closed = trio.socket.socket()
+    await closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    url = f"tls://127.0.0.1:{closed.getsockname()[1]}"
+    env = agent_process_env(relay, certificates, RELAY_URL=url, RECONNECT_MAX_BACKOFF="0.1")
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge"], env=env, cwd=ROOT, stderr=subprocess.PIPE
+    )
+    seen = bytearray()
+    try:
+        with trio.fail_after(20):
+            await read_until(process.stderr, b'Connection refused"}', seen)
+    finally:
+        process.terminate()
+        await process.wait()
+        closed.close()
+    assert f'Cannot connect to the relay at {url[6:]}: Connection refused"' in seen.decode()

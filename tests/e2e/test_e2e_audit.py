@@ -290,7 +290,8 @@ async def test_admin_events_revocation_and_reopen_on_sighup(
     env = clean_env(RELAY_AUDIT_LOG=str(log))
     deleted = await trio.to_thread.run_sync(
         lambda: run(
-            [RELAY, "--data-dir", str(bridge.data_dir), "bridges", "delete", "other"], env=env
+            [RELAY, "--data-dir", str(bridge.data_dir), "bridges", "delete", "--yes", "other"],
+            env=env,
         )
     )
     assert deleted.returncode == 0, deleted.stderr

@@ -83,7 +83,7 @@ def test_delete_cuts_the_live_tunnel(postgres: Postgres, launch: Launcher, bridg
         "the tunneled query to run",
     )
 
-    deleted = relay_cli(bridge.data_dir, "bridges", "delete", bridge.name)
+    deleted = relay_cli(bridge.data_dir, "bridges", "delete", "--yes", bridge.name)
 
     assert deleted.returncode == 0, deleted.stderr
     assert live.wait(CUT_DEADLINE) != 0  # psql: server closed the connection

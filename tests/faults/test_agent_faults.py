@@ -321,7 +321,7 @@ async def test_wrong_credentials_exit_78_without_retrying(launch, fault_proxy, b
 async def test_deleted_bridge_exits_78(launch, fault_proxy, bridge):
     """The relay closes a deleted bridge's session; the agent's next handshake is refused."""
     relay, proxy, agent = await start_tunnel(launch, fault_proxy)
-    deleted = await in_thread(relay_cli, bridge.data_dir, "bridges", "delete", bridge.name)
+    deleted = await in_thread(relay_cli, bridge.data_dir, "bridges", "delete", "--yes", bridge.name)
     assert deleted.returncode == 0, deleted.stderr
     assert await in_thread(agent.wait, 20) == 78
     assert "(the relay said: bridge deleted)" in agent.stderr()

@@ -111,13 +111,14 @@ async def test_abuse_is_dropped_alone_and_memory_stays_bounded(launch: Launcher,
     assert await transfer(forward, 4 * 1024 * 1024)  # buffers warmed up before measuring
     rss_before = rss_kib(pid)
 
-    progress = trio.Event()
+    progress, finished = trio.Event(), trio.Event()
     long_transfer = []
 
     async def long_running() -> None:
         long_transfer.append(
             await transfer(forward, 24 * 1024 * 1024, pace=0.01, progress=progress)
         )
+        finished.set()
 
     nursery.start_soon(long_running)
     await progress.wait()
@@ -164,8 +165,7 @@ async def test_abuse_is_dropped_alone_and_memory_stays_bounded(launch: Launcher,
             assert await closed_by_peer(tls), name
 
     with trio.fail_after(60):
-        while not long_transfer:
-            await trio.sleep(0.05)
+        await finished.wait()
     assert long_transfer == [True]
     assert await transfer(forward, 1024 * 1024)
     growth = rss_kib(pid) - rss_before

@@ -109,10 +109,11 @@ async def test_sigterm_drains_open_tunnels_and_tells_systemd(launch, nursery, tm
 async def test_stopping_does_not_wait_forever(launch, nursery, how):
     timeout = "1" if how == "drain timeout" else "60"
     relay, forward = await start(launch, nursery, "--drain-timeout", timeout)
-    progress, outcome = trio.Event(), []
+    progress, finished, outcome = trio.Event(), trio.Event(), []
 
     async def run() -> None:
         outcome.append(await transfer_outcome(forward, 1 << 40, 0.01, progress))
+        finished.set()
 
     nursery.start_soon(run)
     await progress.wait()
@@ -120,12 +121,13 @@ async def test_stopping_does_not_wait_forever(launch, nursery, how):
     await trio.to_thread.run_sync(relay.process.wait_for, r"\tStopping: no new agents")
     if how == "second signal":
         relay.process.popen.send_signal(signal.SIGTERM)
-    assert await trio.to_thread.run_sync(relay.process.wait, 15) == 0
+    # Tunnels were cut: exit status 1, as the agent does, stated on the last line.
+    assert await trio.to_thread.run_sync(relay.process.wait, 15) == 1
     with trio.fail_after(10):
-        while not outcome:
-            await trio.sleep(0.05)
+        await finished.wait()
     assert outcome[0] != "complete"
     log = relay.process.stderr()
     expected = "\tStopping now\t" if how == "second signal" else "Drain timed out after 1 s"
     assert expected in log and "Traceback" not in log, log
+    assert re.search(r"\tERROR\tStopped with \d+ tunnels cut: exit status 1\n$", log), log
     assert re.search(r"\tBridge disconnected\t.*relay shutting down", log), log

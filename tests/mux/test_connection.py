@@ -433,13 +433,18 @@ def test_inbound_streams_beyond_the_limit_get_rst(finish):
     assert link.pump() == ([], [StreamOpened(fourth)])
 
 
-def test_unaccepted_streams_beyond_the_backlog_get_rst():
+def test_unaccepted_streams_beyond_the_backlog_refuse_the_oldest():
     link = Link(server_config=Config(accept_backlog=2))
     ids = [link.client.open_stream() for _ in range(3)]
-    assert link.pump() == ([StreamReset(ids[2])], [StreamOpened(ids[0]), StreamOpened(ids[1])])
-    link.server.accept_stream(ids[0])
+    opened = [StreamOpened(ids[0]), StreamOpened(ids[1]), StreamReset(ids[0]), StreamOpened(ids[2])]
+    assert link.pump() == ([StreamReset(ids[0])], opened)
+    assert link.server.streams_awaiting_accept == 2
+    link.server.accept_stream(ids[1])
     fourth = link.client.open_stream()
-    assert link.pump() == ([StreamAccepted(ids[0])], [StreamOpened(fourth)])
+    assert link.pump() == ([StreamAccepted(ids[1])], [StreamOpened(fourth)])
+    with pytest.raises(LocalProtocolError):
+        link.server.accept_stream(ids[0])
+    assert link.server.stream_state(ids[0]) is None
 
 
 # ---- caller misuse --------------------------------------------------------------------------

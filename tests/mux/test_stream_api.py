@@ -357,11 +357,12 @@ async def test_streams_beyond_the_accept_backlog_are_reset(sessions):
     client, server = await sessions.open(server_config=mux.Config(accept_backlog=2))
     streams = [await client.open_stream() for _ in range(3)]
     await settle()
+    # The stream that waited longest is refused.
     with pytest.raises(mux.StreamReset):
-        await streams[2].send_all(b"refused")
+        await streams[0].send_all(b"refused")
     with pytest.raises(mux.StreamReset):
-        await streams[2].receive_some()
-    for stream in streams[:2]:
+        await streams[0].receive_some()
+    for stream in streams[1:]:
         await stream.send_all(b"queued %d" % stream.stream_id)
         accepted = await server.accept_stream()
         assert accepted.stream_id == stream.stream_id

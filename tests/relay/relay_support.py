@@ -21,6 +21,8 @@ from bridge.transport.tls import client_ssl_context
 from relay import Relay, RelayConfig
 from relay.certificates import server_ssl_context
 
+from ..settle import settled
+
 COST = 4  # bcrypt cost in tests
 
 
@@ -76,12 +78,10 @@ class RelayHarness:
         return running
 
     async def wait_disconnected(self, bridge: str) -> None:
-        while self.relay.is_connected(bridge):
-            await trio.sleep(0.01)
+        await settled(lambda: not self.relay.is_connected(bridge))
 
     async def wait_sessions(self, bridge: str, count: int) -> None:
-        while len(self.relay.registry.sessions(bridge)) != count:
-            await trio.sleep(0.01)
+        await settled(lambda: len(self.relay.registry.sessions(bridge)) == count)
 
 
 class RunningAgent:

@@ -8,13 +8,13 @@ import json
 import time
 
 import pytest
-import trio
 
 from bridge.ops.metrics import TunnelMetrics
 from relay import TargetNotAllowed
 from relay.audit import AuditConfig, AuditTrail, Caller, TunnelEvent
 from relay.audit_log import JsonLinesSink, matches, parse_since, read, table
 
+from ..settle import settled
 from .relay_support import RelayHarness, captured_logs, receive_all
 
 
@@ -50,15 +50,15 @@ async def test_hook_sees_open_progress_and_close(nursery, store, cert_files, ech
     echoed = b""
     while len(echoed) < 1000:
         echoed += await stream.receive_some(1000 - len(echoed))
-    while not any(e.event == "tunnel.progress" and e.bytes_down == 1000 for e in events):
-        await trio.sleep(0.01)
+    await settled(
+        lambda: any(e.event == "tunnel.progress" and e.bytes_down == 1000 for e in events)
+    )
     await stream.send_eof()
     assert await receive_all(stream) == b""
     await stream.aclose()
     with pytest.raises(TargetNotAllowed):
         await harness.relay.connect("prod", "127.0.0.1", 1, caller=Caller("embedded", "job-8"))
-    while not any(e.outcome == "refused" for e in events):
-        await trio.sleep(0.01)
+    await settled(lambda: any(e.outcome == "refused" for e in events))
 
     opened, *progress, closed, refused = [e for e in events if e.caller.label in ("job-7", "job-8")]
     assert opened.event == "tunnel.open" and opened.outcome == "ok"

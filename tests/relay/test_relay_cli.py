@@ -3,6 +3,7 @@
 """`bridge-relay` as a user runs it: real processes, real output, real exit codes."""
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -75,7 +76,7 @@ def test_bridge_lifecycle(env, data_dir):
     assert not bcrypt.checkpw(secret.encode(), stored)
     assert stored.startswith(b"$2b$04$")
 
-    deleted = cli(env, data_dir, "bridges", "delete", "prod")
+    deleted = cli(env, data_dir, "bridges", "delete", "--yes", "prod")
     assert deleted.returncode == 0 and "Deleted bridge prod" in deleted.stdout
     assert store.find(bridge_id) is None
     store.close()
@@ -83,6 +84,7 @@ def test_bridge_lifecycle(env, data_dir):
 
 
 def test_fingerprint_is_stable_and_matches_the_certificate(env, data_dir):
+    assert cli(env, data_dir, "bridges", "create", "prod").returncode == 0  # makes the data dir
     first = cli(env, data_dir, "fingerprint")
     assert first.returncode == 0
     assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", first.stdout)
@@ -122,6 +124,7 @@ def test_fingerprint_is_stable_and_matches_the_certificate(env, data_dir):
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(env, data_dir, args, message):
+    SQLiteStore(data_dir / "bridges.db").list()  # an existing, empty data dir
     result = cli(env, data_dir, *args)
     assert result.returncode == 2
     assert result.stdout == ""
@@ -159,7 +162,7 @@ def _subcommand_parsers(parser):
 def test_every_flag_documents_its_default():
     for parser in _subcommand_parsers(build_parser()):
         for action in parser._actions:
-            if action.option_strings and action.dest != "help":
+            if action.option_strings and action.dest not in ("help", "version"):
                 assert "default" in (action.help or ""), (parser.prog, action.option_strings)
     result = subprocess.run(
         [sys.executable, "-m", "relay", "serve", "--help"],
@@ -275,6 +278,28 @@ async def test_serve_forward_and_test_as_separate_processes(env, data_dir, nurse
             assert refused.stderr.decode() == "Host not in allowed hosts list: db:5432\n"
             listed = await _run_cli(env, data_dir, "bridges", "list")
             assert "connected (127.0.0.1:" in listed.stdout.decode()
+
+            # The same for scripts: --json.
+            ok = await _run_cli(env, data_dir, "test", "prod", f"127.0.0.1:{echo_port}", "--json")
+            assert ok.returncode == 0
+            assert json.loads(ok.stdout) == {
+                "ok": True,
+                "bridge": "prod",
+                "target": f"127.0.0.1:{echo_port}",
+                "address": f"127.0.0.1:{echo_port}",
+            }
+            refused = await _run_cli(env, data_dir, "test", "prod", "db:5432", "--json")
+            assert refused.returncode == 1
+            assert json.loads(refused.stdout) == {
+                "ok": False,
+                "bridge": "prod",
+                "target": "db:5432",
+                "error": "Host not in allowed hosts list: db:5432",
+            }
+            listed = await _run_cli(env, data_dir, "bridges", "list", "--json")
+            (row,) = map(json.loads, listed.stdout.decode().splitlines())
+            assert row["name"] == "prod" and row["connected"] is True
+            assert row["agents"][0].startswith("127.0.0.1:")
 
             client = await trio.open_tcp_stream("127.0.0.1", forward_port)
             async with client:

@@ -14,6 +14,7 @@ from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encod
 from relay import BridgeBusy, MemoryStore, RelayShuttingDown, TargetUnreachable, credentials
 from relay.limits import LoginLimiter, Repeats, source_of
 
+from ..settle import settled
 from .relay_support import RelayHarness, receive_all, run_scripted_agent
 
 TIME_LIMIT = 20
@@ -120,8 +121,7 @@ async def test_failed_logins_are_limited_per_source(nursery, cert_files, relay_l
         assert len(checks) == checked  # refused without bcrypt
         # Credentials verified before still get in from the same address.
         assert await login(harness, bridge_id, secret) == WelcomeStatus.OK
-        while not messages(relay_logs, "Authentication failures from 127.0.0.1"):
-            await trio.sleep(0.05)
+        await settled(lambda: messages(relay_logs, "Authentication failures from 127.0.0.1"))
     [summary] = messages(relay_logs, "Authentication failures from 127.0.0.1")
     assert summary.getMessage().startswith("Authentication failures from 127.0.0.1: 6 in the last")
     assert len(messages(relay_logs, "Authentication failed")) == 3
@@ -140,8 +140,7 @@ async def test_pending_connections_are_bounded_and_timed_out(
         for _ in range(3):  # the start of a TLS record, then nothing
             stalled.append(tcp := await trio.open_tcp_stream("127.0.0.1", harness.port))
             await tcp.send_all(b"\x16\x03\x01")
-        while harness.relay.pending < 3:
-            await trio.sleep(0.01)
+        await settled(lambda: harness.relay.pending == 3)
         extra = await trio.open_tcp_stream("127.0.0.1", harness.port)
         assert await closed_by_relay(extra)
         # Closed while the three are still pending: they are dropped at the deadline only.
@@ -172,8 +171,7 @@ async def test_per_bridge_limits_refuse_clearly(nursery, cert_files, echo_port, 
         await streams[0].send_eof()
         assert await receive_all(streams[0]) == b""
         await streams[0].aclose()
-        while harness.relay.registry.open_streams("prod") == 3:
-            await trio.sleep(0.01)
+        await settled(lambda: harness.relay.registry.open_streams("prod") < 3)
         await (await harness.relay.connect("prod", "127.0.0.1", echo_port)).aclose()
     assert len(messages(relay_logs, "Tunnel refused")) == 1  # once per burst
 
@@ -206,8 +204,7 @@ async def test_pending_opens_are_bounded(nursery, cert_files):
         async with trio.open_nursery() as opens:
             for _ in range(2):
                 opens.start_soon(waiting)
-            while harness.relay.registry.pending_opens.get(bridge_id) != 2:
-                await trio.sleep(0.01)
+            await settled(lambda: harness.relay.registry.pending_opens.get(bridge_id) == 2)
             with pytest.raises(BridgeBusy, match="^Bridge slow: 2 connections waiting"):
                 await harness.relay.connect("slow", "db", 5432)
         assert outcomes == ["timed out"] * 2

@@ -17,6 +17,8 @@ from bridge.protocol.connect import (
 from bridge.transport.prefixed_stream import PrefixedStream
 from tests.relay.relay_support import captured_logs
 
+from ..settle import settled
+
 TIME_LIMIT = 20
 
 
@@ -82,8 +84,9 @@ async def test_a_draining_relay_tells_the_agent(harness, echo_port):
     with captured_logs("bridge.agent") as records, trio.fail_after(TIME_LIMIT):
         await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
         await harness.relay.drain()
-        while not any(r.getMessage() == "The relay is ending the session" for r in records):
-            await trio.sleep(0.01)
+        await settled(
+            lambda: any(r.getMessage() == "The relay is ending the session" for r in records)
+        )
     ending = [r for r in records if r.getMessage() == "The relay is ending the session"]
     assert ending[0].fields["reason"] == "relay shutting down"
     # The control stream is not a tunnel: the drain did not wait for it.

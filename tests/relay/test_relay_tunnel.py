@@ -172,7 +172,7 @@ async def test_cli_delete_in_another_process_cuts_the_session(sqlite_harness, ec
         bridge_id, secret = harness.create_bridge("prod")
         agent = await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
         data_dir = harness.store.path.parent
-        delete = ["bridges", "delete", "prod"]
+        delete = ["bridges", "delete", "--yes", "prod"]
         await trio.run_process(
             [sys.executable, "-m", "relay", "--data-dir", str(data_dir), *delete],
             capture_stdout=True,

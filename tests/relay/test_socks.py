@@ -19,6 +19,7 @@ from bridge.ops.metrics import TunnelMetrics, serve_metrics
 from relay import MemoryStore
 from relay.socks import Reply, SocksConfig, parse_bridge_host, serve_socks
 
+from ..settle import settled
 from .relay_support import RelayHarness, RunningAgent, captured_logs, receive_all
 
 TIME_LIMIT = 20
@@ -355,10 +356,13 @@ async def test_relay_and_agent_metrics_after_curl_traffic(front, http_port, nurs
         with pytest.raises(AuthenticationFailed):
             await front.harness.agent(front.bridge_id, "not-the-secret", ["db:1"]).run()
         bridge_id = front.bridge_id
-        while relay.metrics.streams_open.value(bridge="prod") or agent.metrics.streams_open.value(
-            bridge=bridge_id
-        ):
-            await trio.sleep(0.01)  # the tunnels close on both ends after curl is done
+        # the tunnels close on both ends after curl is done
+        await settled(
+            lambda: (
+                not relay.metrics.streams_open.value(bridge="prod")
+                and not agent.metrics.streams_open.value(bridge=bridge_id)
+            )
+        )
 
         connected = partial(agent.metrics.sessions.value, bridge=bridge_id)
         at_relay, _ = await _scrape(nursery, relay.metrics, lambda: True)
