@@ -1,6 +1,6 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""`bridge-relay`: serve agents, manage bridges, check tunnels, run the demo.
+"""`bridge-relay`: serve agents, manage bridges and their store, check tunnels, run the demo.
 
 Exit status: 0 success (for `serve`: stopped by SIGTERM or SIGINT), 1 the operation failed
 (e.g. a target refused, the port is taken), 2 bad input.
@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -41,11 +40,17 @@ from relay.audit import AuditConfig, admin_event
 from relay.certificates import CERT_FILE, ensure_self_signed, fingerprint, server_ssl_context
 from relay.config import RelayConfig, parse_networks
 from relay.credentials import DEFAULT_COST, check_cost
-from relay.errors import CertificateError, DuplicateBridge, InvalidBridgeName, UnknownBridge
+from relay.errors import (
+    CertificateError,
+    DuplicateBridge,
+    InvalidBridgeName,
+    StoreError,
+    UnknownBridge,
+)
 from relay.forward import ForwardSpec, serve_forward
 from relay.relay import Relay
 from relay.socks import SocksConfig, serve_socks
-from relay.store import SQLiteStore
+from relay.store import Store, StoreURL, open_store
 
 PROG = "bridge-relay"
 DEFAULT_DATA_DIR = "./relay-data"
@@ -133,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
             "directory of the bridge store, the relay certificate and the control socket",
             "RELAY_DATA_DIR",
             DEFAULT_DATA_DIR,
+        ),
+    )
+    common.add_argument(
+        "--store",
+        metavar="URL",
+        type=_type(StoreURL.parse),
+        default=argparse.SUPPRESS,
+        help=_env_help(
+            "where bridges are kept: postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (one "
+            "store for several relays) or sqlite:///PATH",
+            "RELAY_STORE",
+            f"sqlite in the data dir ({STORE_FILE})",
         ),
     )
     parser = _Parser(
@@ -509,6 +526,37 @@ def build_parser() -> argparse.ArgumentParser:
         "dialed) or error (the agent's own words) (default: one line of text)",
     )
 
+    store = commands.add_parser(
+        "store",
+        parents=[common],
+        help="copy bridges between stores",
+        description="Manage the bridge store itself.",
+    )
+    store_actions = store.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    copy = store_actions.add_parser(
+        "copy",
+        parents=[common],
+        help="copy every bridge to another store, IDs and secrets unchanged",
+        description="Copy every bridge from one store to another with its ID, secret hash "
+        "and times, so agents keep their credentials (e.g. from the data dir's SQLite to "
+        "PostgreSQL). Bridges already in the destination with the same ID are left alone.",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        type=_type(StoreURL.parse),
+        help="the store to read (default: --store, or the data dir's SQLite)",
+    )
+    copy.add_argument(
+        "--to",
+        dest="destination",
+        metavar="URL",
+        type=_type(StoreURL.parse),
+        required=True,
+        help="the store to write, its schema made if needed (required: no default)",
+    )
+
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -599,10 +647,17 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     logs.register_secret(args.socks_password or "")
+    # psycopg's pool logs every failed connection attempt; the relay logs the store's state
+    # changes itself, once each.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     lock = _lock_data_dir(data_dir)  # held until the process exits
-    store = _open_store(data_dir)
+    store = _open_store(args, data_dir, create=True)
     for spec in forwards:
-        if store.find(spec.bridge) is None:
+        try:
+            missing = store.find(spec.bridge) is None
+        except StoreError as exc:
+            raise Failure(str(exc)) from None
+        if missing:
             log.warning(
                 "Forward names a bridge that does not exist (yet)",
                 extra={"fields": {"forward": str(spec), "bridge": spec.bridge}},
@@ -632,20 +687,23 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             relay.audit_trail.add_sink(audit_log.JsonLinesSink(args.audit_log))
         except OSError as exc:
             raise Failure(f"cannot open the audit log {args.audit_log}: {_reason(exc)}") from None
-    cut = _run_trio(
-        partial(
-            _serve,
-            relay,
-            data_dir,
-            fingerprint(cert),
-            listen=args.listen,
-            listen_ws=args.listen_ws,
-            forwards=forwards,
-            socks=args.socks,
-            socks_config=socks_config,
-            metrics=args.metrics,
+    try:
+        cut = _run_trio(
+            partial(
+                _serve,
+                relay,
+                data_dir,
+                fingerprint(cert),
+                listen=args.listen,
+                listen_ws=args.listen_ws,
+                forwards=forwards,
+                socks=args.socks,
+                socks_config=socks_config,
+                metrics=args.metrics,
+            )
         )
-    )
+    finally:
+        store.close()
     lock.close()
     if cut:
         log.error(f"Stopped with {cut} tunnels cut: exit status 1")
@@ -887,8 +945,8 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
     if args.action == "create":
         _init_data_dir(data_dir)
     else:
-        _require_data_dir(data_dir)
-    store = _open_store(data_dir)
+        _require_store(args, data_dir)
+    store = _open_store(args, data_dir, create=args.action == "create")
     audit_path = getattr(args, "audit_log", None)
     if audit_path:
         try:
@@ -912,8 +970,8 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
             record = store.delete(args.bridge)
             _audit_admin(audit_path, "bridge.deleted", record, args.action)
             print(
-                f"Deleted bridge {record.name} ({record.id}); a running relay disconnects "
-                "its agents within 2 seconds."
+                f"Deleted bridge {record.name} ({record.id}); every relay using this store "
+                "disconnects its agents within 2 seconds."
             )
         elif args.action == "rotate":
             record = store.get(args.bridge)
@@ -926,8 +984,52 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
             )
     except (UnknownBridge, DuplicateBridge, InvalidBridgeName) as exc:
         raise UsageError(str(exc)) from None
-    except sqlite3.Error as exc:
-        raise Failure(f"bridge store {data_dir / STORE_FILE}: {exc}") from None
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_store(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay store copy``: copy every bridge, ID and secret hash unchanged, to another
+    store. Raises `UsageError` or `Failure` with a one-line message."""
+    if args.action is None:
+        raise UsageError("store needs an action: copy")
+    source_url = args.source or _store_url(args, data_dir)
+    if source_url.kind == "sqlite" and not Path(source_url.target).is_file():
+        raise Failure(f"no bridge store at {source_url.target}")
+    if str(source_url) == str(args.destination):
+        raise UsageError("--from and --to name the same store")
+    _register_password(args.destination)
+    source = _open_store(args, data_dir, url=source_url)
+    destination = _open_store(args, data_dir, url=args.destination, create=True)
+    copied, present, conflicts = 0, 0, []
+    try:
+        for record in source.list():
+            existing = destination.find(record.id)
+            if existing is not None and existing.id == record.id:
+                present += 1
+                if existing.secret_hash != record.secret_hash:
+                    conflicts.append(f"{record.name} ({record.id}) has another secret there")
+                continue
+            try:
+                destination.import_bridge(record)
+            except DuplicateBridge:
+                conflicts.append(f"{record.name}: the name is taken there by another bridge")
+            else:
+                copied += 1
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        source.close()
+        destination.close()
+    print(
+        f"Copied {copied} bridge{'' if copied == 1 else 's'} from {source_url} to "
+        f"{args.destination}" + (f" ({present} already there)" if present else "")
+    )
+    if conflicts:
+        raise Failure("not copied: " + "; ".join(conflicts))
     return 0
 
 
@@ -981,7 +1083,7 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def _list_bridges(store: SQLiteStore, data_dir: Path, *, as_json: bool = False) -> None:
+def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> None:
     records = store.list()
     live = _relay_status(data_dir)
     if live is None:
@@ -1038,11 +1140,16 @@ def _when(timestamp: float | None) -> str:
 def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay test BRIDGE HOST:PORT``: ask the running relay to open a tunnel; 0 when the
     agent reached the target, 1 with its reason when not. Raises `UsageError` or `Failure`."""
-    store = _open_store(_require_data_dir(data_dir))
+    _require_store(args, data_dir)
+    store = _open_store(args, data_dir)
     try:
         record = store.get(args.bridge)
     except UnknownBridge as exc:
         raise UsageError(str(exc)) from None
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        store.close()
     host, port = args.target
     target = format_host_port(host, port)
 
@@ -1081,6 +1188,8 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay audit``: print the events of the audit log, filtered by bridge and time.
+    Raises `UsageError` without a log to read, `Failure` when it cannot be read."""
     if not args.audit_log:
         raise UsageError("audit needs the log to read: --audit-log PATH (or RELAY_AUDIT_LOG)")
     selected = []
@@ -1138,13 +1247,50 @@ def _init_data_dir(data_dir: Path) -> None:
         raise Failure(str(exc)) from None
 
 
-def _open_store(data_dir: Path) -> SQLiteStore:
-    store = SQLiteStore(data_dir / STORE_FILE)
+def _require_store(args: argparse.Namespace, data_dir: Path) -> None:
+    """For a command that only reads: the store must exist. The data dir's SQLite file is
+    checked with `_require_data_dir`; a store URL given with --store or RELAY_STORE is
+    checked when opened (a PostgreSQL database without the schema, an SQLite file that is
+    not there), and needs no data dir: an admin machine has none."""
+    url = _store_url(args, data_dir)
+    if url == StoreURL.sqlite(data_dir / STORE_FILE):
+        _require_data_dir(data_dir)
+    elif url.kind == "sqlite" and not Path(url.target).is_file():
+        raise Failure(f"no bridge store at {url.target}")
+
+
+def _store_url(args: argparse.Namespace, data_dir: Path) -> StoreURL:
+    """--store, else RELAY_STORE, else the data dir's SQLite file."""
+    if (url := getattr(args, "store", None)) is not None:
+        return url
+    if text := os.environ.get("RELAY_STORE"):
+        try:
+            return StoreURL.parse(text)
+        except ValueError as exc:
+            raise UsageError(f"RELAY_STORE: {exc}") from None
+    return StoreURL.sqlite(data_dir / STORE_FILE)
+
+
+def _register_password(url: StoreURL) -> None:
+    if url.kind == "postgresql":
+        from psycopg.conninfo import conninfo_to_dict
+
+        logs.register_secret(str(conninfo_to_dict(url.target).get("password") or ""))
+
+
+def _open_store(
+    args: argparse.Namespace, data_dir: Path, *, url: StoreURL | None = None, create: bool = False
+) -> Store:
+    """The store of --store (or `url`), reached once so that an unreachable or missing one
+    fails here with one line. Only with `create` is a PostgreSQL schema made."""
+    url = url or _store_url(args, data_dir)
+    _register_password(url)
+    store = open_store(url, create=create)
     try:
         store.generation()
-    except (sqlite3.Error, OSError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise Failure(f"cannot open the bridge store {store.path}: {reason}") from None
+    except StoreError as exc:
+        store.close()
+        raise Failure(str(exc)) from None
     return store
 
 
@@ -1176,6 +1322,7 @@ _COMMANDS = {
     "fingerprint": cmd_fingerprint,
     "bridges": cmd_bridges,
     "test": cmd_test,
+    "store": cmd_store,
     "audit": cmd_audit,
     "demo": cmd_demo,
 }
@@ -1188,7 +1335,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError(
-                "a command is required: serve, fingerprint, bridges, test, audit or demo "
+                "a command is required: serve, fingerprint, bridges, test, store, audit or "
+                "demo "
                 "(see bridge-relay --help)"
             )
         data_dir = Path(

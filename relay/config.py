@@ -56,6 +56,13 @@ class RelayConfig:
     connect_timeout: how long `Relay.connect` waits for the agent's answer about a target.
     bcrypt_cost: cost of the dummy hash checked for unknown bridge IDs (match the stored ones).
     store_poll_interval: how often the store is checked for changes made by other processes.
+    store_check_interval: the same, while the store notifies changes (PostgreSQL LISTEN):
+        only a safety net then.
+    store_threads: store calls run at once (worker threads; PostgreSQL connections).
+    store_login_wait: how long a login waits for the store before it is decided from memory
+        (bridges admitted before); also while the store is unreachable.
+    store_retry_interval: while the store is unreachable, writes (last seen times) and the
+        change notifications are retried this often.
     max_pending: agent connections (TLS and WebSocket) not yet authenticated, shared fairly
         between source addresses (IPv4 address, IPv6 /64): when all are taken, an address
         holding fewer takes one from the address holding the most; otherwise new connections
@@ -89,6 +96,10 @@ class RelayConfig:
     connect_timeout: float = attrs.field(default=15.0, validator=_seconds)
     bcrypt_cost: int = attrs.field(default=DEFAULT_COST, validator=lambda _, __, v: check_cost(v))
     store_poll_interval: float = attrs.field(default=0.5, validator=_seconds)
+    store_check_interval: float = attrs.field(default=5.0, validator=_seconds)
+    store_threads: int = attrs.field(default=4, validator=_count)
+    store_login_wait: float = attrs.field(default=2.0, validator=_seconds)
+    store_retry_interval: float = attrs.field(default=1.0, validator=_seconds)
     max_pending: int = attrs.field(default=256, validator=_count)
     proxy_protocol: tuple[Network, ...] = attrs.field(default=(), converter=parse_networks)
     auth_failures_per_minute: int = attrs.field(default=10, validator=_count)

@@ -69,3 +69,12 @@ class BridgeBusy(TunnelError):
 
 class RelayShuttingDown(RelayError):
     """The relay is draining before it stops: it opens no new tunnels."""
+
+
+class StoreError(RelayError):
+    """The bridge store cannot be reached or used (the message says which store and why,
+    never a password)."""
+
+
+class StoreNotInitialised(StoreError):
+    """The bridge store has no schema yet: `serve` or `bridges create` makes it."""

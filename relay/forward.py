@@ -94,7 +94,11 @@ async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream
         except RelayError:
             return  # the relay has logged the refusal and its reason
         async with remote:
-            sent, received, clean = await splice(client, remote)
+            try:
+                sent, received, clean = await splice(client, remote)
+            except trio.Cancelled:
+                reset_stream(remote)  # cut short (the relay stops): not an end of the data
+                raise
             if not clean:
                 reset_stream(remote)
         log.debug(

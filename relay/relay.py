@@ -80,6 +80,7 @@ from relay.errors import (
     BridgeBusy,
     BridgeNotConnected,
     RelayShuttingDown,
+    StoreError,
     TargetNotAllowed,
     TargetUnreachable,
     TunnelError,
@@ -95,10 +96,15 @@ from relay.proxy_protocol import (
 )
 from relay.registry import AgentSession, Registry
 from relay.store import BridgeRecord, Store
+from relay.store.access import StoreAccess
 
 log = logging.getLogger("relay.relay")
 
 AUTH_FAILED_MESSAGE = "invalid bridge credentials"
+STORE_UNAVAILABLE_MESSAGE = "the relay cannot check credentials right now; retry later"
+# Bridges admitted before, kept to admit their agents again while the store is unreachable.
+_ADMITTED_MAX = 10_000
+_ALL = ""  # in Relay._changed: every bridge may have changed
 RATE_LIMITED_MESSAGE = "too many failed logins from this address; retry later"
 BUSY_MESSAGE = "the relay is busy checking other logins; retry later"
 _READ_SIZE = 4096
@@ -156,10 +162,15 @@ class _Retry(Exception):
 class Relay:
     """Serves agents on one or more listeners and tunnels connections through them.
 
-    `store` holds the bridges (`SQLiteStore` or `MemoryStore`); `ssl_context` is the server
-    context of the agent listener (see `relay.certificates.server_ssl_context`); `metrics`
-    (a fresh `TunnelMetrics` if None) counts sessions, tunnels and refusals. `audit`, if
-    given, is called with every audit event (see `add_audit_hook`).
+    `store` holds the bridges (`SQLiteStore`, `PostgresStore` or `MemoryStore`); `ssl_context`
+    is the server context of the agent listener (see `relay.certificates.server_ssl_context`);
+    `metrics` (a fresh `TunnelMetrics` if None) counts sessions, tunnels and refusals; `audit`,
+    if given, is called with every audit event (see `add_audit_hook`).
+
+    The store is only called from worker threads, never on the event loop, and never on the
+    way of a tunnel's bytes. While it is unreachable, sessions and tunnels go on, agents of
+    bridges admitted before are admitted again from memory (with credentials verified
+    before), last seen times wait in memory and are written once it is back.
     """
 
     def __init__(
@@ -200,6 +211,13 @@ class Relay:
         self._drops = DropLog(config.log_interval)
         self._accepting: set[trio.CancelScope] = set()
         self._stopping = False
+        self._store = StoreAccess(store, threads=config.store_threads)
+        self._admitted: OrderedDict[str, BridgeRecord] = OrderedDict()
+        self._changed: set[str] = set()  # bridge IDs changed by others (_ALL: any)
+        self._store_wake = trio.Event()
+        self._listening = False  # the store notifies changes right now
+        self._seen: dict[str, float] = {}  # last seen times not yet written
+        self._seen_wake = trio.Event()
 
     def __repr__(self) -> str:
         return f"<Relay store={self.store!r} sessions={len(self.registry)}>"
@@ -247,6 +265,7 @@ class Relay:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.audit_trail.run)
             nursery.start_soon(self._watch_store)
+            nursery.start_soon(self._write_seen)
             nursery.start_soon(self._verifier.prepare)
             nursery.start_soon(self._report_repeats)
             handler = partial(self._handle_connection, None)
@@ -303,6 +322,7 @@ class Relay:
         """Close every listener (agents over TLS and WebSocket, forwards, SOCKS): connections
         already in go on, and no new tunnel is opened."""
         self._stopping = True
+        self.audit_trail.stopping = True
         for scope in self._accepting:
             scope.cancel()
 
@@ -487,21 +507,35 @@ class Relay:
         await transport.aclose()
         return None
 
+    async def _find(self, bridge_id: str) -> tuple[BridgeRecord | None, bool]:
+        """(the record of `bridge_id`, whether it came from the store). While the store is
+        unreachable or slower than `store_login_wait`, the record this relay admitted last."""
+        if self._store.healthy:
+            with trio.move_on_after(self.config.store_login_wait):
+                try:
+                    return await self._store.run(self.store.find, bridge_id), True
+                except StoreError:
+                    pass
+        return self._admitted.get(bridge_id), False
+
     async def _authenticate(self, hello: Hello, peer: str, source: str) -> BridgeRecord:
         try:
-            record = self.store.find(hello.bridge_id)
+            record, fresh = await self._find(hello.bridge_id)
         except Exception:
             log.exception("Bridge store failed", extra=_extra(peer=peer))
             raise Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
         if record is not None and record.id != hello.bridge_id:
             record = None  # agents authenticate by ID, not by name
+        if record is None and not fresh:
+            raise Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
         stored_hash = None if record is None else record.secret_hash
         secret = hello.secret.encode()
         charged: list[tuple[LoginLimiter, str]] = []
         budget = partial(self._bcrypt_slot, source, hello.bridge_id, charged)
         try:
+            # While the store cannot be asked, only credentials verified before get in.
             verified = await self._verifier.verify(
-                hello.bridge_id, stored_hash, secret, budget=budget
+                hello.bridge_id, stored_hash, secret, cached_only=not fresh, budget=budget
             )
         except Refused:
             self.metrics.auth_failures.inc(listener="agent")
@@ -509,11 +543,17 @@ class Relay:
         if verified:
             assert record is not None
             _refund(charged)
+            self._admitted[record.id] = record
+            self._admitted.move_to_end(record.id)
+            while len(self._admitted) > _ADMITTED_MAX:
+                self._admitted.popitem(last=False)
             self._known[(source, record.id)] = None
             self._known.move_to_end((source, record.id))
             while len(self._known) > self.config.rate_limit_sources:
                 self._known.popitem(last=False)
             return record
+        if not fresh:
+            raise Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
         self.metrics.auth_failures.inc(listener="agent")
         if self._logins.failed(source):
             _log(
@@ -612,7 +652,9 @@ class Relay:
                             agents=len(self.registry.sessions(record.id)),
                         )
                         self._mark_seen(record.id)
-                        self._revalidate(agent)  # the store may have changed while we verified
+                        # The store may have changed while we verified.
+                        self._changed.add(record.id)
+                        self._store_wake.set()
                         if self._stopping:
                             await _go_away(agent, "relay shutting down")
                         async for stream in session:  # agents never open streams
@@ -641,10 +683,32 @@ class Relay:
             )
 
     def _mark_seen(self, bridge_id: str) -> None:
-        try:
-            self.store.mark_seen(bridge_id)
-        except Exception as exc:
-            _log(logging.WARNING, "Cannot record last seen time", id=bridge_id, reason=str(exc))
+        """Record the time in memory; `_write_seen` writes it to the store."""
+        self._seen[bridge_id] = time.time()
+        self._seen_wake.set()
+
+    async def _write_seen(self) -> None:
+        """Writes last seen times, retried while the store is unreachable. Holds one time
+        per bridge at most: a newer one replaces an older one not yet written."""
+        while True:
+            await self._seen_wake.wait()
+            self._seen_wake = trio.Event()
+            while self._seen:
+                bridge_id, when = next(iter(self._seen.items()))
+                try:
+                    await self._store.run(self.store.mark_seen, bridge_id, when)
+                except StoreError:
+                    await trio.sleep(self.config.store_retry_interval)
+                    continue
+                except Exception as exc:
+                    _log(
+                        logging.WARNING,
+                        "Cannot record last seen time",
+                        id=bridge_id,
+                        reason=str(exc),
+                    )
+                if self._seen.get(bridge_id) == when:
+                    del self._seen[bridge_id]
 
     async def _report_repeats(self) -> None:
         """Sum up the refusals that were not logged one by one."""
@@ -694,33 +758,74 @@ class Relay:
     # -- store changes -------------------------------------------------------------------
 
     async def _watch_store(self) -> None:
-        seen = None
+        """Follows changes made by other processes: notified ones at once (a store with
+        `listen`), and any change at the next poll of `generation()`."""
+        async with trio.open_nursery() as nursery:
+            if (listen := getattr(self.store, "listen", None)) is not None:
+                nursery.start_soon(self._listen_store, listen)
+            seen = None
+            while True:
+                changed, self._changed = self._changed, set()
+                self._store_wake = trio.Event()
+                try:
+                    generation = await self._store.run(self.store.generation)
+                    if _ALL in changed or (
+                        seen is not None and generation != seen and not self._listening
+                    ):
+                        await self.revalidate()
+                    elif changed:
+                        await self.revalidate(changed)
+                    seen = generation
+                except StoreError:
+                    self._changed |= changed  # checked again once the store is back
+                except Exception as exc:
+                    _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
+                interval = self.config.store_poll_interval
+                if self._listening:
+                    interval = self.config.store_check_interval
+                with trio.move_on_after(interval):
+                    await self._store_wake.wait()
+
+    async def _listen_store(self, listen: Callable[..., Awaitable[None]]) -> None:
         while True:
             try:
-                generation = self.store.generation()
-            except Exception as exc:
-                _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(listen, self._store_changed)
+                    self._store.succeeded()
+                    self._listening = True
+                    self._store_changed(_ALL)  # changes made while not listening
+            except* StoreError as group:
+                first = group.exceptions[0]
+                self._store.failed(first if isinstance(first, StoreError) else StoreError(first))
+            except* Exception as group:
+                reason = f"bridge store notifications: {group.exceptions[0]!r}"
+                self._store.failed(StoreError(reason))
+            finally:
+                self._listening = False
+            await trio.sleep(self.config.store_retry_interval)
+
+    def _store_changed(self, bridge_id: str) -> None:
+        self._changed.add(bridge_id)
+        self._store_wake.set()
+
+    async def revalidate(self, bridge_ids: set[str] | None = None) -> None:
+        """Close the sessions of bridges deleted or rotated since they were admitted: those
+        in `bridge_ids`, or all. Raises StoreError if the store cannot be read."""
+        ids = {agent.bridge_id for agent in self.registry}
+        if bridge_ids is not None:
+            ids &= bridge_ids
+        for bridge_id in ids:
+            record = await self._store.run(self.store.find, bridge_id)
+            if record is None:
+                self._admitted.pop(bridge_id, None)
+                self._verifier.forget(bridge_id)
             else:
-                if seen is not None and generation != seen:
-                    self.revalidate()
-                seen = generation
-            await trio.sleep(self.config.store_poll_interval)
-
-    def revalidate(self) -> None:
-        """Close the sessions of bridges deleted or rotated since they were admitted."""
-        for agent in list(self.registry):
-            self._revalidate(agent)
-
-    def _revalidate(self, agent: AgentSession) -> None:
-        try:
-            record = self.store.find(agent.bridge_id)
-        except Exception as exc:
-            _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
-            return
-        if record is None:
-            agent.close(BRIDGE_DELETED)
-        elif record.secret_hash != agent.secret_hash:
-            agent.close(SECRET_ROTATED)
+                self._admitted[bridge_id] = record
+            for agent in self.registry.sessions(bridge_id):
+                if record is None:
+                    agent.close(BRIDGE_DELETED)
+                elif record.secret_hash != agent.secret_hash:
+                    agent.close(SECRET_ROTATED)
 
     # -- tunnels -------------------------------------------------------------------------
 

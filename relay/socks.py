@@ -223,7 +223,11 @@ async def _serve_client(
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 sent, received, clean = 0, 0, False
             else:
-                sent, received, clean = await splice(client, remote)
+                try:
+                    sent, received, clean = await splice(client, remote)
+                except trio.Cancelled:
+                    reset_stream(remote)  # cut short (the relay stops): not an end of the data
+                    raise
             if not clean:
                 reset_stream(remote)
         _log(

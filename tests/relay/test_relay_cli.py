@@ -173,6 +173,7 @@ def test_every_flag_documents_its_default():
     )
     for name in [
         "RELAY_DATA_DIR",
+        "RELAY_STORE",
         "RELAY_LISTEN",
         "RELAY_CERT",
         "RELAY_KEY",

@@ -1,0 +1,72 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""What every bridge store holds and promises: `BridgeRecord`, the name rules, `Store`."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Protocol
+
+import attrs
+
+from relay.credentials import DEFAULT_COST
+from relay.errors import InvalidBridgeName
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@attrs.frozen
+class BridgeRecord:
+    """One bridge: its ID (a UUID), unique name, bcrypt hash of its secret and timestamps
+    (seconds since the epoch)."""
+
+    id: str
+    name: str
+    secret_hash: bytes = attrs.field(repr=False)
+    created_at: float
+    last_seen_at: float | None = None
+
+    def matches(self, bridge: str) -> bool:
+        return bridge in (self.id, self.name)
+
+
+def check_name(name: str) -> str:
+    """`name` if it is a valid bridge name; raises InvalidBridgeName otherwise."""
+    if not _NAME.fullmatch(name) or _is_uuid(name):
+        raise InvalidBridgeName(
+            f"invalid bridge name {name!r}: use 1 to 64 letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+class Store(Protocol):
+    """The bridges, as the CLI and the relay see them.
+
+    Every method is synchronous, thread-safe and one short transaction; the relay calls them
+    from a bounded pool of worker threads (`relay.store.access.StoreAccess`), never on its
+    event loop. Failures of the store itself raise `relay.errors.StoreError`.
+    `generation()` grows whenever any process changed the bridges (create, delete, rotate,
+    import; not `mark_seen`). A store whose writers can tell running relays at once also
+    has ``async listen(on_change, *, task_status)`` (see `PostgresStore.listen`).
+    """
+
+    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]: ...
+    def import_bridge(self, record: BridgeRecord) -> None: ...
+    def find(self, bridge: str) -> BridgeRecord | None: ...
+    def get(self, bridge: str) -> BridgeRecord: ...
+    def list(self) -> list[BridgeRecord]: ...
+    def delete(self, bridge: str) -> BridgeRecord: ...
+    def rotate(self, bridge: str, *, cost: int = DEFAULT_COST) -> str: ...
+    def mark_seen(self, bridge_id: str, when: float | None = None) -> None: ...
+    def generation(self) -> int: ...
+    def close(self) -> None: ...
