@@ -559,11 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        parents=[common],
         help="see a tunnel work, all in one process",
         description="Run a relay, an agent, a small HTTP server behind it and a forward on "
         "loopback, show requests flowing through the tunnel, and print how to connect. "
-        "Uses a temporary directory (--data-dir is ignored).",
+        "Uses a temporary directory, removed at the end.",
     )
     demo.add_argument(
         "--once",
@@ -1091,7 +1090,7 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
     if as_json:
         for record in records:
             sessions = (live or {}).get(record.id, [])
-            row = {
+            entry = {
                 "name": record.name,
                 "id": record.id,
                 "created_at": _iso(record.created_at),
@@ -1099,7 +1098,7 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
                 "connected": None if live is None else bool(sessions),
                 "agents": [s.get("peer") for s in sessions],
             }
-            print(json.dumps(row, separators=(",", ":")))
+            print(json.dumps(entry, separators=(",", ":")))
         return
     if not records:
         _note("No bridges yet: create one with 'bridge-relay bridges create NAME'.")
@@ -1114,8 +1113,8 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
         last_seen = "now" if sessions else _when(record.last_seen_at)
         rows.append((record.name, record.id, _when(record.created_at), status, last_seen))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for cells in rows:
+        print("  ".join(c.ljust(width) for c, width in zip(cells, widths)) + "  " + cells[-1])
 
 
 def _relay_status(data_dir: Path) -> dict[str, list[dict[str, Any]]] | None:
@@ -1218,6 +1217,8 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay demo``: see `relay.demo.run_demo`."""
     from relay.demo import run_demo
 
+    if getattr(args, "data_dir", None) or os.environ.get("RELAY_DATA_DIR"):
+        _note("The demo uses a temporary directory: the data dir is not used.")
     logs.configure(args.log_level, args.log_format)
     interactive = not args.once and sys.stdin.isatty()
     _run_trio(run_demo, interactive)

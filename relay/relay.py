@@ -890,14 +890,15 @@ class Relay:
         sessions = self.registry.sessions(bridge)
         if not sessions:
             self.metrics.refused.inc(reason="not_connected")
+            known = self._known(bridge)
             _log(
                 logging.WARNING,
                 "Tunnel refused",
                 bridge=bridge,
                 target=target,
-                reason="not connected",
+                reason="not connected" if known else "unknown bridge",
             )
-            raise BridgeNotConnected(bridge)
+            raise BridgeNotConnected(bridge, known=known)
         bridge_id, name = sessions[0].bridge_id, sessions[0].bridge_name
         self._check_limits(bridge_id, name)
         pending = self.registry.pending_opens
@@ -917,6 +918,13 @@ class Relay:
                 pending[bridge_id] -= 1
             else:
                 del pending[bridge_id]
+
+    def _known(self, bridge: str) -> bool:
+        """Whether the store has a bridge of this name or ID (True when it cannot tell)."""
+        try:
+            return self.store.find(bridge) is not None
+        except Exception:
+            return True
 
     def _check_limits(self, bridge_id: str, name: str) -> None:
         if (count := self.registry.open_streams(bridge_id)) >= self.config.max_streams_per_bridge:

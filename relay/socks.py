@@ -43,7 +43,7 @@ from bridge.ops.metrics import TunnelMetrics
 from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import ConnectRequest, ConnectStatus
 from bridge.protocol.refusal import Refused
-from bridge.transport.splice import reset_stream, splice
+from bridge.transport.splice import reset_stream, splice_tunnel
 from relay.audit import Caller
 from relay.errors import (
     BridgeNotConnected,
@@ -222,14 +222,9 @@ async def _serve_client(
                 await client.send_all(_reply(Reply.SUCCEEDED))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 sent, received, clean = 0, 0, False
-            else:
-                try:
-                    sent, received, clean = await splice(client, remote)
-                except trio.Cancelled:
-                    reset_stream(remote)  # cut short (the relay stops): not an end of the data
-                    raise
-            if not clean:
                 reset_stream(remote)
+            else:
+                sent, received, clean = await splice_tunnel(client, remote)
         _log(
             logging.INFO,
             "SOCKS connection closed",

@@ -43,8 +43,10 @@ reason          why a connection, tunnel or login ended or was refused
 Other fields name what they count or hold: ``agents``, ``signal``, ``open_streams``,
 ``drain_timeout``, ``cut``, ``finished``, ``failures``, ``limit``, ``fingerprint``, ``path``...
 
-Every registered secret is redacted from every record before it is formatted. All state
-lives in the stdlib logging configuration.
+Every registered secret is redacted from every record before it is formatted, as a whole
+value only: an occurrence inside a longer word, identifier, host name or number (``0`` in
+``127.0.0.1``) is another value and is left alone. All state lives in the stdlib logging
+configuration.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -122,20 +125,37 @@ def register_secret(secret: str) -> None:
         _redactor().secrets.add(secret)
 
 
+#: What a secret may not touch to count as a whole value: a letter, digit, ``_`` or ``-``
+#: (it would be part of a longer word or identifier), nor a ``.`` that joins it to one (a
+#: host name, a number). A ``.`` that ends a sentence does not count.
+_BEFORE = r"(?<![A-Za-z0-9_-])(?<![A-Za-z0-9_-][.])"
+_AFTER = r"(?![A-Za-z0-9_-])(?![.][A-Za-z0-9_-])"
+
+
 class SecretRedactor(logging.Filter):
-    """Replaces registered secrets in the message, the fields and the traceback text."""
+    """Replaces registered secrets in the message, the fields and the traceback text: whole
+    values only, never a fragment of another word or number."""
 
     def __init__(self) -> None:
         super().__init__()
         self.secrets: set[str] = set()
+        self._pattern: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
+
+    def _compiled(self) -> re.Pattern[str] | None:
+        secrets = frozenset(self.secrets)
+        if secrets != self._pattern[0]:
+            longest_first = sorted(secrets, key=len, reverse=True)
+            alternatives = "|".join(map(re.escape, longest_first))
+            pattern = re.compile(f"{_BEFORE}(?:{alternatives}){_AFTER}") if secrets else None
+            self._pattern = (secrets, pattern)
+        return self._pattern[1]
 
     def redact(self, value: Any) -> Any:
         """`value` with every registered secret replaced, recursively through dicts, lists and
         tuples; other objects become their redacted ``str``."""
         if isinstance(value, str):
-            for secret in self.secrets:
-                value = value.replace(secret, REDACTED)
-            return value
+            pattern = self._compiled()
+            return value if pattern is None else pattern.sub(REDACTED, value)
         if isinstance(value, dict):
             return {self.redact(str(k)): self.redact(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,7 +30,7 @@ from psycopg import conninfo, errors, sql
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, StoreError, StoreNotInitialised, UnknownBridge
-from relay.store.records import BridgeRecord, check_name
+from relay.store.records import BridgeRecord, StoreBase, check_name
 
 log = logging.getLogger("relay.store")
 
@@ -105,7 +104,7 @@ def check_dsn(dsn: str) -> str:
     return dsn
 
 
-class PostgresStore:
+class PostgresStore(StoreBase):
     """Bridges in a PostgreSQL database (`dsn`: a postgresql:// URL or a libpq conninfo).
 
     Nothing connects until first use. Then, with `create` (the default), the schema is made
@@ -242,6 +241,7 @@ class PostgresStore:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """As `Store.close`."""
         with self._lock:
             if self._pool is not None:
                 self._pool.close()
@@ -252,12 +252,6 @@ class PostgresStore:
     def _changed(self, conn: psycopg.Connection, bridge_id: str) -> None:
         conn.execute("UPDATE bridge_generation SET value = value + 1")
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, bridge_id))
-
-    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
-        check_name(name)
-        bridge_id, secret = str(uuid.uuid4()), new_secret()
-        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
-        return bridge_id, secret
 
     def import_bridge(self, record: BridgeRecord) -> None:
         """Add `record` as it is (ID, hash, times). Raises DuplicateBridge if its name or ID
@@ -284,6 +278,7 @@ class PostgresStore:
             raise DuplicateBridge(record.name) from None
 
     def find(self, bridge: str) -> BridgeRecord | None:
+        """As `Store.find`."""
         row = self._run(
             lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM bridges WHERE id = %s OR name = %s", (bridge, bridge)
@@ -291,12 +286,8 @@ class PostgresStore:
         )
         return None if row is None else BridgeRecord(*row)
 
-    def get(self, bridge: str) -> BridgeRecord:
-        if (record := self.find(bridge)) is None:
-            raise UnknownBridge(bridge)
-        return record
-
     def list(self) -> list[BridgeRecord]:
+        """As `Store.list`."""
         rows = self._run(
             lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM bridges ORDER BY created_at, name"
@@ -305,6 +296,8 @@ class PostgresStore:
         return [BridgeRecord(*row) for row in rows]
 
     def delete(self, bridge: str) -> BridgeRecord:
+        """As `Store.delete`."""
+
         def delete(conn: psycopg.Connection) -> BridgeRecord | None:
             with conn.transaction():
                 row = conn.execute(
@@ -320,6 +313,7 @@ class PostgresStore:
         return record
 
     def rotate(self, bridge: str, *, cost: int = DEFAULT_COST) -> str:
+        """As `Store.rotate`."""
         record, secret = self.get(bridge), new_secret()
         hashed = hash_secret(secret, cost)
 
@@ -337,6 +331,7 @@ class PostgresStore:
         return secret
 
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
+        """As `Store.mark_seen`."""
         when = time.time() if when is None else when
         self._run(
             lambda conn: conn.execute(
@@ -345,6 +340,7 @@ class PostgresStore:
         )
 
     def generation(self) -> int:
+        """As `Store.generation`."""
         row = self._run(lambda conn: conn.execute("SELECT value FROM bridge_generation").fetchone())
         return int(row[0])
 

@@ -9,13 +9,12 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, StoreError, UnknownBridge
-from relay.store.records import BridgeRecord, check_name
+from relay.store.records import BridgeRecord, StoreBase, check_name
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridges (
@@ -29,7 +28,7 @@ CREATE TABLE IF NOT EXISTS bridges (
 _COLUMNS = "id, name, secret_hash, created_at, last_seen_at"
 
 
-class SQLiteStore:
+class SQLiteStore(StoreBase):
     """Bridges in an SQLite database file (WAL mode), created with mode 0600 on first use.
 
     Safe to use from several processes at once (the CLI writes while `serve` reads) and from
@@ -76,6 +75,7 @@ class SQLiteStore:
         return db
 
     def close(self) -> None:
+        """As `Store.close`."""
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -92,12 +92,6 @@ class SQLiteStore:
                 raise
             db.execute("COMMIT")
             return cursor.rowcount
-
-    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
-        check_name(name)
-        bridge_id, secret = str(uuid.uuid4()), new_secret()
-        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
-        return bridge_id, secret
 
     def import_bridge(self, record: BridgeRecord) -> None:
         """Add `record` as it is (ID, hash, times). Raises DuplicateBridge if its name or ID
@@ -119,23 +113,21 @@ class SQLiteStore:
         self._generation += 1
 
     def find(self, bridge: str) -> BridgeRecord | None:
+        """As `Store.find`."""
         with self._conn() as db:
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM bridges WHERE id = ? OR name = ?", (bridge, bridge)
             ).fetchone()
         return None if row is None else BridgeRecord(*row)
 
-    def get(self, bridge: str) -> BridgeRecord:
-        if (record := self.find(bridge)) is None:
-            raise UnknownBridge(bridge)
-        return record
-
     def list(self) -> list[BridgeRecord]:
+        """As `Store.list`."""
         with self._conn() as db:
             rows = db.execute(f"SELECT {_COLUMNS} FROM bridges ORDER BY created_at, name")
             return [BridgeRecord(*row) for row in rows]
 
     def delete(self, bridge: str) -> BridgeRecord:
+        """As `Store.delete`."""
         record = self.get(bridge)
         if self._write("DELETE FROM bridges WHERE id = ?", (record.id,)) == 0:
             raise UnknownBridge(bridge)
@@ -143,6 +135,7 @@ class SQLiteStore:
         return record
 
     def rotate(self, bridge: str, *, cost: int = DEFAULT_COST) -> str:
+        """As `Store.rotate`."""
         record, secret = self.get(bridge), new_secret()
         hashed = hash_secret(secret, cost)
         if self._write("UPDATE bridges SET secret_hash = ? WHERE id = ?", (hashed, record.id)) == 0:
@@ -151,12 +144,14 @@ class SQLiteStore:
         return secret
 
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
+        """As `Store.mark_seen`."""
         self._write(
             "UPDATE bridges SET last_seen_at = ? WHERE id = ?",
             (time.time() if when is None else when, bridge_id),
         )
 
     def generation(self) -> int:
+        """As `Store.generation`."""
         with self._conn() as db:
             version = db.execute("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:
