@@ -200,7 +200,7 @@ class Relay:
         )
         #: (source, bridge ID) pairs that logged in: they skip the per-bridge budget and may
         #: use the reserved bcrypt threads.
-        self._known: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._logged_in_from: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._bcrypt_all = trio.CapacityLimiter(config.bcrypt_threads)
         self._bcrypt_by_source: dict[str, int] = {}  # checks running or waiting, per source
         self._bcrypt_strangers = trio.CapacityLimiter(
@@ -547,10 +547,10 @@ class Relay:
             self._admitted.move_to_end(record.id)
             while len(self._admitted) > _ADMITTED_MAX:
                 self._admitted.popitem(last=False)
-            self._known[(source, record.id)] = None
-            self._known.move_to_end((source, record.id))
-            while len(self._known) > self.config.rate_limit_sources:
-                self._known.popitem(last=False)
+            self._logged_in_from[(source, record.id)] = None
+            self._logged_in_from.move_to_end((source, record.id))
+            while len(self._logged_in_from) > self.config.rate_limit_sources:
+                self._logged_in_from.popitem(last=False)
             return record
         if not fresh:
             raise Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
@@ -573,7 +573,7 @@ class Relay:
         waits up to `bcrypt_wait` for a bcrypt slot. Raises `Refused` (BUSY) when the
         address already has `bcrypt_per_source` checks running or waiting, when a budget is
         spent, or when no slot comes in time."""
-        known = (source, bridge_id) in self._known
+        known = (source, bridge_id) in self._logged_in_from
         in_flight = self._bcrypt_by_source.get(source, 0)
         if in_flight >= self.config.bcrypt_per_source:
             raise Refused(WelcomeStatus.BUSY, BUSY_MESSAGE)
