@@ -318,6 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
             defaults.auth_failures_per_minute.default,
         ),
         (
+            "--max-sessions-per-bridge",
+            "RELAY_MAX_SESSIONS_PER_BRIDGE",
+            _count,
+            "agent sessions per bridge (agents with the same credentials); beyond, a new login is "
+            "refused BUSY and the agent retries later, the sessions already up are kept",
+            defaults.max_sessions_per_bridge.default,
+        ),
+        (
             "--auth-failures-per-bridge",
             "RELAY_AUTH_FAILURES_PER_BRIDGE",
             _count,
@@ -345,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--max-streams-per-bridge",
             "RELAY_MAX_STREAMS_PER_BRIDGE",
             _count,
-            "open tunnels per bridge, across its agents; beyond, new ones are refused",
+            "tunnels per bridge, across its agents, open or being opened; beyond, new ones are "
+            "refused",
             defaults.max_streams_per_bridge.default,
         ),
         (
@@ -671,6 +680,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         bcrypt_threads=args.bcrypt_threads,
         log_interval=args.log_interval,
         proxy_protocol=args.proxy_protocol,
+        max_sessions_per_bridge=args.max_sessions_per_bridge,
         max_streams_per_bridge=args.max_streams_per_bridge,
         max_pending_opens=args.max_pending_opens,
         drain_timeout=args.drain_timeout,
@@ -1173,16 +1183,16 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
             error = f"Bridge not connected: {args.bridge}"
         if args.json:
             result = {"ok": False, "bridge": args.bridge, "target": target, "error": error}
-            print(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+            print(json.dumps(result, separators=(",", ":")))
         else:
-            print(error, file=sys.stderr)
+            print(logs.printable(error), file=sys.stderr)  # the agent's words: never raw
         return 1
-    address = reply.get("address", target)
+    address = str(reply.get("address", target))
     if args.json:
         result = {"ok": True, "bridge": args.bridge, "target": target, "address": address}
-        print(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+        print(json.dumps(result, separators=(",", ":")))
     else:
-        print(f"OK: {args.bridge} reached {target} via {address}")
+        print(f"OK: {args.bridge} reached {target} via {logs.printable(address)}")
     return 0
 
 

@@ -330,6 +330,21 @@ class PostgresStore(StoreBase):
             raise UnknownBridge(bridge)
         return secret
 
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """As `Store.rehash`."""
+
+        def update(conn: psycopg.Connection) -> int:
+            with conn.transaction():
+                cursor = conn.execute(
+                    "UPDATE bridges SET secret_hash = %s WHERE id = %s AND secret_hash = %s",
+                    (new_hash, bridge_id, old_hash),
+                )
+                if cursor.rowcount:
+                    self._changed(conn, bridge_id)
+                return cursor.rowcount
+
+        return self._run(update) > 0
+
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         """As `Store.mark_seen`."""
         when = time.time() if when is None else when

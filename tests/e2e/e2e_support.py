@@ -307,10 +307,14 @@ class Launcher:
         return process
 
     def relay(
-        self, *targets: str, args: Iterable[str | Path] = (), env: dict[str, str] | None = None
+        self,
+        *targets: str,
+        args: Iterable[str | Path] = (),
+        env: dict[str, str] | None = None,
+        **popen,
     ) -> Relay:
-        """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening;
-        `env` adds to its (clean) environment."""
+        """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening
+        (`env` adds to its clean environment; `popen`: more arguments for `subprocess.Popen`)."""
         argv = [
             RELAY,
             "--data-dir",
@@ -318,11 +322,15 @@ class Launcher:
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--bcrypt-cost",  # the test bridges' (a later --bcrypt-cost in ARGS wins)
+            "4",
             *args,
         ]
         for target in targets:
             argv += ["--forward", f"{self.bridge.name}={target}"]
-        process = self.start("relay", argv, env=clean_env(**env) if env else None)
+        if env:
+            popen["env"] = clean_env(**env)
+        process = self.start("relay", argv, **popen)
         agents = process.wait_for(r"^agents: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
         forwards = {}
         for target in targets:
