@@ -12,6 +12,10 @@ import sys
 BENCHMARKS = {
     "mux": ("bench.mux_bench", "mux throughput against a raw socketpair, and idle-stream scale"),
     "tunnel": ("bench.tunnel_bench", "the tunnel end to end against direct TCP and ssh -L"),
+    "store": (
+        "bench.store_bench",
+        "PostgreSQL from Trio: worker threads against libpq non-blocking",
+    ),
 }
 
 

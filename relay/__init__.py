@@ -32,17 +32,21 @@ _EXPORTS = {
     "BridgeRecord": "relay.store",
     "MemoryStore": "relay.store",
     "SQLiteStore": "relay.store",
+    "PostgresStore": "relay.store",
+    "StoreError": "relay.errors",
 }
 __all__ = [
     "BridgeBusy",
     "BridgeNotConnected",
     "BridgeRecord",
     "MemoryStore",
+    "PostgresStore",
     "Relay",
     "RelayConfig",
     "RelayError",
     "RelayShuttingDown",
     "SQLiteStore",
+    "StoreError",
     "TargetNotAllowed",
     "TargetUnreachable",
     "TunnelError",
@@ -56,13 +60,14 @@ if TYPE_CHECKING:
         BridgeNotConnected,
         RelayError,
         RelayShuttingDown,
+        StoreError,
         TargetNotAllowed,
         TargetUnreachable,
         TunnelError,
         UnknownBridge,
     )
     from relay.relay import Relay
-    from relay.store import BridgeRecord, MemoryStore, SQLiteStore
+    from relay.store import BridgeRecord, MemoryStore, PostgresStore, SQLiteStore
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -42,7 +42,8 @@ log = logging.getLogger("relay.audit")
 
 #: Outcomes of a tunnel event. An attempt that fails gets one `tunnel.open` event with the
 #: failure; a tunnel that opened gets `tunnel.close` with `ok`, `reset` (a side aborted),
-#: `cut` (its agent's session ended under it) or `revoked` (its bridge was deleted or rotated).
+#: `cut` (its agent's session ended under it, or the relay or the caller cut it short) or
+#: `revoked` (its bridge was deleted or rotated).
 OUTCOMES = (
     "ok",
     "refused",
@@ -90,6 +91,7 @@ class Caller:
         return cls("embedded", None if caller is None else str(caller))
 
     def to_dict(self) -> dict[str, str | None]:
+        """The caller as a JSON object for the audit log."""
         return {"kind": self.kind, "label": self.label, "address": self.address, "user": self.user}
 
     def describe(self) -> str:
@@ -168,6 +170,7 @@ class AdminEvent:
     node: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The event as a JSON object for the audit log (ISO 8601 time)."""
         return {
             "time": iso_time(self.time),
             "event": self.event,
@@ -190,9 +193,14 @@ class AuditSink(Protocol):
     batch is counted as dropped and the failure logged); `reopen` starts afresh after the
     sink's file was rotated away; `close` releases what the sink holds."""
 
-    async def write(self, events: Sequence[AuditEvent]) -> None: ...
-    def reopen(self) -> None: ...
-    def close(self) -> None: ...
+    async def write(self, events: Sequence[AuditEvent]) -> None:
+        """Deliver `events`, in order. May raise OSError (the batch is then dropped)."""
+
+    def reopen(self) -> None:
+        """Start afresh after the sink's file was rotated away."""
+
+    def close(self) -> None:
+        """Release what the sink holds; nothing is written afterwards."""
 
 
 class HookSink:
@@ -206,14 +214,15 @@ class HookSink:
         return f"<HookSink {self.hook!r}>"
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
+        """Call the hook for each event, in order; what the hook raises propagates."""
         for event in events:
             self.hook(event)
 
     def reopen(self) -> None:
-        pass
+        """Nothing to reopen."""
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
 
 _seconds: list[Callable[[Any, Any, Any], Any]] = [
@@ -279,6 +288,8 @@ class AuditTrail:
         self._open: dict[MeteredStream, OpenTunnel] = {}  # in order of their next progress
         self._repeats: Repeats[str | tuple[str, int]] = Repeats(config.log_interval, clock=clock)
         self._running = False
+        #: Set when the relay stops accepting: tunnels cut from then on were cut by it.
+        self.stopping = False
         self._held: list[AuditEvent] = []  # taken from the queue, not yet delivered
         self.dropped = metrics.counter(
             "trio_bridge_audit_events_dropped_total",
@@ -294,10 +305,12 @@ class AuditTrail:
 
     @property
     def enabled(self) -> bool:
+        """Whether any sink (a log file or a hook) receives events."""
         return bool(self._sinks)
 
     @property
     def open_tunnels(self) -> int:
+        """Tunnels opened and not yet closed, as the trail counts them."""
         return len(self._open)
 
     def add_sink(self, sink: AuditSink) -> None:
@@ -393,14 +406,16 @@ class AuditTrail:
             return
         agent = tunnel.agent
         reason = None
+        ended = agent.cancel_scope.cancel_called or getattr(agent.mux, "close_reason", None)
         if agent.close_reason in REVOCATIONS:
             outcome, reason = "revoked", agent.close_reason
-        elif agent.cancel_scope.cancel_called or getattr(agent.mux, "close_reason", None):
+        elif (ended or stream.was_reset) and self.stopping:
+            outcome, reason = "cut", "relay shutting down"
+        elif ended:
             outcome = "cut"
             reason = agent.close_reason or str(agent.mux.close_reason or "agent session ended")
         elif stream.was_reset:
-            outcome = "reset"
-            reason = "aborted by the caller or the target"
+            outcome, reason = "reset", "aborted by the caller or the target"
         else:
             outcome = "ok"
         self.emit(self._event(tunnel, "tunnel.close", outcome, reason))

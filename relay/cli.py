@@ -1,6 +1,6 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""`bridge-relay`: serve agents, manage bridges, check tunnels, run the demo.
+"""`bridge-relay`: serve agents, manage bridges and their store, check tunnels, run the demo.
 
 Exit status: 0 success (for `serve`: stopped by SIGTERM or SIGINT), 1 the operation failed
 (e.g. a target refused, the port is taken), 2 bad input.
@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -41,11 +40,17 @@ from relay.audit import AuditConfig, admin_event
 from relay.certificates import CERT_FILE, ensure_self_signed, fingerprint, server_ssl_context
 from relay.config import RelayConfig
 from relay.credentials import DEFAULT_COST, check_cost
-from relay.errors import CertificateError, DuplicateBridge, InvalidBridgeName, UnknownBridge
+from relay.errors import (
+    CertificateError,
+    DuplicateBridge,
+    InvalidBridgeName,
+    StoreError,
+    UnknownBridge,
+)
 from relay.forward import ForwardSpec, serve_forward
 from relay.relay import Relay
 from relay.socks import SocksConfig, serve_socks
-from relay.store import SQLiteStore
+from relay.store import Store, StoreURL, open_store
 
 PROG = "bridge-relay"
 DEFAULT_DATA_DIR = "./relay-data"
@@ -133,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
             "directory of the bridge store, the relay certificate and the control socket",
             "RELAY_DATA_DIR",
             DEFAULT_DATA_DIR,
+        ),
+    )
+    common.add_argument(
+        "--store",
+        metavar="URL",
+        type=_type(StoreURL.parse),
+        default=argparse.SUPPRESS,
+        help=_env_help(
+            "where bridges are kept: postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (one "
+            "store for several relays) or sqlite:///PATH",
+            "RELAY_STORE",
+            f"sqlite in the data dir ({STORE_FILE})",
         ),
     )
     parser = _Parser(
@@ -299,10 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
             defaults.auth_failures_per_minute.default,
         ),
         (
+            "--max-sessions-per-bridge",
+            "RELAY_MAX_SESSIONS_PER_BRIDGE",
+            _count,
+            "agent sessions per bridge (agents with the same credentials); beyond, a new login is "
+            "refused BUSY and the agent retries later, the sessions already up are kept",
+            defaults.max_sessions_per_bridge.default,
+        ),
+        (
             "--max-streams-per-bridge",
             "RELAY_MAX_STREAMS_PER_BRIDGE",
             _count,
-            "open tunnels per bridge, across its agents; beyond, new ones are refused",
+            "tunnels per bridge, across its agents, open or being opened; beyond, new ones are "
+            "refused",
             defaults.max_streams_per_bridge.default,
         ),
         (
@@ -469,13 +495,43 @@ def build_parser() -> argparse.ArgumentParser:
         "dialed) or error (the agent's own words) (default: one line of text)",
     )
 
+    store = commands.add_parser(
+        "store",
+        parents=[common],
+        help="copy bridges between stores",
+        description="Manage the bridge store itself.",
+    )
+    store_actions = store.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    copy = store_actions.add_parser(
+        "copy",
+        parents=[common],
+        help="copy every bridge to another store, IDs and secrets unchanged",
+        description="Copy every bridge from one store to another with its ID, secret hash "
+        "and times, so agents keep their credentials (e.g. from the data dir's SQLite to "
+        "PostgreSQL). Bridges already in the destination with the same ID are left alone.",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL",
+        type=_type(StoreURL.parse),
+        help="the store to read (default: --store, or the data dir's SQLite)",
+    )
+    copy.add_argument(
+        "--to",
+        dest="destination",
+        metavar="URL",
+        type=_type(StoreURL.parse),
+        required=True,
+        help="the store to write, its schema made if needed (required: no default)",
+    )
+
     demo = commands.add_parser(
         "demo",
-        parents=[common],
         help="see a tunnel work, all in one process",
         description="Run a relay, an agent, a small HTTP server behind it and a forward on "
         "loopback, show requests flowing through the tunnel, and print how to connect. "
-        "Uses a temporary directory (--data-dir is ignored).",
+        "Uses a temporary directory, removed at the end.",
     )
     demo.add_argument(
         "--once",
@@ -559,10 +615,17 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     logs.register_secret(args.socks_password or "")
+    # psycopg's pool logs every failed connection attempt; the relay logs the store's state
+    # changes itself, once each.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     lock = _lock_data_dir(data_dir)  # held until the process exits
-    store = _open_store(data_dir)
+    store = _open_store(args, data_dir, create=True)
     for spec in forwards:
-        if store.find(spec.bridge) is None:
+        try:
+            missing = store.find(spec.bridge) is None
+        except StoreError as exc:
+            raise Failure(str(exc)) from None
+        if missing:
             log.warning(
                 "Forward names a bridge that does not exist (yet)",
                 extra={"fields": {"forward": str(spec), "bridge": spec.bridge}},
@@ -573,6 +636,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         bcrypt_cost=args.bcrypt_cost,
         max_pending=args.max_pending,
         auth_failures_per_minute=args.auth_failures_per_minute,
+        max_sessions_per_bridge=args.max_sessions_per_bridge,
         max_streams_per_bridge=args.max_streams_per_bridge,
         max_pending_opens=args.max_pending_opens,
         drain_timeout=args.drain_timeout,
@@ -588,20 +652,25 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             relay.audit_trail.add_sink(audit_log.JsonLinesSink(args.audit_log))
         except OSError as exc:
             raise Failure(f"cannot open the audit log {args.audit_log}: {_reason(exc)}") from None
-    cut = _run_trio(
-        partial(
-            _serve,
-            relay,
-            data_dir,
-            fingerprint(cert),
-            listen=args.listen,
-            listen_ws=args.listen_ws,
-            forwards=forwards,
-            socks=args.socks,
-            socks_config=socks_config,
-            metrics=args.metrics,
+    if callable(getattr(store, "append_audit", None)):  # PostgreSQL: the audit table too
+        relay.audit_trail.add_sink(audit_log.StoreAuditSink(store))  # type: ignore[arg-type]
+    try:
+        cut = _run_trio(
+            partial(
+                _serve,
+                relay,
+                data_dir,
+                fingerprint(cert),
+                listen=args.listen,
+                listen_ws=args.listen_ws,
+                forwards=forwards,
+                socks=args.socks,
+                socks_config=socks_config,
+                metrics=args.metrics,
+            )
         )
-    )
+    finally:
+        store.close()
     lock.close()
     if cut:
         log.error(f"Stopped with {cut} tunnels cut: exit status 1")
@@ -845,8 +914,8 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
     if args.action == "create":
         _init_data_dir(data_dir)
     else:
-        _require_data_dir(data_dir)
-    store = _open_store(data_dir)
+        _require_store(args, data_dir)
+    store = _open_store(args, data_dir, create=args.action == "create")
     audit_path = getattr(args, "audit_log", None)
     if audit_path:
         try:
@@ -856,7 +925,7 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
     try:
         if args.action == "create":
             bridge_id, secret = store.create_bridge(args.name, cost=args.bcrypt_cost)
-            _audit_admin(audit_path, "bridge.created", store.get(bridge_id), args.action)
+            _audit_admin(store, audit_path, "bridge.created", store.get(bridge_id), args.action)
             print(f"BRIDGE_ID={bridge_id}")
             print(f"BRIDGE_SECRET={secret}", flush=True)
             _note(
@@ -868,15 +937,15 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
         elif args.action == "delete":
             _confirm_delete(store.get(args.bridge), args.yes)
             record = store.delete(args.bridge)
-            _audit_admin(audit_path, "bridge.deleted", record, args.action)
+            _audit_admin(store, audit_path, "bridge.deleted", record, args.action)
             print(
-                f"Deleted bridge {record.name} ({record.id}); a running relay disconnects "
-                "its agents within 2 seconds."
+                f"Deleted bridge {record.name} ({record.id}); every relay using this store "
+                "disconnects its agents within 2 seconds."
             )
         elif args.action == "rotate":
             record = store.get(args.bridge)
             secret = store.rotate(record.id, cost=args.bcrypt_cost)
-            _audit_admin(audit_path, "bridge.rotated", record, args.action)
+            _audit_admin(store, audit_path, "bridge.rotated", record, args.action)
             print(f"BRIDGE_SECRET={secret}", flush=True)
             _note(
                 f"New secret for bridge {record.name} ({record.id}); the old one no longer "
@@ -884,15 +953,61 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
             )
     except (UnknownBridge, DuplicateBridge, InvalidBridgeName) as exc:
         raise UsageError(str(exc)) from None
-    except sqlite3.Error as exc:
-        raise Failure(f"bridge store {data_dir / STORE_FILE}: {exc}") from None
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        store.close()
     return 0
 
 
-def _audit_admin(path: str | None, kind: str, record: Any, action: str) -> None:
-    """Append the admin event of a change already made; a failure to write it is reported
-    (exit 1) after the command's own output."""
-    if not path:
+def cmd_store(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay store copy``: copy every bridge, ID and secret hash unchanged, to another
+    store. Raises `UsageError` or `Failure` with a one-line message."""
+    if args.action is None:
+        raise UsageError("store needs an action: copy")
+    source_url = args.source or _store_url(args, data_dir)
+    if source_url.kind == "sqlite" and not Path(source_url.target).is_file():
+        raise Failure(f"no bridge store at {source_url.target}")
+    if str(source_url) == str(args.destination):
+        raise UsageError("--from and --to name the same store")
+    _register_password(args.destination)
+    source = _open_store(args, data_dir, url=source_url)
+    destination = _open_store(args, data_dir, url=args.destination, create=True)
+    copied, present, conflicts = 0, 0, []
+    try:
+        for record in source.list():
+            existing = destination.find(record.id)
+            if existing is not None and existing.id == record.id:
+                present += 1
+                if existing.secret_hash != record.secret_hash:
+                    conflicts.append(f"{record.name} ({record.id}) has another secret there")
+                continue
+            try:
+                destination.import_bridge(record)
+            except DuplicateBridge:
+                conflicts.append(f"{record.name}: the name is taken there by another bridge")
+            else:
+                copied += 1
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        source.close()
+        destination.close()
+    print(
+        f"Copied {copied} bridge{'' if copied == 1 else 's'} from {source_url} to "
+        f"{args.destination}" + (f" ({present} already there)" if present else "")
+    )
+    if conflicts:
+        raise Failure("not copied: " + "; ".join(conflicts))
+    return 0
+
+
+def _audit_admin(store: Store, path: str | None, kind: str, record: Any, action: str) -> None:
+    """Append the admin event of a change already made to the audit log at `path` (if any)
+    and to the store's audit table (PostgreSQL); a failure to write it is reported (exit 1)
+    after the command's own output."""
+    table = getattr(store, "append_audit", None)
+    if not path and table is None:
         return
     try:
         user: str | None = getpass.getuser()
@@ -901,11 +1016,18 @@ def _audit_admin(path: str | None, kind: str, record: Any, action: str) -> None:
     event = admin_event(
         kind, record, f"{PROG} bridges {action}", user=user, node=socket.gethostname()
     )
-    try:
-        audit_log.append(path, [event])
-    except OSError as exc:
-        _note(f"{PROG}: cannot write the audit log {path}: {_reason(exc)}")
-        raise SystemExit(1) from None
+    if table is not None:
+        try:
+            table([event.to_dict()])
+        except StoreError as exc:
+            _note(f"{PROG}: cannot write the audit event to the store: {exc}")
+            raise SystemExit(1) from None
+    if path:
+        try:
+            audit_log.append(path, [event])
+        except OSError as exc:
+            _note(f"{PROG}: cannot write the audit log {path}: {_reason(exc)}")
+            raise SystemExit(1) from None
 
 
 def _reason(exc: OSError) -> str:
@@ -939,7 +1061,7 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def _list_bridges(store: SQLiteStore, data_dir: Path, *, as_json: bool = False) -> None:
+def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> None:
     records = store.list()
     live = _relay_status(data_dir)
     if live is None:
@@ -947,7 +1069,7 @@ def _list_bridges(store: SQLiteStore, data_dir: Path, *, as_json: bool = False) 
     if as_json:
         for record in records:
             sessions = (live or {}).get(record.id, [])
-            row = {
+            entry = {
                 "name": record.name,
                 "id": record.id,
                 "created_at": _iso(record.created_at),
@@ -955,7 +1077,7 @@ def _list_bridges(store: SQLiteStore, data_dir: Path, *, as_json: bool = False) 
                 "connected": None if live is None else bool(sessions),
                 "agents": [s.get("peer") for s in sessions],
             }
-            print(json.dumps(row, separators=(",", ":")))
+            print(json.dumps(entry, separators=(",", ":")))
         return
     if not records:
         _note("No bridges yet: create one with 'bridge-relay bridges create NAME'.")
@@ -970,8 +1092,8 @@ def _list_bridges(store: SQLiteStore, data_dir: Path, *, as_json: bool = False) 
         last_seen = "now" if sessions else _when(record.last_seen_at)
         rows.append((record.name, record.id, _when(record.created_at), status, last_seen))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for cells in rows:
+        print("  ".join(c.ljust(width) for c, width in zip(cells, widths)) + "  " + cells[-1])
 
 
 def _relay_status(data_dir: Path) -> dict[str, list[dict[str, Any]]] | None:
@@ -996,11 +1118,16 @@ def _when(timestamp: float | None) -> str:
 def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay test BRIDGE HOST:PORT``: ask the running relay to open a tunnel; 0 when the
     agent reached the target, 1 with its reason when not. Raises `UsageError` or `Failure`."""
-    store = _open_store(_require_data_dir(data_dir))
+    _require_store(args, data_dir)
+    store = _open_store(args, data_dir)
     try:
         record = store.get(args.bridge)
     except UnknownBridge as exc:
         raise UsageError(str(exc)) from None
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        store.close()
     host, port = args.target
     target = format_host_port(host, port)
 
@@ -1025,20 +1152,22 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
             error = f"Bridge not connected: {args.bridge}"
         if args.json:
             result = {"ok": False, "bridge": args.bridge, "target": target, "error": error}
-            print(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+            print(json.dumps(result, separators=(",", ":")))
         else:
-            print(error, file=sys.stderr)
+            print(logs.printable(error), file=sys.stderr)  # the agent's words: never raw
         return 1
-    address = reply.get("address", target)
+    address = str(reply.get("address", target))
     if args.json:
         result = {"ok": True, "bridge": args.bridge, "target": target, "address": address}
-        print(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+        print(json.dumps(result, separators=(",", ":")))
     else:
-        print(f"OK: {args.bridge} reached {target} via {address}")
+        print(f"OK: {args.bridge} reached {target} via {logs.printable(address)}")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay audit``: print the events of the audit log, filtered by bridge and time.
+    Raises `UsageError` without a log to read, `Failure` when it cannot be read."""
     if not args.audit_log:
         raise UsageError("audit needs the log to read: --audit-log PATH (or RELAY_AUDIT_LOG)")
     selected = []
@@ -1067,6 +1196,8 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay demo``: see `relay.demo.run_demo`."""
     from relay.demo import run_demo
 
+    if getattr(args, "data_dir", None) or os.environ.get("RELAY_DATA_DIR"):
+        _note("The demo uses a temporary directory: the data dir is not used.")
     logs.configure(args.log_level, args.log_format)
     interactive = not args.once and sys.stdin.isatty()
     _run_trio(run_demo, interactive)
@@ -1096,13 +1227,50 @@ def _init_data_dir(data_dir: Path) -> None:
         raise Failure(str(exc)) from None
 
 
-def _open_store(data_dir: Path) -> SQLiteStore:
-    store = SQLiteStore(data_dir / STORE_FILE)
+def _require_store(args: argparse.Namespace, data_dir: Path) -> None:
+    """For a command that only reads: the store must exist. The data dir's SQLite file is
+    checked with `_require_data_dir`; a store URL given with --store or RELAY_STORE is
+    checked when opened (a PostgreSQL database without the schema, an SQLite file that is
+    not there), and needs no data dir: an admin machine has none."""
+    url = _store_url(args, data_dir)
+    if url == StoreURL.sqlite(data_dir / STORE_FILE):
+        _require_data_dir(data_dir)
+    elif url.kind == "sqlite" and not Path(url.target).is_file():
+        raise Failure(f"no bridge store at {url.target}")
+
+
+def _store_url(args: argparse.Namespace, data_dir: Path) -> StoreURL:
+    """--store, else RELAY_STORE, else the data dir's SQLite file."""
+    if (url := getattr(args, "store", None)) is not None:
+        return url
+    if text := os.environ.get("RELAY_STORE"):
+        try:
+            return StoreURL.parse(text)
+        except ValueError as exc:
+            raise UsageError(f"RELAY_STORE: {exc}") from None
+    return StoreURL.sqlite(data_dir / STORE_FILE)
+
+
+def _register_password(url: StoreURL) -> None:
+    if url.kind == "postgresql":
+        from psycopg.conninfo import conninfo_to_dict
+
+        logs.register_secret(str(conninfo_to_dict(url.target).get("password") or ""))
+
+
+def _open_store(
+    args: argparse.Namespace, data_dir: Path, *, url: StoreURL | None = None, create: bool = False
+) -> Store:
+    """The store of --store (or `url`), reached once so that an unreachable or missing one
+    fails here with one line. Only with `create` is a PostgreSQL schema made."""
+    url = url or _store_url(args, data_dir)
+    _register_password(url)
+    store = open_store(url, create=create)
     try:
         store.generation()
-    except (sqlite3.Error, OSError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise Failure(f"cannot open the bridge store {store.path}: {reason}") from None
+    except StoreError as exc:
+        store.close()
+        raise Failure(str(exc)) from None
     return store
 
 
@@ -1134,6 +1302,7 @@ _COMMANDS = {
     "fingerprint": cmd_fingerprint,
     "bridges": cmd_bridges,
     "test": cmd_test,
+    "store": cmd_store,
     "audit": cmd_audit,
     "demo": cmd_demo,
 }
@@ -1146,7 +1315,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError(
-                "a command is required: serve, fingerprint, bridges, test, audit or demo "
+                "a command is required: serve, fingerprint, bridges, test, store, audit or "
+                "demo "
                 "(see bridge-relay --help)"
             )
         data_dir = Path(

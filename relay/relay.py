@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import ssl
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 import mux
@@ -57,11 +60,12 @@ from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
 from relay.audit import BRIDGE_DELETED, SECRET_ROTATED, AuditHook, AuditTrail, Caller
 from relay.config import RelayConfig
-from relay.credentials import Verifier
+from relay.credentials import Verifier, cost_of, same_secret
 from relay.errors import (
     BridgeBusy,
     BridgeNotConnected,
     RelayShuttingDown,
+    StoreError,
     TargetNotAllowed,
     TargetUnreachable,
     TunnelError,
@@ -69,10 +73,15 @@ from relay.errors import (
 from relay.limits import LoginLimiter, Repeats, source_of
 from relay.registry import AgentSession, Registry
 from relay.store import BridgeRecord, Store
+from relay.store.access import StoreAccess
 
 log = logging.getLogger("relay.relay")
 
 AUTH_FAILED_MESSAGE = "invalid bridge credentials"
+STORE_UNAVAILABLE_MESSAGE = "the relay cannot check credentials right now; retry later"
+# Bridges admitted before, kept to admit their agents again while the store is unreachable.
+_ADMITTED_MAX = 10_000
+_ALL = ""  # in Relay._changed: every bridge may have changed
 RATE_LIMITED_MESSAGE = "too many failed logins from this address; retry later"
 _READ_SIZE = 4096
 _UNREACHABLE = {
@@ -103,10 +112,15 @@ class _Retry(Exception):
 class Relay:
     """Serves agents on one or more listeners and tunnels connections through them.
 
-    `store` holds the bridges (`SQLiteStore` or `MemoryStore`); `ssl_context` is the server
-    context of the agent listener (see `relay.certificates.server_ssl_context`); `metrics`
-    (a fresh `TunnelMetrics` if None) counts sessions, tunnels and refusals. `audit`, if
-    given, is called with every audit event (see `add_audit_hook`).
+    `store` holds the bridges (`SQLiteStore`, `PostgresStore` or `MemoryStore`); `ssl_context`
+    is the server context of the agent listener (see `relay.certificates.server_ssl_context`);
+    `metrics` (a fresh `TunnelMetrics` if None) counts sessions, tunnels and refusals; `audit`,
+    if given, is called with every audit event (see `add_audit_hook`).
+
+    The store is only called from worker threads, never on the event loop, and never on the
+    way of a tunnel's bytes. While it is unreachable, sessions and tunnels go on, agents of
+    bridges admitted before are admitted again from memory (with credentials verified
+    before), last seen times wait in memory and are written once it is back.
     """
 
     def __init__(
@@ -135,6 +149,13 @@ class Relay:
         self._pending = 0  # agent connections not yet admitted
         self._accepting: set[trio.CancelScope] = set()
         self._stopping = False
+        self._store = StoreAccess(store, threads=config.store_threads)
+        self._admitted: OrderedDict[str, BridgeRecord] = OrderedDict()
+        self._changed: set[str] = set()  # bridge IDs changed by others (_ALL: any)
+        self._store_wake = trio.Event()
+        self._listening = False  # the store notifies changes right now
+        self._seen: dict[str, float] = {}  # last seen times not yet written
+        self._seen_wake = trio.Event()
 
     def __repr__(self) -> str:
         return f"<Relay store={self.store!r} sessions={len(self.registry)}>"
@@ -181,6 +202,7 @@ class Relay:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.audit_trail.run)
             nursery.start_soon(self._watch_store)
+            nursery.start_soon(self._write_seen)
             nursery.start_soon(self._verifier.prepare)
             nursery.start_soon(self._report_repeats)
             await nursery.start(self.serve_listeners, self._handle_tcp, listeners, self._gate)
@@ -198,14 +220,16 @@ class Relay:
         accepting, while the handlers of connections already accepted run on. `gate` is
         asked before each connection is handed to a task: False closes it at once, unread."""
         async with trio.open_nursery() as handlers:
-            with trio.CancelScope() as accepting:
+            with trio.CancelScope() as accepting, _SpareDescriptor() as spare:
                 self._accepting.add(accepting)
                 if self._stopping:
                     accepting.cancel()
                 try:
                     async with trio.open_nursery() as loops:
                         for listener in listeners:
-                            loops.start_soon(_accept_loop, listener, handler, gate, handlers)
+                            loops.start_soon(
+                                self._accept_loop, listener, handler, gate, handlers, spare
+                            )
                         task_status.started(listeners)
                 finally:
                     self._accepting.discard(accepting)
@@ -216,6 +240,7 @@ class Relay:
         """Close every listener (agents and forwards): connections already in go on, and no
         new tunnel is opened."""
         self._stopping = True
+        self.audit_trail.stopping = True
         for scope in self._accepting:
             scope.cancel()
 
@@ -232,6 +257,54 @@ class Relay:
         # No stream opens once stopping, so a session found idle stays idle.
         while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
             await busy[0].mux.wait_streams_closed()
+
+    async def _accept_loop(
+        self,
+        listener: trio.SocketListener,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        gate: Callable[[], bool] | None,
+        nursery: trio.Nursery,
+        spare: _SpareDescriptor,
+    ) -> None:
+        """Accept connections on `listener` and hand each to `handler` in `nursery`.
+
+        Out of descriptors (or memory), the newest work is shed: the waiting connection is
+        accepted on the spare descriptor and closed at once, with one log line per
+        `log_interval`; connections already in go on."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                await self._shed(listener, spare, exc)
+                continue
+            if gate is None or gate():
+                nursery.start_soon(handler, stream)
+            else:
+                stream.socket.close()
+
+    async def _shed(
+        self, listener: trio.SocketListener, spare: _SpareDescriptor, exc: OSError
+    ) -> None:
+        if self._repeats.note("shed"):
+            _log(
+                logging.ERROR,
+                "Out of file descriptors: closing new connections at once until some are "
+                "free (raise the limit: ulimit -n, LimitNOFILE=)",
+                reason=exc.strerror,
+            )
+        if spare.release():
+            try:
+                stream = await listener.accept()  # the connection that is waiting: at once
+            except OSError:
+                pass
+            else:
+                stream.socket.close()
+            finally:
+                spare.reopen()
+        else:
+            await trio.sleep(0.1)
 
     # -- agents --------------------------------------------------------------------------
 
@@ -282,9 +355,12 @@ class Relay:
                 _log(logging.INFO, "Connection dropped", peer=peer, reason="handshake timed out")
             elif admitted is not None:
                 record, hello, agreement, leftover = admitted
-                await self._run_session(
-                    transport, peer, record, hello, leftover, agreement=agreement
-                )
+                try:
+                    await self._run_session(
+                        transport, peer, record, hello, leftover, agreement=agreement
+                    )
+                finally:
+                    self.registry.release_session(record.id)
         except Exception as exc:
             if (broken := _connection_failure(exc)) is None:
                 log.exception("Unexpected error on agent connection", extra=_extra(peer=peer))
@@ -324,6 +400,7 @@ class Relay:
                     f"this relay {', '.join(map(str, VERSIONS))}",
                 )
             record = await self._authenticate(hello, peer)
+            self._claim_session(record)
         except UnsupportedVersion as exc:
             refusal = Refused(
                 WelcomeStatus.UNSUPPORTED_VERSION,
@@ -335,7 +412,11 @@ class Relay:
             refusal = exc
         else:
             welcome = welcome_for(agreement, WelcomeStatus.OK, f"connected as bridge {record.name}")
-            await transport.send_all(encode_welcome(welcome))
+            try:
+                await transport.send_all(encode_welcome(welcome))
+            except BaseException:
+                self.registry.release_session(record.id)
+                raise
             return record, hello, agreement, parser.leftover
         if refusal.status not in (WelcomeStatus.AUTH_FAILED, WelcomeStatus.BUSY):
             _log(logging.INFO, "Handshake refused", peer=peer, reason=refusal.message)
@@ -344,23 +425,66 @@ class Relay:
         await transport.aclose()
         return None
 
+    def _claim_session(self, record: BridgeRecord) -> None:
+        """Take one of the bridge's `max_sessions_per_bridge` session slots, or refuse the
+        login (BUSY): the sessions already up are kept."""
+        limit = self.config.max_sessions_per_bridge
+        if not self.registry.claim_session(record.id, limit):
+            if self._repeats.note(("sessions", record.name)):
+                _log(
+                    logging.WARNING,
+                    "Login refused: the bridge has as many sessions as allowed",
+                    bridge=record.name,
+                    limit=limit,
+                )
+            raise Refused(
+                WelcomeStatus.BUSY,
+                f"bridge {record.name} already has {limit} agent sessions, the most this relay "
+                "allows (--max-sessions-per-bridge); retrying later",
+            )
+
+    async def _find(self, bridge_id: str) -> tuple[BridgeRecord | None, bool]:
+        """(the record of `bridge_id`, whether it came from the store). While the store is
+        unreachable or slower than `store_login_wait`, the record this relay admitted last."""
+        if self._store.healthy:
+            with trio.move_on_after(self.config.store_login_wait):
+                try:
+                    return await self._store.run(self.store.find, bridge_id), True
+                except StoreError:
+                    pass
+        return self._admitted.get(bridge_id), False
+
     async def _authenticate(self, hello: Hello, peer: str) -> BridgeRecord:
         try:
-            record = self.store.find(hello.bridge_id)
+            record, fresh = await self._find(hello.bridge_id)
         except Exception:
             log.exception("Bridge store failed", extra=_extra(peer=peer))
             raise Refused(WelcomeStatus.INTERNAL_ERROR, "internal error") from None
         if record is not None and record.id != hello.bridge_id:
             record = None  # agents authenticate by ID, not by name
+        if record is None and not fresh:
+            raise Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
         stored_hash = None if record is None else record.secret_hash
         source = source_of(peer)
         # A source over its limit of failed logins gets no bcrypt check: only credentials
-        # verified before (other agents behind the same address) are still let in.
+        # verified before (other agents behind the same address) are still let in; the same
+        # while the store cannot be asked.
         limited = not self._logins.allows(source)
         secret = hello.secret.encode()
-        if await self._verifier.verify(hello.bridge_id, stored_hash, secret, cached_only=limited):
+        cached_only = limited or not fresh
+        if await self._verifier.verify(
+            hello.bridge_id, stored_hash, secret, cached_only=cached_only
+        ):
             assert record is not None
+            if fresh:  # the record is the store's: raise its bcrypt cost if it is lower
+                record = await self._rehashed(record, secret)
+            self._admitted[record.id] = record
+            self._admitted.move_to_end(record.id)
+            while len(self._admitted) > _ADMITTED_MAX:
+                self._admitted.popitem(last=False)
             return record
+        if not fresh:
+            raise Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
         self.metrics.auth_failures.inc(listener="agent")
         if self._logins.failed(source) and not limited:
             _log(
@@ -404,11 +528,13 @@ class Relay:
                             agents=len(self.registry.sessions(record.id)),
                         )
                         self._mark_seen(record.id)
-                        self._revalidate(agent)  # the store may have changed while we verified
+                        # The store may have changed while we verified.
+                        self._changed.add(record.id)
+                        self._store_wake.set()
                         if self._stopping:
                             await _go_away(agent, "relay shutting down")
-                        async for stream in session:  # agents never open streams
-                            await trio.aclose_forcefully(stream)
+                        async for stream in session:  # agents never open streams: RST at once
+                            stream.reset()
                 finally:
                     self.registry.remove(agent)
                     self.metrics.sessions.dec(bridge=record.name)
@@ -432,11 +558,57 @@ class Relay:
                 duration=round(time.time() - agent.connected_at, 3),
             )
 
-    def _mark_seen(self, bridge_id: str) -> None:
+    async def _rehashed(self, record: BridgeRecord, secret: bytes) -> BridgeRecord:
+        """The record of a bridge that just logged in, its secret rehashed at the relay's
+        bcrypt cost and stored if it had less (so that it is no faster to check than others)."""
+        new_hash = await self._verifier.rehash(record.id, record.secret_hash, secret)
+        if new_hash is None:
+            return record
         try:
-            self.store.mark_seen(bridge_id)
+            stored = await self._store.run(
+                self.store.rehash, record.id, record.secret_hash, new_hash
+            )
         except Exception as exc:
-            _log(logging.WARNING, "Cannot record last seen time", id=bridge_id, reason=str(exc))
+            _log(logging.WARNING, "Cannot store a rehashed secret", id=record.id, reason=str(exc))
+            return record
+        if not stored:  # rotated or deleted meanwhile: revalidation sees to it
+            return record
+        _log(
+            logging.INFO,
+            "Bridge secret rehashed at the relay's bcrypt cost",
+            bridge=record.name,
+            id=record.id,
+            cost=self.config.bcrypt_cost,
+        )
+        return attrs.evolve(record, secret_hash=new_hash)
+
+    def _mark_seen(self, bridge_id: str) -> None:
+        """Record the time in memory; `_write_seen` writes it to the store."""
+        self._seen[bridge_id] = time.time()
+        self._seen_wake.set()
+
+    async def _write_seen(self) -> None:
+        """Writes last seen times, retried while the store is unreachable. Holds one time
+        per bridge at most: a newer one replaces an older one not yet written."""
+        while True:
+            await self._seen_wake.wait()
+            self._seen_wake = trio.Event()
+            while self._seen:
+                bridge_id, when = next(iter(self._seen.items()))
+                try:
+                    await self._store.run(self.store.mark_seen, bridge_id, when)
+                except StoreError:
+                    await trio.sleep(self.config.store_retry_interval)
+                    continue
+                except Exception as exc:
+                    _log(
+                        logging.WARNING,
+                        "Cannot record last seen time",
+                        id=bridge_id,
+                        reason=str(exc),
+                    )
+                if self._seen.get(bridge_id) == when:
+                    del self._seen[bridge_id]
 
     async def _report_repeats(self) -> None:
         """Sum up the refusals that were not logged one by one."""
@@ -459,6 +631,22 @@ class Relay:
                         f" awaiting authentication: {count} more in the last {seconds:.0f} s",
                         refused=count,
                     )
+                elif key == "shed":
+                    _log(
+                        logging.ERROR,
+                        f"Connections closed at once, out of file descriptors: {count} more in "
+                        f"the last {seconds:.0f} s",
+                        refused=count,
+                    )
+                elif key[0] == "sessions":
+                    _log(
+                        logging.WARNING,
+                        f"Logins refused, bridge {key[1]} at its limit of "
+                        f"{self.config.max_sessions_per_bridge} sessions: {count} more in the last"
+                        f" {seconds:.0f} s",
+                        bridge=key[1],
+                        refused=count,
+                    )
                 else:
                     _log(
                         logging.WARNING,
@@ -471,33 +659,84 @@ class Relay:
     # -- store changes -------------------------------------------------------------------
 
     async def _watch_store(self) -> None:
-        seen = None
+        """Follows changes made by other processes: notified ones at once (a store with
+        `listen`), and any change at the next poll of `generation()`."""
+        async with trio.open_nursery() as nursery:
+            if (listen := getattr(self.store, "listen", None)) is not None:
+                nursery.start_soon(self._listen_store, listen)
+            seen = None
+            while True:
+                changed, self._changed = self._changed, set()
+                self._store_wake = trio.Event()
+                try:
+                    generation = await self._store.run(self.store.generation)
+                    if generation != seen:
+                        await self._note_costs()
+                    if _ALL in changed or (
+                        seen is not None and generation != seen and not self._listening
+                    ):
+                        await self.revalidate()
+                    elif changed:
+                        await self.revalidate(changed)
+                    seen = generation
+                except StoreError:
+                    self._changed |= changed  # checked again once the store is back
+                except Exception as exc:
+                    _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
+                interval = self.config.store_poll_interval
+                if self._listening:
+                    interval = self.config.store_check_interval
+                with trio.move_on_after(interval):
+                    await self._store_wake.wait()
+
+    async def _note_costs(self) -> None:
+        """Unknown IDs are checked at the highest bcrypt cost of the stored secrets. Raises
+        StoreError if the store cannot be read."""
+        records = await self._store.run(self.store.list)
+        self._verifier.note_costs(cost_of(record.secret_hash) for record in records)
+
+    async def _listen_store(self, listen: Callable[..., Awaitable[None]]) -> None:
         while True:
             try:
-                generation = self.store.generation()
-            except Exception as exc:
-                _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(listen, self._store_changed)
+                    self._store.succeeded()
+                    self._listening = True
+                    self._store_changed(_ALL)  # changes made while not listening
+            except* StoreError as group:
+                first = group.exceptions[0]
+                self._store.failed(first if isinstance(first, StoreError) else StoreError(first))
+            except* Exception as group:
+                reason = f"bridge store notifications: {group.exceptions[0]!r}"
+                self._store.failed(StoreError(reason))
+            finally:
+                self._listening = False
+            await trio.sleep(self.config.store_retry_interval)
+
+    def _store_changed(self, bridge_id: str) -> None:
+        self._changed.add(bridge_id)
+        self._store_wake.set()
+
+    async def revalidate(self, bridge_ids: set[str] | None = None) -> None:
+        """Close the sessions of bridges deleted or rotated since they were admitted: those
+        in `bridge_ids`, or all. Raises StoreError if the store cannot be read."""
+        ids = {agent.bridge_id for agent in self.registry}
+        if bridge_ids is not None:
+            ids &= bridge_ids
+        for bridge_id in ids:
+            record = await self._store.run(self.store.find, bridge_id)
+            if record is None:
+                self._admitted.pop(bridge_id, None)
+                self._verifier.forget(bridge_id)
             else:
-                if seen is not None and generation != seen:
-                    self.revalidate()
-                seen = generation
-            await trio.sleep(self.config.store_poll_interval)
-
-    def revalidate(self) -> None:
-        """Close the sessions of bridges deleted or rotated since they were admitted."""
-        for agent in list(self.registry):
-            self._revalidate(agent)
-
-    def _revalidate(self, agent: AgentSession) -> None:
-        try:
-            record = self.store.find(agent.bridge_id)
-        except Exception as exc:
-            _log(logging.WARNING, "Cannot read the bridge store", reason=str(exc))
-            return
-        if record is None:
-            agent.close(BRIDGE_DELETED)
-        elif record.secret_hash != agent.secret_hash:
-            agent.close(SECRET_ROTATED)
+                self._admitted[bridge_id] = record
+            for agent in self.registry.sessions(bridge_id):
+                if record is None:
+                    agent.close(BRIDGE_DELETED)
+                elif same_secret(agent.secret_hash, record.secret_hash):
+                    agent.secret_hash = record.secret_hash  # rehashed at a higher cost
+                else:
+                    agent.close(SECRET_ROTATED)
 
     # -- tunnels -------------------------------------------------------------------------
 
@@ -562,14 +801,15 @@ class Relay:
         sessions = self.registry.sessions(bridge)
         if not sessions:
             self.metrics.refused.inc(reason="not_connected")
+            known = self._known(bridge)
             _log(
                 logging.WARNING,
                 "Tunnel refused",
                 bridge=bridge,
                 target=target,
-                reason="not connected",
+                reason="not connected" if known else "unknown bridge",
             )
-            raise BridgeNotConnected(bridge)
+            raise BridgeNotConnected(bridge, known=known)
         bridge_id, name = sessions[0].bridge_id, sessions[0].bridge_name
         self._check_limits(bridge_id, name)
         pending = self.registry.pending_opens
@@ -590,8 +830,17 @@ class Relay:
             else:
                 del pending[bridge_id]
 
+    def _known(self, bridge: str) -> bool:
+        """Whether the store has a bridge of this name or ID (True when it cannot tell)."""
+        try:
+            return self.store.find(bridge) is not None
+        except Exception:
+            return True
+
     def _check_limits(self, bridge_id: str, name: str) -> None:
-        if (count := self.registry.open_streams(bridge_id)) >= self.config.max_streams_per_bridge:
+        # Opens still on their way to a session count too: they become open streams later.
+        count = self.registry.open_streams(bridge_id) + self.registry.opening.get(bridge_id, 0)
+        if count >= self.config.max_streams_per_bridge:
             raise self._busy(bridge_id, name, f"Bridge {name}: {count} streams open, the limit")
         count = self.registry.pending_opens.get(bridge_id, 0)
         if count >= self.config.max_pending_opens:
@@ -655,7 +904,10 @@ class Relay:
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         started = time.monotonic()
         try:
-            stream = await agent.mux.open_stream()
+            # Counted from `_check_limits` on (no checkpoint lies between) until the session
+            # counts the stream itself.
+            with self.registry.opening_stream(agent.bridge_id):
+                stream = await agent.mux.open_stream()
         except mux.SessionClosed as exc:
             # That session is going away (it ended, or said or got GoAway).
             raise _Retry(None, exc) from None
@@ -711,25 +963,34 @@ class Relay:
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-async def _accept_loop(
-    listener: trio.SocketListener,
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
-    gate: Callable[[], bool] | None,
-    nursery: trio.Nursery,
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                raise
-            _log(logging.ERROR, "Cannot accept connections for now", reason=exc.strerror)
-            await trio.sleep(0.1)
-            continue
-        if gate is None or gate():
-            nursery.start_soon(handler, stream)
-        else:
-            stream.socket.close()
+class _SpareDescriptor:
+    """One descriptor kept open so that, when the process has none left, a waiting
+    connection can still be accepted and closed at once instead of waiting unanswered."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self.reopen()
+
+    def __enter__(self) -> _SpareDescriptor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def reopen(self) -> None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # out of descriptors: tried again after the next shed connection
+
+    def release(self) -> bool:
+        """Close the spare (False if there was none); `reopen` takes it back."""
+        if self._fd is None:
+            return False
+        os.close(self._fd)
+        self._fd = None
+        return True
 
 
 def _reason(status: ConnectStatus | None) -> str:

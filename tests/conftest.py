@@ -1,11 +1,13 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""Every async test runs under a deadline, so that a hang fails one test instead of the run."""
+"""Every async test runs under a deadline, so that a hang fails one test instead of the run;
+and one PostgreSQL server for the whole run, for the folders whose tests need one."""
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -29,3 +31,29 @@ def _bounded(test, limit: float):
             return await test(*args, **kwargs)
 
     return bounded
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A running `postgres_server.PostgresServer` (tests/e2e/postgres_server.py), shared by
+    the run: tests that stop a server start one of their own."""
+    from .e2e.postgres_server import PostgresServer
+
+    server = PostgresServer(tmp_path_factory.mktemp("postgres-logs"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_server):
+    """psql against the shared server (`e2e_support.Postgres`)."""
+    return postgres_server.client
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The postgresql:// URL of a new, empty database of this test's own."""
+    return postgres_server.create_database()

@@ -12,14 +12,17 @@ import signal
 import socket
 from pathlib import Path
 
+import psycopg
 import trio
 
 from relay.audit import OUTCOMES
 
 from .e2e_support import (
+    BRIDGE_NAME,
     RELAY,
     Bridge,
     Launcher,
+    Postgres,
     clean_env,
     parse_assignments,
     relay_cli,
@@ -110,7 +113,8 @@ async def test_forward_and_socks_connections_are_audited(
         probe.bind(("127.0.0.1", 0))
         refused = f"127.0.0.1:{probe.getsockname()[1]}"
     log = tmp_path / "audit.jsonl"
-    args = ["--audit-log", log, "--audit-interval", "0.3", "--socks", "127.0.0.1:0"]
+    args = ["--audit-log", log, "--audit-interval", "0.3", "--drain-timeout", "1"]
+    args += ["--socks", "127.0.0.1:0"]
     args += ["--socks-user", SOCKS_USER, "--socks-password", SOCKS_PASSWORD]
     relay = await trio.to_thread.run_sync(lambda: launch.relay(target, refused, args=args))
     socks_port = int(relay.process.wait_for(r"^socks: listening on \S+:(\d+)$", stream="stdout")[1])
@@ -155,9 +159,22 @@ async def test_forward_and_socks_connections_are_audited(
             received += len(data)
         assert received == 207
 
+    # bridge-relay test: the relay opens a tunnel of its own.
+    tested = await trio.to_thread.run_sync(relay_cli, bridge.data_dir, "test", bridge.name, target)
+    assert tested.returncode == 0, tested.stderr
+
     found = await wait_for_events(
-        log, "3 close events", lambda found: sum(e["event"] == "tunnel.close" for e in found) == 3
+        log, "4 close events", lambda found: sum(e["event"] == "tunnel.close" for e in found) == 4
     )
+    [probe] = [e for e in found if e["caller"]["kind"] == "test" and e["event"] == "tunnel.close"]
+    assert probe["caller"] == {
+        "kind": "test",
+        "label": "bridge-relay test",
+        "address": None,
+        "user": None,
+    }
+    assert (probe["target"], probe["outcome"], probe["bytes_up"]) == (target, "ok", 0)
+    everything, found = found, [e for e in found if e["caller"]["kind"] != "test"]
     by_client = {}
     for event in found:
         assert TIME.fullmatch(event["time"]), event
@@ -229,7 +246,7 @@ async def test_forward_and_socks_connections_are_audited(
         "--json",
     )
     assert listed.returncode == 0, listed.stderr
-    assert [json.loads(line) for line in listed.stdout.splitlines()] == found
+    assert [json.loads(line) for line in listed.stdout.splitlines()] == everything
     none = await trio.to_thread.run_sync(
         relay_cli, bridge.data_dir, "audit", "--audit-log", str(log), "--since", "2999-01-01"
     )
@@ -240,13 +257,32 @@ async def test_forward_and_socks_connections_are_audited(
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0].split()[:4] == ["TIME", "EVENT", "BRIDGE", "CALLER"]
-    assert len(lines) == 1 + len(found)
+    assert len(lines) == 1 + len(everything)
     assert any("refused" in line and "Host not in allowed hosts list" in line for line in lines)
     missing = await trio.to_thread.run_sync(
         relay_cli, bridge.data_dir, "audit", "--audit-log", str(tmp_path / "nope.jsonl")
     )
     assert missing.returncode == 1 and missing.stderr.count("\n") == 1
     assert missing.stderr.startswith("bridge-relay: cannot read the audit log ")
+
+    # A tunnel still open when the relay stops is cut once the drain timeout has passed.
+    async with await trio.open_tcp_stream("127.0.0.1", forward_port) as client:
+        cut_client = local_address(client)
+        await client.send_all(b"c" * 42)
+        await wait_for_events(
+            log,
+            "the last tunnel's open",
+            lambda found: any(e["caller"]["address"] == cut_client for e in found),
+        )
+        relay.process.popen.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(relay.process.wait) == 1  # it cut a tunnel
+    [closed] = [
+        e
+        for e in events(log)
+        if e["caller"]["address"] == cut_client and e["event"] == "tunnel.close"
+    ]
+    assert (closed["outcome"], closed["reason"]) == ("cut", "relay shutting down")
+    assert (closed["bytes_up"], closed["bytes_down"]) == (42, 0)
 
 
 async def test_admin_events_revocation_and_reopen_on_sighup(
@@ -343,3 +379,42 @@ async def test_admin_events_revocation_and_reopen_on_sighup(
         "bridge.created",
         "bridge.deleted",
     ]
+
+
+def test_a_postgresql_store_keeps_the_audit_trail_in_a_table(
+    postgres: Postgres, postgres_url: str, tmp_path: Path
+):
+    data_dir, log = tmp_path / "relay-data", tmp_path / "audit.jsonl"
+    created = relay_cli(
+        data_dir, "--store", postgres_url, "bridges", "create", BRIDGE_NAME, "--bcrypt-cost", "4"
+    )
+    assert created.returncode == 0, created.stderr
+    credentials = parse_assignments(created.stdout)
+    fingerprint = relay_cli(data_dir, "fingerprint").stdout.strip()
+    bridge = Bridge(
+        data_dir, BRIDGE_NAME, credentials["BRIDGE_ID"], credentials["BRIDGE_SECRET"], fingerprint
+    )
+    launch = Launcher(bridge, tmp_path)
+    try:
+        relay = launch.relay(postgres.target, args=["--store", postgres_url, "--audit-log", log])
+        launch.agent(relay, [postgres.target])
+        result = postgres.psql("select 40 + 2", port=relay.forwards[postgres.target])
+        assert (result.returncode, result.stdout) == (0, b"42\n"), result.stderr
+
+        def table() -> list[tuple]:
+            with psycopg.connect(postgres_url) as conn:
+                return conn.execute(
+                    "SELECT event, bridge, bridge_id, node, data FROM audit_events ORDER BY id"
+                ).fetchall()
+
+        wait_until(lambda: len(table()) == 3, "the admin event and the tunnel's two")
+    finally:
+        launch.close()
+    rows = table()
+    assert [row[0] for row in rows] == ["bridge.created", "tunnel.open", "tunnel.close"]
+    assert {row[2] for row in rows} == {bridge.id}
+    assert rows[0][4]["command"] == "bridge-relay bridges create"
+    assert [row[4] for row in rows[1:]] == events(log)  # the same events as the file
+    closed = rows[2][4]
+    assert closed["outcome"] == "ok" and closed["bytes_up"] > 0 and closed["bytes_down"] > 0
+    assert rows[2][3] == closed["node"] == f"{socket.gethostname()}:{relay.agent_port}"

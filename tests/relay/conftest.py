@@ -10,7 +10,7 @@ from functools import partial
 import pytest
 import trio
 
-from relay import MemoryStore, SQLiteStore
+from relay import MemoryStore, PostgresStore, SQLiteStore
 from relay.certificates import ensure_self_signed, fingerprint
 
 from .relay_support import CertFiles, RelayHarness
@@ -22,12 +22,16 @@ def cert_files(tmp_path_factory) -> CertFiles:
     return CertFiles(cert, key, fingerprint(cert))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request, tmp_path):
+    """Each of the stores: the tests that take it hold for all three."""
     if request.param == "memory":
         yield MemoryStore()
         return
-    store = SQLiteStore(tmp_path / "bridges.db")
+    if request.param == "sqlite":
+        store = SQLiteStore(tmp_path / "bridges.db")
+    else:
+        store = PostgresStore(request.getfixturevalue("postgres_url"))
     yield store
     store.close()
 

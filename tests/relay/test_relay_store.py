@@ -1,13 +1,20 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
+import socket
 import stat
 import uuid
 
+import attrs
 import bcrypt
+import psycopg
 import pytest
+import trio
 
-from relay import SQLiteStore, UnknownBridge
-from relay.errors import DuplicateBridge, InvalidBridgeName
+from relay import PostgresStore, SQLiteStore, UnknownBridge
+from relay.credentials import rehash_secret, same_secret
+from relay.errors import DuplicateBridge, InvalidBridgeName, StoreError, StoreNotInitialised
+from relay.store import BridgeRecord, StoreURL, open_store
+from relay.store.postgres import SCHEMA_VERSION
 
 from .relay_support import COST
 
@@ -63,6 +70,23 @@ def test_rotate_replaces_the_secret(store):
         store.rotate("nope", cost=COST)
 
 
+def test_rehash_replaces_the_hash_only_if_unchanged(store):
+    bridge_id, secret = store.create_bridge("a", cost=COST)
+    old = store.get(bridge_id).secret_hash
+    generation = store.generation()
+    new = rehash_secret(secret.encode(), old, COST + 1)
+    assert same_secret(old, new) and not same_secret(new, old)
+    assert store.rehash(bridge_id, old, new)
+    assert store.get(bridge_id).secret_hash == new and bcrypt.checkpw(secret.encode(), new)
+    assert store.generation() > generation
+    # Rotated meanwhile (or rehashed elsewhere): the other change is kept.
+    rotated = store.rotate(bridge_id, cost=COST)
+    assert not store.rehash(bridge_id, new, rehash_secret(secret.encode(), new, COST + 2))
+    assert bcrypt.checkpw(rotated.encode(), store.get(bridge_id).secret_hash)
+    assert not same_secret(new, store.get(bridge_id).secret_hash)
+    assert not store.rehash(str(uuid.uuid4()), old, new)
+
+
 def test_mark_seen(store):
     bridge_id, _ = store.create_bridge("a", cost=COST)
     store.mark_seen(bridge_id, 1234.5)
@@ -80,6 +104,18 @@ def test_generation_grows_on_every_change(store):
     seen.append(store.generation())
     assert seen == sorted(set(seen))
     assert store.generation() == seen[-1]  # reading changes nothing
+
+
+def test_import_keeps_id_hash_and_times(store):
+    record = BridgeRecord(str(uuid.uuid4()), "moved", b"$2b$04$" + b"x" * 53, 1000.5, 2000.25)
+    before = store.generation()
+    store.import_bridge(record)
+    assert store.get("moved") == record
+    assert store.generation() != before
+    with pytest.raises(DuplicateBridge):
+        store.import_bridge(attrs.evolve(record, id=str(uuid.uuid4())))
+    with pytest.raises(DuplicateBridge):
+        store.import_bridge(attrs.evolve(record, name="other"))
 
 
 def test_sqlite_changes_by_another_process_are_noticed(tmp_path):
@@ -112,3 +148,88 @@ def test_sqlite_file_is_private_and_created_on_first_use(tmp_path):
     store.close()
     bridge_id, _ = SQLiteStore(path).create_bridge("kept", cost=COST)
     assert SQLiteStore(path).get("kept").id == bridge_id
+
+
+def test_postgres_changes_by_another_process_are_noticed_and_notified(postgres_url):
+    async def main():
+        serving, cli = PostgresStore(postgres_url), PostgresStore(postgres_url)
+        notified: list[str] = []
+        try:
+            before = serving.generation()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serving.listen, notified.append)
+                bridge_id, _ = await trio.to_thread.run_sync(
+                    lambda: cli.create_bridge("a", cost=COST)
+                )
+                await trio.to_thread.run_sync(lambda: cli.rotate(bridge_id, cost=COST))
+                await trio.to_thread.run_sync(cli.delete, bridge_id)
+                with trio.fail_after(5):
+                    while len(notified) < 3:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+            assert notified == [bridge_id] * 3
+            assert serving.generation() == before + 3
+            assert serving.find(bridge_id) is None
+        finally:
+            serving.close()
+            cli.close()
+
+    trio.run(main)
+
+
+def test_postgres_schema_is_versioned_and_made_only_when_asked(postgres_url):
+    with pytest.raises(StoreNotInitialised, match="bridges create"):
+        PostgresStore(postgres_url, create=False).list()
+    store = PostgresStore(postgres_url)
+    assert store.list() == []
+    store.close()
+    again = PostgresStore(postgres_url, create=False)  # a second start migrates nothing
+    assert again.list() == []
+    again.close()
+    with psycopg.connect(postgres_url) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_postgres_unreachable_is_one_line_without_password():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = PostgresStore(f"postgresql://u:hunter2@127.0.0.1:{port}/db")
+    with pytest.raises(StoreError) as caught:
+        store.list()
+    message = str(caught.value)
+    assert message.startswith(f"bridge store postgresql://u@127.0.0.1:{port}/db: ")
+    assert "refused" in message and "hunter2" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "shown"),
+    [
+        ("sqlite:///var/lib/relay/b.db", "sqlite", "sqlite:///var/lib/relay/b.db"),
+        ("sqlite://relay-data/b.db", "sqlite", "sqlite://relay-data/b.db"),
+        (
+            "postgresql://u:pw@db.example:5433/relay",
+            "postgresql",
+            "postgresql://u@db.example:5433/relay",
+        ),
+        ("postgres://db.example/relay", "postgresql", "postgresql://db.example/relay"),
+    ],
+)
+def test_store_urls(text, kind, shown):
+    url = StoreURL.parse(text)
+    assert (url.kind, str(url)) == (kind, shown)
+    assert "pw" not in repr(url)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "bridges.db", "mysql://x/y", "sqlite://", "sqlite:///", "postgresql://h/db?x=1"]
+)
+def test_bad_store_urls_say_what_is_expected(text):
+    with pytest.raises(ValueError, match="invalid (store|PostgreSQL) URL"):
+        StoreURL.parse(text)
+
+
+def test_open_store(tmp_path):
+    store = open_store(f"sqlite://{tmp_path}/b.db")
+    assert isinstance(store, SQLiteStore) and store.path == tmp_path / "b.db"

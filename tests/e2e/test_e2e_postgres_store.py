@@ -1,0 +1,197 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""`bridge-relay --store postgresql://...`: real relays, agents, psql and PostgreSQL servers.
+
+The bridge store and the database reached through the tunnel are different servers where a
+test stops the store."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from .e2e_support import (
+    BRIDGE_NAME,
+    Bridge,
+    Launcher,
+    Postgres,
+    Process,
+    free_port,
+    parse_assignments,
+    relay_cli,
+)
+from .postgres_server import PostgresServer
+
+pytestmark = pytest.mark.interop
+
+CREDENTIALS_REJECTED = 78
+# Revocation is promised within 2 s of the change.
+REVOCATION_BOUND = 2.0
+
+
+def _pg_bridge(tmp_path: Path, url: str) -> Bridge:
+    """A bridge created with `--store URL`; the relay certificate in a data dir of its own."""
+    data_dir = tmp_path / "relay-data"
+    created = relay_cli(
+        data_dir, "--store", url, "bridges", "create", BRIDGE_NAME, "--bcrypt-cost", "4"
+    )
+    assert created.returncode == 0, created.stderr
+    credentials = parse_assignments(created.stdout)
+    fingerprint = relay_cli(data_dir, "fingerprint")
+    assert fingerprint.returncode == 0, fingerprint.stderr
+    return Bridge(
+        data_dir,
+        BRIDGE_NAME,
+        credentials["BRIDGE_ID"],
+        credentials["BRIDGE_SECRET"],
+        fingerprint.stdout.strip(),
+    )
+
+
+def _cut_within_bound(agent: Process, relay: Process, reason: str, run) -> None:
+    """`run()` (a CLI command on another data dir) cuts the agent's session within 2 s of its
+    change being committed (when the command returns), and the agent then exits 78."""
+    done = run()
+    committed = time.time()
+    assert done.returncode == 0, done.stderr
+    cut = relay.wait_for(
+        rf"^(\S+)\tINFO\tBridge disconnected\t.*\"reason\": \"{reason}\"", timeout=10
+    )
+    cut_at = datetime.datetime.fromisoformat(cut[1].replace("Z", "+00:00")).timestamp()
+    assert cut_at - committed < REVOCATION_BOUND, f"cut {cut_at - committed:.2f} s after"
+    assert agent.wait(timeout=15) == CREDENTIALS_REJECTED
+
+
+def _wait_until_running(postgres: Postgres, query: str) -> None:
+    sql = f"select count(*) from pg_stat_activity where query = '{query}'"
+    deadline = time.monotonic() + 10
+    while postgres.psql(sql).stdout != b"1\n":
+        assert time.monotonic() < deadline, f"{query!r} is not running"
+        time.sleep(0.1)
+
+
+def test_relay_on_postgres_serves_psql_and_delete_elsewhere_cuts_the_tunnel(
+    postgres: Postgres, postgres_url: str, tmp_path: Path
+):
+    bridge = _pg_bridge(tmp_path, postgres_url)
+    launch = Launcher(bridge, tmp_path)
+    try:
+        relay = launch.relay(postgres.target, args=["--store", postgres_url])
+        agent = launch.agent(relay, [postgres.target])
+        result = postgres.psql("select 40 + 2", port=relay.forwards[postgres.target])
+        assert (result.returncode, result.stdout) == (0, b"42\n"), result.stderr
+        # A long query is in flight when the bridge is deleted on a machine with no relay.
+        psql = launch.start(
+            "psql", postgres.psql_argv("select pg_sleep(60)", relay.forwards[postgres.target])
+        )
+        _wait_until_running(postgres, "select pg_sleep(60)")
+        elsewhere = tmp_path / "admin-machine"
+        _cut_within_bound(
+            agent,
+            relay.process,
+            "bridge deleted",
+            lambda: relay_cli(
+                elsewhere, "--store", postgres_url, "bridges", "delete", "e2e", "--yes"
+            ),
+        )
+        assert psql.wait(timeout=10) != 0
+        assert not (elsewhere / "bridges.db").exists()
+    finally:
+        launch.close()
+
+
+def test_store_copy_keeps_secrets_and_rotate_elsewhere_cuts_the_tunnel(
+    postgres: Postgres, postgres_url: str, launch: Launcher, bridge: Bridge, tmp_path: Path
+):
+    copied = relay_cli(bridge.data_dir, "store", "copy", "--to", postgres_url)
+    assert copied.returncode == 0, copied.stderr
+    assert copied.stdout.startswith("Copied 1 bridge from sqlite://")
+    (bridge.data_dir / "bridges.db").rename(bridge.data_dir / "old.db")  # only PostgreSQL now
+
+    relay = launch.relay(postgres.target, args=["--store", postgres_url])
+    agent = launch.agent(relay, [postgres.target])  # the secret made for SQLite
+    result = postgres.psql("select 7", port=relay.forwards[postgres.target])
+    assert (result.returncode, result.stdout) == (0, b"7\n"), result.stderr
+
+    _cut_within_bound(
+        agent,
+        relay.process,
+        "bridge secret rotated",
+        lambda: relay_cli(
+            tmp_path / "elsewhere", "--store", postgres_url, "bridges", "rotate", "e2e"
+        ),
+    )
+
+
+def test_unreachable_store_at_start_is_one_line_and_exit_1(tmp_path: Path):
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/relay"
+    for argv in (["serve", "--listen", "127.0.0.1:0"], ["bridges", "list"]):
+        done = relay_cli(tmp_path / "data", "--store", url, *argv)
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1, done.stderr
+        assert re.fullmatch(
+            r"bridge-relay: bridge store postgresql://postgres@127\.0\.0\.1:\d+/relay: "
+            r".*Connection refused.*",
+            lines[0],
+        ), lines[0]
+    bad = relay_cli(tmp_path / "data", "--store", "postgresql://h/db?nonsense=1", "bridges", "list")
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+
+
+def test_store_outage_keeps_tunnels_and_logins_and_logs_each_change_once(
+    postgres: Postgres, tmp_path: Path
+):
+    store = PostgresServer(tmp_path / "store-logs")
+    (tmp_path / "store-logs").mkdir()
+    store.start()
+    launch = None
+    try:
+        url = store.create_database()
+        bridge = _pg_bridge(tmp_path, url)
+        launch = Launcher(bridge, tmp_path)
+        relay = launch.relay(postgres.target, args=["--store", url])
+        launch.agent(relay, [postgres.target])
+        port = relay.forwards[postgres.target]
+        # A session that queries through the tunnel for the whole outage.
+        script = tmp_path / "steady.sql"
+        script.write_text("".join(f"select {i} from pg_sleep(0.25);\n" for i in range(64)))
+        steady = launch.start("psql-steady", [*postgres.psql_argv("", port)[:-2], "-f", script])
+        steady.wait_for(r"^3$", stream="stdout")
+
+        store.stop()
+        relay.process.wait_for(r"\tBridge store unreachable", timeout=10)
+        # New tunnels, and a new login of the admitted bridge, work from memory.
+        for i in range(3):
+            result = postgres.psql(f"select {i}", port=port)
+            assert (result.returncode, result.stdout) == (0, f"{i}\n".encode()), result.stderr
+        launch.agent(relay, [postgres.target])
+        time.sleep(7)
+        store.start()
+        relay.process.wait_for(r"\tBridge store reachable again", timeout=15)
+
+        assert steady.wait(timeout=60) == 0, steady.stderr()
+        assert steady.stdout().split() == [str(i) for i in range(64)]
+        log = relay.process.stderr()
+        assert log.count("Bridge store unreachable") == 1, log
+        assert log.count("Bridge store reachable again") == 1, log
+        assert relay.process.poll() is None
+        assert "Traceback" not in log
+        # Writes held in memory reach the store; revocation works again.
+        with psycopg.connect(url) as conn:
+            seen = conn.execute("select last_seen_at from bridges").fetchone()
+        assert seen is not None and seen[0] is not None
+        done = relay_cli(
+            tmp_path / "elsewhere", "--store", url, "bridges", "delete", "e2e", "--yes"
+        )
+        assert done.returncode == 0, done.stderr
+        relay.process.wait_for(r"\"reason\": \"bridge deleted\"", timeout=REVOCATION_BOUND + 1)
+    finally:
+        if launch is not None:
+            launch.close()
+        store.close()
