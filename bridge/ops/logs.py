@@ -119,6 +119,16 @@ def syslog_priority(levelno: int) -> int:
     return next((priority for level, priority in _PRIORITIES if levelno >= level), 7)
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (control characters, escape
+    sequences, line and paragraph separators, tabs) written as a Python escape (``\\x1b``,
+    ``\\n``, ``\\u2028``): text a peer chose can neither drive a terminal nor forge a line
+    or a field. Printable text comes back unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def register_secret(secret: str) -> None:
     """Redact ``secret`` from every later record of the ``bridge`` and ``relay`` loggers."""
     if secret:
@@ -230,11 +240,11 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """One line (with the traceback, if any, on the lines after): timestamp unless journald,
         level, message, then the fields as JSON; with journald, a priority prefix on every line."""
-        parts = [record.levelname, record.getMessage()]
+        parts = [record.levelname, printable(record.getMessage())]
         if not self.journald:
             parts.insert(0, _timestamp(record))
         if fields := _fields(record):
-            parts.append(json.dumps(fields, default=str, ensure_ascii=False))
+            parts.append(printable(json.dumps(fields, default=str, ensure_ascii=False)))
         text = "\t".join(parts)
         if exc := _exception_text(self, record):
             text += "\n" + exc
@@ -259,4 +269,8 @@ class JSONFormatter(logging.Formatter):
             entry.setdefault(key, value)
         if exc := _exception_text(self, record):
             entry["exc"] = exc
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        text = json.dumps(entry, default=str, ensure_ascii=False)
+        if text.isprintable():
+            return text
+        # JSON escapes C0 controls itself; the others (C1, line separators...) as \uXXXX too.
+        return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)

@@ -70,6 +70,16 @@ class MemoryStore(StoreBase):
             self._generation += 1
         return secret
 
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """As `Store.rehash`."""
+        with self._lock:
+            record = self._bridges.get(bridge_id)
+            if record is None or record.secret_hash != old_hash:
+                return False
+            self._bridges[bridge_id] = attrs.evolve(record, secret_hash=new_hash)
+            self._generation += 1
+        return True
+
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         """As `Store.mark_seen`."""
         with self._lock:

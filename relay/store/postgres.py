@@ -15,10 +15,11 @@ a schema migrated by a newer one during a rolling upgrade.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,6 +28,7 @@ import psycopg
 import psycopg_pool
 import trio
 from psycopg import conninfo, errors, sql
+from psycopg.types.json import Jsonb
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, StoreError, StoreNotInitialised, UnknownBridge
@@ -57,6 +59,24 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 value BIGINT NOT NULL
             )""",
             "INSERT INTO bridge_generation (value) VALUES (0)",
+        ],
+    ),
+    (
+        2,
+        [
+            # The audit trail (relay.audit): every event as written to the JSON-lines log
+            # (`data`), with the columns one selects by.
+            """CREATE TABLE audit_events (
+                id BIGSERIAL PRIMARY KEY,
+                time TIMESTAMPTZ NOT NULL,
+                event TEXT NOT NULL,
+                bridge TEXT,
+                bridge_id TEXT,
+                node TEXT,
+                data JSONB NOT NULL
+            )""",
+            "CREATE INDEX audit_events_time ON audit_events (time)",
+            "CREATE INDEX audit_events_bridge_time ON audit_events (bridge_id, time)",
         ],
     ),
 ]
@@ -330,6 +350,21 @@ class PostgresStore(StoreBase):
             raise UnknownBridge(bridge)
         return secret
 
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """As `Store.rehash`."""
+
+        def update(conn: psycopg.Connection) -> int:
+            with conn.transaction():
+                cursor = conn.execute(
+                    "UPDATE bridges SET secret_hash = %s WHERE id = %s AND secret_hash = %s",
+                    (new_hash, bridge_id, old_hash),
+                )
+                if cursor.rowcount:
+                    self._changed(conn, bridge_id)
+                return cursor.rowcount
+
+        return self._run(update) > 0
+
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         """As `Store.mark_seen`."""
         when = time.time() if when is None else when
@@ -338,6 +373,34 @@ class PostgresStore(StoreBase):
                 "UPDATE bridges SET last_seen_at = %s WHERE id = %s", (when, bridge_id)
             )
         )
+
+    def append_audit(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Append audit events, in their JSON form (`relay.audit` events' `to_dict()`), to
+        the table audit_events. Raises StoreError; a failed batch is not retried (it could
+        be written twice)."""
+        rows = [
+            (
+                datetime.datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00")),
+                event["event"],
+                event.get("bridge"),
+                event.get("bridge_id"),
+                event.get("node"),
+                Jsonb(dict(event)),
+            )
+            for event in events
+        ]
+        if not rows:
+            return
+
+        def insert(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO audit_events (time, event, bridge, bridge_id, node, data)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    rows,
+                )
+
+        self._run(insert, retry=False)
 
     def generation(self) -> int:
         """As `Store.generation`."""

@@ -86,6 +86,10 @@ class Store(Protocol):
         """Give the bridge a new secret (hashed with `cost`) and return it; the old one stops
         working. Raises UnknownBridge."""
 
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """Replace the bridge's hash by `new_hash` (the same secret at a higher bcrypt cost) if
+        it is still `old_hash`; False if the bridge is gone or its secret changed meanwhile."""
+
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         """Note that an agent of `bridge_id` authenticated at `when` (now by default); an unknown ID
         is ignored."""

@@ -143,6 +143,14 @@ class SQLiteStore(StoreBase):
         self._generation += 1
         return secret
 
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """As `Store.rehash`."""
+        sql = "UPDATE bridges SET secret_hash = ? WHERE id = ? AND secret_hash = ?"
+        if self._write(sql, (new_hash, bridge_id, old_hash)) == 0:
+            return False
+        self._generation += 1
+        return True
+
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         """As `Store.mark_seen`."""
         self._write(
