@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 import mux
@@ -62,6 +63,7 @@ from relay.credentials import Verifier
 from relay.errors import (
     BridgeBusy,
     BridgeNotConnected,
+    NodeNameTaken,
     RelayShuttingDown,
     StoreError,
     TargetNotAllowed,
@@ -70,7 +72,7 @@ from relay.errors import (
 )
 from relay.limits import LoginLimiter, Repeats, source_of
 from relay.registry import AgentSession, Registry
-from relay.store import BridgeRecord, Store
+from relay.store import BridgeRecord, NodeRecord, Store
 from relay.store.access import StoreAccess
 
 log = logging.getLogger("relay.relay")
@@ -194,10 +196,12 @@ class Relay:
         once, cutting their tunnels: call `drain` first to let them finish.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
         if self.config.node is None:
-            bound = listeners[0].socket.getsockname()[1]
             self.audit_trail.node = f"{socket.gethostname()}:{bound}"
+        node = await self._register_node(format_host_port(host or "0.0.0.0", bound))
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeat, node)
             await nursery.start(self.audit_trail.run)
             nursery.start_soon(self._watch_store)
             nursery.start_soon(self._write_seen)
@@ -535,6 +539,49 @@ class Relay:
                         bridge=key[1],
                         refused=count,
                     )
+
+    # -- this node in the store -----------------------------------------------------------
+
+    async def _register_node(self, agent_address: str) -> NodeRecord:
+        """This relay in the store's node list. Raises NodeNameTaken if a live relay has the
+        name; an unreachable store is only logged (the heartbeat retries)."""
+        record = NodeRecord(
+            self.node, uuid.uuid4().hex, agent_address, started_at=round(time.time(), 3)
+        )
+        try:
+            await self._store.run(self.store.claim_node, record, self.config.node_timeout)
+        except StoreError:
+            pass
+        return record
+
+    async def _heartbeat(self, record: NodeRecord) -> None:
+        """Heartbeats every third of the node timeout with the bridges held and tunnels open;
+        removes this relay from the node list on the way out."""
+        timeout = self.config.node_timeout
+        taken = False
+        try:
+            while True:
+                await trio.sleep(timeout / 3)
+                record = attrs.evolve(
+                    record,
+                    bridges=len({agent.bridge_id for agent in self.registry}),
+                    streams=self.registry.open_streams_total(),
+                )
+                try:
+                    await self._store.run(self.store.claim_node, record, timeout)
+                    taken = False
+                except StoreError:
+                    pass
+                except NodeNameTaken as exc:
+                    if not taken:  # once per takeover, not per heartbeat
+                        _log(logging.WARNING, "Node name held by another relay", reason=str(exc))
+                    taken = True
+        finally:
+            with trio.move_on_after(2, shield=True):
+                try:
+                    await self._store.run(self.store.remove_node, record.name, record.instance)
+                except StoreError:
+                    pass
 
     # -- store changes -------------------------------------------------------------------
 
