@@ -91,6 +91,7 @@ class Caller:
         return cls("embedded", None if caller is None else str(caller))
 
     def to_dict(self) -> dict[str, str | None]:
+        """The caller as a JSON object for the audit log."""
         return {"kind": self.kind, "label": self.label, "address": self.address, "user": self.user}
 
     def describe(self) -> str:
@@ -169,6 +170,7 @@ class AdminEvent:
     node: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The event as a JSON object for the audit log (ISO 8601 time)."""
         return {
             "time": iso_time(self.time),
             "event": self.event,
@@ -191,9 +193,14 @@ class AuditSink(Protocol):
     batch is counted as dropped and the failure logged); `reopen` starts afresh after the
     sink's file was rotated away; `close` releases what the sink holds."""
 
-    async def write(self, events: Sequence[AuditEvent]) -> None: ...
-    def reopen(self) -> None: ...
-    def close(self) -> None: ...
+    async def write(self, events: Sequence[AuditEvent]) -> None:
+        """Deliver `events`, in order. May raise OSError (the batch is then dropped)."""
+
+    def reopen(self) -> None:
+        """Start afresh after the sink's file was rotated away."""
+
+    def close(self) -> None:
+        """Release what the sink holds; nothing is written afterwards."""
 
 
 class HookSink:
@@ -207,14 +214,15 @@ class HookSink:
         return f"<HookSink {self.hook!r}>"
 
     async def write(self, events: Sequence[AuditEvent]) -> None:
+        """Call the hook for each event, in order; what the hook raises propagates."""
         for event in events:
             self.hook(event)
 
     def reopen(self) -> None:
-        pass
+        """Nothing to reopen."""
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
 
 _seconds: list[Callable[[Any, Any, Any], Any]] = [
@@ -297,10 +305,12 @@ class AuditTrail:
 
     @property
     def enabled(self) -> bool:
+        """Whether any sink (a log file or a hook) receives events."""
         return bool(self._sinks)
 
     @property
     def open_tunnels(self) -> int:
+        """Tunnels opened and not yet closed, as the trail counts them."""
         return len(self._open)
 
     def add_sink(self, sink: AuditSink) -> None:

@@ -77,6 +77,7 @@ class JsonLinesSink:
         self._fd = fd
 
     def close(self) -> None:
+        """Close the file; closing twice is fine."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -104,6 +105,7 @@ def parse_since(text: str, *, now: float | None = None) -> float:
 
 
 def event_time(event: dict[str, Any]) -> float | None:
+    """The `time` of an event read back, as a timestamp; None when it is missing or not ISO 8601."""
     try:
         moment = datetime.datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00"))
     except (KeyError, ValueError):

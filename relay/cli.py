@@ -1089,7 +1089,7 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
     if as_json:
         for record in records:
             sessions = (live or {}).get(record.id, [])
-            row = {
+            entry = {
                 "name": record.name,
                 "id": record.id,
                 "created_at": _iso(record.created_at),
@@ -1097,7 +1097,7 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
                 "connected": None if live is None else bool(sessions),
                 "agents": [s.get("peer") for s in sessions],
             }
-            print(json.dumps(row, separators=(",", ":")))
+            print(json.dumps(entry, separators=(",", ":")))
         return
     if not records:
         _note("No bridges yet: create one with 'bridge-relay bridges create NAME'.")
@@ -1239,6 +1239,8 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def cmd_audit(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay audit``: print the events of the audit log, filtered by bridge and time.
+    Raises `UsageError` without a log to read, `Failure` when it cannot be read."""
     if not args.audit_log:
         raise UsageError("audit needs the log to read: --audit-log PATH (or RELAY_AUDIT_LOG)")
     selected = []

@@ -710,7 +710,8 @@ def _os_reason(exc: OSError) -> str:
     errors = [exc] if exc.errno else [c for c in causes if isinstance(c, OSError) and c.errno]
     reasons = list(
         dict.fromkeys(
-            e.strerror if isinstance(e, socket.gaierror) else os.strerror(e.errno) for e in errors
+            (e.strerror or str(e)) if isinstance(e, socket.gaierror) else os.strerror(e.errno or 0)
+            for e in errors
         )
     )
     return "; ".join(reasons) if reasons else exc.strerror or str(exc)

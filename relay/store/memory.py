@@ -29,6 +29,7 @@ class MemoryStore:
         return f"<MemoryStore bridges={len(self._bridges)}>"
 
     def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
+        """As `Store.create_bridge`."""
         check_name(name)
         bridge_id, secret = str(uuid.uuid4()), new_secret()
         self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
@@ -50,19 +51,23 @@ class MemoryStore:
         return next((r for r in self._bridges.values() if r.name == bridge), None)
 
     def find(self, bridge: str) -> BridgeRecord | None:
+        """As `Store.find`."""
         with self._lock:
             return self._find(bridge)
 
     def get(self, bridge: str) -> BridgeRecord:
+        """As `Store.get`."""
         if (record := self.find(bridge)) is None:
             raise UnknownBridge(bridge)
         return record
 
     def list(self) -> list[BridgeRecord]:
+        """As `Store.list`."""
         with self._lock:
             return sorted(self._bridges.values(), key=lambda r: (r.created_at, r.name))
 
     def delete(self, bridge: str) -> BridgeRecord:
+        """As `Store.delete`."""
         with self._lock:
             if (record := self._find(bridge)) is None:
                 raise UnknownBridge(bridge)
@@ -71,6 +76,7 @@ class MemoryStore:
             return record
 
     def rotate(self, bridge: str, *, cost: int = DEFAULT_COST) -> str:
+        """As `Store.rotate`."""
         record, secret = self.get(bridge), new_secret()
         hashed = hash_secret(secret, cost)
         with self._lock:
@@ -81,12 +87,14 @@ class MemoryStore:
         return secret
 
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
+        """As `Store.mark_seen`."""
         with self._lock:
             if (record := self._bridges.get(bridge_id)) is not None:
                 when = time.time() if when is None else when
                 self._bridges[bridge_id] = attrs.evolve(record, last_seen_at=when)
 
     def generation(self) -> int:
+        """As `Store.generation`."""
         return self._generation
 
     def claim_node(self, node: NodeRecord, timeout: float) -> None:

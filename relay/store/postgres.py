@@ -266,6 +266,7 @@ class PostgresStore:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """As `Store.close`."""
         with self._lock:
             if self._pool is not None:
                 self._pool.close()
@@ -278,6 +279,7 @@ class PostgresStore:
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, bridge_id))
 
     def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
+        """As `Store.create_bridge`."""
         check_name(name)
         bridge_id, secret = str(uuid.uuid4()), new_secret()
         self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
@@ -308,6 +310,7 @@ class PostgresStore:
             raise DuplicateBridge(record.name) from None
 
     def find(self, bridge: str) -> BridgeRecord | None:
+        """As `Store.find`."""
         row = self._run(
             lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM bridges WHERE id = %s OR name = %s", (bridge, bridge)
@@ -316,11 +319,13 @@ class PostgresStore:
         return None if row is None else BridgeRecord(*row)
 
     def get(self, bridge: str) -> BridgeRecord:
+        """As `Store.get`."""
         if (record := self.find(bridge)) is None:
             raise UnknownBridge(bridge)
         return record
 
     def list(self) -> list[BridgeRecord]:
+        """As `Store.list`."""
         rows = self._run(
             lambda conn: conn.execute(
                 f"SELECT {_COLUMNS} FROM bridges ORDER BY created_at, name"
@@ -329,6 +334,8 @@ class PostgresStore:
         return [BridgeRecord(*row) for row in rows]
 
     def delete(self, bridge: str) -> BridgeRecord:
+        """As `Store.delete`."""
+
         def delete(conn: psycopg.Connection) -> BridgeRecord | None:
             with conn.transaction():
                 row = conn.execute(
@@ -344,6 +351,7 @@ class PostgresStore:
         return record
 
     def rotate(self, bridge: str, *, cost: int = DEFAULT_COST) -> str:
+        """As `Store.rotate`."""
         record, secret = self.get(bridge), new_secret()
         hashed = hash_secret(secret, cost)
 
@@ -361,6 +369,7 @@ class PostgresStore:
         return secret
 
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
+        """As `Store.mark_seen`."""
         when = time.time() if when is None else when
         self._run(
             lambda conn: conn.execute(
@@ -369,6 +378,7 @@ class PostgresStore:
         )
 
     def generation(self) -> int:
+        """As `Store.generation`."""
         row = self._run(lambda conn: conn.execute("SELECT value FROM bridge_generation").fetchone())
         return int(row[0])
 

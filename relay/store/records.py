@@ -29,6 +29,7 @@ class BridgeRecord:
     last_seen_at: float | None = None
 
     def matches(self, bridge: str) -> bool:
+        """Whether `bridge` is this bridge's ID or name."""
         return bridge in (self.id, self.name)
 
 
@@ -85,16 +86,47 @@ class Store(Protocol):
     has ``async listen(on_change, *, task_status)`` (see `PostgresStore.listen`).
     """
 
-    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]: ...
-    def import_bridge(self, record: BridgeRecord) -> None: ...
-    def find(self, bridge: str) -> BridgeRecord | None: ...
-    def get(self, bridge: str) -> BridgeRecord: ...
-    def list(self) -> list[BridgeRecord]: ...
-    def delete(self, bridge: str) -> BridgeRecord: ...
-    def rotate(self, bridge: str, *, cost: int = DEFAULT_COST) -> str: ...
-    def mark_seen(self, bridge_id: str, when: float | None = None) -> None: ...
-    def generation(self) -> int: ...
-    def claim_node(self, node: NodeRecord, timeout: float) -> None: ...
-    def list_nodes(self) -> builtins.list[NodeRecord]: ...
-    def remove_node(self, name: str, instance: str) -> None: ...
-    def close(self) -> None: ...
+    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
+        """A new bridge named `name`: returns (ID, secret). The secret is shown only now; the store
+        keeps its bcrypt hash of `cost`. Raises InvalidBridgeName or DuplicateBridge."""
+
+    def import_bridge(self, record: BridgeRecord) -> None:
+        """Add `record` as it is (ID, hash, times). Raises InvalidBridgeName, or DuplicateBridge
+        when its name or ID is taken."""
+
+    def find(self, bridge: str) -> BridgeRecord | None:
+        """The bridge with this ID or name, or None."""
+
+    def get(self, bridge: str) -> BridgeRecord:
+        """The bridge with this ID or name. Raises UnknownBridge."""
+
+    def list(self) -> list[BridgeRecord]:
+        """Every bridge, oldest first."""
+
+    def delete(self, bridge: str) -> BridgeRecord:
+        """Remove the bridge with this ID or name and return it. Raises UnknownBridge."""
+
+    def rotate(self, bridge: str, *, cost: int = DEFAULT_COST) -> str:
+        """Give the bridge a new secret (hashed with `cost`) and return it; the old one stops
+        working. Raises UnknownBridge."""
+
+    def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
+        """Note that an agent of `bridge_id` authenticated at `when` (now by default); an unknown ID
+        is ignored."""
+
+    def generation(self) -> int:
+        """A number that grows whenever any process changed the bridges (not for `mark_seen`)."""
+
+    def claim_node(self, node: NodeRecord, timeout: float) -> None:
+        """Register or heartbeat a relay process (its heartbeat time is the store's clock).
+        Raises NodeNameTaken if another instance holds the name and heartbeated less than
+        `timeout` seconds ago."""
+
+    def list_nodes(self) -> builtins.list[NodeRecord]:
+        """Every registered node, by name, with its heartbeat `age` filled in."""
+
+    def remove_node(self, name: str, instance: str) -> None:
+        """Remove the node `name` if `instance` still holds it."""
+
+    def close(self) -> None:
+        """Release what the store holds (connections, files); it is not used afterwards."""

@@ -97,6 +97,7 @@ class SQLiteStore:
         return db
 
     def close(self) -> None:
+        """As `Store.close`."""
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -115,6 +116,7 @@ class SQLiteStore:
             return cursor.rowcount
 
     def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
+        """As `Store.create_bridge`."""
         check_name(name)
         bridge_id, secret = str(uuid.uuid4()), new_secret()
         self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
@@ -140,6 +142,7 @@ class SQLiteStore:
         self._generation += 1
 
     def find(self, bridge: str) -> BridgeRecord | None:
+        """As `Store.find`."""
         with self._conn() as db:
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM bridges WHERE id = ? OR name = ?", (bridge, bridge)
@@ -147,16 +150,19 @@ class SQLiteStore:
         return None if row is None else BridgeRecord(*row)
 
     def get(self, bridge: str) -> BridgeRecord:
+        """As `Store.get`."""
         if (record := self.find(bridge)) is None:
             raise UnknownBridge(bridge)
         return record
 
     def list(self) -> list[BridgeRecord]:
+        """As `Store.list`."""
         with self._conn() as db:
             rows = db.execute(f"SELECT {_COLUMNS} FROM bridges ORDER BY created_at, name")
             return [BridgeRecord(*row) for row in rows]
 
     def delete(self, bridge: str) -> BridgeRecord:
+        """As `Store.delete`."""
         record = self.get(bridge)
         if self._write("DELETE FROM bridges WHERE id = ?", (record.id,)) == 0:
             raise UnknownBridge(bridge)
@@ -164,6 +170,7 @@ class SQLiteStore:
         return record
 
     def rotate(self, bridge: str, *, cost: int = DEFAULT_COST) -> str:
+        """As `Store.rotate`."""
         record, secret = self.get(bridge), new_secret()
         hashed = hash_secret(secret, cost)
         if self._write("UPDATE bridges SET secret_hash = ? WHERE id = ?", (hashed, record.id)) == 0:
@@ -172,12 +179,14 @@ class SQLiteStore:
         return secret
 
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
+        """As `Store.mark_seen`."""
         self._write(
             "UPDATE bridges SET last_seen_at = ? WHERE id = ?",
             (time.time() if when is None else when, bridge_id),
         )
 
     def generation(self) -> int:
+        """As `Store.generation`."""
         with self._conn() as db:
             version = db.execute("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:

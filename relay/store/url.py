@@ -47,6 +47,7 @@ class StoreURL:
 
     @classmethod
     def sqlite(cls, path: Path) -> StoreURL:
+        """The URL of the SQLite database file at `path`."""
         return cls("sqlite", str(path))
 
     def __str__(self) -> str:
