@@ -44,7 +44,6 @@ from relay.errors import (
     CertificateError,
     DuplicateBridge,
     InvalidBridgeName,
-    NodeNameTaken,
     StoreError,
     UnknownBridge,
 )
@@ -356,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         default=os.environ.get("RELAY_NODE"),
         help=_env_help(
-            "this relay's name in audit events and in 'bridge-relay nodes' (unique among the "
-            "relays sharing a store)",
+            "this relay's name in audit events and in 'bridge-relay nodes'; give each relay "
+            "sharing a store its own",
             "RELAY_NODE",
             "host name:agent port",
         ),
@@ -873,8 +872,6 @@ async def _start(nursery: trio.Nursery, what: str, fn, *args: Any) -> Any:
         return await nursery.start(fn, *args)
     except OSError as exc:
         raise Failure(f"{what}: {exc.strerror or exc}") from None
-    except NodeNameTaken as exc:
-        raise Failure(f"{exc}: give this one another --node") from None
 
 
 async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: Notifier) -> None:

@@ -543,13 +543,24 @@ class Relay:
     # -- this node in the store -----------------------------------------------------------
 
     async def _register_node(self, agent_address: str) -> NodeRecord:
-        """This relay in the store's node list. Raises NodeNameTaken if a live relay has the
-        name; an unreachable store is only logged (the heartbeat retries)."""
+        """This relay in the store's node list; an unreachable store is only logged (the
+        heartbeat retries). A name that another process heartbeated within the node timeout
+        is taken over with a warning: usually this relay's own predecessor, killed and
+        restarted; if another relay runs with the same name, it logs that it lost it."""
         record = NodeRecord(
             self.node, uuid.uuid4().hex, agent_address, started_at=round(time.time(), 3)
         )
         try:
-            await self._store.run(self.store.claim_node, record, self.config.node_timeout)
+            try:
+                await self._store.run(self.store.claim_node, record, self.config.node_timeout)
+            except NodeNameTaken:
+                _log(
+                    logging.WARNING,
+                    "Node name taken over from a process that heartbeated within the node "
+                    "timeout (a relay that was killed, or another relay with this name)",
+                    node=record.name,
+                )
+                await self._store.run(self.store.claim_node, record, 0)
         except StoreError:
             pass
         return record

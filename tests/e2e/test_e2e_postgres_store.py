@@ -229,14 +229,21 @@ def test_nodes_lists_the_relays_sharing_a_store(
         assert (listed["first"]["bridges"], listed["second"]["bridges"]) == (1, 0)
         assert all(row["alive"] and row["heartbeat_age"] < 1.5 for row in listed.values())
 
-        # A third relay may not take a live node's name.
-        taken = relay_cli(
-            tmp_path / "third", "serve", "--listen", "127.0.0.1:0", *store_args, "--node", "first"
+        # A relay started with a live node's name (as after a kill -9 and a restart within
+        # the node timeout) takes it over, and says so; the other one says it lost it.
+        third = launch.relay(
+            args=[*store_args, "--node", "first", "--data-dir", tmp_path / "third-data"]
         )
-        assert taken.returncode == 1
-        assert taken.stderr.splitlines()[-1] == (
-            "bridge-relay: node first is running (another process has the name): give this one "
-            "another --node"
+        third.process.wait_for(r"\tWARNING\tNode name taken over from a process", timeout=5)
+        first.process.wait_for(r"\tWARNING\tNode name held by another relay", timeout=5)
+        assert nodes()["first"]["agent_address"] == f"127.0.0.1:{third.agent_port}"
+        third.process.stop(first=signal.SIGTERM)
+        wait_until(
+            lambda: (
+                nodes().get("first", {}).get("agent_address") == f"127.0.0.1:{first.agent_port}"
+            ),
+            "the first relay to hold its name again",
+            10,
         )
         # A relay killed outright is gone after the node timeout; one stopped cleanly leaves.
         second.process.stop()  # SIGKILL
