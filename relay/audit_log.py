@@ -17,7 +17,9 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import trio
 
 from relay.audit import AuditEvent, Caller
 
@@ -81,6 +83,38 @@ class JsonLinesSink:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class AuditStore(Protocol):
+    """A store that keeps audit events too (`relay.PostgresStore`)."""
+
+    def append_audit(self, events: Sequence[dict[str, Any]]) -> None: ...
+
+
+class StoreAuditSink:
+    """An `AuditSink` appending to the audit table of `store` (PostgreSQL: audit_events),
+    from a worker thread of its own: one batch at a time, in order. Cancellation returns at
+    once; the thread finishes its batch on its own."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self.store = store
+        self._limiter = trio.CapacityLimiter(1)
+
+    def __repr__(self) -> str:
+        return f"<StoreAuditSink {self.store!r}>"
+
+    async def write(self, events: Sequence[AuditEvent]) -> None:
+        """Raises what the store raises (StoreError when it cannot be reached)."""
+        rows = [event.to_dict() for event in events]
+        await trio.to_thread.run_sync(
+            self.store.append_audit, rows, limiter=self._limiter, abandon_on_cancel=True
+        )
+
+    def reopen(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 # -- reading back ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +24,11 @@ from relay.errors import CertificateError
 
 CERT_FILE = "relay.crt"
 KEY_FILE = "relay.key"
+#: Taken while the self-signed certificate is checked or made (mode 0600: only the relay's
+#: user can open it, so no other local user can hold it).
+LOCK_FILE = ".certificate.lock"
+#: How long `ensure_self_signed` waits for another process holding the lock.
+LOCK_TIMEOUT = 10.0
 VALIDITY = datetime.timedelta(days=3650)
 
 
@@ -109,8 +115,11 @@ def ensure_self_signed(data_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(directory / ".certificate.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock_path = directory / LOCK_FILE
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        with os.fdopen(os.open(lock_path, flags, 0o600), "r+b") as lock:
+            os.fchmod(lock.fileno(), 0o600)  # older versions made it 0644
+            _lock(lock.fileno(), lock_path)
             if not (cert_path.exists() and key_path.exists()):
                 cert_pem, key_pem = generate_self_signed(default_hostnames())
                 _write_private(key_path, key_pem, 0o600)
@@ -120,6 +129,23 @@ def ensure_self_signed(data_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
             f"cannot create the relay certificate in {directory}: {exc.strerror or exc}"
         ) from None
     return cert_path, key_path
+
+
+def _lock(fd: int, path: Path) -> None:
+    """An exclusive lock on `fd`, waiting at most `LOCK_TIMEOUT` seconds; CertificateError
+    if another process holds it longer."""
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise CertificateError(
+                    f"another process has held {path} for {LOCK_TIMEOUT:g} s: is a relay stuck "
+                    "creating its certificate? (the lock is released when it exits)"
+                ) from None
+            time.sleep(0.05)
 
 
 def load_certificate(cert_path: str | os.PathLike[str]) -> x509.Certificate:

@@ -316,10 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
             defaults.auth_failures_per_minute.default,
         ),
         (
+            "--max-sessions-per-bridge",
+            "RELAY_MAX_SESSIONS_PER_BRIDGE",
+            _count,
+            "agent sessions per bridge (agents with the same credentials); beyond, a new login is "
+            "refused BUSY and the agent retries later, the sessions already up are kept",
+            defaults.max_sessions_per_bridge.default,
+        ),
+        (
             "--max-streams-per-bridge",
             "RELAY_MAX_STREAMS_PER_BRIDGE",
             _count,
-            "open tunnels per bridge, across its agents; beyond, new ones are refused",
+            "tunnels per bridge, across its agents, open or being opened; beyond, new ones are "
+            "refused",
             defaults.max_streams_per_bridge.default,
         ),
         (
@@ -539,11 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        parents=[common],
         help="see a tunnel work, all in one process",
         description="Run a relay, an agent, a small HTTP server behind it and a forward on "
         "loopback, show requests flowing through the tunnel, and print how to connect. "
-        "Uses a temporary directory (--data-dir is ignored).",
+        "Uses a temporary directory, removed at the end.",
     )
     demo.add_argument(
         "--once",
@@ -664,6 +672,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         bcrypt_cost=args.bcrypt_cost,
         max_pending=args.max_pending,
         auth_failures_per_minute=args.auth_failures_per_minute,
+        max_sessions_per_bridge=args.max_sessions_per_bridge,
         max_streams_per_bridge=args.max_streams_per_bridge,
         max_pending_opens=args.max_pending_opens,
         drain_timeout=args.drain_timeout,
@@ -680,6 +689,8 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             relay.audit_trail.add_sink(audit_log.JsonLinesSink(args.audit_log))
         except OSError as exc:
             raise Failure(f"cannot open the audit log {args.audit_log}: {_reason(exc)}") from None
+    if callable(getattr(store, "append_audit", None)):  # PostgreSQL: the audit table too
+        relay.audit_trail.add_sink(audit_log.StoreAuditSink(store))  # type: ignore[arg-type]
     try:
         cut = _run_trio(
             partial(
@@ -951,7 +962,7 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
     try:
         if args.action == "create":
             bridge_id, secret = store.create_bridge(args.name, cost=args.bcrypt_cost)
-            _audit_admin(audit_path, "bridge.created", store.get(bridge_id), args.action)
+            _audit_admin(store, audit_path, "bridge.created", store.get(bridge_id), args.action)
             print(f"BRIDGE_ID={bridge_id}")
             print(f"BRIDGE_SECRET={secret}", flush=True)
             _note(
@@ -963,7 +974,7 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
         elif args.action == "delete":
             _confirm_delete(store.get(args.bridge), args.yes)
             record = store.delete(args.bridge)
-            _audit_admin(audit_path, "bridge.deleted", record, args.action)
+            _audit_admin(store, audit_path, "bridge.deleted", record, args.action)
             print(
                 f"Deleted bridge {record.name} ({record.id}); every relay using this store "
                 "disconnects its agents within 2 seconds."
@@ -971,7 +982,7 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
         elif args.action == "rotate":
             record = store.get(args.bridge)
             secret = store.rotate(record.id, cost=args.bcrypt_cost)
-            _audit_admin(audit_path, "bridge.rotated", record, args.action)
+            _audit_admin(store, audit_path, "bridge.rotated", record, args.action)
             print(f"BRIDGE_SECRET={secret}", flush=True)
             _note(
                 f"New secret for bridge {record.name} ({record.id}); the old one no longer "
@@ -1028,10 +1039,12 @@ def cmd_store(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
-def _audit_admin(path: str | None, kind: str, record: Any, action: str) -> None:
-    """Append the admin event of a change already made; a failure to write it is reported
-    (exit 1) after the command's own output."""
-    if not path:
+def _audit_admin(store: Store, path: str | None, kind: str, record: Any, action: str) -> None:
+    """Append the admin event of a change already made to the audit log at `path` (if any)
+    and to the store's audit table (PostgreSQL); a failure to write it is reported (exit 1)
+    after the command's own output."""
+    table = getattr(store, "append_audit", None)
+    if not path and table is None:
         return
     try:
         user: str | None = getpass.getuser()
@@ -1040,11 +1053,18 @@ def _audit_admin(path: str | None, kind: str, record: Any, action: str) -> None:
     event = admin_event(
         kind, record, f"{PROG} bridges {action}", user=user, node=socket.gethostname()
     )
-    try:
-        audit_log.append(path, [event])
-    except OSError as exc:
-        _note(f"{PROG}: cannot write the audit log {path}: {_reason(exc)}")
-        raise SystemExit(1) from None
+    if table is not None:
+        try:
+            table([event.to_dict()])
+        except StoreError as exc:
+            _note(f"{PROG}: cannot write the audit event to the store: {exc}")
+            raise SystemExit(1) from None
+    if path:
+        try:
+            audit_log.append(path, [event])
+        except OSError as exc:
+            _note(f"{PROG}: cannot write the audit log {path}: {_reason(exc)}")
+            raise SystemExit(1) from None
 
 
 def _reason(exc: OSError) -> str:
@@ -1114,8 +1134,8 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
 def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     """Columns padded to their widest cell; the last one unpadded."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    for cells in rows:
+        print("  ".join(c.ljust(width) for c, width in zip(cells, widths)) + "  " + cells[-1])
 
 
 def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
@@ -1222,16 +1242,16 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
             error = f"Bridge not connected: {args.bridge}"
         if args.json:
             result = {"ok": False, "bridge": args.bridge, "target": target, "error": error}
-            print(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+            print(json.dumps(result, separators=(",", ":")))
         else:
-            print(error, file=sys.stderr)
+            print(logs.printable(error), file=sys.stderr)  # the agent's words: never raw
         return 1
-    address = reply.get("address", target)
+    address = str(reply.get("address", target))
     if args.json:
         result = {"ok": True, "bridge": args.bridge, "target": target, "address": address}
-        print(json.dumps(result, separators=(",", ":"), ensure_ascii=False))
+        print(json.dumps(result, separators=(",", ":")))
     else:
-        print(f"OK: {args.bridge} reached {target} via {address}")
+        print(f"OK: {args.bridge} reached {target} via {logs.printable(address)}")
     return 0
 
 
@@ -1266,6 +1286,8 @@ def cmd_demo(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay demo``: see `relay.demo.run_demo`."""
     from relay.demo import run_demo
 
+    if getattr(args, "data_dir", None) or os.environ.get("RELAY_DATA_DIR"):
+        _note("The demo uses a temporary directory: the data dir is not used.")
     logs.configure(args.log_level, args.log_format)
     interactive = not args.once and sys.stdin.isatty()
     _run_trio(run_demo, interactive)

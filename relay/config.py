@@ -43,7 +43,10 @@ class RelayConfig:
     rate_limit_sources: how many source addresses the login rate limit remembers (LRU).
     log_interval: refusals that repeat (rate-limited logins, connections over max_pending,
         busy bridges) are logged once, then summed up once per this interval.
-    max_streams_per_bridge: open streams across all the sessions of one bridge.
+    max_sessions_per_bridge: agent sessions one bridge may have at once; a login beyond it is
+        refused with BUSY (the agents already connected are kept: see docs/SECURITY.md).
+    max_streams_per_bridge: streams across all the sessions of one bridge, the open ones and
+        the opens waiting for their session.
     max_pending_opens: streams of one bridge waiting for the agent's answer about a target.
     drain_timeout: on shutdown, how long open streams may go on after GoAway.
     mux: yamux settings for agent sessions (None: the defaults), keepalive included.
@@ -66,6 +69,7 @@ class RelayConfig:
     auth_failures_per_minute: int = attrs.field(default=10, validator=_count)
     rate_limit_sources: int = attrs.field(default=10_000, validator=_count)
     log_interval: float = attrs.field(default=10.0, validator=_seconds)
+    max_sessions_per_bridge: int = attrs.field(default=8, validator=_count)
     max_streams_per_bridge: int = attrs.field(default=16_384, validator=_count)
     max_pending_opens: int = attrs.field(default=256, validator=_count)
     drain_timeout: float = attrs.field(default=30.0, validator=_seconds)

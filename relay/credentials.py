@@ -9,6 +9,11 @@ fleet of agents reconnecting at once is readmitted without one bcrypt run each. 
 credentials presented at the same time (the agents of one bridge after a relay restart)
 share one bcrypt run, and a run that has started finishes and is remembered even if the
 connection that asked for it is gone, so that its retry costs nothing.
+
+Costs only go up: a secret stored with a lower cost than the relay's is rehashed at the
+relay's cost at its next successful login (same salt, so the relay can tell a rehash from a
+rotation, see `same_secret`), and unknown IDs are checked against a dummy hash of the highest
+cost in use, so that how long a refusal takes does not tell whether an ID exists.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hmac
 import os
 import secrets
 from collections import OrderedDict
+from collections.abc import Iterable
 
 import bcrypt
 import trio
@@ -39,6 +45,34 @@ def check_cost(cost: int) -> int:
     if not MIN_COST <= cost <= MAX_COST:
         raise ValueError(f"bcrypt cost must be between {MIN_COST} and {MAX_COST}, not {cost}")
     return cost
+
+
+def cost_of(hashed: bytes) -> int | None:
+    """The cost of a bcrypt hash (``$2b$12$...``), None if it is not one."""
+    prefix = hashed[:7]
+    if len(prefix) != 7 or prefix[:1] != b"$" or prefix[3:4] != b"$" or prefix[6:7] != b"$":
+        return None
+    return int(prefix[4:6]) if prefix[4:6].isdigit() else None
+
+
+def rehash_secret(secret: bytes, hashed: bytes, cost: int) -> bytes:
+    """`hashed` (which `secret` matches) made again at `cost`, keeping its salt (blocking)."""
+    return bcrypt.hashpw(secret[:_BCRYPT_MAX_INPUT], b"$2b$%02d$" % check_cost(cost) + hashed[7:29])
+
+
+def same_secret(old: bytes, new: bytes) -> bool:
+    """Whether stored hash `new` replaced `old` without a new secret: the same hash, or a
+    rehash at a higher cost (same salt). A rotation always draws a new random salt."""
+    if old == new:
+        return True
+    old_cost, new_cost = cost_of(old), cost_of(new)
+    return (
+        old_cost is not None
+        and new_cost is not None
+        and new_cost > old_cost
+        and len(old) == len(new) == 60
+        and old[7:29] == new[7:29]
+    )
 
 
 def hash_secret(secret: str, cost: int = DEFAULT_COST) -> bytes:
@@ -67,8 +101,9 @@ class _Flight:
 class Verifier:
     """Checks presented secrets against stored bcrypt hashes.
 
-    `cost` is the cost of the dummy hash checked for unknown bridge IDs: keep it equal to the
-    cost the stored hashes were made with. `cache_size` bounds how many verified credentials
+    `cost` is the relay's cost: secrets stored with less are rehashed at it (`rehash`), and
+    the dummy hash checked for unknown bridge IDs has at least it (`note_costs` raises it to
+    the highest cost in the store). `cache_size` bounds how many verified credentials
     are remembered (one entry per bridge). `threads` bounds the bcrypt checks run at once
     (default: one per CPU).
     """
@@ -77,6 +112,7 @@ class Verifier:
         self, *, cost: int = DEFAULT_COST, threads: int | None = None, cache_size: int = 10_000
     ) -> None:
         self._cost = check_cost(cost)
+        self._dummy_cost = self._cost
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 1)
         self._dummy: bytes | None = None
         self._key = secrets.token_bytes(32)
@@ -92,12 +128,32 @@ class Verifier:
         message = b"\0".join([bridge_id.encode(), stored_hash, secret])
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
+    def note_costs(self, costs: Iterable[int | None]) -> None:
+        """The costs of the stored hashes: unknown IDs are checked at the highest of them (or
+        the relay's cost, if higher), so as to take as long as the slowest known ID."""
+        cost = max([self._cost, *(c for c in costs if c is not None)])
+        if cost != self._dummy_cost:
+            self._dummy_cost, self._dummy = cost, None
+
     async def prepare(self) -> bytes:
         """Make the dummy hash now, so the first unknown ID costs no more than later ones;
         returns it."""
-        if self._dummy is None:
-            self._dummy = await self._run(hash_secret, new_secret(), self._cost)
+        while self._dummy is None:
+            cost = self._dummy_cost
+            dummy = await self._run(hash_secret, new_secret(), cost)
+            if cost == self._dummy_cost:  # else the costs changed meanwhile: again
+                self._dummy = dummy
         return self._dummy
+
+    async def rehash(self, bridge_id: str, stored_hash: bytes, secret: bytes) -> bytes | None:
+        """`stored_hash` made again at the relay's cost, if it has less (None if not), for a
+        secret `verify` has just accepted; the new hash is remembered as verified."""
+        cost = cost_of(stored_hash)
+        if cost is None or cost >= self._cost:
+            return None
+        hashed = await self._run(rehash_secret, secret, stored_hash, self._cost)
+        self._verified[bridge_id] = self._mac(bridge_id, hashed, secret)
+        return hashed
 
     async def verify(
         self, bridge_id: str, stored_hash: bytes | None, secret: bytes, *, cached_only: bool = False

@@ -52,6 +52,10 @@ async def run_demo(interactive: bool) -> None:
                 if interactive:
                     _say("\nThe tunnel stays up until you press Ctrl-C.")
                     await trio.sleep_forever()
+                _say(
+                    "\nThe demo is over and the tunnel is gone (run in a terminal without "
+                    "--once, it stays up until Ctrl-C)."
+                )
                 nursery.cancel_scope.cancel()
 
 

@@ -39,11 +39,15 @@ class CertificateError(RelayError):
 
 
 class BridgeNotConnected(RelayError):
-    """No agent of this bridge is connected right now."""
+    """No agent of this bridge is connected right now; ``known`` False: no bridge has this
+    name or ID at all (the message then says "Unknown bridge", as the command line does)."""
 
-    def __init__(self, bridge: str) -> None:
-        super().__init__(f"Bridge not connected: {bridge}")
+    def __init__(self, bridge: str, *, known: bool = True) -> None:
+        super().__init__(
+            f"Bridge not connected: {bridge}" if known else f"Unknown bridge: {bridge}"
+        )
         self.bridge = bridge
+        self.known = known
 
 
 class TunnelError(RelayError):

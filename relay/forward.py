@@ -12,7 +12,7 @@ import trio
 
 from bridge.protocol.addresses import format_host_port, format_socket_address, parse_host_port
 from bridge.protocol.connect import ConnectRequest
-from bridge.transport.splice import reset_stream, splice
+from bridge.transport.splice import splice_tunnel
 from relay.audit import Caller
 from relay.errors import RelayError
 
@@ -81,7 +81,7 @@ async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATU
 async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream) -> None:
     """Tunnel one accepted `client` connection to the spec's target, then close it; a refused
     tunnel (logged by the relay) closes it at once. Raises nothing for a client or tunnel that
-    breaks (the tunnel is reset then); cancelled, it closes both ends."""
+    breaks (the tunnel is reset then); cancelled, it resets the tunnel and closes the client."""
     async with client:
         try:
             peer = format_socket_address(client.socket.getpeername())
@@ -94,13 +94,7 @@ async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream
         except RelayError:
             return  # the relay has logged the refusal and its reason
         async with remote:
-            try:
-                sent, received, clean = await splice(client, remote)
-            except trio.Cancelled:
-                reset_stream(remote)  # cut short (the relay stops): not an end of the data
-                raise
-            if not clean:
-                reset_stream(remote)
+            sent, received, clean = await splice_tunnel(client, remote)
         log.debug(
             "Forwarded connection closed",
             extra={

@@ -53,6 +53,23 @@ if TYPE_CHECKING:
     from relay.testing import BridgeTunnel, BridgeTunnelFactory
 
 
+FIXTURES = frozenset({"bridge_tunnel", "bridge_tunnel_factory"})
+MISSING_PYTEST_TRIO = (
+    "the bridge_tunnel fixtures need pytest-trio: pip install 'trio-bridge[pytest]', "
+    "and set trio_mode = true (or mark the tests with @pytest.mark.trio)"
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that uses the fixtures without pytest-trio fails with one line saying so
+    (pytest alone cannot run async fixtures)."""
+    if FIXTURES & set(
+        getattr(item, "fixturenames", ())
+    ) and not item.config.pluginmanager.hasplugin("trio"):
+        pytest.fail(MISSING_PYTEST_TRIO, pytrace=False)
+
+
 @pytest.fixture
 async def bridge_tunnel_factory() -> AsyncIterator[BridgeTunnelFactory]:
     """``await bridge_tunnel_factory(allow=[...], agents=1, bridge_name=..., relay_config=...,

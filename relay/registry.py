@@ -6,6 +6,7 @@ an older one out."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -64,6 +65,10 @@ class Registry:
         self._ids: dict[str, str] = {}  # bridge name -> ID, for the bridges with sessions
         #: Streams of each bridge (by ID) waiting for the agent's answer about their target.
         self.pending_opens: dict[str, int] = {}
+        #: Opens of each bridge (by ID) that have no stream in a session yet.
+        self.opening: dict[str, int] = {}
+        #: Session slots taken by each bridge (by ID): sessions, and logins being admitted.
+        self._slots: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[AgentSession]:
         return iter([s for sessions in self._sessions.values() for s in sessions])
@@ -95,6 +100,33 @@ class Registry:
         """The sessions to try for a new stream: fewest open streams first, then the one that
         has carried fewest so far (so that short connections are spread too)."""
         return sorted(self.sessions(bridge), key=AgentSession.load)
+
+    def claim_session(self, bridge_id: str, limit: int) -> bool:
+        """Take a session slot of the bridge unless it holds `limit` already; False then.
+        Every claim is given back with `release_session`."""
+        taken = self._slots.get(bridge_id, 0)
+        if taken >= limit:
+            return False
+        self._slots[bridge_id] = taken + 1
+        return True
+
+    def release_session(self, bridge_id: str) -> None:
+        if (taken := self._slots.get(bridge_id, 0)) > 1:
+            self._slots[bridge_id] = taken - 1
+        else:
+            self._slots.pop(bridge_id, None)
+
+    @contextlib.contextmanager
+    def opening_stream(self, bridge_id: str) -> Iterator[None]:
+        """Counts an open of the bridge in `opening` while the body runs."""
+        self.opening[bridge_id] = self.opening.get(bridge_id, 0) + 1
+        try:
+            yield
+        finally:
+            if self.opening[bridge_id] > 1:
+                self.opening[bridge_id] -= 1
+            else:
+                del self.opening[bridge_id]
 
     def open_streams(self, bridge: str) -> int:
         """Streams open across the sessions of `bridge` (a name or ID)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import ssl
 import time
@@ -59,7 +60,7 @@ from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
 from relay.audit import BRIDGE_DELETED, SECRET_ROTATED, AuditHook, AuditTrail, Caller
 from relay.config import RelayConfig
-from relay.credentials import Verifier
+from relay.credentials import Verifier, cost_of, same_secret
 from relay.errors import (
     BridgeBusy,
     BridgeNotConnected,
@@ -222,14 +223,16 @@ class Relay:
         accepting, while the handlers of connections already accepted run on. `gate` is
         asked before each connection is handed to a task: False closes it at once, unread."""
         async with trio.open_nursery() as handlers:
-            with trio.CancelScope() as accepting:
+            with trio.CancelScope() as accepting, _SpareDescriptor() as spare:
                 self._accepting.add(accepting)
                 if self._stopping:
                     accepting.cancel()
                 try:
                     async with trio.open_nursery() as loops:
                         for listener in listeners:
-                            loops.start_soon(_accept_loop, listener, handler, gate, handlers)
+                            loops.start_soon(
+                                self._accept_loop, listener, handler, gate, handlers, spare
+                            )
                         task_status.started(listeners)
                 finally:
                     self._accepting.discard(accepting)
@@ -257,6 +260,54 @@ class Relay:
         # No stream opens once stopping, so a session found idle stays idle.
         while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
             await busy[0].mux.wait_streams_closed()
+
+    async def _accept_loop(
+        self,
+        listener: trio.SocketListener,
+        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        gate: Callable[[], bool] | None,
+        nursery: trio.Nursery,
+        spare: _SpareDescriptor,
+    ) -> None:
+        """Accept connections on `listener` and hand each to `handler` in `nursery`.
+
+        Out of descriptors (or memory), the newest work is shed: the waiting connection is
+        accepted on the spare descriptor and closed at once, with one log line per
+        `log_interval`; connections already in go on."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                await self._shed(listener, spare, exc)
+                continue
+            if gate is None or gate():
+                nursery.start_soon(handler, stream)
+            else:
+                stream.socket.close()
+
+    async def _shed(
+        self, listener: trio.SocketListener, spare: _SpareDescriptor, exc: OSError
+    ) -> None:
+        if self._repeats.note("shed"):
+            _log(
+                logging.ERROR,
+                "Out of file descriptors: closing new connections at once until some are "
+                "free (raise the limit: ulimit -n, LimitNOFILE=)",
+                reason=exc.strerror,
+            )
+        if spare.release():
+            try:
+                stream = await listener.accept()  # the connection that is waiting: at once
+            except OSError:
+                pass
+            else:
+                stream.socket.close()
+            finally:
+                spare.reopen()
+        else:
+            await trio.sleep(0.1)
 
     # -- agents --------------------------------------------------------------------------
 
@@ -307,9 +358,12 @@ class Relay:
                 _log(logging.INFO, "Connection dropped", peer=peer, reason="handshake timed out")
             elif admitted is not None:
                 record, hello, agreement, leftover = admitted
-                await self._run_session(
-                    transport, peer, record, hello, leftover, agreement=agreement
-                )
+                try:
+                    await self._run_session(
+                        transport, peer, record, hello, leftover, agreement=agreement
+                    )
+                finally:
+                    self.registry.release_session(record.id)
         except Exception as exc:
             if (broken := _connection_failure(exc)) is None:
                 log.exception("Unexpected error on agent connection", extra=_extra(peer=peer))
@@ -349,6 +403,7 @@ class Relay:
                     f"this relay {', '.join(map(str, VERSIONS))}",
                 )
             record = await self._authenticate(hello, peer)
+            self._claim_session(record)
         except UnsupportedVersion as exc:
             refusal = Refused(
                 WelcomeStatus.UNSUPPORTED_VERSION,
@@ -360,7 +415,11 @@ class Relay:
             refusal = exc
         else:
             welcome = welcome_for(agreement, WelcomeStatus.OK, f"connected as bridge {record.name}")
-            await transport.send_all(encode_welcome(welcome))
+            try:
+                await transport.send_all(encode_welcome(welcome))
+            except BaseException:
+                self.registry.release_session(record.id)
+                raise
             return record, hello, agreement, parser.leftover
         if refusal.status not in (WelcomeStatus.AUTH_FAILED, WelcomeStatus.BUSY):
             _log(logging.INFO, "Handshake refused", peer=peer, reason=refusal.message)
@@ -368,6 +427,24 @@ class Relay:
         await transport.send_all(encode_welcome(welcome))
         await transport.aclose()
         return None
+
+    def _claim_session(self, record: BridgeRecord) -> None:
+        """Take one of the bridge's `max_sessions_per_bridge` session slots, or refuse the
+        login (BUSY): the sessions already up are kept."""
+        limit = self.config.max_sessions_per_bridge
+        if not self.registry.claim_session(record.id, limit):
+            if self._repeats.note(("sessions", record.name)):
+                _log(
+                    logging.WARNING,
+                    "Login refused: the bridge has as many sessions as allowed",
+                    bridge=record.name,
+                    limit=limit,
+                )
+            raise Refused(
+                WelcomeStatus.BUSY,
+                f"bridge {record.name} already has {limit} agent sessions, the most this relay "
+                "allows (--max-sessions-per-bridge); retrying later",
+            )
 
     async def _find(self, bridge_id: str) -> tuple[BridgeRecord | None, bool]:
         """(the record of `bridge_id`, whether it came from the store). While the store is
@@ -402,6 +479,8 @@ class Relay:
             hello.bridge_id, stored_hash, secret, cached_only=cached_only
         ):
             assert record is not None
+            if fresh:  # the record is the store's: raise its bcrypt cost if it is lower
+                record = await self._rehashed(record, secret)
             self._admitted[record.id] = record
             self._admitted.move_to_end(record.id)
             while len(self._admitted) > _ADMITTED_MAX:
@@ -457,8 +536,8 @@ class Relay:
                         self._store_wake.set()
                         if self._stopping:
                             await _go_away(agent, "relay shutting down")
-                        async for stream in session:  # agents never open streams
-                            await trio.aclose_forcefully(stream)
+                        async for stream in session:  # agents never open streams: RST at once
+                            stream.reset()
                 finally:
                     self.registry.remove(agent)
                     self.metrics.sessions.dec(bridge=record.name)
@@ -481,6 +560,30 @@ class Relay:
                 reason=reason,
                 duration=round(time.time() - agent.connected_at, 3),
             )
+
+    async def _rehashed(self, record: BridgeRecord, secret: bytes) -> BridgeRecord:
+        """The record of a bridge that just logged in, its secret rehashed at the relay's
+        bcrypt cost and stored if it had less (so that it is no faster to check than others)."""
+        new_hash = await self._verifier.rehash(record.id, record.secret_hash, secret)
+        if new_hash is None:
+            return record
+        try:
+            stored = await self._store.run(
+                self.store.rehash, record.id, record.secret_hash, new_hash
+            )
+        except Exception as exc:
+            _log(logging.WARNING, "Cannot store a rehashed secret", id=record.id, reason=str(exc))
+            return record
+        if not stored:  # rotated or deleted meanwhile: revalidation sees to it
+            return record
+        _log(
+            logging.INFO,
+            "Bridge secret rehashed at the relay's bcrypt cost",
+            bridge=record.name,
+            id=record.id,
+            cost=self.config.bcrypt_cost,
+        )
+        return attrs.evolve(record, secret_hash=new_hash)
 
     def _mark_seen(self, bridge_id: str) -> None:
         """Record the time in memory; `_write_seen` writes it to the store."""
@@ -529,6 +632,22 @@ class Relay:
                         logging.WARNING,
                         f"Connections closed unread, over the limit of {self.config.max_pending}"
                         f" awaiting authentication: {count} more in the last {seconds:.0f} s",
+                        refused=count,
+                    )
+                elif key == "shed":
+                    _log(
+                        logging.ERROR,
+                        f"Connections closed at once, out of file descriptors: {count} more in "
+                        f"the last {seconds:.0f} s",
+                        refused=count,
+                    )
+                elif key[0] == "sessions":
+                    _log(
+                        logging.WARNING,
+                        f"Logins refused, bridge {key[1]} at its limit of "
+                        f"{self.config.max_sessions_per_bridge} sessions: {count} more in the last"
+                        f" {seconds:.0f} s",
+                        bridge=key[1],
                         refused=count,
                     )
                 else:
@@ -608,6 +727,8 @@ class Relay:
                 self._store_wake = trio.Event()
                 try:
                     generation = await self._store.run(self.store.generation)
+                    if generation != seen:
+                        await self._note_costs()
                     if _ALL in changed or (
                         seen is not None and generation != seen and not self._listening
                     ):
@@ -624,6 +745,12 @@ class Relay:
                     interval = self.config.store_check_interval
                 with trio.move_on_after(interval):
                     await self._store_wake.wait()
+
+    async def _note_costs(self) -> None:
+        """Unknown IDs are checked at the highest bcrypt cost of the stored secrets. Raises
+        StoreError if the store cannot be read."""
+        records = await self._store.run(self.store.list)
+        self._verifier.note_costs(cost_of(record.secret_hash) for record in records)
 
     async def _listen_store(self, listen: Callable[..., Awaitable[None]]) -> None:
         while True:
@@ -663,7 +790,9 @@ class Relay:
             for agent in self.registry.sessions(bridge_id):
                 if record is None:
                     agent.close(BRIDGE_DELETED)
-                elif record.secret_hash != agent.secret_hash:
+                elif same_secret(agent.secret_hash, record.secret_hash):
+                    agent.secret_hash = record.secret_hash  # rehashed at a higher cost
+                else:
                     agent.close(SECRET_ROTATED)
 
     # -- tunnels -------------------------------------------------------------------------
@@ -729,14 +858,15 @@ class Relay:
         sessions = self.registry.sessions(bridge)
         if not sessions:
             self.metrics.refused.inc(reason="not_connected")
+            known = self._known(bridge)
             _log(
                 logging.WARNING,
                 "Tunnel refused",
                 bridge=bridge,
                 target=target,
-                reason="not connected",
+                reason="not connected" if known else "unknown bridge",
             )
-            raise BridgeNotConnected(bridge)
+            raise BridgeNotConnected(bridge, known=known)
         bridge_id, name = sessions[0].bridge_id, sessions[0].bridge_name
         self._check_limits(bridge_id, name)
         pending = self.registry.pending_opens
@@ -757,8 +887,17 @@ class Relay:
             else:
                 del pending[bridge_id]
 
+    def _known(self, bridge: str) -> bool:
+        """Whether the store has a bridge of this name or ID (True when it cannot tell)."""
+        try:
+            return self.store.find(bridge) is not None
+        except Exception:
+            return True
+
     def _check_limits(self, bridge_id: str, name: str) -> None:
-        if (count := self.registry.open_streams(bridge_id)) >= self.config.max_streams_per_bridge:
+        # Opens still on their way to a session count too: they become open streams later.
+        count = self.registry.open_streams(bridge_id) + self.registry.opening.get(bridge_id, 0)
+        if count >= self.config.max_streams_per_bridge:
             raise self._busy(bridge_id, name, f"Bridge {name}: {count} streams open, the limit")
         count = self.registry.pending_opens.get(bridge_id, 0)
         if count >= self.config.max_pending_opens:
@@ -822,7 +961,10 @@ class Relay:
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         started = time.monotonic()
         try:
-            stream = await agent.mux.open_stream()
+            # Counted from `_check_limits` on (no checkpoint lies between) until the session
+            # counts the stream itself.
+            with self.registry.opening_stream(agent.bridge_id):
+                stream = await agent.mux.open_stream()
         except mux.SessionClosed as exc:
             # That session is going away (it ended, or said or got GoAway).
             raise _Retry(None, exc) from None
@@ -878,25 +1020,34 @@ class Relay:
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-async def _accept_loop(
-    listener: trio.SocketListener,
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
-    gate: Callable[[], bool] | None,
-    nursery: trio.Nursery,
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                raise
-            _log(logging.ERROR, "Cannot accept connections for now", reason=exc.strerror)
-            await trio.sleep(0.1)
-            continue
-        if gate is None or gate():
-            nursery.start_soon(handler, stream)
-        else:
-            stream.socket.close()
+class _SpareDescriptor:
+    """One descriptor kept open so that, when the process has none left, a waiting
+    connection can still be accepted and closed at once instead of waiting unanswered."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self.reopen()
+
+    def __enter__(self) -> _SpareDescriptor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def reopen(self) -> None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # out of descriptors: tried again after the next shed connection
+
+    def release(self) -> bool:
+        """Close the spare (False if there was none); `reopen` takes it back."""
+        if self._fd is None:
+            return False
+        os.close(self._fd)
+        self._fd = None
+        return True
 
 
 def _reason(status: ConnectStatus | None) -> str:

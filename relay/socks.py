@@ -43,7 +43,7 @@ from bridge.ops.metrics import TunnelMetrics
 from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import ConnectRequest, ConnectStatus
 from bridge.protocol.refusal import Refused
-from bridge.transport.splice import reset_stream, splice
+from bridge.transport.splice import reset_stream, splice_tunnel
 from relay.audit import Caller
 from relay.errors import (
     BridgeNotConnected,
@@ -52,6 +52,7 @@ from relay.errors import (
     TargetUnreachable,
     UnknownBridge,
 )
+from relay.limits import LoginLimiter, source_of
 
 log = logging.getLogger("relay.socks")
 
@@ -87,9 +88,15 @@ def _check_credentials(instance: Any, attribute: Any, value: tuple[str, str] | N
 class SocksConfig:
     """handshake_timeout: seconds a client has for its greeting, authentication and request.
     credentials: (username, password) clients must give (RFC 1929); None: no authentication.
+    auth_failures_per_minute: wrong passwords one source address (IPv4 address, IPv6 /64) may
+        try per minute, in a burst of as many; beyond, it is locked out: every attempt, the
+        right password too, fails unchecked until the minute has given it a try back.
+    log_interval: lockouts are summed up in one log line per source per this many seconds.
     """
 
     handshake_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    auth_failures_per_minute: int = attrs.field(default=10, validator=attrs.validators.gt(0))
+    log_interval: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     credentials: tuple[str, str] | None = attrs.field(
         default=None,
         converter=attrs.converters.optional(tuple),
@@ -125,6 +132,9 @@ class _Answer:
 
 _NO_ACCEPTABLE_METHODS = _Answer("NO_ACCEPTABLE_METHODS", bytes([5, _NO_METHOD]))
 _AUTH_FAILED = _Answer("AUTH_FAILED", b"\x01\x01")
+_LOCKED_OUT = _Answer("LOCKED_OUT", _AUTH_FAILED.data)  # RFC 1929 has one failure reply
+#: Source addresses the authentication rate limit remembers (least recently failed forgotten).
+_RATE_LIMIT_SOURCES = 10_000
 
 
 def _reply(code: Reply) -> bytes:
@@ -163,18 +173,42 @@ async def serve_socks(
     counts the tunnels themselves)."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     metrics = metrics or TunnelMetrics()
+    limiter = LoginLimiter(config.auth_failures_per_minute, _RATE_LIMIT_SOURCES)
 
     async def handle(client: trio.SocketStream) -> None:
         try:
-            await _serve_client(relay, config, metrics, client)
+            await _serve_client(relay, config, metrics, limiter, client)
         except Exception:
             log.exception("SOCKS connection failed")
 
-    await relay.serve_listeners(handle, listeners, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_report_lockouts, limiter, config)
+        await relay.serve_listeners(handle, listeners, task_status=task_status)
+        nursery.cancel_scope.cancel()
+
+
+async def _report_lockouts(limiter: LoginLimiter, config: SocksConfig) -> None:
+    """One log line per locked-out source and interval, instead of one per attempt."""
+    interval = config.log_interval
+    while True:
+        await trio.sleep(min(1.0, interval))
+        for source, count, seconds in limiter.summaries(interval):
+            _log(
+                logging.WARNING,
+                f"SOCKS authentication failures from {source}: {count} in the last "
+                f"{seconds:.0f} s, locked out",
+                source=source,
+                failures=count,
+                limit=f"{config.auth_failures_per_minute} per minute",
+            )
 
 
 async def _serve_client(
-    relay, config: SocksConfig, metrics: TunnelMetrics, client: trio.SocketStream
+    relay,
+    config: SocksConfig,
+    metrics: TunnelMetrics,
+    limiter: LoginLimiter,
+    client: trio.SocketStream,
 ) -> None:
     async with client:
         try:
@@ -183,18 +217,19 @@ async def _serve_client(
             return
         try:
             with trio.fail_after(config.handshake_timeout):
-                request = await _handshake(client, config, metrics)
+                request = await _handshake(client, config, metrics, limiter, peer)
             user = None if config.credentials is None else config.credentials[0]
             remote = await _open(relay, request, Caller("socks", user=user, address=peer))
         except Refused as refusal:
-            _log(
-                logging.WARNING,
-                "SOCKS request refused",
-                client=peer,
-                **refusal.fields,
-                reply=refusal.status.name,
-                reason=refusal.message,
-            )
+            if refusal.status is not _LOCKED_OUT:  # those are summed up per interval
+                _log(
+                    logging.WARNING,
+                    "SOCKS request refused",
+                    client=peer,
+                    **refusal.fields,
+                    reply=refusal.status.name,
+                    reason=refusal.message,
+                )
             try:
                 await client.send_all(refusal.status.data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -222,14 +257,9 @@ async def _serve_client(
                 await client.send_all(_reply(Reply.SUCCEEDED))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 sent, received, clean = 0, 0, False
-            else:
-                try:
-                    sent, received, clean = await splice(client, remote)
-                except trio.Cancelled:
-                    reset_stream(remote)  # cut short (the relay stops): not an end of the data
-                    raise
-            if not clean:
                 reset_stream(remote)
+            else:
+                sent, received, clean = await splice_tunnel(client, remote)
         _log(
             logging.INFO,
             "SOCKS connection closed",
@@ -262,7 +292,11 @@ async def _open(relay, request: _Request, caller: Caller) -> trio.abc.HalfClosea
 
 
 async def _handshake(
-    client: trio.SocketStream, config: SocksConfig, metrics: TunnelMetrics
+    client: trio.SocketStream,
+    config: SocksConfig,
+    metrics: TunnelMetrics,
+    limiter: LoginLimiter,
+    peer: str,
 ) -> _Request:
     """Greeting, authentication, request: the tunnel asked for, or `Refused` / `_Dropped`."""
     version, count = await _receive(client, 2)
@@ -279,22 +313,32 @@ async def _handshake(
         raise Refused(_NO_ACCEPTABLE_METHODS, reason)
     await client.send_all(bytes([5, wanted]))
     if config.credentials is not None:
-        await _authenticate(client, config.credentials, metrics)
+        await _authenticate(client, config.credentials, metrics, limiter, source_of(peer))
     return await _read_request(client, metrics)
 
 
 async def _authenticate(
-    client: trio.SocketStream, credentials: tuple[str, str], metrics: TunnelMetrics
+    client: trio.SocketStream,
+    credentials: tuple[str, str],
+    metrics: TunnelMetrics,
+    limiter: LoginLimiter,
+    source: str,
 ) -> None:
-    """RFC 1929. Both parts are compared in constant time (as digests, to hide lengths)."""
+    """RFC 1929. Both parts are compared in constant time (as digests, to hide lengths).
+    A source over its limit of failures is refused without a check (`_LOCKED_OUT`)."""
     version, length = await _receive(client, 2)
     if version != 1:
         raise Refused(_AUTH_FAILED, f"malformed authentication (version {version})")
     username = await _receive(client, length)
     password = await _receive(client, (await _receive(client, 1))[0])
+    if not limiter.allows(source):
+        limiter.failed(source)  # counted in the interval's summary
+        metrics.auth_failures.inc(listener="socks")
+        raise Refused(_LOCKED_OUT, "too many failed logins from this address: locked out")
     ok = _same(username, credentials[0]) & _same(password, credentials[1])
     if not ok:
         metrics.auth_failures.inc(listener="socks")
+        limiter.failed(source)
         raise Refused(_AUTH_FAILED, "wrong username or password")
     await client.send_all(b"\x01\x00")
 

@@ -102,6 +102,11 @@ class AgentConfig:
     max_backoff: float = attrs.field(default=30.0, validator=_positive)
     #: A session that lasted this long was healthy: the next reconnect starts the backoff over.
     healthy_session: float = attrs.field(default=10.0, validator=_positive)
+    #: Connection attempts in flight from one session to one target address; more wait for
+    #: a turn (within connect_timeout), so a relay cannot make the agent flood a host.
+    max_dials_per_target: int = attrs.field(
+        default=16, validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)]
+    )
     #: After `Agent.drain`, how long open streams may take to finish before they are cut.
     drain_timeout: float = attrs.field(default=30.0, validator=_positive)
     #: Settings of the yamux session; None for mux's defaults.
@@ -155,9 +160,29 @@ def _fields(**fields: Any) -> dict[str, Any]:
     return {"fields": fields}
 
 
-def _printable(text: str) -> str:
-    """Text from the network, made safe to put in a log line."""
-    return "".join(c if c.isprintable() else "?" for c in text)
+class _DialSlots:
+    """Connection attempts in flight per target address, at most `limit` each: the excess
+    waits its turn. Entries exist only while attempts to their address are in flight."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._slots: dict[tuple[str, int], tuple[list[int], ParkingLot]] = {}
+
+    @asynccontextmanager
+    async def slot(self, address: tuple[str, int]) -> AsyncIterator[None]:
+        """Hold one of `address`'s slots while the body runs; waits (cancellably) for one."""
+        count, waiting = self._slots.setdefault(address, ([0], ParkingLot()))
+        while count[0] >= self._limit:
+            await waiting.park()
+        count[0] += 1
+        try:
+            yield
+        finally:
+            count[0] -= 1
+            if waiting:
+                waiting.unpark()
+            elif not count[0]:
+                del self._slots[address]
 
 
 class Agent:
@@ -348,12 +373,13 @@ class Agent:
                 async with trio.open_nursery() as nursery:
                     watcher = trio.CancelScope()
                     nursery.start_soon(self._drain_when_asked, session, watcher)
+                    dials = _DialSlots(self.config.max_dials_per_target)
                     async for stream in session:
                         if control:
                             control = False
                             nursery.start_soon(self._read_control, stream)
                         else:
-                            nursery.start_soon(self._serve_stream, session, stream)
+                            nursery.start_soon(self._serve_stream, session, stream, dials)
                     watcher.cancel()
         lost = session.close_reason
         if self._draining:
@@ -374,7 +400,9 @@ class Agent:
                 while data := await stream.receive_some(MAX_CONTROL_MESSAGE):
                     for message in parser.feed(data):
                         if message.type == CLOSING:
-                            self._relay_reason = reason = _printable(message.reason) or "no reason"
+                            self._relay_reason = reason = (
+                                logs.printable(message.reason) or "no reason"
+                            )
                             log.warning(
                                 "The relay is ending the session",
                                 extra=_fields(address=self.relay_url.address, reason=reason),
@@ -435,12 +463,19 @@ class Agent:
                 message = f"Cannot connect to the relay at {url.address}: {_os_reason(exc)}"
                 raise RelayUnavailable(message) from None
             pinned = isinstance(self.ssl_context, PinnedSSLContext)
-            tls = TLSStream.wrap(
-                tcp,
-                self.ssl_context,
-                server_side=False,
-                server_hostname=None if pinned else url.host,
-            )
+            try:
+                tls = TLSStream.wrap(
+                    tcp,
+                    self.ssl_context,
+                    server_side=False,
+                    server_hostname=None if pinned else url.host,
+                )
+            except OSError as exc:  # reset before TLS began
+                await trio.aclose_forcefully(tcp)
+                message = (
+                    f"Lost the connection to the relay at {url.address}: {exc.strerror or exc}"
+                )
+                raise RelayUnavailable(message) from None
             timeout = self.config.handshake_timeout
             connecting.deadline = trio.current_time() + timeout
             async with tls, AsyncExitStack() as stack:
@@ -509,12 +544,14 @@ class Agent:
 
     # -- serving one stream -----------------------------------------------------------------
 
-    async def _serve_stream(self, session: mux.Session, stream: mux.Stream) -> None:
+    async def _serve_stream(
+        self, session: mux.Session, stream: mux.Stream, dials: _DialSlots
+    ) -> None:
         """Never raises: a stream's failure is that stream's alone."""
         self._open_streams += 1
         try:
             async with stream:
-                await self._serve_request(stream)
+                await self._serve_request(stream, dials)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the stream was reset or the session ended: nothing left to tell anyone
         except Exception:
@@ -526,7 +563,7 @@ class Agent:
                 self._cut += 1  # the drain timed out, or the session was lost while draining
             self._stream_ended.unpark_all()
 
-    async def _serve_request(self, stream: mux.Stream) -> None:
+    async def _serve_request(self, stream: mux.Stream, dials: _DialSlots) -> None:
         try:
             request, early = await self._read_request(stream)
         except ConnectError as exc:
@@ -540,7 +577,7 @@ class Agent:
         info = {"target": format_host_port(request.host, request.port), "stream": stream.stream_id}
         asked = time.monotonic()
         try:
-            target, address = await self._open_target(request)
+            target, address = await self._open_target(request, dials)
         except Refused as refusal:
             self.metrics.refused.inc(reason=refusal.status.name.lower())
             log.warning(refusal.message, extra=_fields(**info))
@@ -576,14 +613,23 @@ class Agent:
         stream.reset()
         return None, b""
 
-    async def _open_target(self, request: ConnectRequest) -> tuple[trio.SocketStream, str]:
-        """Allow-list, DNS, dial: returns the connected stream and the address dialed."""
+    async def _open_target(
+        self, request: ConnectRequest, dials: _DialSlots
+    ) -> tuple[trio.SocketStream, str]:
+        """Allow-list, DNS, dial (waiting for a turn among `dials`): returns the connected
+        stream and the address dialed."""
         host, port = request.host, request.port
         refusal = Refused(
             ConnectStatus.NOT_ALLOWED,
             f"Host not in allowed hosts list: {format_host_port(host, port)}",
         )
         if not self.allow.may_allow(host, port):
+            if not self.allow.may_resolve(host):
+                raise Refused(
+                    ConnectStatus.NOT_ALLOWED,
+                    f"Host not in allowed hosts list: {format_host_port(host, port)} (a name "
+                    "this agent does not resolve for IP or CIDR entries: --resolve-names)",
+                )
             raise refusal
         candidates = await self._resolve(host, port)
         allowed = set(self.allow.allowed_addresses(host, port, [c[4][0] for c in candidates]))
@@ -594,7 +640,8 @@ class Agent:
             sock = trio.socket.socket(family, type_, proto)
             try:
                 with trio.fail_after(self.config.connect_timeout):
-                    await sock.connect(sockaddr)
+                    async with dials.slot((sockaddr[0], port)):
+                        await sock.connect(sockaddr)
             except trio.TooSlowError:
                 refusal = Refused(ConnectStatus.TIMEOUT, f"Connection timed out: {address}")
             except OSError as exc:
@@ -658,7 +705,7 @@ def _check_welcome(welcome: Welcome, address: str) -> None:
     status = welcome.status
     if status == WelcomeStatus.OK and welcome.version in VERSIONS:
         return
-    reason = f": {_printable(welcome.message)}" if welcome.message else ""
+    reason = f": {logs.printable(welcome.message)}" if welcome.message else ""
     if status == WelcomeStatus.AUTH_FAILED:
         raise AuthenticationFailed(f"Relay rejected the bridge credentials{reason}", status)
     if status in (WelcomeStatus.BUSY, WelcomeStatus.INTERNAL_ERROR):

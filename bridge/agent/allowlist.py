@@ -6,10 +6,16 @@ Entries: ``host:port``, ``ip:port``, ``[v6]:port``, ``CIDR:port`` (``[v6/len]:po
 with ``*`` for any port. A hostname rule matches the requested name (case-insensitive); IP and
 CIDR rules match the addresses the name resolved to. The agent dials only addresses that the
 check let through, so what was checked is exactly what is dialed.
+
+Which names the agent resolves for IP and CIDR rules is `AllowList.resolve_names` (patterns,
+``--resolve-names``): by default any name, which lets whoever controls the relay ask the
+agent's DNS about any name (a lookup oracle into internal DNS); with patterns, a name no
+hostname rule names is resolved only if a pattern matches it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -121,12 +127,38 @@ def _parse_host(entry: str, host: str, ipv6: bool) -> tuple[str | None, IPNetwor
     return name, None
 
 
+_PATTERN = re.compile(r"[a-z0-9_.*?-]{1,253}")
+
+
+def parse_name_patterns(entries: Iterable[str]) -> tuple[str, ...]:
+    """``--resolve-names`` entries: shell-style patterns (``*.corp.example``, ``db-?``) matched
+    case-insensitively against whole names; ``*`` matches dots too. Raises ValueError."""
+    patterns = []
+    for entry in entries:
+        pattern = normalize_host(entry.strip())
+        if not pattern:
+            continue
+        if not _PATTERN.fullmatch(pattern):
+            raise ValueError(
+                f"invalid name pattern {entry!r}: use letters, digits, '.', '-', '_', '*' and '?'"
+            )
+        patterns.append(pattern)
+    if not patterns:
+        raise ValueError("no name patterns given")
+    return tuple(patterns)
+
+
 @attrs.frozen
 class AllowList:
-    """Parsed rules; ``allow_any`` lets every target through (``--allow-any``)."""
+    """Parsed rules; ``allow_any`` lets every target through (``--allow-any``).
+
+    ``resolve_names``: the names that may be resolved for IP and CIDR rules (patterns, see
+    `parse_name_patterns`); None: any name.
+    """
 
     rules: tuple[Rule, ...] = ()
     allow_any: bool = False
+    resolve_names: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, entries: Iterable[str]) -> AllowList:
@@ -162,13 +194,24 @@ class AllowList:
             for rule in self.rules
         )
 
+    def may_resolve(self, host: str) -> bool:
+        """Whether ``host`` may be resolved to be checked against IP and CIDR rules: an IP
+        literal always, a name if `resolve_names` lets it."""
+        if self.resolve_names is None or _address(host) is not None:
+            return True
+        name = normalize_host(host)
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.resolve_names)
+
     def may_allow(self, host: str, port: int) -> bool:
-        """False when no rule could let ``host:port`` through whatever it resolves to.
+        """False when no rule could let ``host:port`` through whatever it resolves to, or
+        when the host is a name only IP or CIDR rules could allow and `resolve_names` does
+        not let the agent resolve it.
 
         Lets the agent refuse without a DNS lookup.
         """
-        return self.allows_name(host, port) or any(
-            rule.network is not None and rule.matches_port(port) for rule in self.rules
+        return self.allows_name(host, port) or (
+            any(rule.network is not None and rule.matches_port(port) for rule in self.rules)
+            and self.may_resolve(host)
         )
 
     def allowed_addresses(self, host: str, port: int, addresses: Sequence[str]) -> list[str]:

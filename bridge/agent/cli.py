@@ -19,7 +19,7 @@ import trio
 
 from bridge import __version__
 from bridge.agent.agent import Agent, AgentConfig, RelayRejected
-from bridge.agent.allowlist import AllowList
+from bridge.agent.allowlist import AllowList, parse_name_patterns
 from bridge.agent.relay_url import DEFAULT_PATH, DEFAULT_PORTS, RelayURL
 from bridge.ops import logs
 from bridge.ops.metrics import serve_metrics
@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="let the relay reach any host and port, instead of an allow-list (env: ALLOW_ANY=1; "
         "default: off)",
+    )
+    add(
+        "--resolve-names",
+        metavar="PATTERN",
+        action="append",
+        help="names the agent may resolve to check them against IP and CIDR entries: patterns "
+        "such as *.corp.example, repeatable or comma-separated; others are refused unresolved "
+        "(hostname entries are always resolved) (env: RESOLVE_NAMES; default: any name)",
     )
     add(
         "--ca",
@@ -234,6 +242,17 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
             allow = AllowList.parse(entries)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+
+    names = (
+        _split(args.resolve_names)
+        if args.resolve_names
+        else _split([pick(None, "RESOLVE_NAMES") or ""])
+    )
+    if names:
+        try:
+            allow = attrs.evolve(allow, resolve_names=parse_name_patterns(names))
+        except ValueError as exc:
+            raise UsageError(f"--resolve-names (RESOLVE_NAMES): {exc}") from None
 
     if args.ca is not None or args.fingerprint is not None:  # flags replace the env's choice
         ca_file, fingerprint = args.ca, args.fingerprint

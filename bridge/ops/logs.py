@@ -43,8 +43,10 @@ reason          why a connection, tunnel or login ended or was refused
 Other fields name what they count or hold: ``agents``, ``signal``, ``open_streams``,
 ``drain_timeout``, ``cut``, ``finished``, ``failures``, ``limit``, ``fingerprint``, ``path``...
 
-Every registered secret is redacted from every record before it is formatted. All state
-lives in the stdlib logging configuration.
+Every registered secret is redacted from every record before it is formatted, as a whole
+value only: an occurrence inside a longer word, identifier, host name or number (``0`` in
+``127.0.0.1``) is another value and is left alone. All state lives in the stdlib logging
+configuration.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -116,26 +119,53 @@ def syslog_priority(levelno: int) -> int:
     return next((priority for level, priority in _PRIORITIES if levelno >= level), 7)
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (control characters, escape
+    sequences, line and paragraph separators, tabs) written as a Python escape (``\\x1b``,
+    ``\\n``, ``\\u2028``): text a peer chose can neither drive a terminal nor forge a line
+    or a field. Printable text comes back unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def register_secret(secret: str) -> None:
     """Redact ``secret`` from every later record of the ``bridge`` and ``relay`` loggers."""
     if secret:
         _redactor().secrets.add(secret)
 
 
+#: What a secret may not touch to count as a whole value: a letter, digit, ``_`` or ``-``
+#: (it would be part of a longer word or identifier), nor a ``.`` that joins it to one (a
+#: host name, a number). A ``.`` that ends a sentence does not count.
+_BEFORE = r"(?<![A-Za-z0-9_-])(?<![A-Za-z0-9_-][.])"
+_AFTER = r"(?![A-Za-z0-9_-])(?![.][A-Za-z0-9_-])"
+
+
 class SecretRedactor(logging.Filter):
-    """Replaces registered secrets in the message, the fields and the traceback text."""
+    """Replaces registered secrets in the message, the fields and the traceback text: whole
+    values only, never a fragment of another word or number."""
 
     def __init__(self) -> None:
         super().__init__()
         self.secrets: set[str] = set()
+        self._pattern: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
+
+    def _compiled(self) -> re.Pattern[str] | None:
+        secrets = frozenset(self.secrets)
+        if secrets != self._pattern[0]:
+            longest_first = sorted(secrets, key=len, reverse=True)
+            alternatives = "|".join(map(re.escape, longest_first))
+            pattern = re.compile(f"{_BEFORE}(?:{alternatives}){_AFTER}") if secrets else None
+            self._pattern = (secrets, pattern)
+        return self._pattern[1]
 
     def redact(self, value: Any) -> Any:
         """`value` with every registered secret replaced, recursively through dicts, lists and
         tuples; other objects become their redacted ``str``."""
         if isinstance(value, str):
-            for secret in self.secrets:
-                value = value.replace(secret, REDACTED)
-            return value
+            pattern = self._compiled()
+            return value if pattern is None else pattern.sub(REDACTED, value)
         if isinstance(value, dict):
             return {self.redact(str(k)): self.redact(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
@@ -210,11 +240,11 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """One line (with the traceback, if any, on the lines after): timestamp unless journald,
         level, message, then the fields as JSON; with journald, a priority prefix on every line."""
-        parts = [record.levelname, record.getMessage()]
+        parts = [record.levelname, printable(record.getMessage())]
         if not self.journald:
             parts.insert(0, _timestamp(record))
         if fields := _fields(record):
-            parts.append(json.dumps(fields, default=str, ensure_ascii=False))
+            parts.append(printable(json.dumps(fields, default=str, ensure_ascii=False)))
         text = "\t".join(parts)
         if exc := _exception_text(self, record):
             text += "\n" + exc
@@ -239,4 +269,8 @@ class JSONFormatter(logging.Formatter):
             entry.setdefault(key, value)
         if exc := _exception_text(self, record):
             entry["exc"] = exc
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        text = json.dumps(entry, default=str, ensure_ascii=False)
+        if text.isprintable():
+            return text
+        # JSON escapes C0 controls itself; the others (C1, line separators...) as \uXXXX too.
+        return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)

@@ -21,6 +21,7 @@ import h11
 import trio
 
 from bridge import __version__
+from bridge.ops.logs import printable
 from bridge.protocol.addresses import format_host_port
 from bridge.transport.http_status import status_phrase
 
@@ -198,7 +199,7 @@ async def _connect(tcp: trio.SocketStream, proxy: ProxyURL, target: str) -> None
         reason = (
             event.reason.decode("ascii", "replace") or status_phrase(status) or "(no reason given)"
         )
-        reason = "".join(c if c.isprintable() else "?" for c in reason)
+        reason = printable(reason)
         hint = ""
         if status == 407:
             hint = (

@@ -64,6 +64,29 @@ async def splice(
     return counts[0], counts[1], clean
 
 
+async def splice_tunnel(
+    local: trio.abc.HalfCloseableStream,
+    tunnel: trio.abc.HalfCloseableStream,
+    *,
+    chunk: int = CHUNK,
+    meters: tuple[Meter, Meter] | None = None,
+) -> tuple[int, int, bool]:
+    """`splice` ``local`` with ``tunnel``, then reset ``tunnel`` (`reset_stream`) unless both
+    directions ended cleanly, so that its far end sees a cut, never a clean end of the data.
+
+    Returns and raises what `splice` does. Cancelled, it resets ``tunnel`` too (a cut short
+    by cancellation is not an end of the data) and raises `trio.Cancelled`.
+    """
+    try:
+        sent, received, clean = await splice(local, tunnel, chunk=chunk, meters=meters)
+    except trio.Cancelled:
+        reset_stream(tunnel)
+        raise
+    if not clean:
+        reset_stream(tunnel)
+    return sent, received, clean
+
+
 def reset_stream(stream: trio.abc.Stream | None) -> None:
     """Abort a tunneled stream (a yamux RST), also through wrappers that keep the stream
     they wrap as ``transport_stream`` (such as `PrefixedStream`); a stream with nothing to

@@ -7,16 +7,15 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-import uuid
 
 import attrs
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, NodeNameTaken, UnknownBridge
-from relay.store.records import BridgeRecord, NodeRecord, check_name
+from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
 
 
-class MemoryStore:
+class MemoryStore(StoreBase):
     """Bridges in a dict, gone with the process. Thread-safe (one lock)."""
 
     def __init__(self) -> None:
@@ -27,13 +26,6 @@ class MemoryStore:
 
     def __repr__(self) -> str:
         return f"<MemoryStore bridges={len(self._bridges)}>"
-
-    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
-        """As `Store.create_bridge`."""
-        check_name(name)
-        bridge_id, secret = str(uuid.uuid4()), new_secret()
-        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
-        return bridge_id, secret
 
     def import_bridge(self, record: BridgeRecord) -> None:
         """Add `record` as it is (ID, hash, times). Raises DuplicateBridge if its name or ID
@@ -54,12 +46,6 @@ class MemoryStore:
         """As `Store.find`."""
         with self._lock:
             return self._find(bridge)
-
-    def get(self, bridge: str) -> BridgeRecord:
-        """As `Store.get`."""
-        if (record := self.find(bridge)) is None:
-            raise UnknownBridge(bridge)
-        return record
 
     def list(self) -> list[BridgeRecord]:
         """As `Store.list`."""
@@ -85,6 +71,16 @@ class MemoryStore:
             self._bridges[record.id] = attrs.evolve(self._bridges[record.id], secret_hash=hashed)
             self._generation += 1
         return secret
+
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """As `Store.rehash`."""
+        with self._lock:
+            record = self._bridges.get(bridge_id)
+            if record is None or record.secret_hash != old_hash:
+                return False
+            self._bridges[bridge_id] = attrs.evolve(record, secret_hash=new_hash)
+            self._generation += 1
+        return True
 
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         """As `Store.mark_seen`."""

@@ -16,11 +16,11 @@ a schema migrated by a newer one during a rolling upgrade.
 from __future__ import annotations
 
 import builtins
+import datetime
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,6 +29,7 @@ import psycopg
 import psycopg_pool
 import trio
 from psycopg import conninfo, errors, sql
+from psycopg.types.json import Jsonb
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import (
@@ -38,7 +39,7 @@ from relay.errors import (
     StoreNotInitialised,
     UnknownBridge,
 )
-from relay.store.records import BridgeRecord, NodeRecord, check_name
+from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
 from relay.store.sqlite import NODE_COLUMNS
 
 log = logging.getLogger("relay.store")
@@ -70,6 +71,24 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
     (
         2,
+        [
+            # The audit trail (relay.audit): every event as written to the JSON-lines log
+            # (`data`), with the columns one selects by.
+            """CREATE TABLE audit_events (
+                id BIGSERIAL PRIMARY KEY,
+                time TIMESTAMPTZ NOT NULL,
+                event TEXT NOT NULL,
+                bridge TEXT,
+                bridge_id TEXT,
+                node TEXT,
+                data JSONB NOT NULL
+            )""",
+            "CREATE INDEX audit_events_time ON audit_events (time)",
+            "CREATE INDEX audit_events_bridge_time ON audit_events (bridge_id, time)",
+        ],
+    ),
+    (
+        3,
         [
             """CREATE TABLE nodes (
                 name TEXT PRIMARY KEY,
@@ -129,7 +148,7 @@ def check_dsn(dsn: str) -> str:
     return dsn
 
 
-class PostgresStore:
+class PostgresStore(StoreBase):
     """Bridges in a PostgreSQL database (`dsn`: a postgresql:// URL or a libpq conninfo).
 
     Nothing connects until first use. Then, with `create` (the default), the schema is made
@@ -278,13 +297,6 @@ class PostgresStore:
         conn.execute("UPDATE bridge_generation SET value = value + 1")
         conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, bridge_id))
 
-    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
-        """As `Store.create_bridge`."""
-        check_name(name)
-        bridge_id, secret = str(uuid.uuid4()), new_secret()
-        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
-        return bridge_id, secret
-
     def import_bridge(self, record: BridgeRecord) -> None:
         """Add `record` as it is (ID, hash, times). Raises DuplicateBridge if its name or ID
         is taken."""
@@ -317,12 +329,6 @@ class PostgresStore:
             ).fetchone()
         )
         return None if row is None else BridgeRecord(*row)
-
-    def get(self, bridge: str) -> BridgeRecord:
-        """As `Store.get`."""
-        if (record := self.find(bridge)) is None:
-            raise UnknownBridge(bridge)
-        return record
 
     def list(self) -> list[BridgeRecord]:
         """As `Store.list`."""
@@ -368,6 +374,21 @@ class PostgresStore:
             raise UnknownBridge(bridge)
         return secret
 
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """As `Store.rehash`."""
+
+        def update(conn: psycopg.Connection) -> int:
+            with conn.transaction():
+                cursor = conn.execute(
+                    "UPDATE bridges SET secret_hash = %s WHERE id = %s AND secret_hash = %s",
+                    (new_hash, bridge_id, old_hash),
+                )
+                if cursor.rowcount:
+                    self._changed(conn, bridge_id)
+                return cursor.rowcount
+
+        return self._run(update) > 0
+
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         """As `Store.mark_seen`."""
         when = time.time() if when is None else when
@@ -376,6 +397,34 @@ class PostgresStore:
                 "UPDATE bridges SET last_seen_at = %s WHERE id = %s", (when, bridge_id)
             )
         )
+
+    def append_audit(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Append audit events, in their JSON form (`relay.audit` events' `to_dict()`), to
+        the table audit_events. Raises StoreError; a failed batch is not retried (it could
+        be written twice)."""
+        rows = [
+            (
+                datetime.datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00")),
+                event["event"],
+                event.get("bridge"),
+                event.get("bridge_id"),
+                event.get("node"),
+                Jsonb(dict(event)),
+            )
+            for event in events
+        ]
+        if not rows:
+            return
+
+        def insert(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO audit_events (time, event, bridge, bridge_id, node, data)"
+                    " VALUES (%s, %s, %s, %s, %s, %s)",
+                    rows,
+                )
+
+        self._run(insert, retry=False)
 
     def generation(self) -> int:
         """As `Store.generation`."""

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import builtins
 import re
+import time
 import uuid
 from typing import Protocol
 
 import attrs
 
-from relay.credentials import DEFAULT_COST
-from relay.errors import InvalidBridgeName
+from relay.credentials import DEFAULT_COST, hash_secret, new_secret
+from relay.errors import InvalidBridgeName, UnknownBridge
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
@@ -110,6 +111,10 @@ class Store(Protocol):
         """Give the bridge a new secret (hashed with `cost`) and return it; the old one stops
         working. Raises UnknownBridge."""
 
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """Replace the bridge's hash by `new_hash` (the same secret at a higher bcrypt cost) if
+        it is still `old_hash`; False if the bridge is gone or its secret changed meanwhile."""
+
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         """Note that an agent of `bridge_id` authenticated at `when` (now by default); an unknown ID
         is ignored."""
@@ -130,3 +135,29 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release what the store holds (connections, files); it is not used afterwards."""
+
+
+class StoreBase:
+    """What every store does alike on top of its own `find` and `import_bridge`:
+    `create_bridge` and `get`. The stores of this package derive from it."""
+
+    def find(self, bridge: str) -> BridgeRecord | None:
+        """As `Store.find`."""
+        raise NotImplementedError
+
+    def import_bridge(self, record: BridgeRecord) -> None:
+        """As `Store.import_bridge`."""
+        raise NotImplementedError
+
+    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
+        """As `Store.create_bridge`."""
+        check_name(name)
+        bridge_id, secret = str(uuid.uuid4()), new_secret()
+        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
+        return bridge_id, secret
+
+    def get(self, bridge: str) -> BridgeRecord:
+        """As `Store.get`."""
+        if (record := self.find(bridge)) is None:
+            raise UnknownBridge(bridge)
+        return record

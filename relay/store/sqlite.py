@@ -10,7 +10,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import attrs
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, NodeNameTaken, StoreError, UnknownBridge
-from relay.store.records import BridgeRecord, NodeRecord, check_name
+from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridges (
@@ -49,7 +48,7 @@ NODE_COLUMNS = (
 )
 
 
-class SQLiteStore:
+class SQLiteStore(StoreBase):
     """Bridges in an SQLite database file (WAL mode), created with mode 0600 on first use.
 
     Safe to use from several processes at once (the CLI writes while `serve` reads) and from
@@ -115,13 +114,6 @@ class SQLiteStore:
             db.execute("COMMIT")
             return cursor.rowcount
 
-    def create_bridge(self, name: str, *, cost: int = DEFAULT_COST) -> tuple[str, str]:
-        """As `Store.create_bridge`."""
-        check_name(name)
-        bridge_id, secret = str(uuid.uuid4()), new_secret()
-        self.import_bridge(BridgeRecord(bridge_id, name, hash_secret(secret, cost), time.time()))
-        return bridge_id, secret
-
     def import_bridge(self, record: BridgeRecord) -> None:
         """Add `record` as it is (ID, hash, times). Raises DuplicateBridge if its name or ID
         is taken."""
@@ -149,12 +141,6 @@ class SQLiteStore:
             ).fetchone()
         return None if row is None else BridgeRecord(*row)
 
-    def get(self, bridge: str) -> BridgeRecord:
-        """As `Store.get`."""
-        if (record := self.find(bridge)) is None:
-            raise UnknownBridge(bridge)
-        return record
-
     def list(self) -> list[BridgeRecord]:
         """As `Store.list`."""
         with self._conn() as db:
@@ -177,6 +163,14 @@ class SQLiteStore:
             raise UnknownBridge(bridge)
         self._generation += 1
         return secret
+
+    def rehash(self, bridge_id: str, old_hash: bytes, new_hash: bytes) -> bool:
+        """As `Store.rehash`."""
+        sql = "UPDATE bridges SET secret_hash = ? WHERE id = ? AND secret_hash = ?"
+        if self._write(sql, (new_hash, bridge_id, old_hash)) == 0:
+            return False
+        self._generation += 1
+        return True
 
     def mark_seen(self, bridge_id: str, when: float | None = None) -> None:
         """As `Store.mark_seen`."""

@@ -277,3 +277,26 @@ async def test_connection_failures_keep_the_os_words(relay, certificates):
         await process.wait()
         closed.close()
     assert f'Cannot connect to the relay at {url[6:]}: Connection refused"' in seen.decode()
+
+
+async def test_a_short_proxy_password_does_not_mangle_the_logs(relay, certificates):
+    closed = trio.socket.socket()
+    await closed.bind(("127.0.0.1", 0))  # the proxy: bound, never listening
+    proxy = f"127.0.0.1:{closed.getsockname()[1]}"
+    env = agent_process_env(
+        relay, certificates, HTTPS_PROXY=f"http://user:0@{proxy}", RECONNECT_MAX_BACKOFF="0.1"
+    )
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge"], env=env, cwd=ROOT, stderr=subprocess.PIPE
+    )
+    seen = bytearray()
+    try:
+        with trio.fail_after(20):
+            await read_until(process.stderr, b"Reconnecting", seen)
+    finally:
+        process.terminate()
+        await process.wait()
+        closed.close()
+    text = seen.decode()
+    assert f'"address": "127.0.0.1:{relay.port}", "proxy": "{proxy}"' in text
+    assert "REDACTED" not in text  # the password itself never reaches a log line

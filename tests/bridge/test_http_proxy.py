@@ -220,7 +220,7 @@ async def _answer(response: bytes, tcp: trio.SocketStream) -> None:
         ),
         (b"HTTP/1.1 200 OK\r\n\r\nearly", "sent data before the tunnel to relay:443 was used"),
         (b"HTTP/1.1 503 \r\n\r\n", "refused CONNECT relay:443: 503 Service Unavailable"),
-        (b"HTTP/1.1 599 \x1b[31m\r\n\r\n", "refused CONNECT relay:443: 599 ?[31m"),
+        (b"HTTP/1.1 599 \x1b[31m\r\n\r\n", "refused CONNECT relay:443: 599 \\x1b[31m"),
     ],
 )
 async def test_bad_proxy_answers(nursery, response: bytes, message: str) -> None:

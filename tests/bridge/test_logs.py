@@ -189,3 +189,18 @@ def test_configure_reads_os_environ_by_default(configured, journal, monkeypatch)
 
 def test_no_journal_without_a_file_descriptor(capsys):
     assert not logs.writes_to_journal(sys.stderr, {"JOURNAL_STREAM": "8:12345"})
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1:4000 port 10 id 0db4-0", "127.0.0.1:4000 port 10 id 0db4-0"),
+        ("secret=0, then 0.", "secret=[REDACTED], then [REDACTED]."),
+        ('{"password": "0"}', '{"password": "[REDACTED]"}'),
+        ("http://user:0@proxy:3128", "http://user:[REDACTED]@proxy:3128"),
+    ],
+)
+def test_redaction_replaces_whole_values_only(text, expected):
+    redactor = logs.SecretRedactor()
+    redactor.secrets.add("0")
+    assert redactor.redact(text) == expected

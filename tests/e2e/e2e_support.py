@@ -304,8 +304,9 @@ class Launcher:
         self.processes.append(process)
         return process
 
-    def relay(self, *targets: str, args: Iterable[str | Path] = ()) -> Relay:
-        """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening."""
+    def relay(self, *targets: str, args: Iterable[str | Path] = (), **popen) -> Relay:
+        """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening
+        (`popen`: more arguments for `subprocess.Popen`)."""
         argv = [
             RELAY,
             "--data-dir",
@@ -313,11 +314,13 @@ class Launcher:
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--bcrypt-cost",  # the test bridges' (a later --bcrypt-cost in ARGS wins)
+            "4",
             *args,
         ]
         for target in targets:
             argv += ["--forward", f"{self.bridge.name}={target}"]
-        process = self.start("relay", argv)
+        process = self.start("relay", argv, **popen)
         agents = process.wait_for(r"^agents: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
         forwards = {}
         for target in targets:

@@ -12,14 +12,17 @@ import signal
 import socket
 from pathlib import Path
 
+import psycopg
 import trio
 
 from relay.audit import OUTCOMES
 
 from .e2e_support import (
+    BRIDGE_NAME,
     RELAY,
     Bridge,
     Launcher,
+    Postgres,
     clean_env,
     parse_assignments,
     relay_cli,
@@ -376,3 +379,42 @@ async def test_admin_events_revocation_and_reopen_on_sighup(
         "bridge.created",
         "bridge.deleted",
     ]
+
+
+def test_a_postgresql_store_keeps_the_audit_trail_in_a_table(
+    postgres: Postgres, postgres_url: str, tmp_path: Path
+):
+    data_dir, log = tmp_path / "relay-data", tmp_path / "audit.jsonl"
+    created = relay_cli(
+        data_dir, "--store", postgres_url, "bridges", "create", BRIDGE_NAME, "--bcrypt-cost", "4"
+    )
+    assert created.returncode == 0, created.stderr
+    credentials = parse_assignments(created.stdout)
+    fingerprint = relay_cli(data_dir, "fingerprint").stdout.strip()
+    bridge = Bridge(
+        data_dir, BRIDGE_NAME, credentials["BRIDGE_ID"], credentials["BRIDGE_SECRET"], fingerprint
+    )
+    launch = Launcher(bridge, tmp_path)
+    try:
+        relay = launch.relay(postgres.target, args=["--store", postgres_url, "--audit-log", log])
+        launch.agent(relay, [postgres.target])
+        result = postgres.psql("select 40 + 2", port=relay.forwards[postgres.target])
+        assert (result.returncode, result.stdout) == (0, b"42\n"), result.stderr
+
+        def table() -> list[tuple]:
+            with psycopg.connect(postgres_url) as conn:
+                return conn.execute(
+                    "SELECT event, bridge, bridge_id, node, data FROM audit_events ORDER BY id"
+                ).fetchall()
+
+        wait_until(lambda: len(table()) == 3, "the admin event and the tunnel's two")
+    finally:
+        launch.close()
+    rows = table()
+    assert [row[0] for row in rows] == ["bridge.created", "tunnel.open", "tunnel.close"]
+    assert {row[2] for row in rows} == {bridge.id}
+    assert rows[0][4]["command"] == "bridge-relay bridges create"
+    assert [row[4] for row in rows[1:]] == events(log)  # the same events as the file
+    closed = rows[2][4]
+    assert closed["outcome"] == "ok" and closed["bytes_up"] > 0 and closed["bytes_down"] > 0
+    assert rows[2][3] == closed["node"] == f"{socket.gethostname()}:{relay.agent_port}"

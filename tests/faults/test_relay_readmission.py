@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import trio
 
@@ -42,7 +43,9 @@ async def test_200_agents_reconnecting_at_once_are_all_readmitted(
     )
     assert created.returncode == 0, created.stderr
     fleet = parse_assignments(created.stdout)
-    relay = await trio.to_thread.run_sync(launch.relay)
+    relay = await trio.to_thread.run_sync(
+        partial(launch.relay, args=["--max-sessions-per-bridge", str(AGENTS)])
+    )
     proxy = fault_proxy(relay.agent_port)
     context = client_ssl_context(fingerprint=bridge.fingerprint)
     config = AgentConfig(max_backoff=1.0)

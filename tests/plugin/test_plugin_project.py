@@ -83,3 +83,11 @@ async def test_importing_the_plugin_is_light():
     )
     result = await trio.run_process([sys.executable, "-c", code], capture_stderr=True, check=False)
     assert result.returncode == 0, result.stderr.decode()
+
+
+async def test_without_pytest_trio_one_line_says_what_is_missing(tmp_path, plugin_pytest_command):
+    result = await run_project(tmp_path, [*plugin_pytest_command, "-p", "no:trio"], FAILING)
+    output = result.stdout.decode()
+    assert result.returncode == 1, output
+    assert relay.pytest_plugin.MISSING_PYTEST_TRIO in output
+    assert "Traceback" not in output

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import time
 
+import psycopg
 import pytest
 
 from bridge.ops.metrics import TunnelMetrics
 from relay import TargetNotAllowed
-from relay.audit import AuditConfig, AuditTrail, Caller, TunnelEvent
-from relay.audit_log import JsonLinesSink, matches, parse_since, read, table
+from relay.audit import AdminEvent, AuditConfig, AuditTrail, Caller, TunnelEvent
+from relay.audit_log import JsonLinesSink, StoreAuditSink, matches, parse_since, read, table
+from relay.store import PostgresStore
 
 from ..settle import settled
 from .relay_support import RelayHarness, captured_logs, receive_all
@@ -129,3 +131,36 @@ def test_an_event_serialises_its_caller():
         "address": None,
         "user": None,
     }
+
+
+async def test_the_store_sink_appends_to_the_postgresql_audit_table(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        sink = StoreAuditSink(store)
+        admin = AdminEvent(
+            event="bridge.created",
+            time=1_700_000_000.25,
+            bridge="prod",
+            bridge_id="id-1",
+            command="bridge-relay bridges create",
+        )
+        await sink.write([admin, _event(1, bytes_up=3, bytes_down=4)])
+        await sink.write([_event(2, event="tunnel.close")])
+        with psycopg.connect(postgres_url) as conn:
+            rows = conn.execute(
+                "SELECT extract(epoch FROM time), event, bridge, bridge_id, node, data"
+                " FROM audit_events ORDER BY id"
+            ).fetchall()
+    finally:
+        store.close()
+    assert [row[1:5] for row in rows] == [
+        ("bridge.created", "prod", "id-1", None),
+        ("tunnel.open", "prod", "id-1", "relay-1:4000"),
+        ("tunnel.close", "prod", "id-1", "relay-1:4000"),
+    ]
+    assert [float(row[0]) for row in rows] == [1_700_000_000.25, 1_700_000_001.0, 1_700_000_002.0]
+    assert [row[5] for row in rows] == [
+        admin.to_dict(),
+        _event(1, bytes_up=3, bytes_down=4).to_dict(),
+        _event(2, event="tunnel.close").to_dict(),
+    ]

@@ -333,8 +333,23 @@ def test_demo_runs_on_its_own(env, tmp_path):
     assert re.search(r"curl http://127\.0\.0\.1:\d+/", result.stdout)
     assert result.stdout.count("200 OK") == 3
     assert "Host not in allowed hosts list" in result.stdout
+    assert result.stdout.endswith(
+        "The demo is over and the tunnel is gone (run in a terminal "
+        "without --once, it stays up until Ctrl-C).\n"
+    )
     assert "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_does_not_offer_a_data_dir_it_would_not_use(env):
+    shown = subprocess.run(
+        [sys.executable, "-m", "relay", "demo", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT,
+    )
+    assert shown.returncode == 0 and "--data-dir" not in shown.stdout
 
 
 async def test_serve_accepts_agents_over_websocket(env, data_dir, nursery, echo_port):

@@ -5,9 +5,11 @@ as bytes) is served in version 1; a current agent learns why the relay ends its 
 
 import json
 
+import pytest
 import trio
 
 import mux
+import relay
 from bridge.protocol.connect import (
     ConnectReply,
     ConnectRequestParser,
@@ -91,3 +93,13 @@ async def test_a_draining_relay_tells_the_agent(harness, echo_port):
     assert ending[0].fields["reason"] == "relay shutting down"
     # The control stream is not a tunnel: the drain did not wait for it.
     assert harness.relay.registry.open_streams_total() == 0
+
+
+async def test_unknown_and_not_connected_bridges_are_told_apart(harness):
+    harness.create_bridge("prod")
+    with pytest.raises(relay.BridgeNotConnected, match=r"^Bridge not connected: prod$") as known:
+        await harness.relay.connect("prod", "127.0.0.1", 5432)
+    assert known.value.known
+    with pytest.raises(relay.BridgeNotConnected, match=r"^Unknown bridge: nope$") as unknown:
+        await harness.relay.connect("nope", "127.0.0.1", 5432)
+    assert not unknown.value.known

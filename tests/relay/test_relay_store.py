@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from relay import PostgresStore, SQLiteStore, UnknownBridge
+from relay.credentials import rehash_secret, same_secret
 from relay.errors import (
     DuplicateBridge,
     InvalidBridgeName,
@@ -73,6 +74,23 @@ def test_rotate_replaces_the_secret(store):
     assert not bcrypt.checkpw(old.encode(), stored)
     with pytest.raises(UnknownBridge):
         store.rotate("nope", cost=COST)
+
+
+def test_rehash_replaces_the_hash_only_if_unchanged(store):
+    bridge_id, secret = store.create_bridge("a", cost=COST)
+    old = store.get(bridge_id).secret_hash
+    generation = store.generation()
+    new = rehash_secret(secret.encode(), old, COST + 1)
+    assert same_secret(old, new) and not same_secret(new, old)
+    assert store.rehash(bridge_id, old, new)
+    assert store.get(bridge_id).secret_hash == new and bcrypt.checkpw(secret.encode(), new)
+    assert store.generation() > generation
+    # Rotated meanwhile (or rehashed elsewhere): the other change is kept.
+    rotated = store.rotate(bridge_id, cost=COST)
+    assert not store.rehash(bridge_id, new, rehash_secret(secret.encode(), new, COST + 2))
+    assert bcrypt.checkpw(rotated.encode(), store.get(bridge_id).secret_hash)
+    assert not same_secret(new, store.get(bridge_id).secret_hash)
+    assert not store.rehash(str(uuid.uuid4()), old, new)
 
 
 def test_mark_seen(store):

@@ -94,7 +94,7 @@ async def test_bridge_not_connected(harness, relay_logs):
     with trio.fail_after(TIME_LIMIT):
         with pytest.raises(BridgeNotConnected, match="Bridge not connected: idle"):
             await harness.relay.connect("idle", "db", 5432)
-        with pytest.raises(BridgeNotConnected, match="Bridge not connected: nosuch"):
+        with pytest.raises(BridgeNotConnected, match="Unknown bridge: nosuch"):
             await harness.relay.connect("nosuch", "db", 5432)
 
 

@@ -204,7 +204,7 @@ async def test_refusals_map_to_reply_codes_and_log_lines(
             ("127.0.0.1.bridge-prod", http_port, Reply.SUCCEEDED, None),
             ("db.bridge-prod", 5432, Reply.NOT_ALLOWED, "Host not in allowed hosts list: db:5432"),
             ("127.0.0.1.bridge-prod", closed_port, Reply.CONNECTION_REFUSED, "Connection refused"),
-            ("db.bridge-nosuch", 5432, Reply.NETWORK_UNREACHABLE, "Bridge not connected: nosuch"),
+            ("db.bridge-nosuch", 5432, Reply.NETWORK_UNREACHABLE, "Unknown bridge: nosuch"),
             ("example.com", 80, Reply.NOT_ALLOWED, "not a bridge host"),
             ("db\x7f.bridge-prod", 5432, Reply.NOT_ALLOWED, "invalid target"),
             ("127.0.0.1.bridge-prod", 0, Reply.NOT_ALLOWED, "invalid target"),
