@@ -185,7 +185,7 @@ class Session:
             stream_id = self._conn.open_stream()
         except LocalProtocolError as exc:  # stream IDs exhausted
             raise SessionClosed(str(exc), clean=True) from exc
-        stream = self._streams[stream_id] = Stream(self, stream_id)
+        stream = self._streams[stream_id] = Stream(self, self._conn, stream_id)
         self._opened_total += 1
         self._writer.wake()
         return stream
@@ -297,22 +297,6 @@ class Session:
         if self._conn.local_go_away:
             raise SessionClosed("GoAway was sent: no new streams on this session", clean=True)
 
-    def _queue_data(self, stream_id: int, view: memoryview) -> int:
-        """Queue as much of ``view`` as the window and the write buffer take; 0 = wait."""
-        conn = self._conn
-        room = self._config.write_buffer_size - conn.pending_output()
-        if room < min(len(view), self._config.max_frame_size):
-            return 0
-        return conn.send_data(stream_id, view[:room])
-
-    def _can_send(self, stream_id: int) -> bool:
-        conn = self._conn
-        return (
-            conn.send_window(stream_id) > 0
-            and conn.pending_output() + self._config.max_frame_size
-            <= self._config.write_buffer_size
-        )
-
     async def _flush(self) -> bool:
         """Write what is queued from the calling task, if no write is in flight and the
         transport can take a partial write atomically; else leave it to the writer task.
@@ -339,15 +323,8 @@ class Session:
                 self._writer.wake()
         return True
 
-    def _send_window(self, stream_id: int) -> int:
-        return self._conn.send_window(stream_id)
-
     async def _wait_buffer_space(self) -> None:
         await self._buffer_space.park()
-
-    def _sendable(self, stream_id: int) -> bool:
-        """Whether the core still lets us send on the stream (no FIN sent, not forgotten)."""
-        return self._conn.can_send(stream_id)
 
     def _consumed(self, stream_id: int, amount: int) -> None:
         if self._error is None:
@@ -394,7 +371,7 @@ class Session:
             stream._wake_sender()
 
     def _on_stream_opened(self, event: ev.StreamOpened) -> None:
-        stream = Stream(self, event.stream_id)
+        stream = Stream(self, self._conn, event.stream_id)
         if self._error is not None:
             # Read in the same batch as the session's end (the writer found the connection
             # broken meanwhile): handed out like the others, with the session's error.

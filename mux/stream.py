@@ -30,6 +30,7 @@ from .conflict import RECEIVING, SENDING, ConflictDetector
 from .stream_errors import fresh
 
 if TYPE_CHECKING:
+    from .connection import Connection
     from .session import Session
 
 #: What receive_some returns at most when the caller does not say.
@@ -75,6 +76,7 @@ class Stream(trio.abc.HalfCloseableStream):
     __slots__ = (
         "_chunks",
         "_closed",
+        "_conn",
         "_eof",
         "_error",
         "_receive_conflict",
@@ -85,8 +87,11 @@ class Stream(trio.abc.HalfCloseableStream):
         "stream_id",
     )
 
-    def __init__(self, session: Session, stream_id: int) -> None:
+    def __init__(self, session: Session, conn: Connection, stream_id: int) -> None:
         self._session = session
+        #: The session's sans-IO core: it owns the stream's protocol state (open halves,
+        #: send window); the stream asks it, through its public methods.
+        self._conn = conn
         #: The yamux stream ID (odd for streams the client end opened).
         self.stream_id = stream_id
         self._chunks: deque[bytes | memoryview] | None = None
@@ -143,7 +148,7 @@ class Stream(trio.abc.HalfCloseableStream):
     async def _wait_sendable(self) -> None:
         """Wait for send window (woken by the peer's window update) or for room in the
         session's write buffer, whichever is missing."""
-        if self._session._send_window(self.stream_id) == 0:
+        if self._conn.send_window(self.stream_id) == 0:
             if self._send_waiter is None:
                 self._send_waiter = _Waiter()
             await self._send_waiter.wait()
@@ -218,8 +223,26 @@ class Stream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("the stream was closed")
         if self._error is not None:
             raise fresh(self._error)
-        if not self._session._sendable(self.stream_id):
+        if not self._conn.can_send(self.stream_id):
             raise trio.ClosedResourceError("the stream was closed for sending")
+
+    def _queue(self, view: memoryview) -> int:
+        """Queue as much of ``view`` as the window and the write buffer take; 0 = wait."""
+        conn = self._conn
+        config = conn.config
+        room = config.write_buffer_size - conn.pending_output()
+        if room < min(len(view), config.max_frame_size):
+            return 0
+        return conn.send_data(self.stream_id, view[:room])
+
+    def _can_send(self) -> bool:
+        """Whether one frame's worth can be queued now (window and write buffer)."""
+        conn = self._conn
+        config = conn.config
+        return (
+            conn.send_window(self.stream_id) > 0
+            and conn.pending_output() + config.max_frame_size <= config.write_buffer_size
+        )
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``, waiting for send window and write-buffer room as needed.
@@ -236,7 +259,7 @@ class Stream(trio.abc.HalfCloseableStream):
                 view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
                 checkpointed = False
                 while view:
-                    queued = session._queue_data(self.stream_id, view)
+                    queued = self._queue(view)
                     if queued:
                         view = view[queued:]
                         checkpointed |= await session._flush()
@@ -256,7 +279,7 @@ class Stream(trio.abc.HalfCloseableStream):
         with self._send_conflict:
             await checkpoint_if_cancelled()
             self._check_sendable()
-            if self._session._can_send(self.stream_id):
+            if self._can_send():
                 await cancel_shielded_checkpoint()
             else:
                 await self._wait_sendable()
@@ -274,7 +297,7 @@ class Stream(trio.abc.HalfCloseableStream):
                 raise trio.ClosedResourceError("the stream was closed")
             if self._error is not None:
                 raise fresh(self._error)
-            if self._session._sendable(self.stream_id):
+            if self._conn.can_send(self.stream_id):
                 self._session._send_eof(self.stream_id)
             await cancel_shielded_checkpoint()
 
