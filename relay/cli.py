@@ -34,11 +34,11 @@ from bridge.ops import logs
 from bridge.ops.metrics import serve_metrics
 from bridge.ops.systemd import Notifier, run_watchdog
 from bridge.protocol.addresses import format_host_port, parse_host_port, parse_listen_address
-from bridge.transport.websocket import DEFAULT_PATH, WebSocketConfig, serve_websocket_agents
+from bridge.transport.websocket import DEFAULT_PATH, WebSocketConfig
 from relay import admin, audit_log
 from relay.audit import AuditConfig, admin_event
 from relay.certificates import CERT_FILE, ensure_self_signed, fingerprint, server_ssl_context
-from relay.config import RelayConfig
+from relay.config import RelayConfig, parse_networks
 from relay.credentials import DEFAULT_COST, check_cost
 from relay.errors import (
     CertificateError,
@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--max-pending",
             "RELAY_MAX_PENDING",
             _count,
-            "connections still in TLS or authentication; beyond, new ones are closed unread",
+            "connections (TLS and WebSocket) still in TLS or authentication, shared fairly "
+            "between source addresses; beyond, new ones are closed unread",
             defaults.max_pending.default,
         ),
         (
@@ -312,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
             "RELAY_AUTH_FAILURES_PER_MINUTE",
             _count,
             "failed logins allowed per source address (IPv4 address or IPv6 /64) per minute, in "
-            "bursts of as many; beyond, its logins are answered BUSY unchecked",
+            "bursts of as many, checks in flight included; beyond, its logins are answered BUSY "
+            "unchecked",
             defaults.auth_failures_per_minute.default,
         ),
         (
@@ -322,6 +324,30 @@ def build_parser() -> argparse.ArgumentParser:
             "agent sessions per bridge (agents with the same credentials); beyond, a new login is "
             "refused BUSY and the agent retries later, the sessions already up are kept",
             defaults.max_sessions_per_bridge.default,
+        ),
+        (
+            "--auth-failures-per-bridge",
+            "RELAY_AUTH_FAILURES_PER_BRIDGE",
+            _count,
+            "failed logins allowed per bridge ID per minute from the addresses that never "
+            "logged in as it (addresses it logged in from are not held back)",
+            defaults.auth_failures_per_bridge.default,
+        ),
+        (
+            "--bcrypt-threads",
+            "RELAY_BCRYPT_THREADS",
+            _count,
+            "bcrypt checks run at once; one of them is kept for bridges logging in again from "
+            "an address they used before",
+            defaults.bcrypt_threads.default,
+        ),
+        (
+            "--log-interval",
+            "RELAY_LOG_INTERVAL",
+            _seconds,
+            "repeated refusals and connections dropped before authentication are logged in "
+            "one summary line per this interval",
+            defaults.log_interval.default,
         ),
         (
             "--max-streams-per-bridge",
@@ -347,6 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get(env, f"{default:g}"),
             help=_env_help(text, env, f"{default:g}"),
         )
+    serve.add_argument(
+        "--proxy-protocol",
+        metavar="CIDR,...",
+        type=_type(parse_networks),
+        default=os.environ.get("RELAY_PROXY_PROTOCOL", ""),
+        help=_env_help(
+            "load balancers (addresses or CIDRs) that send a PROXY protocol v1/v2 header "
+            "first, on both agent listeners: their connections must carry one, and its "
+            "source address is used by every limit and log line; a header from any other "
+            "address is dropped",
+            "RELAY_PROXY_PROTOCOL",
+            "off",
+        ),
+    )
     _add_audit_log(serve, "append an audit event per tunnel opened, still open, and closed")
     serve.add_argument(
         "--audit-interval",
@@ -672,6 +712,10 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         bcrypt_cost=args.bcrypt_cost,
         max_pending=args.max_pending,
         auth_failures_per_minute=args.auth_failures_per_minute,
+        auth_failures_per_bridge=args.auth_failures_per_bridge,
+        bcrypt_threads=args.bcrypt_threads,
+        log_interval=args.log_interval,
+        proxy_protocol=args.proxy_protocol,
         max_sessions_per_bridge=args.max_sessions_per_bridge,
         max_streams_per_bridge=args.max_streams_per_bridge,
         max_pending_opens=args.max_pending_opens,
@@ -821,11 +865,9 @@ async def _serve_until_signal(
                 listeners = await _start(
                     nursery,
                     f"cannot listen for agents on {format_host_port(ws_host, ws_port)}",
-                    partial(serve_websocket_agents, config=config),
-                    relay.handle_agent,
+                    partial(relay.serve_websocket, config=config),
                     ws_host,
                     ws_port,
-                    relay.ssl_context,
                 )
                 address = format_host_port(ws_host, listeners[0].socket.getsockname()[1])
                 print(

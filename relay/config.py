@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,30 @@ _seconds: list[Callable[[Any, Any, Any], Any]] = [
 ]
 _count = [attrs.validators.instance_of(int), attrs.validators.gt(0)]
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str | list | tuple) -> tuple[Network, ...]:
+    """CIDRs (or single addresses) as a tuple of networks, from a comma-separated string or a
+    sequence of strings and networks; ValueError says which one is wrong."""
+    items = value.split(",") if isinstance(value, str) else value
+    networks = []
+    for item in items:
+        if isinstance(item, str):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                item = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"invalid CIDR {item!r}: expected e.g. 10.0.0.0/8") from None
+        networks.append(item)
+    return tuple(networks)
+
+
+#: bcrypt checks at once: one per core, at least two (one of them kept for known bridges).
+DEFAULT_BCRYPT_THREADS = max(2, os.cpu_count() or 1)
+
 
 @attrs.frozen(kw_only=True)
 class RelayConfig:
@@ -37,9 +63,24 @@ class RelayConfig:
         (bridges admitted before); also while the store is unreachable.
     store_retry_interval: while the store is unreachable, writes (last seen times) and the
         change notifications are retried this often.
-    max_pending: agent connections not yet authenticated; beyond, new ones are closed unread.
-    auth_failures_per_minute: failed logins one source address (IPv4 address, IPv6 /64) may
-        make per minute, in a burst of as many; beyond, it gets BUSY without a bcrypt check.
+    max_pending: agent connections (TLS and WebSocket) not yet authenticated, shared fairly
+        between source addresses (IPv4 address, IPv6 /64): when all are taken, an address
+        holding fewer takes one from the address holding the most; otherwise new connections
+        are closed unread.
+    proxy_protocol: load balancers (CIDRs) that send a PROXY protocol (v1 or v2) header first:
+        their connections must carry one, and its source address is the one every limit and
+        log line uses; anyone else sending one is dropped. Empty: off.
+    auth_failures_per_minute: logins needing a bcrypt check that one source address may fail
+        per minute, in a burst of as many, checks in flight included; beyond, it gets BUSY
+        without a check (credentials verified before are still let in).
+    auth_failures_per_bridge: the same, per bridge ID, for all the addresses that never
+        logged in as that bridge together (so knowing an ID cannot lock its agents out).
+    bcrypt_threads: bcrypt checks running at once.
+    bcrypt_reserved: of those, how many only bridges that logged in from the same address
+        before may use.
+    bcrypt_wait: a login that cannot start its bcrypt check within this is answered BUSY.
+    bcrypt_per_source: bcrypt checks one source address may have running or waiting at once;
+        beyond, its logins are answered BUSY (identical credentials share one check).
     rate_limit_sources: how many source addresses the login rate limit remembers (LRU).
     log_interval: refusals that repeat (rate-limited logins, connections over max_pending,
         busy bridges) are logged once, then summed up once per this interval.
@@ -66,7 +107,13 @@ class RelayConfig:
     store_login_wait: float = attrs.field(default=2.0, validator=_seconds)
     store_retry_interval: float = attrs.field(default=1.0, validator=_seconds)
     max_pending: int = attrs.field(default=256, validator=_count)
+    proxy_protocol: tuple[Network, ...] = attrs.field(default=(), converter=parse_networks)
     auth_failures_per_minute: int = attrs.field(default=10, validator=_count)
+    auth_failures_per_bridge: int = attrs.field(default=30, validator=_count)
+    bcrypt_threads: int = attrs.field(default=DEFAULT_BCRYPT_THREADS, validator=_count)
+    bcrypt_reserved: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    bcrypt_wait: float = attrs.field(default=2.0, validator=_seconds)
+    bcrypt_per_source: int = attrs.field(default=1, validator=_count)
     rate_limit_sources: int = attrs.field(default=10_000, validator=_count)
     log_interval: float = attrs.field(default=10.0, validator=_seconds)
     max_sessions_per_bridge: int = attrs.field(default=8, validator=_count)

@@ -23,7 +23,8 @@ import hmac
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager, nullcontext
 
 import bcrypt
 import trio
@@ -115,6 +116,7 @@ class Verifier:
         self._dummy_cost = self._cost
         self._limiter = trio.CapacityLimiter(threads or os.cpu_count() or 1)
         self._dummy: bytes | None = None
+        self._preparing = trio.Lock()
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size
@@ -137,13 +139,15 @@ class Verifier:
 
     async def prepare(self) -> bytes:
         """Make the dummy hash now, so the first unknown ID costs no more than later ones;
-        returns it."""
-        while self._dummy is None:
-            cost = self._dummy_cost
-            dummy = await self._run(hash_secret, new_secret(), cost)
-            if cost == self._dummy_cost:  # else the costs changed meanwhile: again
-                self._dummy = dummy
-        return self._dummy
+        returns it. Made once: concurrent callers wait for the first."""
+        while (dummy := self._dummy) is None:
+            async with self._preparing:
+                if self._dummy is None:
+                    cost = self._dummy_cost
+                    made = await self._run(hash_secret, new_secret(), cost)
+                    if cost == self._dummy_cost:  # else the costs changed meanwhile: again
+                        self._dummy = made
+        return dummy
 
     async def rehash(self, bridge_id: str, stored_hash: bytes, secret: bytes) -> bytes | None:
         """`stored_hash` made again at the relay's cost, if it has less (None if not), for a
@@ -156,23 +160,32 @@ class Verifier:
         return hashed
 
     async def verify(
-        self, bridge_id: str, stored_hash: bytes | None, secret: bytes, *, cached_only: bool = False
+        self,
+        bridge_id: str,
+        stored_hash: bytes | None,
+        secret: bytes,
+        *,
+        cached_only: bool = False,
+        budget: Callable[[], AbstractAsyncContextManager[object]] | None = None,
     ) -> bool:
         """True if `secret` matches `stored_hash` (None: the bridge does not exist).
 
         With `cached_only`, only credentials verified before are recognised (no bcrypt run).
+        `budget()` is entered around each bcrypt run this call starts (not when it shares a
+        run already going for the same credentials, nor for cached ones): whatever it raises
+        (a refusal) propagates, and no check is made.
         """
         if stored_hash is None:
             if not cached_only:
                 dummy = await self.prepare()
-                await self._check(self._mac("", dummy, secret), secret, dummy)
+                await self._check(self._mac("", dummy, secret), secret, dummy, budget)
             return False
         mac = self._mac(bridge_id, stored_hash, secret)
         known = self._verified.get(bridge_id)
         if known is not None and hmac.compare_digest(known, mac):
             self._verified.move_to_end(bridge_id)
             return True
-        if cached_only or not await self._check(mac, secret, stored_hash):
+        if cached_only or not await self._check(mac, secret, stored_hash, budget):
             return False
         self._verified[bridge_id] = mac
         self._verified.move_to_end(bridge_id)
@@ -180,7 +193,13 @@ class Verifier:
             self._verified.popitem(last=False)
         return True
 
-    async def _check(self, mac: bytes, secret: bytes, hashed: bytes) -> bool:
+    async def _check(
+        self,
+        mac: bytes,
+        secret: bytes,
+        hashed: bytes,
+        budget: Callable[[], AbstractAsyncContextManager[object]] | None,
+    ) -> bool:
         """bcrypt, once for all who present these credentials at the same time."""
         while (flight := self._flights.get(mac)) is not None:
             await flight.done.wait()
@@ -190,7 +209,8 @@ class Verifier:
         try:
             # Once the thread has started it runs to the end and its result is returned
             # even if the caller was cancelled meanwhile: the work is never thrown away.
-            flight.result = await self._run(_checkpw, secret, hashed)
+            async with budget() if budget is not None else nullcontext():
+                flight.result = await self._run(_checkpw, secret, hashed)
         finally:
             del self._flights[mac]
             flight.done.set()

@@ -39,9 +39,11 @@ class _Source:
 
 
 class LoginLimiter:
-    """Failed logins per source: a token bucket each (`per_minute` tokens, refilled evenly
-    over a minute), in an LRU of at most `size` sources. Forgetting a quiet source only
-    gives it a full bucket again."""
+    """Login attempts that need a bcrypt check, per key (a source address, or a bridge ID):
+    a token bucket each (`per_minute` tokens, refilled evenly over a minute), in an LRU of at
+    most `size` keys. An attempt is `charge`d before its check starts, so attempts in flight
+    count, and `refund`ed when it succeeds: only failures use the budget up. Forgetting a
+    quiet key only gives it a full bucket again."""
 
     def __init__(
         self, per_minute: int, size: int, *, clock: Callable[[], float] = time.monotonic
@@ -55,35 +57,50 @@ class LoginLimiter:
     def __len__(self) -> int:
         return len(self._sources)
 
-    def _refilled(self, source: str) -> _Source | None:
-        entry = self._sources.get(source)
-        if entry is not None:
-            now = self._clock()
-            entry.tokens = min(self._capacity, entry.tokens + (now - entry.stamp) * self._rate)
-            entry.stamp = now
-        return entry
-
-    def allows(self, source: str) -> bool:
-        """Whether a login from `source` may be checked (it has a failure left to spend)."""
-        entry = self._refilled(source)
-        return entry is None or entry.tokens >= 1
-
-    def failed(self, source: str) -> bool:
-        """Record a failed (or refused) login; True while `source` is within its limit."""
-        entry = self._refilled(source)
+    def _entry(self, key: str) -> _Source:
+        entry = self._sources.get(key)
+        now = self._clock()
         if entry is None:
-            entry = self._sources[source] = _Source(self._capacity, self._clock())
+            entry = self._sources[key] = _Source(self._capacity, now)
             while len(self._sources) > self._size:
                 self._sources.popitem(last=False)
-        self._sources.move_to_end(source)
-        if not entry.failures:
-            entry.since = entry.stamp
-        entry.failures += 1
+        else:
+            entry.tokens = min(self._capacity, entry.tokens + (now - entry.stamp) * self._rate)
+            entry.stamp = now
+        self._sources.move_to_end(key)
+        return entry
+
+    def allows(self, key: str) -> bool:
+        """Whether an attempt from `key` could be charged now (nothing is taken)."""
+        entry = self._sources.get(key)
+        return entry is None or self._entry(key).tokens >= 1
+
+    def charge(self, key: str) -> bool:
+        """Take one attempt from `key`'s budget; False (and nothing taken) when it is spent."""
+        entry = self._entry(key)
         if entry.tokens >= 1:
             entry.tokens -= 1
             return True
-        entry.limited = True
+        self._note(entry, limited=True)
         return False
+
+    def refund(self, key: str) -> None:
+        """Give back an attempt that succeeded (or never ran)."""
+        entry = self._sources.get(key)
+        if entry is not None:
+            entry.tokens = min(self._capacity, entry.tokens + 1)
+
+    def failed(self, key: str) -> bool:
+        """Record a failed login (already charged); True while `key` is within its limit."""
+        entry = self._entry(key)
+        self._note(entry, limited=False)
+        return not entry.limited and entry.failures <= self._capacity
+
+    def _note(self, entry: _Source, *, limited: bool) -> None:
+        if not entry.failures:
+            entry.since = entry.stamp
+        entry.failures += 1
+        entry.limited = entry.limited or limited
 
     def summaries(self, interval: float) -> list[tuple[str, int, float]]:
         """(source, failures, seconds) of each source that went over its limit in a window of

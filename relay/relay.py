@@ -5,8 +5,10 @@
 Each agent connection runs in its own task: TLS, `Hello`, credential check and `Welcome`
 within `RelayConfig.handshake_timeout`, then a yamux session (the relay is the server) kept in
 the `Registry` until it ends. Whatever an agent connection does wrong ends that connection
-only. At most `max_pending` connections may be on their way in; failed logins are limited
-per source address.
+only. At most `max_pending` connections may be on their way in, shared fairly between source
+addresses (`relay.admission`); bcrypt checks are a budgeted resource: charged per source
+address (and per bridge ID for addresses new to it) before they start, bounded in number, and
+answered BUSY when no slot comes in time.
 
 `Relay.connect` opens a stream through the bridge's least loaded session and sends the
 `ConnectRequest`; the agent's refusal comes back as an exception carrying its own words.
@@ -17,14 +19,18 @@ its session went away is retried on the bridge's other sessions, unseen by the c
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
+import math
 import os
 import socket
 import ssl
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -44,6 +50,7 @@ from bridge.protocol.connect import (
 from bridge.protocol.control import ControlMessage, encode_control
 from bridge.protocol.handshake import (
     HELLO_VERSION,
+    MAX_HELLO,
     VERSIONS,
     Agreement,
     HandshakeError,
@@ -58,6 +65,15 @@ from bridge.protocol.handshake import (
 from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.tls_stream import TLSStream
+from bridge.transport.websocket import (
+    DEFAULT_PATH,
+    FRAME_OVERHEAD,
+    WebSocketConfig,
+    WebSocketError,
+    WebSocketStream,
+    accept_websocket,
+)
+from relay.admission import AdmissionGate, DropLog, Ticket
 from relay.audit import BRIDGE_DELETED, SECRET_ROTATED, AuditHook, AuditTrail, Caller
 from relay.config import RelayConfig
 from relay.credentials import Verifier, cost_of, same_secret
@@ -72,6 +88,14 @@ from relay.errors import (
     TunnelError,
 )
 from relay.limits import LoginLimiter, Repeats, source_of
+from relay.proxy_protocol import (
+    MAX_HEADER as MAX_PROXY_HEADER,
+)
+from relay.proxy_protocol import (
+    ProxyHeaderError,
+    parse_proxy_header,
+    starts_like_proxy_header,
+)
 from relay.registry import AgentSession, Registry
 from relay.store import BridgeRecord, NodeRecord, Store
 from relay.store.access import StoreAccess
@@ -84,6 +108,7 @@ STORE_UNAVAILABLE_MESSAGE = "the relay cannot check credentials right now; retry
 _ADMITTED_MAX = 10_000
 _ALL = ""  # in Relay._changed: every bridge may have changed
 RATE_LIMITED_MESSAGE = "too many failed logins from this address; retry later"
+BUSY_MESSAGE = "the relay is busy checking other logins; retry later"
 _READ_SIZE = 4096
 _UNREACHABLE = {
     ConnectStatus.DNS_FAILURE,
@@ -99,6 +124,32 @@ def _extra(**fields: Any) -> dict[str, Any]:
 
 def _log(level: int, message: str, **fields: Any) -> None:
     log.log(level, message, extra=_extra(**fields))
+
+
+class _Dropped(Exception):
+    """A connection is dropped before authentication, unanswered; the message says why."""
+
+
+@attrs.frozen
+class _Arrival:
+    """What the gate hands a new agent connection's task."""
+
+    ticket: Ticket
+    peer: str  # ip:port as accepted
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@attrs.frozen
+class _WebSocketListen:
+    path: str
+    config: WebSocketConfig
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 class _Retry(Exception):
@@ -144,10 +195,22 @@ class Relay:
         if audit is not None:
             self.audit_trail.add_hook(audit)
         self.registry = Registry()
-        self._verifier = Verifier(cost=config.bcrypt_cost)
+        self._verifier = Verifier(cost=config.bcrypt_cost, threads=config.bcrypt_threads)
         self._logins = LoginLimiter(config.auth_failures_per_minute, config.rate_limit_sources)
+        self._bridge_logins = LoginLimiter(
+            config.auth_failures_per_bridge, config.rate_limit_sources
+        )
+        #: (source, bridge ID) pairs that logged in: they skip the per-bridge budget and may
+        #: use the reserved bcrypt threads.
+        self._logged_in_from: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._bcrypt_all = trio.CapacityLimiter(config.bcrypt_threads)
+        self._bcrypt_by_source: dict[str, int] = {}  # checks running or waiting, per source
+        self._bcrypt_strangers = trio.CapacityLimiter(
+            max(1, config.bcrypt_threads - config.bcrypt_reserved)
+        )
         self._repeats: Repeats[str | tuple[str, str]] = Repeats(config.log_interval)
-        self._pending = 0  # agent connections not yet admitted
+        self._admission = AdmissionGate(config.max_pending)
+        self._drops = DropLog(config.log_interval)
         self._accepting: set[trio.CancelScope] = set()
         self._stopping = False
         self._store = StoreAccess(store, threads=config.store_threads)
@@ -178,7 +241,7 @@ class Relay:
     @property
     def pending(self) -> int:
         """Agent connections still in TLS or authentication."""
-        return self._pending
+        return len(self._admission)
 
     @property
     def stopping(self) -> bool:
@@ -190,7 +253,8 @@ class Relay:
     async def serve(
         self, host: str | None, port: int, *, task_status=trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Accept agents over TLS on host:port until cancelled (port 0: any free port).
+        """Accept agents over TLS on host:port until cancelled (port 0: any free port), and run
+        the relay's housekeeping (store changes, log summaries).
 
         `task_status.started` gets the list of `trio.SocketListener`s. Raises OSError when it
         cannot listen. Cancelling it closes the listeners and ends every agent session at
@@ -208,20 +272,41 @@ class Relay:
             nursery.start_soon(self._write_seen)
             nursery.start_soon(self._verifier.prepare)
             nursery.start_soon(self._report_repeats)
-            await nursery.start(self.serve_listeners, self._handle_tcp, listeners, self._gate)
+            handler = partial(self._handle_connection, None)
+            await nursery.start(self.serve_listeners, handler, listeners, self._gate)
             task_status.started(listeners)
+
+    async def serve_websocket(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        path: str = DEFAULT_PATH,
+        config: WebSocketConfig | None = None,
+        task_status=trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept agents over WebSocket (wss://, upgrades to `path`) on host:port until
+        cancelled, through the same gate, PROXY header handling, deadline and login as
+        `serve` (run `serve` too: it does the housekeeping). The WebSocket's own sizes come
+        from `config`; until an agent has authenticated it may send no more than a Hello.
+        `task_status.started` gets the listeners; they close on `stop_accepting`."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        websocket = _WebSocketListen(path, config or WebSocketConfig())
+        handler = partial(self._handle_connection, websocket)
+        await self.serve_listeners(handler, listeners, self._gate, task_status=task_status)
 
     async def serve_listeners(
         self,
-        handler: Callable[[trio.SocketStream], Awaitable[None]],
+        handler: Callable[..., Awaitable[None]],
         listeners: list[trio.SocketListener],
-        gate: Callable[[], bool] | None = None,
+        gate: Callable[[trio.SocketStream], Any] | None = None,
         *,
         task_status=trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Like `trio.serve_listeners`, but the listeners close when the relay stops
         accepting, while the handlers of connections already accepted run on. `gate` is
-        asked before each connection is handed to a task: False closes it at once, unread."""
+        asked about each connection before it is handed to a task: None closes it at once,
+        unread; anything else is passed to the handler after the stream."""
         async with trio.open_nursery() as handlers:
             with trio.CancelScope() as accepting, _SpareDescriptor() as spare:
                 self._accepting.add(accepting)
@@ -240,8 +325,8 @@ class Relay:
                 await trio.aclose_forcefully(listener)
 
     def stop_accepting(self) -> None:
-        """Close every listener (agents and forwards): connections already in go on, and no
-        new tunnel is opened."""
+        """Close every listener (agents over TLS and WebSocket, forwards, SOCKS): connections
+        already in go on, and no new tunnel is opened."""
         self._stopping = True
         self.audit_trail.stopping = True
         for scope in self._accepting:
@@ -264,8 +349,8 @@ class Relay:
     async def _accept_loop(
         self,
         listener: trio.SocketListener,
-        handler: Callable[[trio.SocketStream], Awaitable[None]],
-        gate: Callable[[], bool] | None,
+        handler: Callable[..., Awaitable[None]],
+        gate: Callable[[trio.SocketStream], Any] | None,
         nursery: trio.Nursery,
         spare: _SpareDescriptor,
     ) -> None:
@@ -282,8 +367,10 @@ class Relay:
                     raise
                 await self._shed(listener, spare, exc)
                 continue
-            if gate is None or gate():
+            if gate is None:
                 nursery.start_soon(handler, stream)
+            elif (admitted := gate(stream)) is not None:
+                nursery.start_soon(handler, stream, admitted)
             else:
                 stream.socket.close()
 
@@ -309,73 +396,133 @@ class Relay:
         else:
             await trio.sleep(0.1)
 
-    # -- agents --------------------------------------------------------------------------
+    # -- admission -----------------------------------------------------------------------
 
-    def _gate(self) -> bool:
-        """Counts a new agent connection as pending, unless too many are already."""
-        if self._pending >= self.config.max_pending:
+    def _gate(self, tcp: trio.SocketStream) -> _Arrival | None:
+        """A pre-authentication slot for a new agent connection (see `AdmissionGate`), or
+        None: close it unread."""
+        try:
+            address = tcp.socket.getpeername()
+        except OSError:  # already gone
+            return None
+        ip = _ip(address[0])
+        source = source_of(str(ip))
+        ticket = self._admission.admit(source)
+        if ticket is None:
             if self._repeats.note("pending"):
                 _log(
                     logging.WARNING,
                     "Too many connections awaiting authentication: closing new ones unread",
                     limit=self.config.max_pending,
+                    source=source,
                 )
-            return False
-        self._pending += 1
-        return True
+            return None
+        return _Arrival(ticket, format_socket_address(address), ip)
 
-    async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
+    async def _handle_connection(
+        self, websocket: _WebSocketListen | None, tcp: trio.SocketStream, arrival: _Arrival
+    ) -> None:
+        """One agent connection, from accept to the end of its session. Never raises: a
+        misbehaving connection is logged and dropped."""
+        ticket, peer = arrival.ticket, arrival.peer
+        transport: trio.abc.Stream | None = None
         try:
-            peer = format_socket_address(tcp.socket.getpeername())
-            transport = TLSStream.wrap(tcp, self.ssl_context, server_side=True)
-        except OSError:  # already gone
-            self._pending -= 1
-            await trio.aclose_forcefully(tcp)
-            return
-        await self._serve_agent(transport, peer)
-
-    async def handle_agent(self, transport: trio.abc.Stream, peer: str) -> None:
-        """Serve one agent connection arriving on `transport` (TLS already wrapped around
-        it, its handshake done or not) until it ends. Never raises: a misbehaving connection
-        is logged and dropped."""
-        if self._gate():
-            await self._serve_agent(transport, peer)
-        else:
-            await trio.aclose_forcefully(transport)
-
-    async def _serve_agent(self, transport: trio.abc.Stream, peer: str) -> None:
-        """The connection counts as pending (see `_gate`) until admitted or dropped."""
-        pending = True
-        try:
-            admitted = None
-            with trio.move_on_after(self.config.handshake_timeout) as deadline:
-                if (tls_handshake := getattr(transport, "do_handshake", None)) is not None:
-                    await tls_handshake()
-                admitted = await self._admit(transport, peer)
-            pending = False
-            self._pending -= 1
-            if deadline.cancelled_caught:
-                _log(logging.INFO, "Connection dropped", peer=peer, reason="handshake timed out")
-            elif admitted is not None:
-                record, hello, agreement, leftover = admitted
-                try:
-                    await self._run_session(
-                        transport, peer, record, hello, leftover, agreement=agreement
-                    )
-                finally:
-                    self.registry.release_session(record.id)
+            with trio.CancelScope(
+                deadline=trio.current_time() + self.config.handshake_timeout
+            ) as handshake:
+                ticket.on_evict = handshake.cancel
+                if ticket.evicted:
+                    handshake.cancel()
+                if self.config.proxy_protocol:
+                    peer = await self._proxy_header(tcp, arrival)
+                    ticket.move(source_of(peer))
+                transport = TLSStream.wrap(tcp, self.ssl_context, server_side=True)
+                if websocket is None:
+                    await transport.do_handshake()
+                    await self._login(transport, peer, ticket, handshake)
+                else:
+                    async with accept_websocket(
+                        transport,
+                        path=websocket.path,
+                        config=websocket.config,
+                        receive_limit=MAX_HELLO + FRAME_OVERHEAD,
+                    ) as stream:
+                        await self._login(stream, peer, ticket, handshake)
+            if handshake.cancelled_caught and not ticket.released:  # released once admitted
+                if ticket.evicted:
+                    self._dropped(peer, ticket, "closed for a connection from another address")
+                else:
+                    self._dropped(peer, ticket, "handshake timed out")
+        except (_Dropped, WebSocketError) as exc:
+            self._dropped(peer, ticket, str(exc))
         except Exception as exc:
             if (broken := _connection_failure(exc)) is None:
                 log.exception("Unexpected error on agent connection", extra=_extra(peer=peer))
-            else:
+            elif ticket.released:  # admitted: its session broke
                 _log(logging.INFO, "Connection dropped", peer=peer, reason=_describe(broken))
+            else:
+                self._dropped(peer, ticket, _describe(broken))
         finally:
-            if pending:
-                self._pending -= 1
-            await trio.aclose_forcefully(transport)
+            ticket.release()
+            await trio.aclose_forcefully(transport if transport is not None else tcp)
+
+    def _dropped(self, peer: str, ticket: Ticket, reason: str, message: str = "") -> None:
+        """Log a connection dropped before authentication, within the log's budget."""
+        if self._drops.note(reason, ticket.source):
+            _log(logging.INFO, message or "Connection dropped", peer=peer, reason=reason)
+
+    async def _proxy_header(self, tcp: trio.SocketStream, arrival: _Arrival) -> str:
+        """The connection's real source `ip:port`: from the PROXY header a trusted load
+        balancer sends first (read exactly, nothing after it), else the peer's own. Raises
+        `_Dropped` for a header from anyone else, and for a missing or malformed one."""
+        sock = tcp.socket
+        if not any(arrival.ip in network for network in self.config.proxy_protocol):
+            if starts_like_proxy_header(await sock.recv(1, socket.MSG_PEEK)):
+                raise _Dropped("PROXY header from an address not trusted to send one")
+            return arrival.peer
+        buffer = b""
+        while True:
+            data = await sock.recv(MAX_PROXY_HEADER - len(buffer), socket.MSG_PEEK)
+            if not data:
+                raise _Dropped("closed before the PROXY header")
+            try:
+                parsed = parse_proxy_header(buffer + data)
+            except ProxyHeaderError as exc:
+                raise _Dropped(f"malformed PROXY header: {exc}") from None
+            if parsed is None:  # all of it belongs to the header
+                await sock.recv(len(data))
+                buffer += data
+                continue
+            header, size = parsed
+            await sock.recv(size - len(buffer))
+            if header.source is None:
+                return arrival.peer
+            return format_host_port(*header.source)
+
+    async def _login(
+        self,
+        transport: trio.abc.Stream,
+        peer: str,
+        ticket: Ticket,
+        handshake: trio.CancelScope,
+    ) -> None:
+        """The Hello and its answer, then (once admitted, free of the handshake's deadline and
+        of its slot: `ticket` is released) the session."""
+        admitted = await self._admit(transport, peer, ticket)
+        if admitted is None:
+            return
+        handshake.deadline = math.inf
+        ticket.release()
+        if isinstance(transport, WebSocketStream):
+            transport.lift_receive_limit()
+        record, hello, agreement, leftover = admitted
+        try:
+            await self._run_session(transport, peer, record, hello, leftover, agreement=agreement)
+        finally:
+            self.registry.release_session(record.id)
 
     async def _admit(
-        self, transport: trio.abc.Stream, peer: str
+        self, transport: trio.abc.Stream, peer: str, ticket: Ticket
     ) -> tuple[BridgeRecord, Hello, Agreement, bytes] | None:
         """Reads the Hello and answers it, in the highest version both sides speak.
 
@@ -384,17 +531,13 @@ class Relay:
         agreement = None
         try:
             while True:
-                data = await transport.receive_some(_READ_SIZE)
+                data = await transport.receive_some(MAX_HELLO)
                 if not data:
-                    _log(
-                        logging.INFO,
-                        "Connection dropped",
-                        peer=peer,
-                        reason="closed during the handshake",
-                    )
+                    self._dropped(peer, ticket, "closed during the handshake")
                     return None
                 if (hello := parser.feed(data)) is not None:
                     break
+            ticket.protect()
             if (agreement := negotiate(hello)) is None:
                 offered = ", ".join(map(str, sorted(hello.versions()))) or "none"
                 raise Refused(
@@ -402,7 +545,7 @@ class Relay:
                     f"no common bridge protocol version: the agent speaks {offered}, "
                     f"this relay {', '.join(map(str, VERSIONS))}",
                 )
-            record = await self._authenticate(hello, peer)
+            record = await self._authenticate(hello, peer, ticket.source)
             self._claim_session(record)
         except UnsupportedVersion as exc:
             refusal = Refused(
@@ -422,7 +565,7 @@ class Relay:
                 raise
             return record, hello, agreement, parser.leftover
         if refusal.status not in (WelcomeStatus.AUTH_FAILED, WelcomeStatus.BUSY):
-            _log(logging.INFO, "Handshake refused", peer=peer, reason=refusal.message)
+            self._dropped(peer, ticket, refusal.message, "Handshake refused")
         welcome = welcome_for(agreement, refusal.status, refusal.message)
         await transport.send_all(encode_welcome(welcome))
         await transport.aclose()
@@ -457,7 +600,7 @@ class Relay:
                     pass
         return self._admitted.get(bridge_id), False
 
-    async def _authenticate(self, hello: Hello, peer: str) -> BridgeRecord:
+    async def _authenticate(self, hello: Hello, peer: str, source: str) -> BridgeRecord:
         try:
             record, fresh = await self._find(hello.bridge_id)
         except Exception:
@@ -468,37 +611,99 @@ class Relay:
         if record is None and not fresh:
             raise Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
         stored_hash = None if record is None else record.secret_hash
-        source = source_of(peer)
-        # A source over its limit of failed logins gets no bcrypt check: only credentials
-        # verified before (other agents behind the same address) are still let in; the same
-        # while the store cannot be asked.
-        limited = not self._logins.allows(source)
         secret = hello.secret.encode()
-        cached_only = limited or not fresh
-        if await self._verifier.verify(
-            hello.bridge_id, stored_hash, secret, cached_only=cached_only
-        ):
+        charged: list[tuple[LoginLimiter, str]] = []
+        budget = partial(self._bcrypt_slot, source, hello.bridge_id, charged)
+        try:
+            # While the store cannot be asked, only credentials verified before get in.
+            verified = await self._verifier.verify(
+                hello.bridge_id, stored_hash, secret, cached_only=not fresh, budget=budget
+            )
+        except Refused:
+            self.metrics.auth_failures.inc(listener="agent")
+            raise
+        if verified:
             assert record is not None
+            _refund(charged)
             if fresh:  # the record is the store's: raise its bcrypt cost if it is lower
                 record = await self._rehashed(record, secret)
             self._admitted[record.id] = record
             self._admitted.move_to_end(record.id)
             while len(self._admitted) > _ADMITTED_MAX:
                 self._admitted.popitem(last=False)
+            self._logged_in_from[(source, record.id)] = None
+            self._logged_in_from.move_to_end((source, record.id))
+            while len(self._logged_in_from) > self.config.rate_limit_sources:
+                self._logged_in_from.popitem(last=False)
             return record
         if not fresh:
             raise Refused(WelcomeStatus.BUSY, STORE_UNAVAILABLE_MESSAGE)
         self.metrics.auth_failures.inc(listener="agent")
-        if self._logins.failed(source) and not limited:
+        if self._logins.failed(source):
             _log(
                 logging.WARNING,
                 "Authentication failed",
                 bridge_id=_loggable_id(hello.bridge_id),
                 peer=peer,
             )
-        if limited:
-            raise Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
         raise Refused(WelcomeStatus.AUTH_FAILED, AUTH_FAILED_MESSAGE)
+
+    @asynccontextmanager
+    async def _bcrypt_slot(
+        self, source: str, bridge_id: str, charged: list[tuple[LoginLimiter, str]]
+    ) -> AsyncIterator[None]:
+        """Entered around each bcrypt check a login needs: charges the attempt to its source
+        address (and to the bridge ID, unless this address logged in as it before), then
+        waits up to `bcrypt_wait` for a bcrypt slot. Raises `Refused` (BUSY) when the
+        address already has `bcrypt_per_source` checks running or waiting, when a budget is
+        spent, or when no slot comes in time."""
+        known = (source, bridge_id) in self._logged_in_from
+        in_flight = self._bcrypt_by_source.get(source, 0)
+        if in_flight >= self.config.bcrypt_per_source:
+            raise Refused(WelcomeStatus.BUSY, BUSY_MESSAGE)
+        self._bcrypt_by_source[source] = in_flight + 1
+        try:
+            async with self._charged_slot(source, bridge_id, known, charged):
+                yield
+        finally:
+            if self._bcrypt_by_source[source] > 1:
+                self._bcrypt_by_source[source] -= 1
+            else:
+                del self._bcrypt_by_source[source]
+
+    @asynccontextmanager
+    async def _charged_slot(
+        self, source: str, bridge_id: str, known: bool, charged: list[tuple[LoginLimiter, str]]
+    ) -> AsyncIterator[None]:
+        budgets = [(self._logins, source)]
+        if not known:
+            budgets.append((self._bridge_logins, bridge_id))
+        for budget, key in budgets:
+            if not budget.charge(key):
+                _refund(charged)
+                raise Refused(WelcomeStatus.BUSY, RATE_LIMITED_MESSAGE)
+            charged.append((budget, key))
+        slots = [self._bcrypt_all] if known else [self._bcrypt_strangers, self._bcrypt_all]
+        held: list[trio.CapacityLimiter] = []
+        try:
+            with trio.move_on_after(self.config.bcrypt_wait):
+                for slot in slots:
+                    await slot.acquire()
+                    held.append(slot)
+            if len(held) < len(slots):
+                _refund(charged)
+                if self._repeats.note("bcrypt"):
+                    _log(
+                        logging.WARNING,
+                        "Logins answered BUSY: no bcrypt slot free in time",
+                        threads=self.config.bcrypt_threads,
+                        wait=self.config.bcrypt_wait,
+                    )
+                raise Refused(WelcomeStatus.BUSY, BUSY_MESSAGE)
+            yield
+        finally:
+            for slot in reversed(held):
+                slot.release()
 
     async def _run_session(
         self,
@@ -626,8 +831,23 @@ class Relay:
                     failures=count,
                     limit=f"{self.config.auth_failures_per_minute} per minute",
                 )
+            if (drops := self._drops.summary()) is not None:
+                _log(
+                    logging.INFO,
+                    drops.describe(),
+                    dropped=drops.count,
+                    reasons=drops.reasons,
+                    sources=dict(drops.sources),
+                )
             for key, count, seconds in self._repeats.summaries():
-                if key == "pending":
+                if key == "bcrypt":
+                    _log(
+                        logging.WARNING,
+                        f"Logins answered BUSY, no bcrypt slot free in time: {count} more in the"
+                        f" last {seconds:.0f} s",
+                        refused=count,
+                    )
+                elif key == "pending":
                     _log(
                         logging.WARNING,
                         f"Connections closed unread, over the limit of {self.config.max_pending}"
@@ -1048,6 +1268,13 @@ class _SpareDescriptor:
         os.close(self._fd)
         self._fd = None
         return True
+
+
+def _refund(charged: list[tuple[LoginLimiter, str]]) -> None:
+    """Give back the login budget charged for a check that succeeded or never ran."""
+    for budget, key in charged:
+        budget.refund(key)
+    charged.clear()
 
 
 def _reason(status: ConnectStatus | None) -> str:

@@ -331,8 +331,7 @@ async def _authenticate(
         raise Refused(_AUTH_FAILED, f"malformed authentication (version {version})")
     username = await _receive(client, length)
     password = await _receive(client, (await _receive(client, 1))[0])
-    if not limiter.allows(source):
-        limiter.failed(source)  # counted in the interval's summary
+    if not limiter.charge(source):  # counted in the interval's summary
         metrics.auth_failures.inc(listener="socks")
         raise Refused(_LOCKED_OUT, "too many failed logins from this address: locked out")
     ok = _same(username, credentials[0]) & _same(password, credentials[1])
@@ -340,6 +339,7 @@ async def _authenticate(
         metrics.auth_failures.inc(listener="socks")
         limiter.failed(source)
         raise Refused(_AUTH_FAILED, "wrong username or password")
+    limiter.refund(source)  # only failures use the budget up
     await client.send_all(b"\x01\x00")
 
 

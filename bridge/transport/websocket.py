@@ -6,12 +6,13 @@ Binary messages carry the bytes that would otherwise go straight over TLS, and
 `WebSocketStream` exposes the connection as a `trio.abc.Stream`, so the handshake, mux and
 everything above run unchanged. Clients use `open_websocket_stream` (TCP, possibly through
 an HTTP proxy, then TLS, then the upgrade) or `websocket_client` (the upgrade of a TLS
-stream already open); the relay runs `serve_websocket_agents`.
+stream already open); servers use `accept_websocket` on each incoming TLS connection.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import operator
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -113,6 +114,13 @@ class WebSocketStream(trio.abc.Stream):
         self._closed = False
         self._send_conflict = ConflictDetector(SENDING)
         self._receive_conflict = ConflictDetector(RECEIVING)
+        self._receive_limit: _ReceiveLimit | None = None
+
+    def lift_receive_limit(self) -> None:
+        """Let the peer send as much as it likes from now on (the relay calls this once the
+        agent has authenticated; see `accept_websocket`)."""
+        if self._receive_limit is not None:
+            self._receive_limit.limit = None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send `data` as binary messages of at most ``max_message_size`` bytes each. Raises
@@ -281,6 +289,74 @@ async def websocket_client(
         await trio.aclose_forcefully(transport)
 
 
+#: Bytes a client may send before its upgrade request is complete: h11's own bound on a
+#: request head, which wsproto uses.
+UPGRADE_LIMIT = 16 * 1024
+#: Bytes of WebSocket framing around one client message (header, length, mask).
+FRAME_OVERHEAD = 14
+
+
+@asynccontextmanager
+async def accept_websocket(
+    transport: TLSStream,
+    *,
+    path: str = DEFAULT_PATH,
+    config: WebSocketConfig | None = None,
+    receive_limit: int | None = None,
+) -> AsyncIterator[WebSocketStream]:
+    """Server side: the TLS handshake and WebSocket upgrade of an incoming connection, then
+    the stream until the block is left (the stream is closed then).
+
+    Upgrades to ``path`` are accepted (with any query); others are refused with 404. No
+    deadline of its own: bound it with a cancel scope. With ``receive_limit``, the peer may
+    send at most that many bytes after the upgrade until `WebSocketStream.lift_receive_limit`
+    (beyond, the connection is not read), so an unauthenticated peer cannot make the server
+    hold more than that; before the upgrade it may send at most `UPGRADE_LIMIT` bytes.
+    Raises `WebSocketError` (``status`` None) saying why a connection was not accepted;
+    ``transport`` is closed when this raises and when the block is left.
+    """
+    config = config or WebSocketConfig()
+    limited = _ReceiveLimit(transport, UPGRADE_LIMIT if receive_limit is not None else None)
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as upgrade:
+                reader = _ReaderTask(nursery, upgrade)
+                connection = await _upgrade(reader, transport, limited, path, config)
+            if upgrade.cancelled_caught:
+                raise WebSocketError("no WebSocket upgrade request")
+            limited.limit = receive_limit
+            async with WebSocketStream(connection, transport, config=config) as stream:
+                stream._receive_limit = limited
+                yield stream
+    except BaseExceptionGroup as group:
+        _raise_single(group)
+    finally:
+        await trio.aclose_forcefully(transport)
+
+
+async def _upgrade(
+    reader: _ReaderTask,
+    transport: TLSStream,
+    limited: _ReceiveLimit,
+    path: str,
+    config: WebSocketConfig,
+) -> WebSocketConnection:
+    try:
+        await transport.do_handshake()
+        request = await trio_websocket.wrap_server_stream(
+            reader.as_nursery(), limited, **config._sizes()
+        )
+        if urlsplit(request.path).path == path:
+            return await request.accept()
+        await request.reject(HTTPStatus.NOT_FOUND)
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__ or exc
+        raise WebSocketError(f"TLS error: {getattr(cause, 'reason', None) or cause}") from None
+    except ConnectionClosed:
+        raise WebSocketError("connection lost during the WebSocket upgrade") from None
+    raise WebSocketError(f"WebSocket upgrade to {request.path[:100]!r} refused with 404")
+
+
 async def serve_websocket_agents(
     handler: Callable[[WebSocketStream, str], Awaitable[Any]],
     host: str | None,
@@ -291,15 +367,15 @@ async def serve_websocket_agents(
     config: WebSocketConfig | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept WebSocket connections over TLS on host:port until cancelled (port 0: any free
-    port), and run ``await handler(stream, peer)`` for each upgrade to ``path``, with the
-    peer's ``ip:port``; other paths are refused with 404. The stream is closed when the
-    handler returns. `task_status.started` gets the list of `trio.SocketListener`s.
-    Connections that fail before the handler runs are logged and dropped. Raises OSError
-    when it cannot listen. Cancelling it closes the listeners and cancels the handlers.
+    """A plain WebSocket server: accept connections over TLS on host:port until cancelled
+    (port 0: any free port), and run ``await handler(stream, peer)`` for each upgrade to
+    ``path`` (see `accept_websocket`), with the peer's ``ip:port``, within
+    ``config.handshake_timeout``. `task_status.started` gets the listeners. Connections that
+    fail before the handler runs are logged and dropped. Raises OSError when it cannot
+    listen. Cancelling it closes the listeners and cancels the handlers.
 
-    For the relay: ``await nursery.start(serve_websocket_agents, relay.handle_agent, host,
-    port, relay.ssl_context)``.
+    It has no admission control: the relay serves agents with `relay.Relay.serve_websocket`,
+    which puts every connection through its gate before TLS.
     """
     config = config or WebSocketConfig()
 
@@ -310,47 +386,59 @@ async def serve_websocket_agents(
             await tcp.aclose()
             return
         transport = TLSStream.wrap(tcp, ssl_context, server_side=True)
-        async with trio.open_nursery() as nursery:
-            try:
-                connection = await _accept(nursery, transport, path, config)
-            except _Dropped as exc:
-                log.info("Connection dropped", extra={"fields": {"peer": peer, "reason": str(exc)}})
-                await trio.aclose_forcefully(transport)
-                return
-            async with WebSocketStream(connection, transport, config=config) as stream:
-                await handler(stream, peer)
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + config.handshake_timeout) as s:
+                async with accept_websocket(transport, path=path, config=config) as stream:
+                    s.deadline = math.inf
+                    await handler(stream, peer)
+            if s.cancelled_caught and s.deadline != math.inf:
+                raise WebSocketError("WebSocket upgrade timed out")
+        except WebSocketError as exc:
+            log.info("Connection dropped", extra={"fields": {"peer": peer, "reason": str(exc)}})
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     await trio.serve_listeners(serve, listeners, task_status=task_status)
 
 
-class _Dropped(Exception):
-    """An incoming connection was not accepted; the message says why."""
+class _ReceiveLimit(trio.abc.Stream):
+    """What trio-websocket reads from: ``stream``, of which at most ``limit`` more bytes are
+    read (None: no limit); past the limit, reading waits until the limit is raised."""
 
+    def __init__(self, stream: trio.abc.Stream, limit: int | None) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._raised = trio.Event()
 
-async def _accept(
-    nursery: trio.Nursery, transport: TLSStream, path: str, config: WebSocketConfig
-) -> WebSocketConnection:
-    """TLS and the upgrade of one incoming connection; raises `_Dropped` when it fails."""
-    with trio.move_on_after(config.handshake_timeout) as upgrade:
-        reader = _ReaderTask(nursery, upgrade)
-        try:
-            await transport.do_handshake()
-            request = await trio_websocket.wrap_server_stream(
-                reader.as_nursery(), transport, **config._sizes()
-            )
-            if urlsplit(request.path).path == path:
-                return await request.accept()
-            await request.reject(HTTPStatus.NOT_FOUND)
-        except trio.BrokenResourceError as exc:
-            cause = exc.__cause__ or exc
-            raise _Dropped(f"TLS error: {getattr(cause, 'reason', None) or cause}") from None
-        except ConnectionClosed:
-            raise _Dropped("connection lost during the WebSocket upgrade") from None
-        raise _Dropped(f"WebSocket upgrade to {request.path[:100]!r} refused with 404")
-    raise _Dropped(
-        "no WebSocket upgrade request" if reader.ended else "WebSocket upgrade timed out"
-    )
+    @property
+    def limit(self) -> int | None:
+        return self._limit
+
+    @limit.setter
+    def limit(self, limit: int | None) -> None:
+        self._limit = limit
+        self._raised.set()
+        self._raised = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        while self._limit is not None and self._limit <= 0:
+            await self._raised.wait()
+        if self._limit is None:
+            return await self._stream.receive_some(max_bytes)
+        data = await self._stream.receive_some(
+            self._limit if max_bytes is None else min(max_bytes, self._limit)
+        )
+        if self._limit is not None:
+            self._limit -= len(data)
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class _ReaderTask:

@@ -383,9 +383,7 @@ async def ws_relay(nursery, certificates):
     store = MemoryStore()
     bridge_id, secret = store.create_bridge("office", cost=4)
     relay = Relay(store, certificates.server_context(), config=RelayConfig(bcrypt_cost=4))
-    listeners = await nursery.start(
-        serve_websocket_agents, relay.handle_agent, "127.0.0.1", 0, relay.ssl_context
-    )
+    listeners = await nursery.start(relay.serve_websocket, "127.0.0.1", 0)
     return relay, listeners[0].socket.getsockname()[1], bridge_id, secret
 
 

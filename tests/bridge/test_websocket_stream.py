@@ -286,7 +286,9 @@ async def test_relay_admits_an_agent_over_websocket(nursery, certificates, clien
     store = MemoryStore()
     bridge_id, secret = store.create_bridge("office", cost=4)
     relay = Relay(store, certificates.server_context(), config=RelayConfig(bcrypt_cost=4))
-    server = await Server().start(nursery, certificates, relay.handle_agent)
+    listeners = await nursery.start(relay.serve_websocket, "127.0.0.1", 0)
+    server = Server()
+    server.port = listeners[0].socket.getsockname()[1]
     target_port = await serve(nursery, echo)
 
     async def serve_tunnel(session: mux.Session) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,9 +306,15 @@ class Launcher:
         self.processes.append(process)
         return process
 
-    def relay(self, *targets: str, args: Iterable[str | Path] = (), **popen) -> Relay:
+    def relay(
+        self,
+        *targets: str,
+        args: Iterable[str | Path] = (),
+        env: dict[str, str] | None = None,
+        **popen,
+    ) -> Relay:
         """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening
-        (`popen`: more arguments for `subprocess.Popen`)."""
+        (`env` adds to its clean environment; `popen`: more arguments for `subprocess.Popen`)."""
         argv = [
             RELAY,
             "--data-dir",
@@ -320,6 +328,8 @@ class Launcher:
         ]
         for target in targets:
             argv += ["--forward", f"{self.bridge.name}={target}"]
+        if env:
+            popen["env"] = clean_env(**env)
         process = self.start("relay", argv, **popen)
         agents = process.wait_for(r"^agents: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
         forwards = {}
@@ -384,3 +394,25 @@ def write_tls_files(directory: Path) -> TLSFiles:
     """A throwaway CA (`relay.testing.ThrowawayCA`) and a relay certificate it signed, as
     PEM files in `directory`."""
     return TLSFiles(*ThrowawayCA.create().write(directory))
+
+
+def log_lines(log: str, message: str) -> list[dict]:
+    """The fields of each text-format log line whose message is or starts with `message`."""
+    found = []
+    for line in log.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[2].startswith(message):
+            found.append(json.loads(parts[3]) if len(parts) > 3 else {})
+    return found
+
+
+def dropped_by_reason(log: str) -> Counter[str]:
+    """Connections dropped before authentication, by reason: the ones logged one by one
+    ("Connection dropped", "Handshake refused") plus those summed up per interval."""
+    counts: Counter[str] = Counter()
+    for message in ("Connection dropped", "Handshake refused"):
+        for fields in log_lines(log, message):
+            counts[fields.get("reason", "?")] += 1
+    for fields in log_lines(log, "Connections dropped before authentication"):
+        counts.update(fields["reasons"])
+    return counts

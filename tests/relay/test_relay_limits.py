@@ -51,13 +51,16 @@ def test_sources_are_ipv4_addresses_and_ipv6_prefixes():
 def test_login_limiter_is_a_token_bucket_in_a_bounded_lru():
     clock = Clock()
     limiter = LoginLimiter(6, 2, clock=clock)  # 6 per minute: one more every 10 s
-    assert [limiter.failed("a") for _ in range(7)] == [True] * 6 + [False]
+    assert [limiter.charge("a") for _ in range(7)] == [True] * 6 + [False]  # charged up front
     assert not limiter.allows("a")
+    limiter.refund("a")  # a login that succeeded costs nothing
+    assert limiter.charge("a") and not limiter.allows("a")
+    assert [limiter.failed("a") for _ in range(6)] == [False] * 6  # logged in the summary
     clock.now += 10
-    assert limiter.allows("a") and limiter.failed("a") and not limiter.allows("a")
+    assert limiter.allows("a") and limiter.charge("a") and not limiter.allows("a")
     assert limiter.summaries(60) == []  # its window has not ended yet
     clock.now += 51
-    assert limiter.summaries(60) == [("a", 8, 61)]
+    assert limiter.summaries(60) == [("a", 7, 61)]  # one refusal, six failures
     assert limiter.summaries(60) == []
     limiter.failed("b")
     limiter.failed("c")
