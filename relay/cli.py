@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -403,8 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--node",
         metavar="NAME",
         default=os.environ.get("RELAY_NODE"),
-        help=_env_help("this relay's name in audit events", "RELAY_NODE", "host name:agent port"),
+        help=_env_help(
+            "this relay's name in audit events and in 'bridge-relay nodes'; give each relay "
+            "sharing a store its own",
+            "RELAY_NODE",
+            "host name:agent port",
+        ),
     )
+    _add_node_timeout(serve)
     _add_cost(
         serve,
         "bcrypt cost of the stored secrets (unknown bridge IDs are checked "
@@ -514,6 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="one JSON object per line, as stored in the log (default: a table)",
     )
 
+    nodes = commands.add_parser(
+        "nodes",
+        parents=[common],
+        help="list the relays that share this store",
+        description="List the relay processes registered in the bridge store: name, where "
+        "agents reach them, heartbeat age, bridges held, tunnels open, alive or gone.",
+    )
+    nodes.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per node and line (default: a table)",
+    )
+    _add_node_timeout(nodes)
+
     test = commands.add_parser(
         "test",
         parents=[common],
@@ -581,6 +601,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_logging(demo, "WARNING")
     return parser
+
+
+def _add_node_timeout(parser: argparse.ArgumentParser) -> None:
+    default = f"{RelayConfig().node_timeout:g}"
+    parser.add_argument(
+        "--node-timeout",
+        metavar="SECONDS",
+        type=_type(_seconds),
+        default=os.environ.get("RELAY_NODE_TIMEOUT", default),
+        help=_env_help(
+            "a relay that has not heartbeated for this long is gone (it heartbeats three times "
+            "as often)",
+            "RELAY_NODE_TIMEOUT",
+            default,
+        ),
+    )
 
 
 def _add_cost(parser: argparse.ArgumentParser, text: str) -> None:
@@ -688,6 +724,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             keepalive_interval=args.keepalive_interval, ping_timeout=args.keepalive_timeout
         ),
         node=args.node or None,
+        node_timeout=args.node_timeout,
         audit=AuditConfig(interval=args.audit_interval),
     )
     relay = Relay(store, ssl_context, config=config)
@@ -1133,9 +1170,62 @@ def _list_bridges(store: Store, data_dir: Path, *, as_json: bool = False) -> Non
             status = f"connected ({peers})"
         last_seen = "now" if sessions else _when(record.last_seen_at)
         rows.append((record.name, record.id, _when(record.created_at), status, last_seen))
+    _print_table(rows)
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell; the last one unpadded."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for cells in rows:
         print("  ".join(c.ljust(width) for c, width in zip(cells, widths)) + "  " + cells[-1])
+
+
+def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
+    """``bridge-relay nodes``: the relays registered in the store, alive or gone by
+    --node-timeout. Raises `Failure` with a one-line message."""
+    _require_store(args, data_dir)
+    store = _open_store(args, data_dir)
+    try:
+        nodes = store.list_nodes()
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        store.close()
+    timeout = args.node_timeout
+    if args.json:
+        for node in nodes:
+            row = {
+                "name": node.name,
+                "agent_address": node.agent_address,
+                "peer_address": node.peer_address,
+                "peer_fingerprint": node.peer_fingerprint,
+                "started_at": _iso(node.started_at),
+                "heartbeat_age": None if node.age is None else round(node.age, 3),
+                "alive": node.age is not None and node.age < timeout,
+                "bridges": node.bridges,
+                "streams": node.streams,
+            }
+            print(json.dumps(row, separators=(",", ":")))
+        return 0
+    if not nodes:
+        _note("No relay has registered in this store: 'bridge-relay serve' does.")
+        return 0
+    rows = [("NAME", "AGENTS", "PEERS", "HEARTBEAT", "BRIDGES", "STREAMS", "STATUS")]
+    for node in nodes:
+        age = node.age if node.age is not None else float("inf")
+        rows.append(
+            (
+                node.name,
+                node.agent_address,
+                node.peer_address or "-",
+                f"{age:.1f} s ago",
+                str(node.bridges),
+                str(node.streams),
+                "alive" if age < timeout else f"gone (silent over {timeout:g} s)",
+            )
+        )
+    _print_table(rows)
+    return 0
 
 
 def _relay_status(data_dir: Path) -> dict[str, list[dict[str, Any]]] | None:
@@ -1345,6 +1435,7 @@ _COMMANDS = {
     "bridges": cmd_bridges,
     "test": cmd_test,
     "store": cmd_store,
+    "nodes": cmd_nodes,
     "audit": cmd_audit,
     "demo": cmd_demo,
 }
@@ -1357,8 +1448,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError(
-                "a command is required: serve, fingerprint, bridges, test, store, audit or "
-                "demo "
+                "a command is required: serve, fingerprint, bridges, test, store, nodes, "
+                "audit or demo "
                 "(see bridge-relay --help)"
             )
         data_dir = Path(

@@ -91,7 +91,10 @@ class RelayConfig:
     max_pending_opens: streams of one bridge waiting for the agent's answer about a target.
     drain_timeout: on shutdown, how long open streams may go on after GoAway.
     mux: yamux settings for agent sessions (None: the defaults), keepalive included.
-    node: this relay's name in audit events (None: host name and agent port, `host:4000`).
+    node: this relay's name in audit events and in the store's node list (None: host name
+        and agent port, `host:4000`).
+    node_timeout: a node that has not heartbeated for this long is gone; it heartbeats three
+        times as often.
     audit: the audit trail's queue and progress interval.
     """
 
@@ -119,4 +122,5 @@ class RelayConfig:
     drain_timeout: float = attrs.field(default=30.0, validator=_seconds)
     mux: mux.Config | None = None
     node: str | None = None
+    node_timeout: float = attrs.field(default=10.0, validator=_seconds)
     audit: AuditConfig = attrs.field(factory=AuditConfig)

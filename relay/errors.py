@@ -82,3 +82,7 @@ class StoreError(RelayError):
 
 class StoreNotInitialised(StoreError):
     """The bridge store has no schema yet: `serve` or `bridges create` makes it."""
+
+
+class NodeNameTaken(RelayError):
+    """Another running relay has this node name (it heartbeated within the node timeout)."""

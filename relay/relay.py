@@ -80,6 +80,7 @@ from relay.credentials import Verifier, cost_of, same_secret
 from relay.errors import (
     BridgeBusy,
     BridgeNotConnected,
+    NodeNameTaken,
     RelayShuttingDown,
     StoreError,
     TargetNotAllowed,
@@ -96,7 +97,7 @@ from relay.proxy_protocol import (
     starts_like_proxy_header,
 )
 from relay.registry import AgentSession, Registry
-from relay.store import BridgeRecord, Store
+from relay.store import BridgeRecord, NodeRecord, Store
 from relay.store.access import StoreAccess
 
 log = logging.getLogger("relay.relay")
@@ -260,10 +261,12 @@ class Relay:
         once, cutting their tunnels: call `drain` first to let them finish.
         """
         listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
         if self.config.node is None:
-            bound = listeners[0].socket.getsockname()[1]
             self.audit_trail.node = f"{socket.gethostname()}:{bound}"
+        node = await self._register_node(format_host_port(host or "0.0.0.0", bound))
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeat, node)
             await nursery.start(self.audit_trail.run)
             nursery.start_soon(self._watch_store)
             nursery.start_soon(self._write_seen)
@@ -875,6 +878,60 @@ class Relay:
                         bridge=key[1],
                         refused=count,
                     )
+
+    # -- this node in the store -----------------------------------------------------------
+
+    async def _register_node(self, agent_address: str) -> NodeRecord:
+        """This relay in the store's node list; an unreachable store is only logged (the
+        heartbeat retries). A name that another process heartbeated within the node timeout
+        is taken over with a warning: usually this relay's own predecessor, killed and
+        restarted; if another relay runs with the same name, it logs that it lost it."""
+        record = NodeRecord(
+            self.node, uuid.uuid4().hex, agent_address, started_at=round(time.time(), 3)
+        )
+        try:
+            try:
+                await self._store.run(self.store.claim_node, record, self.config.node_timeout)
+            except NodeNameTaken:
+                _log(
+                    logging.WARNING,
+                    "Node name taken over from a process that heartbeated within the node "
+                    "timeout (a relay that was killed, or another relay with this name)",
+                    node=record.name,
+                )
+                await self._store.run(self.store.claim_node, record, 0)
+        except StoreError:
+            pass
+        return record
+
+    async def _heartbeat(self, record: NodeRecord) -> None:
+        """Heartbeats every third of the node timeout with the bridges held and tunnels open;
+        removes this relay from the node list on the way out."""
+        timeout = self.config.node_timeout
+        taken = False
+        try:
+            while True:
+                await trio.sleep(timeout / 3)
+                record = attrs.evolve(
+                    record,
+                    bridges=len({agent.bridge_id for agent in self.registry}),
+                    streams=self.registry.open_streams_total(),
+                )
+                try:
+                    await self._store.run(self.store.claim_node, record, timeout)
+                    taken = False
+                except StoreError:
+                    pass
+                except NodeNameTaken as exc:
+                    if not taken:  # once per takeover, not per heartbeat
+                        _log(logging.WARNING, "Node name held by another relay", reason=str(exc))
+                    taken = True
+        finally:
+            with trio.move_on_after(2, shield=True):
+                try:
+                    await self._store.run(self.store.remove_node, record.name, record.instance)
+                except StoreError:
+                    pass
 
     # -- store changes -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from relay.store.memory import MemoryStore
-from relay.store.records import BridgeRecord, Store, check_name
+from relay.store.records import BridgeRecord, NodeRecord, Store, check_name
 from relay.store.sqlite import SQLiteStore
 from relay.store.url import StoreURL, open_store
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BridgeRecord",
     "MemoryStore",
+    "NodeRecord",
     "PostgresStore",
     "SQLiteStore",
     "Store",

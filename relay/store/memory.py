@@ -4,14 +4,15 @@
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 
 import attrs
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
-from relay.errors import DuplicateBridge, UnknownBridge
-from relay.store.records import BridgeRecord, StoreBase, check_name
+from relay.errors import DuplicateBridge, NodeNameTaken, UnknownBridge
+from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
 
 
 class MemoryStore(StoreBase):
@@ -20,6 +21,7 @@ class MemoryStore(StoreBase):
     def __init__(self) -> None:
         self._bridges: dict[str, BridgeRecord] = {}
         self._generation = 0
+        self._nodes: dict[str, NodeRecord] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -90,6 +92,25 @@ class MemoryStore(StoreBase):
     def generation(self) -> int:
         """As `Store.generation`."""
         return self._generation
+
+    def claim_node(self, node: NodeRecord, timeout: float) -> None:
+        now = time.time()
+        with self._lock:
+            held = self._nodes.get(node.name)
+            if held and held.instance != node.instance and now - held.heartbeat_at < timeout:
+                raise NodeNameTaken(f"node {node.name} is running (another process has the name)")
+            self._nodes[node.name] = attrs.evolve(node, heartbeat_at=now)
+
+    def list_nodes(self) -> builtins.list[NodeRecord]:
+        now = time.time()
+        with self._lock:
+            nodes = sorted(self._nodes.values(), key=lambda n: n.name)
+        return [attrs.evolve(n, age=now - n.heartbeat_at) for n in nodes]
+
+    def remove_node(self, name: str, instance: str) -> None:
+        with self._lock:
+            if (held := self._nodes.get(name)) is not None and held.instance == instance:
+                del self._nodes[name]
 
     def close(self) -> None:
         """Nothing to release."""

@@ -15,6 +15,7 @@ a schema migrated by a newer one during a rolling upgrade.
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import logging
 import threading
@@ -31,8 +32,15 @@ from psycopg import conninfo, errors, sql
 from psycopg.types.json import Jsonb
 
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
-from relay.errors import DuplicateBridge, StoreError, StoreNotInitialised, UnknownBridge
-from relay.store.records import BridgeRecord, StoreBase, check_name
+from relay.errors import (
+    DuplicateBridge,
+    NodeNameTaken,
+    StoreError,
+    StoreNotInitialised,
+    UnknownBridge,
+)
+from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
+from relay.store.sqlite import NODE_COLUMNS
 
 log = logging.getLogger("relay.store")
 
@@ -77,6 +85,22 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
             "CREATE INDEX audit_events_time ON audit_events (time)",
             "CREATE INDEX audit_events_bridge_time ON audit_events (bridge_id, time)",
+        ],
+    ),
+    (
+        3,
+        [
+            """CREATE TABLE nodes (
+                name TEXT PRIMARY KEY,
+                instance TEXT NOT NULL,
+                agent_address TEXT NOT NULL,
+                peer_address TEXT,
+                peer_fingerprint TEXT,
+                started_at DOUBLE PRECISION NOT NULL,
+                heartbeat_at DOUBLE PRECISION NOT NULL,
+                bridges INTEGER NOT NULL DEFAULT 0,
+                streams INTEGER NOT NULL DEFAULT 0
+            )""",
         ],
     ),
 ]
@@ -406,6 +430,52 @@ class PostgresStore(StoreBase):
         """As `Store.generation`."""
         row = self._run(lambda conn: conn.execute("SELECT value FROM bridge_generation").fetchone())
         return int(row[0])
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def claim_node(self, node: NodeRecord, timeout: float) -> None:
+        now = "extract(epoch from clock_timestamp())"
+
+        def upsert(conn: psycopg.Connection) -> int:
+            return conn.execute(
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, {now}, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET instance = excluded.instance,"
+                " agent_address = excluded.agent_address, peer_address = excluded.peer_address,"
+                " peer_fingerprint = excluded.peer_fingerprint, started_at = excluded.started_at,"
+                " heartbeat_at = excluded.heartbeat_at, bridges = excluded.bridges,"
+                " streams = excluded.streams"
+                f" WHERE nodes.instance = excluded.instance OR nodes.heartbeat_at < {now} - %s",
+                (
+                    node.name,
+                    node.instance,
+                    node.agent_address,
+                    node.peer_address,
+                    node.peer_fingerprint,
+                    node.started_at,
+                    node.bridges,
+                    node.streams,
+                    timeout,
+                ),
+            ).rowcount
+
+        if self._run(upsert) == 0:
+            raise NodeNameTaken(f"node {node.name} is running (another process has the name)")
+
+    def list_nodes(self) -> builtins.list[NodeRecord]:
+        rows = self._run(
+            lambda conn: conn.execute(
+                f"SELECT {NODE_COLUMNS}, extract(epoch from clock_timestamp()) - heartbeat_at"
+                " FROM nodes ORDER BY name"
+            ).fetchall()
+        )
+        return [attrs.evolve(NodeRecord(*row[:-1]), age=float(row[-1])) for row in rows]
+
+    def remove_node(self, name: str, instance: str) -> None:
+        self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM nodes WHERE name = %s AND instance = %s", (name, instance)
+            )
+        )
 
     # -- notifications ------------------------------------------------------------------
 

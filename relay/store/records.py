@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 import time
 import uuid
@@ -33,6 +34,28 @@ class BridgeRecord:
         return bridge in (self.id, self.name)
 
 
+@attrs.frozen
+class NodeRecord:
+    """A relay process registered in the store (`Store.claim_node`).
+
+    `instance` tells two processes that give the same name apart; `heartbeat_at` is the
+    store's clock when it last wrote (PostgreSQL's, so that nodes with skewed clocks agree);
+    `age` (seconds since that heartbeat, by the store's clock) is filled in by `list_nodes`.
+    `bridges` and `streams`: bridges with a session on this node and tunnels open through it.
+    """
+
+    name: str
+    instance: str
+    agent_address: str
+    peer_address: str | None = None
+    peer_fingerprint: str | None = None
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    bridges: int = 0
+    streams: int = 0
+    age: float | None = attrs.field(default=None, eq=False)
+
+
 def check_name(name: str) -> str:
     """`name` if it is a valid bridge name; raises InvalidBridgeName otherwise."""
     if not _NAME.fullmatch(name) or _is_uuid(name):
@@ -58,7 +81,9 @@ class Store(Protocol):
     from a bounded pool of worker threads (`relay.store.access.StoreAccess`), never on its
     event loop. Failures of the store itself raise `relay.errors.StoreError`.
     `generation()` grows whenever any process changed the bridges (create, delete, rotate,
-    import; not `mark_seen`). A store whose writers can tell running relays at once also
+    import; not `mark_seen`). `claim_node` registers or heartbeats a relay process: it raises
+    NodeNameTaken if another instance holds the name and heartbeated less than `timeout`
+    seconds ago. A store whose writers can tell running relays at once also
     has ``async listen(on_change, *, task_status)`` (see `PostgresStore.listen`).
     """
 
@@ -96,6 +121,17 @@ class Store(Protocol):
 
     def generation(self) -> int:
         """A number that grows whenever any process changed the bridges (not for `mark_seen`)."""
+
+    def claim_node(self, node: NodeRecord, timeout: float) -> None:
+        """Register or heartbeat a relay process (its heartbeat time is the store's clock).
+        Raises NodeNameTaken if another instance holds the name and heartbeated less than
+        `timeout` seconds ago."""
+
+    def list_nodes(self) -> builtins.list[NodeRecord]:
+        """Every registered node, by name, with its heartbeat `age` filled in."""
+
+    def remove_node(self, name: str, instance: str) -> None:
+        """Remove the node `name` if `instance` still holds it."""
 
     def close(self) -> None:
         """Release what the store holds (connections, files); it is not used afterwards."""

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import sqlite3
@@ -12,9 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
+
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
-from relay.errors import DuplicateBridge, StoreError, UnknownBridge
-from relay.store.records import BridgeRecord, StoreBase, check_name
+from relay.errors import DuplicateBridge, NodeNameTaken, StoreError, UnknownBridge
+from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridges (
@@ -25,7 +28,24 @@ CREATE TABLE IF NOT EXISTS bridges (
     last_seen_at REAL
 )
 """
+_NODES = """
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    agent_address TEXT NOT NULL,
+    peer_address TEXT,
+    peer_fingerprint TEXT,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    bridges INTEGER NOT NULL DEFAULT 0,
+    streams INTEGER NOT NULL DEFAULT 0
+)
+"""
 _COLUMNS = "id, name, secret_hash, created_at, last_seen_at"
+NODE_COLUMNS = (
+    "name, instance, agent_address, peer_address, peer_fingerprint, started_at, heartbeat_at,"
+    " bridges, streams"
+)
 
 
 class SQLiteStore(StoreBase):
@@ -68,6 +88,7 @@ class SQLiteStore(StoreBase):
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute(_SCHEMA)
+            db.execute(_NODES)
             self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
         except BaseException:
             db.close()
@@ -166,3 +187,38 @@ class SQLiteStore(StoreBase):
                 self._data_version = version
                 self._generation += 1
             return self._generation
+
+    def claim_node(self, node: NodeRecord, timeout: float) -> None:
+        now = time.time()
+        changed = self._write(
+            f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET instance = excluded.instance,"
+            " agent_address = excluded.agent_address, peer_address = excluded.peer_address,"
+            " peer_fingerprint = excluded.peer_fingerprint, started_at = excluded.started_at,"
+            " heartbeat_at = excluded.heartbeat_at, bridges = excluded.bridges,"
+            " streams = excluded.streams"
+            " WHERE nodes.instance = excluded.instance OR nodes.heartbeat_at < ?",
+            (
+                node.name,
+                node.instance,
+                node.agent_address,
+                node.peer_address,
+                node.peer_fingerprint,
+                node.started_at,
+                now,
+                node.bridges,
+                node.streams,
+                now - timeout,
+            ),
+        )
+        if changed == 0:
+            raise NodeNameTaken(f"node {node.name} is running (another process has the name)")
+
+    def list_nodes(self) -> builtins.list[NodeRecord]:
+        now = time.time()
+        with self._conn() as db:
+            rows = db.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name").fetchall()
+        return [attrs.evolve(NodeRecord(*row), age=now - row[6]) for row in rows]
+
+    def remove_node(self, name: str, instance: str) -> None:
+        self._write("DELETE FROM nodes WHERE name = ? AND instance = ?", (name, instance))

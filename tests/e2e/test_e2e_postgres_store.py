@@ -8,7 +8,9 @@ test stops the store."""
 from __future__ import annotations
 
 import datetime
+import json
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from .e2e_support import (
     free_port,
     parse_assignments,
     relay_cli,
+    wait_until,
 )
 from .postgres_server import PostgresServer
 
@@ -195,3 +198,62 @@ def test_store_outage_keeps_tunnels_and_logins_and_logs_each_change_once(
         if launch is not None:
             launch.close()
         store.close()
+
+
+def test_nodes_lists_the_relays_sharing_a_store(
+    postgres: Postgres, postgres_url: str, tmp_path: Path
+):
+    bridge = _pg_bridge(tmp_path, postgres_url)
+    launch = Launcher(bridge, tmp_path)
+    try:
+        store_args = ["--store", postgres_url, "--node-timeout", "1.5"]
+        first = launch.relay(postgres.target, args=[*store_args, "--node", "first"])
+        second = launch.relay(
+            args=[*store_args, "--node", "second", "--data-dir", tmp_path / "second-data"]
+        )
+        launch.agent(first, [postgres.target])
+        psql = launch.start(
+            "psql", postgres.psql_argv("select pg_sleep(30)", first.forwards[postgres.target])
+        )
+        _wait_until_running(postgres, "select pg_sleep(30)")
+
+        def nodes() -> dict[str, dict]:
+            listed = relay_cli(tmp_path / "elsewhere", "--store", postgres_url, "nodes", "--json")
+            assert listed.returncode == 0, listed.stderr
+            return {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
+
+        wait_until(lambda: nodes()["first"]["streams"] == 1, "the heartbeat with the tunnel")
+        listed = nodes()
+        assert set(listed) == {"first", "second"}
+        assert listed["first"]["agent_address"] == f"127.0.0.1:{first.agent_port}"
+        assert (listed["first"]["bridges"], listed["second"]["bridges"]) == (1, 0)
+        assert all(row["alive"] and row["heartbeat_age"] < 1.5 for row in listed.values())
+
+        # A relay started with a live node's name (as after a kill -9 and a restart within
+        # the node timeout) takes it over, and says so; the other one says it lost it.
+        third = launch.relay(
+            args=[*store_args, "--node", "first", "--data-dir", tmp_path / "third-data"]
+        )
+        third.process.wait_for(r"\tWARNING\tNode name taken over from a process", timeout=5)
+        first.process.wait_for(r"\tWARNING\tNode name held by another relay", timeout=5)
+        assert nodes()["first"]["agent_address"] == f"127.0.0.1:{third.agent_port}"
+        third.process.stop(first=signal.SIGTERM)
+        wait_until(
+            lambda: (
+                nodes().get("first", {}).get("agent_address") == f"127.0.0.1:{first.agent_port}"
+            ),
+            "the first relay to hold its name again",
+            10,
+        )
+        # A relay killed outright is gone after the node timeout; one stopped cleanly leaves.
+        second.process.stop()  # SIGKILL
+        wait_until(lambda: not nodes()["second"]["alive"], "the killed node to be gone", 10)
+        psql.stop()
+        postgres.psql(
+            "select pg_terminate_backend(pid) from pg_stat_activity"
+            " where query = 'select pg_sleep(30)'"
+        )
+        first.process.stop(first=signal.SIGTERM)
+        wait_until(lambda: "first" not in nodes(), "the stopped node to leave", 10)
+    finally:
+        launch.close()

@@ -12,8 +12,14 @@ import trio
 
 from relay import PostgresStore, SQLiteStore, UnknownBridge
 from relay.credentials import rehash_secret, same_secret
-from relay.errors import DuplicateBridge, InvalidBridgeName, StoreError, StoreNotInitialised
-from relay.store import BridgeRecord, StoreURL, open_store
+from relay.errors import (
+    DuplicateBridge,
+    InvalidBridgeName,
+    NodeNameTaken,
+    StoreError,
+    StoreNotInitialised,
+)
+from relay.store import BridgeRecord, NodeRecord, StoreURL, open_store
 from relay.store.postgres import SCHEMA_VERSION
 
 from .relay_support import COST
@@ -116,6 +122,28 @@ def test_import_keeps_id_hash_and_times(store):
         store.import_bridge(attrs.evolve(record, id=str(uuid.uuid4())))
     with pytest.raises(DuplicateBridge):
         store.import_bridge(attrs.evolve(record, name="other"))
+
+
+def test_nodes_register_heartbeat_and_leave(store):
+    first = NodeRecord("n1", "instance-a", "0.0.0.0:4000", started_at=1000.0)
+    store.claim_node(first, timeout=60)
+    store.claim_node(attrs.evolve(first, bridges=2, streams=5), timeout=60)  # a heartbeat
+    store.claim_node(NodeRecord("n2", "instance-b", "10.0.0.2:4000"), timeout=60)
+    (n1, n2) = store.list_nodes()
+    assert (n1.name, n1.agent_address, n1.bridges, n1.streams) == ("n1", "0.0.0.0:4000", 2, 5)
+    assert n1.started_at == 1000.0 and n1.peer_address is None
+    assert 0 <= n1.age < 5 and n2.name == "n2"
+    # Another process with a live node's name is refused; once the node is silent for
+    # longer than the timeout, the name may be taken.
+    intruder = NodeRecord("n1", "instance-c", "127.0.0.1:4001")
+    with pytest.raises(NodeNameTaken, match="node n1 is running"):
+        store.claim_node(intruder, timeout=60)
+    store.claim_node(intruder, timeout=0.000001)
+    assert store.list_nodes()[0].instance == "instance-c"
+    store.remove_node("n1", "instance-a")  # not its row any more: left alone
+    assert [n.name for n in store.list_nodes()] == ["n1", "n2"]
+    store.remove_node("n1", "instance-c")
+    assert [n.name for n in store.list_nodes()] == ["n2"]
 
 
 def test_sqlite_changes_by_another_process_are_noticed(tmp_path):
