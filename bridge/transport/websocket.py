@@ -142,12 +142,28 @@ class WebSocketStream(trio.abc.Stream):
                 raise self._closed_error(exc.reason) from None
 
     async def wait_send_all_might_not_block(self) -> None:
-        """Returns after a checkpoint (trio-websocket does not expose the socket's readiness).
-        Raises `trio.BusyResourceError` when another task is sending, `trio.ClosedResourceError`
-        once closed."""
+        """Wait until the transport under the WebSocket takes writes (while holding the
+        connection's write lock, so the WebSocket's own pongs and close frames never interleave
+        with the wait). Raises `trio.BusyResourceError` when another task is sending,
+        `trio.ClosedResourceError` once closed; returns when the connection broke (the next
+        send says how). Cancelling it has no other effect."""
         with self._send_conflict:
-            await checkpoint()
             self._check_open()
+            # trio-websocket serialises every write to its stream with this lock; without it
+            # (another version of the library) a checkpoint is the honest fallback.
+            lock = getattr(self.connection, "_stream_lock", None)
+            if lock is None:
+                await checkpoint()
+                return
+            try:
+                async with lock:
+                    await self.transport.wait_send_all_might_not_block()
+            except trio.BrokenResourceError:
+                return
+            except trio.ClosedResourceError:
+                if self._closed:
+                    raise trio.ClosedResourceError("the WebSocket stream was closed") from None
+                return
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to `max_bytes` of the current binary message (all of it without `max_bytes`), ``b""``

@@ -4,9 +4,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import math
 import ssl
+import struct
+import termios
+from collections.abc import Awaitable, Callable
 from functools import partial
+from socket import SO_SNDBUF, SOL_SOCKET
 
 import attrs
 import trio
@@ -20,8 +25,12 @@ from bridge.protocol.connect import (
 )
 from bridge.protocol.handshake import Hello, HelloParser, Welcome, WelcomeStatus, encode_welcome
 from bridge.transport.prefixed_stream import PrefixedStream
+from bridge.transport.tls import client_ssl_context
 from bridge.transport.tls_stream import TLSStream
 from relay.testing import ThrowawayCA
+
+#: The largest TLS record's worth of data.
+RECORD = b"x" * 16384
 
 
 @attrs.frozen
@@ -143,3 +152,36 @@ async def serve(nursery, handler) -> int:
     """Run a TCP server on 127.0.0.1; returns its port."""
     listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     return listeners[0].socket.getsockname()[1]
+
+
+async def tls_socketpair(
+    certificates: Certificates,
+) -> tuple[TLSStream, TLSStream, list[tuple[int, int]]]:
+    """A client and a server `TLSStream` over a Unix socket pair, after the handshake, with each
+    one's descriptor and SO_SNDBUF (for `clog`)."""
+    a, b = (trio.SocketStream(sock) for sock in trio.socket.socketpair())
+    # TLSStream.wrap keeps the descriptors
+    buffers = [(s.socket.fileno(), s.socket.getsockopt(SOL_SOCKET, SO_SNDBUF)) for s in (a, b)]
+    context = client_ssl_context(ca_file=certificates.ca_file)
+    client = TLSStream.wrap(a, context, server_side=False, server_hostname="localhost")
+    server = TLSStream.wrap(b, certificates.server_context(), server_side=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    return client, server, buffers
+
+
+async def clog(send_all: Callable[[bytes], Awaitable[None]], fd: int, size: int) -> None:
+    """Send whole records until the socket's send buffer is full: the stream is then clogged
+    at a record boundary, and the next write, whatever its data, waits for the peer (a write
+    cut short would leave OpenSSL waiting to be given the same bytes again).
+
+    A Unix socket takes a write of one record as one buffer, at once, while the bytes it
+    holds (SIOCOUTQ) are under its SO_SNDBUF, `size`; at or over it, a write waits."""
+    while unsent_bytes(fd) < size:
+        await send_all(RECORD)
+
+
+def unsent_bytes(fd: int) -> int:
+    """Bytes of the socket's send buffer not yet read by the peer (Linux SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0]

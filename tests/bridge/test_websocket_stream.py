@@ -12,6 +12,7 @@ from functools import partial
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 
 import mux
 from bridge.protocol.connect import (
@@ -34,7 +35,7 @@ from bridge.transport.websocket import (
 )
 from relay import MemoryStore, Relay, RelayConfig
 
-from .bridge_support import echo, serve
+from .bridge_support import clog, echo, serve, tls_socketpair
 from .connect_proxy import ConnectProxy
 
 
@@ -88,6 +89,42 @@ async def test_passes_trios_two_way_stream_checks(server, client_context) -> Non
             return client, accepted
 
         await trio.testing.check_two_way_stream(make_pair, None)
+
+
+async def test_passes_trios_clogged_stream_checks(nursery, certificates) -> None:
+    """WebSocket streams over TLS over a Unix socket pair, each direction clogged at a message
+    boundary: `wait_send_all_might_not_block` waits for the peer, closing wakes a blocked send."""
+    config = WebSocketConfig()
+
+    async def make_pair(*, clogged: bool = False) -> tuple[WebSocketStream, WebSocketStream]:
+        client_tls, server_tls, buffers = await tls_socketpair(certificates)
+        sizes = config._sizes()
+        accepted: list[WebSocketStream] = []
+
+        async def accept() -> None:
+            request = await trio_websocket.wrap_server_stream(nursery, server_tls, **sizes)
+            connection = await request.accept()
+            accepted.append(WebSocketStream(connection, server_tls, config=config))
+
+        async with trio.open_nursery() as handshake:
+            handshake.start_soon(accept)
+            connection = await trio_websocket.wrap_client_stream(
+                nursery, client_tls, "localhost", "/bridge", **sizes
+            )
+        client = WebSocketStream(connection, client_tls, config=config)
+        server = accepted[0]
+        if clogged:
+            for stream, (fd, size) in zip((client, server), buffers):
+                # One message per TLS record: its payload and frame header fit in one.
+                await clog(partial(_send_one_message, stream), fd, size)
+        return client, server
+
+    with trio.fail_after(30):
+        await trio.testing.check_two_way_stream(make_pair, partial(make_pair, clogged=True))
+
+
+async def _send_one_message(stream: WebSocketStream, record: bytes) -> None:
+    await stream.send_all(record[:16000])
 
 
 async def test_large_writes_arrive_intact(server, client_context) -> None:
