@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from bridge.ops.metrics import Metrics
+from bridge.validators import positive_number
 from relay.errors import (
     BridgeBusy,
     BridgeNotConnected,
@@ -225,12 +226,6 @@ class HookSink:
         """Nothing to release."""
 
 
-_seconds: list[Callable[[Any, Any, Any], Any]] = [
-    attrs.validators.instance_of((int, float)),
-    attrs.validators.gt(0),
-]
-
-
 @attrs.frozen(kw_only=True)
 class AuditConfig:
     """interval: seconds between the progress events of a tunnel that stays open.
@@ -241,12 +236,12 @@ class AuditConfig:
     log_interval: a dropped event or a failing sink is logged once per this.
     flush_timeout: on shutdown, how long the sinks get for the events still queued."""
 
-    interval: float = attrs.field(default=60.0, validator=_seconds)
+    interval: float = attrs.field(default=60.0, validator=positive_number)
     queue_size: int = attrs.field(default=10_000, validator=attrs.validators.gt(0))
     batch_size: int = attrs.field(default=512, validator=attrs.validators.gt(0))
     batch_delay: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))
-    log_interval: float = attrs.field(default=10.0, validator=_seconds)
-    flush_timeout: float = attrs.field(default=5.0, validator=_seconds)
+    log_interval: float = attrs.field(default=10.0, validator=positive_number)
+    flush_timeout: float = attrs.field(default=5.0, validator=positive_number)
 
 
 @attrs.define(eq=False)

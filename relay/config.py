@@ -6,22 +6,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
+from bridge.validators import positive_count, positive_number
 from relay.audit import AuditConfig
 from relay.credentials import DEFAULT_COST, check_cost
 
 if TYPE_CHECKING:
     import mux
 
-_seconds: list[Callable[[Any, Any, Any], Any]] = [
-    attrs.validators.instance_of((int, float)),
-    attrs.validators.gt(0),
-]
-_count = [attrs.validators.instance_of(int), attrs.validators.gt(0)]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -98,29 +93,29 @@ class RelayConfig:
     audit: the audit trail's queue and progress interval.
     """
 
-    handshake_timeout: float = attrs.field(default=10.0, validator=_seconds)
-    connect_timeout: float = attrs.field(default=15.0, validator=_seconds)
+    handshake_timeout: float = attrs.field(default=10.0, validator=positive_number)
+    connect_timeout: float = attrs.field(default=15.0, validator=positive_number)
     bcrypt_cost: int = attrs.field(default=DEFAULT_COST, validator=lambda _, __, v: check_cost(v))
-    store_poll_interval: float = attrs.field(default=0.5, validator=_seconds)
-    store_check_interval: float = attrs.field(default=5.0, validator=_seconds)
-    store_threads: int = attrs.field(default=4, validator=_count)
-    store_login_wait: float = attrs.field(default=2.0, validator=_seconds)
-    store_retry_interval: float = attrs.field(default=1.0, validator=_seconds)
-    max_pending: int = attrs.field(default=256, validator=_count)
+    store_poll_interval: float = attrs.field(default=0.5, validator=positive_number)
+    store_check_interval: float = attrs.field(default=5.0, validator=positive_number)
+    store_threads: int = attrs.field(default=4, validator=positive_count)
+    store_login_wait: float = attrs.field(default=2.0, validator=positive_number)
+    store_retry_interval: float = attrs.field(default=1.0, validator=positive_number)
+    max_pending: int = attrs.field(default=256, validator=positive_count)
     proxy_protocol: tuple[Network, ...] = attrs.field(default=(), converter=parse_networks)
-    auth_failures_per_minute: int = attrs.field(default=10, validator=_count)
-    auth_failures_per_bridge: int = attrs.field(default=30, validator=_count)
-    bcrypt_threads: int = attrs.field(default=DEFAULT_BCRYPT_THREADS, validator=_count)
+    auth_failures_per_minute: int = attrs.field(default=10, validator=positive_count)
+    auth_failures_per_bridge: int = attrs.field(default=30, validator=positive_count)
+    bcrypt_threads: int = attrs.field(default=DEFAULT_BCRYPT_THREADS, validator=positive_count)
     bcrypt_reserved: int = attrs.field(default=1, validator=attrs.validators.ge(0))
-    bcrypt_wait: float = attrs.field(default=2.0, validator=_seconds)
-    bcrypt_per_source: int = attrs.field(default=1, validator=_count)
-    rate_limit_sources: int = attrs.field(default=10_000, validator=_count)
-    log_interval: float = attrs.field(default=10.0, validator=_seconds)
-    max_sessions_per_bridge: int = attrs.field(default=8, validator=_count)
-    max_streams_per_bridge: int = attrs.field(default=16_384, validator=_count)
-    max_pending_opens: int = attrs.field(default=256, validator=_count)
-    drain_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    bcrypt_wait: float = attrs.field(default=2.0, validator=positive_number)
+    bcrypt_per_source: int = attrs.field(default=1, validator=positive_count)
+    rate_limit_sources: int = attrs.field(default=10_000, validator=positive_count)
+    log_interval: float = attrs.field(default=10.0, validator=positive_number)
+    max_sessions_per_bridge: int = attrs.field(default=8, validator=positive_count)
+    max_streams_per_bridge: int = attrs.field(default=16_384, validator=positive_count)
+    max_pending_opens: int = attrs.field(default=256, validator=positive_count)
+    drain_timeout: float = attrs.field(default=30.0, validator=positive_number)
     mux: mux.Config | None = None
     node: str | None = None
-    node_timeout: float = attrs.field(default=10.0, validator=_seconds)
+    node_timeout: float = attrs.field(default=10.0, validator=positive_number)
     audit: AuditConfig = attrs.field(factory=AuditConfig)

@@ -23,7 +23,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -73,13 +73,9 @@ from bridge.transport.splice import splice
 from bridge.transport.tls import FingerprintMismatch, PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocket_client
+from bridge.validators import positive_number
 
 log = logging.getLogger("bridge.agent")
-
-_positive: list[Callable[[Any, Any, Any], Any]] = [
-    attrs.validators.instance_of((int, float)),
-    attrs.validators.gt(0),
-]
 
 
 @attrs.frozen(kw_only=True)
@@ -87,28 +83,28 @@ class AgentConfig:
     """Durations are seconds."""
 
     #: TCP connect to the relay, and to each target address.
-    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=10.0, validator=positive_number)
     #: TLS handshake, WebSocket upgrade (wss://) and Hello/Welcome, together.
-    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    handshake_timeout: float = attrs.field(default=10.0, validator=positive_number)
     #: The relay must send a stream's connect request within this, and DNS must answer within it.
-    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    request_timeout: float = attrs.field(default=10.0, validator=positive_number)
     #: How much one read from a target or a stream asks for.
     copy_size: int = attrs.field(default=256 * 1024, validator=attrs.validators.ge(64 * 1024))
     #: Ping the relay this often; no answer within keepalive_timeout ends the session (and a
     #: new one is dialed). Both override the values in mux_config.
-    keepalive_interval: float = attrs.field(default=30.0, validator=_positive)
-    keepalive_timeout: float = attrs.field(default=10.0, validator=_positive)
+    keepalive_interval: float = attrs.field(default=30.0, validator=positive_number)
+    keepalive_timeout: float = attrs.field(default=10.0, validator=positive_number)
     #: Reconnect delays double up to this (with full jitter; the first is under 1 s).
-    max_backoff: float = attrs.field(default=30.0, validator=_positive)
+    max_backoff: float = attrs.field(default=30.0, validator=positive_number)
     #: A session that lasted this long was healthy: the next reconnect starts the backoff over.
-    healthy_session: float = attrs.field(default=10.0, validator=_positive)
+    healthy_session: float = attrs.field(default=10.0, validator=positive_number)
     #: Connection attempts in flight from one session to one target address; more wait for
     #: a turn (within connect_timeout), so a relay cannot make the agent flood a host.
     max_dials_per_target: int = attrs.field(
         default=16, validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)]
     )
     #: After `Agent.drain`, how long open streams may take to finish before they are cut.
-    drain_timeout: float = attrs.field(default=30.0, validator=_positive)
+    drain_timeout: float = attrs.field(default=30.0, validator=positive_number)
     #: Settings of the yamux session; None for mux's defaults.
     mux_config: mux.Config | None = None
 

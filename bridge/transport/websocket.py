@@ -32,6 +32,7 @@ from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
 from bridge.transport.http_status import status_phrase
 from bridge.transport.tls import PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
+from bridge.validators import positive_count, positive_number
 from mux.conflict import RECEIVING, SENDING, ConflictDetector
 
 DEFAULT_PATH = "/bridge"
@@ -48,30 +49,23 @@ class _Sizes(TypedDict):
     receive_buffer_size: int
 
 
-_positive: list[Callable[[Any, Any, Any], Any]] = [
-    attrs.validators.instance_of((int, float)),
-    attrs.validators.gt(0),
-]
-_size = [attrs.validators.instance_of(int), attrs.validators.ge(1)]
-
-
 @attrs.frozen(kw_only=True)
 class WebSocketConfig:
     """Sizes are bytes, durations seconds."""
 
     #: The largest message sent (longer writes are split) and accepted (a larger one ends the
     #: connection with close code 1009): keep it the same on both ends.
-    max_message_size: int = attrs.field(default=1024 * 1024, validator=_size)
+    max_message_size: int = attrs.field(default=1024 * 1024, validator=positive_count)
     #: Messages received but not read yet, at most: beyond this the socket is not read.
-    message_queue_size: int = attrs.field(default=4, validator=_size)
+    message_queue_size: int = attrs.field(default=4, validator=positive_count)
     #: How much one read from the socket asks for (trio-websocket's own default is 4 KiB).
-    receive_buffer_size: int = attrs.field(default=256 * 1024, validator=_size)
+    receive_buffer_size: int = attrs.field(default=256 * 1024, validator=positive_count)
     #: `open_websocket_stream`: TCP connect, including the proxy's CONNECT.
-    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=10.0, validator=positive_number)
     #: TLS handshake and HTTP upgrade (on the relay: from accepting the connection on).
-    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    handshake_timeout: float = attrs.field(default=10.0, validator=positive_number)
     #: How long closing waits for the peer to answer the close frame.
-    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    close_timeout: float = attrs.field(default=5.0, validator=positive_number)
 
     def _sizes(self) -> _Sizes:
         return {
