@@ -48,6 +48,7 @@ from relay.errors import (
     UnknownBridge,
 )
 from relay.forward import ForwardSpec, serve_forward
+from relay.os_limits import raise_open_files_limit
 from relay.relay import Relay
 from relay.socks import SocksConfig, serve_socks
 from relay.store import Store, StoreURL, open_store
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
             "RELAY_MAX_PENDING_OPENS",
             _count,
             "tunnels per bridge waiting for the agent to reach their target; beyond, new ones "
-            "are refused",
+            "wait for a slot (forwards stop accepting) for up to --connect-timeout",
             defaults.max_pending_opens.default,
         ),
     ]:
@@ -695,6 +696,9 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
     # changes itself, once each.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     lock = _lock_data_dir(data_dir)  # held until the process exits
+    # Every connection of a burst needs a descriptor: take all the hard limit allows.
+    descriptors, _ = raise_open_files_limit()
+    log.debug("Open file descriptor limit", extra={"fields": {"limit": descriptors}})
     store = _open_store(args, data_dir, create=True)
     for spec in forwards:
         try:

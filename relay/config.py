@@ -48,7 +48,8 @@ class RelayConfig:
     """Durations are in seconds.
 
     handshake_timeout: an agent connection must finish TLS and authentication within this.
-    connect_timeout: how long `Relay.connect` waits for the agent's answer about a target.
+    connect_timeout: how long `Relay.connect` waits for the agent's answer about a target
+        (and, before, at most as long for a slot under max_pending_opens).
     bcrypt_cost: cost of the dummy hash checked for unknown bridge IDs (match the stored ones).
     store_poll_interval: how often the store is checked for changes made by other processes.
     store_check_interval: the same, while the store notifies changes (PostgreSQL LISTEN):
@@ -83,7 +84,9 @@ class RelayConfig:
         refused with BUSY (the agents already connected are kept: see docs/SECURITY.md).
     max_streams_per_bridge: streams across all the sessions of one bridge, the open ones and
         the opens waiting for their session.
-    max_pending_opens: streams of one bridge waiting for the agent's answer about a target.
+    max_pending_opens: streams of one bridge waiting for the agent's answer about a target;
+        more opens wait for a slot, first come first served, for up to connect_timeout
+        (then BridgeBusy), and the bridge's forwards stop accepting meanwhile.
     drain_timeout: on shutdown, how long open streams may go on after GoAway.
     mux: yamux settings for agent sessions (None: the defaults), keepalive included.
     node: this relay's name in audit events and in the store's node list (None: host name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import attrs
 import trio
@@ -15,6 +16,7 @@ from bridge.protocol.connect import ConnectRequest
 from bridge.transport.splice import splice_tunnel
 from relay.audit import Caller
 from relay.errors import RelayError
+from relay.os_limits import listen_backlog
 
 log = logging.getLogger("relay.forward")
 
@@ -66,8 +68,12 @@ class ForwardSpec:
 
 async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATUS_IGNORED):
     """Listen on spec's local address and tunnel each connection; `task_status` gets the
-    listeners. The listener closes when the relay stops accepting; connections in go on."""
-    listeners = await trio.open_tcp_listeners(spec.listen_port, host=spec.listen_host)
+    listeners. The listener closes when the relay stops accepting; connections in go on.
+    While the bridge has `max_pending_opens` opens in flight, no connection is accepted (the
+    listen backlog, `listen_backlog()`, holds them)."""
+    listeners = await trio.open_tcp_listeners(
+        spec.listen_port, host=spec.listen_host, backlog=listen_backlog()
+    )
 
     async def handle(client: trio.SocketStream) -> None:
         try:
@@ -75,7 +81,10 @@ async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATU
         except Exception:
             log.exception("Forwarded connection failed", extra={"fields": {"forward": str(spec)}})
 
-    await relay.serve_listeners(handle, listeners, task_status=task_status)
+    # At the bridge's limit of opens in flight, stop accepting: a burst waits in the
+    # listen backlog instead of being accepted and refused.
+    ready = partial(relay.wait_for_open_slot, spec.bridge)
+    await relay.serve_listeners(handle, listeners, ready=ready, task_status=task_status)
 
 
 async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream) -> None:

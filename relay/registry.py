@@ -63,8 +63,6 @@ class Registry:
     def __init__(self) -> None:
         self._sessions: dict[str, list[AgentSession]] = {}
         self._ids: dict[str, str] = {}  # bridge name -> ID, for the bridges with sessions
-        #: Streams of each bridge (by ID) waiting for the agent's answer about their target.
-        self.pending_opens: dict[str, int] = {}
         #: Opens of each bridge (by ID) that have no stream in a session yet.
         self.opening: dict[str, int] = {}
         #: Session slots taken by each bridge (by ID): sessions, and logins being admitted.

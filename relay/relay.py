@@ -88,6 +88,8 @@ from relay.errors import (
     TunnelError,
 )
 from relay.limits import LoginLimiter, Repeats, source_of
+from relay.open_slots import OpenSlots
+from relay.os_limits import listen_backlog
 from relay.proxy_protocol import (
     MAX_HEADER as MAX_PROXY_HEADER,
 )
@@ -210,6 +212,8 @@ class Relay:
         )
         self._repeats: Repeats[str | tuple[str, str]] = Repeats(config.log_interval)
         self._admission = AdmissionGate(config.max_pending)
+        #: Per bridge, the opens waiting for the agent's answer (`max_pending_opens`).
+        self.open_slots = OpenSlots(config.max_pending_opens)
         self._drops = DropLog(config.log_interval)
         self._accepting: set[trio.CancelScope] = set()
         self._stopping = False
@@ -260,7 +264,7 @@ class Relay:
         cannot listen. Cancelling it closes the listeners and ends every agent session at
         once, cutting their tunnels: call `drain` first to let them finish.
         """
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
         bound = listeners[0].socket.getsockname()[1]
         if self.config.node is None:
             self.audit_trail.node = f"{socket.gethostname()}:{bound}"
@@ -290,7 +294,7 @@ class Relay:
         `serve` (run `serve` too: it does the housekeeping). The WebSocket's own sizes come
         from `config`; until an agent has authenticated it may send no more than a Hello.
         `task_status.started` gets the listeners; they close on `stop_accepting`."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
         websocket = _WebSocketListen(path, config or WebSocketConfig())
         handler = partial(self._handle_connection, websocket)
         await self.serve_listeners(handler, listeners, self._gate, task_status=task_status)
@@ -301,12 +305,15 @@ class Relay:
         listeners: list[trio.SocketListener],
         gate: Callable[[trio.SocketStream], Any] | None = None,
         *,
+        ready: Callable[[], Awaitable[None]] | None = None,
         task_status=trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Like `trio.serve_listeners`, but the listeners close when the relay stops
         accepting, while the handlers of connections already accepted run on. `gate` is
         asked about each connection before it is handed to a task: None closes it at once,
-        unread; anything else is passed to the handler after the stream."""
+        unread; anything else is passed to the handler after the stream. `ready`, if given,
+        is awaited before each accept: while it waits, new connections stay in the
+        listen backlog."""
         async with trio.open_nursery() as handlers:
             with trio.CancelScope() as accepting, _SpareDescriptor() as spare:
                 self._accepting.add(accepting)
@@ -316,7 +323,13 @@ class Relay:
                     async with trio.open_nursery() as loops:
                         for listener in listeners:
                             loops.start_soon(
-                                self._accept_loop, listener, handler, gate, handlers, spare
+                                self._accept_loop,
+                                listener,
+                                handler,
+                                gate,
+                                handlers,
+                                spare,
+                                ready,
                             )
                         task_status.started(listeners)
                 finally:
@@ -353,13 +366,17 @@ class Relay:
         gate: Callable[[trio.SocketStream], Any] | None,
         nursery: trio.Nursery,
         spare: _SpareDescriptor,
+        ready: Callable[[], Awaitable[None]] | None,
     ) -> None:
-        """Accept connections on `listener` and hand each to `handler` in `nursery`.
+        """Accept connections on `listener` and hand each to `handler` in `nursery`, each
+        once `ready` (if given) returns.
 
         Out of descriptors (or memory), the newest work is shed: the waiting connection is
         accepted on the spare descriptor and closed at once, with one log line per
         `log_interval`; connections already in go on."""
         while True:
+            if ready is not None:
+                await ready()
             try:
                 stream = await listener.accept()
             except OSError as exc:
@@ -1032,8 +1049,11 @@ class Relay:
         Raises `BridgeNotConnected`, `TargetNotAllowed`, `TargetUnreachable`, `BridgeBusy`
         or another `TunnelError`, each carrying the agent's own message when it gave one;
         `RelayShuttingDown` while the relay drains; ValueError for a host or port that
-        cannot be sent. Waits at most ``connect_timeout`` for the agent's answer (then
-        `TargetUnreachable`); cancelling it abandons the attempt (the agent's side is reset).
+        cannot be sent. When `max_pending_opens` of the bridge's opens already wait for
+        the agent's answer, it waits for a slot behind them (first come, first served) for
+        at most ``connect_timeout`` (then `BridgeBusy`, saying so); then it waits at most
+        ``connect_timeout`` for the agent's answer (then `TargetUnreachable`). Cancelling
+        it abandons the attempt (the agent's side is reset).
         The caller owns the returned stream and must close it.
         """
         stream, _ = await self._open(bridge, host, port, Caller.of(caller))
@@ -1088,10 +1108,25 @@ class Relay:
             )
             raise BridgeNotConnected(bridge, known=known)
         bridge_id, name = sessions[0].bridge_id, sessions[0].bridge_name
-        self._check_limits(bridge_id, name)
-        pending = self.registry.pending_opens
-        pending[bridge_id] = pending.get(bridge_id, 0) + 1
+        slots = self.open_slots
+        if slots.full(bridge_id):
+            # A burst queues (first come, first served) rather than being refused; only the
+            # connect deadline refuses it.
+            with trio.move_on_after(self.config.connect_timeout) as waiting:
+                await slots.wait(bridge_id)
+            if waiting.cancelled_caught:
+                self.metrics.refused.inc(reason="busy")
+                raise self._busy(
+                    bridge_id,
+                    name,
+                    f"Bridge {name}: no slot for a new connection within "
+                    f"{self.config.connect_timeout:g} s ({slots.held(bridge_id)} waiting for "
+                    "the agent's answer)",
+                )
+        else:
+            slots.take(bridge_id)
         try:
+            self._check_streams(bridge_id, name)
             return await self._open_on_any(
                 bridge_id, request, name, target, caller=caller, started=started
             )
@@ -1102,10 +1137,15 @@ class Relay:
                 _log(logging.WARNING, "Tunnel refused", bridge=name, target=target, reason=str(exc))
             raise
         finally:
-            if pending[bridge_id] > 1:
-                pending[bridge_id] -= 1
-            else:
-                del pending[bridge_id]
+            slots.release(bridge_id)
+
+    async def wait_for_open_slot(self, bridge: str) -> None:
+        """Returns once `bridge` (a name or ID) has room for a new open without waiting: at
+        once when it is not connected or not at its `max_pending_opens`. Takes no slot; a
+        forward waits here before it accepts, so that a burst stays in the listen backlog.
+        Cancellable."""
+        if sessions := self.registry.sessions(bridge):
+            await self.open_slots.wait_for_room(sessions[0].bridge_id)
 
     def _known(self, bridge: str) -> bool:
         """Whether the store has a bridge of this name or ID (True when it cannot tell)."""
@@ -1114,18 +1154,11 @@ class Relay:
         except Exception:
             return True
 
-    def _check_limits(self, bridge_id: str, name: str) -> None:
+    def _check_streams(self, bridge_id: str, name: str) -> None:
         # Opens still on their way to a session count too: they become open streams later.
         count = self.registry.open_streams(bridge_id) + self.registry.opening.get(bridge_id, 0)
         if count >= self.config.max_streams_per_bridge:
             raise self._busy(bridge_id, name, f"Bridge {name}: {count} streams open, the limit")
-        count = self.registry.pending_opens.get(bridge_id, 0)
-        if count >= self.config.max_pending_opens:
-            raise self._busy(
-                bridge_id,
-                name,
-                f"Bridge {name}: {count} connections waiting for the agent's answer, the limit",
-            )
 
     def _busy(self, bridge_id: str, name: str, message: str) -> BridgeBusy:
         if self._repeats.note(("busy", name)):
@@ -1181,7 +1214,7 @@ class Relay:
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         started = time.monotonic()
         try:
-            # Counted from `_check_limits` on (no checkpoint lies between) until the session
+            # Counted from `_check_streams` on (no checkpoint lies between) until the session
             # counts the stream itself.
             with self.registry.opening_stream(agent.bridge_id):
                 stream = await agent.mux.open_stream()

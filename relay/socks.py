@@ -53,6 +53,7 @@ from relay.errors import (
     UnknownBridge,
 )
 from relay.limits import LoginLimiter, source_of
+from relay.os_limits import listen_backlog
 
 log = logging.getLogger("relay.socks")
 
@@ -171,7 +172,7 @@ async def serve_socks(
     when the relay stops accepting (connections in go on). `metrics` counts SOCKS
     authentication failures and requests for targets that are not bridge hosts (the relay
     counts the tunnels themselves)."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
     metrics = metrics or TunnelMetrics()
     limiter = LoginLimiter(config.auth_failures_per_minute, _RATE_LIMIT_SOURCES)
 

@@ -176,9 +176,62 @@ async def test_per_bridge_limits_refuse_clearly(nursery, cert_files, echo_port, 
     assert len(messages(relay_logs, "Tunnel refused")) == 1  # once per burst
 
 
-async def test_pending_opens_are_bounded(nursery, cert_files):
+async def test_opens_beyond_the_pending_limit_wait_their_turn_and_all_succeed(nursery, cert_files):
     harness = await RelayHarness(
-        nursery, MemoryStore(), cert_files, max_pending_opens=2, connect_timeout=2.0
+        nursery, MemoryStore(), cert_files, max_pending_opens=2, connect_timeout=15.0
+    ).start()
+    bridge_id, secret = harness.create_bridge("burst")
+    releases = {f"host{index}": trio.Event() for index in range(5)}
+    asked: list[str] = []
+
+    async def answer_when_released(stream, request, session):
+        asked.append(request.host)
+        await releases[request.host].wait()
+        await ok_then_echo(stream, request, session)
+
+    with trio.fail_after(TIME_LIMIT):
+        await nursery.start(
+            run_scripted_agent,
+            harness.port,
+            harness.cert_files.client_context(),
+            bridge_id,
+            secret,
+            answer_when_released,
+        )
+        slots = harness.relay.open_slots
+        echoed: dict[int, bytes] = {}
+
+        async def open_and_echo(index: int) -> None:
+            stream = await harness.relay.connect("burst", f"host{index}", 5432)
+            async with stream:
+                await stream.send_all(b"hello %d" % index)
+                await stream.send_eof()
+                echoed[index] = await receive_all(stream)
+
+        async with trio.open_nursery() as opens:
+            for index in range(5):
+                opens.start_soon(open_and_echo, index)
+                # One at a time, so that the order they queue in is known.
+                await settled(
+                    lambda count=index + 1: (
+                        slots.held(bridge_id) + slots.waiting(bridge_id) == count
+                    )
+                )
+            assert (slots.held(bridge_id), slots.waiting(bridge_id)) == (2, 3)
+            await settled(lambda: len(asked) == 2)
+            assert sorted(asked) == ["host0", "host1"]  # the others wait, unrefused
+            for answered in range(5):
+                # Each answer hands its slot to the open that has waited longest.
+                releases[f"host{answered}"].set()
+                await settled(lambda count=min(5, answered + 3): len(asked) == count)
+        assert echoed == {index: b"hello %d" % index for index in range(5)}
+        assert asked[2:] == ["host2", "host3", "host4"]  # first come, first served
+        assert slots.held(bridge_id) == 0 and not slots.full(bridge_id)
+
+
+async def test_an_open_waiting_for_a_slot_is_refused_only_at_its_deadline(nursery, cert_files):
+    harness = await RelayHarness(
+        nursery, MemoryStore(), cert_files, max_pending_opens=1, connect_timeout=1.0
     ).start()
     bridge_id, secret = harness.create_bridge("slow")
 
@@ -194,21 +247,34 @@ async def test_pending_opens_are_bounded(nursery, cert_files):
             secret,
             never_answer,
         )
-        outcomes = []
+        slots = harness.relay.open_slots
+        outcomes: dict[str, str] = {}
 
-        async def waiting():
-            with pytest.raises(TargetUnreachable):
+        async def opening(name: str) -> None:
+            try:
                 await harness.relay.connect("slow", "db", 5432)
-            outcomes.append("timed out")
+            except (TargetUnreachable, BridgeBusy) as exc:
+                outcomes[name] = str(exc)
 
         async with trio.open_nursery() as opens:
-            for _ in range(2):
-                opens.start_soon(waiting)
-            await settled(lambda: harness.relay.registry.pending_opens.get(bridge_id) == 2)
-            with pytest.raises(BridgeBusy, match="^Bridge slow: 2 connections waiting"):
-                await harness.relay.connect("slow", "db", 5432)
-        assert outcomes == ["timed out"] * 2
-        assert harness.relay.registry.pending_opens == {}
+            opens.start_soon(opening, "holder")
+            await settled(lambda: slots.held(bridge_id) == 1)
+            opens.start_soon(opening, "next")
+            await settled(lambda: slots.waiting(bridge_id) == 1)
+            # "last" waits behind both: the slot reaches it no earlier than when "next"'s
+            # answer times out, a whole connect_timeout after its own deadline.
+            opens.start_soon(opening, "last")
+            await settled(lambda: slots.waiting(bridge_id) == 2)  # waiting, not refused
+        no_answer = "No answer from bridge slow about db:5432 within 1 s"
+        no_slot = (
+            "Bridge slow: no slot for a new connection within 1 s "
+            "(1 waiting for the agent's answer)"
+        )
+        assert outcomes["holder"].startswith(no_answer)
+        # Whether "next" got the slot before its own deadline depends on the scheduler.
+        assert outcomes["next"].startswith(no_answer) or outcomes["next"] == no_slot
+        assert outcomes["last"] == no_slot
+        assert slots.held(bridge_id) == 0 and not slots.full(bridge_id)
 
 
 # -- several agents per bridge -------------------------------------------------------------------
