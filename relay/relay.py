@@ -1094,7 +1094,7 @@ class Relay:
         request = encode_connect_request(ConnectRequest(host, port))
         target = format_host_port(host, port)
         if self._stopping:
-            raise RelayShuttingDown("The relay is shutting down: it opens no new tunnels")
+            raise RelayShuttingDown(_SHUTTING_DOWN)
         sessions = self.registry.sessions(bridge)
         if not sessions:
             self.metrics.refused.inc(reason="not_connected")
@@ -1126,6 +1126,8 @@ class Relay:
         else:
             slots.take(bridge_id)
         try:
+            if self._stopping:  # it began to while this open waited for its slot
+                raise RelayShuttingDown(_SHUTTING_DOWN)
             self._check_streams(bridge_id, name)
             return await self._open_on_any(
                 bridge_id, request, name, target, caller=caller, started=started
@@ -1268,6 +1270,8 @@ class Relay:
             raise TargetUnreachable(message, status=reply.status)
         raise TunnelError(message, status=reply.status)
 
+
+_SHUTTING_DOWN = "The relay is shutting down: it opens no new tunnels"
 
 #: accept() errors that mean "out of file descriptors or memory for now", as trio has them.
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
