@@ -37,6 +37,7 @@ import attrs
 import trio
 
 import mux
+from bridge.ops.errors import os_reason
 from bridge.ops.metrics import TunnelMetrics
 from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import (
@@ -382,7 +383,7 @@ class Relay:
                 logging.ERROR,
                 "Out of file descriptors: closing new connections at once until some are "
                 "free (raise the limit: ulimit -n, LimitNOFILE=)",
-                reason=exc.strerror,
+                reason=os_reason(exc),
             )
         if spare.release():
             try:
