@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.procs import Proc, StartError, clean_env, rss_kib, run_command
+from bridge.ops.errors import os_reason
 
 HOST = "127.0.0.1"
 BRIDGE = "bench"
@@ -72,7 +73,7 @@ def echo_ready(port: int, alive, timeout: float = 30.0) -> None:
                     return
                 error = "the connection closed without a reply"
         except OSError as exc:
-            error = exc.strerror or str(exc)
+            error = os_reason(exc)
         time.sleep(0.1)
     raise StartError(f"no echo through port {port}: {error}")
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from bridge.ops.errors import os_reason
 from relay.audit import Caller
 from relay.errors import RelayError
 
@@ -74,7 +75,7 @@ async def _bind(path: Path) -> trio.SocketListener | None:
         sock.listen()
     except OSError as exc:
         sock.close()
-        _unavailable(path, exc.strerror or str(exc))
+        _unavailable(path, os_reason(exc))
         return None
     return trio.SocketListener(sock)
 
@@ -142,7 +143,7 @@ async def request(path: str | os.PathLike[str], message: dict[str, Any]) -> dict
     try:
         stream = await trio.open_unix_socket(str(path))
     except OSError as exc:
-        raise AdminUnavailable(f"no relay is running on {path}: {exc.strerror or exc}") from None
+        raise AdminUnavailable(f"no relay is running on {path}: {os_reason(exc)}") from None
     async with stream:
         try:
             await stream.send_all(json.dumps(message).encode() + b"\n")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import trio
 
+from bridge.ops.errors import os_reason
 from bridge.ops.metrics import Metrics
 from bridge.validators import positive_number
 from relay.errors import (
@@ -325,7 +326,7 @@ class AuditTrail:
             except OSError as exc:
                 log.error(
                     "Cannot reopen the audit log: events go on to the old file",
-                    extra={"fields": {"sink": repr(sink), "reason": exc.strerror or str(exc)}},
+                    extra={"fields": {"sink": repr(sink), "reason": os_reason(exc)}},
                 )
             else:
                 log.info("Audit log reopened", extra={"fields": {"sink": repr(sink)}})

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bridge.ops.errors import os_reason
 from bridge.transport.tls import certificate_fingerprint
 from relay.errors import CertificateError
 
@@ -126,7 +127,7 @@ def ensure_self_signed(data_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
                 _write_private(cert_path, cert_pem, 0o644)
     except OSError as exc:
         raise CertificateError(
-            f"cannot create the relay certificate in {directory}: {exc.strerror or exc}"
+            f"cannot create the relay certificate in {directory}: {os_reason(exc)}"
         ) from None
     return cert_path, key_path
 
@@ -154,7 +155,7 @@ def load_certificate(cert_path: str | os.PathLike[str]) -> x509.Certificate:
         data = Path(cert_path).read_bytes()
     except OSError as exc:
         raise CertificateError(
-            f"cannot read certificate file {cert_path}: {exc.strerror or exc}"
+            f"cannot read certificate file {cert_path}: {os_reason(exc)}"
         ) from None
     try:
         return x509.load_pem_x509_certificates(data)[0]
@@ -178,7 +179,7 @@ def server_ssl_context(
     try:
         serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     except OSError as exc:
-        raise CertificateError(f"cannot read key file {key_path}: {exc.strerror or exc}") from None
+        raise CertificateError(f"cannot read key file {key_path}: {os_reason(exc)}") from None
     except (ValueError, TypeError):
         raise CertificateError(
             f"cannot read key file {key_path}: not an unencrypted PEM private key"

@@ -31,6 +31,7 @@ import mux
 from bridge import __version__
 from bridge.agent.relay_url import DEFAULT_PORT
 from bridge.ops import logs
+from bridge.ops.errors import os_reason
 from bridge.ops.metrics import serve_metrics
 from bridge.ops.systemd import Notifier, run_watchdog
 from bridge.protocol.addresses import format_host_port, parse_host_port, parse_listen_address
@@ -736,7 +737,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         try:
             relay.audit_trail.add_sink(audit_log.JsonLinesSink(args.audit_log))
         except OSError as exc:
-            raise Failure(f"cannot open the audit log {args.audit_log}: {_reason(exc)}") from None
+            raise Failure(f"cannot open the audit log {args.audit_log}: {os_reason(exc)}") from None
     if callable(getattr(store, "append_audit", None)):  # PostgreSQL: the audit table too
         relay.audit_trail.add_sink(audit_log.StoreAuditSink(store))  # type: ignore[arg-type]
     try:
@@ -774,7 +775,7 @@ def _lock_data_dir(data_dir: Path) -> Any:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock = open(path, "a+")  # noqa: SIM115 - held for the life of the process
     except OSError as exc:
-        raise Failure(f"cannot lock the data dir {data_dir}: {_reason(exc)}") from None
+        raise Failure(f"cannot lock the data dir {data_dir}: {os_reason(exc)}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -928,7 +929,7 @@ async def _start(nursery: trio.Nursery, what: str, fn, *args: Any) -> Any:
     try:
         return await nursery.start(fn, *args)
     except OSError as exc:
-        raise Failure(f"{what}: {exc.strerror or exc}") from None
+        raise Failure(f"{what}: {os_reason(exc)}") from None
 
 
 async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: Notifier) -> None:
@@ -1004,7 +1005,7 @@ def cmd_bridges(args: argparse.Namespace, data_dir: Path) -> int:
         try:
             audit_log.append(audit_path, [])  # can it be written? Checked before any change.
         except OSError as exc:
-            raise Failure(f"cannot write the audit log {audit_path}: {_reason(exc)}") from None
+            raise Failure(f"cannot write the audit log {audit_path}: {os_reason(exc)}") from None
     try:
         if args.action == "create":
             bridge_id, secret = store.create_bridge(args.name, cost=args.bcrypt_cost)
@@ -1109,12 +1110,8 @@ def _audit_admin(store: Store, path: str | None, kind: str, record: Any, action:
         try:
             audit_log.append(path, [event])
         except OSError as exc:
-            _note(f"{PROG}: cannot write the audit log {path}: {_reason(exc)}")
+            _note(f"{PROG}: cannot write the audit log {path}: {os_reason(exc)}")
             raise SystemExit(1) from None
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 def _confirm_delete(record: Any, yes: bool) -> None:
@@ -1315,7 +1312,7 @@ def cmd_audit(args: argparse.Namespace, data_dir: Path) -> int:
             elif audit_log.matches(event, bridge=args.bridge, since=args.since):
                 selected.append(event)
     except OSError as exc:
-        raise Failure(f"cannot read the audit log {args.audit_log}: {_reason(exc)}") from None
+        raise Failure(f"cannot read the audit log {args.audit_log}: {os_reason(exc)}") from None
     if args.json:
         for event in selected:
             print(json.dumps(event, separators=(",", ":"), ensure_ascii=False))

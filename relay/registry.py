@@ -56,6 +56,20 @@ class AgentSession:
         }
 
 
+class Arrival:
+    """A session being welcomed (see `Registry.arrive`); `settle` ends it, once."""
+
+    def __init__(self, registry: Registry, keys: tuple[str, ...]) -> None:
+        self._registry: Registry | None = registry
+        self._keys = keys
+
+    def settle(self) -> None:
+        """The session is registered, or will never be; calling it again does nothing."""
+        if self._registry is not None:
+            self._registry._settle(self._keys)
+            self._registry = None
+
+
 class Registry:
     """The live agent sessions by bridge ID (and name). Not thread-safe; used from the relay's
     Trio run only."""
@@ -67,6 +81,9 @@ class Registry:
         self.opening: dict[str, int] = {}
         #: Session slots taken by each bridge (by ID): sessions, and logins being admitted.
         self._slots: dict[str, int] = {}
+        #: Sessions welcomed but not registered yet, by bridge ID and by name.
+        self._arriving: dict[str, int] = {}
+        self._arrivals = trio.lowlevel.ParkingLot()
 
     def __iter__(self) -> Iterator[AgentSession]:
         return iter([s for sessions in self._sessions.values() for s in sessions])
@@ -78,6 +95,7 @@ class Registry:
         """Register an authenticated session."""
         self._sessions.setdefault(session.bridge_id, []).append(session)
         self._ids[session.bridge_name] = session.bridge_id
+        self._arrivals.unpark_all()
 
     def remove(self, session: AgentSession) -> None:
         """Forget a session (once it has ended); unknown ones are ignored."""
@@ -98,6 +116,31 @@ class Registry:
         """The sessions to try for a new stream: fewest open streams first, then the one that
         has carried fewest so far (so that short connections are spread too)."""
         return sorted(self.sessions(bridge), key=AgentSession.load)
+
+    def arrive(self, bridge_id: str, bridge_name: str) -> Arrival:
+        """Note a session that is being welcomed: from now until it is registered (or fails),
+        callers asking for the bridge wait for it (`wait_arrival`) instead of hearing that it is
+        not connected. End the arrival with `Arrival.settle`."""
+        keys = (bridge_id, bridge_name)
+        for key in keys:
+            self._arriving[key] = self._arriving.get(key, 0) + 1
+        return Arrival(self, keys)
+
+    def _settle(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            if (count := self._arriving.get(key, 0)) > 1:
+                self._arriving[key] = count - 1
+            else:
+                self._arriving.pop(key, None)
+        self._arrivals.unpark_all()
+
+    def is_arriving(self, bridge: str) -> bool:
+        """Whether a session of the bridge with this ID or name is being welcomed."""
+        return bridge in self._arriving
+
+    async def wait_arrival(self) -> None:
+        """Wait until a session is registered or an arrival ends. Cancellation: nothing to undo."""
+        await self._arrivals.park()
 
     def claim_session(self, bridge_id: str, limit: int) -> bool:
         """Take a session slot of the bridge unless it holds `limit` already; False then.

@@ -37,6 +37,7 @@ import attrs
 import trio
 
 import mux
+from bridge.ops.errors import os_reason
 from bridge.ops.metrics import TunnelMetrics
 from bridge.protocol.addresses import format_host_port, format_socket_address
 from bridge.protocol.connect import (
@@ -98,7 +99,7 @@ from relay.proxy_protocol import (
     parse_proxy_header,
     starts_like_proxy_header,
 )
-from relay.registry import AgentSession, Registry
+from relay.registry import AgentSession, Arrival, Registry
 from relay.store import BridgeRecord, NodeRecord, Store
 from relay.store.access import StoreAccess
 
@@ -399,7 +400,7 @@ class Relay:
                 logging.ERROR,
                 "Out of file descriptors: closing new connections at once until some are "
                 "free (raise the limit: ulimit -n, LimitNOFILE=)",
-                reason=exc.strerror,
+                reason=os_reason(exc),
             )
         if spare.release():
             try:
@@ -532,18 +533,22 @@ class Relay:
         ticket.release()
         if isinstance(transport, WebSocketStream):
             transport.lift_receive_limit()
-        record, hello, agreement, leftover = admitted
+        record, hello, agreement, leftover, arrival = admitted
         try:
-            await self._run_session(transport, peer, record, hello, leftover, agreement=agreement)
+            await self._run_session(
+                transport, peer, record, hello, leftover, agreement=agreement, arrival=arrival
+            )
         finally:
+            arrival.settle()
             self.registry.release_session(record.id)
 
     async def _admit(
         self, transport: trio.abc.Stream, peer: str, ticket: Ticket
-    ) -> tuple[BridgeRecord, Hello, Agreement, bytes] | None:
+    ) -> tuple[BridgeRecord, Hello, Agreement, bytes, Arrival] | None:
         """Reads the Hello and answers it, in the highest version both sides speak.
 
-        The (record, hello, agreement, leftover) of an admitted agent."""
+        The (record, hello, agreement, leftover, arrival) of an admitted agent: callers wait
+        for its session from before the Welcome goes out until `arrival` is settled."""
         parser = HelloParser()
         agreement = None
         try:
@@ -575,12 +580,16 @@ class Relay:
             refusal = exc
         else:
             welcome = welcome_for(agreement, WelcomeStatus.OK, f"connected as bridge {record.name}")
+            # The agent counts itself connected once it reads this: from now on a caller of the
+            # bridge waits for the session's registration instead of being turned away.
+            arrival = self.registry.arrive(record.id, record.name)
             try:
                 await transport.send_all(encode_welcome(welcome))
             except BaseException:
+                arrival.settle()
                 self.registry.release_session(record.id)
                 raise
-            return record, hello, agreement, parser.leftover
+            return record, hello, agreement, parser.leftover, arrival
         if refusal.status not in (WelcomeStatus.AUTH_FAILED, WelcomeStatus.BUSY):
             self._dropped(peer, ticket, refusal.message, "Handshake refused")
         welcome = welcome_for(agreement, refusal.status, refusal.message)
@@ -731,6 +740,7 @@ class Relay:
         leftover: bytes,
         *,
         agreement: Agreement,
+        arrival: Arrival,
     ) -> None:
         if leftover:
             transport = PrefixedStream(transport, leftover)
@@ -743,6 +753,7 @@ class Relay:
                 if "control" in agreement.capabilities:
                     agent.control = await session.open_stream()  # the first stream: see PROTOCOL.md
                 self.registry.add(agent)
+                arrival.settle()
                 self.metrics.sessions.inc(bridge=record.name)
                 try:
                     with agent.cancel_scope:
@@ -1096,6 +1107,12 @@ class Relay:
         if self._stopping:
             raise RelayShuttingDown(_SHUTTING_DOWN)
         sessions = self.registry.sessions(bridge)
+        if not sessions and self.registry.is_arriving(bridge):
+            # An agent was just welcomed: its session is moments from being registered.
+            with trio.move_on_after(self.config.connect_timeout):
+                while not sessions and self.registry.is_arriving(bridge):
+                    await self.registry.wait_arrival()
+                    sessions = self.registry.sessions(bridge)
         if not sessions:
             self.metrics.refused.inc(reason="not_connected")
             known = self._known(bridge)

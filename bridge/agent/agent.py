@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import os
 import socket
 import ssl
 import struct
@@ -37,6 +36,7 @@ from bridge.agent.allowlist import AllowList
 from bridge.agent.backoff import Backoff
 from bridge.agent.relay_url import RelayURL
 from bridge.ops import logs
+from bridge.ops.errors import os_reason
 from bridge.ops.metrics import TunnelMetrics
 from bridge.ops.systemd import Notifier
 from bridge.protocol.addresses import format_host_port
@@ -456,7 +456,7 @@ class Agent:
                     f"Timed out connecting to the relay at {url.address}"
                 ) from None
             except OSError as exc:
-                message = f"Cannot connect to the relay at {url.address}: {_os_reason(exc)}"
+                message = f"Cannot connect to the relay at {url.address}: {os_reason(exc)}"
                 raise RelayUnavailable(message) from None
             pinned = isinstance(self.ssl_context, PinnedSSLContext)
             try:
@@ -468,9 +468,7 @@ class Agent:
                 )
             except OSError as exc:  # reset before TLS began
                 await trio.aclose_forcefully(tcp)
-                message = (
-                    f"Lost the connection to the relay at {url.address}: {exc.strerror or exc}"
-                )
+                message = f"Lost the connection to the relay at {url.address}: {os_reason(exc)}"
                 raise RelayUnavailable(message) from None
             timeout = self.config.handshake_timeout
             connecting.deadline = trio.current_time() + timeout
@@ -660,7 +658,7 @@ class Agent:
         except trio.TooSlowError:
             reason = "timed out"
         except (OSError, UnicodeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
+            reason = os_reason(exc)
         else:
             inet = [info for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
             return list({info[4][:2]: info for info in inet}.values())
@@ -734,7 +732,7 @@ def _connect_refusal(exc: OSError, address: str) -> Refused[ConnectStatus]:
         return Refused(ConnectStatus.CONNECTION_REFUSED, f"Connection refused: {address}")
     if exc.errno == errno.ETIMEDOUT:
         return Refused(ConnectStatus.TIMEOUT, f"Connection timed out: {address}")
-    return Refused(ConnectStatus.UNREACHABLE, f"{exc.strerror or exc}: {address}")
+    return Refused(ConnectStatus.UNREACHABLE, f"{os_reason(exc)}: {address}")
 
 
 def _abort(target: trio.SocketStream) -> None:
@@ -743,21 +741,6 @@ def _abort(target: trio.SocketStream) -> None:
         target.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass
-
-
-def _os_reason(exc: OSError) -> str:
-    """The OS's words for a failed connection ("Connection refused"), also when the error
-    sums up several attempts (one per address) whose own errors are its cause."""
-    cause = exc.__cause__
-    causes = cause.exceptions if isinstance(cause, BaseExceptionGroup) else [cause]
-    errors = [exc] if exc.errno else [c for c in causes if isinstance(c, OSError) and c.errno]
-    reasons = list(
-        dict.fromkeys(
-            (e.strerror or str(e)) if isinstance(e, socket.gaierror) else os.strerror(e.errno or 0)
-            for e in errors
-        )
-    )
-    return "; ".join(reasons) if reasons else exc.strerror or str(exc)
 
 
 def _tls_reason(exc: BaseException) -> str:

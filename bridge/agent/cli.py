@@ -22,6 +22,7 @@ from bridge.agent.agent import Agent, AgentConfig, RelayRejected
 from bridge.agent.allowlist import AllowList, parse_name_patterns
 from bridge.agent.relay_url import DEFAULT_PATH, DEFAULT_PORTS, RelayURL
 from bridge.ops import logs
+from bridge.ops.errors import os_reason
 from bridge.ops.metrics import serve_metrics
 from bridge.ops.systemd import Notifier, run_watchdog
 from bridge.protocol.addresses import format_host_port, parse_listen_address
@@ -353,7 +354,7 @@ async def _serve_metrics(nursery: trio.Nursery, agent: Agent, host: str, port: i
             serve_metrics, agent.metrics, lambda: connected() > 0, host, port
         )
     except OSError as exc:
-        log.error(f"Cannot serve metrics on {format_host_port(host, port)}: {exc.strerror or exc}")
+        log.error(f"Cannot serve metrics on {format_host_port(host, port)}: {os_reason(exc)}")
         return False
     address = format_host_port(host, listeners[0].socket.getsockname()[1])
     log.info("Serving metrics", extra={"fields": {"address": address}})

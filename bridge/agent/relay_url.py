@@ -5,11 +5,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import attrs
 
 from bridge.protocol.addresses import format_host_port
+from bridge.transport.url import split_url
 from bridge.transport.websocket import DEFAULT_PATH
 
 DEFAULT_PORT = 4000
@@ -32,26 +31,12 @@ class RelayURL:
     def parse(cls, text: str) -> RelayURL:
         """Raises ValueError with a one-line message saying what a valid URL looks like."""
         expected = "expected tls://HOST[:PORT] or wss://HOST[:PORT]/bridge, e.g. tls://relay.example.com:4000"
-        try:
-            parts = urlsplit(text.strip())
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"invalid relay URL {text!r}: {expected}") from None
-        path = "" if parts.path in ("", "/") else parts.path
-        if (
-            parts.scheme not in SCHEMES
-            or not parts.hostname
-            or parts.username is not None
-            or (path and parts.scheme == "tls")
-            or parts.query
-            or parts.fragment
-            or port == 0
-        ):
-            raise ValueError(f"invalid relay URL {text!r}: {expected}")
-        if parts.scheme == "wss":
-            path = path or DEFAULT_PATH
-        default = DEFAULT_PORTS[parts.scheme]
-        return cls(parts.scheme, parts.hostname, default if port is None else port, path)
+        invalid = f"invalid relay URL {text!r}: {expected}"
+        parts = split_url(text, DEFAULT_PORTS, invalid)
+        if (parts.path and parts.scheme == "tls") or parts.query or parts.fragment:
+            raise ValueError(invalid)
+        path = (parts.path or DEFAULT_PATH) if parts.scheme == "wss" else parts.path
+        return cls(parts.scheme, parts.host, parts.port, path)
 
     @property
     def address(self) -> str:

@@ -21,6 +21,7 @@ import h11
 import trio
 
 from bridge import __version__
+from bridge.ops.errors import os_reason
 from bridge.ops.logs import printable
 from bridge.protocol.addresses import format_host_port
 from bridge.transport.http_status import status_phrase
@@ -157,9 +158,7 @@ async def open_via_proxy(proxy: ProxyURL | str, host: str, port: int) -> trio.So
     try:
         tcp = await trio.open_tcp_stream(proxy.host, proxy.port)
     except OSError as exc:
-        raise ProxyError(
-            f"cannot connect to the proxy {proxy.address}: {exc.strerror or exc}"
-        ) from None
+        raise ProxyError(f"cannot connect to the proxy {proxy.address}: {os_reason(exc)}") from None
     try:
         await _connect(tcp, proxy, target)
     except BaseException:

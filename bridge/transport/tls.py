@@ -11,6 +11,7 @@ import ssl
 
 import trio
 
+from bridge.ops.errors import os_reason
 from bridge.transport.tls_stream import TLSStream
 
 _FINGERPRINT = re.compile(r"sha256:((?:[0-9a-f]{2}:?){31}[0-9a-f]{2})", re.IGNORECASE)
@@ -78,7 +79,7 @@ def _context_from_ca_file(path: str) -> ssl.SSLContext:
         with open(path, encoding="ascii") as file:
             data = file.read()
     except OSError as exc:
-        raise ValueError(f"cannot read CA file {path}: {exc.strerror or exc}") from None
+        raise ValueError(f"cannot read CA file {path}: {os_reason(exc)}") from None
     except UnicodeDecodeError:
         raise ValueError(f"CA file {path} is not a PEM file") from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the hostname

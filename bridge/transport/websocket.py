@@ -32,6 +32,7 @@ from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
 from bridge.transport.http_status import status_phrase
 from bridge.transport.tls import PinnedSSLContext, check_fingerprint
 from bridge.transport.tls_stream import TLSStream
+from bridge.transport.url import split_url
 from bridge.validators import positive_count, positive_number
 from mux.conflict import RECEIVING, SENDING, ConflictDetector
 
@@ -514,18 +515,12 @@ def _raise_single(group: BaseExceptionGroup) -> NoReturn:
 
 def _parse_url(url: str) -> tuple[str, int, str]:
     """``wss://HOST[:PORT][/PATH]`` -> (host, port, path with any query)."""
-    invalid = ValueError(f"invalid WebSocket URL {url!r}: expected wss://HOST[:PORT][/PATH]")
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        raise invalid from None
-    if parts.scheme != "wss" or not parts.hostname or port == 0 or parts.username is not None:
-        raise invalid
-    path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
+    invalid = f"invalid WebSocket URL {url!r}: expected wss://HOST[:PORT][/PATH]"
+    parts = split_url(url, {"wss": 443}, invalid)
+    path = parts.path or DEFAULT_PATH
     if parts.query:
         path = f"{path}?{parts.query}"
-    return parts.hostname, 443 if port is None else port, path
+    return parts.host, parts.port, path
 
 
 def _authority(host: str, port: int) -> str:

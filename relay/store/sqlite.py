@@ -15,6 +15,7 @@ from pathlib import Path
 
 import attrs
 
+from bridge.ops.errors import os_reason
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, NodeNameTaken, StoreError, UnknownBridge
 from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
@@ -76,7 +77,7 @@ class SQLiteStore(StoreBase):
             except sqlite3.IntegrityError:
                 raise
             except (sqlite3.Error, OSError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                reason = os_reason(exc)
                 raise StoreError(f"bridge store {self.path}: {reason}") from None
 
     def _open(self) -> sqlite3.Connection:

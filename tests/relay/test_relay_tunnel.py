@@ -11,6 +11,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from bridge.agent.agent import AuthenticationFailed
 from bridge.protocol.handshake import (
@@ -96,6 +97,47 @@ async def test_bridge_not_connected(harness, relay_logs):
             await harness.relay.connect("idle", "db", 5432)
         with pytest.raises(BridgeNotConnected, match="Unknown bridge: nosuch"):
             await harness.relay.connect("nosuch", "db", 5432)
+
+
+async def test_a_caller_waits_for_a_session_being_welcomed(harness, echo_port, nursery):
+    """Between the Welcome (the agent counts itself connected) and the session's registration,
+    a caller of the bridge waits for the session instead of hearing it is not connected."""
+    bridge_id, secret = harness.create_bridge("arriving")
+    arrival = harness.relay.registry.arrive(bridge_id, "arriving")
+    opened = trio.Event()
+    streams = []
+
+    async def call() -> None:
+        streams.append(await harness.relay.connect("arriving", "127.0.0.1", echo_port))
+        opened.set()
+
+    with trio.fail_after(TIME_LIMIT):
+        nursery.start_soon(call)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not opened.is_set()  # waiting, not refused
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        await opened.wait()
+        arrival.settle()
+        async with streams[0] as stream:
+            assert await _echo_through(stream, b"first caller") == b"first caller"
+
+
+async def test_a_welcome_that_leads_nowhere_ends_the_wait(harness, nursery):
+    bridge_id, _ = harness.create_bridge("stillborn")
+    arrival = harness.relay.registry.arrive(bridge_id, "stillborn")
+    outcome = trio.Event()
+
+    async def call() -> None:
+        with pytest.raises(BridgeNotConnected, match="Bridge not connected: stillborn"):
+            await harness.relay.connect("stillborn", "db", 5432)
+        outcome.set()
+
+    with trio.fail_after(TIME_LIMIT):
+        nursery.start_soon(call)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not outcome.is_set()
+        arrival.settle()
+        await outcome.wait()
 
 
 async def test_refusals_carry_the_agents_message(harness, echo_port, closed_port, relay_logs):
