@@ -70,7 +70,7 @@ from bridge.protocol.refusal import Refused
 from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.splice import splice
-from bridge.transport.tls import FingerprintMismatch, PinnedSSLContext, check_fingerprint
+from bridge.transport.tls import FingerprintMismatch, open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocket_client
 from bridge.validators import positive_number
@@ -458,22 +458,10 @@ class Agent:
             except OSError as exc:
                 message = f"Cannot connect to the relay at {url.address}: {os_reason(exc)}"
                 raise RelayUnavailable(message) from None
-            pinned = isinstance(self.ssl_context, PinnedSSLContext)
-            try:
-                tls = TLSStream.wrap(
-                    tcp,
-                    self.ssl_context,
-                    server_side=False,
-                    server_hostname=None if pinned else url.host,
-                )
-            except OSError as exc:  # reset before TLS began
-                await trio.aclose_forcefully(tcp)
-                message = f"Lost the connection to the relay at {url.address}: {os_reason(exc)}"
-                raise RelayUnavailable(message) from None
             timeout = self.config.handshake_timeout
             connecting.deadline = trio.current_time() + timeout
+            tls = await self._secure(tcp)
             async with tls, AsyncExitStack() as stack:
-                await self._secure(tls)
                 transport: trio.abc.Stream = tls
                 if url.scheme == "wss":
                     config = WebSocketConfig(handshake_timeout=timeout)
@@ -495,11 +483,11 @@ class Agent:
             )
         yield None
 
-    async def _secure(self, tls: TLSStream) -> None:
-        """The TLS handshake, then the certificate pin."""
+    async def _secure(self, tcp: trio.SocketStream) -> TLSStream:
+        """TLS over ``tcp``: the handshake, then the certificate pin."""
         address = self.relay_url.address
         try:
-            await tls.do_handshake()
+            return await open_tls_client(tcp, self.relay_url.host, self.ssl_context)
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__ or exc
             reason = _tls_reason(cause)
@@ -508,11 +496,11 @@ class Agent:
                 message += " (trust the relay with --ca FILE or --fingerprint sha256:HEX)"
                 raise RelayUntrusted(message) from None
             raise RelayUnavailable(message) from None
-        if isinstance(self.ssl_context, PinnedSSLContext):
-            try:
-                check_fingerprint(tls, self.ssl_context.fingerprint)
-            except FingerprintMismatch as exc:
-                raise RelayUntrusted(f"Refusing the relay at {address}: {exc}") from None
+        except FingerprintMismatch as exc:
+            raise RelayUntrusted(f"Refusing the relay at {address}: {exc}") from None
+        except OSError as exc:  # reset before TLS began
+            message = f"Lost the connection to the relay at {address}: {os_reason(exc)}"
+            raise RelayUnavailable(message) from None
 
     async def _handshake(self, transport: trio.abc.Stream) -> tuple[bytes, frozenset[str]]:
         """Hello, Welcome; returns the bytes received after the Welcome and the capabilities

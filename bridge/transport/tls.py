@@ -107,3 +107,33 @@ def check_fingerprint(ssl_stream: trio.SSLStream | TLSStream, expected: bytes) -
             f"relay certificate {certificate_fingerprint(der)} does not match the pinned "
             f"sha256:{expected.hex()}"
         )
+
+
+async def open_tls_client(
+    tcp: trio.SocketStream, host: str, ssl_context: ssl.SSLContext
+) -> TLSStream:
+    """Wrap ``tcp`` in TLS as a client of ``host``, run the handshake and, for a
+    `PinnedSSLContext`, check the certificate pin, before anything is sent.
+
+    ``host`` is the name the certificate is checked against (none for a pinned context, whose
+    pin replaces the name check). Raises OSError when the connection broke before TLS began,
+    `trio.BrokenResourceError` (the `ssl.SSLError` as ``__cause__``) when the handshake
+    fails, and `FingerprintMismatch`. On any error, and when cancelled, it closes what it
+    opened; it has no time limit of its own (the caller's cancel scope is the limit).
+    """
+    pinned = isinstance(ssl_context, PinnedSSLContext)
+    try:
+        tls = TLSStream.wrap(
+            tcp, ssl_context, server_side=False, server_hostname=None if pinned else host
+        )
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    try:
+        await tls.do_handshake()
+        if isinstance(ssl_context, PinnedSSLContext):
+            check_fingerprint(tls, ssl_context.fingerprint)
+    except BaseException:
+        await trio.aclose_forcefully(tls)
+        raise
+    return tls

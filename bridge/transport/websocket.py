@@ -30,7 +30,7 @@ from trio_websocket import CloseReason, ConnectionClosed, ConnectionRejected, We
 from bridge.protocol.addresses import format_socket_address
 from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
 from bridge.transport.http_status import status_phrase
-from bridge.transport.tls import PinnedSSLContext, check_fingerprint
+from bridge.transport.tls import open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.url import split_url
 from bridge.validators import positive_count, positive_number
@@ -245,18 +245,8 @@ async def open_websocket_stream(
     config = config or WebSocketConfig()
     with trio.fail_after(config.connect_timeout):
         tcp = await open_tcp_stream(host, port, proxy=proxy)
-    pinned = isinstance(ssl_context, PinnedSSLContext)
-    tls = TLSStream.wrap(
-        tcp, ssl_context, server_side=False, server_hostname=None if pinned else host
-    )
-    try:
-        with trio.fail_after(config.handshake_timeout):
-            await tls.do_handshake()
-        if isinstance(ssl_context, PinnedSSLContext):
-            check_fingerprint(tls, ssl_context.fingerprint)
-    except BaseException:
-        await trio.aclose_forcefully(tls)
-        raise
+    with trio.fail_after(config.handshake_timeout):
+        tls = await open_tls_client(tcp, host, ssl_context)
     async with websocket_client(tls, host, port, path, config=config) as stream:
         yield stream
 
