@@ -261,8 +261,8 @@ async def test_an_open_waiting_for_a_slot_is_refused_only_at_its_deadline(nurser
             await settled(lambda: slots.held(bridge_id) == 1)
             opens.start_soon(opening, "next")
             await settled(lambda: slots.waiting(bridge_id) == 1)
-            # "last" waits behind both: the slot reaches it no earlier than when "next"'s
-            # answer times out, a whole connect_timeout after its own deadline.
+            # Both wait behind the holder: the slot cannot reach both within their deadlines
+            # (one connect_timeout each), since each holder keeps it up to one.
             opens.start_soon(opening, "last")
             await settled(lambda: slots.waiting(bridge_id) == 2)  # waiting, not refused
         no_answer = "No answer from bridge slow about db:5432 within 1 s"
@@ -271,9 +271,10 @@ async def test_an_open_waiting_for_a_slot_is_refused_only_at_its_deadline(nurser
             "(1 waiting for the agent's answer)"
         )
         assert outcomes["holder"].startswith(no_answer)
-        # Whether "next" got the slot before its own deadline depends on the scheduler.
-        assert outcomes["next"].startswith(no_answer) or outcomes["next"] == no_slot
-        assert outcomes["last"] == no_slot
+        # Which of the two gets the slot in time depends on the scheduler; one cannot.
+        waited = [outcomes["next"], outcomes["last"]]
+        assert no_slot in waited
+        assert all(outcome == no_slot or outcome.startswith(no_answer) for outcome in waited)
         assert slots.held(bridge_id) == 0 and not slots.full(bridge_id)
 
 
