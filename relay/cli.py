@@ -937,6 +937,8 @@ async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: 
     the drain timeout has passed; at once on a second signal."""
     signum = await anext(signals)
     timeout = relay.config.drain_timeout
+    relay.stop_accepting()
+    await relay.wait_listeners_closed()
     streams = relay.registry.open_streams_total()
     log.info(
         "Stopping: no new agents or tunnels, open tunnels may finish",

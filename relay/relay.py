@@ -217,6 +217,8 @@ class Relay:
         self.open_slots = OpenSlots(config.max_pending_opens)
         self._drops = DropLog(config.log_interval)
         self._accepting: set[trio.CancelScope] = set()
+        self._serving = 0  # serve_listeners calls whose listeners are not closed yet
+        self._listeners_closed = trio.Event()  # set once stopping and none is left open
         self._stopping = False
         self._store = StoreAccess(store, threads=config.store_threads)
         self._admitted: OrderedDict[str, BridgeRecord] = OrderedDict()
@@ -316,27 +318,33 @@ class Relay:
         is awaited before each accept: while it waits, new connections stay in the
         listen backlog."""
         async with trio.open_nursery() as handlers:
-            with trio.CancelScope() as accepting, _SpareDescriptor() as spare:
-                self._accepting.add(accepting)
-                if self._stopping:
-                    accepting.cancel()
-                try:
-                    async with trio.open_nursery() as loops:
-                        for listener in listeners:
-                            loops.start_soon(
-                                self._accept_loop,
-                                listener,
-                                handler,
-                                gate,
-                                handlers,
-                                spare,
-                                ready,
-                            )
-                        task_status.started(listeners)
-                finally:
-                    self._accepting.discard(accepting)
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+            self._serving += 1
+            try:
+                with trio.CancelScope() as accepting, _SpareDescriptor() as spare:
+                    self._accepting.add(accepting)
+                    if self._stopping:
+                        accepting.cancel()
+                    try:
+                        async with trio.open_nursery() as loops:
+                            for listener in listeners:
+                                loops.start_soon(
+                                    self._accept_loop,
+                                    listener,
+                                    handler,
+                                    gate,
+                                    handlers,
+                                    spare,
+                                    ready,
+                                )
+                            task_status.started(listeners)
+                    finally:
+                        self._accepting.discard(accepting)
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+            finally:
+                self._serving -= 1
+                if self._stopping and not self._serving:
+                    self._listeners_closed.set()  # handlers of accepted connections run on
 
     def stop_accepting(self) -> None:
         """Close every listener (agents over TLS and WebSocket, forwards, SOCKS): connections
@@ -345,6 +353,14 @@ class Relay:
         self.audit_trail.stopping = True
         for scope in self._accepting:
             scope.cancel()
+        if not self._serving:
+            self._listeners_closed.set()
+
+    async def wait_listeners_closed(self) -> None:
+        """After `stop_accepting`: return once every listener is closed (connections to them
+        are refused from then on), while the connections already accepted go on. Cancelling
+        it has no other effect."""
+        await self._listeners_closed.wait()
 
     async def drain(self) -> None:
         """Stop accepting, tell every agent GoAway, and return once no stream is open.

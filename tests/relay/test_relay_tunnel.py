@@ -140,6 +140,19 @@ async def test_a_welcome_that_leads_nowhere_ends_the_wait(harness, nursery):
         await outcome.wait()
 
 
+async def test_listeners_are_closed_once_stop_accepting_is_awaited(harness, echo_port):
+    bridge_id, secret = harness.create_bridge("stopping")
+    await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+    with trio.fail_after(TIME_LIMIT):
+        async with await harness.relay.connect("stopping", "127.0.0.1", echo_port) as stream:
+            harness.relay.stop_accepting()
+            await harness.relay.wait_listeners_closed()
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", harness.port)
+            # the tunnel accepted before goes on
+            assert await _echo_through(stream, b"still here") == b"still here"
+
+
 async def test_refusals_carry_the_agents_message(harness, echo_port, closed_port, relay_logs):
     with trio.fail_after(TIME_LIMIT):
         bridge_id, secret = harness.create_bridge("prod")
