@@ -35,8 +35,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 @pytest.fixture
 def bridge(tmp_path: Path) -> Bridge:
     """A relay data dir with one bridge, and the fingerprint of the relay's certificate."""
+    return create_bridge(tmp_path)
+
+
+def create_bridge(tmp_path: Path, *store: str) -> Bridge:
+    """`bridges create` in a new data dir (with `store`, e.g. ``--store URL``, before the
+    subcommand), and the fingerprint of the relay's certificate made there."""
     data_dir = tmp_path / "relay-data"
-    created = relay_cli(data_dir, "bridges", "create", BRIDGE_NAME, "--bcrypt-cost", "4")
+    created = relay_cli(data_dir, *store, "bridges", "create", BRIDGE_NAME, "--bcrypt-cost", "4")
     assert created.returncode == 0, created.stderr
     credentials = parse_assignments(created.stdout)
     fingerprint = relay_cli(data_dir, "fingerprint")

@@ -18,17 +18,16 @@ import psycopg
 import pytest
 
 from .e2e_support import (
-    BRIDGE_NAME,
     Bridge,
     Launcher,
     Postgres,
     Process,
     free_port,
-    parse_assignments,
     relay_cli,
     wait_until,
 )
 from .postgres_server import PostgresServer
+from .process_fixtures import create_bridge
 
 pytestmark = pytest.mark.interop
 
@@ -39,21 +38,7 @@ REVOCATION_BOUND = 2.0
 
 def _pg_bridge(tmp_path: Path, url: str) -> Bridge:
     """A bridge created with `--store URL`; the relay certificate in a data dir of its own."""
-    data_dir = tmp_path / "relay-data"
-    created = relay_cli(
-        data_dir, "--store", url, "bridges", "create", BRIDGE_NAME, "--bcrypt-cost", "4"
-    )
-    assert created.returncode == 0, created.stderr
-    credentials = parse_assignments(created.stdout)
-    fingerprint = relay_cli(data_dir, "fingerprint")
-    assert fingerprint.returncode == 0, fingerprint.stderr
-    return Bridge(
-        data_dir,
-        BRIDGE_NAME,
-        credentials["BRIDGE_ID"],
-        credentials["BRIDGE_SECRET"],
-        fingerprint.stdout.strip(),
-    )
+    return create_bridge(tmp_path, "--store", url)
 
 
 def _cut_within_bound(agent: Process, relay: Process, reason: str, run) -> None:
