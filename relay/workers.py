@@ -246,6 +246,7 @@ class Supervisor:
                         self._signal(worker, signal.SIGTERM)
                     continue
                 self.stopping = True
+                self._wake()
                 if reloading is not None:
                     reloading.cancel()
                 log.info(
@@ -372,6 +373,7 @@ class Supervisor:
             delivery.done.set()
         for scrape in worker.scrapes.values():
             scrape.done.set()
+        self._wake()
         if worker.ready.is_set() and not worker.retiring:
             self._workers_serving.dec()
         status = worker.process.returncode
@@ -440,8 +442,7 @@ class Supervisor:
                 worker.held[bridge_id] = name
                 self._moving.pop(bridge_id, None)
                 self._moving.pop(name, None)
-                self._presence.set()
-                self._presence = trio.Event()
+                self._wake()
         elif kind == Kind.RELEASE:
             bridge_id = message.body.decode("utf-8", "replace")
             if bridge_id in worker.held:
@@ -466,6 +467,11 @@ class Supervisor:
                 scrape.done.set()
 
     # -- presence and routing ---------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Wake the connections waiting for a holder: one may have come, or they may stop."""
+        self._presence.set()
+        self._presence = trio.Event()
 
     def _drop_presence(self, worker: _Worker) -> None:
         held, worker.held = worker.held, {}
