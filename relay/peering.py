@@ -265,7 +265,7 @@ class Peering:
                 self.relay.serve_listeners, self._handle, listeners, self.relay._gate
             )
             nursery.start_soon(self._dial_manager)
-            task_status.started()
+            task_status.started(listeners)
 
     async def _dial_manager(self) -> None:
         while True:

@@ -280,6 +280,8 @@ class Relay:
     agent_port: int
     forwards: dict[str, int]  # target HOST:PORT -> local listener port
     connected: int = 0  # agents this test waited to see connected
+    peer_port: int | None = None  # with --peer-listen
+    data_dir: Path | None = None  # when not the bridge's (a cluster node)
 
     @property
     def url(self) -> str:
@@ -311,14 +313,16 @@ class Launcher:
         *targets: str,
         args: Iterable[str | Path] = (),
         env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
         **popen,
     ) -> Relay:
         """`bridge-relay serve ARGS` with one `--forward` per target, once it is listening
-        (`env` adds to its clean environment; `popen`: more arguments for `subprocess.Popen`)."""
+        (`env` adds to its clean environment; `data_dir` replaces the bridge's; `popen`: more
+        arguments for `subprocess.Popen`)."""
         argv = [
             RELAY,
             "--data-dir",
-            self.bridge.data_dir,
+            data_dir or self.bridge.data_dir,
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -340,7 +344,38 @@ class Launcher:
                 stream="stdout",
             )
             forwards[target] = int(listening[1])
-        return Relay(process, int(agents[1]), forwards)
+        peer_port = None
+        if "--peer-listen" in [str(arg) for arg in args]:
+            peers = process.wait_for(r"^peers: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
+            peer_port = int(peers[1])
+        return Relay(process, int(agents[1]), forwards, peer_port=peer_port, data_dir=data_dir)
+
+    def node(
+        self,
+        name: str,
+        store: str,
+        *targets: str,
+        args: Iterable[str | Path] = (),
+        **options,
+    ) -> Relay:
+        """A cluster node: `relay` with a data dir of its own (``node-NAME`` in the log dir),
+        ``--store STORE --node NAME --peer-listen 127.0.0.1:0``, and the certificate of the
+        bridge's data dir (the nodes share the one agents pin)."""
+        data_dir = self.log_dir / f"node-{name}"
+        argv = [
+            "--store",
+            store,
+            "--node",
+            name,
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--cert",
+            self.bridge.data_dir / "relay.crt",
+            "--key",
+            self.bridge.data_dir / "relay.key",
+            *args,
+        ]
+        return self.relay(*targets, args=argv, data_dir=data_dir, **options)
 
     def agent(
         self,
