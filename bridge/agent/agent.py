@@ -370,7 +370,13 @@ class Agent:
                     watcher = trio.CancelScope()
                     nursery.start_soon(self._drain_when_asked, session, watcher)
                     dials = _DialSlots(self.config.max_dials_per_target)
-                    async for stream in session:
+                    while True:
+                        try:
+                            # A tunnel's ACK rides on its connect reply (one frame, one
+                            # write); the control stream, never answered, is acknowledged.
+                            stream = await session.accept_stream(defer_ack=not control)
+                        except mux.SessionClosed:
+                            break
                         if control:
                             control = False
                             nursery.start_soon(self._read_control, stream)
