@@ -321,6 +321,7 @@ class Relay:
     forwards: dict[str, int]  # target HOST:PORT -> local listener port
     connected: int = 0  # agents this test waited to see connected
     node: str | None = None  # its --node name, for the relays of a cluster
+    peer_port: int | None = None  # where it listens for peer links (--peer-listen)
 
     @property
     def url(self) -> str:
@@ -390,13 +391,17 @@ class Launcher:
         *targets: str,
         args: Iterable[str | Path] = (),
         node_timeout: float = 3.0,
+        peer: bool = True,
         env: dict[str, str] | None = None,
     ) -> Relay:
-        """A relay of a cluster: `relay` with `--store STORE --node NAME`, in a data dir of
-        its own (log dir/nodes/NAME), presenting the certificate of the bridge's data dir
-        to agents (the nodes of a cluster share one, so that one pin fits them all)."""
+        """A relay of a cluster: `relay` with `--store STORE --node NAME` and (with `peer`)
+        `--peer-listen` on a free port, in a data dir of its own (log dir/nodes/NAME),
+        presenting the certificate of the bridge's data dir to agents (the nodes of a
+        cluster share one, so that one pin fits them all)."""
         data_dir = self.log_dir / "nodes" / name
         data_dir.mkdir(parents=True, exist_ok=True)
+        if peer:
+            args = ["--peer-listen", "127.0.0.1:0", *args]
         relay = self.relay(
             *targets,
             args=[
@@ -417,7 +422,27 @@ class Launcher:
             env=env,
         )
         relay.node = name
+        if peer:
+            listening = relay.process.wait_for(
+                r"^peers: listening on 127\.0\.0\.1:(\d+)$", stream="stdout"
+            )
+            relay.peer_port = int(listening[1])
         return relay
+
+    def cluster(
+        self, store: str, count: int, *targets: str, node_timeout: float = 3.0
+    ) -> list[Relay]:
+        """`count` peered nodes node1, node2, ... forwarding to `targets`, once each one's
+        links to all the others are up."""
+        nodes = [
+            self.node(f"node{i}", store, *targets, node_timeout=node_timeout)
+            for i in range(1, count + 1)
+        ]
+        for node in nodes:
+            for other in nodes:
+                if other is not node:
+                    node.process.wait_for(rf'\tPeer link up\t.*"node": "{other.node}"')
+        return nodes
 
     def agent(
         self,
