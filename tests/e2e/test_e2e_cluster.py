@@ -8,19 +8,25 @@ stops the store."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import psycopg
 import pytest
+import trio
 
 from .e2e_support import (
     REVOCATION_BOUND,
+    ROOT,
     Launcher,
     Postgres,
+    Process,
     Relay,
     SteadyQueries,
+    clean_env,
     list_nodes,
     log_time,
     long_query,
@@ -250,3 +256,60 @@ def test_delete_cuts_a_tunnel_through_a_peer_hop(
     )
     assert psql.wait(timeout=REVOCATION_BOUND + 1) != 0
     assert postgres.psql("select 1", port=node3.forwards[postgres.target]).returncode != 0
+
+
+# -- the embedding example ---------------------------------------------------------------
+
+
+async def _echo(stream: trio.SocketStream) -> None:
+    async for data in stream:
+        await stream.send_all(data)
+
+
+async def _through_front_door(port: int, line: str, payload: bytes = b"") -> bytes:
+    """Sends `line` to a replica's front door, then `payload` and EOF; everything heard."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(f"{line}\n".encode())
+        if payload:
+            await stream.send_all(payload)
+        await stream.send_eof()
+        return b"".join([data async for data in stream])
+
+
+async def test_the_replica_example_reaches_a_bridge_through_another_replica(
+    cluster: Launcher, postgres_url: str, tcp_server, tmp_path: Path
+):
+    target = await tcp_server(_echo)
+    bridge = cluster.bridge
+
+    def replica(name: str) -> tuple[Process, list[int]]:
+        process = cluster.start(
+            name,
+            [
+                sys.executable,
+                ROOT / "examples" / "replica.py",
+                *("--name", name, "--data-dir", tmp_path / name),
+                *("--cert", bridge.data_dir / "relay.crt", "--key", bridge.data_dir / "relay.key"),
+                *("--agents", "127.0.0.1:0", "--peers", "127.0.0.1:0", "--service", "127.0.0.1:0"),
+            ],
+            env=clean_env(RELAY_STORE=postgres_url),
+        )
+        ready = process.wait_for(
+            r"^ready: agents (\d+) peers (\d+) service (\d+)$", stream="stdout"
+        )
+        return process, [int(port) for port in ready.groups()]
+
+    (first, (agents, _, _)), (second, (_, _, service)) = [
+        await trio.to_thread.run_sync(replica, name) for name in ("api-1", "api-2")
+    ]
+    await trio.to_thread.run_sync(partial(second.wait_for, r'\tPeer link up\t.*"api-1"'))
+    await trio.to_thread.run_sync(cluster.agent, Relay(first, agents, {}), [target])
+
+    payload = bytes(range(256)) * 400
+    line = f"{bridge.name} {target}"
+    while (heard := await _through_front_door(service, line, payload)) != b"connected\n" + payload:
+        assert heard.startswith(b"error: Bridge not connected"), heard  # until presence arrives
+        await trio.sleep(0.1)
+    refused = await _through_front_door(service, f"{bridge.name} 127.0.0.1:1")
+    assert refused == b"error: Host not in allowed hosts list: 127.0.0.1:1\n"
+    assert "Bridge connected" not in second.stderr()  # api-2 went through api-1
