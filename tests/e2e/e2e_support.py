@@ -321,7 +321,7 @@ class Relay:
     forwards: dict[str, int]  # target HOST:PORT -> local listener port
     connected: int = 0  # agents this test waited to see connected
     node: str | None = None  # its --node name, for the relays of a cluster
-    peer_port: int | None = None  # where it listens for peer links (--peer-listen)
+    peer_port: int | None = None  # with --peer-listen
 
     @property
     def url(self) -> str:
@@ -382,7 +382,11 @@ class Launcher:
                 stream="stdout",
             )
             forwards[target] = int(listening[1])
-        return Relay(process, int(agents[1]), forwards)
+        peer_port = None
+        if "--peer-listen" in [str(arg) for arg in args]:
+            peers = process.wait_for(r"^peers: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
+            peer_port = int(peers[1])
+        return Relay(process, int(agents[1]), forwards, peer_port=peer_port)
 
     def node(
         self,
@@ -391,17 +395,15 @@ class Launcher:
         *targets: str,
         args: Iterable[str | Path] = (),
         node_timeout: float = 3.0,
-        peer: bool = True,
         env: dict[str, str] | None = None,
+        peers: bool = True,
     ) -> Relay:
-        """A relay of a cluster: `relay` with `--store STORE --node NAME` and (with `peer`)
-        `--peer-listen` on a free port, in a data dir of its own (log dir/nodes/NAME),
-        presenting the certificate of the bridge's data dir to agents (the nodes of a
-        cluster share one, so that one pin fits them all)."""
+        """A relay of a cluster: `relay` with `--store STORE --node NAME`, in a data dir of
+        its own (log dir/nodes/NAME), presenting the certificate of the bridge's data dir
+        to agents (the nodes of a cluster share one, so that one pin fits them all); with
+        `peers`, linked to the other nodes (`--peer-listen 127.0.0.1:0`, `peer_port`)."""
         data_dir = self.log_dir / "nodes" / name
         data_dir.mkdir(parents=True, exist_ok=True)
-        if peer:
-            args = ["--peer-listen", "127.0.0.1:0", *args]
         relay = self.relay(
             *targets,
             args=[
@@ -417,16 +419,12 @@ class Launcher:
                 name,
                 "--node-timeout",
                 f"{node_timeout:g}",
+                *(["--peer-listen", "127.0.0.1:0"] if peers else []),
                 *args,
             ],
             env=env,
         )
         relay.node = name
-        if peer:
-            listening = relay.process.wait_for(
-                r"^peers: listening on 127\.0\.0\.1:(\d+)$", stream="stdout"
-            )
-            relay.peer_port = int(listening[1])
         return relay
 
     def cluster(
@@ -439,9 +437,7 @@ class Launcher:
             for i in range(1, count + 1)
         ]
         for node in nodes:
-            for other in nodes:
-                if other is not node:
-                    node.process.wait_for(rf'\tPeer link up\t.*"node": "{other.node}"')
+            node.process.wait_for(r"\tPeer link up\t", count=count - 1)
         return nodes
 
     def agent(
