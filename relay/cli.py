@@ -50,6 +50,7 @@ from relay.errors import (
 )
 from relay.forward import ForwardSpec, serve_forward
 from relay.os_limits import raise_open_files_limit
+from relay.peer_identity import PeerIdentity
 from relay.relay import Relay
 from relay.socks import SocksConfig, serve_socks
 from relay.store import Store, StoreURL, open_store
@@ -412,6 +413,29 @@ def build_parser() -> argparse.ArgumentParser:
             "host name:agent port",
         ),
     )
+    serve.add_argument(
+        "--peer-listen",
+        metavar="HOST:PORT",
+        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        default=os.environ.get("RELAY_PEER_LISTEN"),
+        help=_env_help(
+            "where the other relay nodes sharing the store connect (a cluster: see the "
+            "README); without it this relay does not peer",
+            "RELAY_PEER_LISTEN",
+            "off",
+        ),
+    )
+    serve.add_argument(
+        "--peer-advertise",
+        metavar="HOST:PORT",
+        type=_type(parse_host_port),
+        default=os.environ.get("RELAY_PEER_ADVERTISE"),
+        help=_env_help(
+            "the address the other nodes dial to reach --peer-listen, when that is not it",
+            "RELAY_PEER_ADVERTISE",
+            "the listen address, or this host's name for a wildcard address",
+        ),
+    )
     _add_node_timeout(serve)
     _add_cost(
         serve,
@@ -732,6 +756,12 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         node_timeout=args.node_timeout,
         audit=AuditConfig(interval=args.audit_interval),
     )
+    identity = None
+    if args.peer_listen is not None:
+        try:
+            identity = PeerIdentity.ensure(data_dir)
+        except CertificateError as exc:
+            raise Failure(str(exc)) from None
     relay = Relay(store, ssl_context, config=config)
     if args.audit_log:
         try:
@@ -753,6 +783,8 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
                 socks=args.socks,
                 socks_config=socks_config,
                 metrics=args.metrics,
+                peers=None if identity is None else (args.peer_listen, args.peer_advertise),
+                identity=identity,
             )
         )
     finally:
@@ -803,6 +835,8 @@ async def _serve(
     socks: tuple[str, int] | None,
     socks_config: SocksConfig,
     metrics: tuple[str, int] | None,
+    peers: tuple[tuple[str, int], tuple[str, int] | None] | None = None,
+    identity: PeerIdentity | None = None,
 ) -> int:
     """Returns how many tunnels the stop cut (0 after a clean drain)."""
     host, port = listen
@@ -824,6 +858,8 @@ async def _serve(
             socks=socks,
             socks_config=socks_config,
             metrics=metrics,
+            peers=peers,
+            identity=identity,
         )
         audit.cancel_scope.cancel()
     return cut
@@ -848,6 +884,8 @@ async def _serve_until_signal(
     socks: tuple[str, int] | None,
     socks_config: SocksConfig,
     metrics: tuple[str, int] | None,
+    peers: tuple[tuple[str, int], tuple[str, int] | None] | None,
+    identity: PeerIdentity | None,
 ) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -864,6 +902,21 @@ async def _serve_until_signal(
                 "Relay listening",
                 extra={"fields": {"address": address, "fingerprint": cert_fingerprint}},
             )
+            if peers is not None and identity is not None:
+                (peer_host, peer_port), advertised = peers
+                listeners = await _start(
+                    nursery,
+                    f"cannot listen for peers on {format_host_port(peer_host, peer_port)}",
+                    partial(
+                        relay.serve_peers,
+                        identity=identity,
+                        advertise=None if advertised is None else format_host_port(*advertised),
+                    ),
+                    peer_host,
+                    peer_port,
+                )
+                local = format_host_port(peer_host, listeners[0].socket.getsockname()[1])
+                print(f"peers: listening on {local}", flush=True)
             if listen_ws is not None:
                 ws_host, ws_port = listen_ws
                 config = WebSocketConfig(handshake_timeout=relay.config.handshake_timeout)
@@ -1207,13 +1260,27 @@ def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
                 "alive": node.age is not None and node.age < timeout,
                 "bridges": node.bridges,
                 "streams": node.streams,
+                "held": list(node.held),
+                "links": list(node.links),
             }
             print(json.dumps(row, separators=(",", ":")))
         return 0
     if not nodes:
         _note("No relay has registered in this store: 'bridge-relay serve' does.")
         return 0
-    rows = [("NAME", "AGENTS", "PEERS", "HEARTBEAT", "BRIDGES", "STREAMS", "STATUS")]
+    rows = [
+        (
+            "NAME",
+            "AGENTS",
+            "PEERS",
+            "HEARTBEAT",
+            "BRIDGES",
+            "STREAMS",
+            "LINKS",
+            "STATUS",
+            "PEER CERT",
+        )
+    ]
     for node in nodes:
         age = node.age if node.age is not None else float("inf")
         rows.append(
@@ -1224,7 +1291,9 @@ def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
                 f"{age:.1f} s ago",
                 str(node.bridges),
                 str(node.streams),
+                ",".join(node.links) or "-",
                 "alive" if age < timeout else f"gone (silent over {timeout:g} s)",
+                node.peer_fingerprint or "-",
             )
         )
     _print_table(rows)
