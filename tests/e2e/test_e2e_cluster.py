@@ -250,13 +250,18 @@ async def _echo(stream: trio.SocketStream) -> None:
 
 
 async def _through_front_door(port: int, line: str, payload: bytes = b"") -> bytes:
-    """Sends `line` to a replica's front door, then `payload` and EOF; everything heard."""
+    """Sends `line` to a replica's front door and reads its answer; after ``connected``,
+    sends `payload` and EOF and reads what comes back. Everything heard."""
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(f"{line}\n".encode())
-        if payload:
+        heard = b""
+        while not heard.endswith(b"\n") and (data := await stream.receive_some(1)):
+            heard += data
+        if heard == b"connected\n":
             await stream.send_all(payload)
-        await stream.send_eof()
-        return b"".join([data async for data in stream])
+            await stream.send_eof()
+            heard += b"".join([data async for data in stream])
+        return heard
 
 
 async def test_the_replica_example_reaches_a_bridge_through_another_replica(
