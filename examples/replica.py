@@ -114,7 +114,7 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     configure("INFO", "text")  # the relay logs through `logging`, as any library
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    logging.getLogger("psycopg").setLevel(logging.ERROR)  # the relay logs the store's state
     try:
         trio.run(main, parse_args())
     except KeyboardInterrupt:

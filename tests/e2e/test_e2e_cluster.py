@@ -8,6 +8,7 @@ stops the store."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -151,11 +152,14 @@ def test_store_outage_under_a_cluster_loses_no_tunnel_and_converges(
             _tunnel(postgres, node)
         for node in nodes[:2]:
             launch.agent(node, [postgres.target])
+        opened = len(nodes)
         while time.time() < stopped + OUTAGE:
             for session in steady:
                 session.query()
             _tunnel(postgres, nodes[2])
+            opened += 1
             time.sleep(0.5)
+        restarted = time.time()
         store.start()
         for node in nodes:
             node.process.wait_for(r"\tBridge store reachable again", timeout=15)
@@ -176,6 +180,18 @@ def test_store_outage_under_a_cluster_loses_no_tunnel_and_converges(
         assert seen is not None and seen > stopped
         for node in nodes:
             _tunnel(postgres, node)
+
+        # The audit events of the tunnels opened during the outage were held, then written.
+        def audited_during_outage() -> int:
+            with psycopg.connect(url) as conn:
+                (count,) = conn.execute(
+                    "select count(*) from audit_events where event = 'tunnel.open'"
+                    " and time between to_timestamp(%s) and to_timestamp(%s)",
+                    (stopped, restarted),
+                ).fetchone()
+            return count
+
+        wait_until(lambda: audited_during_outage() >= opened, "the held audit events", 10)
         for session in steady:
             session.query()
             session.finish()
@@ -184,8 +200,10 @@ def test_store_outage_under_a_cluster_loses_no_tunnel_and_converges(
             assert node.process.poll() is None
             assert log.count("Bridge store unreachable") == 1, log
             assert log.count("Bridge store reachable again") == 1, log
-            for lost in ("Bridge disconnected", "Peer link down", "Traceback"):
+            for lost in ("Bridge disconnected", "Peer link down", "Audit events", "Traceback"):
                 assert lost not in log, log
+            # Every line in the relay's format: nothing a library printed on its own.
+            assert all(re.match(r"\d{4}-\d\d-\d\dT", line) for line in log.splitlines()), log
         assert all(agent.poll() is None for agent in launch.processes if agent.name == "agent")
     finally:
         if launch is not None:
