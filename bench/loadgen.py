@@ -8,18 +8,21 @@ serve   echo and sink servers on 127.0.0.1: one epoll loop per worker process, t
         until killed. The sink counts what it receives and answers the client's EOF with that
         count (8 bytes, big-endian).
 rtt     request/response of SIZE-byte messages on one connection: latency percentiles.
-dial    COUNT connections, CONCURRENCY at a time, each doing one small round trip and closing.
+dial    COUNT connections, CONCURRENCY at a time, each doing one small round trip and closing;
+        with --socks HOST, each first asks the SOCKS5 server at PORT for HOST:TARGET_PORT.
 hold    like dial, but keeps each connection open; prints its result, then waits for a line on
         stdin before closing them all. With --stop-on-error, opens no more after a failure.
 send    the built-in sender: STREAMS connections to the sink for SECONDS, then EOF; MB/s from
         the sink's counts.
 
-Every client prints one JSON line on stdout. All waits are bounded.
+Every client prints one JSON line on stdout, with the CPU time it spent in its own loop
+(``cpu_s``, user + system). All waits are bounded.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import json
 import os
@@ -35,6 +38,7 @@ HOST = "127.0.0.1"
 IO_TIMEOUT = 10.0
 RECEIVE_SIZE = 256 * 1024
 _LISTEN, _ECHO, _SINK = range(3)
+_CONNECTING, _SOCKS_REPLY, _ECHO_REPLY = range(3)
 _COUNT = struct.Struct("!Q")
 
 
@@ -146,6 +150,7 @@ def rtt(args: argparse.Namespace) -> dict:
     samples = []
     with _nodelay(socket.create_connection((HOST, args.port), timeout=IO_TIMEOUT)) as sock:
         deadline = time.monotonic() + args.seconds
+        cpu = time.process_time()
         for i in range(args.warmup + args.count):
             start = time.perf_counter_ns()
             sock.sendall(message)
@@ -159,6 +164,7 @@ def rtt(args: argparse.Namespace) -> dict:
                 samples.append((time.perf_counter_ns() - start) / 1000)
                 if time.monotonic() > deadline:
                     break
+        cpu = time.process_time() - cpu
     if view != message:
         return {"error": "the reply differs from the message"}
     samples.sort()
@@ -167,22 +173,53 @@ def rtt(args: argparse.Namespace) -> dict:
         "p50_us": _percentile(samples, 0.5),
         "p99_us": _percentile(samples, 0.99),
         "mean_us": sum(samples) / len(samples),
+        "cpu_s": cpu,
     }
+
+
+def _socks_request(host: str, port: int) -> bytes:
+    """A SOCKS5 greeting (no authentication) and a CONNECT to host:port, sent together."""
+    name = host.encode()
+    return (
+        b"\x05\x01\x00" + b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big")
+    )
+
+
+def _socks_reply_size(head: bytes) -> int | None:
+    """Length of the method choice and CONNECT reply that `head` starts with; None while
+    `head` is too short to tell."""
+    if len(head) < 6:
+        return None
+    if head[5] == 3:  # a domain name: its length byte follows
+        return None if len(head) < 7 else 6 + 1 + head[6] + 2
+    return 6 + (16 if head[5] == 4 else 4) + 2
 
 
 class _Dialer:
     """Opens connections on a selector, `concurrency` at a time, each sending one message and
-    waiting for it to come back; then closes it or (keep) holds it."""
+    waiting for it to come back; then closes it or (keep) holds it. With `socks` (target host
+    and port), each connection first goes through a SOCKS5 CONNECT."""
 
-    def __init__(self, port: int, concurrency: int, keep: bool, timeout: float) -> None:
+    def __init__(
+        self,
+        port: int,
+        concurrency: int,
+        keep: bool,
+        timeout: float,
+        socks: tuple[str, int] | None = None,
+    ) -> None:
         self.address = (HOST, port)
+        self.socks = _socks_request(*socks) if socks else b""
         self.concurrency = concurrency
         self.keep = keep
         self.timeout = timeout
         self.selector = selectors.DefaultSelector()
-        self.pending: dict[socket.socket, list] = {}  # socket -> [started, bytes received, sent]
+        # socket -> [started, phase, bytes of the SOCKS reply / count of the echo received]
+        self.pending: dict[socket.socket, list] = {}
         self.held: list[socket.socket] = []
         self.done = self.failed = 0
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.cpu = 0.0
         self.first_error: str | None = None
         self.first_error_at: float | None = None
         self.latencies: list[float] = []
@@ -190,6 +227,7 @@ class _Dialer:
 
     def _error(self, reason: str) -> None:
         self.failed += 1
+        self.errors[reason] += 1
         if self.first_error is None:
             self.first_error, self.first_error_at = reason, time.time()
 
@@ -210,7 +248,7 @@ class _Dialer:
             return False
         sock.setblocking(False)
         err = sock.connect_ex(self.address)
-        self.pending[sock] = [time.perf_counter(), 0, False]
+        self.pending[sock] = [time.perf_counter(), _CONNECTING, b""]
         self.selector.register(sock, selectors.EVENT_WRITE)
         if err not in (0, errno.EINPROGRESS):
             self._fail(sock, os.strerror(err))
@@ -219,15 +257,16 @@ class _Dialer:
     def _step(self, sock: socket.socket) -> None:
         state = self.pending[sock]
         try:
-            if not state[2]:
+            if state[1] == _CONNECTING:
                 if err := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                     self._fail(sock, os.strerror(err))
                     return
-                sock.send(self.message)  # 32 bytes: always fits a fresh socket's buffer
-                state[2] = True
+                # the SOCKS request or the message: a few bytes, always fit a fresh socket
+                sock.send(self.socks or self.message)
+                state[1] = _SOCKS_REPLY if self.socks else _ECHO_REPLY
                 self.selector.modify(sock, selectors.EVENT_READ)
                 return
-            data = sock.recv(len(self.message))
+            data = sock.recv(len(self.message) if state[1] == _ECHO_REPLY else 512)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -236,8 +275,17 @@ class _Dialer:
         if not data:
             self._fail(sock, "the connection closed before the reply")
             return
-        state[1] += len(data)
-        if state[1] < len(self.message):
+        state[2] += data
+        if state[1] == _SOCKS_REPLY:
+            size = _socks_reply_size(state[2])
+            if size is None or len(state[2]) < size:
+                return
+            if state[2][1] != 0 or state[2][3] != 0:
+                self._fail(sock, f"SOCKS reply {state[2][3]}, method {state[2][1]}")
+                return
+            state[1], state[2] = _ECHO_REPLY, state[2][size:]
+            sock.send(self.message)
+        if len(state[2]) < len(self.message):
             return
         self.latencies.append(time.perf_counter() - state[0])
         self.done += 1
@@ -250,6 +298,7 @@ class _Dialer:
     def run(self, count: int, seconds: float, stop_on_error: bool) -> float:
         """Dial until `count` connections were tried or `seconds` passed; returns the time taken."""
         start = time.perf_counter()
+        cpu = time.process_time()
         deadline = start + seconds
         tried = 0
         checked = start
@@ -272,6 +321,7 @@ class _Dialer:
                     if now - state[0] > self.timeout:
                         self._fail(sock, f"no reply within {self.timeout:g} s")
         elapsed = time.perf_counter() - start
+        self.cpu = time.process_time() - cpu
         for sock in list(self.pending):  # held: each is a failure; dialing: time is up
             if self.keep:
                 self._fail(sock, f"no reply within the run's {seconds:g} s")
@@ -290,11 +340,14 @@ class _Dialer:
             "latency_p50_ms": None if not ordered else _percentile(ordered, 0.5) * 1000,
             "first_error": self.first_error,
             "first_error_at": self.first_error_at,
+            "errors": dict(self.errors.most_common(5)),
+            "cpu_s": self.cpu,
         }
 
 
 def dial(args: argparse.Namespace) -> dict:
-    dialer = _Dialer(args.port, args.concurrency, keep=False, timeout=args.timeout)
+    socks = (args.socks, args.target_port) if args.socks else None
+    dialer = _Dialer(args.port, args.concurrency, keep=False, timeout=args.timeout, socks=socks)
     return dialer.result(dialer.run(args.count, args.seconds, stop_on_error=False))
 
 
@@ -361,6 +414,11 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--concurrency", type=int, default=8)
         p.add_argument("--seconds", type=float, default=10.0)
         p.add_argument("--timeout", type=float, default=IO_TIMEOUT)
+        if name == "dial":
+            p.add_argument(
+                "--socks", metavar="HOST", help="PORT is a SOCKS5 server: ask it for HOST"
+            )
+            p.add_argument("--target-port", type=int, help="the port asked for with --socks")
     p.add_argument("--stop-on-error", action="store_true")
     p.add_argument("--hold-timeout", type=float, default=300.0)
     p = sub.add_parser("send")

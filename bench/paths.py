@@ -88,7 +88,8 @@ def console_script(name: str) -> str:
 
 class TunnelPath(BenchPath):
     """bridge-relay and bridge-agent as a user runs them: TLS, the relay's self-signed
-    certificate pinned by the agent, default settings, one forward per target."""
+    certificate pinned by the agent, default settings, one forward per target, and the SOCKS5
+    front door (its port is ``ports["socks"]``)."""
 
     name, label = "tunnel", "tunnel"
 
@@ -101,6 +102,10 @@ class TunnelPath(BenchPath):
     def relay_args(self) -> list[str | Path]:
         """More `serve` arguments (a subclass's variant of the path)."""
         return []
+
+    def agent_url(self, agents: re.Match[str]) -> str:
+        """The agent's RELAY_URL, from the relay's "agents: listening on HOST:PORT" line."""
+        return f"tls://{HOST}:{agents[2]}"
 
     def _create_bridge(self, relay_bin: str, data: Path) -> None:
         """A data dir with one bridge (made once: restarts reuse it)."""
@@ -138,6 +143,8 @@ class TunnelPath(BenchPath):
                     "--listen",
                     f"{HOST}:0",
                     *forwards,
+                    "--socks",
+                    f"{HOST}:0",
                     *self.relay_args(),
                 ],
                 self.workdir,
@@ -148,9 +155,8 @@ class TunnelPath(BenchPath):
                     rf"^forward {BRIDGE} -> {re.escape(HOST)}:{port}: listening on \S+:(\d+)$"
                 )
                 self.ports[name] = int(match[1])
-            env = clean_env(
-                **self._bridge, RELAY_URL=f"tls://{HOST}:{agents[2]}", ALLOW=f"{HOST}:*"
-            )
+            self.ports["socks"] = int(self.relay.wait_for(r"^socks: listening on \S+:(\d+)$")[1])
+            env = clean_env(**self._bridge, RELAY_URL=self.agent_url(agents), ALLOW=f"{HOST}:*")
             self.agent = Proc("agent", [agent_bin], self.workdir, env=env)
             self.agent.wait_for(r"Handling incoming proxy connections", stream="stderr")
             echo_ready(self.ports["echo"], lambda: self.relay.alive() and self.agent.alive())
@@ -183,3 +189,23 @@ class AuditedTunnelPath(TunnelPath):
 
     def relay_args(self) -> list[str | Path]:
         return ["--audit-log", self.workdir / "audit.jsonl"]
+
+
+class WebSocketTunnelPath(TunnelPath):
+    """The tunnel path with the agent connecting over WebSocket (`serve --listen-ws`,
+    ``RELAY_URL=wss://...``): run it beside `tunnel` to compare the two transports."""
+
+    name, label = "tunnel-ws", "tunnel, wss://"
+
+    def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
+        workdir = workdir / self.name  # a data dir of its own
+        workdir.mkdir(exist_ok=True)
+        super().__init__(workdir, targets)
+
+    def relay_args(self) -> list[str | Path]:
+        return ["--listen-ws", f"{HOST}:0"]
+
+    def agent_url(self, agents: re.Match[str]) -> str:
+        assert self.relay is not None
+        ws = self.relay.wait_for(r"^agents \(WebSocket\): listening on (\S+):(\d+), path (\S+)$")
+        return f"wss://{HOST}:{ws[2]}{ws[3]}"

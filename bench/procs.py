@@ -60,10 +60,17 @@ def free_port() -> int:
 
 
 class Proc:
-    """A process in a new session, stdout and stderr going to NAME.out / NAME.err in `logs`."""
+    """A process in a new session, stdout and stderr going to NAME.out / NAME.err in `logs`;
+    its stdin a pipe (`send_line`) if `stdin`, else /dev/null."""
 
     def __init__(
-        self, name: str, argv: list, logs: Path, *, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list,
+        logs: Path,
+        *,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
     ) -> None:
         self.name = name
         stem = logs / f"{next(_serial):02d}-{name}"
@@ -71,7 +78,7 @@ class Proc:
         with open(self.paths["stdout"], "wb") as out, open(self.paths["stderr"], "wb") as err:
             self.popen = subprocess.Popen(
                 [str(a) for a in argv],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 env=clean_env() if env is None else env,
@@ -85,6 +92,12 @@ class Proc:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def send_line(self, line: str) -> None:
+        """Write `line` and a newline to the process's stdin (started with `stdin`)."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(f"{line}\n".encode())
+        self.popen.stdin.flush()
 
     def read(self, stream: str = "stdout", offset: int = 0) -> str:
         with open(self.paths[stream], "rb") as f:
@@ -125,6 +138,9 @@ class Proc:
                 self.popen.wait(grace)
         self._signal(signal.SIGKILL)
         self.popen.wait()
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
 
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -166,16 +182,38 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def memory_kib(pid: int | None) -> dict[str, int]:
+    """VmRSS and VmHWM (the peak resident set) of `pid` (None: this process) in KiB; empty if
+    it is gone."""
+    found = {}
+    try:
+        with open(f"/proc/{pid or 'self'}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(line.split()[1])
+    except OSError:
+        return {}
+    return found
+
+
 def rss_kib(pid: int) -> int | None:
     """VmRSS of `pid` in KiB, or None if it is gone."""
+    return memory_kib(pid).get("VmRSS")
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of `pid` (all its threads) so far, from /proc/PID/stat (clock
+    ticks, 1/SC_CLK_TCK s each), or None if it is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def kill_pids(pids: list[int], command: str) -> None:

@@ -1,7 +1,8 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""Smoke test: ``python -m bench tunnel`` runs end to end, with the real relay and agent
-processes, tiny sizes and few connections, and leaves no process behind."""
+"""Smoke tests: ``python -m bench tunnel`` runs end to end, with the real relay and agent
+processes (and the Go tunnel, sshd, PostgreSQL where a case needs them), tiny sizes and few
+connections, and leaves no process behind."""
 
 import json
 import os
@@ -9,40 +10,40 @@ import os
 from bench.__main__ import main
 from bench.procs import descendants
 
+TINY = ["--rounds", "1", "--seconds", "0.3", "--rtt-count", "100", "--rate-seconds", "0.3"]
 
-def test_tunnel_bench_tiny(tmp_path, capsys):
+
+def _run(tmp_path, capsys, *argv: str) -> tuple[str, dict]:
     # Processes that were there before (a PostgreSQL server shared by the test session, say)
     # are not the benchmark's to stop.
     already_running = set(descendants(os.getpid()))
     out = tmp_path / "tunnel.json"
-    argv = [
-        "tunnel",
+    argv = ("tunnel", *argv, "--json", str(out))
+    assert main(list(argv)) == 0
+    table = capsys.readouterr().out
+    assert "Goals (issue 14)" in table
+    assert set(descendants(os.getpid())) - already_running == set()
+    results = json.loads(out.read_text())
+    assert results["command"] == "python -m bench " + " ".join(argv)
+    return table, results
+
+
+def test_tunnel_bench_tiny(tmp_path, capsys):
+    table, results = _run(
+        tmp_path,
+        capsys,
         "--paths",
         "tunnel,ssh",
+        "--cases",
+        "throughput,rtt,rate,hold,limit",
         "--builtin",
-        "--rounds",
-        "1",
-        "--seconds",
-        "0.3",
-        "--rtt-count",
-        "100",
-        "--rate-seconds",
-        "0.3",
+        *TINY,
         "--hold",
         "50",
         "--limit",
         "80",
-        "--json",
-        str(out),
-    ]
-    assert main(argv) == 0
-    table = capsys.readouterr().out
+    )
     assert "tunnel/ssh -L" in table or "Skipped ssh -L" in table
-    assert "Targets" in table
-    assert set(descendants(os.getpid())) - already_running == set()
-
-    results = json.loads(out.read_text())
-    assert results["command"] == "python -m bench " + " ".join(argv)
     assert results["errors"] == []
     for metric in results["metrics"].values():
         assert metric["median"]["tunnel"] > 0
@@ -51,7 +52,73 @@ def test_tunnel_bench_tiny(tmp_path, capsys):
     assert set(results["held"]["tunnel"]["rss_after_kib"]) == {"relay", "agent"}
     limit = results["stream_limit"]
     assert limit["held"] == 80 and limit["gave"].startswith("nothing")
-    assert results["targets"][-1]["passed"] is None  # 10,000 connections were not asked for
+    assert results["goals"][-1]["passed"] is None  # 10,000 connections were not asked for
     if "ssh" not in results["skipped"]:
-        assert results["metrics"]["throughput_1"]["ratio_to_ssh"]["tunnel"] > 0
+        assert results["metrics"]["throughput_1"]["ratio_to"]["ssh"]["tunnel"] > 0
         assert results["held"]["ssh"]["held"] == 50
+
+
+def test_tunnel_bench_go_costs_bursts(tmp_path, capsys):
+    """The Go yamux tunnel as a path; CPU costs per connection and message; bursts through
+    the forward, the SOCKS front door and relay.connect."""
+    _, results = _run(
+        tmp_path,
+        capsys,
+        "--paths",
+        "direct,tunnel,go",
+        "--cases",
+        "rtt,rate,costs,bursts",
+        *TINY,
+        "--cost-connections",
+        "40",
+        "--cost-messages",
+        "100",
+        "--burst",
+        "100",
+    )
+    assert results["skipped"] == {}
+    assert results["errors"] == []
+    assert results["metrics"]["connections_per_s"]["median"]["go"] > 0
+    assert results["metrics"]["rtt_p50_us"]["ratio_to"]["go"]["tunnel"] > 0
+    costs = results["costs"]
+    assert costs["tunnel"]["carriers"] == ["relay", "agent"]
+    assert costs["go"]["carriers"] == ["relay", "agent"]
+    assert costs["direct"]["carriers"] == []
+    for path in ("direct", "tunnel", "go"):
+        assert costs[path]["connections"] == 40 and costs[path]["messages"] == 100
+        assert costs[path]["connection_us"]["client"] > 0
+    assert costs["tunnel"]["connection_total_us"] > 0  # 40 connections take several ticks
+    bursts = results["bursts"]
+    assert set(bursts) == {"tunnel forward", "tunnel SOCKS", "relay.connect", "go forward"}
+    for name, got in bursts.items():
+        assert (got["done"], got["failed"]) == (100, 0), name
+        assert got["peak_kib"] > 0, name
+    figures = [goal["figure"] for goal in results["goals"]]
+    assert "CPU per new connection, relay + agent" in figures
+    assert sum("burst of 100 at once" in figure for figure in figures) == 3
+
+
+def test_tunnel_bench_pgbench_and_websocket(tmp_path, capsys, postgres_url):
+    """pgbench through the tunnel against the session's PostgreSQL; the tunnel over
+    WebSocket beside tls://."""
+    table, results = _run(
+        tmp_path,
+        capsys,
+        "--paths",
+        "direct,tunnel,tunnel-ws",
+        "--cases",
+        "throughput,pgbench",
+        "--builtin",
+        *TINY,
+        "--pgbench-seconds",
+        "1",
+        "--postgres",
+        postgres_url,
+    )
+    assert results["skipped"] == {}
+    assert results["errors"] == []
+    for key in ("pgbench_steady_tps", "pgbench_connect_tps"):
+        assert results["metrics"][key]["median"]["tunnel"] > 0
+        assert results["metrics"][key]["per_round"]["tunnel-ws"] == []  # rounds only
+    assert results["metrics"]["throughput_1"]["ratio_to"]["tunnel"]["tunnel-ws"] > 0
+    assert "1 stream, MB/s: tunnel-ws / tunnel" in table

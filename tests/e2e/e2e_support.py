@@ -10,6 +10,7 @@ relay and agents of one test the way a user runs them.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -265,6 +267,44 @@ class Postgres:
         )
 
 
+class SteadyQueries:
+    """One psql session through a forward (one tunnel), kept open while the test sends it
+    queries one at a time through a named pipe: `query()` runs ``select N`` and waits for its
+    answer, `finish()` ends the session and checks that every answer came, in order."""
+
+    def __init__(self, launcher: Launcher, postgres: Postgres, port: int, name: str) -> None:
+        pipe = launcher.log_dir / f"{name}.sql"
+        os.mkfifo(pipe)
+        self.process = launcher.start(name, [*postgres.psql_argv("", port)[:-2], "-f", pipe])
+        self.sent = 0
+
+        def opened() -> bool:  # psql opens the pipe once connected
+            assert self.process.poll() is None, f"{name} exited: {self.process.stderr()}"
+            try:
+                self._fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                return False
+            return True
+
+        wait_until(opened, f"{name} to connect")
+        os.set_blocking(self._fd, True)
+
+    def query(self, timeout: float = 10.0) -> None:
+        """Sends the next query and waits up to `timeout` for its answer."""
+        __tracebackhide__ = True
+        number = self.sent
+        os.write(self._fd, f"select {number};\n".encode())
+        self.sent += 1
+        self.process.wait_for(rf"^{number}$", stream="stdout", timeout=timeout)
+
+    def finish(self) -> None:
+        """Ends the session: psql exits 0 having answered every query, in order."""
+        __tracebackhide__ = True
+        os.close(self._fd)
+        assert self.process.wait() == 0, self.process.stderr()
+        assert self.process.stdout().split() == [str(i) for i in range(self.sent)]
+
+
 @dataclass(frozen=True)
 class Bridge:
     data_dir: Path
@@ -280,6 +320,7 @@ class Relay:
     agent_port: int
     forwards: dict[str, int]  # target HOST:PORT -> local listener port
     connected: int = 0  # agents this test waited to see connected
+    node: str | None = None  # its --node name, for the relays of a cluster
 
     @property
     def url(self) -> str:
@@ -342,6 +383,42 @@ class Launcher:
             forwards[target] = int(listening[1])
         return Relay(process, int(agents[1]), forwards)
 
+    def node(
+        self,
+        name: str,
+        store: str,
+        *targets: str,
+        args: Iterable[str | Path] = (),
+        node_timeout: float = 3.0,
+        env: dict[str, str] | None = None,
+    ) -> Relay:
+        """A relay of a cluster: `relay` with `--store STORE --node NAME`, in a data dir of
+        its own (log dir/nodes/NAME), presenting the certificate of the bridge's data dir
+        to agents (the nodes of a cluster share one, so that one pin fits them all)."""
+        data_dir = self.log_dir / "nodes" / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        relay = self.relay(
+            *targets,
+            args=[
+                "--data-dir",
+                data_dir,
+                "--cert",
+                self.bridge.data_dir / "relay.crt",
+                "--key",
+                self.bridge.data_dir / "relay.key",
+                "--store",
+                store,
+                "--node",
+                name,
+                "--node-timeout",
+                f"{node_timeout:g}",
+                *args,
+            ],
+            env=env,
+        )
+        relay.node = name
+        return relay
+
     def agent(
         self,
         relay: Relay,
@@ -381,6 +458,77 @@ class Launcher:
     def close(self) -> None:
         for process in self.processes:
             process.stop()
+
+
+def list_nodes(store: str, data_dir: Path) -> dict[str, dict]:
+    """`bridge-relay --store STORE nodes --json` (run in `data_dir`, where no relay runs):
+    the nodes by name."""
+    listed = relay_cli(data_dir, "--store", store, "nodes", "--json")
+    assert listed.returncode == 0, listed.stderr
+    return {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
+
+
+def log_time(match: re.Match[str]) -> float:
+    """The time (Unix seconds) of a text-format log line matched with its first field as
+    group 1."""
+    return datetime.datetime.fromisoformat(match[1].replace("Z", "+00:00")).timestamp()
+
+
+#: The agent's exit status when the relay rejects its credentials (deleted or rotated).
+CREDENTIALS_REJECTED = 78
+#: Revocation is promised within 2 s of the change, on every relay sharing the store.
+REVOCATION_BOUND = 2.0
+
+
+def revoke(
+    command: Callable[[], subprocess.CompletedProcess[str]],
+    reason: str,
+    relays: Iterable[Process],
+    agents: Iterable[Process],
+) -> None:
+    """`command()` (a CLI command run where no relay runs) cuts the sessions on each of
+    `relays` within REVOCATION_BOUND of its change being committed (when the command
+    returns), with `reason`; each of `agents` then exits 78."""
+    __tracebackhide__ = True
+    done = command()
+    committed = time.time()
+    assert done.returncode == 0, done.stderr
+    for relay in relays:
+        cut = relay.wait_for(
+            rf"^(\S+)\tINFO\tBridge disconnected\t.*\"reason\": \"{reason}\"", timeout=10
+        )
+        late = log_time(cut) - committed
+        assert late < REVOCATION_BOUND, f"{relay.name} cut the session {late:.2f} s after"
+    for agent in agents:
+        assert agent.wait(timeout=15) == CREDENTIALS_REJECTED
+
+
+def wait_until_running(postgres: Postgres, query: str, count: int = 1) -> None:
+    """Waits until `count` sessions of `postgres` run `query` (e.g. a long pg_sleep sent
+    through a tunnel; make it unique to the test, see `long_query`: a backend whose client
+    was cut runs on until its sleep ends)."""
+    __tracebackhide__ = True
+    quoted = query.replace("'", "''")
+    sql = f"select count(*) from pg_stat_activity where query = '{quoted}'"
+    wait_until(
+        lambda: postgres.psql(sql).stdout == f"{count}\n".encode(),
+        f"{count} sessions to run {query!r}",
+        10,
+    )
+
+
+def end_query(postgres: Postgres, query: str) -> None:
+    """Terminates the sessions of `postgres` running `query`."""
+    quoted = query.replace("'", "''")
+    done = postgres.psql(
+        f"select pg_terminate_backend(pid) from pg_stat_activity where query = '{quoted}'"
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def long_query(seconds: int = 60) -> str:
+    """A query that sleeps `seconds`, with a tag of its own for `wait_until_running`."""
+    return f"select pg_sleep({seconds}), 'q{uuid.uuid4().hex[:12]}'"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,15 @@ import uuid
 
 import pytest
 
-from .e2e_support import Bridge, Launcher, Postgres, parse_assignments, relay_cli, wait_until
+from .e2e_support import (
+    Bridge,
+    Launcher,
+    Postgres,
+    long_query,
+    parse_assignments,
+    relay_cli,
+    wait_until_running,
+)
 
 EX_CONFIG = 78
 REJECTED = "Relay rejected the bridge credentials"
@@ -73,15 +81,9 @@ def test_rotate_replaces_the_secret(launch: Launcher, bridge: Bridge):
 def test_delete_cuts_the_live_tunnel(postgres: Postgres, launch: Launcher, bridge: Bridge):
     relay, agent = launch.tunnel([postgres.target])
     forward = relay.forwards[postgres.target]
-    query = "select pg_sleep(30)"
+    query = long_query(30)
     live = launch.start("psql", postgres.psql_argv(query, port=forward), env=postgres.env)
-    wait_until(
-        lambda: (
-            postgres.psql(f"select count(*) from pg_stat_activity where query = '{query}'").stdout
-            == b"1\n"
-        ),
-        "the tunneled query to run",
-    )
+    wait_until_running(postgres, query)
 
     deleted = relay_cli(bridge.data_dir, "bridges", "delete", "--yes", bridge.name)
 

@@ -7,8 +7,6 @@ test stops the store."""
 
 from __future__ import annotations
 
-import datetime
-import json
 import re
 import signal
 import time
@@ -18,49 +16,28 @@ import psycopg
 import pytest
 
 from .e2e_support import (
+    REVOCATION_BOUND,
     Bridge,
     Launcher,
     Postgres,
-    Process,
+    end_query,
     free_port,
+    list_nodes,
+    long_query,
     relay_cli,
+    revoke,
     wait_until,
+    wait_until_running,
 )
 from .postgres_server import PostgresServer
 from .process_fixtures import create_bridge
 
 pytestmark = pytest.mark.interop
 
-CREDENTIALS_REJECTED = 78
-# Revocation is promised within 2 s of the change.
-REVOCATION_BOUND = 2.0
-
 
 def _pg_bridge(tmp_path: Path, url: str) -> Bridge:
     """A bridge created with `--store URL`; the relay certificate in a data dir of its own."""
     return create_bridge(tmp_path, "--store", url)
-
-
-def _cut_within_bound(agent: Process, relay: Process, reason: str, run) -> None:
-    """`run()` (a CLI command on another data dir) cuts the agent's session within 2 s of its
-    change being committed (when the command returns), and the agent then exits 78."""
-    done = run()
-    committed = time.time()
-    assert done.returncode == 0, done.stderr
-    cut = relay.wait_for(
-        rf"^(\S+)\tINFO\tBridge disconnected\t.*\"reason\": \"{reason}\"", timeout=10
-    )
-    cut_at = datetime.datetime.fromisoformat(cut[1].replace("Z", "+00:00")).timestamp()
-    assert cut_at - committed < REVOCATION_BOUND, f"cut {cut_at - committed:.2f} s after"
-    assert agent.wait(timeout=15) == CREDENTIALS_REJECTED
-
-
-def _wait_until_running(postgres: Postgres, query: str) -> None:
-    sql = f"select count(*) from pg_stat_activity where query = '{query}'"
-    deadline = time.monotonic() + 10
-    while postgres.psql(sql).stdout != b"1\n":
-        assert time.monotonic() < deadline, f"{query!r} is not running"
-        time.sleep(0.1)
 
 
 def test_relay_on_postgres_serves_psql_and_delete_elsewhere_cuts_the_tunnel(
@@ -74,18 +51,17 @@ def test_relay_on_postgres_serves_psql_and_delete_elsewhere_cuts_the_tunnel(
         result = postgres.psql("select 40 + 2", port=relay.forwards[postgres.target])
         assert (result.returncode, result.stdout) == (0, b"42\n"), result.stderr
         # A long query is in flight when the bridge is deleted on a machine with no relay.
-        psql = launch.start(
-            "psql", postgres.psql_argv("select pg_sleep(60)", relay.forwards[postgres.target])
-        )
-        _wait_until_running(postgres, "select pg_sleep(60)")
+        query = long_query()
+        psql = launch.start("psql", postgres.psql_argv(query, relay.forwards[postgres.target]))
+        wait_until_running(postgres, query)
         elsewhere = tmp_path / "admin-machine"
-        _cut_within_bound(
-            agent,
-            relay.process,
-            "bridge deleted",
+        revoke(
             lambda: relay_cli(
                 elsewhere, "--store", postgres_url, "bridges", "delete", "e2e", "--yes"
             ),
+            "bridge deleted",
+            [relay.process],
+            [agent],
         )
         assert psql.wait(timeout=10) != 0
         assert not (elsewhere / "bridges.db").exists()
@@ -106,13 +82,13 @@ def test_store_copy_keeps_secrets_and_rotate_elsewhere_cuts_the_tunnel(
     result = postgres.psql("select 7", port=relay.forwards[postgres.target])
     assert (result.returncode, result.stdout) == (0, b"7\n"), result.stderr
 
-    _cut_within_bound(
-        agent,
-        relay.process,
-        "bridge secret rotated",
+    revoke(
         lambda: relay_cli(
             tmp_path / "elsewhere", "--store", postgres_url, "bridges", "rotate", "e2e"
         ),
+        "bridge secret rotated",
+        [relay.process],
+        [agent],
     )
 
 
@@ -197,15 +173,12 @@ def test_nodes_lists_the_relays_sharing_a_store(
             args=[*store_args, "--node", "second", "--data-dir", tmp_path / "second-data"]
         )
         launch.agent(first, [postgres.target])
-        psql = launch.start(
-            "psql", postgres.psql_argv("select pg_sleep(30)", first.forwards[postgres.target])
-        )
-        _wait_until_running(postgres, "select pg_sleep(30)")
+        query = long_query(30)
+        psql = launch.start("psql", postgres.psql_argv(query, first.forwards[postgres.target]))
+        wait_until_running(postgres, query)
 
         def nodes() -> dict[str, dict]:
-            listed = relay_cli(tmp_path / "elsewhere", "--store", postgres_url, "nodes", "--json")
-            assert listed.returncode == 0, listed.stderr
-            return {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
+            return list_nodes(postgres_url, tmp_path / "elsewhere")
 
         wait_until(lambda: nodes()["first"]["streams"] == 1, "the heartbeat with the tunnel")
         listed = nodes()
@@ -234,10 +207,7 @@ def test_nodes_lists_the_relays_sharing_a_store(
         second.process.stop()  # SIGKILL
         wait_until(lambda: not nodes()["second"]["alive"], "the killed node to be gone", 10)
         psql.stop()
-        postgres.psql(
-            "select pg_terminate_backend(pid) from pg_stat_activity"
-            " where query = 'select pg_sleep(30)'"
-        )
+        end_query(postgres, query)
         first.process.stop(first=signal.SIGTERM)
         wait_until(lambda: "first" not in nodes(), "the stopped node to leave", 10)
     finally:

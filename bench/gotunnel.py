@@ -1,0 +1,97 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The Go reference tunnel of ``python -m bench tunnel``: bench/gotunnel/main.go, a relay and
+an agent on hashicorp/yamux over TLS as two processes, built at run time from Debian's
+golang-github-hashicorp-yamux-dev (GOPATH=/usr/share/gocode, GO111MODULE=off).
+
+The yamux of that package has no half-close (a stream's Close ends its reads too), so a
+client's EOF ends the tunneled connection both ways: the built-in sink, which answers EOF,
+cannot be measured through it (iperf3 can).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from bench.paths import HOST, BenchPath, SkipPath, echo_ready
+from bench.procs import Proc, clean_env, run_command
+
+GOPATH = Path("/usr/share/gocode")
+YAMUX_SOURCE = GOPATH / "src/github.com/hashicorp/yamux"
+SOURCE = Path(__file__).resolve().parent / "gotunnel"
+BUILD_TIMEOUT = 300.0
+
+
+class BuildError(Exception):
+    """A Go program could not be built; the message says why."""
+
+
+def go_build(source: Path, output: Path, cache: Path) -> Path:
+    """Build the Go program in `source` (package main, GOPATH mode against the Debian Go
+    packages) to `output`, with its build cache in `cache`. Raises BuildError saying what is
+    missing or what the compiler said."""
+    go = shutil.which("go")
+    if go is None:
+        raise BuildError("the Go toolchain is missing (Debian package golang-go)")
+    if not (YAMUX_SOURCE / "session.go").is_file():
+        raise BuildError(
+            f"hashicorp/yamux is missing from {YAMUX_SOURCE} "
+            "(Debian package golang-github-hashicorp-yamux-dev)"
+        )
+    env = clean_env(GOPATH=str(GOPATH), GO111MODULE="off", GOCACHE=str(cache), GOFLAGS="")
+    done = run_command([go, "build", "-o", output, "."], cwd=source, env=env, timeout=BUILD_TIMEOUT)
+    if done.returncode:
+        raise BuildError(f"go build in {source}: {done.stderr.strip() or done.stdout.strip()}")
+    return output
+
+
+class GoTunnelPath(BenchPath):
+    """gotunnel relay and gotunnel agent: TLS with the relay's self-signed certificate
+    verified by the agent, default yamux settings, one forward per target."""
+
+    name, label = "go", "Go yamux"
+
+    def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
+        super().__init__(workdir, targets)
+        self.dir = workdir / "go"
+        self.binary: Path | None = None
+        self.relay: Proc | None = None
+        self.agent: Proc | None = None
+
+    def start(self) -> None:
+        if self.binary is None:
+            self.dir.mkdir(exist_ok=True)
+            try:
+                self.binary = go_build(SOURCE, self.dir / "gotunnel", self.dir / "cache")
+            except BuildError as exc:
+                raise SkipPath(str(exc)) from None
+        cert = self.dir / "relay.pem"
+        forwards = [arg for port in self.targets.values() for arg in ("-forward", f"{HOST}:{port}")]
+        try:
+            self.relay = Proc(
+                "go-relay", [self.binary, "relay", "-cert-out", cert, *forwards], self.workdir
+            )
+            agents = self.relay.wait_for(r"^agents: listening on (\S+)$")
+            for name, port in self.targets.items():
+                match = self.relay.wait_for(rf"^forward {HOST}:{port}: listening on \S+:(\d+)$")
+                self.ports[name] = int(match[1])
+            self.agent = Proc(
+                "go-agent", [self.binary, "agent", "-relay", agents[1], "-ca", cert], self.workdir
+            )
+            self.agent.wait_for(r"^agent: connected$")
+            echo_ready(self.ports["echo"], lambda: self.relay.alive() and self.agent.alive())
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for proc in (self.agent, self.relay):
+            if proc is not None:
+                proc.stop()
+
+    def processes(self) -> dict[str, list[int]]:
+        return {role: [proc.pid] for role, proc in self.procs().items() if proc.alive()}
+
+    def procs(self) -> dict[str, Proc]:
+        return {role: proc for role, proc in (("relay", self.relay), ("agent", self.agent)) if proc}
