@@ -19,13 +19,10 @@ pytestmark = pytest.mark.interop
 
 
 def start_node(launch: Launcher, name: str, store: str, target: str) -> tuple[Relay, str]:
-    """`bridge-relay serve --store STORE --node NAME` forwarding to `target`, in a data dir of
-    its own where it makes its own self-signed certificate; returns it and that certificate's
-    fingerprint."""
-    data_dir = launch.log_dir / "nodes" / name
-    data_dir.mkdir(parents=True)
-    relay = launch.relay(target, args=["--data-dir", data_dir, "--store", store, "--node", name])
-    printed = relay_cli(data_dir, "fingerprint")
+    """A node (`Launcher.node`) forwarding to `target`, with the self-signed certificate it
+    makes in its own data dir; returns it and that certificate's fingerprint."""
+    relay = launch.node(name, store, target, own_certificate=True)
+    printed = relay_cli(launch.node_dir(name), "fingerprint")
     assert printed.returncode == 0, printed.stderr
     return relay, printed.stdout.strip()
 
