@@ -20,6 +20,8 @@ from bridge.lazy import lazy_exports
 # imported at every pytest start and must stay light.
 _EXPORTS = {
     "RelayConfig": "relay.config",
+    "PeerConfig": "relay.config",
+    "PeerIdentity": "relay.peer_identity",
     "BridgeBusy": "relay.errors",
     "BridgeNotConnected": "relay.errors",
     "RelayError": "relay.errors",
@@ -40,6 +42,8 @@ __all__ = [
     "BridgeNotConnected",
     "BridgeRecord",
     "MemoryStore",
+    "PeerConfig",
+    "PeerIdentity",
     "PostgresStore",
     "Relay",
     "RelayConfig",
@@ -54,7 +58,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from relay.config import RelayConfig
+    from relay.config import PeerConfig, RelayConfig
     from relay.errors import (
         BridgeBusy,
         BridgeNotConnected,
@@ -66,6 +70,7 @@ if TYPE_CHECKING:
         TunnelError,
         UnknownBridge,
     )
+    from relay.peer_identity import PeerIdentity
     from relay.relay import Relay
     from relay.store import BridgeRecord, MemoryStore, PostgresStore, SQLiteStore
 

@@ -110,10 +110,13 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def ensure_self_signed(data_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """The (certificate, key) paths in `data_dir`, creating them on first use."""
+def ensure_self_signed(
+    data_dir: str | os.PathLike[str], *, cert_file: str = CERT_FILE, key_file: str = KEY_FILE
+) -> tuple[Path, Path]:
+    """The (certificate, key) paths in `data_dir` (named `cert_file` and `key_file`), creating
+    them on first use. Raises CertificateError with a one-line message."""
     directory = Path(data_dir)
-    cert_path, key_path = directory / CERT_FILE, directory / KEY_FILE
+    cert_path, key_path = directory / cert_file, directory / key_file
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_path = directory / LOCK_FILE

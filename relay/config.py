@@ -39,6 +39,29 @@ def parse_networks(value: str | list | tuple) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+@attrs.frozen(kw_only=True)
+class PeerConfig:
+    """Peer links between relay nodes (`Relay.serve_peers`). Durations are in seconds.
+
+    keepalive_interval, ping_timeout: the link's yamux keepalive; a link whose ping is not
+        answered within ping_timeout is down (its presence dropped at once).
+    presence_interval: each side resends the bridges it holds this often.
+    presence_debounce: after a change, how long to wait for more before sending presence.
+    refresh_interval: how often the store's node list is read (whom to dial, whom to accept).
+    redial_min, redial_max: the backoff between attempts to dial a node, doubled per failure.
+    accept_backlog: streams a peer may have opened on the link that are not served yet.
+    """
+
+    keepalive_interval: float = attrs.field(default=2.0, validator=positive_number)
+    ping_timeout: float = attrs.field(default=4.0, validator=positive_number)
+    presence_interval: float = attrs.field(default=1.0, validator=positive_number)
+    presence_debounce: float = attrs.field(default=0.05, validator=positive_number)
+    refresh_interval: float = attrs.field(default=1.0, validator=positive_number)
+    redial_min: float = attrs.field(default=0.2, validator=positive_number)
+    redial_max: float = attrs.field(default=5.0, validator=positive_number)
+    accept_backlog: int = attrs.field(default=1024, validator=positive_count)
+
+
 #: bcrypt checks at once: one per core, at least two (one of them kept for known bridges).
 DEFAULT_BCRYPT_THREADS = max(2, os.cpu_count() or 1)
 
@@ -94,6 +117,7 @@ class RelayConfig:
     node_timeout: a node that has not heartbeated for this long is gone; it heartbeats three
         times as often.
     audit: the audit trail's queue and progress interval.
+    peer: peer links to the other nodes of a cluster (see `PeerConfig`).
     """
 
     handshake_timeout: float = attrs.field(default=10.0, validator=positive_number)
@@ -122,3 +146,4 @@ class RelayConfig:
     node: str | None = None
     node_timeout: float = attrs.field(default=10.0, validator=positive_number)
     audit: AuditConfig = attrs.field(factory=AuditConfig)
+    peer: PeerConfig = attrs.field(factory=PeerConfig)

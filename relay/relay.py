@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -88,9 +88,11 @@ from relay.errors import (
     TargetUnreachable,
     TunnelError,
 )
+from relay.handover import Handovers
 from relay.limits import LoginLimiter, Repeats, source_of
 from relay.open_slots import OpenSlots
 from relay.os_limits import listen_backlog
+from relay.peer_identity import PeerIdentity
 from relay.proxy_protocol import (
     MAX_HEADER as MAX_PROXY_HEADER,
 )
@@ -102,6 +104,9 @@ from relay.proxy_protocol import (
 from relay.registry import AgentSession, Arrival, Registry
 from relay.store import BridgeRecord, NodeRecord, Store
 from relay.store.access import StoreAccess
+
+if TYPE_CHECKING:
+    from relay.peering import Peering
 
 log = logging.getLogger("relay.relay")
 
@@ -227,6 +232,12 @@ class Relay:
         self._listening = False  # the store notifies changes right now
         self._seen: dict[str, float] = {}  # last seen times not yet written
         self._seen_wake = trio.Event()
+        #: Set by a worker of ``bridge-relay serve --workers``: hands a forward's or SOCKS
+        #: client to the worker that holds its bridge (see `relay.handover.Handovers`).
+        self.handover: Handovers | None = None
+        #: The peer links of a cluster node, once `serve_peers` runs.
+        self.peering: Peering | None = None
+        self._node_wake = trio.Event()  # heartbeat now: the node's record changed
 
     def __repr__(self) -> str:
         return f"<Relay store={self.store!r} sessions={len(self.registry)}>"
@@ -258,16 +269,24 @@ class Relay:
     # -- listening -----------------------------------------------------------------------
 
     async def serve(
-        self, host: str | None, port: int, *, task_status=trio.TASK_STATUS_IGNORED
+        self,
+        host: str | None,
+        port: int,
+        *,
+        listeners: list[trio.SocketListener] | None = None,
+        task_status=trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept agents over TLS on host:port until cancelled (port 0: any free port), and run
         the relay's housekeeping (store changes, log summaries).
 
-        `task_status.started` gets the list of `trio.SocketListener`s. Raises OSError when it
-        cannot listen. Cancelling it closes the listeners and ends every agent session at
-        once, cutting their tunnels: call `drain` first to let them finish.
+        With `listeners` (sockets bound by another process, e.g. the parent of workers),
+        those are served and host:port only name them. `task_status.started` gets the list
+        of `trio.SocketListener`s. Raises OSError when it cannot listen. Cancelling it
+        closes the listeners and ends every agent session at once, cutting their tunnels:
+        call `drain` first to let them finish.
         """
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
         bound = listeners[0].socket.getsockname()[1]
         if self.config.node is None:
             self.audit_trail.node = f"{socket.gethostname()}:{bound}"
@@ -290,17 +309,74 @@ class Relay:
         *,
         path: str = DEFAULT_PATH,
         config: WebSocketConfig | None = None,
+        listeners: list[trio.SocketListener] | None = None,
         task_status=trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept agents over WebSocket (wss://, upgrades to `path`) on host:port until
         cancelled, through the same gate, PROXY header handling, deadline and login as
         `serve` (run `serve` too: it does the housekeeping). The WebSocket's own sizes come
         from `config`; until an agent has authenticated it may send no more than a Hello.
-        `task_status.started` gets the listeners; they close on `stop_accepting`."""
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
+        `task_status.started` gets the listeners (`listeners`, if given, bound elsewhere);
+        they close on `stop_accepting`."""
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
         websocket = _WebSocketListen(path, config or WebSocketConfig())
         handler = partial(self._handle_connection, websocket)
         await self.serve_listeners(handler, listeners, self._gate, task_status=task_status)
+
+    async def serve_peers(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        identity: PeerIdentity,
+        advertise: str | None = None,
+        task_status=trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept peer links from the other nodes of a cluster on host:port until cancelled
+        (port 0: any free port), dial the nodes this one should (the lower name dials), and
+        route `connect` to bridges held by other nodes (run `serve` too: it registers the
+        node and does the housekeeping).
+
+        `identity` is this node's peer key and certificate (`PeerIdentity.ensure(data_dir)`);
+        `advertise` is the HOST:PORT other nodes dial (default: the address listened on, or
+        this host's name when that is a wildcard address). Both go to the node's record in
+        the store at once. Connections go through the same gate and deadline as agents'.
+        `task_status.started` gets the listeners. Raises OSError when it cannot listen,
+        CertificateError when the identity cannot serve TLS. Cancelling it ends every link.
+        """
+        from relay.peering import Peering
+
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
+        if advertise is None:
+            bound = listeners[0].socket.getsockname()[1]
+            shown = host if host and host not in ("0.0.0.0", "::") else socket.gethostname()
+            advertise = format_host_port(shown, bound)
+        peering = Peering(self, identity, advertise, self.config.peer)
+        self.peering = peering
+        _log(
+            logging.INFO,
+            "Peer listener ready",
+            address=advertise,
+            fingerprint=identity.fingerprint,
+        )
+        try:
+            self._node_changed()
+            await peering.run(listeners, task_status=task_status)
+            task_status = trio.TASK_STATUS_IGNORED
+        finally:
+            self.peering = None
+            self._node_changed()
+
+    def _node_changed(self) -> None:
+        """This node's record changed (peer address, links): heartbeat at once."""
+        self._node_wake.set()
+
+    def _presence_changed(self) -> None:
+        """The bridges held here changed: tell the peers, and the store soon."""
+        if self.peering is not None:
+            self.peering.presence_changed()
+        self._node_wake.set()
 
     async def serve_listeners(
         self,
@@ -770,6 +846,7 @@ class Relay:
                     agent.control = await session.open_stream()  # the first stream: see PROTOCOL.md
                 self.registry.add(agent)
                 arrival.settle()
+                self._presence_changed()
                 self.metrics.sessions.inc(bridge=record.name)
                 try:
                     with agent.cancel_scope:
@@ -789,6 +866,7 @@ class Relay:
                             stream.reset()
                 finally:
                     self.registry.remove(agent)
+                    self._presence_changed()
                     self.metrics.sessions.dec(bridge=record.name)
                 if agent.close_reason is not None:
                     await _tell_closing(agent, agent.close_reason)
@@ -955,11 +1033,20 @@ class Relay:
         taken = False
         try:
             while True:
-                await trio.sleep(timeout / 3)
+                with trio.move_on_after(timeout / 3):
+                    await self._node_wake.wait()
+                    await trio.sleep(0.1)  # changes come in bursts: one write for them
+                self._node_wake = trio.Event()
+                held = sorted({agent.bridge_id for agent in self.registry})
+                peering = self.peering
                 record = attrs.evolve(
                     record,
-                    bridges=len({agent.bridge_id for agent in self.registry}),
+                    bridges=len(held),
                     streams=self.registry.open_streams_total(),
+                    peer_address=None if peering is None else peering.advertise,
+                    peer_fingerprint=None if peering is None else peering.fingerprint,
+                    held=held,
+                    links=() if peering is None else sorted(peering.links),
                 )
                 try:
                     await self._store.run(self.store.claim_node, record, timeout)
@@ -1062,8 +1149,11 @@ class Relay:
     # -- tunnels -------------------------------------------------------------------------
 
     def is_connected(self, bridge: str) -> bool:
-        """Whether an agent of `bridge` (a name or ID) is connected right now."""
-        return bool(self.registry.sessions(bridge))
+        """Whether an agent of `bridge` (a name or ID) is connected right now, to this node
+        or to a node this one has a peer link with."""
+        if self.registry.sessions(bridge):
+            return True
+        return self.peering is not None and bool(self.peering.holders(bridge))
 
     async def connect(
         self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
@@ -1096,14 +1186,18 @@ class Relay:
         return reply.message or format_host_port(host, port)
 
     async def _open(
-        self, bridge: str, host: str, port: int, caller: Caller
+        self, bridge: str, host: str, port: int, caller: Caller, *, remote: bool = True
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
+        """A tunnel through `bridge`: this node's session, or (with `remote`) a node linked
+        to this one that holds the bridge."""
         if not self.audit_trail.enabled:
-            return await self._open_tunnel(bridge, host, port, caller, 0.0)
+            return await self._open_tunnel(bridge, host, port, caller, 0.0, remote)
         started = time.monotonic()
         try:
-            return await self._open_tunnel(bridge, host, port, caller, started)
+            return await self._open_tunnel(bridge, host, port, caller, started, remote)
         except (Exception, trio.Cancelled) as exc:
+            if getattr(exc, "audited_elsewhere", False):  # by the node holding the bridge
+                raise
             sessions = self.registry.sessions(bridge)
             name, bridge_id = bridge, None
             if sessions:
@@ -1116,13 +1210,30 @@ class Relay:
             raise
 
     async def _open_tunnel(
-        self, bridge: str, host: str, port: int, caller: Caller, started: float
+        self,
+        bridge: str,
+        host: str,
+        port: int,
+        caller: Caller,
+        started: float,
+        remote: bool = True,
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         request = encode_connect_request(ConnectRequest(host, port))
         target = format_host_port(host, port)
         if self._stopping:
             raise RelayShuttingDown(_SHUTTING_DOWN)
         sessions = self.registry.sessions(bridge)
+        peering = self.peering if remote else None
+        # A local session is preferred unless it is at its stream limit.
+        if (
+            peering is not None
+            and peering.holders(bridge)
+            and (not sessions or self._streams_full(sessions[0].bridge_id))
+        ):
+            try:
+                return await peering.open(bridge, host, port, caller)
+            except BridgeNotConnected:
+                sessions = self.registry.sessions(bridge)  # gone meanwhile: local, if any
         if not sessions and self.registry.is_arriving(bridge):
             # An agent was just welcomed: its session is moments from being registered.
             with trio.move_on_after(self.config.connect_timeout):
@@ -1189,9 +1300,16 @@ class Relay:
         except Exception:
             return True
 
-    def _check_streams(self, bridge_id: str, name: str) -> None:
+    def _stream_count(self, bridge_id: str) -> int:
         # Opens still on their way to a session count too: they become open streams later.
-        count = self.registry.open_streams(bridge_id) + self.registry.opening.get(bridge_id, 0)
+        return self.registry.open_streams(bridge_id) + self.registry.opening.get(bridge_id, 0)
+
+    def _streams_full(self, bridge_id: str) -> bool:
+        """Whether this node's sessions of the bridge are at `max_streams_per_bridge`."""
+        return self._stream_count(bridge_id) >= self.config.max_streams_per_bridge
+
+    def _check_streams(self, bridge_id: str, name: str) -> None:
+        count = self._stream_count(bridge_id)
         if count >= self.config.max_streams_per_bridge:
             raise self._busy(bridge_id, name, f"Bridge {name}: {count} streams open, the limit")
 

@@ -39,8 +39,8 @@ from relay.errors import (
     StoreNotInitialised,
     UnknownBridge,
 )
-from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
-from relay.store.sqlite import NODE_COLUMNS
+from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name, encode_names
+from relay.store.sqlite import NODE_COLUMNS, node_from_row
 
 log = logging.getLogger("relay.store")
 
@@ -101,6 +101,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 bridges INTEGER NOT NULL DEFAULT 0,
                 streams INTEGER NOT NULL DEFAULT 0
             )""",
+        ],
+    ),
+    (
+        4,
+        [
+            # Presence: the bridges a node holds a session of, and its peer links (JSON arrays).
+            "ALTER TABLE nodes ADD COLUMN held_bridges TEXT",
+            "ALTER TABLE nodes ADD COLUMN peer_links TEXT",
         ],
     ),
 ]
@@ -438,12 +446,14 @@ class PostgresStore(StoreBase):
 
         def upsert(conn: psycopg.Connection) -> int:
             return conn.execute(
-                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, {now}, %s, %s)"
+                f"INSERT INTO nodes ({NODE_COLUMNS})"
+                f" VALUES (%s, %s, %s, %s, %s, %s, {now}, %s, %s, %s, %s)"
                 " ON CONFLICT (name) DO UPDATE SET instance = excluded.instance,"
                 " agent_address = excluded.agent_address, peer_address = excluded.peer_address,"
                 " peer_fingerprint = excluded.peer_fingerprint, started_at = excluded.started_at,"
                 " heartbeat_at = excluded.heartbeat_at, bridges = excluded.bridges,"
-                " streams = excluded.streams"
+                " streams = excluded.streams, held_bridges = excluded.held_bridges,"
+                " peer_links = excluded.peer_links"
                 f" WHERE nodes.instance = excluded.instance OR nodes.heartbeat_at < {now} - %s",
                 (
                     node.name,
@@ -454,6 +464,8 @@ class PostgresStore(StoreBase):
                     node.started_at,
                     node.bridges,
                     node.streams,
+                    encode_names(node.held),
+                    encode_names(node.links),
                     timeout,
                 ),
             ).rowcount
@@ -468,7 +480,7 @@ class PostgresStore(StoreBase):
                 " FROM nodes ORDER BY name"
             ).fetchall()
         )
-        return [attrs.evolve(NodeRecord(*row[:-1]), age=float(row[-1])) for row in rows]
+        return [node_from_row(row[:-1], float(row[-1])) for row in rows]
 
     def remove_node(self, name: str, instance: str) -> None:
         self._run(

@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import builtins
+import json
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Protocol
 
 import attrs
@@ -34,6 +36,10 @@ class BridgeRecord:
         return bridge in (self.id, self.name)
 
 
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class NodeRecord:
     """A relay process registered in the store (`Store.claim_node`).
@@ -41,7 +47,8 @@ class NodeRecord:
     `instance` tells two processes that give the same name apart; `heartbeat_at` is the
     store's clock when it last wrote (PostgreSQL's, so that nodes with skewed clocks agree);
     `age` (seconds since that heartbeat, by the store's clock) is filled in by `list_nodes`.
-    `bridges` and `streams`: bridges with a session on this node and tunnels open through it.
+    `bridges` and `streams`: bridges with a session on this node and tunnels open through it;
+    `held`: the IDs of those bridges; `links`: the nodes it has a peer link up with.
     """
 
     name: str
@@ -53,7 +60,25 @@ class NodeRecord:
     heartbeat_at: float = 0.0
     bridges: int = 0
     streams: int = 0
+    held: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    links: tuple[str, ...] = attrs.field(default=(), converter=_names)
     age: float | None = attrs.field(default=None, eq=False)
+
+
+def encode_names(names: tuple[str, ...]) -> str:
+    """A node's `held` or `links` as stored: a JSON array."""
+    return json.dumps(list(names), separators=(",", ":"))
+
+
+def decode_names(text: str | None) -> tuple[str, ...]:
+    """`held` or `links` as stored (None, by a node of an older release: none)."""
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 def check_name(name: str) -> str:

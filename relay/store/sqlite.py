@@ -13,12 +13,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
-
 from bridge.ops.errors import os_reason
 from relay.credentials import DEFAULT_COST, hash_secret, new_secret
 from relay.errors import DuplicateBridge, NodeNameTaken, StoreError, UnknownBridge
-from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
+from relay.store.records import (
+    BridgeRecord,
+    NodeRecord,
+    StoreBase,
+    check_name,
+    decode_names,
+    encode_names,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridges (
@@ -42,11 +47,32 @@ CREATE TABLE IF NOT EXISTS nodes (
     streams INTEGER NOT NULL DEFAULT 0
 )
 """
+#: Added later (PostgreSQL migration 4): a node's held bridge IDs and its peer links, JSON.
+_NODE_ADDITIONS = {"held_bridges": "TEXT", "peer_links": "TEXT"}
 _COLUMNS = "id, name, secret_hash, created_at, last_seen_at"
 NODE_COLUMNS = (
     "name, instance, agent_address, peer_address, peer_fingerprint, started_at, heartbeat_at,"
-    " bridges, streams"
+    " bridges, streams, held_bridges, peer_links"
 )
+
+
+def node_from_row(row: tuple, age: float) -> NodeRecord:
+    """A `NodeRecord` from a row of `NODE_COLUMNS` (both stores)."""
+    name, instance, agent_address, peer_address, peer_fingerprint, started, beat = row[:7]
+    return NodeRecord(
+        name,
+        instance,
+        agent_address,
+        peer_address,
+        peer_fingerprint,
+        started,
+        beat,
+        row[7],
+        row[8],
+        held=decode_names(row[9]),
+        links=decode_names(row[10]),
+        age=age,
+    )
 
 
 class SQLiteStore(StoreBase):
@@ -90,6 +116,10 @@ class SQLiteStore(StoreBase):
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute(_SCHEMA)
             db.execute(_NODES)
+            have = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
+            for column, kind in _NODE_ADDITIONS.items():
+                if column not in have:  # additive: older relays keep their columns
+                    db.execute(f"ALTER TABLE nodes ADD COLUMN {column} {kind}")
             self._data_version = db.execute("PRAGMA data_version").fetchone()[0]
         except BaseException:
             db.close()
@@ -192,12 +222,13 @@ class SQLiteStore(StoreBase):
     def claim_node(self, node: NodeRecord, timeout: float) -> None:
         now = time.time()
         changed = self._write(
-            f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET instance = excluded.instance,"
             " agent_address = excluded.agent_address, peer_address = excluded.peer_address,"
             " peer_fingerprint = excluded.peer_fingerprint, started_at = excluded.started_at,"
             " heartbeat_at = excluded.heartbeat_at, bridges = excluded.bridges,"
-            " streams = excluded.streams"
+            " streams = excluded.streams, held_bridges = excluded.held_bridges,"
+            " peer_links = excluded.peer_links"
             " WHERE nodes.instance = excluded.instance OR nodes.heartbeat_at < ?",
             (
                 node.name,
@@ -209,6 +240,8 @@ class SQLiteStore(StoreBase):
                 now,
                 node.bridges,
                 node.streams,
+                encode_names(node.held),
+                encode_names(node.links),
                 now - timeout,
             ),
         )
@@ -219,7 +252,7 @@ class SQLiteStore(StoreBase):
         now = time.time()
         with self._conn() as db:
             rows = db.execute(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name").fetchall()
-        return [attrs.evolve(NodeRecord(*row), age=now - row[6]) for row in rows]
+        return [node_from_row(row, now - row[6]) for row in rows]
 
     def remove_node(self, name: str, instance: str) -> None:
         self._write("DELETE FROM nodes WHERE name = ? AND instance = ?", (name, instance))

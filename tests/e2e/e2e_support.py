@@ -321,6 +321,7 @@ class Relay:
     forwards: dict[str, int]  # target HOST:PORT -> local listener port
     connected: int = 0  # agents this test waited to see connected
     node: str | None = None  # its --node name, for the relays of a cluster
+    peer_port: int | None = None  # with --peer-listen
 
     @property
     def url(self) -> str:
@@ -381,7 +382,11 @@ class Launcher:
                 stream="stdout",
             )
             forwards[target] = int(listening[1])
-        return Relay(process, int(agents[1]), forwards)
+        peer_port = None
+        if "--peer-listen" in [str(arg) for arg in args]:
+            peers = process.wait_for(r"^peers: listening on 127\.0\.0\.1:(\d+)$", stream="stdout")
+            peer_port = int(peers[1])
+        return Relay(process, int(agents[1]), forwards, peer_port=peer_port)
 
     def node(
         self,
@@ -391,12 +396,14 @@ class Launcher:
         args: Iterable[str | Path] = (),
         node_timeout: float = 3.0,
         env: dict[str, str] | None = None,
+        peers: bool = True,
         own_certificate: bool = False,
     ) -> Relay:
         """A relay of a cluster: `relay` with `--store STORE --node NAME`, in a data dir of
         its own (`node_dir`), presenting the certificate of the bridge's data dir to agents
         (the nodes of a cluster share one, so that one pin fits them all), or with
-        `own_certificate` the self-signed one it makes in its data dir."""
+        `own_certificate` the self-signed one it makes in its data dir; with `peers`, linked
+        to the other nodes (`--peer-listen 127.0.0.1:0`, `peer_port`)."""
         data_dir = self.node_dir(name)
         data_dir.mkdir(parents=True, exist_ok=True)
         certificate: list[str | Path] = [
@@ -417,6 +424,7 @@ class Launcher:
                 name,
                 "--node-timeout",
                 f"{node_timeout:g}",
+                *(["--peer-listen", "127.0.0.1:0"] if peers else []),
                 *args,
             ],
             env=env,

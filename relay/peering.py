@@ -1,0 +1,694 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Peer links between the relay nodes of a cluster: presence and peered opens.
+
+One link per pair of nodes, dialed by the node whose name sorts lower (redialed with backoff
+while the other is registered and live): TCP, TLS pinned by the fingerprint the store
+registers for the listener, the peer handshake (`relay.peer_handshake`), then a yamux
+session both sides open streams on. Each side opens a control stream first and sends the
+bridges it holds on it (`relay.peer_messages`): on a change (debounced) and every
+`PeerConfig.presence_interval`. A node's presence is dropped as soon as its link closes.
+
+Every other stream is a peered open: the caller node sends an `OpenRequest`, the holder
+runs its own local open (limits, audit, the agent's allow-list answer) and replies; after OK
+the stream carries the target's bytes, spliced on the holder. The holder never forwards an
+open to a third node. The data path never waits on the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+import mux
+from bridge.ops.errors import os_reason
+from bridge.protocol.addresses import format_host_port, parse_host_port
+from bridge.protocol.connect import ConnectReply, ConnectStatus
+from bridge.transport.prefixed_stream import PrefixedStream
+from bridge.transport.splice import splice
+from bridge.transport.tls import FingerprintMismatch, client_ssl_context, open_tls_client
+from bridge.transport.tls_stream import TLSStream
+from relay.audit import Caller
+from relay.config import PeerConfig
+from relay.errors import (
+    BridgeBusy,
+    BridgeNotConnected,
+    RelayShuttingDown,
+    StoreError,
+    TargetNotAllowed,
+    TargetUnreachable,
+    TunnelError,
+)
+from relay.peer_handshake import (
+    ChallengeParser,
+    PeerHandshakeError,
+    ProofParser,
+    Verdict,
+    VerdictParser,
+    VerdictStatus,
+    encode_challenge,
+    encode_proof,
+    encode_verdict,
+    fingerprint_digest,
+    make_proof,
+    verify_proof,
+)
+from relay.peer_identity import PeerIdentity
+from relay.peer_messages import (
+    HeldBridge,
+    OpenOutcome,
+    OpenReply,
+    OpenReplyParser,
+    OpenRequest,
+    OpenRequestParser,
+    PeerMessageError,
+    PresenceReader,
+    encode_open_reply,
+    encode_open_request,
+    encode_presence,
+)
+from relay.store import NodeRecord
+
+if TYPE_CHECKING:
+    from relay.relay import Relay
+
+log = logging.getLogger("relay.peering")
+
+_READ_SIZE = 64 * 1024
+_UNREACHABLE = {
+    ConnectStatus.DNS_FAILURE,
+    ConnectStatus.CONNECTION_REFUSED,
+    ConnectStatus.TIMEOUT,
+    ConnectStatus.UNREACHABLE,
+}
+#: An unknown certificate makes the listener read the store's node list again, at most this
+#: often (so that strangers cannot make it query the store per connection).
+_REFRESH_GAP = 0.5
+
+
+def _log(level: int, message: str, **fields: Any) -> None:
+    log.log(level, message, extra={"fields": fields})
+
+
+class PeerRefused(Exception):
+    """A peer link was refused (by either side); the message says why, in one line."""
+
+
+class _Garbage(Exception):
+    """Not a peer handshake: dropped like garbage on the agent port."""
+
+
+class _Retry(Exception):
+    """A peered open failed before the holder answered, or the holder no longer holds the
+    bridge: another holder may be tried."""
+
+
+@attrs.define(eq=False)
+class PeerLink:
+    """A live link to another node: its mux session and the bridges that node holds."""
+
+    node: str
+    address: str
+    session: Any = attrs.field(default=None, repr=False)
+    control: Any = attrs.field(default=None, repr=False)
+    held: dict[str, HeldBridge] = attrs.field(factory=dict, repr=False)
+    names: dict[str, str] = attrs.field(factory=dict, repr=False)  # bridge name -> ID
+    #: Peered opens sent through this link since its node's last presence, by bridge ID:
+    #: counted with the streams that presence reported, for routing.
+    opened: dict[str, int] = attrs.field(factory=dict, repr=False)
+    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
+    close_reason: str | None = None
+    wake: trio.Event = attrs.field(factory=trio.Event, repr=False)
+
+    def find(self, bridge: str) -> HeldBridge | None:
+        """The bridge (an ID or name) if this link's node holds it."""
+        held = self.held.get(bridge)
+        if held is None and (bridge_id := self.names.get(bridge)) is not None:
+            held = self.held.get(bridge_id)
+        return held
+
+    def load(self, bridge_id: str) -> int:
+        held = self.held.get(bridge_id)
+        return (held.streams if held else 0) + self.opened.get(bridge_id, 0)
+
+    def close(self, reason: str) -> None:
+        """End the link; its node's presence is dropped at once."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.held, self.names = {}, {}
+        self.cancel_scope.cancel()
+
+
+class Peering:
+    """The peer side of one relay node: its listener's handler, its dialers and its links.
+
+    Made and run by `Relay.serve_peers`; `relay.connect` asks it for remote holders
+    (`holders`) and opens through them (`open`)."""
+
+    def __init__(
+        self, relay: Relay, identity: PeerIdentity, advertise: str, config: PeerConfig
+    ) -> None:
+        self.relay = relay
+        self.identity = identity
+        self.advertise = advertise
+        self.config = config
+        self.links: dict[str, PeerLink] = {}
+        self._ssl = identity.ssl_context()
+        self._digest = fingerprint_digest(identity.certificate)
+        self._nodes: dict[str, NodeRecord] = {}  # live registered nodes with a peer address
+        self._dialers: set[str] = set()
+        self._refreshed_at = -math.inf
+        self._refresh_lock = trio.Lock()
+        self._store_failing = False
+        self._nursery: trio.Nursery | None = None
+        base = relay.config.mux
+        options = {} if base is None else attrs.asdict(base, recurse=False)
+        options.update(
+            keepalive_interval=config.keepalive_interval,
+            ping_timeout=config.ping_timeout,
+            accept_backlog=config.accept_backlog,
+        )
+        self.mux_config = mux.Config(**options)
+
+    @property
+    def node(self) -> str:
+        return self.relay.node
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint
+
+    # -- presence ------------------------------------------------------------------------
+
+    def presence_changed(self) -> None:
+        """The bridges this node holds changed: tell every linked node soon."""
+        for link in self.links.values():
+            link.wake.set()
+
+    def holders(self, bridge: str) -> list[tuple[PeerLink, HeldBridge]]:
+        """The linked nodes holding `bridge` (an ID or name), fewest open streams first."""
+        found = [(link, held) for link in self.links.values() if (held := link.find(bridge))]
+        return sorted(found, key=lambda pair: pair[0].load(pair[1].id))
+
+    def _held_here(self) -> list[HeldBridge]:
+        registry = self.relay.registry
+        bridges: dict[str, HeldBridge] = {}
+        for agent in registry:
+            held = bridges.get(agent.bridge_id)
+            streams = agent.open_streams() if agent.mux is not None else 0
+            bridges[agent.bridge_id] = HeldBridge(
+                agent.bridge_id, agent.bridge_name, streams + (held.streams if held else 0)
+            )
+        return list(bridges.values())
+
+    # -- the node list ------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Read the store's node list (the live nodes with a peer address). While the store
+        cannot be read, the copy in memory stays: one log line per state change."""
+        async with self._refresh_lock:
+            self._refreshed_at = trio.current_time()
+            try:
+                nodes = await self.relay._store.run(self.relay.store.list_nodes)
+            except StoreError as exc:
+                if not self._store_failing:
+                    self._store_failing = True
+                    _log(
+                        logging.WARNING,
+                        "Peer node list unavailable: working from memory",
+                        reason=str(exc),
+                    )
+                return
+            if self._store_failing:
+                self._store_failing = False
+                _log(logging.INFO, "Peer node list available again")
+            timeout = self.relay.config.node_timeout
+            self._nodes = {
+                n.name: n
+                for n in nodes
+                if n.peer_address
+                and n.peer_fingerprint
+                and n.name != self.node
+                and (n.age is None or n.age < timeout)
+            }
+
+    async def _node_with(self, name: str, fingerprint: str) -> NodeRecord | None:
+        """The live node `name` if its registered fingerprint is `fingerprint`, reading the
+        store again (rate-limited) when it is not known yet."""
+        record = self._nodes.get(name)
+        if record is None or record.peer_fingerprint != fingerprint:
+            if trio.current_time() - self._refreshed_at >= _REFRESH_GAP:
+                await self.refresh()
+            record = self._nodes.get(name)
+        if record is None or record.peer_fingerprint != fingerprint:
+            return None
+        return record
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(
+        self, listeners: list[trio.SocketListener], *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept peer links on `listeners` and dial the nodes this one should, until
+        cancelled; cancelling ends every link."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.refresh()
+            await nursery.start(
+                self.relay.serve_listeners, self._handle, listeners, self.relay._gate
+            )
+            nursery.start_soon(self._dial_manager)
+            task_status.started(listeners)
+
+    async def _dial_manager(self) -> None:
+        while True:
+            for name in sorted(self._nodes):
+                if self.node < name and name not in self._dialers:
+                    self._dialers.add(name)
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._dial_loop, name)
+            await trio.sleep(self.config.refresh_interval)
+            await self.refresh()
+
+    async def _dial_loop(self, name: str) -> None:
+        """Keep a link to `name` up while it is registered and live (or linked)."""
+        delay = self.config.redial_min
+        failure: str | None = None
+        try:
+            while (record := self._nodes.get(name)) is not None:
+                try:
+                    up = await self._dial(record)
+                except (PeerRefused, PeerHandshakeError, FingerprintMismatch) as exc:
+                    up, reason = False, str(exc)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    up, reason = False, _describe(exc)
+                else:
+                    reason = ""
+                if up:
+                    delay, failure = self.config.redial_min, None
+                elif reason and reason != failure:
+                    failure = reason  # one line per new reason, not one per attempt
+                    _log(
+                        logging.WARNING,
+                        "Cannot reach peer",
+                        node=name,
+                        address=record.peer_address,
+                        reason=reason,
+                    )
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.config.redial_max)
+        finally:
+            self._dialers.discard(name)
+
+    async def _dial(self, record: NodeRecord) -> bool:
+        """Dial `record`'s node and run the link until it ends; False if it never came up.
+        Raises PeerRefused, PeerHandshakeError, FingerprintMismatch, OSError or
+        trio.BrokenResourceError when it could not link."""
+        assert record.peer_address and record.peer_fingerprint
+        host, port = parse_host_port(record.peer_address)
+        context = client_ssl_context(fingerprint=record.peer_fingerprint)
+        with trio.move_on_after(self.relay.config.handshake_timeout) as deadline:
+            tcp = await trio.open_tcp_stream(host, port)
+            tls = await open_tls_client(tcp, host, context)
+            try:
+                challenge = await _read_message(tls, ChallengeParser())
+                pinned = fingerprint_digest(tls.getpeercert(binary_form=True) or b"")
+                proof = make_proof(
+                    self.node, self.identity.certificate, self.identity.sign, challenge, pinned
+                )
+                await tls.send_all(encode_proof(proof))
+                verdict_parser = VerdictParser()
+                verdict = await _read_message(tls, verdict_parser)
+            except BaseException:
+                await trio.aclose_forcefully(tls)
+                raise
+        if deadline.cancelled_caught:
+            raise PeerRefused("peer handshake timed out")
+        if verdict.status != VerdictStatus.OK:
+            await trio.aclose_forcefully(tls)
+            raise PeerRefused(f"refused by {record.name}: {verdict.message}")
+        leftover = verdict_parser.leftover
+        transport = PrefixedStream(tls, leftover) if leftover else tls
+        await self._run_link(transport, record.name, record.peer_address, client=True)
+        return True
+
+    async def _handle(self, tcp: trio.SocketStream, arrival: Any) -> None:
+        """One connection to the peer listener: through the same gate, deadline and drop
+        log as the agent port; never raises."""
+        relay = self.relay
+        ticket, peer = arrival.ticket, arrival.peer
+        transport: TLSStream | None = None
+        try:
+            with trio.CancelScope(
+                deadline=trio.current_time() + relay.config.handshake_timeout
+            ) as handshake:
+                ticket.on_evict = handshake.cancel
+                if ticket.evicted:
+                    handshake.cancel()
+                transport = TLSStream.wrap(tcp, self._ssl, server_side=True)
+                await transport.do_handshake()
+                record = await self._check_dialer(transport, peer)
+            if handshake.cancelled_caught:
+                reason = "handshake timed out"
+                if ticket.evicted:
+                    reason = "closed for a connection from another address"
+                relay._dropped(peer, ticket, reason)
+                return
+            if record is None or transport is None:
+                return
+            ticket.release()
+            await self._run_link(transport, record.name, peer, client=False)
+        except _Garbage as exc:
+            relay._dropped(peer, ticket, str(exc))
+        except Exception as exc:
+            if (broken := _broken(exc)) is None:
+                log.exception("Unexpected error on a peer link", extra={"fields": {"peer": peer}})
+            elif not ticket.released:
+                relay._dropped(peer, ticket, _describe(broken))
+        finally:
+            ticket.release()
+            await trio.aclose_forcefully(transport if transport is not None else tcp)
+
+    async def _check_dialer(self, transport: TLSStream, peer: str) -> NodeRecord | None:
+        """The challenge, the dialer's proof and the verdict: the dialer's live node record,
+        or None once refused (logged and told). Raises _Garbage for bytes that are not a
+        peer handshake."""
+        nonce = secrets.token_bytes(32)
+        await transport.send_all(encode_challenge(nonce))
+        parser = ProofParser()
+        try:
+            proof = await _read_message(transport, parser)
+        except PeerHandshakeError as exc:
+            raise _Garbage(f"malformed peer handshake: {exc}") from None
+        except trio.BrokenResourceError:
+            raise _Garbage("closed during the peer handshake") from None
+        if parser.leftover:
+            raise _Garbage("malformed peer handshake: data before the verdict")
+        try:
+            fingerprint = verify_proof(proof, nonce, self._digest)
+        except PeerHandshakeError as exc:
+            await self._refuse(transport, peer, str(exc))
+            return None
+        if proof.name == self.node:
+            await self._refuse(transport, peer, f"node name {proof.name} is this node's")
+            return None
+        record = await self._node_with(proof.name, fingerprint)
+        if record is None:
+            await self._refuse(
+                transport,
+                peer,
+                f"certificate {fingerprint} is not the one registered for a live node {proof.name}",
+            )
+            return None
+        await transport.send_all(encode_verdict(Verdict(VerdictStatus.OK)))
+        return record
+
+    async def _refuse(self, transport: TLSStream, peer: str, reason: str) -> None:
+        _log(logging.WARNING, "Peer link refused", peer=peer, reason=reason)
+        try:
+            await transport.send_all(encode_verdict(Verdict(VerdictStatus.REFUSED, reason)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    # -- a link ------------------------------------------------------------------------
+
+    async def _run_link(
+        self, transport: trio.abc.Stream, node: str, address: str, *, client: bool
+    ) -> None:
+        """Run the mux session of a link with `node` until it ends (the link is logged up
+        and down); a link already up with that node is replaced."""
+        link = PeerLink(node, address)
+        session = None
+        try:
+            async with mux.open_session(
+                transport, client=client, config=self.mux_config
+            ) as session:
+                link.session = session
+                link.control = await session.open_stream()
+                if (old := self.links.get(node)) is not None:
+                    old.close("replaced by a new link")
+                self.links[node] = link
+                _log(logging.INFO, "Peer link up", node=node, address=address)
+                self.relay._node_changed()
+                with link.cancel_scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._send_presence, link)
+                        control = await session.accept_stream()
+                        nursery.start_soon(self._read_presence, link, control)
+                        async for stream in session:
+                            nursery.start_soon(self._serve_open, link, stream)
+                        link.close_reason = link.close_reason or str(session.close_reason)
+                        nursery.cancel_scope.cancel()
+        except mux.SessionClosed as exc:
+            link.close_reason = link.close_reason or str(exc)
+        finally:
+            if self.links.get(node) is link:
+                del self.links[node]
+                self.relay._node_changed()
+            if link.session is not None:
+                reason = link.close_reason
+                if reason is None and session is not None and session.close_reason is not None:
+                    reason = str(session.close_reason)
+                _log(logging.INFO, "Peer link down", node=node, reason=reason or "closed")
+
+    async def _send_presence(self, link: PeerLink) -> None:
+        interval, debounce = self.config.presence_interval, self.config.presence_debounce
+        while True:
+            link.wake = trio.Event()
+            line = encode_presence(self._held_here())
+            await link.control.send_all(line)
+            with trio.move_on_after(interval):
+                await link.wake.wait()
+                await trio.sleep(debounce)
+
+    async def _read_presence(self, link: PeerLink, control: Any) -> None:
+        reader = PresenceReader()
+        try:
+            while data := await control.receive_some(_READ_SIZE):
+                for bridges in reader.feed(data)[-1:]:
+                    link.held = {b.id: b for b in bridges}
+                    link.names = {b.name: b.id for b in bridges}
+                    link.opened = {}
+        except PeerMessageError as exc:
+            link.close(f"invalid presence: {exc}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        link.close(link.close_reason or "control stream closed")
+
+    # -- peered opens: the holder's side ----------------------------------------------
+
+    async def _serve_open(self, link: PeerLink, stream: Any) -> None:
+        """One peered open from `link`'s node: the local open, the reply, then the splice."""
+        tunnel = None
+        try:
+            parser = OpenRequestParser()
+            with trio.move_on_after(self.relay.config.handshake_timeout):
+                await _read_message(stream, parser)
+            if (request := parser.message) is None:
+                _reset(stream)
+                return
+            tunnel, reply = await self._open_local(link, request)
+            await stream.send_all(encode_open_reply(reply))
+            if tunnel is None:
+                await stream.aclose()
+                return
+            if parser.leftover:
+                await tunnel.send_all(parser.leftover)
+            _, _, clean = await splice(stream, tunnel)
+            if not clean:
+                _reset(stream)
+                _reset(tunnel)
+        except PeerMessageError as exc:
+            _log(logging.WARNING, "Invalid peered open", node=link.node, reason=str(exc))
+            _reset(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            _reset(stream)
+            _reset(tunnel)
+        except trio.Cancelled:
+            _reset(stream)
+            _reset(tunnel)
+            raise
+        finally:
+            if tunnel is not None:
+                await trio.aclose_forcefully(tunnel)
+            await trio.aclose_forcefully(stream)
+
+    async def _open_local(
+        self, link: PeerLink, request: OpenRequest
+    ) -> tuple[trio.abc.HalfCloseableStream | None, OpenReply]:
+        caller = _caller(request.caller, link.node)
+        if not self.relay.registry.sessions(request.bridge):
+            return None, OpenReply(OpenOutcome.NOT_CONNECTED, message="not held by this node")
+        try:
+            tunnel, reply = await self.relay._open(
+                request.bridge, request.host, request.port, caller, remote=False
+            )
+        except BridgeNotConnected as exc:
+            return None, OpenReply(OpenOutcome.NOT_CONNECTED, message=str(exc))
+        except RelayShuttingDown as exc:
+            return None, OpenReply(OpenOutcome.SHUTTING_DOWN, message=str(exc))
+        except BridgeBusy as exc:
+            return None, OpenReply(OpenOutcome.BUSY, message=str(exc))
+        except TunnelError as exc:
+            if exc.status is None:
+                return None, OpenReply(OpenOutcome.FAILED, message=str(exc))
+            return None, OpenReply(OpenOutcome.REFUSED, exc.status, str(exc))
+        except ValueError as exc:
+            return None, OpenReply(OpenOutcome.FAILED, message=str(exc))
+        return tunnel, OpenReply(OpenOutcome.OK, ConnectStatus.OK, reply.message)
+
+    # -- peered opens: the caller's side ----------------------------------------------
+
+    async def open(
+        self, bridge: str, host: str, port: int, caller: Caller
+    ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
+        """A stream to host:port through a node holding `bridge`, fewest open streams first;
+        a holder that turns out not to hold it (or whose link breaks before it answers) is
+        skipped. Raises what `Relay.connect` raises: BridgeNotConnected when no linked node
+        holds it. Cancelling it abandons the attempt (the holder's side is reset)."""
+        tried: set[PeerLink] = set()
+        target = format_host_port(host, port)
+        request = OpenRequest(
+            "", host, port, {k: v for k, v in caller.to_dict().items() if v is not None}
+        )
+        while candidates := [pair for pair in self.holders(bridge) if pair[0] not in tried]:
+            link, held = candidates[0]
+            tried.add(link)
+            try:
+                return await self._open_on(link, held, attrs.evolve(request, bridge=held.id))
+            except _Retry as retry:
+                _log(
+                    logging.INFO,
+                    "Retrying a tunnel on another node",
+                    bridge=held.name,
+                    target=target,
+                    node=link.node,
+                    reason=str(retry),
+                )
+        raise BridgeNotConnected(bridge)
+
+    async def _open_on(
+        self, link: PeerLink, held: HeldBridge, request: OpenRequest
+    ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
+        link.opened[held.id] = link.opened.get(held.id, 0) + 1
+        try:
+            stream = await link.session.open_stream()
+        except mux.SessionClosed as exc:
+            raise _Retry(str(exc)) from None
+        # The holder may wait for a slot and then for the agent, each up to its timeout.
+        wait = 2 * self.relay.config.connect_timeout + 1
+        reply = None
+        try:
+            with trio.move_on_after(wait):
+                await stream.send_all(encode_open_request(request))
+                parser = OpenReplyParser()
+                reply = await _read_message(stream, parser)
+        except (mux.StreamReset, mux.SessionClosed, trio.BrokenResourceError) as exc:
+            await trio.aclose_forcefully(stream)
+            raise _Retry(str(exc) or type(exc).__name__) from None
+        except PeerMessageError as exc:
+            _reset(stream)
+            await trio.aclose_forcefully(stream)
+            raise TunnelError(f"Node {link.node} sent an invalid reply: {exc}") from None
+        except BaseException:
+            _reset(stream)
+            await trio.aclose_forcefully(stream)
+            raise
+        if reply is None:
+            _reset(stream)
+            await trio.aclose_forcefully(stream)
+            raise TargetUnreachable(
+                f"No answer from node {link.node} about {request.host}:{request.port} within "
+                f"{wait:g} s",
+                status=ConnectStatus.TIMEOUT,
+            )
+        if reply.outcome == OpenOutcome.OK:
+            tunnel = PrefixedStream(stream, parser.leftover) if parser.leftover else stream
+            return tunnel, ConnectReply(ConnectStatus.OK, reply.message)
+        await trio.aclose_forcefully(stream)
+        error = _error(reply)
+        if error is None:
+            raise _Retry(reply.message)
+        error.audited_elsewhere = True  # type: ignore[attr-defined]  # the holder audited it
+        raise error
+
+
+def _error(reply: OpenReply) -> Exception | None:
+    """The exception a local open would have raised for the holder's `reply` (None: try
+    another holder)."""
+    if reply.outcome in (OpenOutcome.NOT_CONNECTED, OpenOutcome.SHUTTING_DOWN):
+        return None
+    if reply.outcome == OpenOutcome.BUSY:
+        return BridgeBusy(reply.message)
+    if reply.outcome == OpenOutcome.REFUSED:
+        if reply.status == ConnectStatus.NOT_ALLOWED:
+            return TargetNotAllowed(reply.message, status=reply.status)
+        if reply.status in _UNREACHABLE:
+            return TargetUnreachable(reply.message, status=reply.status)
+        return TunnelError(reply.message, status=reply.status)
+    return TunnelError(reply.message)
+
+
+def _caller(fields: dict[str, Any], node: str) -> Caller:
+    """The caller of a peered open as the caller node described it, marked as coming
+    through that node."""
+
+    def text(key: str) -> str | None:
+        value = fields.get(key)
+        return value[:256] if isinstance(value, str) else None
+
+    label = text("label")
+    via = f"via node {node}"
+    return Caller(
+        text("kind") or "embedded",
+        f"{label} ({via})" if label else via,
+        text("address"),
+        text("user"),
+    )
+
+
+async def _read_message(stream: Any, parser: Any) -> Any:
+    """Feed `parser` from `stream` until it returns its message; `trio.BrokenResourceError`
+    if the stream ends first."""
+    while (message := parser.feed(data := await stream.receive_some(_READ_SIZE))) is None:
+        if not data:
+            raise trio.BrokenResourceError("closed before the message ended")
+    return message
+
+
+def _reset(stream: Any) -> None:
+    while stream is not None and not hasattr(stream, "reset"):
+        stream = getattr(stream, "transport_stream", None)
+    if stream is not None:
+        try:
+            stream.reset()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, mux.MuxError, OSError)
+
+
+def _broken(exc: BaseException) -> BaseException | None:
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_broken(e) for e in exc.exceptions]
+        return leaves[0] if leaves and all(leaves) else None
+    return exc if isinstance(exc, _BROKEN) else None
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS error: {cause.reason or cause}"
+    if isinstance(exc, OSError):
+        return os_reason(exc)
+    return str(exc) or (str(cause) if cause else "") or type(exc).__name__

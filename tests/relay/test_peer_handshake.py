@@ -1,0 +1,256 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The peer handshake and peer messages (sans-IO), honest and hostile."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from bridge.protocol.connect import ConnectStatus
+from relay.errors import CertificateError
+from relay.peer_handshake import (
+    CHALLENGE_SIZE,
+    MAGIC,
+    MAX_CERTIFICATE,
+    MAX_PROOF,
+    ChallengeParser,
+    PeerHandshakeError,
+    Proof,
+    ProofParser,
+    Verdict,
+    VerdictParser,
+    VerdictStatus,
+    encode_challenge,
+    encode_proof,
+    encode_verdict,
+    fingerprint_digest,
+    make_proof,
+    verify_proof,
+)
+from relay.peer_identity import PEER_CERT_FILE, PEER_KEY_FILE, PeerIdentity
+from relay.peer_messages import (
+    MAX_PRESENCE_LINE,
+    HeldBridge,
+    OpenOutcome,
+    OpenReply,
+    OpenReplyParser,
+    OpenRequest,
+    OpenRequestParser,
+    PeerMessageError,
+    PresenceReader,
+    encode_open_reply,
+    encode_open_request,
+    encode_presence,
+)
+
+NONCE = bytes(range(32))
+
+
+@pytest.fixture(scope="module")
+def dialer(tmp_path_factory) -> PeerIdentity:
+    return PeerIdentity.ensure(tmp_path_factory.mktemp("dialer"))
+
+
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory) -> PeerIdentity:
+    return PeerIdentity.ensure(tmp_path_factory.mktemp("listener"))
+
+
+def _proof(dialer: PeerIdentity, listener: PeerIdentity, name: str = "node-a") -> bytes:
+    challenge = ChallengeParser().feed(encode_challenge(NONCE))
+    assert challenge is not None
+    pinned = fingerprint_digest(listener.certificate)
+    return encode_proof(make_proof(name, dialer.certificate, dialer.sign, challenge, pinned))
+
+
+def _parse_proof(data: bytes) -> Proof:
+    proof = ProofParser().feed(data)
+    assert proof is not None
+    return proof
+
+
+def test_identity_is_made_once_private_and_reloaded(tmp_path):
+    first = PeerIdentity.ensure(tmp_path)
+    again = PeerIdentity.ensure(tmp_path)
+
+    assert again.fingerprint == first.fingerprint
+    assert first.fingerprint.startswith("sha256:")
+    assert stat.S_IMODE(os.stat(tmp_path / PEER_KEY_FILE).st_mode) == 0o600
+    # Separate from the agents' certificate.
+    assert (tmp_path / PEER_CERT_FILE).exists()
+    assert not (tmp_path / "relay.crt").exists()
+
+
+def test_identity_with_a_mismatched_key_is_refused(tmp_path):
+    one, other = PeerIdentity.ensure(tmp_path / "one"), PeerIdentity.ensure(tmp_path / "other")
+    with pytest.raises(CertificateError, match="does not match"):
+        PeerIdentity.load(one.cert_path, other.key_path)
+
+
+def test_honest_proof_verifies_to_the_dialers_fingerprint(dialer, listener):
+    proof = _parse_proof(_proof(dialer, listener))
+
+    assert proof.name == "node-a"
+    assert verify_proof(proof, NONCE, fingerprint_digest(listener.certificate)) == (
+        dialer.fingerprint
+    )
+
+
+def test_proof_arriving_byte_by_byte(dialer, listener):
+    data = _proof(dialer, listener)
+    parser = ProofParser()
+    results = [parser.feed(data[i : i + 1]) for i in range(len(data))]
+    assert results[:-1] == [None] * (len(data) - 1)
+    assert results[-1] is not None
+    assert parser.leftover == b""
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["other nonce", "other listener", "other name", "flipped signature"],
+)
+def test_bad_signature_is_refused(dialer, listener, change):
+    proof = _parse_proof(_proof(dialer, listener))
+    nonce, pinned = NONCE, fingerprint_digest(listener.certificate)
+    if change == "other nonce":
+        nonce = bytes(32)
+    elif change == "other listener":
+        pinned = fingerprint_digest(dialer.certificate)
+    elif change == "other name":
+        proof = Proof("node-b", proof.certificate, proof.signature)
+    else:
+        sig = bytearray(proof.signature)
+        sig[-1] ^= 1
+        proof = Proof(proof.name, proof.certificate, bytes(sig))
+    with pytest.raises(PeerHandshakeError, match="signature does not verify"):
+        verify_proof(proof, nonce, pinned)
+
+
+def test_signature_by_another_key_than_the_certificates(dialer, listener):
+    """Someone with a registered node's certificate but not its key cannot link."""
+    challenge = ChallengeParser().feed(encode_challenge(NONCE))
+    assert challenge is not None
+    pinned = fingerprint_digest(listener.certificate)
+    forged = make_proof("node-a", dialer.certificate, listener.sign, challenge, pinned)
+    with pytest.raises(PeerHandshakeError, match="does not verify"):
+        verify_proof(forged, NONCE, pinned)
+
+
+def test_unknown_certificate_still_verifies_to_its_own_fingerprint(listener, tmp_path):
+    """The signature check alone does not admit: the fingerprint returned must be a live
+    registered node's (the listener checks it), and a stranger's is its own."""
+    stranger = PeerIdentity.ensure(tmp_path)
+    proof = _parse_proof(_proof(stranger, listener))
+    fingerprint = verify_proof(proof, NONCE, fingerprint_digest(listener.certificate))
+    assert fingerprint == stranger.fingerprint
+    assert fingerprint != listener.fingerprint
+
+
+def test_garbage_certificate_is_refused(dialer, listener):
+    proof = _parse_proof(_proof(dialer, listener))
+    with pytest.raises(PeerHandshakeError, match="not a valid DER certificate"):
+        verify_proof(Proof(proof.name, b"\x30\x03abc", proof.signature), NONCE, bytes(32))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x16\x03\x01\x02\x00" + bytes(100),
+        MAGIC + b"\x02" + bytes(32),
+    ],
+    ids=["http", "tls-hello", "version-2"],
+)
+def test_garbage_instead_of_a_proof(data):
+    with pytest.raises(PeerHandshakeError):
+        ProofParser().feed(data)
+
+
+def test_oversized_certificate_field_is_refused_before_it_is_read():
+    data = MAGIC + b"\x01" + b"\x06node-a" + (MAX_CERTIFICATE + 1).to_bytes(2, "big")
+    with pytest.raises(PeerHandshakeError, match="certificate length"):
+        ProofParser().feed(data)
+
+
+def test_oversized_signature_field_is_refused():
+    data = MAGIC + b"\x01" + b"\x06node-a" + b"\x00\x01x" + b"\xff"
+    with pytest.raises(PeerHandshakeError, match="signature length"):
+        ProofParser().feed(data)
+
+
+def test_empty_or_unprintable_name_is_refused():
+    with pytest.raises(PeerHandshakeError, match="node name length"):
+        ProofParser().feed(MAGIC + b"\x01\x00")
+    with pytest.raises(PeerHandshakeError, match="printable"):
+        ProofParser().feed(MAGIC + b"\x01\x02a\n" + b"\x00\x01x\x01x")
+
+
+def test_a_proof_never_buffers_more_than_its_bound():
+    parser = ProofParser()
+    head = MAGIC + b"\x01" + b"\x01a" + MAX_CERTIFICATE.to_bytes(2, "big")
+    parser.feed(head)
+    with pytest.raises(PeerHandshakeError):
+        parser.feed(bytes(MAX_PROOF * 4))
+
+
+def test_challenge_and_verdict_round_trip():
+    challenge_bytes = encode_challenge(NONCE)
+    assert len(challenge_bytes) == CHALLENGE_SIZE
+    challenge = ChallengeParser().feed(challenge_bytes)
+    assert challenge is not None and challenge.nonce == NONCE
+    with pytest.raises(PeerHandshakeError, match="not a trio-bridge peer handshake"):
+        ChallengeParser().feed(b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(40))
+
+    parser = VerdictParser()
+    verdict = parser.feed(encode_verdict(Verdict(VerdictStatus.REFUSED, "x" * 5000)) + b"mux")
+    assert verdict is not None and verdict.status == VerdictStatus.REFUSED
+    assert len(verdict.message) == 1024
+    assert parser.leftover == b"mux"
+    with pytest.raises(PeerHandshakeError, match="unknown peer verdict"):
+        VerdictParser().feed(b"\x07\x00\x00")
+
+
+def test_open_request_and_reply_round_trip():
+    request = OpenRequest("3b0c", "db.internal", 5432, {"kind": "forward", "label": "x"})
+    parser = OpenRequestParser()
+    assert parser.feed(encode_open_request(request) + b"early") == request
+    assert parser.leftover == b"early"
+
+    reply = OpenReply(OpenOutcome.REFUSED, ConnectStatus.NOT_ALLOWED, "Host not allowed")
+    replies = OpenReplyParser()
+    assert replies.feed(encode_open_reply(reply)) == reply
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b"\x02", "version"),
+        (b"\x01\x00", "bridge length"),
+        (b"\x01\x01b" + (2000).to_bytes(2, "big"), "caller length"),
+        (b"\x01\x01b\x00\x02[]", "not a JSON object"),
+        (b"\x01\x01b\x00\x00\x01h\x00\x00", "invalid port"),
+    ],
+)
+def test_hostile_open_requests(data, match):
+    with pytest.raises(PeerMessageError, match=match):
+        OpenRequestParser().feed(data)
+
+
+def test_presence_round_trip_and_bounds():
+    bridges = [HeldBridge("id-1", "one", 3), HeldBridge("id-2", "two", 0)]
+    reader = PresenceReader()
+    line = encode_presence(bridges)
+    assert reader.feed(line[:5]) == []
+    assert reader.feed(line[5:] + line) == [bridges, bridges]
+
+    for bad in (b"[]\n", b'{"bridges": [["a", "b", -1]]}\n', b'{"bridges": [["a"]]}\n', b"\xff\n"):
+        with pytest.raises(PeerMessageError):
+            PresenceReader().feed(bad)
+    with pytest.raises(PeerMessageError, match="longer than"):
+        small = PresenceReader(max_line=100)
+        small.feed(b"x" * 60)
+        small.feed(b"x" * 60)
+    assert MAX_PRESENCE_LINE >= 1024 * 1024

@@ -1,0 +1,190 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""Relay nodes sharing one store, linked by peer links, in one process: presence and the
+routing choices of `Relay.connect`."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import pytest
+
+from relay import BridgeNotConnected, MemoryStore, TargetNotAllowed
+from relay.config import PeerConfig
+from relay.peer_identity import PeerIdentity
+from relay.peering import Peering, PeerRefused
+
+from ..settle import settled
+from .relay_support import RelayHarness, receive_all
+
+# Peer links come up at the first node list refresh: well within this.
+FAST = PeerConfig(refresh_interval=0.1, presence_interval=0.2, redial_min=0.05)
+
+
+class Cluster:
+    def __init__(self, nursery, store, cert_files, tmp_path) -> None:
+        self.nursery, self.store, self.cert_files, self.tmp_path = (
+            nursery,
+            store,
+            cert_files,
+            tmp_path,
+        )
+        self.nodes: list[RelayHarness] = []
+
+    async def add(self, name: str, **config) -> RelayHarness:
+        harness = RelayHarness(
+            self.nursery, self.store, self.cert_files, node=name, peer=FAST, **config
+        )
+        await harness.start()
+        identity = PeerIdentity.ensure(self.tmp_path / name)
+        await self.nursery.start(
+            partial(harness.relay.serve_peers, "127.0.0.1", 0, identity=identity)
+        )
+        self.nodes.append(harness)
+        return harness
+
+    async def linked(self) -> None:
+        """Every node has a link up with every other."""
+        names = {h.relay.node for h in self.nodes}
+
+        def done() -> bool:
+            return all(
+                h.relay.peering is not None and set(h.relay.peering.links) == names - {h.relay.node}
+                for h in self.nodes
+            )
+
+        await settled(done)
+
+
+@pytest.fixture
+def cluster(nursery, cert_files, tmp_path) -> Cluster:
+    return Cluster(nursery, MemoryStore(), cert_files, tmp_path)
+
+
+async def _round_trip(stream, payload: bytes) -> bytes:
+    await stream.send_all(payload)
+    await stream.send_eof()
+    return await receive_all(stream)
+
+
+async def test_connect_reaches_a_bridge_held_by_another_node(cluster, echo_port):
+    one, two, three = [await cluster.add(name) for name in ("node-1", "node-2", "node-3")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: three.relay.is_connected("db") and two.relay.is_connected(bridge_id))
+
+    payload = bytes(range(256)) * 4096
+    async with await three.relay.connect("db", "127.0.0.1", echo_port) as stream:
+        assert await _round_trip(stream, payload) == payload
+    # The holder ran the open: its session carried the stream.
+    assert one.relay.registry.sessions("db")[0].mux.statistics().streams_opened_total >= 1
+
+
+async def test_remote_errors_are_the_local_ones(cluster, echo_port):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    agent = await one.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+    await settled(lambda: two.relay.is_connected("db"))
+
+    with pytest.raises(TargetNotAllowed, match=r"Host not in allowed hosts list: 127\.0\.0\.1:1$"):
+        await two.relay.connect("db", "127.0.0.1", 1)
+    with pytest.raises(BridgeNotConnected):
+        await two.relay.connect("nobody", "127.0.0.1", echo_port)
+
+    agent.kill()
+    await settled(lambda: not two.relay.is_connected("db"))
+    with pytest.raises(BridgeNotConnected):
+        await two.relay.connect("db", "127.0.0.1", echo_port)
+
+
+async def test_local_session_is_preferred(cluster, echo_port):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await two.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: one.relay.peering.holders("db") and two.relay.peering.holders("db"))
+
+    streams = [await two.relay.connect("db", "127.0.0.1", echo_port) for _ in range(3)]
+    assert two.relay.registry.open_streams("db") == 3
+    assert one.relay.registry.open_streams("db") == 0
+    for stream in streams:
+        await stream.aclose()
+
+
+async def test_local_session_at_its_stream_limit_goes_remote(cluster, echo_port):
+    one = await cluster.add("node-1")
+    two = await cluster.add("node-2", max_streams_per_bridge=1)
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await two.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: two.relay.peering.holders("db"))
+
+    first = await two.relay.connect("db", "127.0.0.1", echo_port)
+    second = await two.relay.connect("db", "127.0.0.1", echo_port)
+    assert two.relay.registry.open_streams("db") == 1
+    assert one.relay.registry.open_streams("db") == 1
+    assert await _round_trip(second, b"through node-1") == b"through node-1"
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_remote_holder_with_fewest_open_streams_is_chosen(cluster, echo_port):
+    one, two, three = [await cluster.add(name) for name in ("node-1", "node-2", "node-3")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await two.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: len(three.relay.peering.holders("db")) == 2)
+
+    # Opens sent count until the holder's presence reports them: one each.
+    held = [await three.relay.connect("db", "127.0.0.1", echo_port) for _ in range(2)]
+    assert one.relay.registry.open_streams("db") == 1
+    assert two.relay.registry.open_streams("db") == 1
+    # node-1 gets two more: the next open goes to node-2.
+    held += [await one.relay.connect("db", "127.0.0.1", echo_port) for _ in range(2)]
+    await settled(lambda: three.relay.peering.holders("db")[0][0].node == "node-2")
+    held.append(await three.relay.connect("db", "127.0.0.1", echo_port))
+    assert two.relay.registry.open_streams("db") == 2
+    for stream in held:
+        await stream.aclose()
+
+
+async def test_presence_is_dropped_when_the_link_closes(cluster, echo_port):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: two.relay.is_connected("db"))
+
+    two.relay.peering.links["node-1"].close("test")
+    assert not two.relay.is_connected("db")
+    # node-1 (the lower name) dials again.
+    await settled(lambda: two.relay.is_connected("db"))
+    async with await two.relay.connect("db", "127.0.0.1", echo_port) as stream:
+        assert await _round_trip(stream, b"again") == b"again"
+
+
+async def test_unregistered_certificate_cannot_link(cluster, caplog, tmp_path):
+    one = await cluster.add("node-1")
+    stranger = RelayHarness(cluster.nursery, MemoryStore(), cluster.cert_files, node="node-0")
+    peering = Peering(
+        stranger.relay, PeerIdentity.ensure(tmp_path / "stranger"), "127.0.0.1:1", FAST
+    )
+
+    def registered():
+        return [n for n in cluster.store.list_nodes() if n.name == "node-1" and n.peer_address]
+
+    await settled(registered)
+    (record,) = registered()
+
+    with caplog.at_level(logging.WARNING, "relay.peering"):
+        with pytest.raises(PeerRefused, match="not the one registered for a live node node-0"):
+            await peering._dial(record)
+    refused = [r for r in caplog.records if r.getMessage() == "Peer link refused"]
+    assert len(refused) == 1
+    assert one.relay.peering.links == {}
