@@ -198,6 +198,9 @@ class Peering:
         return sorted(found, key=lambda pair: pair[0].load(pair[1].id))
 
     def _held_here(self) -> list[HeldBridge]:
+        """The bridges held here; none once the relay stops accepting (it opens no more)."""
+        if self.relay.stopping:
+            return []
         registry = self.relay.registry
         bridges: dict[str, HeldBridge] = {}
         for agent in registry:
@@ -354,7 +357,7 @@ class Peering:
                     handshake.cancel()
                 transport = TLSStream.wrap(tcp, self._ssl, server_side=True)
                 await transport.do_handshake()
-                record = await self._check_dialer(transport, peer)
+                record = await self._check_dialer(transport, peer, ticket.source)
             if handshake.cancelled_caught:
                 reason = "handshake timed out"
                 if ticket.evicted:
@@ -376,7 +379,9 @@ class Peering:
             ticket.release()
             await trio.aclose_forcefully(transport if transport is not None else tcp)
 
-    async def _check_dialer(self, transport: TLSStream, peer: str) -> NodeRecord | None:
+    async def _check_dialer(
+        self, transport: TLSStream, peer: str, source: str
+    ) -> NodeRecord | None:
         """The challenge, the dialer's proof and the verdict: the dialer's live node record,
         or None once refused (logged and told). Raises _Garbage for bytes that are not a
         peer handshake."""
@@ -394,24 +399,28 @@ class Peering:
         try:
             fingerprint = verify_proof(proof, nonce, self._digest)
         except PeerHandshakeError as exc:
-            await self._refuse(transport, peer, str(exc))
+            await self._refuse(transport, peer, source, str(exc))
             return None
         if proof.name == self.node:
-            await self._refuse(transport, peer, f"node name {proof.name} is this node's")
+            await self._refuse(transport, peer, source, f"node name {proof.name} is this node's")
             return None
         record = await self._node_with(proof.name, fingerprint)
         if record is None:
             await self._refuse(
                 transport,
                 peer,
+                source,
                 f"certificate {fingerprint} is not the one registered for a live node {proof.name}",
             )
             return None
         await transport.send_all(encode_verdict(Verdict(VerdictStatus.OK)))
         return record
 
-    async def _refuse(self, transport: TLSStream, peer: str, reason: str) -> None:
-        _log(logging.WARNING, "Peer link refused", peer=peer, reason=reason)
+    async def _refuse(self, transport: TLSStream, peer: str, source: str, reason: str) -> None:
+        """Tell the dialer why it is refused; logged within the budget of connections
+        dropped before authentication (the rest are summed up with them)."""
+        if self.relay._drops.note(f"peer link refused: {reason}", source):
+            _log(logging.WARNING, "Peer link refused", peer=peer, reason=reason)
         try:
             await transport.send_all(encode_verdict(Verdict(VerdictStatus.REFUSED, reason)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):

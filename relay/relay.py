@@ -348,7 +348,6 @@ class Relay:
         try:
             self._node_changed()
             await peering.run(listeners, task_status=task_status)
-            task_status = trio.TASK_STATUS_IGNORED
         finally:
             self.peering = None
             self._node_changed()
@@ -412,6 +411,7 @@ class Relay:
         already in go on, and no new tunnel is opened."""
         self._stopping = True
         self.audit_trail.stopping = True
+        self._presence_changed()  # the other nodes stop sending opens here
         for scope in self._accepting:
             scope.cancel()
         if not self._serving:
@@ -1145,6 +1145,9 @@ class Relay:
     ) -> trio.abc.HalfCloseableStream:
         """A stream to host:port through `bridge` (its name or ID).
 
+        The bridge's session on this relay is used, or (with `serve_peers`) one on another
+        node of the cluster, through one peer link: this node's own unless its sessions are
+        at `max_streams_per_bridge`, else the node with the fewest open streams.
         `caller` names who asks in the audit trail: a label of the embedding code's choice
         (a user, a request ID; never a secret) or a `relay.audit.Caller`.
 

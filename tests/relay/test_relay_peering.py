@@ -169,6 +169,36 @@ async def test_presence_is_dropped_when_the_link_closes(cluster, echo_port):
         assert await _round_trip(stream, b"again") == b"again"
 
 
+async def test_a_node_that_stops_accepting_is_no_longer_a_holder(cluster, echo_port):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: two.relay.is_connected("db"))
+
+    one.relay.stop_accepting()
+    await settled(lambda: not two.relay.is_connected("db"))
+    with pytest.raises(BridgeNotConnected):
+        await two.relay.connect("db", "127.0.0.1", echo_port)
+
+
+async def test_node_record_carries_peer_address_fingerprint_held_bridges_and_links(cluster):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+
+    def record(name):
+        return next(n for n in cluster.store.list_nodes() if n.name == name)
+
+    await settled(lambda: record("node-1").held == (bridge_id,) and record("node-2").links)
+    first = record("node-1")
+    assert first.peer_address == one.relay.peering.advertise
+    assert first.peer_fingerprint == one.relay.peering.fingerprint
+    assert first.links == ("node-2",)
+    assert record("node-2").links == ("node-1",)
+
+
 async def test_unregistered_certificate_cannot_link(cluster, caplog, tmp_path):
     one = await cluster.add("node-1")
     stranger = RelayHarness(cluster.nursery, MemoryStore(), cluster.cert_files, node="node-0")
