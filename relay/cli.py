@@ -964,7 +964,7 @@ async def _serve_until_signal(
             notifier.ready(f"Listening for agents on {address}")
             await nursery.start(run_watchdog, notifier)
             await _stop_on_signals(signals, relay, notifier)
-            cut = relay.registry.open_streams_total()
+            cut = relay.open_tunnels()
             nursery.cancel_scope.cancel()
     return cut
 
@@ -992,7 +992,7 @@ async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: 
     timeout = relay.config.drain_timeout
     relay.stop_accepting()
     await relay.wait_listeners_closed()
-    streams = relay.registry.open_streams_total()
+    streams = relay.open_tunnels()
     log.info(
         "Stopping: no new agents or tunnels, open tunnels may finish",
         extra={
@@ -1017,7 +1017,7 @@ async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: 
         if drain.cancelled_caught:
             log.warning(
                 f"Drain timed out after {timeout:g} s: cutting the tunnels still open",
-                extra={"fields": {"open_streams": relay.registry.open_streams_total()}},
+                extra={"fields": {"open_streams": relay.open_tunnels()}},
             )
         else:
             log.info("Drained: no tunnel is open")

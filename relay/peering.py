@@ -168,6 +168,8 @@ class Peering:
         self._refresh_lock = trio.Lock()
         self._store_failing = False
         self._nursery: trio.Nursery | None = None
+        self._outbound = 0  # tunnels opened through links, not closed yet (`_Outbound`)
+        self._outbound_lot = trio.lowlevel.ParkingLot()
         base = relay.config.mux
         options = {} if base is None else attrs.asdict(base, recurse=False)
         options.update(
@@ -210,6 +212,20 @@ class Peering:
                 agent.bridge_id, agent.bridge_name, streams + (held.streams if held else 0)
             )
         return list(bridges.values())
+
+    def outbound_tunnels(self) -> int:
+        """Tunnels this node opened through other nodes that its callers have not closed."""
+        return self._outbound
+
+    async def wait_outbound_closed(self) -> None:
+        """Return once `outbound_tunnels` is 0. Cancellation: nothing to undo."""
+        while self._outbound:
+            await self._outbound_lot.park()
+
+    def _outbound_closed(self) -> None:
+        self._outbound -= 1
+        if not self._outbound:
+            self._outbound_lot.unpark_all()
 
     # -- the node list ------------------------------------------------------------------
 
@@ -587,12 +603,18 @@ class Peering:
         self, link: PeerLink, held: HeldBridge, request: OpenRequest
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         link.opened[held.id] = link.opened.get(held.id, 0) + 1
-        try:
-            stream = await link.session.open_stream()
-        except mux.SessionClosed as exc:
-            raise _Retry(str(exc)) from None
         # The holder may wait for a slot and then for the agent, each up to its timeout.
         wait = 2 * self.relay.config.connect_timeout + 1
+        with trio.move_on_after(wait) as deadline:
+            try:
+                stream = await link.session.open_stream()
+            except mux.SessionClosed as exc:
+                raise _Retry(str(exc)) from None
+        if deadline.cancelled_caught:
+            raise TargetUnreachable(
+                f"Node {link.node} took no new stream within {wait:g} s",
+                status=ConnectStatus.TIMEOUT,
+            )
         reply = None
         try:
             with trio.move_on_after(wait):
@@ -619,14 +641,32 @@ class Peering:
                 status=ConnectStatus.TIMEOUT,
             )
         if reply.outcome == OpenOutcome.OK:
-            tunnel = PrefixedStream(stream, parser.leftover) if parser.leftover else stream
-            return tunnel, ConnectReply(ConnectStatus.OK, reply.message)
+            return _Outbound(stream, parser.leftover, self), ConnectReply(
+                ConnectStatus.OK, reply.message
+            )
         await trio.aclose_forcefully(stream)
         error = _error(reply)
         if error is None:
             raise _Retry(reply.message)
         error.audited_elsewhere = True  # type: ignore[attr-defined]  # the holder audited it
         raise error
+
+
+class _Outbound(PrefixedStream):
+    """A tunnel opened through a peer link: counted in `Peering.outbound_tunnels` (which a
+    drain waits for) until closed."""
+
+    def __init__(self, stream: Any, prefix: bytes, peering: Peering) -> None:
+        super().__init__(stream, prefix)
+        self._peering: Peering | None = peering
+        peering._outbound += 1
+
+    async def aclose(self) -> None:
+        """Stop counting the tunnel (once), then close it as `PrefixedStream` does."""
+        if (peering := self._peering) is not None:
+            self._peering = None
+            peering._outbound_closed()
+        await super().aclose()
 
 
 def _error(reply: OpenReply) -> Exception | None:

@@ -426,7 +426,8 @@ class Relay:
     async def drain(self) -> None:
         """Stop accepting, tell every agent GoAway, and return once no stream is open.
 
-        Waits on the sessions' own notice that their last stream closed (no polling). Raises
+        Waits on the sessions' own notice that their last stream closed, and for the tunnels
+        this node opened through other nodes of a cluster to be closed. Raises
         nothing of its own; bound it with a deadline (a cancel scope) and cancel what is left
         afterwards: cancelling it leaves the relay stopped, with the streams still open.
         """
@@ -436,6 +437,15 @@ class Relay:
         # No stream opens once stopping, so a session found idle stays idle.
         while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
             await busy[0].mux.wait_streams_closed()
+        # Tunnels this node opened through other nodes: their links stay up meanwhile.
+        if self.peering is not None:
+            await self.peering.wait_outbound_closed()
+
+    def open_tunnels(self) -> int:
+        """Tunnels open through this relay: through its agents' sessions (for callers on
+        this node or on others), and through other nodes for callers on this one."""
+        outbound = 0 if self.peering is None else self.peering.outbound_tunnels()
+        return self.registry.open_streams_total() + outbound
 
     async def _accept_loop(
         self,

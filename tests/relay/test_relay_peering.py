@@ -9,6 +9,8 @@ import logging
 from functools import partial
 
 import pytest
+import trio
+import trio.testing
 
 from relay import BridgeNotConnected, MemoryStore, TargetNotAllowed
 from relay.config import PeerConfig
@@ -180,6 +182,30 @@ async def test_a_node_that_stops_accepting_is_no_longer_a_holder(cluster, echo_p
     await settled(lambda: not two.relay.is_connected("db"))
     with pytest.raises(BridgeNotConnected):
         await two.relay.connect("db", "127.0.0.1", echo_port)
+
+
+async def test_drain_waits_for_tunnels_opened_through_another_node(cluster, echo_port):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: two.relay.is_connected("db"))
+    stream = await two.relay.connect("db", "127.0.0.1", echo_port)
+    assert two.relay.open_tunnels() == 1
+    drained = trio.Event()
+
+    async def drain():
+        await two.relay.drain()
+        drained.set()
+
+    cluster.nursery.start_soon(drain)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not drained.is_set()
+    # The tunnel still works while its node drains.
+    assert await _round_trip(stream, b"still open") == b"still open"
+    await stream.aclose()
+    await drained.wait()
+    assert two.relay.open_tunnels() == 0
 
 
 async def test_node_record_carries_peer_address_fingerprint_held_bridges_and_links(cluster):
