@@ -24,7 +24,8 @@ from bench.procs import cpu_seconds, descendants
 COST_TIMEOUT = 600.0
 
 
-def _cpu(roles: dict[str, list[int]]) -> dict[str, float]:
+def cpu_of(roles: dict[str, list[int]]) -> dict[str, float]:
+    """Role -> CPU seconds so far, summed over the role's processes."""
     return {role: sum(cpu_seconds(pid) or 0.0 for pid in pids) for role, pids in roles.items()}
 
 
@@ -40,7 +41,7 @@ def measure(
     (``client`` and ``echo server`` included). Raises Failed if the workload did not complete:
     a cost over fewer connections or messages than asked would not compare."""
     port = path.ports["echo"]
-    before = _cpu(_roles(path, server_pid))
+    before = cpu_of(_roles(path, server_pid))
     dialed = client(
         "dial",
         port,
@@ -52,7 +53,7 @@ def measure(
         COST_TIMEOUT,
         timeout=COST_TIMEOUT + 60,
     )
-    middle = _cpu(_roles(path, server_pid))
+    middle = cpu_of(_roles(path, server_pid))
     if dialed["done"] != connections:
         raise Failed(
             f"{dialed['done']:,} of {connections:,} connections served: {dialed['first_error']}"
@@ -68,7 +69,7 @@ def measure(
         COST_TIMEOUT,
         timeout=COST_TIMEOUT + 60,
     )
-    after = _cpu(_roles(path, server_pid))
+    after = cpu_of(_roles(path, server_pid))
     if echoed["messages"] != messages:
         raise Failed(f"{echoed['messages']:,} of {messages:,} round trips made")
     per_connection = {role: (middle[role] - before[role]) / connections * 1e6 for role in before}

@@ -84,9 +84,16 @@ HOLD_SECONDS = 180.0  # bound on opening the held connections
 RATE_MAX = 200_000  # bound on connections per new-connection run
 IPERF_BUSY_RETRIES = 10
 
+CASE_METRICS = {  # a measurement of the rounds -> its metrics, where it has several
+    "rtt": ("rtt_p50_us", "rtt_p99_us"),
+    "throughput_1": ("throughput_1", "throughput_1_mb_per_cpu_s"),
+    "throughput_n": ("throughput_n", "throughput_n_mb_per_cpu_s"),
+}
 METRICS = (  # key, label, higher is better
     ("throughput_1", "1 stream, MB/s", True),
     ("throughput_n", "{streams} streams, MB/s", True),
+    ("throughput_1_mb_per_cpu_s", "1 stream, MB per CPU-second of the path's processes", True),
+    ("throughput_n_mb_per_cpu_s", "{streams} streams, MB per CPU-second", True),
     ("rtt_p50_us", "1 KiB round trip p50, us", False),
     ("rtt_p99_us", "1 KiB round trip p99, us", False),
     ("connections_per_s", "new connections/s", True),
@@ -232,12 +239,13 @@ def _defaults(args: argparse.Namespace) -> None:
 # -- clients ---------------------------------------------------------------------------------
 
 
-def _throughput(port: int, streams: int, seconds: float, iperf: str | None) -> float:
-    """MB/s client -> target."""
+def _throughput(port: int, streams: int, seconds: float, iperf: str | None) -> tuple[float, int]:
+    """MB/s client -> target, and the bytes the target received."""
     if iperf is None:
-        return client(
+        sent = client(
             "send", port, "--streams", streams, "--seconds", seconds, timeout=seconds + 60
-        )["mbps"]
+        )
+        return sent["mbps"], sent["bytes"]
     argv = [iperf, "-c", HOST, "-p", port, "-t", max(1, round(seconds)), "-J"]
     argv += ["-P", streams] if streams > 1 else []
     for _ in range(IPERF_BUSY_RETRIES):  # the server may still be closing the previous test
@@ -256,7 +264,23 @@ def _throughput(port: int, streams: int, seconds: float, iperf: str | None) -> f
         time.sleep(0.5)
     if data.get("error"):
         raise Failed(f"iperf3: {data['error']}")
-    return data["end"]["sum_received"]["bits_per_second"] / 8 / 1e6
+    received = data["end"]["sum_received"]
+    return received["bits_per_second"] / 8 / 1e6, received["bytes"]
+
+
+def _throughput_and_cost(
+    path: BenchPath, key: str, streams: int, args: argparse.Namespace, iperf: str | None
+) -> dict:
+    """MB/s, and MB carried per CPU-second of the path's own processes (none: direct TCP)."""
+    roles = path.processes()
+    before = costs.cpu_of(roles)
+    mbps, received = _throughput(
+        path.ports["iperf" if iperf else "sink"], streams, args.seconds, iperf
+    )
+    if not roles:
+        return {key: mbps}
+    used = sum(costs.cpu_of(roles).values()) - sum(before.values())
+    return {key: mbps, f"{key}_mb_per_cpu_s": received / 1e6 / used if used > 0 else None}
 
 
 def _json_line(proc: subprocess.Popen, timeout: float) -> dict:
@@ -334,12 +358,11 @@ def _measure_case(
         return {case: pgbench.tps(database, path.ports["pg"], case, args.pgbench_seconds)}
     if case.startswith("throughput") and path.name == "go" and not iperf:
         raise Failed("the built-in sink needs a half-close, which this yamux lacks: use iperf3")
-    sink = path.ports["iperf" if iperf else "sink"]
     echo = path.ports["echo"]
     if case == "throughput_1":
-        return {case: _throughput(sink, 1, args.seconds, iperf)}
+        return _throughput_and_cost(path, case, 1, args, iperf)
     if case == "throughput_n":
-        return {case: _throughput(sink, args.streams, args.seconds, iperf)}
+        return _throughput_and_cost(path, case, args.streams, args, iperf)
     if case == "rtt":
         result = client("rtt", echo, "--count", args.rtt_count, "--seconds", 30, timeout=60)
         return {"rtt_p50_us": result["p50_us"], "rtt_p99_us": result["p99_us"]}
@@ -384,9 +407,8 @@ def _round_cases(args: argparse.Namespace) -> list[str]:
 
 
 def _metric_keys(args: argparse.Namespace) -> list[str]:
-    cases = _round_cases(args)
-    keys = [k for k in cases if k != "rtt"]
-    return [key for key, *_ in METRICS if key in keys or (key.startswith("rtt") and "rtt" in cases)]
+    keys = {key for case in _round_cases(args) for key in CASE_METRICS.get(case, (case,))}
+    return [key for key, *_ in METRICS if key in keys]
 
 
 def _run_rounds(
@@ -402,7 +424,7 @@ def _run_rounds(
     for round_ in range(1, args.rounds + 1):
         order = paths if round_ % 2 else paths[::-1]
         for case in _round_cases(args):
-            case_keys = ["rtt_p50_us", "rtt_p99_us"] if case == "rtt" else [case]
+            case_keys = CASE_METRICS.get(case, (case,))
             for path in order:
                 if case in pgbench.CASES and (path.name in VARIANTS or database is None):
                     continue
@@ -417,9 +439,10 @@ def _run_rounds(
                     report.progress(
                         f"round {round_}/{args.rounds}  {path.label}: {case}: {got['note']}"
                     )
-                for key in case_keys:
+                measured = [k for k in case_keys if k in got or "note" in got]
+                for key in measured:
                     values[key][path.name].append(got.get(key))
-                shown = ", ".join(f"{labels[k]} {_shown(k, got.get(k))}" for k in case_keys)
+                shown = ", ".join(f"{labels[k]} {_shown(k, got.get(k))}" for k in measured)
                 report.progress(f"round {round_}/{args.rounds}  {path.label:<7} {shown}")
     return values
 

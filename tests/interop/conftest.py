@@ -1,6 +1,7 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""A hashicorp/yamux peer in Go (goyamux/main.go), built once per test run."""
+"""A hashicorp/yamux peer in Go (goyamux/main.go), built once per test run (the same build as
+the benchmark's Go tunnel: bench.gotunnel.go_build)."""
 
 import os
 import shutil
@@ -12,9 +13,8 @@ import pytest
 import trio
 
 import mux
+from bench.gotunnel import YAMUX_SOURCE, BuildError, go_build
 
-GOPATH = Path("/usr/share/gocode")
-YAMUX_SOURCE = GOPATH / "src/github.com/hashicorp/yamux"
 PEER_SOURCE = Path(__file__).parent / "goyamux"
 # Bounds every conversation with the Go peer, including its start and exit.
 TIME_LIMIT = 60
@@ -28,8 +28,7 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def goyamux_binary(tmp_path_factory) -> Path:
-    go = shutil.which("go")
-    if go is None:
+    if shutil.which("go") is None:
         _unavailable("the Go toolchain is missing (Debian package golang-go)")
     if not (YAMUX_SOURCE / "session.go").is_file():
         _unavailable(
@@ -37,17 +36,10 @@ def goyamux_binary(tmp_path_factory) -> Path:
             "(Debian package golang-github-hashicorp-yamux-dev)"
         )
     out = tmp_path_factory.mktemp("goyamux")
-    env = {**os.environ, "GOPATH": str(GOPATH), "GO111MODULE": "off", "GOCACHE": str(out / "cache")}
-    build = subprocess.run(
-        [go, "build", "-o", str(out / "goyamux"), "./main.go"],
-        cwd=PEER_SOURCE,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if build.returncode != 0:
-        pytest.fail(f"building the Go yamux peer failed:\n{build.stderr}")
-    return out / "goyamux"
+    try:
+        return go_build(PEER_SOURCE, out / "goyamux", out / "cache")
+    except BuildError as exc:
+        pytest.fail(f"building the Go yamux peer failed:\n{exc}")
 
 
 class GoPeer:
