@@ -308,6 +308,14 @@ class Peering:
                     up, reason = False, str(exc)
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     up, reason = False, _describe(exc)
+                except ValueError as exc:  # an address or fingerprint in the store
+                    up, reason = False, f"invalid node record: {exc}"
+                except Exception as exc:
+                    up, reason = False, ""
+                    if _broken(exc) is None:  # else: a link broke, and said so
+                        log.exception(
+                            "Unexpected error on a peer link", extra={"fields": {"node": name}}
+                        )
                 else:
                     reason = ""
                 if up:
@@ -465,10 +473,14 @@ class Peering:
                 with link.cancel_scope:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._send_presence, link)
-                        control = await session.accept_stream()
-                        nursery.start_soon(self._read_presence, link, control)
-                        async for stream in session:
-                            nursery.start_soon(self._serve_open, link, stream)
+                        try:
+                            control = await session.accept_stream()  # the peer's, first
+                        except mux.SessionClosed as exc:
+                            link.close(str(exc))
+                        else:
+                            nursery.start_soon(self._read_presence, link, control)
+                            async for stream in session:
+                                nursery.start_soon(self._serve_open, link, stream)
                         link.close_reason = link.close_reason or str(session.close_reason)
                         nursery.cancel_scope.cancel()
         except mux.SessionClosed as exc:
@@ -485,13 +497,16 @@ class Peering:
 
     async def _send_presence(self, link: PeerLink) -> None:
         interval, debounce = self.config.presence_interval, self.config.presence_debounce
-        while True:
-            link.wake = trio.Event()
-            line = encode_presence(self._held_here())
-            await link.control.send_all(line)
-            with trio.move_on_after(interval):
-                await link.wake.wait()
-                await trio.sleep(debounce)
+        try:
+            while True:
+                link.wake = trio.Event()
+                line = encode_presence(self._held_here())
+                await link.control.send_all(line)
+                with trio.move_on_after(interval):
+                    await link.wake.wait()
+                    await trio.sleep(debounce)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            link.close(link.close_reason or "control stream closed")
 
     async def _read_presence(self, link: PeerLink, control: Any) -> None:
         reader = PresenceReader()
@@ -540,6 +555,12 @@ class Peering:
             _reset(stream)
             _reset(tunnel)
             raise
+        except Exception:
+            log.exception(
+                "Unexpected error on a peered open", extra={"fields": {"node": link.node}}
+            )
+            _reset(stream)
+            _reset(tunnel)
         finally:
             if tunnel is not None:
                 await trio.aclose_forcefully(tunnel)
