@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from relay import BridgeNotConnected, MemoryStore, TargetNotAllowed
+from relay import BridgeBusy, BridgeNotConnected, MemoryStore, TargetNotAllowed
 from relay.config import PeerConfig
 from relay.peer_identity import PeerIdentity
 from relay.peering import Peering, PeerRefused
@@ -100,6 +100,27 @@ async def test_remote_errors_are_the_local_ones(cluster, echo_port):
     await settled(lambda: not two.relay.is_connected("db"))
     with pytest.raises(BridgeNotConnected):
         await two.relay.connect("db", "127.0.0.1", echo_port)
+
+
+async def test_the_holder_applies_its_limits_and_audits_the_open(cluster, echo_port):
+    one = await cluster.add("node-1", max_streams_per_bridge=1)
+    two = await cluster.add("node-2")
+    events = []
+    one.relay.add_audit_hook(events.append)
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: two.relay.is_connected("db"))
+
+    first = await two.relay.connect("db", "127.0.0.1", echo_port, caller="request-7")
+    with pytest.raises(BridgeBusy, match="1 streams open, the limit"):
+        await two.relay.connect("db", "127.0.0.1", echo_port)
+    await first.aclose()
+    await settled(lambda: any(e.event == "tunnel.open" for e in events))
+    await settled(lambda: len([e for e in events if e.event == "tunnel.open"]) == 2)
+    opened, busy = [e for e in events if e.event == "tunnel.open"]
+    assert (opened.outcome, opened.caller.label) == ("ok", "request-7 (via node node-2)")
+    assert (busy.outcome, busy.caller.label) == ("busy", "via node node-2")
 
 
 async def test_local_session_is_preferred(cluster, echo_port):
