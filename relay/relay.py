@@ -320,8 +320,8 @@ class Relay:
     ) -> None:
         """Accept peer links from the other nodes of a cluster on host:port until cancelled
         (port 0: any free port), dial the nodes this one should (the lower name dials), and
-        route `connect` to bridges held by other nodes (run `serve` too: it registers the
-        node and does the housekeeping).
+        route `connect` to bridges held by other nodes (run `serve` too, first: it registers
+        the node, names it when `RelayConfig.node` is None, and does the housekeeping).
 
         `identity` is this node's peer key and certificate (`PeerIdentity.ensure(data_dir)`);
         `advertise` is the HOST:PORT other nodes dial (default: the address listened on, or
