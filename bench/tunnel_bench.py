@@ -666,10 +666,11 @@ def _burst_summary(got: dict, count: int) -> str:
     if "error" in got:
         return f"failed: {got['error']}"
     errors = "; ".join(f"{n:,} {reason}" for reason, n in got["errors"].items())
-    peak = got.get("peak_kib")
+    peak, last = got.get("peak_kib"), got["seconds"]
     return (
-        f"{got['done']:,} of {count:,} served in {got['seconds']:.2f} s, "
-        f"{got['failed']:,} failed{f' ({errors})' if errors else ''}, "
+        f"{got['done']:,} of {count:,} served, the last after "
+        f"{'-' if last is None else f'{last:.2f}'} s; {got['failed']:,} failed"
+        f"{f' ({errors})' if errors else ''}, {got['unanswered']:,} unanswered; "
         f"{got['acceptor']} peak {'-' if peak is None else f'{peak / 1024:,.1f}'} MiB"
     )
 

@@ -28,8 +28,20 @@ from relay.errors import RelayError
 log = logging.getLogger("relay.admin")
 
 SOCKET_NAME = "relay.sock"
+#: Each worker of ``serve --workers`` answers on its own socket: relay-worker-PID.sock.
+WORKER_SOCKET_GLOB = "relay-worker-*.sock"
 MAX_LINE = 64 * 1024
 PROBE_LABEL = "bridge-relay test"
+
+
+def worker_socket_name(pid: int | None = None) -> str:
+    """The control socket's name for the worker process `pid` (default: this one)."""
+    return f"relay-worker-{os.getpid() if pid is None else pid}.sock"
+
+
+def socket_paths(data_dir: Path) -> list[Path]:
+    """The control sockets of the relay serving `data_dir`: its own, or its workers'."""
+    return [data_dir / SOCKET_NAME, *sorted(data_dir.glob(WORKER_SOCKET_GLOB))]
 
 
 class AdminUnavailable(RelayError):

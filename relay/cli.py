@@ -9,6 +9,7 @@ Exit status: 0 success (for `serve`: stopped by SIGTERM or SIGINT), 1 the operat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import getpass
 import json
@@ -49,11 +50,13 @@ from relay.errors import (
     UnknownBridge,
 )
 from relay.forward import ForwardSpec, serve_forward
-from relay.os_limits import raise_open_files_limit
+from relay.os_limits import listen_backlog, raise_open_files_limit
 from relay.peer_identity import PeerIdentity
 from relay.relay import Relay
 from relay.socks import SocksConfig, serve_socks
 from relay.store import Store, StoreURL, open_store
+from relay.worker import WorkerLink, WorkerSetup, listeners_of
+from relay.workers import Listeners, Supervisor, SupervisorConfig
 
 PROG = "bridge-relay"
 DEFAULT_DATA_DIR = "./relay-data"
@@ -118,6 +121,18 @@ def _count(text: str) -> int:
         value = 0
     if not 0 < value < 2**31:
         raise ValueError(f"invalid number {text!r}: expected a whole number above 0")
+    return value
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) or 1
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value <= 1024:
+        raise ValueError(f"invalid worker count {text!r}: expected 1 to 1024 or 'auto'")
     return value
 
 
@@ -263,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
             "here, host 127.0.0.1 unless given",
             "RELAY_METRICS",
             "off",
+        ),
+    )
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        type=_type(_workers),
+        default=os.environ.get("RELAY_WORKERS", "1"),
+        help=_env_help(
+            "worker processes serving the same listeners and store ('auto': one per core); "
+            "with more than one, a parent binds the listeners and supervises them: a worker "
+            "that dies is started again, SIGHUP replaces them one at a time with fresh "
+            "processes while the listeners stay open",
+            "RELAY_WORKERS",
+            "1: one process",
         ),
     )
     # The defaults are those of the config classes that own them.
@@ -685,8 +714,17 @@ def _add_logging(parser: argparse.ArgumentParser, default_level: str) -> None:
 
 def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
     """``bridge-relay serve``: run the relay until SIGINT or SIGTERM (then drain); returns 0. Raises
-    `UsageError` or `Failure` with a one-line message."""
-    logs.configure(args.log_level, args.log_format)
+    `UsageError` or `Failure` with a one-line message. With ``--workers`` above 1, this
+    process binds the listeners and supervises workers (`relay.workers`); a worker (started
+    so, `relay.worker.ENV` set) serves the listeners it inherits."""
+    try:
+        setup = WorkerSetup.from_env(os.environ)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    context = None if setup is None else {"worker": setup.index}
+    logs.configure(args.log_level, args.log_format, context=context)
+    if setup is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent says when to stop
     forwards = args.forward
     if forwards is None:
         forwards = []
@@ -709,6 +747,16 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             ssl_context = server_ssl_context(cert, key)
         except CertificateError as exc:
             raise Failure(str(exc)) from None
+    if args.workers > 1 and args.peer_listen is not None:
+        raise UsageError(
+            "--workers above 1 cannot be combined with --peer-listen yet: run one process "
+            "per node in a cluster"
+        )
+    if args.workers > 1 and args.peer_listen is not None:
+        raise UsageError(
+            "--workers above 1 cannot be combined with --peer-listen yet: run one process "
+            "per node in a cluster"
+        )
     if (args.socks_user is None) != (args.socks_password is None):
         raise UsageError("--socks-user and --socks-password must be given together")
     credentials = None if args.socks_user is None else (args.socks_user, args.socks_password)
@@ -720,12 +768,13 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
     # psycopg's pool logs every failed connection attempt; the relay logs the store's state
     # changes itself, once each.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    lock = _lock_data_dir(data_dir)  # held until the process exits
+    # The parent of workers holds the lock for them.
+    lock = _lock_data_dir(data_dir) if setup is None else None
     # Every connection of a burst needs a descriptor: take all the hard limit allows.
     descriptors, _ = raise_open_files_limit()
     log.debug("Open file descriptor limit", extra={"fields": {"limit": descriptors}})
-    store = _open_store(args, data_dir, create=True)
-    for spec in forwards:
+    store = _open_store(args, data_dir, create=setup is None)
+    for spec in forwards if setup is None else []:
         try:
             missing = store.find(spec.bridge) is None
         except StoreError as exc:
@@ -735,6 +784,23 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
                 "Forward names a bridge that does not exist (yet)",
                 extra={"fields": {"forward": str(spec), "bridge": spec.bridge}},
             )
+    if setup is None and args.workers > 1:
+        store.close()
+        try:
+            status = _run_trio(
+                partial(
+                    _supervise,
+                    args,
+                    data_dir,
+                    fingerprint(cert),
+                    forwards=forwards,
+                    connect_timeout=args.connect_timeout,
+                )
+            )
+        finally:
+            if lock is not None:
+                lock.close()
+        return status
     config = RelayConfig(
         handshake_timeout=args.handshake_timeout,
         connect_timeout=args.connect_timeout,
@@ -752,7 +818,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         mux=mux.Config(
             keepalive_interval=args.keepalive_interval, ping_timeout=args.keepalive_timeout
         ),
-        node=args.node or None,
+        node=setup.node if setup is not None else args.node or None,
         node_timeout=args.node_timeout,
         audit=AuditConfig(interval=args.audit_interval),
     )
@@ -783,17 +849,99 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
                 socks=args.socks,
                 socks_config=socks_config,
                 metrics=args.metrics,
+                setup=setup,
                 peers=None if identity is None else (args.peer_listen, args.peer_advertise),
                 identity=identity,
             )
         )
     finally:
         store.close()
-    lock.close()
+    if lock is not None:
+        lock.close()
     if cut:
         log.error(f"Stopped with {cut} tunnels cut: exit status 1")
         return 1
     return 0
+
+
+async def _supervise(
+    args: argparse.Namespace,
+    data_dir: Path,
+    cert_fingerprint: str,
+    *,
+    forwards: list[ForwardSpec],
+    connect_timeout: float,
+) -> int:
+    """The parent of ``serve --workers N``: bind every listener once, print where, run the
+    workers (`relay.workers.Supervisor`) and serve their metrics together. The exit status."""
+
+    async def bind(what: str, host: str, port: int) -> list[trio.SocketListener]:
+        try:
+            return await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
+        except OSError as exc:
+            raise Failure(
+                f"cannot listen for {what} on {format_host_port(host, port)}: {os_reason(exc)}"
+            ) from None
+
+    def bound(host: str, listeners: list[trio.SocketListener]) -> str:
+        return format_host_port(host, listeners[0].socket.getsockname()[1])
+
+    host, port = args.listen
+    agent = await bind("agents", host, port)
+    address = bound(host, agent)
+    print(f"agents: listening on {address}", flush=True)
+    log.info(
+        "Relay listening",
+        extra={
+            "fields": {
+                "address": address,
+                "fingerprint": cert_fingerprint,
+                "workers": args.workers,
+            }
+        },
+    )
+    websocket: list[trio.SocketListener] = []
+    if args.listen_ws is not None:
+        ws_host, ws_port = args.listen_ws
+        websocket = await bind("agents", ws_host, ws_port)
+        ws_address = bound(ws_host, websocket)
+        print(f"agents (WebSocket): listening on {ws_address}, path {DEFAULT_PATH}", flush=True)
+        log.info(
+            "Relay listening for WebSocket agents",
+            extra={"fields": {"address": ws_address, "path": DEFAULT_PATH}},
+        )
+    forward_listeners = []
+    for spec in forwards:
+        listeners = await bind(f"forward {spec}", spec.listen_host, spec.listen_port)
+        forward_listeners.append(listeners)
+        print(f"forward {spec}: listening on {bound(spec.listen_host, listeners)}", flush=True)
+    socks: list[trio.SocketListener] = []
+    if args.socks is not None:
+        socks_host, socks_port = args.socks
+        socks = await bind("socks", socks_host, socks_port)
+        print(f"socks: listening on {bound(socks_host, socks)}", flush=True)
+    node = args.node or f"{socket.gethostname()}:{agent[0].socket.getsockname()[1]}"
+    supervisor = Supervisor(
+        args.argv,
+        args.workers,
+        Listeners(agent=agent, websocket=websocket, forwards=forward_listeners, socks=socks),
+        node,
+        Notifier.from_environ(),
+        data_dir=data_dir,
+        config=SupervisorConfig(moving=connect_timeout),
+    )
+    async with trio.open_nursery() as nursery:
+        if args.metrics is not None:
+            serve = partial(
+                serve_metrics,
+                supervisor.metrics,
+                supervisor.healthy,
+                refresh=supervisor.refresh_metrics,
+            )
+            await _listen(nursery, "metrics", args.metrics, serve)
+        status = await supervisor.run()
+        nursery.cancel_scope.cancel()
+    return status
 
 
 LOCK_FILE = "relay.lock"
@@ -835,22 +983,28 @@ async def _serve(
     socks: tuple[str, int] | None,
     socks_config: SocksConfig,
     metrics: tuple[str, int] | None,
+    setup: WorkerSetup | None = None,
     peers: tuple[tuple[str, int], tuple[str, int] | None] | None = None,
     identity: PeerIdentity | None = None,
 ) -> int:
-    """Returns how many tunnels the stop cut (0 after a clean drain)."""
+    """Returns how many tunnels the stop cut (0 after a clean drain). With `setup`, as a
+    worker: on the inherited listeners, stopping on SIGTERM or when the parent goes away."""
     host, port = listen
-    notifier = Notifier.from_environ()
     # The audit task outlives the serving tasks, so that it writes the close events of the
     # tunnels cut at the end.
     async with trio.open_nursery() as audit:
         await audit.start(relay.audit_trail.run)
         audit.start_soon(_reopen_on_sighup, relay)
+        link = None
+        if setup is not None:
+            link = WorkerLink(relay, setup, forwards)
+            relay.handover = link
+            await audit.start(link.run)
         cut = await _serve_until_signal(
             relay,
             data_dir,
             cert_fingerprint,
-            notifier,
+            Notifier.from_environ() if link is None else link,
             host=host,
             port=port,
             listen_ws=listen_ws,
@@ -858,6 +1012,8 @@ async def _serve(
             socks=socks,
             socks_config=socks_config,
             metrics=metrics,
+            setup=setup,
+            link=link,
             peers=peers,
             identity=identity,
         )
@@ -871,11 +1027,17 @@ async def _reopen_on_sighup(relay: Relay) -> None:
             relay.audit_trail.reopen()
 
 
+def _say(setup: WorkerSetup | None, line: str) -> None:
+    """A line on stdout (the parent of workers prints its own)."""
+    if setup is None:
+        print(line, flush=True)
+
+
 async def _serve_until_signal(
     relay: Relay,
     data_dir: Path,
     cert_fingerprint: str,
-    notifier: Notifier,
+    notifier: Any,
     *,
     host: str,
     port: int,
@@ -884,24 +1046,37 @@ async def _serve_until_signal(
     socks: tuple[str, int] | None,
     socks_config: SocksConfig,
     metrics: tuple[str, int] | None,
-    peers: tuple[tuple[str, int], tuple[str, int] | None] | None,
-    identity: PeerIdentity | None,
+    setup: WorkerSetup | None = None,
+    link: WorkerLink | None = None,
+    peers: tuple[tuple[str, int], tuple[str, int] | None] | None = None,
+    identity: PeerIdentity | None = None,
 ) -> int:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    inherited = setup is not None
+
+    def given(fds: list[int]) -> dict[str, Any]:
+        return {"listeners": listeners_of(fds)} if inherited else {}
+
+    stop_signals = (signal.SIGTERM,) if inherited else (signal.SIGINT, signal.SIGTERM)
+    with trio.open_signal_receiver(*stop_signals) as received:
         async with trio.open_nursery() as nursery:
+            signals: AsyncIterator[int] = received
+            if link is not None:
+                send, signals = trio.open_memory_channel[int](1)
+                nursery.start_soon(_stop_requests, received, link, send)
             listeners = await _start(
                 nursery,
                 f"cannot listen for agents on {format_host_port(host, port)}",
-                relay.serve,
+                partial(relay.serve, **given(setup.agent if setup else [])),
                 host,
                 port,
             )
             address = format_host_port(host, listeners[0].socket.getsockname()[1])
-            print(f"agents: listening on {address}", flush=True)
-            log.info(
-                "Relay listening",
-                extra={"fields": {"address": address, "fingerprint": cert_fingerprint}},
-            )
+            _say(setup, f"agents: listening on {address}")
+            if not inherited:
+                log.info(
+                    "Relay listening",
+                    extra={"fields": {"address": address, "fingerprint": cert_fingerprint}},
+                )
             if peers is not None and identity is not None:
                 (peer_host, peer_port), advertised = peers
                 listeners = await _start(
@@ -920,62 +1095,106 @@ async def _serve_until_signal(
             if listen_ws is not None:
                 ws_host, ws_port = listen_ws
                 config = WebSocketConfig(handshake_timeout=relay.config.handshake_timeout)
-                listeners = await _start(
+                ws_listeners = await _start(
                     nursery,
                     f"cannot listen for agents on {format_host_port(ws_host, ws_port)}",
-                    partial(relay.serve_websocket, config=config),
+                    partial(
+                        relay.serve_websocket,
+                        config=config,
+                        **given(setup.websocket if setup else []),
+                    ),
                     ws_host,
                     ws_port,
                 )
-                address = format_host_port(ws_host, listeners[0].socket.getsockname()[1])
-                print(
-                    f"agents (WebSocket): listening on {address}, path {DEFAULT_PATH}", flush=True
-                )
-                log.info(
-                    "Relay listening for WebSocket agents",
-                    extra={"fields": {"address": address, "path": DEFAULT_PATH}},
-                )
-            for spec in forwards:
+                ws_address = format_host_port(ws_host, ws_listeners[0].socket.getsockname()[1])
+                _say(setup, f"agents (WebSocket): listening on {ws_address}, path {DEFAULT_PATH}")
+                if not inherited:
+                    log.info(
+                        "Relay listening for WebSocket agents",
+                        extra={"fields": {"address": ws_address, "path": DEFAULT_PATH}},
+                    )
+            for index, spec in enumerate(forwards):
                 listen_address = format_host_port(spec.listen_host, spec.listen_port)
-                listeners = await _start(
+                forward_listeners = await _start(
                     nursery,
                     f"cannot listen for forward {spec} on {listen_address}",
-                    serve_forward,
+                    partial(
+                        serve_forward,
+                        index=index,
+                        **given(setup.forwards[index] if setup else []),
+                    ),
                     relay,
                     spec,
                 )
-                local = format_host_port(spec.listen_host, listeners[0].socket.getsockname()[1])
-                print(f"forward {spec}: listening on {local}", flush=True)
+                local = format_host_port(
+                    spec.listen_host, forward_listeners[0].socket.getsockname()[1]
+                )
+                _say(setup, f"forward {spec}: listening on {local}")
             if socks is not None:
                 await _listen(
                     nursery,
                     "socks",
                     socks,
-                    partial(serve_socks, relay, config=socks_config, metrics=relay.metrics),
+                    partial(
+                        serve_socks,
+                        relay,
+                        config=socks_config,
+                        metrics=relay.metrics,
+                        **given(setup.socks if setup else []),
+                    ),
+                    setup,
                 )
-            if metrics is not None:
+            if metrics is not None and not inherited:  # the parent of workers serves them all
                 await _listen(
                     nursery,
                     "metrics",
                     metrics,
                     partial(serve_metrics, relay.metrics, lambda: not relay.stopping),
+                    setup,
                 )
-            await nursery.start(admin.serve_admin, relay, data_dir / admin.SOCKET_NAME)
+            socket_name = admin.SOCKET_NAME if setup is None else admin.worker_socket_name()
+            await nursery.start(admin.serve_admin, relay, data_dir / socket_name)
             notifier.ready(f"Listening for agents on {address}")
-            await nursery.start(run_watchdog, notifier)
+            if not inherited:
+                await nursery.start(run_watchdog, notifier)
             await _stop_on_signals(signals, relay, notifier)
             cut = relay.open_tunnels()
             nursery.cancel_scope.cancel()
     return cut
 
 
-async def _listen(nursery: trio.Nursery, what: str, address: tuple[str, int], serve) -> None:
+async def _stop_requests(
+    signals: AsyncIterator[int], link: WorkerLink, send: trio.MemorySendChannel[int]
+) -> None:
+    """Pass a worker's SIGTERMs on to `send`, and a SIGTERM of its own when the parent goes
+    away (its link closed)."""
+
+    async def watch_parent() -> None:
+        await link.parent_gone.wait()
+        log.warning("The parent process is gone: stopping")
+        await send.send(signal.SIGTERM)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_parent)
+        async for signum in signals:
+            with contextlib.suppress(trio.WouldBlock):
+                send.send_nowait(signum)
+
+
+async def _listen(
+    nursery: trio.Nursery,
+    what: str,
+    address: tuple[str, int],
+    serve,
+    setup: WorkerSetup | None = None,
+) -> list[trio.SocketListener]:
     host, port = address
     listeners = await _start(
         nursery, f"cannot listen for {what} on {format_host_port(host, port)}", serve, host, port
     )
     local = format_host_port(host, listeners[0].socket.getsockname()[1])
-    print(f"{what}: listening on {local}", flush=True)
+    _say(setup, f"{what}: listening on {local}")
+    return listeners
 
 
 async def _start(nursery: trio.Nursery, what: str, fn, *args: Any) -> Any:
@@ -1301,16 +1520,24 @@ def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _relay_status(data_dir: Path) -> dict[str, list[dict[str, Any]]] | None:
-    async def ask() -> dict[str, Any] | None:
-        with trio.move_on_after(ClientConfig().status_deadline):
-            return await admin.request(data_dir / admin.SOCKET_NAME, {"op": "status"})
-        return None
+    """The sessions of the relay serving `data_dir` (all its workers'), by bridge ID; None
+    when no relay answers."""
 
-    try:
-        reply = trio.run(ask)
-    except admin.AdminUnavailable:
-        return None
-    return reply.get("bridges", {}) if reply and reply.get("ok") else None
+    async def ask() -> dict[str, list[dict[str, Any]]] | None:
+        bridges: dict[str, list[dict[str, Any]]] | None = None
+        with trio.move_on_after(ClientConfig().status_deadline):
+            for path in admin.socket_paths(data_dir):
+                try:
+                    reply = await admin.request(path, {"op": "status"})
+                except admin.AdminUnavailable:
+                    continue
+                if reply.get("ok"):
+                    bridges = bridges or {}
+                    for bridge_id, sessions in reply.get("bridges", {}).items():
+                        bridges.setdefault(bridge_id, []).extend(sessions)
+        return bridges
+
+    return trio.run(ask)
 
 
 def _when(timestamp: float | None) -> str:
@@ -1336,10 +1563,22 @@ def cmd_test(args: argparse.Namespace, data_dir: Path) -> int:
     target = format_host_port(host, port)
 
     async def ask() -> dict[str, Any] | None:
+        # Under workers, the one that holds the bridge answers; the others say not connected.
+        reply: dict[str, Any] | None = None
+        answered = False
         with trio.move_on_after(ClientConfig().test_deadline):
             message = {"op": "test", "bridge": record.id, "host": host, "port": port}
-            return await admin.request(data_dir / admin.SOCKET_NAME, message)
-        return None
+            for path in admin.socket_paths(data_dir):
+                try:
+                    reply = await admin.request(path, message)
+                except admin.AdminUnavailable:
+                    continue
+                answered = True
+                if reply.get("kind") != "BridgeNotConnected":
+                    break
+            if not answered:
+                raise admin.AdminUnavailable(f"no relay is running on {data_dir}")
+        return reply
 
     try:
         reply = trio.run(ask)
@@ -1517,7 +1756,9 @@ def main(argv: list[str] | None = None) -> int:
     """The ``bridge-relay`` command: returns the exit status (1 for a `Failure`, 2 for a
     `UsageError`, each printed as one line). Never raises for a user's mistake."""
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv  # what the workers of `serve --workers` run again
         if args.command is None:
             raise UsageError(
                 "a command is required: serve, fingerprint, bridges, test, store, nodes, "

@@ -16,6 +16,7 @@ from bridge.protocol.connect import ConnectRequest
 from bridge.transport.splice import splice_tunnel
 from relay.audit import Caller
 from relay.errors import RelayError
+from relay.handover import hand_over
 from relay.os_limits import listen_backlog
 
 log = logging.getLogger("relay.forward")
@@ -66,18 +67,28 @@ class ForwardSpec:
         return f"{self.bridge}={self.target}@{format_host_port(self.listen_host, port)}"
 
 
-async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATUS_IGNORED):
-    """Listen on spec's local address and tunnel each connection; `task_status` gets the
-    listeners. The listener closes when the relay stops accepting; connections in go on.
-    While the bridge has `max_pending_opens` opens in flight, no connection is accepted (the
-    listen backlog, `listen_backlog()`, holds them)."""
-    listeners = await trio.open_tcp_listeners(
-        spec.listen_port, host=spec.listen_host, backlog=listen_backlog()
-    )
+async def serve_forward(
+    relay,
+    spec: ForwardSpec,
+    *,
+    index: int = 0,
+    listeners: list[trio.SocketListener] | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
+):
+    """Listen on spec's local address (or serve `listeners`, bound elsewhere) and tunnel each
+    connection; `task_status` gets the listeners. The listener closes when the relay stops
+    accepting; connections in go on. While the bridge has `max_pending_opens` opens in
+    flight, no connection is accepted (the listen backlog, `listen_backlog()`, holds them).
+    `index` is the forward's place among the relay's forwards: a worker that hands a
+    connection to another names the forward by it."""
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(
+            spec.listen_port, host=spec.listen_host, backlog=listen_backlog()
+        )
 
     async def handle(client: trio.SocketStream) -> None:
         try:
-            await forward_connection(relay, spec, client)
+            await forward_connection(relay, spec, client, index=index)
         except Exception:
             log.exception("Forwarded connection failed", extra={"fields": {"forward": str(spec)}})
 
@@ -87,14 +98,23 @@ async def serve_forward(relay, spec: ForwardSpec, *, task_status=trio.TASK_STATU
     await relay.serve_listeners(handle, listeners, ready=ready, task_status=task_status)
 
 
-async def forward_connection(relay, spec: ForwardSpec, client: trio.SocketStream) -> None:
+async def forward_connection(
+    relay, spec: ForwardSpec, client: trio.SocketStream, *, index: int | None = None
+) -> None:
     """Tunnel one accepted `client` connection to the spec's target, then close it; a refused
     tunnel (logged by the relay) closes it at once. Raises nothing for a client or tunnel that
-    breaks (the tunnel is reset then); cancelled, it resets the tunnel and closes the client."""
+    breaks (the tunnel is reset then); cancelled, it resets the tunnel and closes the client.
+    With `index` (the forward's place, see `serve_forward`), a worker that does not hold
+    the bridge hands the client to the one that does (`relay.handover`); without, a
+    connection is served here."""
     async with client:
         try:
             peer = format_socket_address(client.socket.getpeername())
         except OSError:
+            return
+        if index is not None and await hand_over(
+            relay, client, spec.bridge, "forward", {"index": index}
+        ):
             return
         started = time.monotonic()
         try:

@@ -88,6 +88,7 @@ from relay.errors import (
     TargetUnreachable,
     TunnelError,
 )
+from relay.handover import Handovers
 from relay.limits import LoginLimiter, Repeats, source_of
 from relay.open_slots import OpenSlots
 from relay.os_limits import listen_backlog
@@ -231,6 +232,9 @@ class Relay:
         self._listening = False  # the store notifies changes right now
         self._seen: dict[str, float] = {}  # last seen times not yet written
         self._seen_wake = trio.Event()
+        #: Set by a worker of ``bridge-relay serve --workers``: hands a forward's or SOCKS
+        #: client to the worker that holds its bridge (see `relay.handover.Handovers`).
+        self.handover: Handovers | None = None
         #: The peer links of a cluster node, once `serve_peers` runs.
         self.peering: Peering | None = None
         self._node_wake = trio.Event()  # heartbeat now: the node's record changed
@@ -265,16 +269,24 @@ class Relay:
     # -- listening -----------------------------------------------------------------------
 
     async def serve(
-        self, host: str | None, port: int, *, task_status=trio.TASK_STATUS_IGNORED
+        self,
+        host: str | None,
+        port: int,
+        *,
+        listeners: list[trio.SocketListener] | None = None,
+        task_status=trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept agents over TLS on host:port until cancelled (port 0: any free port), and run
         the relay's housekeeping (store changes, log summaries).
 
-        `task_status.started` gets the list of `trio.SocketListener`s. Raises OSError when it
-        cannot listen. Cancelling it closes the listeners and ends every agent session at
-        once, cutting their tunnels: call `drain` first to let them finish.
+        With `listeners` (sockets bound by another process, e.g. the parent of workers),
+        those are served and host:port only name them. `task_status.started` gets the list
+        of `trio.SocketListener`s. Raises OSError when it cannot listen. Cancelling it
+        closes the listeners and ends every agent session at once, cutting their tunnels:
+        call `drain` first to let them finish.
         """
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
         bound = listeners[0].socket.getsockname()[1]
         if self.config.node is None:
             self.audit_trail.node = f"{socket.gethostname()}:{bound}"
@@ -297,14 +309,17 @@ class Relay:
         *,
         path: str = DEFAULT_PATH,
         config: WebSocketConfig | None = None,
+        listeners: list[trio.SocketListener] | None = None,
         task_status=trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept agents over WebSocket (wss://, upgrades to `path`) on host:port until
         cancelled, through the same gate, PROXY header handling, deadline and login as
         `serve` (run `serve` too: it does the housekeeping). The WebSocket's own sizes come
         from `config`; until an agent has authenticated it may send no more than a Hello.
-        `task_status.started` gets the listeners; they close on `stop_accepting`."""
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
+        `task_status.started` gets the listeners (`listeners`, if given, bound elsewhere);
+        they close on `stop_accepting`."""
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
         websocket = _WebSocketListen(path, config or WebSocketConfig())
         handler = partial(self._handle_connection, websocket)
         await self.serve_listeners(handler, listeners, self._gate, task_status=task_status)

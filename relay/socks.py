@@ -52,6 +52,7 @@ from relay.errors import (
     TargetUnreachable,
     UnknownBridge,
 )
+from relay.handover import hand_over
 from relay.limits import LoginLimiter, source_of
 from relay.os_limits import listen_backlog
 
@@ -165,14 +166,18 @@ async def serve_socks(
     *,
     config: SocksConfig = SocksConfig(),
     metrics: TunnelMetrics | None = None,
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept SOCKS5 clients on host:port until cancelled (port 0: any free port) and tunnel
-    their connections through `relay`. `task_status.started` gets the listeners, which close
+    """Accept SOCKS5 clients on host:port (or on `listeners`, bound elsewhere) until cancelled
+    (port 0: any free port) and tunnel their connections through `relay`. Under workers, a
+    request for a bridge another worker holds is handed to it after the handshake (see
+    `relay.handover`). `task_status.started` gets the listeners, which close
     when the relay stops accepting (connections in go on). `metrics` counts SOCKS
     authentication failures and requests for targets that are not bridge hosts (the relay
     counts the tunnels themselves)."""
-    listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
     metrics = metrics or TunnelMetrics()
     limiter = LoginLimiter(config.auth_failures_per_minute, _RATE_LIMIT_SOURCES)
 
@@ -219,22 +224,8 @@ async def _serve_client(
         try:
             with trio.fail_after(config.handshake_timeout):
                 request = await _handshake(client, config, metrics, limiter, peer)
-            user = None if config.credentials is None else config.credentials[0]
-            remote = await _open(relay, request, Caller("socks", user=user, address=peer))
         except Refused as refusal:
-            if refusal.status is not _LOCKED_OUT:  # those are summed up per interval
-                _log(
-                    logging.WARNING,
-                    "SOCKS request refused",
-                    client=peer,
-                    **refusal.fields,
-                    reply=refusal.status.name,
-                    reason=refusal.message,
-                )
-            try:
-                await client.send_all(refusal.status.data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+            await _send_refusal(client, refusal, peer)
             return
         except trio.TooSlowError:
             _log(
@@ -252,27 +243,75 @@ async def _serve_client(
                 reason=str(exc) or "connection reset",
             )
             return
-        started = time.monotonic()
-        async with remote:
-            try:
-                await client.send_all(_reply(Reply.SUCCEEDED))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                sent, received, clean = 0, 0, False
-                reset_stream(remote)
-            else:
-                sent, received, clean = await splice_tunnel(client, remote)
+        user = None if config.credentials is None else config.credentials[0]
+        details = {"host": request.host, "port": request.port, "user": user}
+        if await hand_over(relay, client, request.bridge, "socks", details):
+            return
+        await _tunnel(relay, client, request, peer, user)
+
+
+async def serve_handed_over(
+    relay, client: trio.SocketStream, bridge: str, details: dict[str, Any]
+) -> None:
+    """Serve a SOCKS client another worker did the handshake with (see `relay.handover`):
+    `details` holds its request's ``host``, ``port`` and ``user``. Closes `client`; raises
+    nothing for a client or tunnel that breaks."""
+    async with client:
+        try:
+            peer = format_socket_address(client.socket.getpeername())
+            request = _Request(bridge, str(details["host"]), int(details["port"]))
+        except (OSError, KeyError, TypeError, ValueError):
+            return
+        user = details.get("user")
+        await _tunnel(relay, client, request, peer, user if isinstance(user, str) else None)
+
+
+async def _send_refusal(client: trio.SocketStream, refusal: Refused[_Answer], peer: str) -> None:
+    if refusal.status is not _LOCKED_OUT:  # those are summed up per interval
         _log(
-            logging.INFO,
-            "SOCKS connection closed",
+            logging.WARNING,
+            "SOCKS request refused",
             client=peer,
-            bridge=request.bridge,
-            target=request.target,
-            bytes=sent + received,
-            bytes_sent=sent,
-            bytes_received=received,
-            duration=round(time.monotonic() - started, 3),
-            clean=clean,
+            **refusal.fields,
+            reply=refusal.status.name,
+            reason=refusal.message,
         )
+    try:
+        await client.send_all(refusal.status.data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _tunnel(
+    relay, client: trio.SocketStream, request: _Request, peer: str, user: str | None
+) -> None:
+    """Open the tunnel of `request`, answer the client, splice; the caller closes `client`."""
+    try:
+        remote = await _open(relay, request, Caller("socks", user=user, address=peer))
+    except Refused as refusal:
+        await _send_refusal(client, refusal, peer)
+        return
+    started = time.monotonic()
+    async with remote:
+        try:
+            await client.send_all(_reply(Reply.SUCCEEDED))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            sent, received, clean = 0, 0, False
+            reset_stream(remote)
+        else:
+            sent, received, clean = await splice_tunnel(client, remote)
+    _log(
+        logging.INFO,
+        "SOCKS connection closed",
+        client=peer,
+        bridge=request.bridge,
+        target=request.target,
+        bytes=sent + received,
+        bytes_sent=sent,
+        bytes_received=received,
+        duration=round(time.monotonic() - started, 3),
+        clean=clean,
+    )
 
 
 async def _open(relay, request: _Request, caller: Caller) -> trio.abc.HalfCloseableStream:

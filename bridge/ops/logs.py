@@ -77,11 +77,18 @@ def parse_level(text: str) -> str:
     return level
 
 
-def configure(level: str = "INFO", fmt: str = "text", env: Mapping[str, str] | None = None) -> None:
+def configure(
+    level: str = "INFO",
+    fmt: str = "text",
+    env: Mapping[str, str] | None = None,
+    *,
+    context: Mapping[str, Any] | None = None,
+) -> None:
     """Send the ``bridge`` and ``relay`` loggers to stderr at ``level`` in ``fmt``.
 
-    ``env`` (default: ``os.environ``) tells whether stderr goes to journald. Calling it again
-    replaces the previous configuration.
+    ``env`` (default: ``os.environ``) tells whether stderr goes to journald. ``context``:
+    fields added to every record (e.g. the ``worker`` of ``bridge-relay serve --workers``),
+    after its own. Calling it again replaces the previous configuration.
     """
     level = parse_level(level)
     if fmt not in FORMATS:
@@ -91,6 +98,8 @@ def configure(level: str = "INFO", fmt: str = "text", env: Mapping[str, str] | N
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter(journald=journald))
     handler.addFilter(_redactor())
+    if context:
+        handler.addFilter(_Context(dict(context)))
     for name in LOGGERS:
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if h.get_name() == _HANDLER_NAME]:
@@ -190,6 +199,18 @@ class SecretRedactor(logging.Filter):
         if record.stack_info:
             record.stack_info = self.redact(record.stack_info)
         record.redacted = True
+        return True
+
+
+class _Context(logging.Filter):
+    """Adds fixed fields to every record, after the record's own."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__["fields"] = {**_fields(record), **self.fields}
         return True
 
 

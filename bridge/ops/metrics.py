@@ -18,7 +18,7 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import ClassVar, Generic, TypeVar
 
@@ -437,13 +437,15 @@ async def serve_metrics(
     port: int,
     *,
     config: MetricsServerConfig = MetricsServerConfig(),
+    refresh: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `GET /metrics` and `GET /healthz` on host:port until cancelled (port 0: any
     free port). `task_status.started` gets the list of `trio.SocketListener`s. Each
-    connection carries one request."""
+    connection carries one request. `refresh`, if given, is awaited before each answer to
+    `/metrics` (e.g. to collect the metrics of other processes; it bounds its own time)."""
     listeners = await trio.open_tcp_listeners(port, host=host)
-    handler = partial(_serve_client, metrics, health, config)
+    handler = partial(_serve_client, metrics, health, config, refresh)
     await trio.serve_listeners(handler, listeners, task_status=task_status)
 
 
@@ -451,13 +453,14 @@ async def _serve_client(
     metrics: Metrics,
     health: Callable[[], bool],
     config: MetricsServerConfig,
+    refresh: Callable[[], Awaitable[None]] | None,
     stream: trio.SocketStream,
 ) -> None:
     """Never raises: a client that misbehaves or goes away only ends its own connection."""
     async with stream:
         try:
             with trio.move_on_after(config.request_timeout):
-                await _exchange(stream, metrics, health, config)
+                await _exchange(stream, metrics, health, config, refresh)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -469,6 +472,7 @@ async def _exchange(
     metrics: Metrics,
     health: Callable[[], bool],
     config: MetricsServerConfig,
+    refresh: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_request_head)
     head_only = False
@@ -483,6 +487,8 @@ async def _exchange(
         if not isinstance(event, h11.Request):
             return  # the client left without asking anything
         head_only = event.method == b"HEAD"
+        if refresh is not None and event.target.partition(b"?")[0] == b"/metrics":
+            await refresh()
         status, content_type, body, extra = _answer(event, metrics, health)
     except h11.RemoteProtocolError as exc:
         status = exc.error_status_hint

@@ -1,0 +1,319 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""A worker's side of ``bridge-relay serve --workers N``: its link to the parent.
+
+The parent (`relay.workers`) binds the listeners and starts the workers with the listening
+sockets and one end of a Unix SOCK_SEQPACKET socket pair inherited, described in the
+environment variable `ENV` (JSON). Over the pair (`relay.worker_messages`) the worker
+says when it serves, which bridges it holds, offers connections it should not serve itself,
+takes the ones handed to it, and sends its metrics when asked.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from relay.forward import ForwardSpec, forward_connection
+from relay.socks import serve_handed_over
+from relay.worker_messages import (
+    MAX_MESSAGE,
+    WITH_DESCRIPTOR,
+    Handover,
+    Kind,
+    Message,
+    MessageError,
+    decode,
+    hold,
+    metrics_pieces,
+    release,
+)
+
+log = logging.getLogger("relay.worker")
+
+#: The environment variable that makes ``bridge-relay serve`` a worker of its parent.
+ENV = "RELAY_WORKER"
+#: Room for the descriptors of one packet; a packet is meant to carry at most one.
+_ANCILLARY = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+
+
+@attrs.frozen(kw_only=True)
+class WorkerSetup:
+    """What the parent gives a worker: its index, its serial number (each worker started
+    gets the next), the node name to register, the inherited descriptors."""
+
+    index: int
+    serial: int
+    node: str
+    control: int
+    agent: list[int]
+    websocket: list[int] = attrs.field(factory=list)
+    forwards: list[list[int]] = attrs.field(factory=list)
+    socks: list[int] = attrs.field(factory=list)
+
+    def to_env(self) -> str:
+        """The value of `ENV` for this worker."""
+        return json.dumps(attrs.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSetup | None:
+        """The setup in `env`, None when it has none. Raises ValueError when malformed."""
+        text = env.get(ENV)
+        if not text:
+            return None
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{ENV}: {exc}") from None
+
+    def descriptors(self) -> list[int]:
+        """Every descriptor the worker inherits (the parent passes these)."""
+        return [
+            self.control,
+            *self.agent,
+            *self.websocket,
+            *(fd for fds in self.forwards for fd in fds),
+            *self.socks,
+        ]
+
+
+def listeners_of(fds: list[int]) -> list[trio.SocketListener]:
+    """Inherited listening sockets as Trio listeners."""
+    return [
+        trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in fds
+    ]
+
+
+@attrs.frozen(kw_only=True)
+class LinkConfig:
+    """presence_interval: how often the worker compares the bridges it holds with what it
+    told the parent. max_offers: connections offered to the parent at once (more wait)."""
+
+    presence_interval: float = 0.02
+    max_offers: int = 256
+
+
+class _Offer:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.taken = False
+
+
+class WorkerLink:
+    """The worker's end of its socket pair; `Relay.handover` of the worker's relay.
+
+    `run` reads the parent's messages and reports presence until cancelled or until the
+    parent goes away (then `parent_gone` is set: the worker stops as on SIGTERM).
+    """
+
+    def __init__(
+        self,
+        relay: Any,
+        setup: WorkerSetup,
+        forwards: list[ForwardSpec],
+        *,
+        socks: Callable[..., Any] = serve_handed_over,
+        config: LinkConfig = LinkConfig(),
+    ) -> None:
+        self.relay = relay
+        self.setup = setup
+        self.forwards = forwards
+        self.config = config
+        self.parent_gone = trio.Event()
+        self._socks = socks
+        self._socket = trio.socket.from_stdlib_socket(socket.socket(fileno=setup.control))
+        self._send_lock = trio.Lock()
+        self._offers: dict[int, _Offer] = {}
+        self._offer_slots = trio.Semaphore(config.max_offers)
+        self._numbers = 0
+        self._nursery: trio.Nursery | None = None
+        self._ready = False
+        self._retiring = False
+        metrics = relay.metrics
+        self._handovers = metrics.counter(
+            "trio_bridge_handovers_total",
+            "Connections handed to the worker that holds their bridge (out) or taken from "
+            "another worker (in).",
+            ["direction"],
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the link until cancelled; returns when the parent closed it."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._report_presence)
+            task_status.started()
+            try:
+                await self._receive_loop()
+            finally:
+                self._lost()
+            nursery.cancel_scope.cancel()
+
+    def ready(self, status: str | None = None) -> bool:
+        """Tell the parent this worker serves (the `Notifier.ready` of a worker)."""
+        if not self._ready and self._nursery is not None:
+            self._ready = True
+            self._nursery.start_soon(self._send, Message(Kind.READY))
+        return True
+
+    def status(self, text: str) -> bool:
+        """A worker has no status of its own: the parent tells systemd."""
+        return False
+
+    def stopping(self, status: str | None = None) -> bool:
+        """The worker drains: it tells the parent it holds nothing from now on."""
+        if not self._retiring and self._nursery is not None:
+            self._retiring = True
+            self._nursery.start_soon(self._send, Message(Kind.RETIRING))
+        return True
+
+    async def offer(self, client: trio.SocketStream, handover: Handover) -> bool:
+        """See `relay.handover.Handovers.offer`."""
+        if self.parent_gone.is_set():
+            return False
+        try:
+            body = handover.encode()
+        except MessageError:
+            return False
+        async with self._offer_slots:
+            self._numbers = number = self._numbers % 0xFFFFFFFF + 1
+            offer = self._offers[number] = _Offer()
+            try:
+                message = Message(Kind.OFFER, number, body)
+                if not await self._send(message, client.socket.fileno()):
+                    return False
+                await offer.done.wait()
+            finally:
+                del self._offers[number]
+        if offer.taken:
+            self._handovers.inc(direction="out")
+        return offer.taken
+
+    # -- internals --------------------------------------------------------------------------
+
+    async def _send(self, message: Message, fd: int | None = None) -> bool:
+        ancillary = []
+        if fd is not None:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        try:
+            async with self._send_lock:
+                await self._socket.sendmsg([message.encode()], ancillary)
+        except (OSError, trio.ClosedResourceError):
+            self.parent_gone.set()
+            return False
+        return True
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                data, ancillary, flags, _ = await self._socket.recvmsg(MAX_MESSAGE + 1, _ANCILLARY)
+            except OSError as exc:
+                log.warning("Link to the parent broken", extra={"fields": {"reason": str(exc)}})
+                return
+            fds = _descriptors(ancillary)
+            if not data and not fds:
+                return  # the parent closed its end
+            try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    raise MessageError("truncated packet")
+                message = decode(data)
+                if (message.kind in WITH_DESCRIPTOR) != (len(fds) == 1):
+                    raise MessageError(f"{message.kind.name} with {len(fds)} descriptors")
+            except MessageError as exc:
+                for fd in fds:
+                    os.close(fd)
+                log.error(
+                    "Invalid message from the parent: link closed",
+                    extra={"fields": {"reason": str(exc)}},
+                )
+                return
+            await self._dispatch(message, fds[0] if fds else None)
+
+    async def _dispatch(self, message: Message, fd: int | None) -> None:
+        kind = message.kind
+        if kind in (Kind.TAKEN, Kind.NOBODY):
+            if (offer := self._offers.get(message.number)) is not None:
+                offer.taken = kind == Kind.TAKEN
+                offer.done.set()
+        elif kind == Kind.DELIVER and fd is not None:
+            await self._take(message, fd)
+        elif kind == Kind.SCRAPE:
+            text = self.relay.metrics.render().encode()
+            for piece in metrics_pieces(message.number, text):
+                await self._send(piece)
+
+    async def _take(self, message: Message, fd: int) -> None:
+        try:
+            handover = message.handover()
+        except MessageError as exc:
+            os.close(fd)
+            log.warning("Invalid handover: closed", extra={"fields": {"reason": str(exc)}})
+            await self._send(Message(Kind.REFUSED, message.number))
+            return
+        relay = self.relay
+        index = handover.details.get("index")
+        if not isinstance(index, int):
+            index = -1
+        if (
+            relay.stopping
+            or not relay.registry.sessions(handover.bridge)
+            or (handover.kind == "forward" and index not in range(len(self.forwards)))
+        ):
+            os.close(fd)
+            await self._send(Message(Kind.REFUSED, message.number))
+            return
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+        assert self._nursery is not None
+        if handover.kind == "forward":
+            spec = self.forwards[index]
+            self._nursery.start_soon(self._serve, forward_connection, relay, spec, stream)
+        else:
+            self._nursery.start_soon(
+                self._serve, self._socks, relay, stream, handover.bridge, handover.details
+            )
+        self._handovers.inc(direction="in")
+        await self._send(Message(Kind.ACCEPTED, message.number))
+
+    async def _serve(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("Handed-over connection failed")
+
+    async def _report_presence(self) -> None:
+        """HOLD and RELEASE as the bridges this worker has sessions of change."""
+        told: dict[str, str] = {}
+        while not self._retiring:
+            held = {s.bridge_id: s.bridge_name for s in self.relay.registry}
+            for bridge_id in told.keys() - held.keys():
+                await self._send(release(bridge_id))
+            for bridge_id in held.keys() - told.keys():
+                try:
+                    await self._send(hold(bridge_id, held[bridge_id]))
+                except MessageError:
+                    continue
+            told = held
+            await trio.sleep(self.config.presence_interval)
+
+    def _lost(self) -> None:
+        self.parent_gone.set()
+        for offer in self._offers.values():
+            offer.done.set()  # not taken: served here
+        self._socket.close()
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % array.array("i").itemsize
+            fds.extend(array.array("i", data[:usable]))
+    return fds

@@ -1,0 +1,248 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""`bridge-relay serve --workers 2`: a connection accepted by the worker without the bridge's
+session is handed to the one with it; a worker killed is started again and no connection
+queued meanwhile is lost; SIGHUP replaces the workers under load without failing a
+connection; SIGTERM to the parent drains every worker and exits 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+from functools import partial
+
+import trio
+
+from ..adversarial.burst_support import socks_request
+from ..e2e.e2e_support import RELAY, Launcher, Relay, clean_env, log_lines
+from .traffic import echo, transfer
+
+PAYLOAD = 4096
+
+
+async def start(launch: Launcher, nursery, *args: str, **env: str) -> tuple[Relay, int, int, str]:
+    """An echo target, a relay with 2 workers forwarding to it (and SOCKS, metrics), one
+    connected agent: the relay, the forward's port, the metrics port, the target."""
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    argv = [
+        RELAY,
+        "--data-dir",
+        launch.bridge.data_dir,
+        "serve",
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--bcrypt-cost",
+        "4",
+        "--forward",
+        f"{launch.bridge.name}={target}",
+        "--socks",
+        "0",
+        "--metrics",
+        "0",
+        *args,
+    ]
+    process = launch.start("relay", argv, env=clean_env(**env))
+
+    def printed(what: str) -> int:
+        pattern = rf"^{what}: listening on 127\.0\.0\.1:(\d+)$"
+        return int(process.wait_for(pattern, stream="stdout")[1])
+
+    agents = await trio.to_thread.run_sync(printed, "agents")
+    forward = await trio.to_thread.run_sync(printed, r"forward .*")
+    socks = await trio.to_thread.run_sync(printed, "socks")
+    metrics = await trio.to_thread.run_sync(printed, "metrics")
+    await trio.to_thread.run_sync(partial(process.wait_for, r"\tWorkers serving\t"))
+    relay = Relay(process, agents, {target: forward, "socks": socks})
+    await trio.to_thread.run_sync(launch.agent, relay, [target])
+    return relay, forward, metrics, target
+
+
+def workers(relay: Relay) -> dict[int, int]:
+    """Worker index -> pid of the worker serving in that slot now."""
+    return {f["worker"]: f["pid"] for f in log_lines(relay.process.stderr(), "Worker serving")}
+
+
+def holder(relay: Relay) -> int:
+    """The worker the agent's session is on, as last logged."""
+    return log_lines(relay.process.stderr(), "Bridge connected")[-1]["worker"]
+
+
+async def scrape(port: int) -> str:
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = bytearray()
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    return data.decode()
+
+
+def handovers(text: str, direction: str) -> int:
+    pattern = rf'^trio_bridge_handovers_total\{{worker="\d+",direction="{direction}"\}} (\d+)$'
+    return sum(int(m[1]) for m in re.finditer(pattern, text, re.MULTILINE))
+
+
+async def through_socks(port: int, bridge: str, target: str) -> bool:
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await socks_request(stream, bridge, target)
+        payload = os.urandom(PAYLOAD)
+        await stream.send_all(payload)
+        data = bytearray()
+        while len(data) < PAYLOAD and (chunk := await stream.receive_some(PAYLOAD)):
+            data += chunk
+    return bytes(data) == payload
+
+
+async def outcome(port: int) -> str:
+    result = "short"
+    try:
+        if await transfer(port, PAYLOAD):
+            result = "ok"
+    except* (OSError, trio.BrokenResourceError) as group:
+        result = f"error: {group.exceptions[0]!r}"
+    return result
+
+
+async def test_a_connection_reaches_the_agent_on_the_other_worker(launch, nursery):
+    relay, forward, metrics, target = await start(launch, nursery)
+    # Which worker accepts a connection is the kernel's choice: go on until each way was
+    # taken through the other worker (bounded).
+    with trio.fail_after(60):
+        for _ in range(200):
+            assert await transfer(forward, PAYLOAD)
+            assert await through_socks(relay.forwards["socks"], launch.bridge.name, target)
+            text = await scrape(metrics)
+            if handovers(text, "out") >= 4:
+                break
+    text = await scrape(metrics)
+    assert handovers(text, "in") == handovers(text, "out") >= 4
+    other = 1 - holder(relay)
+    assert re.search(
+        rf'^trio_bridge_handovers_total\{{worker="{other}",direction="out"\}} [1-9]', text, re.M
+    ), text
+    assert re.search(r"^trio_bridge_workers_serving 2$", text, re.M), text
+    # Every tunnel ran in the worker that holds the session.
+    assert re.search(rf'^trio_bridge_streams_total\{{worker="{other}",', text, re.M) is None
+    assert "Traceback" not in relay.process.stderr()
+
+
+async def test_killed_workers_are_started_again_and_queued_connections_served(launch, nursery):
+    relay, forward, _, _ = await start(launch, nursery)
+    before = workers(relay)
+    for pid in before.values():  # the one with the agent's session, and the other
+        os.kill(pid, signal.SIGKILL)
+    # Until a worker is back these wait in the listen backlog (and the agent reconnects).
+    results: list[str] = []
+
+    async def run() -> None:
+        results.append(await outcome(forward))
+
+    with trio.fail_after(40):
+        async with trio.open_nursery() as clients:
+            for _ in range(20):
+                clients.start_soon(run)
+                await trio.sleep(0.02)
+    assert results == ["ok"] * 20
+    log = relay.process.stderr()
+    restarted = log_lines(log, "Worker exited: starting it again in")
+    assert sorted(f["worker"] for f in restarted) == [0, 1]
+    assert all(f["status"] == "SIGKILL" for f in restarted)
+    after = workers(relay)
+    assert set(after) == {0, 1} and not set(after.values()) & set(before.values())
+    assert relay.process.poll() is None and "Traceback" not in log
+
+
+async def test_sighup_replaces_the_workers_under_load_and_fails_no_connection(launch, nursery):
+    relay, forward, _, _ = await start(launch, nursery)
+    before = workers(relay)
+    results: list[str] = []
+    reloaded = trio.Event()
+
+    async def run() -> None:
+        results.append(await outcome(forward))
+
+    async def watch() -> None:
+        await trio.to_thread.run_sync(
+            partial(relay.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=60)
+        )
+        reloaded.set()
+
+    with trio.fail_after(90):
+        async with trio.open_nursery() as clients:
+            clients.start_soon(watch)
+            for count in range(3000):  # a new connection every 20 ms, bounded
+                clients.start_soon(run)
+                await trio.sleep(0.02)
+                if count == 25:
+                    relay.process.popen.send_signal(signal.SIGHUP)
+                if reloaded.is_set() and count > 50:
+                    break
+            for _ in range(25):  # and a while after
+                clients.start_soon(run)
+                await trio.sleep(0.02)
+    assert len(results) > 75
+    assert results == ["ok"] * len(results), [r for r in results if r != "ok"][:3]
+    after = workers(relay)
+    assert set(after) == {0, 1} and not set(after.values()) & set(before.values())
+    for pid in before.values():  # the old workers drained and exited
+        with trio.fail_after(30):
+            while _state(pid) not in ("gone", "Z"):
+                await trio.sleep(0.1)
+    log = relay.process.stderr()
+    assert "Traceback" not in log and "Worker exited: starting it again" not in log
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+async def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(launch, nursery, tmp_path):
+    path = str(tmp_path / "notify")
+    if len(path) > 100:  # beyond sun_path
+        path = f"/tmp/trio-bridge-workers-notify-{os.getpid()}"
+    messages: list[str] = []
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        await sock.bind(path)
+
+        async def collect() -> None:
+            while True:
+                messages.append((await sock.recv(4096)).decode())
+
+        nursery.start_soon(collect)
+        relay, forward, _, _ = await start(
+            launch, nursery, "--drain-timeout", "20", NOTIFY_SOCKET=path, WATCHDOG_USEC="400000"
+        )
+        pids = workers(relay)
+        progress, results = trio.Event(), []
+
+        async def run() -> None:
+            try:
+                done = await transfer(forward, 4 * 1024 * 1024, pace=0.02, progress=progress)
+                results.append("complete" if done else "short")
+            except* (OSError, trio.BrokenResourceError) as group:
+                results.append(f"error: {group.exceptions[0]!r}")
+
+        nursery.start_soon(run)
+        await progress.wait()
+        relay.process.popen.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(relay.process.wait, 40) == 0
+        assert results == ["complete"]  # the open tunnel finished
+    os.unlink(path)
+    for pid in pids.values():
+        assert _state(pid) == "gone"
+    log = relay.process.stderr()
+    assert len(log_lines(log, "Drained: no tunnel is open")) == 2
+    assert "Workers stopped" in log and "Traceback" not in log
+    # Only the parent spoke to systemd: one READY once both workers served.
+    ready = [m for m in messages if m.startswith("READY=1")]
+    assert ready == ["READY=1\nSTATUS=2 workers serving"], messages
+    assert messages.count("WATCHDOG=1") >= 2
+    assert any(m.startswith("STOPPING=1") for m in messages)
