@@ -752,11 +752,6 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             "--workers above 1 cannot be combined with --peer-listen yet: run one process "
             "per node in a cluster"
         )
-    if args.workers > 1 and args.peer_listen is not None:
-        raise UsageError(
-            "--workers above 1 cannot be combined with --peer-listen yet: run one process "
-            "per node in a cluster"
-        )
     if (args.socks_user is None) != (args.socks_password is None):
         raise UsageError("--socks-user and --socks-password must be given together")
     credentials = None if args.socks_user is None else (args.socks_user, args.socks_password)
