@@ -4,7 +4,10 @@
 
 `Agent.run` keeps a session up for as long as it runs: a lost session (the relay went away,
 the link died and keepalive noticed, the relay closed it) is followed by a new one, after an
-exponential backoff with full jitter. Only the relay refusing this agent (bad credentials,
+exponential backoff with full jitter. A relay of several nodes is given as a list of URLs (a
+name resolving to several addresses counts as several): each round tries them all in random
+order, moving on at once when one fails, and the backoff applies between rounds (see
+`bridge.agent.relay_endpoints`). Only the relay refusing this agent (bad credentials,
 another protocol version) ends it. `Agent.drain` stops it gracefully: GoAway, then the open
 streams get up to ``drain_timeout`` to finish.
 
@@ -19,11 +22,12 @@ import errno
 import functools
 import logging
 import math
+import random
 import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -35,7 +39,8 @@ import mux
 from bridge import __version__
 from bridge.agent.allowlist import AllowList
 from bridge.agent.backoff import Backoff
-from bridge.agent.relay_url import RelayURL
+from bridge.agent.relay_endpoints import RelayEndpoint, order_endpoints, resolve_endpoints
+from bridge.agent.relay_url import RelayURL, parse_relay_urls
 from bridge.ops import logs
 from bridge.ops.errors import os_reason
 from bridge.ops.metrics import CounterValue, GaugeValue, HistogramValue, TunnelMetrics
@@ -68,7 +73,7 @@ from bridge.protocol.handshake import (
     encode_hello,
 )
 from bridge.protocol.refusal import Refused
-from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
+from bridge.transport.http_proxy import ProxyURL, bypasses_proxy, open_tcp_stream
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.splice import Meter, splice
 from bridge.transport.tls import FingerprintMismatch, open_tls_client
@@ -83,7 +88,8 @@ log = logging.getLogger("bridge.agent")
 class AgentConfig:
     """Durations are seconds."""
 
-    #: TCP connect to the relay, and to each target address.
+    #: TCP connect to the relay (each of its addresses), and to each target address; resolving
+    #: the relay's names, together.
     connect_timeout: float = attrs.field(default=10.0, validator=positive_number)
     #: TLS handshake, WebSocket upgrade (wss://) and Hello/Welcome, together.
     handshake_timeout: float = attrs.field(default=10.0, validator=positive_number)
@@ -196,12 +202,15 @@ class _DialSlots:
 class Agent:
     """Serves one bridge: ``await nursery.start(agent.run)`` returns once authenticated.
 
-    ``allow`` is an `AllowList` or allow-list entries; it must not be empty (use
-    ``AllowList.any()`` to allow every target). ``ssl_context`` comes from
-    `bridge.transport.tls.client_ssl_context`. ``notifier`` tells systemd about the agent's state.
-    ``proxy`` is an HTTP proxy to reach the relay through (`bridge.transport.http_proxy.proxy_for`
-    picks one from HTTPS_PROXY and NO_PROXY, as curl does). ``metrics`` (a fresh
-    `TunnelMetrics` if None) counts sessions, reconnects, streams, bytes and refusals,
+    ``relay_url`` is a `RelayURL`, several of them (the nodes of one relay), or their text:
+    one URL or a comma-separated list (`bridge.agent.relay_url.parse_relay_urls`). ``allow``
+    is an `AllowList` or allow-list entries; it must not be empty (use ``AllowList.any()`` to
+    allow every target). ``ssl_context`` comes from
+    `bridge.transport.tls.client_ssl_context`. ``notifier`` tells systemd about the agent's
+    state. ``proxy`` is an HTTP proxy to reach the relay through, and ``no_proxy`` a
+    ``NO_PROXY`` list of relay hosts reached without it
+    (`bridge.transport.http_proxy.proxy_settings` reads both as curl does). ``metrics`` (a
+    fresh `TunnelMetrics` if None) counts sessions, reconnects, streams, bytes and refusals,
     labelled with the bridge ID.
 
     Raises ValueError on construction for an invalid relay URL, proxy URL, allow-list entry,
@@ -211,7 +220,7 @@ class Agent:
 
     def __init__(
         self,
-        relay_url: str | RelayURL,
+        relay_url: str | RelayURL | Sequence[RelayURL],
         bridge_id: str,
         secret: str,
         allow: AllowList | Iterable[str],
@@ -219,11 +228,22 @@ class Agent:
         *,
         config: AgentConfig | None = None,
         proxy: str | ProxyURL | None = None,
+        no_proxy: str = "",
         notifier: Notifier | None = None,
         metrics: TunnelMetrics | None = None,
     ) -> None:
-        self.relay_url = relay_url if isinstance(relay_url, RelayURL) else RelayURL.parse(relay_url)
+        if isinstance(relay_url, str):
+            relay_urls = parse_relay_urls(relay_url)
+        elif isinstance(relay_url, RelayURL):
+            relay_urls = (relay_url,)
+        else:
+            relay_urls = tuple(dict.fromkeys(relay_url))
+        if not relay_urls:
+            raise ValueError("no relay URL given")
+        #: Where the agent dials: the nodes of the relay, in the order given.
+        self.relay_urls: tuple[RelayURL, ...] = relay_urls
         self.proxy = ProxyURL.parse(proxy) if isinstance(proxy, str) else proxy
+        self.no_proxy = no_proxy
         self.allow = allow if isinstance(allow, AllowList) else AllowList.parse(allow)
         if not self.allow:
             raise ValueError("the allow-list is empty: give HOST:PORT entries, or AllowList.any()")
@@ -249,12 +269,25 @@ class Agent:
         self._drain_opened = self._cut = 0
         #: What the relay said when it last ended (or began to end) a session.
         self._relay_reason: str | None = None
+        self._random = random.Random()
         logs.register_secret(secret)
         if self.proxy is not None and self.proxy.password:
             logs.register_secret(self.proxy.password)
 
     def __repr__(self) -> str:
-        return f"<Agent {self.bridge_id} -> {self.relay_url}>"
+        return f"<Agent {self.bridge_id} -> {','.join(map(str, self.relay_urls))}>"
+
+    @property
+    def relay_url(self) -> RelayURL:
+        """The first of `relay_urls` (the only one, for a relay of one node)."""
+        return self.relay_urls[0]
+
+    def proxy_for(self, url: RelayURL) -> ProxyURL | None:
+        """The HTTP proxy to reach ``url`` through: `proxy`, unless `no_proxy` exempts its
+        host; None for a direct connection."""
+        if self.proxy is None or bypasses_proxy(url.host, url.port, self.no_proxy):
+            return None
+        return self.proxy
 
     @functools.cached_property
     def _stream_meters(self) -> _StreamMeters:
@@ -298,52 +331,68 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         """Connect, authenticate and serve streams; after a lost session, reconnect, forever.
 
+        Each round of attempts tries every address of every relay URL once, in random order
+        (the address of the session just lost last), moving on at once when one fails; the
+        backoff delay comes after a round without a session and after a session ends (see
+        `bridge.agent.relay_endpoints`).
+
         Returns after `drain`: how many open streams the drain had to cut (0 after a clean
         drain). Raises `AuthenticationFailed` or `RelayRejected` when the relay refuses this
-        agent: retrying would not help. A relay that is unavailable is retried, with a
-        warning per attempt (an error when its certificate fails verification).
+        agent: retrying would not help. Raises `RelayNotTrusted` when, before the first
+        session, a whole round failed and a relay's certificate failed verification in it.
+        A relay that is unavailable is retried, with a warning per attempt (an error when its
+        certificate fails verification).
 
         Cancelled, it closes the session at once: open streams are cut (reset), nothing is
         drained; use `drain` to stop gracefully.
         """
-        address = self.relay_url.address
         backoff = Backoff(self.config.max_backoff)
+        last: RelayEndpoint | None = None  # the endpoint of the session lost last
         while not self._draining:
-            began, sessions = trio.current_time(), self.sessions
-            level = logging.WARNING
-            try:
-                await self.run_session(task_status=task_status)
-                reason = "the relay closed the session"
-                if self._relay_reason:
-                    reason += f": {self._relay_reason}"
-            except AuthenticationFailed as exc:
-                if self._relay_reason:  # the relay said why it ended the last session
-                    message = f"{exc} (the relay said: {self._relay_reason})"
-                    raise AuthenticationFailed(message, exc.status) from None
-                if self.sessions:  # it worked before: the bridge was deleted or its secret rotated
-                    message = (
-                        f"{exc} (it was accepted before: "
-                        "was the bridge deleted or its secret rotated?)"
-                    )
-                    raise AuthenticationFailed(message, exc.status) from None
-                raise
-            except RelayUntrusted as exc:
-                if not self.sessions:  # never worked: the trust settings are wrong
-                    raise RelayNotTrusted(str(exc)) from None
-                reason, level = str(exc), logging.ERROR
-            except RelayUnavailable as exc:
-                reason = str(exc)
-            if self.sessions > sessions:
-                task_status = trio.TASK_STATUS_IGNORED
-                if trio.current_time() - began >= self.config.healthy_session:
-                    backoff.reset()
+            endpoints, failures = await self._round(last)
+            reason, level = "", logging.WARNING
+            fields: dict[str, str] = {}
+            untrusted: RelayUntrusted | None = None
+            for fields, reason in failures:
+                if endpoints:
+                    log.warning("Trying another relay", extra=_fields(**fields, reason=reason))
+            for index, endpoint in enumerate(endpoints):
+                if index:
+                    log.log(level, "Trying another relay", extra=_fields(**fields, reason=reason))
+                fields, level = endpoint.log_fields(), logging.WARNING
+                began, sessions = trio.current_time(), self.sessions
+                try:
+                    await self.run_session(endpoint, task_status=task_status)
+                    reason = "the relay closed the session"
+                    if self._relay_reason:
+                        reason += f": {self._relay_reason}"
+                except AuthenticationFailed as exc:
+                    raise self._rejected(exc) from None
+                except RelayUntrusted as exc:
+                    untrusted = untrusted or exc
+                    reason, level = str(exc), logging.ERROR
+                except RelayUnavailable as exc:
+                    reason = str(exc)
+                if self.sessions > sessions:  # a session came about: this round is over
+                    task_status = trio.TASK_STATUS_IGNORED
+                    last = endpoint
+                    if trio.current_time() - began >= self.config.healthy_session:
+                        backoff.reset()
+                    break
+                if self._draining:
+                    break
+            else:
+                if untrusted is not None and not self.sessions:
+                    # Never worked, and a relay failed verification: the trust settings are
+                    # wrong (the others could not be reached to tell otherwise).
+                    raise RelayNotTrusted(str(untrusted))
             if self._draining:
                 break
             delay = backoff.next()
             log.log(
                 level,
                 f"Reconnecting in {delay:.1f} s",
-                extra=_fields(address=address, reason=reason),
+                extra=_fields(**fields, reason=reason),
             )
             self.notifier.status(f"Reconnecting in {delay:.1f} s: {reason}")
             with trio.move_on_after(delay):
@@ -352,29 +401,86 @@ class Agent:
         log.info("Drained", extra=_fields(finished=finished, cut=self._cut))
         return self._cut
 
+    def _rejected(self, exc: AuthenticationFailed) -> AuthenticationFailed:
+        """The relay's refusal of the credentials, with what is known of why."""
+        if self._relay_reason:  # the relay said why it ended the last session
+            message = f"{exc} (the relay said: {self._relay_reason})"
+            return AuthenticationFailed(message, exc.status)
+        if self.sessions:  # it worked before: the bridge was deleted or its secret rotated
+            message = (
+                f"{exc} (it was accepted before: was the bridge deleted or its secret rotated?)"
+            )
+            return AuthenticationFailed(message, exc.status)
+        return exc
+
+    async def _round(
+        self, last: RelayEndpoint | None
+    ) -> tuple[list[RelayEndpoint], list[tuple[dict[str, str], str]]]:
+        """The endpoints of one round, in the order to try them (``last`` at the end), and the
+        URLs whose names did not resolve (log fields, reason). Empty when `drain` was called
+        meanwhile."""
+        resolved: list[list[RelayEndpoint]] = [[] for _ in self.relay_urls]
+        failures: list[tuple[dict[str, str], str]] = []
+        done: set[int] = set()
+
+        async def resolve(index: int, url: RelayURL) -> None:
+            try:
+                resolved[index] = await resolve_endpoints(url, self.proxy_for(url))
+            except (OSError, UnicodeError) as exc:
+                reason = f"Cannot connect to the relay at {url.address}: {os_reason(exc)}"
+                failures.append(({"address": url.address}, reason))
+            done.add(index)
+
+        with trio.CancelScope() as resolving:  # `drain` cancels it
+            self._connecting = resolving
+            if self._draining:
+                resolving.cancel()
+            with trio.move_on_after(self.config.connect_timeout) as deadline:
+                async with trio.open_nursery() as nursery:
+                    for index, url in enumerate(self.relay_urls):
+                        nursery.start_soon(resolve, index, url)
+            if deadline.cancelled_caught:
+                for index, url in enumerate(self.relay_urls):
+                    if index not in done:
+                        reason = f"Timed out resolving the name of the relay at {url.address}"
+                        failures.append(({"address": url.address}, reason))
+        self._connecting = None
+        if self._draining:
+            return [], []
+        endpoints = [endpoint for found in resolved for endpoint in found]
+        return order_endpoints(endpoints, self._random, last=last), failures
+
     async def run_session(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        endpoint: RelayEndpoint | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """One session: connect, authenticate, serve; return when the relay ends it cleanly.
+        """One session with ``endpoint`` (by default the first relay URL, dialed by name, through
+        the proxy if it applies): connect, authenticate, serve; return when the relay ends it
+        cleanly.
 
         Raises `RelayUnavailable` when the relay cannot be reached or the session is lost,
         `AuthenticationFailed` or `RelayRejected` when the relay refuses this agent. The
         relay's reason for ending a session, when it gives one, is logged. Cancelled, it
         closes the connection and cuts the open streams.
         """
-        async with self._connect() as connected:
+        if endpoint is None:
+            endpoint = RelayEndpoint(self.relay_url, None, self.proxy_for(self.relay_url))
+        async with self._connect(endpoint) as connected:
             if connected is not None:  # None: `drain` was called while connecting
-                await self._serve_session(*connected, task_status=task_status)
+                await self._serve_session(endpoint, *connected, task_status=task_status)
 
     async def _serve_session(
         self,
+        endpoint: RelayEndpoint,
         transport: trio.abc.Stream,
         leftover: bytes,
         capabilities: frozenset[str],
         *,
         task_status: trio.TaskStatus[None],
     ) -> None:
-        address = self.relay_url.address
+        address = endpoint.url.address
         self._relay_reason = None
         control = "control" in capabilities  # the relay's first stream is the control stream
         async with mux.open_session(
@@ -405,7 +511,7 @@ class Agent:
                             break
                         if control:
                             control = False
-                            nursery.start_soon(self._read_control, stream)
+                            nursery.start_soon(self._read_control, stream, address)
                         else:
                             nursery.start_soon(self._serve_stream, session, stream, dials)
                     watcher.cancel()
@@ -415,11 +521,15 @@ class Agent:
         reason = str(lost) if lost is not None else "the session ended"
         if self._relay_reason:
             reason = f"the relay said: {self._relay_reason}"
-        log.warning("Disconnected from the relay", extra=_fields(address=address, reason=reason))
+        log.warning(
+            "Disconnected from the relay", extra=_fields(**endpoint.log_fields(), reason=reason)
+        )
         if lost is not None and not lost.clean:
-            raise RelayUnavailable(f"Lost the connection to the relay at {address}: {lost}")
+            raise RelayUnavailable(
+                f"Lost the connection to the relay at {_where(endpoint)}: {lost}"
+            )
 
-    async def _read_control(self, stream: mux.Stream) -> None:
+    async def _read_control(self, stream: mux.Stream, address: str) -> None:
         """Read the relay's control messages until the stream or the session ends; what is
         read before the end (the relay's reason for ending it) is read in full."""
         parser = ControlParser()
@@ -433,14 +543,14 @@ class Agent:
                             )
                             log.warning(
                                 "The relay is ending the session",
-                                extra=_fields(address=self.relay_url.address, reason=reason),
+                                extra=_fields(address=address, reason=reason),
                             )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except ControlError as exc:
             log.warning(
                 "Invalid control message from the relay",
-                extra=_fields(address=self.relay_url.address, reason=str(exc)),
+                extra=_fields(address=address, reason=str(exc)),
             )
             stream.reset()
 
@@ -467,32 +577,30 @@ class Agent:
 
     @asynccontextmanager
     async def _connect(
-        self,
+        self, endpoint: RelayEndpoint
     ) -> AsyncIterator[tuple[trio.abc.Stream, bytes, frozenset[str]] | None]:
-        """TCP (through the proxy, if any), TLS, the WebSocket upgrade for wss://, and the
-        handshake. Yields the transport, the bytes after the Welcome and the negotiated
-        capabilities, or None when `drain` was called meanwhile; closes the transport at
-        the end."""
-        url = self.relay_url
-        via = {} if self.proxy is None else {"proxy": self.proxy.address}
-        log.info("Connecting to the relay", extra=_fields(address=url.address, **via))
+        """TCP to ``endpoint`` (through its proxy, if any), TLS, the WebSocket upgrade for
+        wss://, and the handshake. Yields the transport, the bytes after the Welcome and the
+        negotiated capabilities, or None when `drain` was called meanwhile; closes the
+        transport at the end."""
+        url, where = endpoint.url, _where(endpoint)
+        via = {} if endpoint.proxy is None else {"proxy": endpoint.proxy.address}
+        log.info("Connecting to the relay", extra=_fields(**endpoint.log_fields(), **via))
         with trio.CancelScope() as connecting:  # `drain` cancels it, and so does the deadline
             self._connecting = connecting
             if self._draining:
                 connecting.cancel()
             try:
                 with trio.fail_after(self.config.connect_timeout):
-                    tcp = await open_tcp_stream(url.host, url.port, proxy=self.proxy)
+                    tcp = await open_tcp_stream(endpoint.dial_host, url.port, proxy=endpoint.proxy)
             except trio.TooSlowError:
-                raise RelayUnavailable(
-                    f"Timed out connecting to the relay at {url.address}"
-                ) from None
+                raise RelayUnavailable(f"Timed out connecting to the relay at {where}") from None
             except OSError as exc:
-                message = f"Cannot connect to the relay at {url.address}: {os_reason(exc)}"
+                message = f"Cannot connect to the relay at {where}: {os_reason(exc)}"
                 raise RelayUnavailable(message) from None
             timeout = self.config.handshake_timeout
             connecting.deadline = trio.current_time() + timeout
-            tls = await self._secure(tcp)
+            tls = await self._secure(tcp, endpoint)
             async with tls, AsyncExitStack() as stack:
                 transport: trio.abc.Stream = tls
                 if url.scheme == "wss":
@@ -502,24 +610,24 @@ class Agent:
                             websocket_client(tls, url.host, url.port, url.path, config=config)
                         )
                     except WebSocketError as exc:
-                        message = f"Cannot connect to the relay at {url}: {exc}"
+                        at = f"{url} ({endpoint.ip})" if "ip" in endpoint.log_fields() else str(url)
+                        message = f"Cannot connect to the relay at {at}: {exc}"
                         raise RelayUnavailable(message) from None
-                leftover, capabilities = await self._handshake(transport)
+                leftover, capabilities = await self._handshake(transport, where)
                 self._connecting, connecting.deadline = None, math.inf
                 yield transport, leftover, capabilities
                 return
         self._connecting = None
         if not self._draining:
-            raise RelayUnavailable(
-                f"The relay at {url.address} did not finish the handshake in time"
-            )
+            raise RelayUnavailable(f"The relay at {where} did not finish the handshake in time")
         yield None
 
-    async def _secure(self, tcp: trio.SocketStream) -> TLSStream:
-        """TLS over ``tcp``: the handshake, then the certificate pin."""
-        address = self.relay_url.address
+    async def _secure(self, tcp: trio.SocketStream, endpoint: RelayEndpoint) -> TLSStream:
+        """TLS over ``tcp``: the handshake (the certificate checked for the URL's host), then
+        the certificate pin."""
+        address = _where(endpoint)
         try:
-            return await open_tls_client(tcp, self.relay_url.host, self.ssl_context)
+            return await open_tls_client(tcp, endpoint.url.host, self.ssl_context)
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__ or exc
             reason = _tls_reason(cause)
@@ -534,10 +642,11 @@ class Agent:
             message = f"Lost the connection to the relay at {address}: {os_reason(exc)}"
             raise RelayUnavailable(message) from None
 
-    async def _handshake(self, transport: trio.abc.Stream) -> tuple[bytes, frozenset[str]]:
-        """Hello, Welcome; returns the bytes received after the Welcome and the capabilities
-        both sides support."""
-        address = self.relay_url.address
+    async def _handshake(
+        self, transport: trio.abc.Stream, address: str
+    ) -> tuple[bytes, frozenset[str]]:
+        """Hello, Welcome with the relay at ``address``; returns the bytes received after the
+        Welcome and the capabilities both sides support."""
         parser = WelcomeParser()
         try:
             await transport.send_all(encode_hello(self._hello))
@@ -713,6 +822,12 @@ class Agent:
             stream.reset()
             _abort(target)
         return len(early) + sent, received
+
+
+def _where(endpoint: RelayEndpoint) -> str:
+    """The relay's ``host:port`` in messages, and the address dialed when that differs."""
+    fields = endpoint.log_fields()
+    return f"{fields['address']} ({fields['ip']})" if "ip" in fields else fields["address"]
 
 
 def _check_welcome(welcome: Welcome, address: str) -> None:
