@@ -5,6 +5,7 @@ processes: tunnels through a peer hop, and what the peer port lets in."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -73,10 +74,20 @@ def test_psql_through_node_3_reaches_the_agent_on_node_1(
     )
     # The agent is on node 1 only: node 3 reached it through the peer link.
     assert "Bridge connected" not in three.process.stderr()
-    nodes = relay_cli(cluster.bridge.data_dir, "--store", postgres_url, "nodes", "--json")
-    assert nodes.returncode == 0, nodes.stderr
-    assert '"node-1"' in nodes.stdout and '"peer_fingerprint":"sha256:' in nodes.stdout
-    assert cluster.bridge.id in nodes.stdout  # node-1's held bridges
+
+    def listed() -> dict[str, dict]:
+        nodes = relay_cli(cluster.bridge.data_dir, "--store", postgres_url, "nodes", "--json")
+        assert nodes.returncode == 0, nodes.stderr
+        return {row["name"]: row for row in map(json.loads, nodes.stdout.splitlines())}
+
+    wait_until(lambda: listed()["node-1"]["held"] == [cluster.bridge.id], "node-1's bridges")
+    rows = listed()
+    assert rows["node-1"]["links"] == ["node-2", "node-3"]
+    assert rows["node-3"]["links"] == ["node-1", "node-2"]
+    assert rows["node-1"]["peer_address"] == f"127.0.0.1:{one.peer_port}"
+    assert rows["node-1"]["peer_fingerprint"].startswith("sha256:")
+    table = relay_cli(cluster.bridge.data_dir, "--store", postgres_url, "nodes")
+    assert "node-2,node-3" in table.stdout and rows["node-1"]["peer_fingerprint"] in table.stdout
 
 
 def test_200_concurrent_connections_through_the_peer_hop(postgres_url: str, cluster: Launcher):
