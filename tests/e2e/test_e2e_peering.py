@@ -126,7 +126,7 @@ def test_200_concurrent_connections_through_the_peer_hop(postgres_url: str, clus
                 results.append(bytes(received) == payload)
 
             # The first one waits for node 3 to learn where the bridge is.
-            with trio.fail_after(10):
+            with trio.fail_after(20):
                 while True:
                     try:
                         await client(-1 % 2**32)
