@@ -22,6 +22,7 @@ half-close carried through.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import random
@@ -45,7 +46,7 @@ from bridge.agent.relay_endpoints import RelayEndpoint, order_endpoints, resolve
 from bridge.agent.relay_url import RelayURL, parse_relay_urls
 from bridge.ops import logs
 from bridge.ops.errors import os_reason
-from bridge.ops.metrics import TunnelMetrics
+from bridge.ops.metrics import CounterValue, GaugeValue, HistogramValue, TunnelMetrics
 from bridge.ops.systemd import Notifier
 from bridge.protocol.addresses import format_host_port
 from bridge.protocol.connect import (
@@ -77,7 +78,7 @@ from bridge.protocol.handshake import (
 from bridge.protocol.refusal import Refused
 from bridge.transport.http_proxy import ProxyURL, bypasses_proxy, open_tcp_stream
 from bridge.transport.prefixed_stream import PrefixedStream
-from bridge.transport.splice import splice
+from bridge.transport.splice import Meter, splice
 from bridge.transport.tls import FingerprintMismatch, open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocket_client
@@ -198,6 +199,17 @@ def _fields(**fields: Any) -> dict[str, Any]:
     return {"fields": fields}
 
 
+@attrs.frozen
+class _StreamMeters:
+    """One bridge's series of the metrics every stream updates."""
+
+    open_seconds: HistogramValue
+    streams: CounterValue
+    streams_open: GaugeValue
+    #: The ``inc`` of bytes to the target and from it.
+    bytes: tuple[Meter, Meter]
+
+
 class _DialSlots:
     """Connection attempts in flight per target address, at most `limit` each: the excess
     waits its turn. Entries exist only while attempts to their address are in flight."""
@@ -315,6 +327,20 @@ class Agent:
         if self.proxy is None or bypasses_proxy(url.host, url.port, self.no_proxy):
             return None
         return self.proxy
+
+    @functools.cached_property
+    def _stream_meters(self) -> _StreamMeters:
+        """This bridge's series of the per-stream metrics, looked up once."""
+        metrics, bridge = self.metrics, self.bridge_id
+        return _StreamMeters(
+            open_seconds=metrics.open_seconds.labels(bridge=bridge),
+            streams=metrics.streams.labels(bridge=bridge),
+            streams_open=metrics.streams_open.labels(bridge=bridge),
+            bytes=(
+                metrics.bytes.labels(bridge=bridge, direction="to_target").inc,
+                metrics.bytes.labels(bridge=bridge, direction="from_target").inc,
+            ),
+        )
 
     @property
     def open_streams(self) -> int:
@@ -627,7 +653,13 @@ class Agent:
                     watcher = trio.CancelScope()
                     nursery.start_soon(self._drain_when_asked, session, watcher)
                     dials = _DialSlots(self.config.max_dials_per_target)
-                    async for stream in session:
+                    while True:
+                        try:
+                            # A tunnel's ACK rides on its connect reply (one frame, one
+                            # write); the control stream, never answered, is acknowledged.
+                            stream = await session.accept_stream(defer_ack=not control)
+                        except mux.SessionClosed:
+                            break
                         if control:
                             control = False
                             nursery.start_soon(self._read_control, stream, address, link)
@@ -839,23 +871,26 @@ class Agent:
             log.warning(refusal.message, extra=_fields(**info))
             await _reply(stream, refusal.status, refusal.message)
             return
-        self.metrics.open_seconds.observe(time.monotonic() - asked, bridge=self.bridge_id)
+        meters = self._stream_meters
+        meters.open_seconds.observe(time.monotonic() - asked)
+        debug = log.isEnabledFor(logging.DEBUG)  # the fields cost more than the check
         async with target:
             await _reply(stream, ConnectStatus.OK, address)
-            log.debug("Proxying connection", extra=_fields(**info, address=address))
+            if debug:
+                log.debug("Proxying connection", extra=_fields(**info, address=address))
             started = time.monotonic()
             sent, received = await self._splice(stream, target, early)
-            duration = round(time.monotonic() - started, 3)
-            log.debug(
-                "Connection closed",
-                extra=_fields(
-                    **info,
-                    bytes=sent + received,
-                    bytes_sent=sent,
-                    bytes_received=received,
-                    duration=duration,
-                ),
-            )
+            if debug:
+                log.debug(
+                    "Connection closed",
+                    extra=_fields(
+                        **info,
+                        bytes=sent + received,
+                        bytes_sent=sent,
+                        bytes_received=received,
+                        duration=round(time.monotonic() - started, 3),
+                    ),
+                )
 
     async def _read_request(self, stream: mux.Stream) -> tuple[ConnectRequest | None, bytes]:
         """The stream's connect request and any bytes sent after it; None if it never came."""
@@ -931,12 +966,10 @@ class Agent:
     ) -> tuple[int, int]:
         """`early` to the target, then copy both ways until both sides sent EOF; an error on
         either side aborts both. Returns the byte counts (to the target, from the target)."""
-        meters = (
-            self.metrics.bytes.labels(bridge=self.bridge_id, direction="to_target").inc,
-            self.metrics.bytes.labels(bridge=self.bridge_id, direction="from_target").inc,
-        )
-        streams_open = self.metrics.streams_open.labels(bridge=self.bridge_id)
-        self.metrics.streams.inc(bridge=self.bridge_id)
+        metered = self._stream_meters
+        meters = metered.bytes
+        streams_open = metered.streams_open
+        metered.streams.inc()
         streams_open.inc()
         sent = received = 0
         try:

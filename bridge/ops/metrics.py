@@ -401,6 +401,25 @@ class MeteredStream(trio.abc.HalfCloseableStream):
         """Half-close the wrapped stream."""
         await self.transport_stream.send_eof()
 
+    def set_push(self, push: Callable[[memoryview], int] | None) -> bool:
+        """Push delivery (`mux.Stream.set_push`) through the wrapped stream, the bytes pushed
+        counted as received; False (nothing set) if the wrapped stream cannot push."""
+        set_push = getattr(self.transport_stream, "set_push", None)
+        if set_push is None:
+            return False
+        if push is None:
+            return bool(set_push(None))
+        counter = self._received
+
+        def counted(data: memoryview) -> int:
+            taken = push(data)
+            if taken:
+                self.bytes_received += taken
+                counter.inc(taken)
+            return taken
+
+        return bool(set_push(counted))
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Receive from the wrapped stream and count the bytes; raises what it raises."""
         data = await self.transport_stream.receive_some(max_bytes)
