@@ -451,13 +451,14 @@ class Relay:
             await _leave(agent, "relay shutting down")
         # No stream opens once stopping, so a session found idle stays idle; an agent told to
         # move lets its session go once it has one on another node.
-        while busy := [
-            a for a in self.registry if not a.mux.closed and (a.open_streams() or a.moving)
-        ]:
-            if busy[0].open_streams():
+        def streaming(agent: AgentSession) -> bool:
+            return not agent.mux.closed and agent.open_streams() > 0
+
+        while busy := [a for a in self.registry if a.moving or streaming(a)]:
+            if streaming(busy[0]):
                 await busy[0].mux.wait_streams_closed()
             else:
-                await busy[0].ended.wait()
+                await busy[0].ended.wait()  # out of the registry once set
         # Tunnels this node opened through other nodes: their links stay up meanwhile.
         if self.peering is not None:
             await self.peering.wait_outbound_closed()
