@@ -449,6 +449,7 @@ class Relay:
         self.stop_accepting()
         for agent in list(self.registry):
             await _leave(agent, "relay shutting down")
+
         # No stream opens once stopping, so a session found idle stays idle; an agent told to
         # move lets its session go once it has one on another node.
         def streaming(agent: AgentSession) -> bool:
