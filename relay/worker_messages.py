@@ -24,6 +24,8 @@ DELIVER    parent -> worker     a handover (+ the descriptor) for a bridge it ho
 TAKEN      parent -> worker     the OFFER of this number was delivered: close your copy
 NOBODY     parent -> worker     no worker holds the bridge: serve the OFFER yourself
 SCRAPE     parent -> worker     send your metrics text (as METRICS of this number)
+DRAIN      parent -> worker     drain and exit, as on SIGTERM (ignored when draining already)
+STOP       parent -> worker     stop now, as on a second SIGTERM
 =========  ===================  ==========================================================
 
 A handover body: a 2-byte length, that many bytes of a JSON object (``bridge``, ``kind``
@@ -71,6 +73,8 @@ class Kind(enum.IntEnum):
     TAKEN = 17
     NOBODY = 18
     SCRAPE = 19
+    DRAIN = 20
+    STOP = 21
 
 
 #: The types whose packet carries one descriptor.

@@ -11,7 +11,7 @@ descriptors on (`relay.worker_messages`), never bytes.
 
 - A worker that exits unasked is started again after a short backoff (one log line).
 - SIGHUP replaces the workers one at a time: the new one serves before the old one is
-  told to drain (SIGTERM: the worker's usual drain), the listeners stay open throughout.
+  told to drain (DRAIN: the worker's SIGTERM drain), the listeners stay open throughout.
 - SIGTERM or SIGINT drains every worker once; a second one tells them to stop at once.
 - Presence: each worker says which bridges it holds; a connection a worker offers (it has
   no session of its bridge, or it drains) goes to a holder, or waits, for up to the connect
@@ -57,7 +57,9 @@ class SupervisorConfig:
     """start_timeout: how long a new worker has to serve. restart_delay, max_restart_delay:
     the backoff before a worker that exited unasked is started again (doubling, reset after
     `healthy` seconds up). moving: how long connections for a bridge whose holder went away
-    wait for another holder (the relay's connect timeout). max_parked: connections waiting
+    wait for another holder (the relay's connect timeout); `unknown`: how long those for a
+    bridge no worker held wait (its agent may have just logged in to another worker, whose
+    word is on its way). max_parked: connections waiting
     so, beyond which they are served by the worker that took them ("not connected").
     max_scrape: bytes of metrics text one worker may send."""
 
@@ -66,6 +68,7 @@ class SupervisorConfig:
     max_restart_delay: float = 10.0
     healthy: float = 30.0
     moving: float = 15.0
+    unknown: float = 0.25
     max_parked: int = 1024
     max_scrape: int = 16 * 1024 * 1024
     scrape_timeout: float = 5.0
@@ -243,7 +246,7 @@ class Supervisor:
                 if self.stopping:
                     log.info("Stopping now", extra={"fields": {"signal": name}})
                     for worker in list(self.workers):
-                        self._signal(worker, signal.SIGTERM)
+                        self._order(worker, Kind.STOP)
                     continue
                 self.stopping = True
                 self._wake()
@@ -307,7 +310,17 @@ class Supervisor:
     def _retire(self, worker: _Worker) -> None:
         self._drop_presence(worker)
         worker.retiring = True
-        self._signal(worker, signal.SIGTERM)
+        self._order(worker, Kind.DRAIN)
+
+    def _order(self, worker: _Worker, kind: Kind) -> None:
+        """DRAIN or STOP to `worker` (SIGTERM if its link is broken)."""
+
+        async def tell() -> None:
+            if not await self._tell(worker, Message(kind)):
+                self._signal(worker, signal.SIGTERM)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(tell)
 
     def _signal(self, worker: _Worker, signum: int) -> None:
         if worker.process.returncode is None:
@@ -480,7 +493,10 @@ class Supervisor:
     def _note_moving(self, held: dict[str, str], worker: _Worker) -> None:
         """Bridges `worker` no longer holds: if no other worker does, their connections wait
         a while for one (its agents reconnect to another worker)."""
-        deadline = trio.current_time() + self.config.moving
+        now = trio.current_time()
+        for key in [k for k, d in self._moving.items() if d < now]:  # long moved or gone
+            del self._moving[key]
+        deadline = now + self.config.moving
         for bridge_id, name in held.items():
             if not any(w.holds(bridge_id) for w in self.workers if w is not worker):
                 self._moving[bridge_id] = self._moving[name] = deadline
@@ -507,7 +523,9 @@ class Supervisor:
                 holder = self._holder(bridge, origin)
                 if holder is None and not self.stopping and not parked:
                     deadline = self._moving.get(bridge)
-                    if deadline is not None and self._parked < self.config.max_parked:
+                    if deadline is None or deadline < trio.current_time():
+                        deadline = trio.current_time() + self.config.unknown
+                    if self._parked < self.config.max_parked:
                         parked = True
                         self._parked += 1
                         try:

@@ -13,6 +13,7 @@ import signal
 import socket
 from functools import partial
 
+import pytest
 import trio
 
 from ..adversarial.burst_support import socks_request
@@ -204,7 +205,8 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-async def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(launch, nursery, tmp_path):
+@pytest.mark.parametrize("to", ["parent", "process group"])
+async def test_sigterm_drains_every_worker_once_and_exits_0(launch, nursery, tmp_path, to):
     path = str(tmp_path / "notify")
     if len(path) > 100:  # beyond sun_path
         path = f"/tmp/trio-bridge-workers-notify-{os.getpid()}"
@@ -232,7 +234,10 @@ async def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(launch, nur
 
         nursery.start_soon(run)
         await progress.wait()
-        relay.process.popen.send_signal(signal.SIGTERM)
+        if to == "parent":  # as systemd does with KillMode=mixed
+            relay.process.popen.send_signal(signal.SIGTERM)
+        else:  # every process: the workers count their own and the parent's as one
+            os.killpg(relay.process.popen.pid, signal.SIGTERM)
         assert await trio.to_thread.run_sync(relay.process.wait, 40) == 0
         assert results == ["complete"]  # the open tunnel finished
     os.unlink(path)
@@ -240,7 +245,7 @@ async def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(launch, nur
         assert _state(pid) == "gone"
     log = relay.process.stderr()
     assert len(log_lines(log, "Drained: no tunnel is open")) == 2
-    assert "Workers stopped" in log and "Traceback" not in log
+    assert "Workers stopped" in log and "Traceback" not in log and "Stopping now" not in log
     # Only the parent spoke to systemd: one READY once both workers served.
     ready = [m for m in messages if m.startswith("READY=1")]
     assert ready == ["READY=1\nSTATUS=2 workers serving"], messages
