@@ -143,6 +143,9 @@ class WorkerLink:
         self._nursery: trio.Nursery | None = None
         self._ready = False
         self._retiring = False
+        #: Bridges some worker holds (ID -> name), as the parent says.
+        self._anywhere: dict[str, str] = {}
+        self._anywhere_changed = trio.Event()
         metrics = relay.metrics
         self._handovers = metrics.counter(
             "trio_bridge_handovers_total",
@@ -203,6 +206,19 @@ class WorkerLink:
             self._handovers.inc(direction="out")
         return offer.taken
 
+    async def wait_to_accept(self, bridge: str) -> None:
+        """See `relay.handover.Handovers.wait_to_accept`."""
+        relay = self.relay
+        while (
+            not relay.registry.sessions(bridge)
+            and not relay.stopping
+            and not self.parent_gone.is_set()
+            and (bridge in self._anywhere or bridge in self._anywhere.values())
+        ):
+            changed = self._anywhere_changed
+            with trio.move_on_after(self.config.presence_interval):
+                await changed.wait()
+
     # -- internals --------------------------------------------------------------------------
 
     async def _send(self, message: Message, fd: int | None = None) -> bool:
@@ -251,6 +267,15 @@ class WorkerLink:
                 offer.done.set()
         elif kind == Kind.DELIVER and fd is not None:
             await self._take(message, fd)
+        elif kind == Kind.HELD:
+            bridge_id, name = message.held()
+            self._anywhere[bridge_id] = name
+            self._anywhere_changed.set()
+            self._anywhere_changed = trio.Event()
+        elif kind == Kind.UNHELD:
+            self._anywhere.pop(message.body.decode("utf-8", "replace"), None)
+            self._anywhere_changed.set()
+            self._anywhere_changed = trio.Event()
         elif kind == Kind.DRAIN:
             self.drain.set()
         elif kind == Kind.STOP:

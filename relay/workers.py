@@ -22,6 +22,7 @@ descriptors on (`relay.worker_messages`), never bytes.
 from __future__ import annotations
 
 import array
+import collections
 import logging
 import os
 import signal
@@ -47,6 +48,8 @@ from relay.worker_messages import (
     Message,
     MessageError,
     decode,
+    hold,
+    release,
 )
 
 log = logging.getLogger("relay.workers")
@@ -88,6 +91,9 @@ def _fds(listeners: list[trio.SocketListener]) -> list[int]:
     return [listener.socket.fileno() for listener in listeners]
 
 
+#: Presence news queued for one worker; beyond, the oldest are dropped (a worker holds at
+#: most one per bridge, and the poll in its accept loop bounds the harm of a lost one).
+_MAX_OUTBOX = 65536
 _SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
@@ -106,6 +112,9 @@ class _Worker:
         self.started = time.monotonic()
         self.send_lock = trio.Lock()
         self.deliveries: dict[int, _Delivery] = {}
+        #: Presence news for this worker (HELD, UNHELD), sent in order by one task.
+        self.outbox: collections.deque[Message] = collections.deque(maxlen=_MAX_OUTBOX)
+        self.outbox_ready = trio.Event()
         self.scrapes: dict[int, _Scrape] = {}
 
     def holds(self, bridge: str) -> bool:
@@ -365,6 +374,9 @@ class Supervisor:
         finally:
             child_end.close()
         worker = _Worker(index, self._serials, process, trio.socket.from_stdlib_socket(parent_end))
+        anywhere = {b: n for w in self.workers for b, n in w.held.items()}
+        worker.outbox.extend(hold(b, n, Kind.HELD) for b, n in anywhere.items())
+        worker.outbox_ready.set()
         self.workers.add(worker)
         log.debug("Worker started", extra=worker.fields())
         assert self._nursery is not None
@@ -374,6 +386,7 @@ class Supervisor:
     async def _supervise(self, worker: _Worker) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, worker)
+            nursery.start_soon(self._send_outbox, worker)
             await worker.process.wait()
             nursery.cancel_scope.cancel()
         worker.socket.close()
@@ -452,6 +465,8 @@ class Supervisor:
         elif kind == Kind.HOLD:
             if not worker.retiring:
                 bridge_id, name = message.held()
+                if not self._held_anywhere(bridge_id):
+                    self._broadcast(hold(bridge_id, name, Kind.HELD))
                 worker.held[bridge_id] = name
                 self._moving.pop(bridge_id, None)
                 self._moving.pop(name, None)
@@ -490,6 +505,25 @@ class Supervisor:
         held, worker.held = worker.held, {}
         self._note_moving(held, worker)
 
+    def _held_anywhere(self, bridge_id: str) -> bool:
+        return any(bridge_id in w.held for w in self.workers)
+
+    def _broadcast(self, message: Message) -> None:
+        """`message` to every worker serving or starting (in order: one task per message
+        would not keep it)."""
+        for worker in self.workers:
+            if not worker.retiring:
+                worker.outbox.append(message)
+                worker.outbox_ready.set()
+
+    async def _send_outbox(self, worker: _Worker) -> None:
+        while True:
+            await worker.outbox_ready.wait()
+            worker.outbox_ready = trio.Event()
+            while worker.outbox:
+                if not await self._tell(worker, worker.outbox.popleft()):
+                    return
+
     def _note_moving(self, held: dict[str, str], worker: _Worker) -> None:
         """Bridges `worker` no longer holds: if no other worker does, their connections wait
         a while for one (its agents reconnect to another worker)."""
@@ -500,6 +534,7 @@ class Supervisor:
         for bridge_id, name in held.items():
             if not any(w.holds(bridge_id) for w in self.workers if w is not worker):
                 self._moving[bridge_id] = self._moving[name] = deadline
+                self._broadcast(release(bridge_id, Kind.UNHELD))
 
     def _holder(self, bridge: str, offering: _Worker) -> _Worker | None:
         candidates = [
@@ -533,6 +568,8 @@ class Supervisor:
                                 while (holder := self._holder(bridge, origin)) is None:
                                     if self.stopping or origin.exited.is_set():
                                         break
+                                    if origin.holds(bridge) and not origin.retiring:
+                                        break  # its own agent came: it serves it itself
                                     await self._presence.wait()
                         finally:
                             self._parked -= 1

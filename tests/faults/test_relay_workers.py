@@ -1,7 +1,7 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""`bridge-relay serve --workers 2`: a connection accepted by the worker without the bridge's
-session is handed to the one with it; a worker killed is started again and no connection
+"""`bridge-relay serve --workers 2`: a connection reaches the bridge whose session is on the
+other worker (a SOCKS client accepted by the worker without it is handed over); a worker killed is started again and no connection
 queued meanwhile is lost; SIGHUP replaces the workers under load without failing a
 connection; SIGTERM to the parent drains every worker and exits 0."""
 
@@ -109,9 +109,12 @@ async def outcome(port: int) -> str:
 
 
 async def test_a_connection_reaches_the_agent_on_the_other_worker(launch, nursery):
+    """The worker without the agent's session leaves the forward's connections in the
+    backlog for the one with it; a SOCKS client it accepted (the bridge is known only once
+    the request is read) is handed over, its request with it."""
     relay, forward, metrics, target = await start(launch, nursery)
-    # Which worker accepts a connection is the kernel's choice: go on until each way was
-    # taken through the other worker (bounded).
+    # Which worker accepts a SOCKS connection is the kernel's choice: go on until several
+    # were accepted by the other worker (bounded).
     with trio.fail_after(60):
         for _ in range(200):
             assert await transfer(forward, PAYLOAD)
