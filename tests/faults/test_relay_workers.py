@@ -1,9 +1,10 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
 """`bridge-relay serve --workers 2`: a connection reaches the bridge whose session is on the
-other worker (a SOCKS client accepted by the worker without it is handed over); a worker killed is started again and no connection
-queued meanwhile is lost; SIGHUP replaces the workers under load without failing a
-connection; SIGTERM to the parent drains every worker and exits 0."""
+other worker (a SOCKS client accepted by the worker without it is handed over); killed
+workers are started again and no connection queued meanwhile is lost; SIGHUP replaces the
+workers under load without failing a connection; SIGTERM drains every worker once and
+exits 0."""
 
 from __future__ import annotations
 
