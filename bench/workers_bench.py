@@ -7,10 +7,12 @@ The tunnel path of ``python -m bench tunnel`` (relay and agent as separate proce
 one forward per target) with ``--workers 1`` and ``--workers 2``, in alternating rounds. Each
 round runs a fixed workload below saturation: CONNECTIONS new connections through the
 forward to the echo server (CONCURRENCY at a time, one 32-byte round trip each), then one
-stream sending to the sink for SECONDS. The relay's CPU time (user + system, from
+stream sending to the sink for SECONDS, and the same new connections through the SOCKS
+port. The relay's CPU time (user + system, from
 ``/proc/PID/stat``, the parent and every worker) over each part, divided by the connections
 or by the gigabytes carried, is the cost. With two workers the agent's session is in one
-of them, so about half of the connections are accepted by the other and handed over.
+of them: the other leaves the forward's connections to it, but accepts about half of the
+SOCKS connections (their bridge is known only after the request) and hands them over.
 
 Then, with ``--workers 2``: SIGHUP, timed until the parent logs that every worker was
 replaced (each new worker serves before the old one drains).
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from bench import report
 from bench.clients import Failed, client
-from bench.paths import TunnelPath
+from bench.paths import BRIDGE, HOST, TunnelPath
 from bench.procs import Proc, cpu_seconds, descendants, python_module
 
 RELOAD_TIMEOUT = 120.0
@@ -106,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         summary[f"workers_{n}"] = {k: report.median(v) for k, v in results[n].items()}
     one, two = summary["workers_1"], summary["workers_2"]
     for key, label in (
-        ("us_per_connection", "relay CPU per new connection, µs"),
+        ("us_per_connection", "relay CPU per new connection (forward), µs"),
+        ("us_per_socks_connection", "relay CPU per new connection (SOCKS), µs"),
         ("s_per_gb", "relay CPU per GB, s"),
         ("mb_per_s", "bulk send, MB/s (context)"),
     ):
@@ -137,11 +140,30 @@ def _costs(path: WorkersPath, args: argparse.Namespace) -> dict[str, float]:
     middle = path.relay_cpu()
     if dialed["done"] != args.connections:
         raise Failed(f"{dialed['done']} of {args.connections} connections served")
+    through_socks = client(
+        "dial",
+        path.ports["socks"],
+        "--socks",
+        f"{HOST}.bridge-{BRIDGE}",
+        "--target-port",
+        path.targets["echo"],
+        "--count",
+        args.connections,
+        "--concurrency",
+        args.concurrency,
+        "--seconds",
+        600,
+        timeout=660,
+    )
+    socks_done = path.relay_cpu()
+    if through_socks["done"] != args.connections:
+        raise Failed(f"{through_socks['done']} of {args.connections} SOCKS connections served")
     sent = client("send", path.ports["sink"], "--seconds", args.seconds, timeout=args.seconds + 120)
     after = path.relay_cpu()
     return {
         "us_per_connection": (middle - before) / args.connections * 1e6,
-        "s_per_gb": (after - middle) / (sent["bytes"] / 1e9),
+        "us_per_socks_connection": (socks_done - middle) / args.connections * 1e6,
+        "s_per_gb": (after - socks_done) / (sent["bytes"] / 1e9),
         "mb_per_s": sent["mbps"],
     }
 
