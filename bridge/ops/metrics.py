@@ -347,6 +347,11 @@ class TunnelMetrics(Metrics):
             "relay's (not_connected, busy, failed, not_a_bridge_host).",
             ["reason"],
         )
+        self.relay_sessions = self.gauge(
+            p + "agent_relay_sessions",
+            "The agent's sessions, by relay address and node (empty: not named): 1 while up.",
+            ["bridge", "relay", "node"],
+        )
         #: Each bridge's per-stream series, looked up once (series are never dropped).
         self._bridges: dict[str, BridgeSeries] = {}
 
