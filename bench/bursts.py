@@ -3,13 +3,14 @@
 """Bursts of simultaneous connections, for ``python -m bench tunnel``.
 
 COUNT connections opened at once (one client process, every connect issued before any is
-served), each doing one 32-byte round trip with the echo server and closing: through a
+served), each doing one 32-byte round trip with the echo server and closing, within 180 s:
+through a
 path's forward, through the relay's SOCKS5 front door, and as COUNT concurrent
 ``relay.connect`` calls in a process embedding the relay (bench/connect_burst.py). Each burst
 starts its processes afresh, so that the peak memory (VmHWM) is the burst's. Reported: how
-many were served, how many failed and how (resets, refusals, timeouts), the seconds until
-the last was served, and the peak resident memory of the process that accepts them (the
-relay; ssh for ``ssh -L``).
+many were served, how many failed and how (resets, refusals), how many were still unanswered
+at the end, the seconds until the last was served, and the peak resident memory of the
+process that accepts them (the relay; ssh for ``ssh -L``).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def _dial_burst(path: BenchPath, count: int, socks_target: int | None) -> dict:
     return {
         "done": result["done"],
         "failed": result["failed"],
+        "unanswered": result["unanswered"],
         "errors": result["errors"],
-        "seconds": result["seconds"],
+        "seconds": result["last_served_s"],
         "acceptor": acceptor,
         "rss_before_kib": before.get(acceptor),
         "peak_kib": _peak(path).get(acceptor),

@@ -85,8 +85,9 @@ async def _main(args: argparse.Namespace) -> None:
                 {
                     "done": tally["served"],
                     "failed": sum(tally["errors"].values()),
+                    "unanswered": int(count) - tally["served"] - sum(tally["errors"].values()),
                     "errors": dict(tally["errors"].most_common(5)),
-                    "seconds": (tally["last"] or start) - start,
+                    "seconds": None if tally["last"] is None else tally["last"] - start,
                     "timed_out": scope.cancelled_caught,
                     "rss_before_kib": before["VmRSS"],
                     "peak_kib": after["VmHWM"],

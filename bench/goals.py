@@ -100,9 +100,10 @@ def evaluate(results: dict, settings: dict) -> list[Goal]:
         if "error" in got:
             goals.append(Goal(figure, f"failed: {got['error']}", "all", None, False))
             continue
-        peak = got.get("peak_kib")
+        peak, last = got.get("peak_kib"), got["seconds"]
         measured = (
-            f"{got['done']:,} served, {got['failed']:,} failed, {got['seconds']:.1f} s, "
+            f"{got['done']:,} served, {got['failed']:,} failed, {got['unanswered']:,} "
+            f"unanswered, {'-' if last is None else f'{last:.1f}'} s, "
             f"peak {'-' if peak is None else f'{peak / 1024:,.0f}'} MiB"
         )
         goals.append(

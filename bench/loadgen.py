@@ -220,6 +220,8 @@ class _Dialer:
         self.done = self.failed = 0
         self.errors: collections.Counter[str] = collections.Counter()
         self.cpu = 0.0
+        self.started = self.last_done = 0.0
+        self.unanswered = 0  # still waiting when the run's time was up
         self.first_error: str | None = None
         self.first_error_at: float | None = None
         self.latencies: list[float] = []
@@ -287,7 +289,8 @@ class _Dialer:
             sock.send(self.message)
         if len(state[2]) < len(self.message):
             return
-        self.latencies.append(time.perf_counter() - state[0])
+        self.last_done = time.perf_counter()
+        self.latencies.append(self.last_done - state[0])
         self.done += 1
         self._drop(sock)
         if self.keep:
@@ -297,7 +300,7 @@ class _Dialer:
 
     def run(self, count: int, seconds: float, stop_on_error: bool) -> float:
         """Dial until `count` connections were tried or `seconds` passed; returns the time taken."""
-        start = time.perf_counter()
+        self.started = start = time.perf_counter()
         cpu = time.process_time()
         deadline = start + seconds
         tried = 0
@@ -322,6 +325,7 @@ class _Dialer:
                         self._fail(sock, f"no reply within {self.timeout:g} s")
         elapsed = time.perf_counter() - start
         self.cpu = time.process_time() - cpu
+        self.unanswered = 0 if self.keep else len(self.pending)
         for sock in list(self.pending):  # held: each is a failure; dialing: time is up
             if self.keep:
                 self._fail(sock, f"no reply within the run's {seconds:g} s")
@@ -337,6 +341,8 @@ class _Dialer:
             "failed": self.failed,
             "seconds": elapsed,
             "per_second": self.done / elapsed if elapsed else None,
+            "last_served_s": self.last_done - self.started if self.done else None,
+            "unanswered": self.unanswered,
             "latency_p50_ms": None if not ordered else _percentile(ordered, 0.5) * 1000,
             "first_error": self.first_error,
             "first_error_at": self.first_error_at,

@@ -83,6 +83,7 @@ HOLD_CONCURRENCY = 32  # connections each holding process has being opened at on
 HOLD_SECONDS = 180.0  # bound on opening the held connections
 RATE_MAX = 200_000  # bound on connections per new-connection run
 IPERF_BUSY_RETRIES = 10
+CEILING = 0.7  # a path at this fraction of direct TCP is near what the load itself can do
 
 CASE_METRICS = {  # a measurement of the rounds -> its metrics, where it has several
     "rtt": ("rtt_p50_us", "rtt_p99_us"),
@@ -666,10 +667,11 @@ def _burst_summary(got: dict, count: int) -> str:
     if "error" in got:
         return f"failed: {got['error']}"
     errors = "; ".join(f"{n:,} {reason}" for reason, n in got["errors"].items())
-    peak = got.get("peak_kib")
+    peak, last = got.get("peak_kib"), got["seconds"]
     return (
-        f"{got['done']:,} of {count:,} served in {got['seconds']:.2f} s, "
-        f"{got['failed']:,} failed{f' ({errors})' if errors else ''}, "
+        f"{got['done']:,} of {count:,} served, the last after "
+        f"{'-' if last is None else f'{last:.2f}'} s; {got['failed']:,} failed"
+        f"{f' ({errors})' if errors else ''}, {got['unanswered']:,} unanswered; "
         f"{got['acceptor']} peak {'-' if peak is None else f'{peak / 1024:,.1f}'} MiB"
     )
 
@@ -758,6 +760,11 @@ def _render(args: argparse.Namespace, results: dict, iperf: str | None) -> str:
         )
     if rows:
         parts.append(report.format_table(headers, rows))
+    if ceiling := _near_ceiling(results["metrics"], labels):
+        parts.append(
+            f"Near the load's own ceiling (at least {CEILING:.0%} of direct TCP, where the "
+            f"client and the target bound the figure more than the path): {ceiling}"
+        )
     if results["costs"]:
         parts.append(_render_costs(args, results["costs"], labels))
     if results["bursts"]:
@@ -830,6 +837,19 @@ def _render(args: argparse.Namespace, results: dict, iperf: str | None) -> str:
         )
     )
     return "\n\n".join(parts)
+
+
+def _near_ceiling(metrics: dict[str, dict], labels: dict[str, str]) -> str:
+    """The figures (higher is better) where a path comes within CEILING of direct TCP."""
+    found = []
+    for metric in metrics.values():
+        direct = metric["median"].get("direct")
+        if not metric["higher_is_better"] or not direct:
+            continue
+        for name, value in metric["median"].items():
+            if name != "direct" and value is not None and value >= CEILING * direct:
+                found.append(f"{metric['label']}: {labels[name]} {value / direct:.0%}")
+    return "; ".join(found)
 
 
 def _render_costs(args: argparse.Namespace, cost: dict, labels: dict[str, str]) -> str:

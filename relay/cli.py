@@ -752,11 +752,6 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             "--workers above 1 cannot be combined with --peer-listen yet: run one process "
             "per node in a cluster"
         )
-    if args.workers > 1 and args.peer_listen is not None:
-        raise UsageError(
-            "--workers above 1 cannot be combined with --peer-listen yet: run one process "
-            "per node in a cluster"
-        )
     if (args.socks_user is None) != (args.socks_password is None):
         raise UsageError("--socks-user and --socks-password must be given together")
     credentials = None if args.socks_user is None else (args.socks_user, args.socks_password)
@@ -765,9 +760,10 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     logs.register_secret(args.socks_password or "")
-    # psycopg's pool logs every failed connection attempt; the relay logs the store's state
-    # changes itself, once each.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    # psycopg logs every failed connection attempt of its pool, and the connection a lost
+    # server broke ("error ignored terminating ..."), outside the relay's log format; the
+    # relay logs the store's state changes itself, once each.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     # The parent of workers holds the lock for them.
     lock = _lock_data_dir(data_dir) if setup is None else None
     # Every connection of a burst needs a descriptor: take all the hard limit allows.
@@ -1158,7 +1154,7 @@ async def _serve_until_signal(
             if not inherited:
                 await nursery.start(run_watchdog, notifier)
             await _stop_on_signals(signals, relay, notifier)
-            cut = relay.registry.open_streams_total()
+            cut = relay.open_tunnels()
             nursery.cancel_scope.cancel()
     return cut
 
@@ -1228,7 +1224,7 @@ async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: 
     timeout = relay.config.drain_timeout
     relay.stop_accepting()
     await relay.wait_listeners_closed()
-    streams = relay.registry.open_streams_total()
+    streams = relay.open_tunnels()
     log.info(
         "Stopping: no new agents or tunnels, open tunnels may finish",
         extra={
@@ -1253,7 +1249,7 @@ async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: 
         if drain.cancelled_caught:
             log.warning(
                 f"Drain timed out after {timeout:g} s: cutting the tunnels still open",
-                extra={"fields": {"open_streams": relay.registry.open_streams_total()}},
+                extra={"fields": {"open_streams": relay.open_tunnels()}},
             )
         else:
             log.info("Drained: no tunnel is open")

@@ -167,7 +167,10 @@ class Peering:
         self._refreshed_at = -math.inf
         self._refresh_lock = trio.Lock()
         self._store_failing = False
+        self._registered = False  # the store lists this node with its peer certificate
         self._nursery: trio.Nursery | None = None
+        self._outbound = 0  # tunnels opened through links, not closed yet (`_Outbound`)
+        self._outbound_lot = trio.lowlevel.ParkingLot()
         base = relay.config.mux
         options = {} if base is None else attrs.asdict(base, recurse=False)
         options.update(
@@ -198,6 +201,9 @@ class Peering:
         return sorted(found, key=lambda pair: pair[0].load(pair[1].id))
 
     def _held_here(self) -> list[HeldBridge]:
+        """The bridges held here; none once the relay stops accepting (it opens no more)."""
+        if self.relay.stopping:
+            return []
         registry = self.relay.registry
         bridges: dict[str, HeldBridge] = {}
         for agent in registry:
@@ -207,6 +213,20 @@ class Peering:
                 agent.bridge_id, agent.bridge_name, streams + (held.streams if held else 0)
             )
         return list(bridges.values())
+
+    def outbound_tunnels(self) -> int:
+        """Tunnels this node opened through other nodes that its callers have not closed."""
+        return self._outbound
+
+    async def wait_outbound_closed(self) -> None:
+        """Return once `outbound_tunnels` is 0. Cancellation: nothing to undo."""
+        while self._outbound:
+            await self._outbound_lot.park()
+
+    def _outbound_closed(self) -> None:
+        self._outbound -= 1
+        if not self._outbound:
+            self._outbound_lot.unpark_all()
 
     # -- the node list ------------------------------------------------------------------
 
@@ -230,6 +250,10 @@ class Peering:
                 self._store_failing = False
                 _log(logging.INFO, "Peer node list available again")
             timeout = self.relay.config.node_timeout
+            # Others accept this node once the store has its certificate: dial after that.
+            self._registered = any(
+                n.name == self.node and n.peer_fingerprint == self.fingerprint for n in nodes
+            )
             self._nodes = {
                 n.name: n
                 for n in nodes
@@ -269,12 +293,13 @@ class Peering:
 
     async def _dial_manager(self) -> None:
         while True:
-            for name in sorted(self._nodes):
+            for name in sorted(self._nodes) if self._registered else ():
                 if self.node < name and name not in self._dialers:
                     self._dialers.add(name)
                     assert self._nursery is not None
                     self._nursery.start_soon(self._dial_loop, name)
-            await trio.sleep(self.config.refresh_interval)
+            interval = self.config.refresh_interval
+            await trio.sleep(interval if self._registered else min(0.2, interval))
             await self.refresh()
 
     async def _dial_loop(self, name: str) -> None:
@@ -289,6 +314,14 @@ class Peering:
                     up, reason = False, str(exc)
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     up, reason = False, _describe(exc)
+                except ValueError as exc:  # an address or fingerprint in the store
+                    up, reason = False, f"invalid node record: {exc}"
+                except Exception as exc:
+                    up, reason = False, ""
+                    if _broken(exc) is None:  # else: a link broke, and said so
+                        log.exception(
+                            "Unexpected error on a peer link", extra={"fields": {"node": name}}
+                        )
                 else:
                     reason = ""
                 if up:
@@ -354,7 +387,7 @@ class Peering:
                     handshake.cancel()
                 transport = TLSStream.wrap(tcp, self._ssl, server_side=True)
                 await transport.do_handshake()
-                record = await self._check_dialer(transport, peer)
+                record = await self._check_dialer(transport, peer, ticket.source)
             if handshake.cancelled_caught:
                 reason = "handshake timed out"
                 if ticket.evicted:
@@ -376,7 +409,9 @@ class Peering:
             ticket.release()
             await trio.aclose_forcefully(transport if transport is not None else tcp)
 
-    async def _check_dialer(self, transport: TLSStream, peer: str) -> NodeRecord | None:
+    async def _check_dialer(
+        self, transport: TLSStream, peer: str, source: str
+    ) -> NodeRecord | None:
         """The challenge, the dialer's proof and the verdict: the dialer's live node record,
         or None once refused (logged and told). Raises _Garbage for bytes that are not a
         peer handshake."""
@@ -394,24 +429,28 @@ class Peering:
         try:
             fingerprint = verify_proof(proof, nonce, self._digest)
         except PeerHandshakeError as exc:
-            await self._refuse(transport, peer, str(exc))
+            await self._refuse(transport, peer, source, str(exc))
             return None
         if proof.name == self.node:
-            await self._refuse(transport, peer, f"node name {proof.name} is this node's")
+            await self._refuse(transport, peer, source, f"node name {proof.name} is this node's")
             return None
         record = await self._node_with(proof.name, fingerprint)
         if record is None:
             await self._refuse(
                 transport,
                 peer,
+                source,
                 f"certificate {fingerprint} is not the one registered for a live node {proof.name}",
             )
             return None
         await transport.send_all(encode_verdict(Verdict(VerdictStatus.OK)))
         return record
 
-    async def _refuse(self, transport: TLSStream, peer: str, reason: str) -> None:
-        _log(logging.WARNING, "Peer link refused", peer=peer, reason=reason)
+    async def _refuse(self, transport: TLSStream, peer: str, source: str, reason: str) -> None:
+        """Tell the dialer why it is refused; logged within the budget of connections
+        dropped before authentication (the rest are summed up with them)."""
+        if self.relay._drops.note(f"peer link refused: {reason}", source):
+            _log(logging.WARNING, "Peer link refused", peer=peer, reason=reason)
         try:
             await transport.send_all(encode_verdict(Verdict(VerdictStatus.REFUSED, reason)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -440,10 +479,14 @@ class Peering:
                 with link.cancel_scope:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._send_presence, link)
-                        control = await session.accept_stream()
-                        nursery.start_soon(self._read_presence, link, control)
-                        async for stream in session:
-                            nursery.start_soon(self._serve_open, link, stream)
+                        try:
+                            control = await session.accept_stream()  # the peer's, first
+                        except mux.SessionClosed as exc:
+                            link.close(str(exc))
+                        else:
+                            nursery.start_soon(self._read_presence, link, control)
+                            async for stream in session:
+                                nursery.start_soon(self._serve_open, link, stream)
                         link.close_reason = link.close_reason or str(session.close_reason)
                         nursery.cancel_scope.cancel()
         except mux.SessionClosed as exc:
@@ -460,13 +503,16 @@ class Peering:
 
     async def _send_presence(self, link: PeerLink) -> None:
         interval, debounce = self.config.presence_interval, self.config.presence_debounce
-        while True:
-            link.wake = trio.Event()
-            line = encode_presence(self._held_here())
-            await link.control.send_all(line)
-            with trio.move_on_after(interval):
-                await link.wake.wait()
-                await trio.sleep(debounce)
+        try:
+            while True:
+                link.wake = trio.Event()
+                line = encode_presence(self._held_here())
+                await link.control.send_all(line)
+                with trio.move_on_after(interval):
+                    await link.wake.wait()
+                    await trio.sleep(debounce)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            link.close(link.close_reason or "control stream closed")
 
     async def _read_presence(self, link: PeerLink, control: Any) -> None:
         reader = PresenceReader()
@@ -480,7 +526,8 @@ class Peering:
             link.close(f"invalid presence: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        link.close(link.close_reason or "control stream closed")
+        ended = link.session.close_reason if link.session is not None else None
+        link.close(link.close_reason or (str(ended) if ended else "control stream closed"))
 
     # -- peered opens: the holder's side ----------------------------------------------
 
@@ -515,6 +562,12 @@ class Peering:
             _reset(stream)
             _reset(tunnel)
             raise
+        except Exception:
+            log.exception(
+                "Unexpected error on a peered open", extra={"fields": {"node": link.node}}
+            )
+            _reset(stream)
+            _reset(tunnel)
         finally:
             if tunnel is not None:
                 await trio.aclose_forcefully(tunnel)
@@ -578,12 +631,18 @@ class Peering:
         self, link: PeerLink, held: HeldBridge, request: OpenRequest
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         link.opened[held.id] = link.opened.get(held.id, 0) + 1
-        try:
-            stream = await link.session.open_stream()
-        except mux.SessionClosed as exc:
-            raise _Retry(str(exc)) from None
         # The holder may wait for a slot and then for the agent, each up to its timeout.
         wait = 2 * self.relay.config.connect_timeout + 1
+        with trio.move_on_after(wait) as deadline:
+            try:
+                stream = await link.session.open_stream()
+            except mux.SessionClosed as exc:
+                raise _Retry(str(exc)) from None
+        if deadline.cancelled_caught:
+            raise TargetUnreachable(
+                f"Node {link.node} took no new stream within {wait:g} s",
+                status=ConnectStatus.TIMEOUT,
+            )
         reply = None
         try:
             with trio.move_on_after(wait):
@@ -610,14 +669,32 @@ class Peering:
                 status=ConnectStatus.TIMEOUT,
             )
         if reply.outcome == OpenOutcome.OK:
-            tunnel = PrefixedStream(stream, parser.leftover) if parser.leftover else stream
-            return tunnel, ConnectReply(ConnectStatus.OK, reply.message)
+            return _Outbound(stream, parser.leftover, self), ConnectReply(
+                ConnectStatus.OK, reply.message
+            )
         await trio.aclose_forcefully(stream)
         error = _error(reply)
         if error is None:
             raise _Retry(reply.message)
         error.audited_elsewhere = True  # type: ignore[attr-defined]  # the holder audited it
         raise error
+
+
+class _Outbound(PrefixedStream):
+    """A tunnel opened through a peer link: counted in `Peering.outbound_tunnels` (which a
+    drain waits for) until closed."""
+
+    def __init__(self, stream: Any, prefix: bytes, peering: Peering) -> None:
+        super().__init__(stream, prefix)
+        self._peering: Peering | None = peering
+        peering._outbound += 1
+
+    async def aclose(self) -> None:
+        """Stop counting the tunnel (once), then close it as `PrefixedStream` does."""
+        if (peering := self._peering) is not None:
+            self._peering = None
+            peering._outbound_closed()
+        await super().aclose()
 
 
 def _error(reply: OpenReply) -> Exception | None:

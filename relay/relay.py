@@ -335,8 +335,8 @@ class Relay:
     ) -> None:
         """Accept peer links from the other nodes of a cluster on host:port until cancelled
         (port 0: any free port), dial the nodes this one should (the lower name dials), and
-        route `connect` to bridges held by other nodes (run `serve` too: it registers the
-        node and does the housekeeping).
+        route `connect` to bridges held by other nodes (run `serve` too, first: it registers
+        the node, names it when `RelayConfig.node` is None, and does the housekeeping).
 
         `identity` is this node's peer key and certificate (`PeerIdentity.ensure(data_dir)`);
         `advertise` is the HOST:PORT other nodes dial (default: the address listened on, or
@@ -363,7 +363,6 @@ class Relay:
         try:
             self._node_changed()
             await peering.run(listeners, task_status=task_status)
-            task_status = trio.TASK_STATUS_IGNORED
         finally:
             self.peering = None
             self._node_changed()
@@ -427,6 +426,7 @@ class Relay:
         already in go on, and no new tunnel is opened."""
         self._stopping = True
         self.audit_trail.stopping = True
+        self._presence_changed()  # the other nodes stop sending opens here
         for scope in self._accepting:
             scope.cancel()
         if not self._serving:
@@ -441,7 +441,8 @@ class Relay:
     async def drain(self) -> None:
         """Stop accepting, tell every agent GoAway, and return once no stream is open.
 
-        Waits on the sessions' own notice that their last stream closed (no polling). Raises
+        Waits on the sessions' own notice that their last stream closed, and for the tunnels
+        this node opened through other nodes of a cluster to be closed. Raises
         nothing of its own; bound it with a deadline (a cancel scope) and cancel what is left
         afterwards: cancelling it leaves the relay stopped, with the streams still open.
         """
@@ -451,6 +452,15 @@ class Relay:
         # No stream opens once stopping, so a session found idle stays idle.
         while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
             await busy[0].mux.wait_streams_closed()
+        # Tunnels this node opened through other nodes: their links stay up meanwhile.
+        if self.peering is not None:
+            await self.peering.wait_outbound_closed()
+
+    def open_tunnels(self) -> int:
+        """Tunnels open through this relay: through its agents' sessions (for callers on
+        this node or on others), and through other nodes for callers on this one."""
+        outbound = 0 if self.peering is None else self.peering.outbound_tunnels()
+        return self.registry.open_streams_total() + outbound
 
     async def _accept_loop(
         self,
@@ -671,7 +681,9 @@ class Relay:
         except Refused as exc:
             refusal = exc
         else:
-            welcome = welcome_for(agreement, WelcomeStatus.OK, f"connected as bridge {record.name}")
+            welcome = welcome_for(
+                agreement, WelcomeStatus.OK, f"connected as bridge {record.name}", node=self.node
+            )
             # The agent counts itself connected once it reads this: from now on a caller of the
             # bridge waits for the session's registration instead of being turned away.
             arrival = self.registry.arrive(record.id, record.name)
@@ -1160,6 +1172,9 @@ class Relay:
     ) -> trio.abc.HalfCloseableStream:
         """A stream to host:port through `bridge` (its name or ID).
 
+        The bridge's session on this relay is used, or (with `serve_peers`) one on another
+        node of the cluster, through one peer link: this node's own unless its sessions are
+        at `max_streams_per_bridge`, else the node with the fewest open streams.
         `caller` names who asks in the audit trail: a label of the embedding code's choice
         (a user, a request ID; never a secret) or a `relay.audit.Caller`.
 

@@ -4,7 +4,13 @@
 
 `Agent.run` keeps a session up for as long as it runs: a lost session (the relay went away,
 the link died and keepalive noticed, the relay closed it) is followed by a new one, after an
-exponential backoff with full jitter. Only the relay refusing this agent (bad credentials,
+exponential backoff with full jitter. A relay of several nodes is given as a list of URLs (a
+name resolving to several addresses counts as several): each round tries them all in random
+order, moving on at once when one fails, and the backoff applies between rounds (see
+`bridge.agent.relay_endpoints`). With ``AgentConfig.connections`` above 1 the agent keeps
+sessions to up to that many distinct relay nodes at once (the relay names its node in the
+Welcome; an older relay that does not is told apart by its address), each replaced on its
+own when lost while the others serve. Only the relay refusing this agent (bad credentials,
 another protocol version) ends it. `Agent.drain` stops it gracefully: GoAway, then the open
 streams get up to ``drain_timeout`` to finish.
 
@@ -18,11 +24,12 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import random
 import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -34,7 +41,8 @@ import mux
 from bridge import __version__
 from bridge.agent.allowlist import AllowList
 from bridge.agent.backoff import Backoff
-from bridge.agent.relay_url import RelayURL
+from bridge.agent.relay_endpoints import RelayEndpoint, order_endpoints, resolve_endpoints
+from bridge.agent.relay_url import RelayURL, parse_relay_urls
 from bridge.ops import logs
 from bridge.ops.errors import os_reason
 from bridge.ops.metrics import TunnelMetrics
@@ -67,7 +75,7 @@ from bridge.protocol.handshake import (
     encode_hello,
 )
 from bridge.protocol.refusal import Refused
-from bridge.transport.http_proxy import ProxyURL, open_tcp_stream
+from bridge.transport.http_proxy import ProxyURL, bypasses_proxy, open_tcp_stream
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.splice import splice
 from bridge.transport.tls import FingerprintMismatch, open_tls_client
@@ -78,11 +86,18 @@ from bridge.validators import positive_number
 log = logging.getLogger("bridge.agent")
 
 
+#: The most sessions an agent keeps (``AgentConfig.connections``).
+MAX_CONNECTIONS = 16
+#: Relay addresses whose node the agent remembers (from the relays' Welcomes).
+MAX_KNOWN_NODES = 1024
+
+
 @attrs.frozen(kw_only=True)
 class AgentConfig:
     """Durations are seconds."""
 
-    #: TCP connect to the relay, and to each target address.
+    #: TCP connect to the relay (each of its addresses), and to each target address; resolving
+    #: the relay's names, together.
     connect_timeout: float = attrs.field(default=10.0, validator=positive_number)
     #: TLS handshake, WebSocket upgrade (wss://) and Hello/Welcome, together.
     handshake_timeout: float = attrs.field(default=10.0, validator=positive_number)
@@ -105,6 +120,15 @@ class AgentConfig:
     )
     #: After `Agent.drain`, how long open streams may take to finish before they are cut.
     drain_timeout: float = attrs.field(default=30.0, validator=positive_number)
+    #: Sessions to keep, each to a distinct relay node (up to MAX_CONNECTIONS). A relay of
+    #: one node (one address, or addresses that all name the same node) gets one.
+    connections: int = attrs.field(
+        default=2,
+        validator=[
+            attrs.validators.instance_of(int),
+            attrs.validators.in_(range(1, MAX_CONNECTIONS + 1)),
+        ],
+    )
     #: Settings of the yamux session; None for mux's defaults.
     mux_config: mux.Config | None = None
 
@@ -152,6 +176,24 @@ class AuthenticationFailed(RelayRejected):
     """The relay rejected the bridge ID or secret."""
 
 
+class _SameNode(Exception):
+    """The relay node that answered already has a session of this agent."""
+
+
+@attrs.define(eq=False)
+class _Link:
+    """One of the sessions the agent keeps: the endpoint it dials or is on (kept while it
+    waits to reconnect, so that another link does not take it meanwhile), the relay node it
+    is on, the sessions it had, and why the relay last ended one."""
+
+    index: int
+    endpoint: RelayEndpoint | None = None
+    node: str | None = None
+    connected: bool = False
+    sessions: int = 0
+    relay_reason: str | None = None
+
+
 def _fields(**fields: Any) -> dict[str, Any]:
     return {"fields": fields}
 
@@ -184,12 +226,15 @@ class _DialSlots:
 class Agent:
     """Serves one bridge: ``await nursery.start(agent.run)`` returns once authenticated.
 
-    ``allow`` is an `AllowList` or allow-list entries; it must not be empty (use
-    ``AllowList.any()`` to allow every target). ``ssl_context`` comes from
-    `bridge.transport.tls.client_ssl_context`. ``notifier`` tells systemd about the agent's state.
-    ``proxy`` is an HTTP proxy to reach the relay through (`bridge.transport.http_proxy.proxy_for`
-    picks one from HTTPS_PROXY and NO_PROXY, as curl does). ``metrics`` (a fresh
-    `TunnelMetrics` if None) counts sessions, reconnects, streams, bytes and refusals,
+    ``relay_url`` is a `RelayURL`, several of them (the nodes of one relay), or their text:
+    one URL or a comma-separated list (`bridge.agent.relay_url.parse_relay_urls`). ``allow``
+    is an `AllowList` or allow-list entries; it must not be empty (use ``AllowList.any()`` to
+    allow every target). ``ssl_context`` comes from
+    `bridge.transport.tls.client_ssl_context`. ``notifier`` tells systemd about the agent's
+    state. ``proxy`` is an HTTP proxy to reach the relay through, and ``no_proxy`` a
+    ``NO_PROXY`` list of relay hosts reached without it
+    (`bridge.transport.http_proxy.proxy_settings` reads both as curl does). ``metrics`` (a
+    fresh `TunnelMetrics` if None) counts sessions, reconnects, streams, bytes and refusals,
     labelled with the bridge ID.
 
     Raises ValueError on construction for an invalid relay URL, proxy URL, allow-list entry,
@@ -199,7 +244,7 @@ class Agent:
 
     def __init__(
         self,
-        relay_url: str | RelayURL,
+        relay_url: str | RelayURL | Sequence[RelayURL],
         bridge_id: str,
         secret: str,
         allow: AllowList | Iterable[str],
@@ -207,11 +252,22 @@ class Agent:
         *,
         config: AgentConfig | None = None,
         proxy: str | ProxyURL | None = None,
+        no_proxy: str = "",
         notifier: Notifier | None = None,
         metrics: TunnelMetrics | None = None,
     ) -> None:
-        self.relay_url = relay_url if isinstance(relay_url, RelayURL) else RelayURL.parse(relay_url)
+        if isinstance(relay_url, str):
+            relay_urls = parse_relay_urls(relay_url)
+        elif isinstance(relay_url, RelayURL):
+            relay_urls = (relay_url,)
+        else:
+            relay_urls = tuple(dict.fromkeys(relay_url))
+        if not relay_urls:
+            raise ValueError("no relay URL given")
+        #: Where the agent dials: the nodes of the relay, in the order given.
+        self.relay_urls: tuple[RelayURL, ...] = relay_urls
         self.proxy = ProxyURL.parse(proxy) if isinstance(proxy, str) else proxy
+        self.no_proxy = no_proxy
         self.allow = allow if isinstance(allow, AllowList) else AllowList.parse(allow)
         if not self.allow:
             raise ValueError("the allow-list is empty: give HOST:PORT entries, or AllowList.any()")
@@ -231,18 +287,34 @@ class Agent:
         self.sessions = 0
         self._draining = False
         self._drain_requested = trio.Event()
-        self._connecting: trio.CancelScope | None = None
+        self._connecting: set[trio.CancelScope] = set()
+        self._links = [_Link(index) for index in range(self.config.connections)]
+        #: The relay node of each address that named its node (key: `RelayEndpoint.key`).
+        self._nodes: dict[tuple[str, str, int, str, bool], str] = {}
+        self._first_session = trio.Event()
+        self._fatal: AgentError | None = None
         self._open_streams = 0
         self._stream_ended = ParkingLot()
         self._drain_opened = self._cut = 0
-        #: What the relay said when it last ended (or began to end) a session.
-        self._relay_reason: str | None = None
+        self._random = random.Random()
         logs.register_secret(secret)
         if self.proxy is not None and self.proxy.password:
             logs.register_secret(self.proxy.password)
 
     def __repr__(self) -> str:
-        return f"<Agent {self.bridge_id} -> {self.relay_url}>"
+        return f"<Agent {self.bridge_id} -> {','.join(map(str, self.relay_urls))}>"
+
+    @property
+    def relay_url(self) -> RelayURL:
+        """The first of `relay_urls` (the only one, for a relay of one node)."""
+        return self.relay_urls[0]
+
+    def proxy_for(self, url: RelayURL) -> ProxyURL | None:
+        """The HTTP proxy to reach ``url`` through: `proxy`, unless `no_proxy` exempts its
+        host; None for a direct connection."""
+        if self.proxy is None or bypasses_proxy(url.host, url.port, self.no_proxy):
+            return None
+        return self.proxy
 
     @property
     def open_streams(self) -> int:
@@ -266,90 +338,261 @@ class Agent:
         log.info("Draining", extra=_fields(open_connections=opened, timeout=timeout))
         self.notifier.stopping(f"Draining {opened} open connections")
         self._drain_requested.set()
-        if self._connecting is not None:
-            self._connecting.cancel()
+        self._first_session.set()  # `run` stops waiting for one
+        for scope in self._connecting:
+            scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         """Connect, authenticate and serve streams; after a lost session, reconnect, forever.
 
+        Each round of attempts tries every address of every relay URL once, in random order
+        (the address of the session just lost last), moving on at once when one fails; the
+        backoff delay comes after a round without a session and after a session ends (see
+        `bridge.agent.relay_endpoints`). Once the first session is up, the agent opens the
+        others of ``AgentConfig.connections``, each to a node no other session is on, and
+        keeps each one up the same way (a link with no such node to go to looks again every
+        ``max_backoff`` seconds, quietly).
+
         Returns after `drain`: how many open streams the drain had to cut (0 after a clean
         drain). Raises `AuthenticationFailed` or `RelayRejected` when the relay refuses this
-        agent: retrying would not help. A relay that is unavailable is retried, with a
-        warning per attempt (an error when its certificate fails verification).
+        agent: retrying would not help. Raises `RelayNotTrusted` when, before the first
+        session, a whole round failed and a relay's certificate failed verification in it.
+        A relay that is unavailable is retried, with a warning per attempt (an error when its
+        certificate fails verification).
 
-        Cancelled, it closes the session at once: open streams are cut (reset), nothing is
+        Cancelled, it closes the sessions at once: open streams are cut (reset), nothing is
         drained; use `drain` to stop gracefully.
         """
-        address = self.relay_url.address
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_link, self._links[0], nursery.cancel_scope)
+            await self._first_session.wait()
+            if self.sessions:
+                task_status.started()
+                for link in self._links[1:]:
+                    nursery.start_soon(self._keep_link, link, nursery.cancel_scope)
+        if self._fatal is not None:
+            raise self._fatal
+        finished = max(self._drain_opened - self._cut, 0)
+        log.info("Drained", extra=_fields(finished=finished, cut=self._cut))
+        return self._cut
+
+    async def _keep_link(self, link: _Link, scope: trio.CancelScope) -> None:
+        """`_keep` one link up; a refusal that ends the agent cancels ``scope`` (every link)
+        and is raised by `run`."""
+        try:
+            await self._keep(link)
+        except AgentError as exc:
+            if self._fatal is None:
+                self._fatal = exc
+            scope.cancel()
+
+    async def _keep(self, link: _Link) -> None:
+        """Keep ``link``'s session up until `drain`: rounds of attempts, backoff between them."""
         backoff = Backoff(self.config.max_backoff)
+        last: RelayEndpoint | None = None  # the endpoint of the session lost last
         while not self._draining:
-            began, sessions = trio.current_time(), self.sessions
-            level = logging.WARNING
-            try:
-                await self.run_session(task_status=task_status)
-                reason = "the relay closed the session"
-                if self._relay_reason:
-                    reason += f": {self._relay_reason}"
-            except AuthenticationFailed as exc:
-                if self._relay_reason:  # the relay said why it ended the last session
-                    message = f"{exc} (the relay said: {self._relay_reason})"
-                    raise AuthenticationFailed(message, exc.status) from None
-                if self.sessions:  # it worked before: the bridge was deleted or its secret rotated
-                    message = (
-                        f"{exc} (it was accepted before: "
-                        "was the bridge deleted or its secret rotated?)"
-                    )
-                    raise AuthenticationFailed(message, exc.status) from None
-                raise
-            except RelayUntrusted as exc:
-                if not self.sessions:  # never worked: the trust settings are wrong
-                    raise RelayNotTrusted(str(exc)) from None
-                reason, level = str(exc), logging.ERROR
-            except RelayUnavailable as exc:
-                reason = str(exc)
-            if self.sessions > sessions:
-                task_status = trio.TASK_STATUS_IGNORED
-                if trio.current_time() - began >= self.config.healthy_session:
-                    backoff.reset()
+            endpoints, failures = await self._round(link, last)
+            if not endpoints and not failures:
+                # Every address is a node another session is on: look again later (a name
+                # may resolve to more, a URL may come back), without a word.
+                link.endpoint = None
+                with trio.move_on_after(self.config.max_backoff):
+                    await self._drain_requested.wait()
+                continue
+            reason, level = "", logging.WARNING
+            fields: dict[str, str] = {}
+            untrusted: RelayUntrusted | None = None
+            pending = False  # a failed attempt not logged yet
+            for fields, reason in failures:
+                if endpoints:
+                    log.warning("Trying another relay", extra=_fields(**fields, reason=reason))
+            for endpoint in endpoints:
+                if self._in_use(link, endpoint):  # another link took it meanwhile
+                    continue
+                if pending:
+                    log.log(level, "Trying another relay", extra=_fields(**fields, reason=reason))
+                link.endpoint, pending = endpoint, True
+                fields, level = endpoint.log_fields(), logging.WARNING
+                began, sessions = trio.current_time(), link.sessions
+                try:
+                    await self._run_session(link, endpoint, trio.TASK_STATUS_IGNORED)
+                    reason = "the relay closed the session"
+                    if link.relay_reason:
+                        reason += f": {link.relay_reason}"
+                except _SameNode:
+                    pending = False
+                    continue
+                except AuthenticationFailed as exc:
+                    raise self._rejected(exc, link) from None
+                except RelayUntrusted as exc:
+                    untrusted = untrusted or exc
+                    reason, level = str(exc), logging.ERROR
+                except RelayUnavailable as exc:
+                    reason = str(exc)
+                if link.sessions > sessions:  # a session came about: this round is over
+                    last = endpoint
+                    if trio.current_time() - began >= self.config.healthy_session:
+                        backoff.reset()
+                    break
+                if self._draining:
+                    break
+            else:
+                if untrusted is not None and not self.sessions:
+                    # Never worked, and a relay failed verification: the trust settings are
+                    # wrong (the others could not be reached to tell otherwise).
+                    raise RelayNotTrusted(str(untrusted))
+                if not pending and not failures:
+                    continue  # only nodes other sessions are on: the next round says so
             if self._draining:
                 break
             delay = backoff.next()
             log.log(
                 level,
                 f"Reconnecting in {delay:.1f} s",
-                extra=_fields(address=address, reason=reason),
+                extra=_fields(**fields, reason=reason),
             )
-            self.notifier.status(f"Reconnecting in {delay:.1f} s: {reason}")
+            if self._connected_addresses():
+                self.notifier.status(self._connected_status())
+            else:
+                self.notifier.status(f"Reconnecting in {delay:.1f} s: {reason}")
             with trio.move_on_after(delay):
                 await self._drain_requested.wait()
-        finished = max(self._drain_opened - self._cut, 0)
-        log.info("Drained", extra=_fields(finished=finished, cut=self._cut))
-        return self._cut
+        link.endpoint = None
+
+    def _rejected(self, exc: AuthenticationFailed, link: _Link) -> AuthenticationFailed:
+        """The relay's refusal of the credentials, with what is known of why."""
+        if link.relay_reason:  # the relay said why it ended the last session
+            message = f"{exc} (the relay said: {link.relay_reason})"
+            return AuthenticationFailed(message, exc.status)
+        if self.sessions:  # it worked before: the bridge was deleted or its secret rotated
+            message = (
+                f"{exc} (it was accepted before: was the bridge deleted or its secret rotated?)"
+            )
+            return AuthenticationFailed(message, exc.status)
+        return exc
+
+    def _in_use(self, link: _Link, endpoint: RelayEndpoint) -> bool:
+        """Whether another link dials ``endpoint``, is on it or waits to dial it again, or is
+        on the node ``endpoint`` is known to be."""
+        node = self._nodes.get(endpoint.key)
+        for other in self._links:
+            if other is link or other.endpoint is None:
+                continue
+            if other.endpoint.key == endpoint.key:
+                return True
+            if node is not None and other.connected and other.node == node:
+                return True
+        return False
+
+    def _connected_addresses(self) -> list[str]:
+        return [
+            link.endpoint.url.address
+            for link in self._links
+            if link.connected and link.endpoint is not None
+        ]
+
+    def _connected_status(self) -> str:
+        return f"Connected to {', '.join(self._connected_addresses())}"
+
+    async def _round(
+        self, link: _Link, last: RelayEndpoint | None
+    ) -> tuple[list[RelayEndpoint], list[tuple[dict[str, str], str]]]:
+        """The endpoints of one round for ``link``, in the order to try them (``last`` at the
+        end; none that another link is on), and the URLs whose names did not resolve (log
+        fields, reason). Empty when `drain` was called meanwhile."""
+        resolved: list[list[RelayEndpoint]] = [[] for _ in self.relay_urls]
+        failures: list[tuple[dict[str, str], str]] = []
+        done: set[int] = set()
+
+        async def resolve(index: int, url: RelayURL) -> None:
+            try:
+                resolved[index] = await resolve_endpoints(url, self.proxy_for(url))
+            except (OSError, UnicodeError) as exc:
+                reason = f"Cannot connect to the relay at {url.address}: {os_reason(exc)}"
+                failures.append(({"address": url.address}, reason))
+            done.add(index)
+
+        with trio.CancelScope() as resolving:  # `drain` cancels it
+            self._connecting.add(resolving)
+            if self._draining:
+                resolving.cancel()
+            try:
+                with trio.move_on_after(self.config.connect_timeout) as deadline:
+                    async with trio.open_nursery() as nursery:
+                        for index, url in enumerate(self.relay_urls):
+                            nursery.start_soon(resolve, index, url)
+            finally:
+                self._connecting.discard(resolving)
+            if deadline.cancelled_caught:
+                for index, url in enumerate(self.relay_urls):
+                    if index not in done:
+                        reason = f"Timed out resolving the name of the relay at {url.address}"
+                        failures.append(({"address": url.address}, reason))
+        if self._draining:
+            return [], []
+        endpoints = [
+            endpoint for found in resolved for endpoint in found if not self._in_use(link, endpoint)
+        ]
+        return order_endpoints(endpoints, self._random, last=last), failures
 
     async def run_session(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        endpoint: RelayEndpoint | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """One session: connect, authenticate, serve; return when the relay ends it cleanly.
+        """One session with ``endpoint`` (by default the first relay URL, dialed by name, through
+        the proxy if it applies): connect, authenticate, serve; return when the relay ends it
+        cleanly.
 
         Raises `RelayUnavailable` when the relay cannot be reached or the session is lost,
         `AuthenticationFailed` or `RelayRejected` when the relay refuses this agent. The
         relay's reason for ending a session, when it gives one, is logged. Cancelled, it
         closes the connection and cuts the open streams.
         """
-        async with self._connect() as connected:
-            if connected is not None:  # None: `drain` was called while connecting
-                await self._serve_session(*connected, task_status=task_status)
+        if endpoint is None:
+            endpoint = RelayEndpoint(self.relay_url, None, self.proxy_for(self.relay_url))
+        await self._run_session(_Link(-1, endpoint), endpoint, task_status)
+
+    async def _run_session(
+        self, link: _Link, endpoint: RelayEndpoint, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """`run_session` for ``link``. Raises `_SameNode`, having closed the connection, when
+        the relay names a node another link is on."""
+        async with self._connect(endpoint) as connected:
+            if connected is None:  # `drain` was called while connecting
+                return
+            transport, leftover, capabilities, node = connected
+            if node is not None:
+                if len(self._nodes) >= MAX_KNOWN_NODES:
+                    self._nodes.clear()
+                self._nodes[endpoint.key] = node
+                if any(o.connected and o.node == node for o in self._links if o is not link):
+                    log.debug(
+                        "Already connected to this relay node",
+                        extra=_fields(**endpoint.log_fields(), node=node),
+                    )
+                    raise _SameNode(node)
+            link.node = node
+            try:
+                await self._serve_session(
+                    link, endpoint, transport, leftover, capabilities, task_status=task_status
+                )
+            finally:
+                link.connected = False
 
     async def _serve_session(
         self,
+        link: _Link,
+        endpoint: RelayEndpoint,
         transport: trio.abc.Stream,
         leftover: bytes,
         capabilities: frozenset[str],
         *,
         task_status: trio.TaskStatus[None],
     ) -> None:
-        address = self.relay_url.address
-        self._relay_reason = None
+        address = endpoint.url.address
+        link.relay_reason = None
         control = "control" in capabilities  # the relay's first stream is the control stream
         async with mux.open_session(
             PrefixedStream(transport, leftover) if leftover else transport,
@@ -357,37 +600,62 @@ class Agent:
             config=self.config.session_config(),
         ) as session:
             self.sessions += 1
-            log.info("Handling incoming proxy connections")
-            status = f"Connected to {address}"
+            link.sessions += 1
+            link.connected = True
+            up = len(self._connected_addresses())
+            if up > 1:  # which of the sessions this is
+                node = {} if link.node is None else {"node": link.node}
+                extra = _fields(**endpoint.log_fields(), **node, sessions=up)
+                log.info("Handling incoming proxy connections", extra=extra)
+            else:
+                log.info("Handling incoming proxy connections")
+            status = self._connected_status() if up else f"Connected to {address}"
             if self.sessions == 1:
                 self.notifier.ready(status)
             else:
                 self.notifier.status(status)
+            if link.sessions > 1:
                 self.metrics.reconnects.inc()
             task_status.started()
-            with self.metrics.sessions.labels(bridge=self.bridge_id).track():
+            self._first_session.set()
+            relay = {"bridge": self.bridge_id, "relay": address, "node": link.node or ""}
+            with (
+                self.metrics.sessions.labels(bridge=self.bridge_id).track(),
+                self.metrics.relay_sessions.labels(**relay).track(),
+            ):
                 async with trio.open_nursery() as nursery:
                     watcher = trio.CancelScope()
                     nursery.start_soon(self._drain_when_asked, session, watcher)
                     dials = _DialSlots(self.config.max_dials_per_target)
-                    async for stream in session:
+                    while True:
+                        try:
+                            # A tunnel's ACK rides on its connect reply (one frame, one
+                            # write); the control stream, never answered, is acknowledged.
+                            stream = await session.accept_stream(defer_ack=not control)
+                        except mux.SessionClosed:
+                            break
                         if control:
                             control = False
-                            nursery.start_soon(self._read_control, stream)
+                            nursery.start_soon(self._read_control, stream, address, link)
                         else:
                             nursery.start_soon(self._serve_stream, session, stream, dials)
                     watcher.cancel()
+        link.connected = False
         lost = session.close_reason
         if self._draining:
             return
         reason = str(lost) if lost is not None else "the session ended"
-        if self._relay_reason:
-            reason = f"the relay said: {self._relay_reason}"
-        log.warning("Disconnected from the relay", extra=_fields(address=address, reason=reason))
+        if link.relay_reason:
+            reason = f"the relay said: {link.relay_reason}"
+        log.warning(
+            "Disconnected from the relay", extra=_fields(**endpoint.log_fields(), reason=reason)
+        )
         if lost is not None and not lost.clean:
-            raise RelayUnavailable(f"Lost the connection to the relay at {address}: {lost}")
+            raise RelayUnavailable(
+                f"Lost the connection to the relay at {_where(endpoint)}: {lost}"
+            )
 
-    async def _read_control(self, stream: mux.Stream) -> None:
+    async def _read_control(self, stream: mux.Stream, address: str, link: _Link) -> None:
         """Read the relay's control messages until the stream or the session ends; what is
         read before the end (the relay's reason for ending it) is read in full."""
         parser = ControlParser()
@@ -396,19 +664,19 @@ class Agent:
                 while data := await stream.receive_some(MAX_CONTROL_MESSAGE):
                     for message in parser.feed(data):
                         if message.type == CLOSING:
-                            self._relay_reason = reason = (
+                            link.relay_reason = reason = (
                                 logs.printable(message.reason) or "no reason"
                             )
                             log.warning(
                                 "The relay is ending the session",
-                                extra=_fields(address=self.relay_url.address, reason=reason),
+                                extra=_fields(address=address, reason=reason),
                             )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except ControlError as exc:
             log.warning(
                 "Invalid control message from the relay",
-                extra=_fields(address=self.relay_url.address, reason=str(exc)),
+                extra=_fields(address=address, reason=str(exc)),
             )
             stream.reset()
 
@@ -435,59 +703,68 @@ class Agent:
 
     @asynccontextmanager
     async def _connect(
-        self,
-    ) -> AsyncIterator[tuple[trio.abc.Stream, bytes, frozenset[str]] | None]:
-        """TCP (through the proxy, if any), TLS, the WebSocket upgrade for wss://, and the
-        handshake. Yields the transport, the bytes after the Welcome and the negotiated
-        capabilities, or None when `drain` was called meanwhile; closes the transport at
-        the end."""
-        url = self.relay_url
-        via = {} if self.proxy is None else {"proxy": self.proxy.address}
-        log.info("Connecting to the relay", extra=_fields(address=url.address, **via))
-        with trio.CancelScope() as connecting:  # `drain` cancels it, and so does the deadline
-            self._connecting = connecting
-            if self._draining:
-                connecting.cancel()
-            try:
-                with trio.fail_after(self.config.connect_timeout):
-                    tcp = await open_tcp_stream(url.host, url.port, proxy=self.proxy)
-            except trio.TooSlowError:
-                raise RelayUnavailable(
-                    f"Timed out connecting to the relay at {url.address}"
-                ) from None
-            except OSError as exc:
-                message = f"Cannot connect to the relay at {url.address}: {os_reason(exc)}"
-                raise RelayUnavailable(message) from None
-            timeout = self.config.handshake_timeout
-            connecting.deadline = trio.current_time() + timeout
-            tls = await self._secure(tcp)
-            async with tls, AsyncExitStack() as stack:
-                transport: trio.abc.Stream = tls
-                if url.scheme == "wss":
-                    config = WebSocketConfig(handshake_timeout=timeout)
-                    try:
-                        transport = await stack.enter_async_context(
-                            websocket_client(tls, url.host, url.port, url.path, config=config)
+        self, endpoint: RelayEndpoint
+    ) -> AsyncIterator[tuple[trio.abc.Stream, bytes, frozenset[str], str | None] | None]:
+        """TCP to ``endpoint`` (through its proxy, if any), TLS, the WebSocket upgrade for
+        wss://, and the handshake. Yields the transport, the bytes after the Welcome, the
+        negotiated capabilities and the relay's node name (None: not given), or None when
+        `drain` was called meanwhile; closes the transport at the end."""
+        url, where = endpoint.url, _where(endpoint)
+        via = {} if endpoint.proxy is None else {"proxy": endpoint.proxy.address}
+        log.info("Connecting to the relay", extra=_fields(**endpoint.log_fields(), **via))
+        connecting = trio.CancelScope()  # `drain` cancels it, and so does the deadline
+        self._connecting.add(connecting)
+        try:
+            with connecting:
+                if self._draining:
+                    connecting.cancel()
+                try:
+                    with trio.fail_after(self.config.connect_timeout):
+                        tcp = await open_tcp_stream(
+                            endpoint.dial_host, url.port, proxy=endpoint.proxy
                         )
-                    except WebSocketError as exc:
-                        message = f"Cannot connect to the relay at {url}: {exc}"
-                        raise RelayUnavailable(message) from None
-                leftover, capabilities = await self._handshake(transport)
-                self._connecting, connecting.deadline = None, math.inf
-                yield transport, leftover, capabilities
-                return
-        self._connecting = None
+                except trio.TooSlowError:
+                    raise RelayUnavailable(
+                        f"Timed out connecting to the relay at {where}"
+                    ) from None
+                except OSError as exc:
+                    message = f"Cannot connect to the relay at {where}: {os_reason(exc)}"
+                    raise RelayUnavailable(message) from None
+                timeout = self.config.handshake_timeout
+                connecting.deadline = trio.current_time() + timeout
+                tls = await self._secure(tcp, endpoint)
+                async with tls, AsyncExitStack() as stack:
+                    transport: trio.abc.Stream = tls
+                    if url.scheme == "wss":
+                        config = WebSocketConfig(handshake_timeout=timeout)
+                        try:
+                            transport = await stack.enter_async_context(
+                                websocket_client(tls, url.host, url.port, url.path, config=config)
+                            )
+                        except WebSocketError as exc:
+                            at = f"{url} ({endpoint.ip})" if "ip" in endpoint.log_fields() else url
+                            message = f"Cannot connect to the relay at {at}: {exc}"
+                            raise RelayUnavailable(message) from None
+                    leftover, capabilities, node = await self._handshake(transport, where)
+                    self._connecting.discard(connecting)
+                    # `drain` (or the deadline) may have come as the handshake finished,
+                    # after its last checkpoint: then the session is not begun.
+                    if not connecting.cancel_called:
+                        connecting.deadline = math.inf
+                        yield transport, leftover, capabilities, node
+                        return
+        finally:
+            self._connecting.discard(connecting)
         if not self._draining:
-            raise RelayUnavailable(
-                f"The relay at {url.address} did not finish the handshake in time"
-            )
+            raise RelayUnavailable(f"The relay at {where} did not finish the handshake in time")
         yield None
 
-    async def _secure(self, tcp: trio.SocketStream) -> TLSStream:
-        """TLS over ``tcp``: the handshake, then the certificate pin."""
-        address = self.relay_url.address
+    async def _secure(self, tcp: trio.SocketStream, endpoint: RelayEndpoint) -> TLSStream:
+        """TLS over ``tcp``: the handshake (the certificate checked for the URL's host), then
+        the certificate pin."""
+        address = _where(endpoint)
         try:
-            return await open_tls_client(tcp, self.relay_url.host, self.ssl_context)
+            return await open_tls_client(tcp, endpoint.url.host, self.ssl_context)
         except trio.BrokenResourceError as exc:
             cause = exc.__cause__ or exc
             reason = _tls_reason(cause)
@@ -502,10 +779,12 @@ class Agent:
             message = f"Lost the connection to the relay at {address}: {os_reason(exc)}"
             raise RelayUnavailable(message) from None
 
-    async def _handshake(self, transport: trio.abc.Stream) -> tuple[bytes, frozenset[str]]:
-        """Hello, Welcome; returns the bytes received after the Welcome and the capabilities
-        both sides support."""
-        address = self.relay_url.address
+    async def _handshake(
+        self, transport: trio.abc.Stream, address: str
+    ) -> tuple[bytes, frozenset[str], str | None]:
+        """Hello, Welcome with the relay at ``address``; returns the bytes received after the
+        Welcome, the capabilities both sides support and the relay's node name (None when
+        it does not say)."""
         parser = WelcomeParser()
         try:
             await transport.send_all(encode_hello(self._hello))
@@ -522,7 +801,8 @@ class Agent:
                 f"Invalid handshake from the relay at {address}: {exc}"
             ) from None
         _check_welcome(welcome, address)
-        return parser.leftover, welcome.capabilities() & frozenset(CAPABILITIES)
+        capabilities = welcome.capabilities() & frozenset(CAPABILITIES)
+        return parser.leftover, capabilities, welcome.node() if "node" in capabilities else None
 
     # -- serving one stream -----------------------------------------------------------------
 
@@ -565,23 +845,25 @@ class Agent:
             log.warning(refusal.message, extra=_fields(**info))
             await _reply(stream, refusal.status, refusal.message)
             return
-        self.metrics.open_seconds.observe(time.monotonic() - asked, bridge=self.bridge_id)
+        self.metrics.for_bridge(self.bridge_id).open_seconds.observe(time.monotonic() - asked)
+        debug = log.isEnabledFor(logging.DEBUG)  # the fields cost more than the check
         async with target:
             await _reply(stream, ConnectStatus.OK, address)
-            log.debug("Proxying connection", extra=_fields(**info, address=address))
+            if debug:
+                log.debug("Proxying connection", extra=_fields(**info, address=address))
             started = time.monotonic()
             sent, received = await self._splice(stream, target, early)
-            duration = round(time.monotonic() - started, 3)
-            log.debug(
-                "Connection closed",
-                extra=_fields(
-                    **info,
-                    bytes=sent + received,
-                    bytes_sent=sent,
-                    bytes_received=received,
-                    duration=duration,
-                ),
-            )
+            if debug:
+                log.debug(
+                    "Connection closed",
+                    extra=_fields(
+                        **info,
+                        bytes=sent + received,
+                        bytes_sent=sent,
+                        bytes_received=received,
+                        duration=round(time.monotonic() - started, 3),
+                    ),
+                )
 
     async def _read_request(self, stream: mux.Stream) -> tuple[ConnectRequest | None, bytes]:
         """The stream's connect request and any bytes sent after it; None if it never came."""
@@ -657,12 +939,10 @@ class Agent:
     ) -> tuple[int, int]:
         """`early` to the target, then copy both ways until both sides sent EOF; an error on
         either side aborts both. Returns the byte counts (to the target, from the target)."""
-        meters = (
-            self.metrics.bytes.labels(bridge=self.bridge_id, direction="to_target").inc,
-            self.metrics.bytes.labels(bridge=self.bridge_id, direction="from_target").inc,
-        )
-        streams_open = self.metrics.streams_open.labels(bridge=self.bridge_id)
-        self.metrics.streams.inc(bridge=self.bridge_id)
+        series = self.metrics.for_bridge(self.bridge_id)
+        meters = (series.to_target.inc, series.from_target.inc)
+        streams_open = series.streams_open
+        series.streams.inc()
         streams_open.inc()
         sent = received = 0
         try:
@@ -680,6 +960,12 @@ class Agent:
             stream.reset()
             _abort(target)
         return len(early) + sent, received
+
+
+def _where(endpoint: RelayEndpoint) -> str:
+    """The relay's ``host:port`` in messages, and the address dialed when that differs."""
+    fields = endpoint.log_fields()
+    return f"{fields['address']} ({fields['ip']})" if "ip" in fields else fields["address"]
 
 
 def _check_welcome(welcome: Welcome, address: str) -> None:

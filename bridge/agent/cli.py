@@ -18,15 +18,15 @@ import attrs
 import trio
 
 from bridge import __version__
-from bridge.agent.agent import Agent, AgentConfig, RelayRejected
+from bridge.agent.agent import MAX_CONNECTIONS, Agent, AgentConfig, RelayRejected
 from bridge.agent.allowlist import AllowList, parse_name_patterns
-from bridge.agent.relay_url import DEFAULT_PATH, DEFAULT_PORTS, RelayURL
+from bridge.agent.relay_url import DEFAULT_PATH, DEFAULT_PORTS, parse_relay_urls
 from bridge.ops import logs
 from bridge.ops.errors import os_reason
 from bridge.ops.metrics import serve_metrics
 from bridge.ops.systemd import Notifier, run_watchdog
 from bridge.protocol.addresses import format_host_port, parse_listen_address
-from bridge.transport.http_proxy import proxy_for
+from bridge.transport.http_proxy import proxy_settings
 from bridge.transport.tls import client_ssl_context
 
 PROG = "bridge-agent"
@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help=f"relay URL: tls://HOST[:PORT] (port {DEFAULT_PORTS['tls']} by default), or "
         f"wss://HOST[:PORT][/PATH] for WebSocket (port {DEFAULT_PORTS['wss']} and path "
-        f"{DEFAULT_PATH} by default) (env: RELAY_URL; required)",
+        f"{DEFAULT_PATH} by default); for a relay of several nodes, a comma-separated list, "
+        "tried in random order (a name with several addresses counts as several) "
+        "(env: RELAY_URL; required)",
     )
     add(
         "--proxy",
@@ -144,10 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--fingerprint",
         metavar="sha256:HEX",
-        help="pin the relay certificate by SHA-256, as printed by 'bridge-relay fingerprint' "
-        "(env: RELAY_FINGERPRINT; default: none)",
+        help="pin the relay certificate by SHA-256, as printed by 'bridge-relay fingerprint'; "
+        "several separated by commas (relay nodes with certificates of their own): any one "
+        "matching is accepted (env: RELAY_FINGERPRINT; default: none)",
     )
     defaults = attrs.fields_dict(AgentConfig)
+    add(
+        "--connections",
+        metavar="K",
+        help=f"sessions to keep, each to a distinct relay node (1 to {MAX_CONNECTIONS}); a relay "
+        "of one node gets one (env: RELAY_CONNECTIONS; default: "
+        f"{defaults['connections'].default})",
+    )
     for flag, env, field, text in DURATIONS:
         default = defaults[field].default
         add(flag, metavar="SECONDS", help=f"{text} (env: {env}; default: {default:g})")
@@ -183,6 +193,16 @@ def _seconds(text: str, flag: str, env: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise UsageError(f"invalid {flag} ({env}) {text!r}: expected a positive number of seconds")
     return value
+
+
+def _connections(text: str) -> int:
+    value = text.strip()
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_CONNECTIONS):
+        raise UsageError(
+            f"invalid --connections (RELAY_CONNECTIONS) {text!r}: expected a whole number "
+            f"from 1 to {MAX_CONNECTIONS}"
+        )
+    return int(value)
 
 
 def load(argv: Sequence[str] | None, env: Mapping[str, str]):
@@ -228,7 +248,7 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
             f"least {MIN_SECRET}; 'bridge-relay bridges create' makes 43): check the env file"
         )
     try:
-        relay_url = RelayURL.parse(relay)
+        relay_urls = parse_relay_urls(relay)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -264,21 +284,21 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        proxy = proxy_for(
-            relay_url.host, relay_url.port, env, proxy=args.proxy, no_proxy=args.no_proxy
-        )
+        proxy, no_proxy = proxy_settings(env, proxy=args.proxy, no_proxy=args.no_proxy)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    durations: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     for flag, name, field, _ in DURATIONS:
         if (text := pick(getattr(args, field), name)) is not None:
-            durations[field] = _seconds(text, flag, name)
-    config = AgentConfig(**durations)
+            settings[field] = _seconds(text, flag, name)
+    if (text := pick(args.connections, "RELAY_CONNECTIONS")) is not None:
+        settings["connections"] = _connections(text)
+    config = AgentConfig(**settings)
 
     try:
         agent = Agent(
-            relay_url,
+            relay_urls,
             bridge_id,
             secret,
             allow,
@@ -286,6 +306,7 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
             config=config,
             notifier=Notifier.from_environ(env),
             proxy=proxy,
+            no_proxy=no_proxy,
         )
     except ValueError as exc:
         raise UsageError(f"invalid bridge credentials: {exc}") from None

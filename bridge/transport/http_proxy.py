@@ -92,14 +92,27 @@ def proxy_for(
     an empty one means no proxy; ``no_proxy`` replaces ``no_proxy`` / ``NO_PROXY``. Raises
     ValueError for an invalid proxy URL, even when ``NO_PROXY`` exempts the host.
     """
+    parsed, exempt = proxy_settings(env, proxy=proxy, no_proxy=no_proxy)
+    return None if parsed is None or bypasses_proxy(host, port, exempt) else parsed
+
+
+def proxy_settings(
+    env: Mapping[str, str], *, proxy: str | None = None, no_proxy: str | None = None
+) -> tuple[ProxyURL | None, str]:
+    """The proxy (None: none) and the ``NO_PROXY`` list (empty: none), for `proxy_for` and
+    for clients of several hosts, which call `bypasses_proxy` per host.
+
+    ``proxy`` (a ``--proxy`` flag) replaces ``https_proxy`` / ``HTTPS_PROXY`` from ``env``, and
+    an empty one means no proxy; ``no_proxy`` replaces ``no_proxy`` / ``NO_PROXY``. Raises
+    ValueError for an invalid proxy URL.
+    """
     if proxy is None:
         proxy = _first(env, "https_proxy", "HTTPS_PROXY")
     if no_proxy is None:
         no_proxy = _first(env, "no_proxy", "NO_PROXY")
     if not proxy or not proxy.strip():
-        return None
-    parsed = ProxyURL.parse(proxy)
-    return None if no_proxy and bypasses_proxy(host, port, no_proxy) else parsed
+        return None, no_proxy or ""
+    return ProxyURL.parse(proxy), no_proxy or ""
 
 
 def bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:

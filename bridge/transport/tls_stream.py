@@ -84,7 +84,8 @@ class TLSStream(trio.abc.Stream):
     # ---- the TLS machinery ------------------------------------------------------------
 
     async def _retry(self, operation, *args):
-        """Run one OpenSSL call until it completes, waiting for whatever it wants."""
+        """Run one OpenSSL call until it completes, waiting for whatever it wants. The peer's
+        close_notify is ``b""`` for a read, `trio.BrokenResourceError` for anything else."""
         tls_socket = self._socket
         while True:
             if self._closed:
@@ -96,7 +97,9 @@ class TLSStream(trio.abc.Stream):
             except ssl.SSLWantWriteError:
                 await wait_writable(tls_socket)
             except ssl.SSLZeroReturnError:
-                return b""
+                if operation == tls_socket.recv:
+                    return b""
+                raise trio.BrokenResourceError("the peer closed the TLS connection") from None
             except (ssl.SSLError, OSError) as exc:
                 if self._closed:
                     raise trio.ClosedResourceError("the TLS stream was closed") from None

@@ -91,7 +91,8 @@ def test_tunnel_bench_go_costs_bursts(tmp_path, capsys):
     bursts = results["bursts"]
     assert set(bursts) == {"tunnel forward", "tunnel SOCKS", "relay.connect", "go forward"}
     for name, got in bursts.items():
-        assert (got["done"], got["failed"]) == (100, 0), name
+        assert (got["done"], got["failed"], got["unanswered"]) == (100, 0, 0), name
+        assert got["seconds"] > 0, name
         assert got["peak_kib"] > 0, name
     figures = [goal["figure"] for goal in results["goals"]]
     assert "CPU per new connection, relay + agent" in figures

@@ -48,6 +48,25 @@ def test_env_configuration():
     assert (level, fmt) == ("DEBUG", "text")
 
 
+def test_several_relays_and_fingerprints():
+    pins = f"sha256:{'01' * 32}, sha256:{'02' * 32}"
+    env = {**ENV, "RELAY_URL": "tls://relay1.example.com, wss://relay2.example.com:8443"}
+    agent, _, _ = cli.load([], {**env, "RELAY_FINGERPRINT": pins})
+    assert [str(url) for url in agent.relay_urls] == [
+        "tls://relay1.example.com:4000",
+        "wss://relay2.example.com:8443/bridge",
+    ]
+    assert agent.ssl_context.fingerprints == (bytes([1]) * 32, bytes([2]) * 32)
+    agent, _, _ = cli.load(["--relay", "tls://a,tls://b:1"], env)
+    assert [url.address for url in agent.relay_urls] == ["a:4000", "b:1"]
+    assert agent.config.connections == 2
+    assert cli.load([], {**env, "RELAY_CONNECTIONS": " 3"})[0].config.connections == 3
+    assert (
+        cli.load(["--connections", "1"], {**env, "RELAY_CONNECTIONS": "3"})[0].config.connections
+        == 1
+    )
+
+
 def test_flags_override_env(certificates):
     agent, level, fmt = cli.load(
         [
@@ -88,11 +107,19 @@ def test_websocket_relay_and_proxy():
     assert str(agent.relay_url) == "wss://relay.example.com:443/bridge"
     assert str(agent.proxy) == "http://proxy:3128"
     env = {**ENV, "HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": ".example.com"}
-    assert cli.load([], env)[0].proxy is None
-    assert str(cli.load(["--no-proxy", ""], env)[0].proxy) == "http://proxy:3128"
-    agent, _, _ = cli.load(["--proxy", "other:8080", "--no-proxy", ""], env)
-    assert str(agent.proxy) == "http://other:8080"
-    assert cli.load(["--proxy", "", "--no-proxy", ""], env)[0].proxy is None
+
+    def proxy(argv, env=env, url=0):
+        agent = cli.load(argv, env)[0]
+        return agent.proxy_for(agent.relay_urls[url])
+
+    assert proxy([]) is None
+    assert str(proxy(["--no-proxy", ""])) == "http://proxy:3128"
+    assert str(proxy(["--proxy", "other:8080", "--no-proxy", ""])) == "http://other:8080"
+    assert proxy(["--proxy", "", "--no-proxy", ""]) is None
+    # With several relays, NO_PROXY is applied to each one's host.
+    both = {**env, "RELAY_URL": "tls://relay.example.com,tls://relay.elsewhere.net"}
+    assert proxy([], both, 0) is None
+    assert str(proxy([], both, 1)) == "http://proxy:3128"
 
 
 def test_fingerprint(certificates):
@@ -137,6 +164,24 @@ def test_fingerprint(certificates):
         (["--proxy", "https://me:hunter2@proxy"], {}, "invalid proxy URL 'https://***@proxy'"),
         ([], {"HTTPS_PROXY": "proxy:x"}, "invalid proxy URL 'proxy:x'"),
         ([], {"RELAY_URL": "tls://relay:99999"}, "invalid relay URL"),
+        (
+            [],
+            {"RELAY_URL": "tls://relay1,relay2:4000"},
+            "invalid relay URL 'relay2:4000' (entry 2 of 2): expected tls://HOST[:PORT]",
+        ),
+        (["--relay", " , "], {}, "no relay URL given: expected tls://HOST[:PORT]"),
+        (
+            ["--connections", "0"],
+            {},
+            "invalid --connections (RELAY_CONNECTIONS) '0': expected a whole number from 1 to 16",
+        ),
+        ([], {"RELAY_CONNECTIONS": "two"}, "invalid --connections (RELAY_CONNECTIONS) 'two'"),
+        ([], {"RELAY_CONNECTIONS": "17"}, "from 1 to 16"),
+        (
+            [],
+            {"RELAY_FINGERPRINT": f"sha256:{'0' * 64},sha256:12"},
+            "invalid certificate fingerprint 'sha256:12' (entry 2 of 2): expected sha256:",
+        ),
         ([], {"ALLOW": None}, "missing settings: ALLOW (--allow HOST:PORT, or --allow-any)"),
         ([], {"ALLOW": " , "}, "missing settings: ALLOW"),
         ([], {"ALLOW": "db:5432,db"}, "invalid allow-list entry 'db'"),

@@ -85,3 +85,12 @@ async def test_untrusted_certificate_fails_the_handshake(certificates) -> None:
             with pytest.raises(trio.BrokenResourceError, match="CERTIFICATE_VERIFY_FAILED"):
                 await client.do_handshake()
             await client.aclose()
+
+
+async def test_sending_after_the_peer_closed_is_a_broken_stream(make_pair) -> None:
+    client, server = await make_pair()
+    await server.aclose()  # close_notify
+    assert await client.receive_some() == b""
+    for send in (client.send_all, client.send_some):
+        with pytest.raises(trio.BrokenResourceError, match="closed the TLS connection"):
+            await send(b"after the end")

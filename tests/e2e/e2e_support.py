@@ -397,22 +397,27 @@ class Launcher:
         node_timeout: float = 3.0,
         env: dict[str, str] | None = None,
         peers: bool = True,
+        own_certificate: bool = False,
     ) -> Relay:
         """A relay of a cluster: `relay` with `--store STORE --node NAME`, in a data dir of
-        its own (log dir/nodes/NAME), presenting the certificate of the bridge's data dir
-        to agents (the nodes of a cluster share one, so that one pin fits them all); with
-        `peers`, linked to the other nodes (`--peer-listen 127.0.0.1:0`, `peer_port`)."""
-        data_dir = self.log_dir / "nodes" / name
+        its own (`node_dir`), presenting the certificate of the bridge's data dir to agents
+        (the nodes of a cluster share one, so that one pin fits them all), or with
+        `own_certificate` the self-signed one it makes in its data dir; with `peers`, linked
+        to the other nodes (`--peer-listen 127.0.0.1:0`, `peer_port`)."""
+        data_dir = self.node_dir(name)
         data_dir.mkdir(parents=True, exist_ok=True)
+        certificate: list[str | Path] = [
+            "--cert",
+            self.bridge.data_dir / "relay.crt",
+            "--key",
+            self.bridge.data_dir / "relay.key",
+        ]
         relay = self.relay(
             *targets,
             args=[
                 "--data-dir",
                 data_dir,
-                "--cert",
-                self.bridge.data_dir / "relay.crt",
-                "--key",
-                self.bridge.data_dir / "relay.key",
+                *([] if own_certificate else certificate),
                 "--store",
                 store,
                 "--node",
@@ -426,6 +431,23 @@ class Launcher:
         )
         relay.node = name
         return relay
+
+    def cluster(
+        self, store: str, count: int, *targets: str, node_timeout: float = 3.0
+    ) -> list[Relay]:
+        """`count` peered nodes node1, node2, ... forwarding to `targets`, once each one's
+        links to all the others are up."""
+        nodes = [
+            self.node(f"node{i}", store, *targets, node_timeout=node_timeout)
+            for i in range(1, count + 1)
+        ]
+        for node in nodes:
+            node.process.wait_for(r"\tPeer link up\t", count=count - 1)
+        return nodes
+
+    def node_dir(self, name: str) -> Path:
+        """The data dir of the cluster node `name` (log dir/nodes/NAME)."""
+        return self.log_dir / "nodes" / name
 
     def agent(
         self,

@@ -5,6 +5,7 @@ processes: tunnels through a peer hop, and what the peer port lets in."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -73,10 +74,23 @@ def test_psql_through_node_3_reaches_the_agent_on_node_1(
     )
     # The agent is on node 1 only: node 3 reached it through the peer link.
     assert "Bridge connected" not in three.process.stderr()
-    nodes = relay_cli(cluster.bridge.data_dir, "--store", postgres_url, "nodes", "--json")
-    assert nodes.returncode == 0, nodes.stderr
-    assert '"node-1"' in nodes.stdout and '"peer_fingerprint":"sha256:' in nodes.stdout
-    assert cluster.bridge.id in nodes.stdout  # node-1's held bridges
+
+    def listed() -> dict[str, dict]:
+        nodes = relay_cli(cluster.bridge.data_dir, "--store", postgres_url, "nodes", "--json")
+        assert nodes.returncode == 0, nodes.stderr
+        return {row["name"]: row for row in map(json.loads, nodes.stdout.splitlines())}
+
+    def presence() -> tuple:
+        rows = listed()
+        return rows["node-1"]["held"], rows["node-1"]["links"], rows["node-3"]["links"]
+
+    expected = ([cluster.bridge.id], ["node-2", "node-3"], ["node-1", "node-2"])
+    wait_until(lambda: presence() == expected, "the nodes' presence in the store", timeout=10)
+    rows = listed()
+    assert rows["node-1"]["peer_address"] == f"127.0.0.1:{one.peer_port}"
+    assert rows["node-1"]["peer_fingerprint"].startswith("sha256:")
+    table = relay_cli(cluster.bridge.data_dir, "--store", postgres_url, "nodes")
+    assert "node-2,node-3" in table.stdout and rows["node-1"]["peer_fingerprint"] in table.stdout
 
 
 def test_200_concurrent_connections_through_the_peer_hop(postgres_url: str, cluster: Launcher):
@@ -112,7 +126,7 @@ def test_200_concurrent_connections_through_the_peer_hop(postgres_url: str, clus
                 results.append(bytes(received) == payload)
 
             # The first one waits for node 3 to learn where the bridge is.
-            with trio.fail_after(10):
+            with trio.fail_after(20):
                 while True:
                     try:
                         await client(-1 % 2**32)

@@ -9,8 +9,10 @@ import logging
 from functools import partial
 
 import pytest
+import trio
+import trio.testing
 
-from relay import BridgeNotConnected, MemoryStore, TargetNotAllowed
+from relay import BridgeBusy, BridgeNotConnected, MemoryStore, TargetNotAllowed
 from relay.config import PeerConfig
 from relay.peer_identity import PeerIdentity
 from relay.peering import Peering, PeerRefused
@@ -100,6 +102,27 @@ async def test_remote_errors_are_the_local_ones(cluster, echo_port):
         await two.relay.connect("db", "127.0.0.1", echo_port)
 
 
+async def test_the_holder_applies_its_limits_and_audits_the_open(cluster, echo_port):
+    one = await cluster.add("node-1", max_streams_per_bridge=1)
+    two = await cluster.add("node-2")
+    events = []
+    one.relay.add_audit_hook(events.append)
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: two.relay.is_connected("db"))
+
+    first = await two.relay.connect("db", "127.0.0.1", echo_port, caller="request-7")
+    with pytest.raises(BridgeBusy, match="1 streams open, the limit"):
+        await two.relay.connect("db", "127.0.0.1", echo_port)
+    await first.aclose()
+    await settled(lambda: any(e.event == "tunnel.open" for e in events))
+    await settled(lambda: len([e for e in events if e.event == "tunnel.open"]) == 2)
+    opened, busy = [e for e in events if e.event == "tunnel.open"]
+    assert (opened.outcome, opened.caller.label) == ("ok", "request-7 (via node node-2)")
+    assert (busy.outcome, busy.caller.label) == ("busy", "via node node-2")
+
+
 async def test_local_session_is_preferred(cluster, echo_port):
     one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
     await cluster.linked()
@@ -167,6 +190,60 @@ async def test_presence_is_dropped_when_the_link_closes(cluster, echo_port):
     await settled(lambda: two.relay.is_connected("db"))
     async with await two.relay.connect("db", "127.0.0.1", echo_port) as stream:
         assert await _round_trip(stream, b"again") == b"again"
+
+
+async def test_a_node_that_stops_accepting_is_no_longer_a_holder(cluster, echo_port):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: two.relay.is_connected("db"))
+
+    one.relay.stop_accepting()
+    await settled(lambda: not two.relay.is_connected("db"))
+    with pytest.raises(BridgeNotConnected):
+        await two.relay.connect("db", "127.0.0.1", echo_port)
+
+
+async def test_drain_waits_for_tunnels_opened_through_another_node(cluster, echo_port):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+    await settled(lambda: two.relay.is_connected("db"))
+    stream = await two.relay.connect("db", "127.0.0.1", echo_port)
+    assert two.relay.open_tunnels() == 1
+    drained = trio.Event()
+
+    async def drain():
+        await two.relay.drain()
+        drained.set()
+
+    cluster.nursery.start_soon(drain)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not drained.is_set()
+    # The tunnel still works while its node drains.
+    assert await _round_trip(stream, b"still open") == b"still open"
+    await stream.aclose()
+    await drained.wait()
+    assert two.relay.open_tunnels() == 0
+
+
+async def test_node_record_carries_peer_address_fingerprint_held_bridges_and_links(cluster):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    bridge_id, secret = one.create_bridge("db")
+    await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+
+    def record(name):
+        return next(n for n in cluster.store.list_nodes() if n.name == name)
+
+    await settled(lambda: record("node-1").held == (bridge_id,) and record("node-2").links)
+    first = record("node-1")
+    assert first.peer_address == one.relay.peering.advertise
+    assert first.peer_fingerprint == one.relay.peering.fingerprint
+    assert first.links == ("node-2",)
+    assert record("node-2").links == ("node-1",)
 
 
 async def test_unregistered_certificate_cannot_link(cluster, caplog, tmp_path):

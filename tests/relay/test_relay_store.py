@@ -1,6 +1,7 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
 import socket
+import sqlite3
 import stat
 import uuid
 
@@ -144,6 +145,50 @@ def test_nodes_register_heartbeat_and_leave(store):
     assert [n.name for n in store.list_nodes()] == ["n1", "n2"]
     store.remove_node("n1", "instance-c")
     assert [n.name for n in store.list_nodes()] == ["n2"]
+
+
+def test_nodes_carry_presence_and_rows_of_older_relays_read_as_none(store):
+    record = NodeRecord(
+        "n1",
+        "a",
+        "0.0.0.0:4000",
+        peer_address="10.0.0.1:4001",
+        peer_fingerprint="sha256:" + "ab" * 32,
+        held=("id-1", "id-2"),
+        links=("n2",),
+    )
+    store.claim_node(record, timeout=60)
+    (listed,) = store.list_nodes()
+    assert (listed.peer_address, listed.peer_fingerprint) == (
+        record.peer_address,
+        record.peer_fingerprint,
+    )
+    assert (listed.held, listed.links) == (("id-1", "id-2"), ("n2",))
+    # A relay of the previous release writes no presence columns.
+    store.claim_node(NodeRecord("n0", "b", "0.0.0.0:4000"), timeout=60)
+    assert store.list_nodes()[0].held == ()
+
+
+def test_sqlite_store_of_an_older_release_gains_the_presence_columns(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE nodes (name TEXT PRIMARY KEY, instance TEXT NOT NULL,"
+            " agent_address TEXT NOT NULL, peer_address TEXT, peer_fingerprint TEXT,"
+            " started_at REAL NOT NULL, heartbeat_at REAL NOT NULL,"
+            " bridges INTEGER NOT NULL DEFAULT 0, streams INTEGER NOT NULL DEFAULT 0)"
+        )
+        db.execute(
+            "INSERT INTO nodes (name, instance, agent_address, started_at, heartbeat_at)"
+            " VALUES ('old', 'x', '0.0.0.0:4000', 0, 0)"
+        )
+    store = SQLiteStore(path)
+    try:
+        store.claim_node(NodeRecord("new", "y", "0.0.0.0:4001", held=("id-1",)), timeout=60)
+        new, old = store.list_nodes()  # by name
+        assert (old.name, old.held, new.held) == ("old", (), ("id-1",))
+    finally:
+        store.close()
 
 
 def test_sqlite_changes_by_another_process_are_noticed(tmp_path):
