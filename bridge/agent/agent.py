@@ -22,7 +22,6 @@ half-close carried through.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import math
 import random
@@ -46,7 +45,7 @@ from bridge.agent.relay_endpoints import RelayEndpoint, order_endpoints, resolve
 from bridge.agent.relay_url import RelayURL, parse_relay_urls
 from bridge.ops import logs
 from bridge.ops.errors import os_reason
-from bridge.ops.metrics import CounterValue, GaugeValue, HistogramValue, TunnelMetrics
+from bridge.ops.metrics import TunnelMetrics
 from bridge.ops.systemd import Notifier
 from bridge.protocol.addresses import format_host_port
 from bridge.protocol.connect import (
@@ -79,7 +78,7 @@ from bridge.protocol.handshake import (
 from bridge.protocol.refusal import Refused
 from bridge.transport.http_proxy import ProxyURL, bypasses_proxy, open_tcp_stream
 from bridge.transport.prefixed_stream import PrefixedStream
-from bridge.transport.splice import Meter, splice
+from bridge.transport.splice import splice
 from bridge.transport.tls import FingerprintMismatch, open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocket_client
@@ -206,17 +205,6 @@ def _fields(**fields: Any) -> dict[str, Any]:
     return {"fields": fields}
 
 
-@attrs.frozen
-class _StreamMeters:
-    """One bridge's series of the metrics every stream updates."""
-
-    open_seconds: HistogramValue
-    streams: CounterValue
-    streams_open: GaugeValue
-    #: The ``inc`` of bytes to the target and from it.
-    bytes: tuple[Meter, Meter]
-
-
 class _DialSlots:
     """Connection attempts in flight per target address, at most `limit` each: the excess
     waits its turn. Entries exist only while attempts to their address are in flight."""
@@ -337,20 +325,6 @@ class Agent:
         if self.proxy is None or bypasses_proxy(url.host, url.port, self.no_proxy):
             return None
         return self.proxy
-
-    @functools.cached_property
-    def _stream_meters(self) -> _StreamMeters:
-        """This bridge's series of the per-stream metrics, looked up once."""
-        metrics, bridge = self.metrics, self.bridge_id
-        return _StreamMeters(
-            open_seconds=metrics.open_seconds.labels(bridge=bridge),
-            streams=metrics.streams.labels(bridge=bridge),
-            streams_open=metrics.streams_open.labels(bridge=bridge),
-            bytes=(
-                metrics.bytes.labels(bridge=bridge, direction="to_target").inc,
-                metrics.bytes.labels(bridge=bridge, direction="from_target").inc,
-            ),
-        )
 
     @property
     def open_streams(self) -> int:
@@ -959,8 +933,7 @@ class Agent:
             log.warning(refusal.message, extra=_fields(**info))
             await _reply(stream, refusal.status, refusal.message)
             return
-        meters = self._stream_meters
-        meters.open_seconds.observe(time.monotonic() - asked)
+        self.metrics.for_bridge(self.bridge_id).open_seconds.observe(time.monotonic() - asked)
         debug = log.isEnabledFor(logging.DEBUG)  # the fields cost more than the check
         async with target:
             await _reply(stream, ConnectStatus.OK, address)
@@ -1054,10 +1027,10 @@ class Agent:
     ) -> tuple[int, int]:
         """`early` to the target, then copy both ways until both sides sent EOF; an error on
         either side aborts both. Returns the byte counts (to the target, from the target)."""
-        metered = self._stream_meters
-        meters = metered.bytes
-        streams_open = metered.streams_open
-        metered.streams.inc()
+        series = self.metrics.for_bridge(self.bridge_id)
+        meters = (series.to_target.inc, series.from_target.inc)
+        streams_open = series.streams_open
+        series.streams.inc()
         streams_open.inc()
         sent = received = 0
         try:
