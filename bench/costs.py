@@ -85,3 +85,18 @@ def measure(
         "message_us": per_message,
         "connection_total_us": sum(per_connection[role] for role in carriers),
     }
+
+
+def hop(peered: dict, tunnel: dict) -> dict:
+    """What the peer hop adds, from the costs of the peered path (roles ``relay A`` and
+    ``relay B``) and of the single-node tunnel (role ``relay``): per new connection and per
+    message, in µs, the two relays' CPU time minus the single relay's; and that relay's own,
+    the figure the hop is held to."""
+    relays = [role for role in peered["carriers"] if role.startswith("relay ")]
+    return {
+        kind: {
+            "added": sum(peered[kind][role] for role in relays) - tunnel[kind]["relay"],
+            "one_node": tunnel[kind]["relay"],
+        }
+        for kind in ("connection_us", "message_us")
+    }

@@ -5,10 +5,12 @@ hashicorp/yamux and ``ssh -L``, with the goals of issue 14 and each figure's rat
 
 Paths from 127.0.0.1 to the same targets: direct TCP; the tunnel (``bridge-relay serve`` with
 one forward per target, and ``bridge-agent``: separate processes, TLS, default settings); the
-same over WebSocket (``tunnel-ws``); the Go tunnel (bench/gotunnel: relay and agent processes,
-yamux over TLS, built at run time); and OpenSSH ``ssh -L`` through a throwaway sshd. The
-targets are ``iperf3 -s`` (or the built-in sink), an echo server (``bench.loadgen serve``, two
-processes) and, for pgbench, a PostgreSQL server; every client runs in a process of its own.
+same over WebSocket (``tunnel-ws``); two relay nodes of a cluster with the agent on one and
+the forwards on the other, so that every connection crosses one peer hop (``peered``); the
+Go tunnel (bench/gotunnel: relay and agent processes, yamux over TLS, built at run time);
+and OpenSSH ``ssh -L`` through a throwaway sshd. The targets are ``iperf3 -s`` (or the
+built-in sink), an echo server (``bench.loadgen serve``, two processes) and, for pgbench, a
+PostgreSQL server; every client runs in a process of its own.
 
 Cases (``--cases``):
 throughput  client -> target, one stream and N parallel streams;
@@ -53,6 +55,7 @@ from bench.paths import (
     AuditedTunnelPath,
     BenchPath,
     DirectPath,
+    PeeredTunnelPath,
     SkipPath,
     TunnelPath,
     WebSocketTunnelPath,
@@ -65,6 +68,7 @@ PATHS = {
     "tunnel": TunnelPath,
     "tunnel-ws": WebSocketTunnelPath,
     "tunnel-audit": AuditedTunnelPath,
+    "peered": PeeredTunnelPath,
     "go": GoTunnelPath,
     "ssh": SshPath,
 }
@@ -188,7 +192,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME,...",
         help=f"paths to run, of {','.join(PATHS)} (default {','.join(DEFAULT_PATHS)}; "
         "tunnel-ws is the tunnel over WebSocket, tunnel-audit the tunnel with the relay's audit "
-        "log on: both only in the rounds)",
+        "log on: both only in the rounds; peered: two relay nodes, one peer hop)",
     )
     add(
         "--builtin",
@@ -767,6 +771,8 @@ def _render(args: argparse.Namespace, results: dict, iperf: str | None) -> str:
         )
     if results["costs"]:
         parts.append(_render_costs(args, results["costs"], labels))
+        if {"peered", "tunnel"} <= set(results["costs"]):
+            parts.append(_render_hop(results["costs"]))
     if results["bursts"]:
         parts.append(
             "\n".join(
@@ -881,6 +887,20 @@ def _render_costs(args: argparse.Namespace, cost: dict, labels: dict[str, str]) 
         f"{args.cost_connections:,} ({args.concurrency} at a time), per 1 KiB message per "
         f"direction over {args.cost_messages:,} round trips; fresh processes. The load columns "
         f"are the client and the echo server, the same on every path: direct TCP is the floor",
+    )
+
+
+def _render_hop(cost: dict) -> str:
+    added = costs.hop(cost["peered"], cost["tunnel"])
+    lines = [
+        f"  per {what}: {added[kind]['added']:,.1f} us (relay A + relay B - the single relay), "
+        f"the single relay {added[kind]['one_node']:,.1f} us: "
+        f"{added[kind]['added'] / added[kind]['one_node']:.2f}x"
+        for kind, what in (("connection_us", "new connection"), ("message_us", "1 KiB message"))
+        if added[kind]["one_node"] > 0
+    ]
+    return "\n".join(
+        ["CPU time the peer hop adds (goal: at most what one node spends, 1.00x):", *lines]
     )
 
 
