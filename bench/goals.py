@@ -121,7 +121,13 @@ def evaluate(results: dict, settings: dict) -> list[Goal]:
     ratio_goal("throughput_1", "tunnel-ws", "tunnel", WEBSOCKET_RATIO)
     if tunnel and (peered := costs.get("peered")):
         added = hop(peered, tunnel)
-        for kind, what in (("connection_us", "new connection"), ("message_us", "1 KiB message")):
+        for kind, what in (
+            ("connection_us", "new connection"),
+            ("message_us", "1 KiB message"),
+            ("gb_cpu_s", "GB"),
+        ):
+            if kind not in added:
+                continue
             goals.append(
                 _compare(
                     f"CPU per {what} the peer hop adds (relay A + relay B - one relay; "

@@ -150,6 +150,8 @@ def test_tunnel_bench_peered(tmp_path, capsys):
     costs = results["costs"]
     assert costs["peered"]["carriers"] == ["relay B", "relay A", "agent"]
     assert costs["peered"]["connection_total_us"] > 0
+    assert set(costs["peered"]["gb_cpu_s"]) == {"relay B", "relay A", "agent"}
+    assert costs["peered"]["bulk_bytes"] > 0
     assert "CPU time the peer hop adds" in table
     figures = [goal["figure"] for goal in results["goals"]]
-    assert sum("the peer hop adds" in figure for figure in figures) == 2
+    assert sum("the peer hop adds" in figure for figure in figures) == 3
