@@ -45,7 +45,15 @@ _MAX_STREAM_ID = MAX_UINT32 - 1
 
 
 class _Stream:
-    __slots__ = ("abandoned", "accepted", "inbound", "send_window", "state", "window")
+    __slots__ = (
+        "abandoned",
+        "accepted",
+        "ack_pending",
+        "inbound",
+        "send_window",
+        "state",
+        "window",
+    )
 
     def __init__(self, inbound: bool) -> None:
         self.state = StreamState.OPEN
@@ -57,6 +65,8 @@ class _Stream:
         self.accepted = False
         #: The application closed the stream: data still arriving is answered with RST.
         self.abandoned = False
+        #: Accepted with the ACK deferred: it rides on the stream's first frame.
+        self.ack_pending = False
 
 
 class Connection:
@@ -95,6 +105,9 @@ class Connection:
         self._resume = bytearray()
         #: Input not parsed yet because the control output was full (see resume_receiving).
         self._held: memoryview | None = None
+        #: The stream whose SYN is the last frame in ``_urgent`` (its first data frame may
+        #: carry the SYN instead), or None.
+        self._syn_last: int | None = None
         self._control_limit = self.config.max_control_backlog
         #: Opaque values of our pings that the peer has not answered.
         self._pings: set[int] = set()
@@ -194,6 +207,7 @@ class Connection:
         """Everything queued for the transport, control frames first; the caller owns the
         buffer."""
         out = self._out
+        self._syn_last = None
         if self._urgent or self._resume:
             head = self._resume
             head += self._urgent
@@ -214,6 +228,20 @@ class Connection:
     def _frame(self, type: int, flags: int, stream_id: int, length: int) -> None:
         """Queue a control frame (it goes out ahead of queued data)."""
         self._urgent += HEADER.pack(0, type, flags, stream_id, length)
+        self._syn_last = None
+
+    def _first_flags(self, stream_id: int, stream: _Stream, *, syn: bool = True) -> int:
+        """The flags a stream's next frame must carry on top of its own: a deferred ACK, or
+        (``syn``) the SYN still queued as the last control frame, taken back: this frame
+        carries it."""
+        if stream.ack_pending:
+            stream.ack_pending = False
+            return _ACK
+        if syn and self._syn_last == stream_id:
+            self._syn_last = None
+            del self._urgent[-HEADER_SIZE:]
+            return _SYN
+        return 0
 
     def open_stream(self) -> int:
         """Open a stream (queues its SYN) and return its ID; data may be sent at once.
@@ -231,19 +259,29 @@ class Connection:
         self._streams[stream_id] = _Stream(inbound=False)
         self._unacknowledged[stream_id] = self._clock()
         self._frame(_WINDOW_UPDATE, _SYN, stream_id, 0)
+        # Data sent before anything else is queued carries the SYN itself (yamux allows
+        # SYN on a Data frame): a request opens its stream in one frame.
+        self._syn_last = stream_id
         return stream_id
 
-    def accept_stream(self, stream_id: int) -> None:
+    def accept_stream(self, stream_id: int, *, defer_ack: bool = False) -> None:
         """Acknowledge (ACK) a stream the peer opened (`StreamOpened`).
 
-        Raises `LocalProtocolError` if it is not one waiting to be accepted.
+        With ``defer_ack``, no frame is queued now: the ACK rides on the stream's first
+        frame (its data, FIN, RST or window update), so an answer goes out in one frame; the
+        peer counts the stream as unacknowledged until then. Raises `LocalProtocolError` if
+        it is not one waiting to be accepted.
         """
         stream = self._stream(stream_id)
         if stream.accepted or not stream.inbound:
             raise LocalProtocolError(f"stream {stream_id} is not waiting to be accepted")
         stream.accepted = True
         del self._awaiting[stream_id]
-        self._frame(_WINDOW_UPDATE, _ACK, stream_id, stream.window.grown())
+        if defer_ack:
+            # The window has not grown before the application reads: the ACK owes no credit.
+            stream.ack_pending = True
+        else:
+            self._frame(_WINDOW_UPDATE, _ACK, stream_id, stream.window.grown())
 
     def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue as much of ``data`` as the send window allows, in frames of at most
@@ -261,24 +299,28 @@ class Connection:
         view = memoryview(data)
         frame = self.config.max_frame_size
         out = self._out
+        flags = self._first_flags(stream_id, stream) if stream.ack_pending or self._syn_last else 0
         for start in range(0, total, frame):
             chunk = view[start : min(start + frame, total)]
-            out += HEADER.pack(0, _DATA, 0, stream_id, len(chunk))
+            out += HEADER.pack(0, _DATA, flags, stream_id, len(chunk))
             out += chunk
+            flags = 0
         return total
 
     def send_eof(self, stream_id: int) -> None:
         """Half-close the stream (FIN, after its data). Raises `LocalProtocolError` if our
         half is closed already or the stream is not open."""
+        flags = _FIN | self._first_flags(stream_id, self._stream(stream_id))
         self._transition(stream_id, StreamInput.SEND_FIN)
         # With the data, not ahead of it: a graceful close never overtakes what it closes.
-        self._out += HEADER.pack(0, _WINDOW_UPDATE, _FIN, stream_id, 0)
+        self._out += HEADER.pack(0, _WINDOW_UPDATE, flags, stream_id, 0)
 
     def reset_stream(self, stream_id: int) -> None:
         """Abort the stream (RST); the connection forgets it. Raises `LocalProtocolError` if
         the stream is not open."""
+        flags = _RST | self._first_flags(stream_id, self._stream(stream_id), syn=False)
         self._transition(stream_id, StreamInput.SEND_RST)
-        self._frame(_WINDOW_UPDATE, _RST, stream_id, 0)
+        self._frame(_WINDOW_UPDATE, flags, stream_id, 0)
 
     def close_stream(self, stream_id: int) -> None:
         """The application is done with the stream, having read all it was sent.
@@ -303,7 +345,7 @@ class Connection:
             amount, self._clock, self._rtt, self.config.max_stream_window, self._budget
         )
         if delta:
-            self._frame(_WINDOW_UPDATE, 0, stream_id, delta)
+            self._frame(_WINDOW_UPDATE, self._first_flags(stream_id, stream), stream_id, delta)
 
     def send_ping(self, opaque: int) -> None:
         """Queue a PING; the peer answers with the same ``opaque`` (`PingAcknowledged`).

@@ -190,11 +190,16 @@ class Session:
         self._writer.wake()
         return stream
 
-    async def accept_stream(self) -> Stream:
+    async def accept_stream(self, *, defer_ack: bool = False) -> Stream:
         """The next stream the peer opened, waiting for one if needed.
 
-        Streams the peer opened before the session ended are still handed out (what it sent
-        on them can be read); then it raises `SessionClosed`. A checkpoint: cancelled, it
+        With ``defer_ack``, the acknowledgement (ACK) is not sent on its own: it rides on
+        the stream's first frame (an answer, FIN, RST or window update). Use it where the
+        peer sends its request with the open and the answer follows soon: the peer counts
+        the stream as unacknowledged until then (hashicorp and this session wait to open
+        more while ``accept_backlog`` are, and reset it after the open timeout). Streams
+        the peer opened before the session ended are still handed out (what it sent on
+        them can be read); then it raises `SessionClosed`. A checkpoint: cancelled, it
         takes no stream.
         """
         await checkpoint_if_cancelled()
@@ -203,8 +208,9 @@ class Session:
                 queue = self._accept_queue
                 stream = queue.pop(next(iter(queue)))
                 if self._error is None:
-                    self._conn.accept_stream(stream.stream_id)
-                    self._writer.wake()
+                    self._conn.accept_stream(stream.stream_id, defer_ack=defer_ack)
+                    if not defer_ack:
+                        self._writer.wake()
                 # Once the session is over, streams it opened are still handed out: what the
                 # peer sent on them before the end can be read.
                 self._accepted_total += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -79,6 +80,7 @@ class Stream(trio.abc.HalfCloseableStream):
         "_conn",
         "_eof",
         "_error",
+        "_push",
         "_receive_conflict",
         "_receive_waiter",
         "_send_conflict",
@@ -103,6 +105,7 @@ class Stream(trio.abc.HalfCloseableStream):
         self._send_conflict = ConflictDetector(SENDING)
         self._receive_waiter: _Waiter | None = None
         self._send_waiter: _Waiter | None = None
+        self._push: Callable[[memoryview], int] | None = None
 
     def __repr__(self) -> str:
         return f"<mux.Stream {self.stream_id}>"
@@ -110,6 +113,22 @@ class Stream(trio.abc.HalfCloseableStream):
     # ---- called by the session --------------------------------------------------------
 
     def _on_data(self, data: memoryview) -> None:
+        push = self._push
+        if push is not None and not self._chunks:
+            waiter = self._receive_waiter
+            if waiter is not None and waiter.task is not None:
+                # The reader is parked with nothing buffered: hand the data on from here.
+                try:
+                    taken = push(data)
+                except OSError:
+                    # The receiving task's own write meets the error and reports it.
+                    self._push = None
+                    taken = 0
+                if taken:
+                    self._session._consumed(self.stream_id, taken)
+                    if taken == len(data):
+                        return
+                    data = data[taken:]
         # Keep a view only where it is most of the read it came from; a small piece is
         # copied so a slow reader cannot pin large receive buffers.
         piece = data if len(data) * 2 >= len(data.obj) else bytes(data)  # type: ignore[arg-type]
@@ -154,6 +173,20 @@ class Stream(trio.abc.HalfCloseableStream):
             await self._send_waiter.wait()
         else:
             await self._session._wait_buffer_space()
+
+    def set_push(self, push: Callable[[memoryview], int] | None) -> bool:
+        """Deliver by push: while a task waits in `receive_some` with nothing buffered, data
+        that arrives is first offered to ``push`` (None stops it); returns True.
+
+        ``push(data)`` runs in the session's reader task: it must not block or checkpoint,
+        and returns how many bytes of ``data`` it took (0 when it can take none now; it must
+        not keep ``data``, a view into the transport's read). What it takes is credited
+        back to the peer and never returned by `receive_some`; the rest is buffered and
+        returned as usual, in order, so the waiting task's own write sees what stopped it.
+        If ``push`` raises `OSError`, pushing stops and the data is buffered instead.
+        """
+        self._push = push
+        return True
 
     # ---- trio.abc.ReceiveStream -------------------------------------------------------
 

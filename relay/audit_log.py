@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import re
 import time
@@ -22,6 +23,9 @@ from typing import Any, Protocol
 import trio
 
 from relay.audit import AuditEvent, Caller
+from relay.errors import StoreError, StoreUnavailable
+
+log = logging.getLogger("relay.audit")
 
 _FILE_MODE = 0o640
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -93,28 +97,62 @@ class AuditStore(Protocol):
 
 class StoreAuditSink:
     """An `AuditSink` appending to the audit table of `store` (PostgreSQL: audit_events),
-    from a worker thread of its own: one batch at a time, in order. Cancellation returns at
-    once; the thread finishes its batch on its own."""
+    from a worker thread of its own: one batch at a time, in order.
 
-    def __init__(self, store: AuditStore) -> None:
+    While the store cannot be reached (`StoreUnavailable`), batches are held, up to `backlog`
+    events, and written first thing at the next `write` once it can: the relay logs the
+    store's loss and return once each, not every batch held. A batch that would take the
+    backlog past `backlog` is dropped (write raises StoreError, which the audit trail logs
+    and counts). Events still held at `close` are logged as lost, with their count.
+    Cancellation returns at once; the thread finishes its batch on its own.
+    """
+
+    def __init__(self, store: AuditStore, *, backlog: int = 10_000) -> None:
         self.store = store
+        self.backlog = backlog
+        self._held: list[dict[str, Any]] = []
         self._limiter = trio.CapacityLimiter(1)
 
     def __repr__(self) -> str:
         return f"<StoreAuditSink {self.store!r}>"
 
+    @property
+    def held(self) -> int:
+        """Events held until the store can be reached again."""
+        return len(self._held)
+
     async def write(self, events: Sequence[AuditEvent]) -> None:
-        """Raises what the store raises (StoreError when it cannot be reached)."""
-        rows = [event.to_dict() for event in events]
-        await trio.to_thread.run_sync(
-            self.store.append_audit, rows, limiter=self._limiter, abandon_on_cancel=True
-        )
+        """Writes the events held, then `events`; holds them all while the store cannot be
+        reached. Raises StoreError when the store refuses them (they are dropped), or when
+        the backlog is full (`events` are dropped, the ones held before are kept)."""
+        rows = self._held + [event.to_dict() for event in events]
+        try:
+            await trio.to_thread.run_sync(
+                self.store.append_audit, rows, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except StoreUnavailable as exc:
+            if len(rows) > self.backlog:
+                raise StoreError(
+                    f"{exc} (and {self.held} audit events already held for it, the most "
+                    "this relay holds)"
+                ) from None
+            self._held = rows
+            return
+        except StoreError:
+            self._held = []
+            raise
+        self._held = []
 
     def reopen(self) -> None:
         pass
 
     def close(self) -> None:
-        pass
+        if self._held:
+            log.error(
+                "Audit events lost: the store was unreachable until the relay stopped",
+                extra={"fields": {"events": self.held, "store": repr(self.store)}},
+            )
+            self._held = []
 
 
 # -- reading back ----------------------------------------------------------------------------

@@ -760,9 +760,10 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     logs.register_secret(args.socks_password or "")
-    # psycopg's pool logs every failed connection attempt; the relay logs the store's state
-    # changes itself, once each.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    # psycopg logs every failed connection attempt of its pool, and the connection a lost
+    # server broke ("error ignored terminating ..."), outside the relay's log format; the
+    # relay logs the store's state changes itself, once each.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     # The parent of workers holds the lock for them.
     lock = _lock_data_dir(data_dir) if setup is None else None
     # Every connection of a burst needs a descriptor: take all the hard limit allows.

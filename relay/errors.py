@@ -80,6 +80,11 @@ class StoreError(RelayError):
     never a password)."""
 
 
+class StoreUnavailable(StoreError):
+    """The bridge store cannot be reached right now (refused, lost, timed out): the same call
+    may succeed later."""
+
+
 class StoreNotInitialised(StoreError):
     """The bridge store has no schema yet: `serve` or `bridges create` makes it."""
 

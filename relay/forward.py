@@ -124,6 +124,8 @@ async def forward_connection(
             return  # the relay has logged the refusal and its reason
         async with remote:
             sent, received, clean = await splice_tunnel(client, remote)
+        if not log.isEnabledFor(logging.DEBUG):  # the fields cost more than the check
+            return
         log.debug(
             "Forwarded connection closed",
             extra={

@@ -167,6 +167,7 @@ class Peering:
         self._refreshed_at = -math.inf
         self._refresh_lock = trio.Lock()
         self._store_failing = False
+        self._registered = False  # the store lists this node with its peer certificate
         self._nursery: trio.Nursery | None = None
         self._outbound = 0  # tunnels opened through links, not closed yet (`_Outbound`)
         self._outbound_lot = trio.lowlevel.ParkingLot()
@@ -249,6 +250,10 @@ class Peering:
                 self._store_failing = False
                 _log(logging.INFO, "Peer node list available again")
             timeout = self.relay.config.node_timeout
+            # Others accept this node once the store has its certificate: dial after that.
+            self._registered = any(
+                n.name == self.node and n.peer_fingerprint == self.fingerprint for n in nodes
+            )
             self._nodes = {
                 n.name: n
                 for n in nodes
@@ -288,12 +293,13 @@ class Peering:
 
     async def _dial_manager(self) -> None:
         while True:
-            for name in sorted(self._nodes):
+            for name in sorted(self._nodes) if self._registered else ():
                 if self.node < name and name not in self._dialers:
                     self._dialers.add(name)
                     assert self._nursery is not None
                     self._nursery.start_soon(self._dial_loop, name)
-            await trio.sleep(self.config.refresh_interval)
+            interval = self.config.refresh_interval
+            await trio.sleep(interval if self._registered else min(0.2, interval))
             await self.refresh()
 
     async def _dial_loop(self, name: str) -> None:
@@ -520,7 +526,8 @@ class Peering:
             link.close(f"invalid presence: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        link.close(link.close_reason or "control stream closed")
+        ended = link.session.close_reason if link.session is not None else None
+        link.close(link.close_reason or (str(ended) if ended else "control stream closed"))
 
     # -- peered opens: the holder's side ----------------------------------------------
 

@@ -681,7 +681,9 @@ class Relay:
         except Refused as exc:
             refusal = exc
         else:
-            welcome = welcome_for(agreement, WelcomeStatus.OK, f"connected as bridge {record.name}")
+            welcome = welcome_for(
+                agreement, WelcomeStatus.OK, f"connected as bridge {record.name}", node=self.node
+            )
             # The agent counts itself connected once it reads this: from now on a caller of the
             # bridge waits for the session's registration instead of being turned away.
             arrival = self.registry.arrive(record.id, record.name)

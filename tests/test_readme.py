@@ -30,3 +30,22 @@ def test_embedding_example_runs(tmp_path):
         "refused: Host not in allowed hosts list: 127.0.0.1:22",
         "audited: [('tunnel.open', 'ok'), ('tunnel.close', 'ok'), ('tunnel.open', 'refused')]",
     ]
+
+
+def test_cluster_env_file_sets_only_real_settings():
+    """The env file of "On several machines" names settings `bridge-relay serve` reads."""
+    text = README.read_text()
+    section = text[text.index("### On several machines") :]
+    block = re.search(r"```\n(.*?)```", section, re.DOTALL).group(1)
+    names = [line.split("=", 1)[0] for line in block.splitlines() if line]
+    assert names[0] == "RELAY_STORE" and len(names) == 7
+    usage = subprocess.run(
+        [Path(sys.executable).parent / "bridge-relay", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert usage.returncode == 0, usage.stderr
+    documented = " ".join(usage.stdout.split())
+    for name in names:
+        assert re.search(rf"\(env {name}\b", documented), name

@@ -268,3 +268,61 @@ def _systemd_analyze_verify(unit_path: Path, root: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert unit_path.name not in result.stderr, result.stderr
+
+
+async def test_the_readme_cluster_walkthrough(tmp_path, nursery, postgres_url):
+    """ "Two nodes and a PostgreSQL on one machine": the store is a database of the test's
+    PostgreSQL server, the database behind the agent an echo server, the ports free ones."""
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    db_port = listeners[0].socket.getsockname()[1]
+    forward_port = free_port()
+    substitutions = {
+        "postgresql://relay@localhost/relay": postgres_url,
+        "db.internal:5432": f"127.0.0.1:{db_port}",
+        "127.0.0.1:15432": f"127.0.0.1:{forward_port}",
+        **{f"127.0.0.1:{port}": f"127.0.0.1:{free_port()}" for port in (4001, 4002, 4101, 4102)},
+    }
+
+    def block(name: str) -> list[str]:
+        return [substituted(line, substitutions) for line in walkthrough(name)]
+
+    env = shell_env(RELAY_BCRYPT_COST="4")
+    processes: list[trio.Process] = []
+    try:
+        with trio.fail_after(TIME_LIMIT):
+            node1 = await start_script(block("cluster-node1"), tmp_path, env)
+            processes.append(node1)
+            await read_until(node1.stdout, r"peers: listening on 127\.0\.0\.1:\d+\n", bytearray())
+            node2 = await start_script(block("cluster-node2"), tmp_path, env)
+            processes.append(node2)
+            await read_until(
+                node2.stdout,
+                rf"forward prod-vpc -> .*: listening on 127\.0\.0\.1:{forward_port}\n",
+                bytearray(),
+            )
+            await read_until(node2.stderr, r'\tPeer link up\t.*"node1"', bytearray())
+            agent = await start_script(block("cluster-agent"), tmp_path, shell_env())
+            processes.append(agent)
+            await read_until(agent.stderr, r"\tHandling incoming proxy connections\n", bytearray())
+
+            # Both nodes reach the bridge once the one without its session heard of it.
+            check = "\n".join(block("cluster-check"))
+            while True:
+                result = await trio.run_process(
+                    ["bash", "-ec", check], cwd=tmp_path, env=env, capture_stdout=True, check=False
+                )
+                if result.returncode == 0:
+                    break
+                await trio.sleep(0.2)
+            lines = result.stdout.decode().splitlines()
+            nodes = [row.split() for row in lines[1:3]]
+            assert [(row[0], "alive" in row) for row in nodes] == [("node1", True), ("node2", True)]
+            target = f"127.0.0.1:{db_port}"
+            assert lines[3:] == [f"OK: prod-vpc reached {target} via {target}"] * 2
+            client = await trio.open_tcp_stream("127.0.0.1", forward_port)
+            async with client:
+                await client.send_all(b"SELECT 1")
+                assert await client.receive_some() == b"SELECT 1"
+    finally:
+        for process in processes:
+            stop(process)

@@ -7,7 +7,10 @@ the link died and keepalive noticed, the relay closed it) is followed by a new o
 exponential backoff with full jitter. A relay of several nodes is given as a list of URLs (a
 name resolving to several addresses counts as several): each round tries them all in random
 order, moving on at once when one fails, and the backoff applies between rounds (see
-`bridge.agent.relay_endpoints`). Only the relay refusing this agent (bad credentials,
+`bridge.agent.relay_endpoints`). With ``AgentConfig.connections`` above 1 the agent keeps
+sessions to up to that many distinct relay nodes at once (the relay names its node in the
+Welcome; an older relay that does not is told apart by its address), each replaced on its
+own when lost while the others serve. Only the relay refusing this agent (bad credentials,
 another protocol version) ends it. `Agent.drain` stops it gracefully: GoAway, then the open
 streams get up to ``drain_timeout`` to finish.
 
@@ -83,6 +86,12 @@ from bridge.validators import positive_number
 log = logging.getLogger("bridge.agent")
 
 
+#: The most sessions an agent keeps (``AgentConfig.connections``).
+MAX_CONNECTIONS = 16
+#: Relay addresses whose node the agent remembers (from the relays' Welcomes).
+MAX_KNOWN_NODES = 1024
+
+
 @attrs.frozen(kw_only=True)
 class AgentConfig:
     """Durations are seconds."""
@@ -111,6 +120,15 @@ class AgentConfig:
     )
     #: After `Agent.drain`, how long open streams may take to finish before they are cut.
     drain_timeout: float = attrs.field(default=30.0, validator=positive_number)
+    #: Sessions to keep, each to a distinct relay node (up to MAX_CONNECTIONS). A relay of
+    #: one node (one address, or addresses that all name the same node) gets one.
+    connections: int = attrs.field(
+        default=2,
+        validator=[
+            attrs.validators.instance_of(int),
+            attrs.validators.in_(range(1, MAX_CONNECTIONS + 1)),
+        ],
+    )
     #: Settings of the yamux session; None for mux's defaults.
     mux_config: mux.Config | None = None
 
@@ -156,6 +174,24 @@ class RelayNotTrusted(RelayRejected):
 
 class AuthenticationFailed(RelayRejected):
     """The relay rejected the bridge ID or secret."""
+
+
+class _SameNode(Exception):
+    """The relay node that answered already has a session of this agent."""
+
+
+@attrs.define(eq=False)
+class _Link:
+    """One of the sessions the agent keeps: the endpoint it dials or is on (kept while it
+    waits to reconnect, so that another link does not take it meanwhile), the relay node it
+    is on, the sessions it had, and why the relay last ended one."""
+
+    index: int
+    endpoint: RelayEndpoint | None = None
+    node: str | None = None
+    connected: bool = False
+    sessions: int = 0
+    relay_reason: str | None = None
 
 
 def _fields(**fields: Any) -> dict[str, Any]:
@@ -251,12 +287,15 @@ class Agent:
         self.sessions = 0
         self._draining = False
         self._drain_requested = trio.Event()
-        self._connecting: trio.CancelScope | None = None
+        self._connecting: set[trio.CancelScope] = set()
+        self._links = [_Link(index) for index in range(self.config.connections)]
+        #: The relay node of each address that named its node (key: `RelayEndpoint.key`).
+        self._nodes: dict[tuple[str, str, int, str, bool], str] = {}
+        self._first_session = trio.Event()
+        self._fatal: AgentError | None = None
         self._open_streams = 0
         self._stream_ended = ParkingLot()
         self._drain_opened = self._cut = 0
-        #: What the relay said when it last ended (or began to end) a session.
-        self._relay_reason: str | None = None
         self._random = random.Random()
         logs.register_secret(secret)
         if self.proxy is not None and self.proxy.password:
@@ -299,8 +338,9 @@ class Agent:
         log.info("Draining", extra=_fields(open_connections=opened, timeout=timeout))
         self.notifier.stopping(f"Draining {opened} open connections")
         self._drain_requested.set()
-        if self._connecting is not None:
-            self._connecting.cancel()
+        self._first_session.set()  # `run` stops waiting for one
+        for scope in self._connecting:
+            scope.cancel()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         """Connect, authenticate and serve streams; after a lost session, reconnect, forever.
@@ -308,7 +348,10 @@ class Agent:
         Each round of attempts tries every address of every relay URL once, in random order
         (the address of the session just lost last), moving on at once when one fails; the
         backoff delay comes after a round without a session and after a session ends (see
-        `bridge.agent.relay_endpoints`).
+        `bridge.agent.relay_endpoints`). Once the first session is up, the agent opens the
+        others of ``AgentConfig.connections``, each to a node no other session is on, and
+        keeps each one up the same way (a link with no such node to go to looks again every
+        ``max_backoff`` seconds, quietly).
 
         Returns after `drain`: how many open streams the drain had to cut (0 after a clean
         drain). Raises `AuthenticationFailed` or `RelayRejected` when the relay refuses this
@@ -317,38 +360,76 @@ class Agent:
         A relay that is unavailable is retried, with a warning per attempt (an error when its
         certificate fails verification).
 
-        Cancelled, it closes the session at once: open streams are cut (reset), nothing is
+        Cancelled, it closes the sessions at once: open streams are cut (reset), nothing is
         drained; use `drain` to stop gracefully.
         """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_link, self._links[0], nursery.cancel_scope)
+            await self._first_session.wait()
+            if self.sessions:
+                task_status.started()
+                for link in self._links[1:]:
+                    nursery.start_soon(self._keep_link, link, nursery.cancel_scope)
+        if self._fatal is not None:
+            raise self._fatal
+        finished = max(self._drain_opened - self._cut, 0)
+        log.info("Drained", extra=_fields(finished=finished, cut=self._cut))
+        return self._cut
+
+    async def _keep_link(self, link: _Link, scope: trio.CancelScope) -> None:
+        """`_keep` one link up; a refusal that ends the agent cancels ``scope`` (every link)
+        and is raised by `run`."""
+        try:
+            await self._keep(link)
+        except AgentError as exc:
+            if self._fatal is None:
+                self._fatal = exc
+            scope.cancel()
+
+    async def _keep(self, link: _Link) -> None:
+        """Keep ``link``'s session up until `drain`: rounds of attempts, backoff between them."""
         backoff = Backoff(self.config.max_backoff)
         last: RelayEndpoint | None = None  # the endpoint of the session lost last
         while not self._draining:
-            endpoints, failures = await self._round(last)
+            endpoints, failures = await self._round(link, last)
+            if not endpoints and not failures:
+                # Every address is a node another session is on: look again later (a name
+                # may resolve to more, a URL may come back), without a word.
+                link.endpoint = None
+                with trio.move_on_after(self.config.max_backoff):
+                    await self._drain_requested.wait()
+                continue
             reason, level = "", logging.WARNING
             fields: dict[str, str] = {}
             untrusted: RelayUntrusted | None = None
+            pending = False  # a failed attempt not logged yet
             for fields, reason in failures:
                 if endpoints:
                     log.warning("Trying another relay", extra=_fields(**fields, reason=reason))
-            for index, endpoint in enumerate(endpoints):
-                if index:
+            for endpoint in endpoints:
+                if self._in_use(link, endpoint):  # another link took it meanwhile
+                    continue
+                if pending:
                     log.log(level, "Trying another relay", extra=_fields(**fields, reason=reason))
+                link.endpoint, pending = endpoint, True
                 fields, level = endpoint.log_fields(), logging.WARNING
-                began, sessions = trio.current_time(), self.sessions
+                began, sessions = trio.current_time(), link.sessions
                 try:
-                    await self.run_session(endpoint, task_status=task_status)
+                    await self._run_session(link, endpoint, trio.TASK_STATUS_IGNORED)
                     reason = "the relay closed the session"
-                    if self._relay_reason:
-                        reason += f": {self._relay_reason}"
+                    if link.relay_reason:
+                        reason += f": {link.relay_reason}"
+                except _SameNode:
+                    pending = False
+                    continue
                 except AuthenticationFailed as exc:
-                    raise self._rejected(exc) from None
+                    raise self._rejected(exc, link) from None
                 except RelayUntrusted as exc:
                     untrusted = untrusted or exc
                     reason, level = str(exc), logging.ERROR
                 except RelayUnavailable as exc:
                     reason = str(exc)
-                if self.sessions > sessions:  # a session came about: this round is over
-                    task_status = trio.TASK_STATUS_IGNORED
+                if link.sessions > sessions:  # a session came about: this round is over
                     last = endpoint
                     if trio.current_time() - began >= self.config.healthy_session:
                         backoff.reset()
@@ -360,6 +441,8 @@ class Agent:
                     # Never worked, and a relay failed verification: the trust settings are
                     # wrong (the others could not be reached to tell otherwise).
                     raise RelayNotTrusted(str(untrusted))
+                if not pending and not failures:
+                    continue  # only nodes other sessions are on: the next round says so
             if self._draining:
                 break
             delay = backoff.next()
@@ -368,17 +451,18 @@ class Agent:
                 f"Reconnecting in {delay:.1f} s",
                 extra=_fields(**fields, reason=reason),
             )
-            self.notifier.status(f"Reconnecting in {delay:.1f} s: {reason}")
+            if self._connected_addresses():
+                self.notifier.status(self._connected_status())
+            else:
+                self.notifier.status(f"Reconnecting in {delay:.1f} s: {reason}")
             with trio.move_on_after(delay):
                 await self._drain_requested.wait()
-        finished = max(self._drain_opened - self._cut, 0)
-        log.info("Drained", extra=_fields(finished=finished, cut=self._cut))
-        return self._cut
+        link.endpoint = None
 
-    def _rejected(self, exc: AuthenticationFailed) -> AuthenticationFailed:
+    def _rejected(self, exc: AuthenticationFailed, link: _Link) -> AuthenticationFailed:
         """The relay's refusal of the credentials, with what is known of why."""
-        if self._relay_reason:  # the relay said why it ended the last session
-            message = f"{exc} (the relay said: {self._relay_reason})"
+        if link.relay_reason:  # the relay said why it ended the last session
+            message = f"{exc} (the relay said: {link.relay_reason})"
             return AuthenticationFailed(message, exc.status)
         if self.sessions:  # it worked before: the bridge was deleted or its secret rotated
             message = (
@@ -387,12 +471,35 @@ class Agent:
             return AuthenticationFailed(message, exc.status)
         return exc
 
+    def _in_use(self, link: _Link, endpoint: RelayEndpoint) -> bool:
+        """Whether another link dials ``endpoint``, is on it or waits to dial it again, or is
+        on the node ``endpoint`` is known to be."""
+        node = self._nodes.get(endpoint.key)
+        for other in self._links:
+            if other is link or other.endpoint is None:
+                continue
+            if other.endpoint.key == endpoint.key:
+                return True
+            if node is not None and other.connected and other.node == node:
+                return True
+        return False
+
+    def _connected_addresses(self) -> list[str]:
+        return [
+            link.endpoint.url.address
+            for link in self._links
+            if link.connected and link.endpoint is not None
+        ]
+
+    def _connected_status(self) -> str:
+        return f"Connected to {', '.join(self._connected_addresses())}"
+
     async def _round(
-        self, last: RelayEndpoint | None
+        self, link: _Link, last: RelayEndpoint | None
     ) -> tuple[list[RelayEndpoint], list[tuple[dict[str, str], str]]]:
-        """The endpoints of one round, in the order to try them (``last`` at the end), and the
-        URLs whose names did not resolve (log fields, reason). Empty when `drain` was called
-        meanwhile."""
+        """The endpoints of one round for ``link``, in the order to try them (``last`` at the
+        end; none that another link is on), and the URLs whose names did not resolve (log
+        fields, reason). Empty when `drain` was called meanwhile."""
         resolved: list[list[RelayEndpoint]] = [[] for _ in self.relay_urls]
         failures: list[tuple[dict[str, str], str]] = []
         done: set[int] = set()
@@ -406,22 +513,26 @@ class Agent:
             done.add(index)
 
         with trio.CancelScope() as resolving:  # `drain` cancels it
-            self._connecting = resolving
+            self._connecting.add(resolving)
             if self._draining:
                 resolving.cancel()
-            with trio.move_on_after(self.config.connect_timeout) as deadline:
-                async with trio.open_nursery() as nursery:
-                    for index, url in enumerate(self.relay_urls):
-                        nursery.start_soon(resolve, index, url)
+            try:
+                with trio.move_on_after(self.config.connect_timeout) as deadline:
+                    async with trio.open_nursery() as nursery:
+                        for index, url in enumerate(self.relay_urls):
+                            nursery.start_soon(resolve, index, url)
+            finally:
+                self._connecting.discard(resolving)
             if deadline.cancelled_caught:
                 for index, url in enumerate(self.relay_urls):
                     if index not in done:
                         reason = f"Timed out resolving the name of the relay at {url.address}"
                         failures.append(({"address": url.address}, reason))
-        self._connecting = None
         if self._draining:
             return [], []
-        endpoints = [endpoint for found in resolved for endpoint in found]
+        endpoints = [
+            endpoint for found in resolved for endpoint in found if not self._in_use(link, endpoint)
+        ]
         return order_endpoints(endpoints, self._random, last=last), failures
 
     async def run_session(
@@ -441,12 +552,38 @@ class Agent:
         """
         if endpoint is None:
             endpoint = RelayEndpoint(self.relay_url, None, self.proxy_for(self.relay_url))
+        await self._run_session(_Link(-1, endpoint), endpoint, task_status)
+
+    async def _run_session(
+        self, link: _Link, endpoint: RelayEndpoint, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """`run_session` for ``link``. Raises `_SameNode`, having closed the connection, when
+        the relay names a node another link is on."""
         async with self._connect(endpoint) as connected:
-            if connected is not None:  # None: `drain` was called while connecting
-                await self._serve_session(endpoint, *connected, task_status=task_status)
+            if connected is None:  # `drain` was called while connecting
+                return
+            transport, leftover, capabilities, node = connected
+            if node is not None:
+                if len(self._nodes) >= MAX_KNOWN_NODES:
+                    self._nodes.clear()
+                self._nodes[endpoint.key] = node
+                if any(o.connected and o.node == node for o in self._links if o is not link):
+                    log.debug(
+                        "Already connected to this relay node",
+                        extra=_fields(**endpoint.log_fields(), node=node),
+                    )
+                    raise _SameNode(node)
+            link.node = node
+            try:
+                await self._serve_session(
+                    link, endpoint, transport, leftover, capabilities, task_status=task_status
+                )
+            finally:
+                link.connected = False
 
     async def _serve_session(
         self,
+        link: _Link,
         endpoint: RelayEndpoint,
         transport: trio.abc.Stream,
         leftover: bytes,
@@ -455,7 +592,7 @@ class Agent:
         task_status: trio.TaskStatus[None],
     ) -> None:
         address = endpoint.url.address
-        self._relay_reason = None
+        link.relay_reason = None
         control = "control" in capabilities  # the relay's first stream is the control stream
         async with mux.open_session(
             PrefixedStream(transport, leftover) if leftover else transport,
@@ -463,32 +600,53 @@ class Agent:
             config=self.config.session_config(),
         ) as session:
             self.sessions += 1
-            log.info("Handling incoming proxy connections")
-            status = f"Connected to {address}"
+            link.sessions += 1
+            link.connected = True
+            up = len(self._connected_addresses())
+            if up > 1:  # which of the sessions this is
+                node = {} if link.node is None else {"node": link.node}
+                extra = _fields(**endpoint.log_fields(), **node, sessions=up)
+                log.info("Handling incoming proxy connections", extra=extra)
+            else:
+                log.info("Handling incoming proxy connections")
+            status = self._connected_status() if up else f"Connected to {address}"
             if self.sessions == 1:
                 self.notifier.ready(status)
             else:
                 self.notifier.status(status)
+            if link.sessions > 1:
                 self.metrics.reconnects.inc()
             task_status.started()
-            with self.metrics.sessions.labels(bridge=self.bridge_id).track():
+            self._first_session.set()
+            relay = {"bridge": self.bridge_id, "relay": address, "node": link.node or ""}
+            with (
+                self.metrics.sessions.labels(bridge=self.bridge_id).track(),
+                self.metrics.relay_sessions.labels(**relay).track(),
+            ):
                 async with trio.open_nursery() as nursery:
                     watcher = trio.CancelScope()
                     nursery.start_soon(self._drain_when_asked, session, watcher)
                     dials = _DialSlots(self.config.max_dials_per_target)
-                    async for stream in session:
+                    while True:
+                        try:
+                            # A tunnel's ACK rides on its connect reply (one frame, one
+                            # write); the control stream, never answered, is acknowledged.
+                            stream = await session.accept_stream(defer_ack=not control)
+                        except mux.SessionClosed:
+                            break
                         if control:
                             control = False
-                            nursery.start_soon(self._read_control, stream, address)
+                            nursery.start_soon(self._read_control, stream, address, link)
                         else:
                             nursery.start_soon(self._serve_stream, session, stream, dials)
                     watcher.cancel()
+        link.connected = False
         lost = session.close_reason
         if self._draining:
             return
         reason = str(lost) if lost is not None else "the session ended"
-        if self._relay_reason:
-            reason = f"the relay said: {self._relay_reason}"
+        if link.relay_reason:
+            reason = f"the relay said: {link.relay_reason}"
         log.warning(
             "Disconnected from the relay", extra=_fields(**endpoint.log_fields(), reason=reason)
         )
@@ -497,7 +655,7 @@ class Agent:
                 f"Lost the connection to the relay at {_where(endpoint)}: {lost}"
             )
 
-    async def _read_control(self, stream: mux.Stream, address: str) -> None:
+    async def _read_control(self, stream: mux.Stream, address: str, link: _Link) -> None:
         """Read the relay's control messages until the stream or the session ends; what is
         read before the end (the relay's reason for ending it) is read in full."""
         parser = ControlParser()
@@ -506,7 +664,7 @@ class Agent:
                 while data := await stream.receive_some(MAX_CONTROL_MESSAGE):
                     for message in parser.feed(data):
                         if message.type == CLOSING:
-                            self._relay_reason = reason = (
+                            link.relay_reason = reason = (
                                 logs.printable(message.reason) or "no reason"
                             )
                             log.warning(
@@ -546,46 +704,57 @@ class Agent:
     @asynccontextmanager
     async def _connect(
         self, endpoint: RelayEndpoint
-    ) -> AsyncIterator[tuple[trio.abc.Stream, bytes, frozenset[str]] | None]:
+    ) -> AsyncIterator[tuple[trio.abc.Stream, bytes, frozenset[str], str | None] | None]:
         """TCP to ``endpoint`` (through its proxy, if any), TLS, the WebSocket upgrade for
-        wss://, and the handshake. Yields the transport, the bytes after the Welcome and the
-        negotiated capabilities, or None when `drain` was called meanwhile; closes the
-        transport at the end."""
+        wss://, and the handshake. Yields the transport, the bytes after the Welcome, the
+        negotiated capabilities and the relay's node name (None: not given), or None when
+        `drain` was called meanwhile; closes the transport at the end."""
         url, where = endpoint.url, _where(endpoint)
         via = {} if endpoint.proxy is None else {"proxy": endpoint.proxy.address}
         log.info("Connecting to the relay", extra=_fields(**endpoint.log_fields(), **via))
-        with trio.CancelScope() as connecting:  # `drain` cancels it, and so does the deadline
-            self._connecting = connecting
-            if self._draining:
-                connecting.cancel()
-            try:
-                with trio.fail_after(self.config.connect_timeout):
-                    tcp = await open_tcp_stream(endpoint.dial_host, url.port, proxy=endpoint.proxy)
-            except trio.TooSlowError:
-                raise RelayUnavailable(f"Timed out connecting to the relay at {where}") from None
-            except OSError as exc:
-                message = f"Cannot connect to the relay at {where}: {os_reason(exc)}"
-                raise RelayUnavailable(message) from None
-            timeout = self.config.handshake_timeout
-            connecting.deadline = trio.current_time() + timeout
-            tls = await self._secure(tcp, endpoint)
-            async with tls, AsyncExitStack() as stack:
-                transport: trio.abc.Stream = tls
-                if url.scheme == "wss":
-                    config = WebSocketConfig(handshake_timeout=timeout)
-                    try:
-                        transport = await stack.enter_async_context(
-                            websocket_client(tls, url.host, url.port, url.path, config=config)
+        connecting = trio.CancelScope()  # `drain` cancels it, and so does the deadline
+        self._connecting.add(connecting)
+        try:
+            with connecting:
+                if self._draining:
+                    connecting.cancel()
+                try:
+                    with trio.fail_after(self.config.connect_timeout):
+                        tcp = await open_tcp_stream(
+                            endpoint.dial_host, url.port, proxy=endpoint.proxy
                         )
-                    except WebSocketError as exc:
-                        at = f"{url} ({endpoint.ip})" if "ip" in endpoint.log_fields() else str(url)
-                        message = f"Cannot connect to the relay at {at}: {exc}"
-                        raise RelayUnavailable(message) from None
-                leftover, capabilities = await self._handshake(transport, where)
-                self._connecting, connecting.deadline = None, math.inf
-                yield transport, leftover, capabilities
-                return
-        self._connecting = None
+                except trio.TooSlowError:
+                    raise RelayUnavailable(
+                        f"Timed out connecting to the relay at {where}"
+                    ) from None
+                except OSError as exc:
+                    message = f"Cannot connect to the relay at {where}: {os_reason(exc)}"
+                    raise RelayUnavailable(message) from None
+                timeout = self.config.handshake_timeout
+                connecting.deadline = trio.current_time() + timeout
+                tls = await self._secure(tcp, endpoint)
+                async with tls, AsyncExitStack() as stack:
+                    transport: trio.abc.Stream = tls
+                    if url.scheme == "wss":
+                        config = WebSocketConfig(handshake_timeout=timeout)
+                        try:
+                            transport = await stack.enter_async_context(
+                                websocket_client(tls, url.host, url.port, url.path, config=config)
+                            )
+                        except WebSocketError as exc:
+                            at = f"{url} ({endpoint.ip})" if "ip" in endpoint.log_fields() else url
+                            message = f"Cannot connect to the relay at {at}: {exc}"
+                            raise RelayUnavailable(message) from None
+                    leftover, capabilities, node = await self._handshake(transport, where)
+                    self._connecting.discard(connecting)
+                    # `drain` (or the deadline) may have come as the handshake finished,
+                    # after its last checkpoint: then the session is not begun.
+                    if not connecting.cancel_called:
+                        connecting.deadline = math.inf
+                        yield transport, leftover, capabilities, node
+                        return
+        finally:
+            self._connecting.discard(connecting)
         if not self._draining:
             raise RelayUnavailable(f"The relay at {where} did not finish the handshake in time")
         yield None
@@ -612,9 +781,10 @@ class Agent:
 
     async def _handshake(
         self, transport: trio.abc.Stream, address: str
-    ) -> tuple[bytes, frozenset[str]]:
+    ) -> tuple[bytes, frozenset[str], str | None]:
         """Hello, Welcome with the relay at ``address``; returns the bytes received after the
-        Welcome and the capabilities both sides support."""
+        Welcome, the capabilities both sides support and the relay's node name (None when
+        it does not say)."""
         parser = WelcomeParser()
         try:
             await transport.send_all(encode_hello(self._hello))
@@ -631,7 +801,8 @@ class Agent:
                 f"Invalid handshake from the relay at {address}: {exc}"
             ) from None
         _check_welcome(welcome, address)
-        return parser.leftover, welcome.capabilities() & frozenset(CAPABILITIES)
+        capabilities = welcome.capabilities() & frozenset(CAPABILITIES)
+        return parser.leftover, capabilities, welcome.node() if "node" in capabilities else None
 
     # -- serving one stream -----------------------------------------------------------------
 
@@ -674,23 +845,25 @@ class Agent:
             log.warning(refusal.message, extra=_fields(**info))
             await _reply(stream, refusal.status, refusal.message)
             return
-        self.metrics.open_seconds.observe(time.monotonic() - asked, bridge=self.bridge_id)
+        self.metrics.for_bridge(self.bridge_id).open_seconds.observe(time.monotonic() - asked)
+        debug = log.isEnabledFor(logging.DEBUG)  # the fields cost more than the check
         async with target:
             await _reply(stream, ConnectStatus.OK, address)
-            log.debug("Proxying connection", extra=_fields(**info, address=address))
+            if debug:
+                log.debug("Proxying connection", extra=_fields(**info, address=address))
             started = time.monotonic()
             sent, received = await self._splice(stream, target, early)
-            duration = round(time.monotonic() - started, 3)
-            log.debug(
-                "Connection closed",
-                extra=_fields(
-                    **info,
-                    bytes=sent + received,
-                    bytes_sent=sent,
-                    bytes_received=received,
-                    duration=duration,
-                ),
-            )
+            if debug:
+                log.debug(
+                    "Connection closed",
+                    extra=_fields(
+                        **info,
+                        bytes=sent + received,
+                        bytes_sent=sent,
+                        bytes_received=received,
+                        duration=round(time.monotonic() - started, 3),
+                    ),
+                )
 
     async def _read_request(self, stream: mux.Stream) -> tuple[ConnectRequest | None, bytes]:
         """The stream's connect request and any bytes sent after it; None if it never came."""
@@ -766,12 +939,10 @@ class Agent:
     ) -> tuple[int, int]:
         """`early` to the target, then copy both ways until both sides sent EOF; an error on
         either side aborts both. Returns the byte counts (to the target, from the target)."""
-        meters = (
-            self.metrics.bytes.labels(bridge=self.bridge_id, direction="to_target").inc,
-            self.metrics.bytes.labels(bridge=self.bridge_id, direction="from_target").inc,
-        )
-        streams_open = self.metrics.streams_open.labels(bridge=self.bridge_id)
-        self.metrics.streams.inc(bridge=self.bridge_id)
+        series = self.metrics.for_bridge(self.bridge_id)
+        meters = (series.to_target.inc, series.from_target.inc)
+        streams_open = series.streams_open
+        series.streams.inc()
         streams_open.inc()
         sent = received = 0
         try:

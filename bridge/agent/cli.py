@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from bridge import __version__
-from bridge.agent.agent import Agent, AgentConfig, RelayRejected
+from bridge.agent.agent import MAX_CONNECTIONS, Agent, AgentConfig, RelayRejected
 from bridge.agent.allowlist import AllowList, parse_name_patterns
 from bridge.agent.relay_url import DEFAULT_PATH, DEFAULT_PORTS, parse_relay_urls
 from bridge.ops import logs
@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "matching is accepted (env: RELAY_FINGERPRINT; default: none)",
     )
     defaults = attrs.fields_dict(AgentConfig)
+    add(
+        "--connections",
+        metavar="K",
+        help=f"sessions to keep, each to a distinct relay node (1 to {MAX_CONNECTIONS}); a relay "
+        "of one node gets one (env: RELAY_CONNECTIONS; default: "
+        f"{defaults['connections'].default})",
+    )
     for flag, env, field, text in DURATIONS:
         default = defaults[field].default
         add(flag, metavar="SECONDS", help=f"{text} (env: {env}; default: {default:g})")
@@ -186,6 +193,16 @@ def _seconds(text: str, flag: str, env: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise UsageError(f"invalid {flag} ({env}) {text!r}: expected a positive number of seconds")
     return value
+
+
+def _connections(text: str) -> int:
+    value = text.strip()
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_CONNECTIONS):
+        raise UsageError(
+            f"invalid --connections (RELAY_CONNECTIONS) {text!r}: expected a whole number "
+            f"from 1 to {MAX_CONNECTIONS}"
+        )
+    return int(value)
 
 
 def load(argv: Sequence[str] | None, env: Mapping[str, str]):
@@ -271,11 +288,13 @@ def load(argv: Sequence[str] | None, env: Mapping[str, str]):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    durations: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     for flag, name, field, _ in DURATIONS:
         if (text := pick(getattr(args, field), name)) is not None:
-            durations[field] = _seconds(text, flag, name)
-    config = AgentConfig(**durations)
+            settings[field] = _seconds(text, flag, name)
+    if (text := pick(args.connections, "RELAY_CONNECTIONS")) is not None:
+        settings["connections"] = _connections(text)
+    config = AgentConfig(**settings)
 
     try:
         agent = Agent(

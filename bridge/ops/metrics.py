@@ -347,14 +347,46 @@ class TunnelMetrics(Metrics):
             "relay's (not_connected, busy, failed, not_a_bridge_host).",
             ["reason"],
         )
+        self.relay_sessions = self.gauge(
+            p + "agent_relay_sessions",
+            "The agent's sessions, by relay address and node (empty: not named): 1 while up.",
+            ["bridge", "relay", "node"],
+        )
+        #: Each bridge's per-stream series, looked up once (series are never dropped).
+        self._bridges: dict[str, BridgeSeries] = {}
+
+    def for_bridge(self, bridge: str) -> BridgeSeries:
+        """The series every tunneled connection of `bridge` updates."""
+        if (series := self._bridges.get(bridge)) is None:
+            series = self._bridges[bridge] = BridgeSeries(
+                open_seconds=self.open_seconds.labels(bridge=bridge),
+                streams=self.streams.labels(bridge=bridge),
+                streams_open=self.streams_open.labels(bridge=bridge),
+                to_target=self.bytes.labels(bridge=bridge, direction="to_target"),
+                from_target=self.bytes.labels(bridge=bridge, direction="from_target"),
+            )
+        return series
 
     def opened(
         self, stream: trio.abc.HalfCloseableStream, bridge: str, seconds: float
     ) -> MeteredStream:
         """Count a tunneled connection that took `seconds` to open; returns `stream` wrapped
         so that its bytes are counted, and it counts as open until closed."""
-        self.open_seconds.observe(seconds, bridge=bridge)
-        return MeteredStream(stream, self, bridge)
+        series = self.for_bridge(bridge)
+        series.open_seconds.observe(seconds)
+        return MeteredStream(stream, self, bridge, series)
+
+
+@attrs.frozen
+class BridgeSeries:
+    """One bridge's series of the metrics every tunneled connection updates
+    (`TunnelMetrics.for_bridge`)."""
+
+    open_seconds: HistogramValue
+    streams: CounterValue
+    streams_open: GaugeValue
+    to_target: CounterValue
+    from_target: CounterValue
 
 
 class MeteredStream(trio.abc.HalfCloseableStream):
@@ -366,18 +398,24 @@ class MeteredStream(trio.abc.HalfCloseableStream):
     told; an exception it raises propagates from `aclose`)."""
 
     def __init__(
-        self, stream: trio.abc.HalfCloseableStream, metrics: TunnelMetrics, bridge: str
+        self,
+        stream: trio.abc.HalfCloseableStream,
+        metrics: TunnelMetrics,
+        bridge: str,
+        series: BridgeSeries | None = None,
     ) -> None:
         self.transport_stream = stream
-        self._sent = metrics.bytes.labels(bridge=bridge, direction="to_target")
-        self._received = metrics.bytes.labels(bridge=bridge, direction="from_target")
-        self._open = metrics.streams_open.labels(bridge=bridge)
+        if series is None:
+            series = metrics.for_bridge(bridge)
+        self._sent = series.to_target
+        self._received = series.from_target
+        self._open = series.streams_open
         self._closed = False
         self.bytes_sent = 0
         self.bytes_received = 0
         self.was_reset = False
         self.on_close: Callable[[MeteredStream], object] | None = None
-        metrics.streams.inc(bridge=bridge)
+        series.streams.inc()
         self._open.inc()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -395,6 +433,25 @@ class MeteredStream(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         """Half-close the wrapped stream."""
         await self.transport_stream.send_eof()
+
+    def set_push(self, push: Callable[[memoryview], int] | None) -> bool:
+        """Push delivery (`mux.Stream.set_push`) through the wrapped stream, the bytes pushed
+        counted as received; False (nothing set) if the wrapped stream cannot push."""
+        set_push = getattr(self.transport_stream, "set_push", None)
+        if set_push is None:
+            return False
+        if push is None:
+            return bool(set_push(None))
+        counter = self._received
+
+        def counted(data: memoryview) -> int:
+            taken = push(data)
+            if taken:
+                self.bytes_received += taken
+                counter.inc(taken)
+            return taken
+
+        return bool(set_push(counted))
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Receive from the wrapped stream and count the bytes; raises what it raises."""

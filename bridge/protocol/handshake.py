@@ -29,13 +29,17 @@ VERSIONS = (1, 2)
 PROTOCOL_VERSION = VERSIONS[-1]
 #: Capabilities this code supports. "control": the relay opens a control stream first and
 #: sends control messages on it (see `bridge.protocol.control`), e.g. why it closes a session.
-CAPABILITIES = ("control",)
+#: "node": the relay's Welcome names the relay node the session is on (info ``node``), so
+#: that an agent keeping sessions to several nodes tells two addresses of one node apart.
+CAPABILITIES = ("control", "node")
 MAGIC = b"TBRG"
 
 MAX_ID = 64
 MAX_SECRET = 128
 MAX_INFO = 1024
 MAX_MESSAGE = 1024
+#: The longest node name a Welcome carries, in bytes of UTF-8.
+MAX_NODE = 255
 MAX_HELLO = len(MAGIC) + 1 + 1 + MAX_ID + 1 + MAX_SECRET + 2 + MAX_INFO  # 1225
 MAX_WELCOME_V1 = len(MAGIC) + 1 + 1 + 2 + MAX_MESSAGE  # 1032
 MAX_WELCOME = MAX_WELCOME_V1 + 2 + MAX_INFO  # 2058
@@ -128,6 +132,14 @@ class Welcome:
             return frozenset()
         return frozenset(c for c in caps if isinstance(c, str))
 
+    def node(self) -> str | None:
+        """The relay node's name (``info["node"]``, with the "node" capability); None when
+        absent, or not a string of 1..MAX_NODE bytes of UTF-8."""
+        node = self.info.get("node")
+        if not isinstance(node, str) or not 0 < len(node.encode()) <= MAX_NODE:
+            return None
+        return node
+
 
 @attrs.frozen
 class Agreement:
@@ -160,14 +172,24 @@ def _has_info(version: int, status: WelcomeStatus) -> bool:
     return version >= 2 and status != WelcomeStatus.UNSUPPORTED_VERSION
 
 
-def welcome_for(agreement: Agreement | None, status: WelcomeStatus, message: str = "") -> Welcome:
+def welcome_for(
+    agreement: Agreement | None,
+    status: WelcomeStatus,
+    message: str = "",
+    *,
+    node: str | None = None,
+) -> Welcome:
     """The Welcome to send in the agreed version (version 1 when none was agreed; for
-    UNSUPPORTED_VERSION, the relay's highest version)."""
+    UNSUPPORTED_VERSION, the relay's highest version). With the "node" capability agreed, an
+    OK Welcome names ``node`` (left out when longer than MAX_NODE bytes)."""
     if status == WelcomeStatus.UNSUPPORTED_VERSION:
         return Welcome(status, message, PROTOCOL_VERSION)
     if agreement is None or agreement.version < 2:
         return Welcome(status, message)
-    info = {"capabilities": sorted(agreement.capabilities)}
+    info: dict[str, Any] = {"capabilities": sorted(agreement.capabilities)}
+    named = node is not None and 0 < len(node.encode()) <= MAX_NODE
+    if named and status == WelcomeStatus.OK and "node" in agreement.capabilities:
+        info["node"] = node
     return Welcome(status, message, agreement.version, info)
 
 

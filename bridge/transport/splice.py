@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import trio
@@ -30,6 +31,11 @@ async def splice(
     first). The direction ``a -> b`` is copied in the calling task and ``b -> a`` in one
     child task: one task fewer per connection than a task per direction.
 
+    Push delivery: where the source can push (a mux stream, `mux.Stream.set_push`) and the
+    sink is a plain TCP socket, data the source receives while its copying task waits is
+    written to the socket by the source's reader at once (no task switch); what the socket
+    cannot take then is copied by the task as usual.
+
     When either side breaks or is closed (`trio.BrokenResourceError`, which a reset mux
     stream raises, or `trio.ClosedResourceError`), both directions stop at once and
     ``clean`` is False; nothing is raised for that, and both streams are left open for the
@@ -47,6 +53,7 @@ async def splice(
     ) -> None:
         nonlocal clean
         meter = None if meters is None else meters[index]
+        set_push = _push_setter(source, sink, counts, index, meter)
         try:
             while data := await source.receive_some(chunk):
                 await sink.send_all(data)
@@ -57,11 +64,46 @@ async def splice(
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             clean = False
             nursery.cancel_scope.cancel()
+        finally:
+            if set_push is not None:
+                set_push(None)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump, b, a, 1)
         await pump(a, b, 0)  # in this task: one task fewer per connection
     return counts[0], counts[1], clean
+
+
+def _push_setter(
+    source: trio.abc.ReceiveStream,
+    sink: trio.abc.SendStream,
+    counts: list[int],
+    index: int,
+    meter: Meter | None,
+) -> Callable[[Callable[[memoryview], int] | None], object] | None:
+    """Set up push delivery from ``source`` straight into ``sink``'s socket, if both allow
+    it; returns the source's ``set_push`` (to stop it with None), or None."""
+    set_push = getattr(source, "set_push", None)
+    if set_push is None or type(sink) is not trio.SocketStream:
+        return None
+    # trio's socket wraps a non-blocking stdlib socket; its send is the partial, never
+    # blocking write a push needs (after close it raises OSError, never reaches another fd).
+    raw = getattr(sink.socket, "_sock", None)
+    if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
+        return None
+    send = raw.send
+
+    def push(data: memoryview) -> int:
+        try:
+            taken = send(data)
+        except BlockingIOError:
+            return 0
+        counts[index] += taken
+        if meter is not None:
+            meter(taken)
+        return taken
+
+    return set_push if set_push(push) else None
 
 
 async def splice_tunnel(

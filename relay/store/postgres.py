@@ -37,6 +37,7 @@ from relay.errors import (
     NodeNameTaken,
     StoreError,
     StoreNotInitialised,
+    StoreUnavailable,
     UnknownBridge,
 )
 from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name, encode_names
@@ -201,7 +202,9 @@ class PostgresStore(StoreBase):
 
     def _error(self, exc: BaseException) -> StoreError:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        return StoreError(f"bridge store {self.where}: {reason}")
+        # OperationalError: the server refused, dropped or did not answer (pool timeouts too).
+        kind = StoreUnavailable if isinstance(exc, psycopg.OperationalError) else StoreError
+        return kind(f"bridge store {self.where}: {reason}")
 
     def _open(self) -> psycopg_pool.ConnectionPool:
         with self._lock:
@@ -408,8 +411,9 @@ class PostgresStore(StoreBase):
 
     def append_audit(self, events: Sequence[Mapping[str, Any]]) -> None:
         """Append audit events, in their JSON form (`relay.audit` events' `to_dict()`), to
-        the table audit_events. Raises StoreError; a failed batch is not retried (it could
-        be written twice)."""
+        the table audit_events, in one transaction. Raises StoreError (StoreUnavailable when
+        the server cannot be reached); a failed batch is not retried here (it could be
+        written twice)."""
         rows = [
             (
                 datetime.datetime.fromisoformat(str(event["time"]).replace("Z", "+00:00")),
@@ -425,7 +429,7 @@ class PostgresStore(StoreBase):
             return
 
         def insert(conn: psycopg.Connection) -> None:
-            with conn.cursor() as cursor:
+            with conn.transaction(), conn.cursor() as cursor:
                 cursor.executemany(
                     "INSERT INTO audit_events (time, event, bridge, bridge_id, node, data)"
                     " VALUES (%s, %s, %s, %s, %s, %s)",

@@ -37,7 +37,7 @@ def other_certificates(tmp_path):
 
 
 def make(urls, context, **config) -> Agent:
-    config = {"max_backoff": 30.0, **config}
+    config = {"max_backoff": 30.0, "connections": 1, **config}
     return Agent(
         ",".join(urls), BRIDGE_ID, SECRET, ["127.0.0.1:*"], context, config=AgentConfig(**config)
     )
@@ -128,7 +128,7 @@ async def test_a_relay_failing_the_pin_is_skipped_with_an_error(
     pinned = client_ssl_context(fingerprint=certificate_fingerprint(certificates.cert_der))
     async with trio.open_nursery() as nursery:
         await nursery.start(untrusted.serve)
-        for _ in range(6):  # the untrusted relay comes first in about half of the rounds
+        while not untrusted.connections:  # it comes first in about half of the rounds
             caplog.clear()
             agent = make([url(untrusted), url(relay)], pinned)
             async with trio.open_nursery() as inner:
@@ -140,7 +140,6 @@ async def test_a_relay_failing_the_pin_is_skipped_with_an_error(
                 assert record.levelno == logging.ERROR
                 assert "does not match the pinned" in record.fields["reason"]
         nursery.cancel_scope.cancel()
-    assert untrusted.connections > 0
 
 
 async def test_before_a_first_session_a_round_with_an_untrusted_relay_exits(
@@ -179,9 +178,10 @@ async def test_a_name_with_several_addresses_counts_as_several_relays(relay, cer
     resolver = TwoAddresses()
     previous = trio.socket.set_custom_hostname_resolver(resolver)
     pinned = client_ssl_context(fingerprint=certificate_fingerprint(certificates.cert_der))
-    dialed = set()
+    dialed, rounds = set(), 0
     try:
-        for _ in range(8):
+        while dialed != {"127.0.0.1", "127.0.0.2"}:  # each comes first in half of the rounds
+            rounds += 1
             caplog.clear()
             agent = make([f"tls://relays.test:{relay.port}"], pinned)
             async with trio.open_nursery() as nursery:
@@ -198,6 +198,5 @@ async def test_a_name_with_several_addresses_counts_as_several_relays(relay, cer
             assert not messages(caplog, "Reconnecting in")
     finally:
         trio.socket.set_custom_hostname_resolver(previous)
-    assert dialed == {"127.0.0.1", "127.0.0.2"}
-    assert resolver.lookups == 8
+    assert resolver.lookups == rounds  # resolved again at every round
     assert {h.bridge_id for h in relay.hellos} == {BRIDGE_ID}

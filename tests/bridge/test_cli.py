@@ -59,6 +59,12 @@ def test_several_relays_and_fingerprints():
     assert agent.ssl_context.fingerprints == (bytes([1]) * 32, bytes([2]) * 32)
     agent, _, _ = cli.load(["--relay", "tls://a,tls://b:1"], env)
     assert [url.address for url in agent.relay_urls] == ["a:4000", "b:1"]
+    assert agent.config.connections == 2
+    assert cli.load([], {**env, "RELAY_CONNECTIONS": " 3"})[0].config.connections == 3
+    assert (
+        cli.load(["--connections", "1"], {**env, "RELAY_CONNECTIONS": "3"})[0].config.connections
+        == 1
+    )
 
 
 def test_flags_override_env(certificates):
@@ -164,6 +170,13 @@ def test_fingerprint(certificates):
             "invalid relay URL 'relay2:4000' (entry 2 of 2): expected tls://HOST[:PORT]",
         ),
         (["--relay", " , "], {}, "no relay URL given: expected tls://HOST[:PORT]"),
+        (
+            ["--connections", "0"],
+            {},
+            "invalid --connections (RELAY_CONNECTIONS) '0': expected a whole number from 1 to 16",
+        ),
+        ([], {"RELAY_CONNECTIONS": "two"}, "invalid --connections (RELAY_CONNECTIONS) 'two'"),
+        ([], {"RELAY_CONNECTIONS": "17"}, "from 1 to 16"),
         (
             [],
             {"RELAY_FINGERPRINT": f"sha256:{'0' * 64},sha256:12"},

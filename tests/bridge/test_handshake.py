@@ -279,3 +279,21 @@ def test_unsupported_version_keeps_the_version_1_layout():
     data = encode_welcome(welcome)
     assert data == b"TBRG\x02\x01\x00\x02no"
     assert WelcomeParser().feed(data) == Welcome(WelcomeStatus.UNSUPPORTED_VERSION, "no", 2)
+
+
+def test_the_relay_names_its_node_to_agents_that_ask():
+    asks = Hello("id", "pw", {"versions": [1, 2], "capabilities": ["control", "node"]})
+    agreement = negotiate(asks)
+    assert agreement == Agreement(2, frozenset({"control", "node"}))
+    welcome = welcome_for(agreement, WelcomeStatus.OK, "hi", node="relay-1")
+    parsed = WelcomeParser().feed(encode_welcome(welcome))
+    assert parsed.node() == "relay-1" and parsed.capabilities() == {"control", "node"}
+    # Not asked (an agent of a previous release), a refusal, or a name too long: no name.
+    older = negotiate(Hello("id", "pw", {"versions": [1, 2], "capabilities": ["control"]}))
+    assert "node" not in welcome_for(older, WelcomeStatus.OK, node="relay-1").info
+    assert "node" not in welcome_for(agreement, WelcomeStatus.BUSY, node="relay-1").info
+    assert "node" not in welcome_for(agreement, WelcomeStatus.OK, node="n" * 256).info
+    assert welcome_for(agreement, WelcomeStatus.OK, node="n" * 255).node() == "n" * 255
+    # What a relay sends that is not a name is no name.
+    for bad in (7, "", None, ["relay-1"]):
+        assert Welcome(WelcomeStatus.OK, "", 2, {"node": bad}).node() is None

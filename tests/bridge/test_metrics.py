@@ -110,6 +110,7 @@ def test_tunnel_metrics_render_as_valid_exposition():
         "trio_bridge_auth_failures_total": "counter",
         "trio_bridge_reconnects_total": "counter",
         "trio_bridge_refused_targets_total": "counter",
+        "trio_bridge_agent_relay_sessions": "gauge",
     }
     assert samples == {("trio_bridge_reconnects_total", frozenset()): 0}
 

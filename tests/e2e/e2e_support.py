@@ -432,6 +432,19 @@ class Launcher:
         relay.node = name
         return relay
 
+    def cluster(
+        self, store: str, count: int, *targets: str, node_timeout: float = 3.0
+    ) -> list[Relay]:
+        """`count` peered nodes node1, node2, ... forwarding to `targets`, once each one's
+        links to all the others are up."""
+        nodes = [
+            self.node(f"node{i}", store, *targets, node_timeout=node_timeout)
+            for i in range(1, count + 1)
+        ]
+        for node in nodes:
+            node.process.wait_for(r"\tPeer link up\t", count=count - 1)
+        return nodes
+
     def node_dir(self, name: str) -> Path:
         """The data dir of the cluster node `name` (log dir/nodes/NAME)."""
         return self.log_dir / "nodes" / name

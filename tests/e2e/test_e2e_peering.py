@@ -80,10 +80,13 @@ def test_psql_through_node_3_reaches_the_agent_on_node_1(
         assert nodes.returncode == 0, nodes.stderr
         return {row["name"]: row for row in map(json.loads, nodes.stdout.splitlines())}
 
-    wait_until(lambda: listed()["node-1"]["held"] == [cluster.bridge.id], "node-1's bridges")
+    def presence() -> tuple:
+        rows = listed()
+        return rows["node-1"]["held"], rows["node-1"]["links"], rows["node-3"]["links"]
+
+    expected = ([cluster.bridge.id], ["node-2", "node-3"], ["node-1", "node-2"])
+    wait_until(lambda: presence() == expected, "the nodes' presence in the store", timeout=10)
     rows = listed()
-    assert rows["node-1"]["links"] == ["node-2", "node-3"]
-    assert rows["node-3"]["links"] == ["node-1", "node-2"]
     assert rows["node-1"]["peer_address"] == f"127.0.0.1:{one.peer_port}"
     assert rows["node-1"]["peer_fingerprint"].startswith("sha256:")
     table = relay_cli(cluster.bridge.data_dir, "--store", postgres_url, "nodes")
@@ -123,7 +126,7 @@ def test_200_concurrent_connections_through_the_peer_hop(postgres_url: str, clus
                 results.append(bytes(received) == payload)
 
             # The first one waits for node 3 to learn where the bridge is.
-            with trio.fail_after(10):
+            with trio.fail_after(20):
                 while True:
                     try:
                         await client(-1 % 2**32)

@@ -46,6 +46,7 @@ def test_kill_9_of_its_node_sends_the_agent_to_the_other(
             wait=False,
             RELAY_URL=f"{first.url}, {second.url}",
             RELAY_FINGERPRINT=f"{first_pin},{second_pin}",
+            RELAY_CONNECTIONS="1",  # one session, that moves
         )
         agent.wait_for(r"\tHandling incoming proxy connections")
         on = next(relay for relay, _ in nodes if bridge_connected(relay))

@@ -97,6 +97,27 @@ async def test_streams_opened_by_go(goyamux, python_client):
             nursery.cancel_scope.cancel()
 
 
+async def test_streams_opened_by_go_acknowledged_by_the_first_answer(goyamux, python_client):
+    """With defer_ack, the ACK rides on the answer's first Data frame: hashicorp takes it.
+    (Fewer streams than its backlog: hashicorp opens them all before it sends on any, and
+    waits for ACKs while 256 are unacknowledged.)"""
+    async with goyamux.session("open", python_client=python_client, streams=200, size=2000) as (
+        session,
+        peer,
+    ):
+        async with trio.open_nursery() as nursery:
+
+            async def serve() -> None:
+                async with trio.open_nursery() as streams:
+                    while True:
+                        stream = await session.accept_stream(defer_ack=True)
+                        streams.start_soon(echo, stream)
+
+            nursery.start_soon(serve)
+            assert await peer.line() == "ok 200"
+            nursery.cancel_scope.cancel()
+
+
 async def test_streams_opened_by_both_sides_at_once(goyamux, python_client):
     count = 500
     async with goyamux.session("open", python_client=python_client, streams=count, size=3000) as (

@@ -92,6 +92,81 @@ def test_peer_may_open_with_data_syn():
     assert merge(events) == [StreamOpened(1), Data(1, b"hello")]
 
 
+def test_first_data_carries_the_syn():
+    client = Connection(client=True)
+    assert client.open_stream() == 1
+    assert client.send_data(1, b"request") == 7
+    assert client.send_data(1, b"more") == 4
+    assert client.data_to_send() == data(1, b"request", Flag.SYN) + data(1, b"more")
+
+
+@pytest.mark.parametrize("between", ["flushed", "another control frame"])
+def test_the_syn_goes_alone_once_it_is_not_the_last_frame_queued(between):
+    client = Connection(client=True)
+    client.open_stream()
+    if between == "flushed":
+        assert client.data_to_send() == SYN_1
+        expected = data(1, b"x")
+    else:
+        client.send_ping(7)
+        expected = SYN_1 + ping(7) + data(1, b"x")
+    client.send_data(1, b"x")
+    assert client.data_to_send() == expected
+
+
+def test_a_second_stream_keeps_the_first_ones_syn_apart():
+    client = Connection(client=True)
+    client.open_stream()
+    client.open_stream()
+    client.send_data(1, b"a")
+    client.send_data(3, b"b")
+    assert client.data_to_send() == SYN_1 + data(1, b"a") + data(3, b"b", Flag.SYN)
+
+
+def test_a_fin_right_after_the_open_carries_the_syn():
+    client = Connection(client=True)
+    client.open_stream()
+    client.send_eof(1)
+    assert client.data_to_send() == window(1, flags=Flag.SYN | Flag.FIN)
+
+
+def test_a_reset_right_after_the_open_leaves_the_syn_alone():
+    client = Connection(client=True)
+    client.open_stream()
+    client.reset_stream(1)
+    assert client.data_to_send() == SYN_1 + window(1, flags=Flag.RST)
+
+
+@pytest.mark.parametrize("first", ["data", "fin", "rst", "window update"])
+def test_a_deferred_ack_rides_on_the_streams_first_frame(first):
+    link = Link()
+    stream_id = link.client.open_stream()
+    link.client.send_data(stream_id, bytes(INITIAL_WINDOW))
+    assert link.pump()[1][0] == StreamOpened(stream_id)
+    link.server.accept_stream(stream_id, defer_ack=True)
+    assert link.server.data_to_send() == b""  # no frame of its own
+    if first == "data":
+        link.server.send_data(stream_id, b"reply")
+        expected = data(stream_id, b"reply", Flag.ACK)
+    elif first == "fin":
+        link.server.send_eof(stream_id)
+        expected = window(stream_id, flags=Flag.ACK | Flag.FIN)
+    elif first == "rst":
+        link.server.reset_stream(stream_id)
+        expected = window(stream_id, flags=Flag.ACK | Flag.RST)
+    else:
+        link.server.consumed(stream_id, INITIAL_WINDOW)
+        expected = window(stream_id, INITIAL_WINDOW, Flag.ACK)
+    sent = link.server.data_to_send()
+    assert sent == expected
+    answer = StreamReset(stream_id) if first == "rst" else StreamAccepted(stream_id)
+    assert link.client.receive_data(sent)[0] == answer
+    assert link.client.unacknowledged_streams == 0
+    if first in ("data", "window update"):  # only the first frame carries it
+        link.server.send_data(stream_id, b"later")
+        assert link.server.data_to_send() == data(stream_id, b"later")
+
+
 def test_opening_with_a_larger_window_grants_send_window():
     # hashicorp with MaxStreamWindowSize = 1 MiB announces the extra 768 KiB in its SYN
     server = Connection(client=False)

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import psycopg
 import pytest
 
 from bridge.ops.metrics import TunnelMetrics
-from relay import TargetNotAllowed
+from relay import StoreError, TargetNotAllowed
 from relay.audit import AdminEvent, AuditConfig, AuditTrail, Caller, TunnelEvent
 from relay.audit_log import JsonLinesSink, StoreAuditSink, matches, parse_since, read, table
 from relay.store import PostgresStore
@@ -131,6 +132,38 @@ def test_an_event_serialises_its_caller():
         "address": None,
         "user": None,
     }
+
+
+async def test_the_store_sink_holds_events_while_the_store_is_unreachable(postgres_url):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        down = PostgresStore(f"postgresql://postgres@127.0.0.1:{unused.getsockname()[1]}/x")
+        sink = StoreAuditSink(down, backlog=3)
+        await sink.write([_event(1), _event(2)])  # held, not an error
+        assert sink.held == 2
+        with pytest.raises(StoreError, match="2 audit events already held"):
+            await sink.write([_event(3), _event(4)])  # past the backlog: these are dropped
+        assert sink.held == 2
+    up = PostgresStore(postgres_url)
+    try:
+        sink.store = up  # the store is back
+        await sink.write([_event(5)])
+        assert sink.held == 0
+        with psycopg.connect(postgres_url) as conn:
+            rows = conn.execute("SELECT data->>'tunnel' FROM audit_events ORDER BY id").fetchall()
+        assert rows == [("t1",), ("t2",), ("t5",)]
+        # Events still held when the relay stops are logged as lost, once.
+        sink.store = down
+        await sink.write([_event(6)])
+        with captured_logs("relay.audit") as records:
+            sink.close()
+            sink.close()
+        assert [(r.getMessage(), r.fields["events"]) for r in records] == [
+            ("Audit events lost: the store was unreachable until the relay stopped", 1)
+        ]
+    finally:
+        up.close()
+        down.close()
 
 
 async def test_the_store_sink_appends_to_the_postgresql_audit_table(postgres_url):

@@ -16,6 +16,7 @@ from bridge.protocol.connect import (
     ConnectStatus,
     encode_connect_reply,
 )
+from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
 from bridge.transport.prefixed_stream import PrefixedStream
 from tests.relay.relay_support import captured_logs
 
@@ -103,3 +104,23 @@ async def test_unknown_and_not_connected_bridges_are_told_apart(harness):
     with pytest.raises(relay.BridgeNotConnected, match=r"^Unknown bridge: nope$") as unknown:
         await harness.relay.connect("nope", "127.0.0.1", 5432)
     assert not unknown.value.known
+
+
+async def test_the_relay_names_its_node_to_agents_that_ask(harness):
+    bridge_id, secret = harness.create_bridge("prod")
+
+    async def welcome(capabilities: list[str]):
+        tcp = await trio.open_tcp_stream("127.0.0.1", harness.port)
+        async with trio.SSLStream(tcp, harness.cert_files.client_context()) as tls:
+            info = {"versions": [1, 2], "capabilities": capabilities}
+            await tls.send_all(encode_hello(Hello(bridge_id, secret, info)))
+            parser = WelcomeParser()
+            while (answer := parser.feed(await tls.receive_some())) is None:
+                pass
+        return answer
+
+    with trio.fail_after(TIME_LIMIT):
+        named = await welcome(["control", "node"])
+        unnamed = await welcome(["control"])
+    assert named.status == WelcomeStatus.OK and named.node() == harness.relay.node
+    assert unnamed.status == WelcomeStatus.OK and "node" not in unnamed.info
