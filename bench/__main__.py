@@ -12,6 +12,10 @@ import sys
 BENCHMARKS = {
     "mux": ("bench.mux_bench", "mux throughput against a raw socketpair, and idle-stream scale"),
     "tunnel": ("bench.tunnel_bench", "the tunnel end to end against direct TCP and ssh -L"),
+    "workers": (
+        "bench.workers_bench",
+        "relay CPU per new connection and per GB with serve --workers 1 and 2; SIGHUP upgrade",
+    ),
     "store": (
         "bench.store_bench",
         "PostgreSQL from Trio: worker threads against libpq non-blocking",

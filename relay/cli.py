@@ -1057,7 +1057,7 @@ async def _serve_until_signal(
         async with trio.open_nursery() as nursery:
             signals: AsyncIterator[int] = received
             if link is not None:
-                send, signals = trio.open_memory_channel[int](1)
+                send, signals = trio.open_memory_channel[int](2)
                 nursery.start_soon(_stop_requests, received, link, send)
             listeners = await _start(
                 nursery,
@@ -1162,19 +1162,36 @@ async def _serve_until_signal(
 async def _stop_requests(
     signals: AsyncIterator[int], link: WorkerLink, send: trio.MemorySendChannel[int]
 ) -> None:
-    """Pass a worker's SIGTERMs on to `send`, and a SIGTERM of its own when the parent goes
-    away (its link closed)."""
+    """A worker's stop requests, as signal numbers to `send` (the first drains, the second
+    stops at once): its parent's (`link.drain`, `link.stop_now`) and its own SIGTERMs, a
+    first one of which counts as the same request as the parent's drain, so that a SIGTERM
+    to the whole process group drains once."""
+    sent = 0
+    own = 0
 
-    async def watch_parent() -> None:
-        await link.parent_gone.wait()
-        log.warning("The parent process is gone: stopping")
-        await send.send(signal.SIGTERM)
+    def push(upto: int) -> None:
+        nonlocal sent
+        while sent < upto:
+            sent += 1
+            with contextlib.suppress(trio.WouldBlock):
+                send.send_nowait(signal.SIGTERM)
+
+    async def drain() -> None:
+        await link.drain.wait()
+        if link.parent_gone.is_set() and not link.stop_now.is_set():
+            log.warning("The parent process is gone: stopping")
+        push(1)
+
+    async def stop_now() -> None:
+        await link.stop_now.wait()
+        push(2)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_parent)
-        async for signum in signals:
-            with contextlib.suppress(trio.WouldBlock):
-                send.send_nowait(signum)
+        nursery.start_soon(drain)
+        nursery.start_soon(stop_now)
+        async for _ in signals:
+            own += 1
+            push(own)
 
 
 async def _listen(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 
 import attrs
 import trio
@@ -94,7 +93,13 @@ async def serve_forward(
 
     # At the bridge's limit of opens in flight, stop accepting: a burst waits in the
     # listen backlog instead of being accepted and refused.
-    ready = partial(relay.wait_for_open_slot, spec.bridge)
+    # Under workers, one without a session of the bridge leaves the connections to the one
+    # with it while there is one.
+    async def ready() -> None:
+        if relay.handover is not None:
+            await relay.handover.wait_to_accept(spec.bridge)
+        await relay.wait_for_open_slot(spec.bridge)
+
     await relay.serve_listeners(handle, listeners, ready=ready, task_status=task_status)
 
 

@@ -28,6 +28,13 @@ class Handovers(Protocol):
         a broken link (False then); cancelled, the connection is not offered further."""
         ...
 
+    async def wait_to_accept(self, bridge: str) -> None:
+        """Return once this worker should accept a forward's connection for `bridge`: it
+        holds a session of it, or no worker does (then it answers, or the connection waits
+        for a holder). Meanwhile connections wait in the listen backlog for the worker
+        that holds it, so that most need no handover. Cancellable."""
+        ...
+
 
 async def hand_over(
     relay: Any,

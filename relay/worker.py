@@ -95,9 +95,10 @@ def listeners_of(fds: list[int]) -> list[trio.SocketListener]:
 @attrs.frozen(kw_only=True)
 class LinkConfig:
     """presence_interval: how often the worker compares the bridges it holds with what it
-    told the parent. max_offers: connections offered to the parent at once (more wait)."""
+    told the parent (and at once when a session is registered). max_offers: connections
+    offered to the parent at once (more wait)."""
 
-    presence_interval: float = 0.02
+    presence_interval: float = 0.05
     max_offers: int = 256
 
 
@@ -111,7 +112,10 @@ class WorkerLink:
     """The worker's end of its socket pair; `Relay.handover` of the worker's relay.
 
     `run` reads the parent's messages and reports presence until cancelled or until the
-    parent goes away (then `parent_gone` is set: the worker stops as on SIGTERM).
+    parent goes away. `drain` is set when the worker should drain (the parent says so, or
+    it went away), `stop_now` when it should stop at once: the same two steps as a first
+    and a second SIGTERM. (The parent does not signal its workers, so that a SIGTERM to
+    the whole process group is not counted twice.)
     """
 
     def __init__(
@@ -128,6 +132,8 @@ class WorkerLink:
         self.forwards = forwards
         self.config = config
         self.parent_gone = trio.Event()
+        self.drain = trio.Event()
+        self.stop_now = trio.Event()
         self._socks = socks
         self._socket = trio.socket.from_stdlib_socket(socket.socket(fileno=setup.control))
         self._send_lock = trio.Lock()
@@ -137,6 +143,9 @@ class WorkerLink:
         self._nursery: trio.Nursery | None = None
         self._ready = False
         self._retiring = False
+        #: Bridges some worker holds (ID -> name), as the parent says.
+        self._anywhere: dict[str, str] = {}
+        self._anywhere_changed = trio.Event()
         metrics = relay.metrics
         self._handovers = metrics.counter(
             "trio_bridge_handovers_total",
@@ -197,6 +206,19 @@ class WorkerLink:
             self._handovers.inc(direction="out")
         return offer.taken
 
+    async def wait_to_accept(self, bridge: str) -> None:
+        """See `relay.handover.Handovers.wait_to_accept`."""
+        relay = self.relay
+        while (
+            not relay.registry.sessions(bridge)
+            and not relay.stopping
+            and not self.parent_gone.is_set()
+            and (bridge in self._anywhere or bridge in self._anywhere.values())
+        ):
+            changed = self._anywhere_changed
+            with trio.move_on_after(self.config.presence_interval):
+                await changed.wait()
+
     # -- internals --------------------------------------------------------------------------
 
     async def _send(self, message: Message, fd: int | None = None) -> bool:
@@ -245,6 +267,19 @@ class WorkerLink:
                 offer.done.set()
         elif kind == Kind.DELIVER and fd is not None:
             await self._take(message, fd)
+        elif kind == Kind.HELD:
+            bridge_id, name = message.held()
+            self._anywhere[bridge_id] = name
+            self._anywhere_changed.set()
+            self._anywhere_changed = trio.Event()
+        elif kind == Kind.UNHELD:
+            self._anywhere.pop(message.body.decode("utf-8", "replace"), None)
+            self._anywhere_changed.set()
+            self._anywhere_changed = trio.Event()
+        elif kind == Kind.DRAIN:
+            self.drain.set()
+        elif kind == Kind.STOP:
+            self.stop_now.set()
         elif kind == Kind.SCRAPE:
             text = self.relay.metrics.render().encode()
             for piece in metrics_pieces(message.number, text):
@@ -301,10 +336,14 @@ class WorkerLink:
                 except MessageError:
                     continue
             told = held
-            await trio.sleep(self.config.presence_interval)
+            # At once when a session is registered; a session's end is seen within the
+            # interval.
+            with trio.move_on_after(self.config.presence_interval):
+                await self.relay.registry.wait_arrival()
 
     def _lost(self) -> None:
         self.parent_gone.set()
+        self.drain.set()
         for offer in self._offers.values():
             offer.done.set()  # not taken: served here
         self._socket.close()

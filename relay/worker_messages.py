@@ -24,6 +24,10 @@ DELIVER    parent -> worker     a handover (+ the descriptor) for a bridge it ho
 TAKEN      parent -> worker     the OFFER of this number was delivered: close your copy
 NOBODY     parent -> worker     no worker holds the bridge: serve the OFFER yourself
 SCRAPE     parent -> worker     send your metrics text (as METRICS of this number)
+HELD       parent -> worker     the bridge's ID, a NUL, its name: some worker holds it
+UNHELD     parent -> worker     the bridge's ID: no worker holds it any more
+DRAIN      parent -> worker     drain and exit, as on SIGTERM (ignored when draining already)
+STOP       parent -> worker     stop now, as on a second SIGTERM
 =========  ===================  ==========================================================
 
 A handover body: a 2-byte length, that many bytes of a JSON object (``bridge``, ``kind``
@@ -71,7 +75,13 @@ class Kind(enum.IntEnum):
     TAKEN = 17
     NOBODY = 18
     SCRAPE = 19
+    DRAIN = 20
+    STOP = 21
+    HELD = 22
+    UNHELD = 23
 
+
+_PRESENCE = frozenset({Kind.HOLD, Kind.RELEASE, Kind.HELD, Kind.UNHELD})
 
 #: The types whose packet carries one descriptor.
 WITH_DESCRIPTOR = frozenset({Kind.OFFER, Kind.DELIVER})
@@ -136,7 +146,7 @@ class Message:
     # -- typed views ----------------------------------------------------------------------
 
     def held(self) -> tuple[str, str]:
-        """A HOLD's bridge ID and name."""
+        """A HOLD's or HELD's bridge ID and name."""
         bridge_id, _, name = self.body.decode("utf-8", "replace").partition("\0")
         return bridge_id, name
 
@@ -158,22 +168,24 @@ def decode(packet: bytes) -> Message:
     except ValueError:
         raise MessageError(f"unknown message type {code}") from None
     body = bytes(packet[_PREFIX.size :])
-    if kind in (Kind.HOLD, Kind.RELEASE) and len(body) > 2 * MAX_NAME + 1:
+    if kind in _PRESENCE and len(body) > 2 * MAX_NAME + 1:
         raise MessageError("presence message over its bound")
     return Message(kind, number, body)
 
 
-def hold(bridge_id: str, name: str) -> Message:
-    """HOLD: this worker has a session of the bridge. Raises MessageError for oversized names."""
+def hold(bridge_id: str, name: str, kind: Kind = Kind.HOLD) -> Message:
+    """HOLD (this worker has a session of the bridge), or HELD (some worker has). Raises
+    MessageError for oversized names."""
     body = f"{bridge_id}\0{name}".encode()
     if len(body) > 2 * MAX_NAME + 1:
         raise MessageError("bridge ID or name over its bound")
-    return Message(Kind.HOLD, 0, body)
+    return Message(kind, 0, body)
 
 
-def release(bridge_id: str) -> Message:
-    """RELEASE: this worker's last session of the bridge ended."""
-    return Message(Kind.RELEASE, 0, bridge_id.encode()[:MAX_NAME])
+def release(bridge_id: str, kind: Kind = Kind.RELEASE) -> Message:
+    """RELEASE (this worker's last session of the bridge ended), or UNHELD (no worker holds
+    it any more)."""
+    return Message(kind, 0, bridge_id.encode()[:MAX_NAME])
 
 
 def metrics_pieces(number: int, text: bytes) -> list[Message]:

@@ -11,7 +11,7 @@ descriptors on (`relay.worker_messages`), never bytes.
 
 - A worker that exits unasked is started again after a short backoff (one log line).
 - SIGHUP replaces the workers one at a time: the new one serves before the old one is
-  told to drain (SIGTERM: the worker's usual drain), the listeners stay open throughout.
+  told to drain (DRAIN: the worker's SIGTERM drain), the listeners stay open throughout.
 - SIGTERM or SIGINT drains every worker once; a second one tells them to stop at once.
 - Presence: each worker says which bridges it holds; a connection a worker offers (it has
   no session of its bridge, or it drains) goes to a holder, or waits, for up to the connect
@@ -22,6 +22,7 @@ descriptors on (`relay.worker_messages`), never bytes.
 from __future__ import annotations
 
 import array
+import collections
 import logging
 import os
 import signal
@@ -47,6 +48,8 @@ from relay.worker_messages import (
     Message,
     MessageError,
     decode,
+    hold,
+    release,
 )
 
 log = logging.getLogger("relay.workers")
@@ -57,7 +60,9 @@ class SupervisorConfig:
     """start_timeout: how long a new worker has to serve. restart_delay, max_restart_delay:
     the backoff before a worker that exited unasked is started again (doubling, reset after
     `healthy` seconds up). moving: how long connections for a bridge whose holder went away
-    wait for another holder (the relay's connect timeout). max_parked: connections waiting
+    wait for another holder (the relay's connect timeout); `unknown`: how long those for a
+    bridge no worker held wait (its agent may have just logged in to another worker, whose
+    word is on its way). max_parked: connections waiting
     so, beyond which they are served by the worker that took them ("not connected").
     max_scrape: bytes of metrics text one worker may send."""
 
@@ -66,6 +71,7 @@ class SupervisorConfig:
     max_restart_delay: float = 10.0
     healthy: float = 30.0
     moving: float = 15.0
+    unknown: float = 0.25
     max_parked: int = 1024
     max_scrape: int = 16 * 1024 * 1024
     scrape_timeout: float = 5.0
@@ -85,6 +91,9 @@ def _fds(listeners: list[trio.SocketListener]) -> list[int]:
     return [listener.socket.fileno() for listener in listeners]
 
 
+#: Presence news queued for one worker; beyond, the oldest are dropped (a worker holds at
+#: most one per bridge, and the poll in its accept loop bounds the harm of a lost one).
+_MAX_OUTBOX = 65536
 _SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
@@ -103,6 +112,9 @@ class _Worker:
         self.started = time.monotonic()
         self.send_lock = trio.Lock()
         self.deliveries: dict[int, _Delivery] = {}
+        #: Presence news for this worker (HELD, UNHELD), sent in order by one task.
+        self.outbox: collections.deque[Message] = collections.deque(maxlen=_MAX_OUTBOX)
+        self.outbox_ready = trio.Event()
         self.scrapes: dict[int, _Scrape] = {}
 
     def holds(self, bridge: str) -> bool:
@@ -243,7 +255,7 @@ class Supervisor:
                 if self.stopping:
                     log.info("Stopping now", extra={"fields": {"signal": name}})
                     for worker in list(self.workers):
-                        self._signal(worker, signal.SIGTERM)
+                        self._order(worker, Kind.STOP)
                     continue
                 self.stopping = True
                 self._wake()
@@ -307,7 +319,17 @@ class Supervisor:
     def _retire(self, worker: _Worker) -> None:
         self._drop_presence(worker)
         worker.retiring = True
-        self._signal(worker, signal.SIGTERM)
+        self._order(worker, Kind.DRAIN)
+
+    def _order(self, worker: _Worker, kind: Kind) -> None:
+        """DRAIN or STOP to `worker` (SIGTERM if its link is broken)."""
+
+        async def tell() -> None:
+            if not await self._tell(worker, Message(kind)):
+                self._signal(worker, signal.SIGTERM)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(tell)
 
     def _signal(self, worker: _Worker, signum: int) -> None:
         if worker.process.returncode is None:
@@ -352,6 +374,9 @@ class Supervisor:
         finally:
             child_end.close()
         worker = _Worker(index, self._serials, process, trio.socket.from_stdlib_socket(parent_end))
+        anywhere = {b: n for w in self.workers for b, n in w.held.items()}
+        worker.outbox.extend(hold(b, n, Kind.HELD) for b, n in anywhere.items())
+        worker.outbox_ready.set()
         self.workers.add(worker)
         log.debug("Worker started", extra=worker.fields())
         assert self._nursery is not None
@@ -361,6 +386,7 @@ class Supervisor:
     async def _supervise(self, worker: _Worker) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, worker)
+            nursery.start_soon(self._send_outbox, worker)
             await worker.process.wait()
             nursery.cancel_scope.cancel()
         worker.socket.close()
@@ -439,6 +465,8 @@ class Supervisor:
         elif kind == Kind.HOLD:
             if not worker.retiring:
                 bridge_id, name = message.held()
+                if not self._held_anywhere(bridge_id):
+                    self._broadcast(hold(bridge_id, name, Kind.HELD))
                 worker.held[bridge_id] = name
                 self._moving.pop(bridge_id, None)
                 self._moving.pop(name, None)
@@ -477,13 +505,36 @@ class Supervisor:
         held, worker.held = worker.held, {}
         self._note_moving(held, worker)
 
+    def _held_anywhere(self, bridge_id: str) -> bool:
+        return any(bridge_id in w.held for w in self.workers)
+
+    def _broadcast(self, message: Message) -> None:
+        """`message` to every worker serving or starting (in order: one task per message
+        would not keep it)."""
+        for worker in self.workers:
+            if not worker.retiring:
+                worker.outbox.append(message)
+                worker.outbox_ready.set()
+
+    async def _send_outbox(self, worker: _Worker) -> None:
+        while True:
+            await worker.outbox_ready.wait()
+            worker.outbox_ready = trio.Event()
+            while worker.outbox:
+                if not await self._tell(worker, worker.outbox.popleft()):
+                    return
+
     def _note_moving(self, held: dict[str, str], worker: _Worker) -> None:
         """Bridges `worker` no longer holds: if no other worker does, their connections wait
         a while for one (its agents reconnect to another worker)."""
-        deadline = trio.current_time() + self.config.moving
+        now = trio.current_time()
+        for key in [k for k, d in self._moving.items() if d < now]:  # long moved or gone
+            del self._moving[key]
+        deadline = now + self.config.moving
         for bridge_id, name in held.items():
             if not any(w.holds(bridge_id) for w in self.workers if w is not worker):
                 self._moving[bridge_id] = self._moving[name] = deadline
+                self._broadcast(release(bridge_id, Kind.UNHELD))
 
     def _holder(self, bridge: str, offering: _Worker) -> _Worker | None:
         candidates = [
@@ -507,7 +558,9 @@ class Supervisor:
                 holder = self._holder(bridge, origin)
                 if holder is None and not self.stopping and not parked:
                     deadline = self._moving.get(bridge)
-                    if deadline is not None and self._parked < self.config.max_parked:
+                    if deadline is None or deadline < trio.current_time():
+                        deadline = trio.current_time() + self.config.unknown
+                    if self._parked < self.config.max_parked:
                         parked = True
                         self._parked += 1
                         try:
@@ -515,6 +568,8 @@ class Supervisor:
                                 while (holder := self._holder(bridge, origin)) is None:
                                     if self.stopping or origin.exited.is_set():
                                         break
+                                    if origin.holds(bridge) and not origin.retiring:
+                                        break  # its own agent came: it serves it itself
                                     await self._presence.wait()
                         finally:
                             self._parked -= 1

@@ -1,9 +1,10 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""`bridge-relay serve --workers 2`: a connection accepted by the worker without the bridge's
-session is handed to the one with it; a worker killed is started again and no connection
-queued meanwhile is lost; SIGHUP replaces the workers under load without failing a
-connection; SIGTERM to the parent drains every worker and exits 0."""
+"""`bridge-relay serve --workers 2`: a connection reaches the bridge whose session is on the
+other worker (a SOCKS client accepted by the worker without it is handed over); killed
+workers are started again and no connection queued meanwhile is lost; SIGHUP replaces the
+workers under load without failing a connection; SIGTERM drains every worker once and
+exits 0."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import signal
 import socket
 from functools import partial
 
+import pytest
 import trio
 
 from ..adversarial.burst_support import socks_request
@@ -108,9 +110,12 @@ async def outcome(port: int) -> str:
 
 
 async def test_a_connection_reaches_the_agent_on_the_other_worker(launch, nursery):
+    """The worker without the agent's session leaves the forward's connections in the
+    backlog for the one with it; a SOCKS client it accepted (the bridge is known only once
+    the request is read) is handed over, its request with it."""
     relay, forward, metrics, target = await start(launch, nursery)
-    # Which worker accepts a connection is the kernel's choice: go on until each way was
-    # taken through the other worker (bounded).
+    # Which worker accepts a SOCKS connection is the kernel's choice: go on until several
+    # were accepted by the other worker (bounded).
     with trio.fail_after(60):
         for _ in range(200):
             assert await transfer(forward, PAYLOAD)
@@ -147,6 +152,8 @@ async def test_killed_workers_are_started_again_and_queued_connections_served(la
                 clients.start_soon(run)
                 await trio.sleep(0.02)
     assert results == ["ok"] * 20
+    # Both were started again (the one that comes up first may have served them all).
+    await trio.to_thread.run_sync(partial(relay.process.wait_for, r"\tWorker serving\t", count=4))
     log = relay.process.stderr()
     restarted = log_lines(log, "Worker exited: starting it again in")
     assert sorted(f["worker"] for f in restarted) == [0, 1]
@@ -204,7 +211,8 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-async def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(launch, nursery, tmp_path):
+@pytest.mark.parametrize("to", ["parent", "process group"])
+async def test_sigterm_drains_every_worker_once_and_exits_0(launch, nursery, tmp_path, to):
     path = str(tmp_path / "notify")
     if len(path) > 100:  # beyond sun_path
         path = f"/tmp/trio-bridge-workers-notify-{os.getpid()}"
@@ -232,7 +240,10 @@ async def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(launch, nur
 
         nursery.start_soon(run)
         await progress.wait()
-        relay.process.popen.send_signal(signal.SIGTERM)
+        if to == "parent":  # as systemd does with KillMode=mixed
+            relay.process.popen.send_signal(signal.SIGTERM)
+        else:  # every process: the workers count their own and the parent's as one
+            os.killpg(relay.process.popen.pid, signal.SIGTERM)
         assert await trio.to_thread.run_sync(relay.process.wait, 40) == 0
         assert results == ["complete"]  # the open tunnel finished
     os.unlink(path)
@@ -240,7 +251,7 @@ async def test_sigterm_to_the_parent_drains_every_worker_and_exits_0(launch, nur
         assert _state(pid) == "gone"
     log = relay.process.stderr()
     assert len(log_lines(log, "Drained: no tunnel is open")) == 2
-    assert "Workers stopped" in log and "Traceback" not in log
+    assert "Workers stopped" in log and "Traceback" not in log and "Stopping now" not in log
     # Only the parent spoke to systemd: one READY once both workers served.
     ready = [m for m in messages if m.startswith("READY=1")]
     assert ready == ["READY=1\nSTATUS=2 workers serving"], messages
