@@ -37,6 +37,10 @@ DEFAULT_RECEIVE_SIZE = 256 * 1024
 # which a caller resuming with the unsent bytes always satisfies.
 _RECORD = 16 * 1024
 
+#: The most plaintext one TLS record carries: a read that returns less ended a short record,
+#: most likely the last one the peer sent (a record after it is read by the next call).
+_RECORD = 16 * 1024
+
 
 class TLSStream(trio.abc.Stream):
     """A TLS connection; build one with `TLSStream.wrap` and call `do_handshake`."""
@@ -136,7 +140,9 @@ class TLSStream(trio.abc.Stream):
         with self._receive_conflict:
             await checkpoint_if_cancelled()
             data = await self._retry(self._socket.recv, max_bytes)
-            if data and len(data) < max_bytes:
+            if len(data) >= _RECORD and len(data) < max_bytes:
+                # A full record: more are likely ready (a short message is one short record,
+                # and looking for another would cost it a failed read).
                 data = self._receive_more(data, max_bytes)
             await cancel_shielded_checkpoint()
             return data
