@@ -35,11 +35,9 @@ DEFAULT_RECEIVE_SIZE = 256 * 1024
 # next write must then be at least that long (else "bad length", the connection lost) and
 # begin with the same bytes. One record per write keeps that state to one pending record,
 # which a caller resuming with the unsent bytes always satisfies.
-_RECORD = 16 * 1024
-
-#: The most plaintext one TLS record carries: a read that returns less ended a short record,
-#: most likely the last one the peer sent (a record after it is read by the next call).
-_RECORD = 16 * 1024
+# On reads: a read that returns less ended a short record, most likely the last one the peer
+# sent (a record after it is read by the next call).
+_RECORD = 16 * 1024  # the most plaintext one TLS record carries
 
 
 class TLSStream(trio.abc.Stream):
