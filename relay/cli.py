@@ -1235,7 +1235,7 @@ async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: 
             }
         },
     )
-    notifier.stopping(f"Draining {streams} open tunnels")
+    notifier.stopping(_drain_status(relay))
     async with trio.open_nursery() as nursery:
 
         async def second_signal() -> None:
@@ -1243,17 +1243,41 @@ async def _stop_on_signals(signals: AsyncIterator[int], relay: Relay, notifier: 
                 log.info("Stopping now", extra={"fields": {"signal": signal.Signals(signum).name}})
                 nursery.cancel_scope.cancel()
 
+        async def report() -> None:
+            while True:
+                await trio.sleep(1)
+                notifier.status(_drain_status(relay))
+
         nursery.start_soon(second_signal)
+        nursery.start_soon(report)
         with trio.move_on_after(timeout) as drain:
             await relay.drain()
         if drain.cancelled_caught:
             log.warning(
                 f"Drain timed out after {timeout:g} s: cutting the tunnels still open",
-                extra={"fields": {"open_streams": relay.open_tunnels()}},
+                extra={
+                    "fields": {
+                        "open_streams": relay.open_tunnels(),
+                        "moving_agents": relay.moving_agents(),
+                    }
+                },
             )
         else:
             log.info("Drained: no tunnel is open")
+        if relay.peering is not None:
+            log.info(
+                "Leaving the cluster",
+                extra={"fields": {"node": relay.node, "links": len(relay.peering.links)}},
+            )
+            notifier.status("Leaving the cluster")
         nursery.cancel_scope.cancel()
+
+
+def _drain_status(relay: Relay) -> str:
+    """What a draining relay waits for, for systemd's STATUS."""
+    moving = relay.moving_agents()
+    agents = f"{moving} agent{'s' * (moving != 1)} to move to other nodes and " if moving else ""
+    return f"Draining: waiting for {agents}{relay.open_tunnels()} open tunnels"
 
 
 def cmd_fingerprint(args: argparse.Namespace, data_dir: Path) -> int:

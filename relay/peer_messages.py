@@ -124,13 +124,24 @@ class OpenReplyParser(MessageParser[OpenReply]):
             raise PeerMessageError(f"unknown open outcome {outcome}/{status}") from None
 
 
-def encode_presence(bridges: list[HeldBridge]) -> bytes:
-    """One presence line listing `bridges`. Raises ValueError beyond the bounds."""
+@attrs.frozen
+class Presence:
+    """One presence message: the bridges the sender holds, and whether it drains (it opens
+    no new tunnels: other nodes send it none, and its agents move away)."""
+
+    bridges: list[HeldBridge]
+    draining: bool = False
+
+
+def encode_presence(bridges: list[HeldBridge], *, draining: bool = False) -> bytes:
+    """One presence line listing `bridges` (and ``"draining":true`` when the sender drains;
+    nodes that do not know the key ignore it). Raises ValueError beyond the bounds."""
     if len(bridges) > MAX_PRESENCE_BRIDGES:
         raise ValueError(f"at most {MAX_PRESENCE_BRIDGES} bridges per presence message")
-    line = json.dumps(
-        {"bridges": [[b.id, b.name, b.streams] for b in bridges]}, separators=(",", ":")
-    ).encode()
+    value: dict[str, Any] = {"bridges": [[b.id, b.name, b.streams] for b in bridges]}
+    if draining:
+        value["draining"] = True
+    line = json.dumps(value, separators=(",", ":")).encode()
     if len(line) >= MAX_PRESENCE_LINE:
         raise ValueError("presence message too long")
     return line + b"\n"
@@ -149,8 +160,8 @@ def _held(entry: Any) -> HeldBridge:
     return HeldBridge(entry[0], entry[1], entry[2])
 
 
-def decode_presence(line: bytes) -> list[HeldBridge]:
-    """The bridges listed in one presence line (without its newline). Raises PeerMessageError."""
+def decode_presence(line: bytes) -> Presence:
+    """One presence line (without its newline). Raises PeerMessageError."""
     try:
         value = json.loads(line, parse_constant=_reject)
     except (ValueError, RecursionError):
@@ -158,7 +169,10 @@ def decode_presence(line: bytes) -> list[HeldBridge]:
     bridges = value.get("bridges") if isinstance(value, dict) else None
     if not isinstance(bridges, list) or len(bridges) > MAX_PRESENCE_BRIDGES:
         raise PeerMessageError("presence message has no valid bridge list")
-    return [_held(entry) for entry in bridges]
+    draining = value.get("draining", False)
+    if not isinstance(draining, bool):
+        raise PeerMessageError("presence message has an invalid draining flag")
+    return Presence([_held(entry) for entry in bridges], draining)
 
 
 def _reject(name: str) -> float:
@@ -174,7 +188,7 @@ class PresenceReader:
         self._buffer = bytearray()
         self._max = max_line
 
-    def feed(self, data: bytes) -> list[list[HeldBridge]]:
+    def feed(self, data: bytes) -> list[Presence]:
         self._buffer += data
         messages = []
         while (end := self._buffer.find(b"\n")) >= 0:

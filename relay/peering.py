@@ -129,6 +129,8 @@ class PeerLink:
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
     close_reason: str | None = None
     wake: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    #: The node said it drains: no opens go to it.
+    draining: bool = False
 
     def find(self, bridge: str) -> HeldBridge | None:
         """The bridge (an ID or name) if this link's node holds it."""
@@ -207,8 +209,13 @@ class Peering:
             link.wake.set()
 
     def holders(self, bridge: str) -> list[tuple[PeerLink, HeldBridge]]:
-        """The linked nodes holding `bridge` (an ID or name), fewest open streams first."""
-        found = [(link, held) for link in self.links.values() if (held := link.find(bridge))]
+        """The linked nodes holding `bridge` (an ID or name), fewest open streams first;
+        none that drains."""
+        found = [
+            (link, held)
+            for link in self.links.values()
+            if not link.draining and (held := link.find(bridge))
+        ]
         return sorted(found, key=lambda pair: pair[0].load(pair[1].id))
 
     def _held_here(self) -> list[HeldBridge]:
@@ -517,7 +524,7 @@ class Peering:
         try:
             while True:
                 link.wake = trio.Event()
-                line = encode_presence(self._held_here())
+                line = encode_presence(self._held_here(), draining=self.relay.stopping)
                 await link.control.send_all(line)
                 with trio.move_on_after(interval):
                     await link.wake.wait()
@@ -529,9 +536,12 @@ class Peering:
         reader = PresenceReader()
         try:
             while data := await control.receive_some(_READ_SIZE):
-                for bridges in reader.feed(data)[-1:]:
-                    link.held = {b.id: b for b in bridges}
-                    link.names = {b.name: b.id for b in bridges}
+                for presence in reader.feed(data)[-1:]:
+                    if presence.draining and not link.draining:
+                        _log(logging.INFO, "Peer draining: routing around it", node=link.node)
+                    link.draining = presence.draining
+                    link.held = {b.id: b for b in presence.bridges}
+                    link.names = {b.name: b.id for b in presence.bridges}
                     link.opened = {}
         except PeerMessageError as exc:
             link.close(f"invalid presence: {exc}")

@@ -30,6 +30,12 @@ class AgentSession:
     close_reason: str | None = None
     #: The control stream (when the agent supports one), opened first; not a tunnel.
     control: Any = attrs.field(default=None, repr=False)
+    #: The agent supports the "move" capability (with a control stream).
+    can_move: bool = False
+    #: Told to move while the relay drains: it lets this session go once it has another.
+    moving: bool = False
+    #: Set once the session is over and out of the registry.
+    ended: trio.Event = attrs.field(factory=trio.Event, repr=False)
 
     def open_streams(self) -> int:
         """Tunnels open through this session (the control stream is not one)."""

@@ -448,13 +448,26 @@ class Relay:
         """
         self.stop_accepting()
         for agent in list(self.registry):
-            await _go_away(agent, "relay shutting down")
-        # No stream opens once stopping, so a session found idle stays idle.
-        while busy := [a for a in self.registry if not a.mux.closed and a.open_streams()]:
-            await busy[0].mux.wait_streams_closed()
+            await _leave(agent, "relay shutting down")
+
+        # No stream opens once stopping, so a session found idle stays idle; an agent told to
+        # move lets its session go once it has one on another node.
+        def streaming(agent: AgentSession) -> bool:
+            return not agent.mux.closed and agent.open_streams() > 0
+
+        while busy := [a for a in self.registry if a.moving or streaming(a)]:
+            if streaming(busy[0]):
+                await busy[0].mux.wait_streams_closed()
+            else:
+                await busy[0].ended.wait()  # out of the registry once set
         # Tunnels this node opened through other nodes: their links stay up meanwhile.
         if self.peering is not None:
             await self.peering.wait_outbound_closed()
+
+    def moving_agents(self) -> int:
+        """While the relay stops: the sessions of agents that move to other nodes (the "move"
+        capability) and have not let go yet."""
+        return sum(agent.can_move for agent in self.registry) if self._stopping else 0
 
     def open_tunnels(self) -> int:
         """Tunnels open through this relay: through its agents' sessions (for callers on
@@ -856,6 +869,7 @@ class Relay:
                 agent.mux = session
                 if "control" in agreement.capabilities:
                     agent.control = await session.open_stream()  # the first stream: see PROTOCOL.md
+                    agent.can_move = "move" in agreement.capabilities
                 self.registry.add(agent)
                 arrival.settle()
                 self._presence_changed()
@@ -873,11 +887,12 @@ class Relay:
                         self._changed.add(record.id)
                         self._store_wake.set()
                         if self._stopping:
-                            await _go_away(agent, "relay shutting down")
+                            await _leave(agent, "relay shutting down")
                         async for stream in session:  # agents never open streams: RST at once
                             stream.reset()
                 finally:
                     self.registry.remove(agent)
+                    agent.ended.set()
                     self._presence_changed()
                     self.metrics.sessions.dec(bridge=record.name)
                 if agent.close_reason is not None:
@@ -1485,7 +1500,9 @@ def _reason(status: ConnectStatus | None) -> str:
     return "failed" if status is None else status.name.lower()
 
 
-async def _tell_closing(agent: AgentSession, reason: str) -> None:
+async def _tell_closing(
+    agent: AgentSession, reason: str, message: ControlMessage | None = None
+) -> None:
     """Tell the agent why the relay ends (or drains) its session, if it has a control stream.
 
     Queues the message for the session's writer, which flushes it before it closes the
@@ -1494,16 +1511,26 @@ async def _tell_closing(agent: AgentSession, reason: str) -> None:
         return
     with trio.move_on_after(1):
         try:
-            await agent.control.send_all(encode_control(ControlMessage.closing(reason)))
+            await agent.control.send_all(encode_control(message or ControlMessage.closing(reason)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
 
-async def _go_away(agent: AgentSession, reason: str) -> None:
+async def _leave(agent: AgentSession, reason: str) -> None:
+    """While the relay drains: tell an agent that can move to move (it lets the session go
+    once it has one on another node), any other agent GoAway."""
+    if agent.can_move and agent.control is not None:
+        agent.moving = True
+        await _go_away(agent, reason, ControlMessage.move(reason))
+    else:
+        await _go_away(agent, reason)
+
+
+async def _go_away(agent: AgentSession, reason: str, message: ControlMessage | None = None) -> None:
     """No new streams on this session: the agent is told why, then GoAway. The control stream
     is closed after the message (the agent closes its end on EOF), so that a drain waiting
-    for the session's streams does not wait for it."""
-    await _tell_closing(agent, reason)
+    for the session's streams does not wait for it. `message` replaces `closing`."""
+    await _tell_closing(agent, reason, message)
     if (control := agent.control) is not None:
         agent.control = None
         await control.aclose()

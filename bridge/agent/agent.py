@@ -61,6 +61,7 @@ from bridge.protocol.connect import (
 from bridge.protocol.control import (
     CLOSING,
     MAX_CONTROL_MESSAGE,
+    MOVE,
     ControlError,
     ControlParser,
 )
@@ -192,6 +193,12 @@ class _Link:
     connected: bool = False
     sessions: int = 0
     relay_reason: str | None = None
+    #: The relay node drains and told this session to move ("move" capability): a new link
+    #: replaces this one, which is not kept up once its session ends.
+    moved: bool = False
+    told_to_move: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    #: Set once this link's first session is up, or its first round found none.
+    settled: trio.Event = attrs.field(factory=trio.Event, repr=False)
 
 
 def _fields(**fields: Any) -> dict[str, Any]:
@@ -289,6 +296,9 @@ class Agent:
         self._drain_requested = trio.Event()
         self._connecting: set[trio.CancelScope] = set()
         self._links = [_Link(index) for index in range(self.config.connections)]
+        self._link_count = self.config.connections
+        self._links_freed = ParkingLot()  # a link was let go: an endpoint may be free
+        self._nursery: trio.Nursery | None = None
         #: The relay node of each address that named its node (key: `RelayEndpoint.key`).
         self._nodes: dict[tuple[str, str, int, str, bool], str] = {}
         self._first_session = trio.Event()
@@ -338,6 +348,7 @@ class Agent:
         log.info("Draining", extra=_fields(open_connections=opened, timeout=timeout))
         self.notifier.stopping(f"Draining {opened} open connections")
         self._drain_requested.set()
+        self._links_freed.unpark_all()
         self._first_session.set()  # `run` stops waiting for one
         for scope in self._connecting:
             scope.cancel()
@@ -364,6 +375,7 @@ class Agent:
         drained; use `drain` to stop gracefully.
         """
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._keep_link, self._links[0], nursery.cancel_scope)
             await self._first_session.wait()
             if self.sessions:
@@ -388,16 +400,28 @@ class Agent:
 
     async def _keep(self, link: _Link) -> None:
         """Keep ``link``'s session up until `drain`: rounds of attempts, backoff between them."""
+        try:
+            await self._keep_up(link)
+        finally:
+            link.endpoint = None
+            if link.moved:  # its replacement carries on
+                self._links.remove(link)
+                self._links_freed.unpark_all()
+
+    async def _keep_up(self, link: _Link) -> None:
         backoff = Backoff(self.config.max_backoff)
         last: RelayEndpoint | None = None  # the endpoint of the session lost last
-        while not self._draining:
+        while not self._draining and not link.moved:
             endpoints, failures = await self._round(link, last)
             if not endpoints and not failures:
                 # Every address is a node another session is on: look again later (a name
-                # may resolve to more, a URL may come back), without a word.
+                # may resolve to more, a URL may come back, a session may let one go),
+                # without a word.
                 link.endpoint = None
+                link.settled.set()
                 with trio.move_on_after(self.config.max_backoff):
-                    await self._drain_requested.wait()
+                    if not self._draining:
+                        await self._links_freed.park()
                 continue
             reason, level = "", logging.WARNING
             fields: dict[str, str] = {}
@@ -434,7 +458,7 @@ class Agent:
                     if trio.current_time() - began >= self.config.healthy_session:
                         backoff.reset()
                     break
-                if self._draining:
+                if self._draining or link.moved:
                     break
             else:
                 if untrusted is not None and not self.sessions:
@@ -443,8 +467,9 @@ class Agent:
                     raise RelayNotTrusted(str(untrusted))
                 if not pending and not failures:
                     continue  # only nodes other sessions are on: the next round says so
-            if self._draining:
+            if self._draining or link.moved:
                 break
+            link.settled.set()  # a round without a session
             delay = backoff.next()
             log.log(
                 level,
@@ -457,7 +482,6 @@ class Agent:
                 self.notifier.status(f"Reconnecting in {delay:.1f} s: {reason}")
             with trio.move_on_after(delay):
                 await self._drain_requested.wait()
-        link.endpoint = None
 
     def _rejected(self, exc: AuthenticationFailed, link: _Link) -> AuthenticationFailed:
         """The relay's refusal of the credentials, with what is known of why."""
@@ -618,6 +642,7 @@ class Agent:
                 self.metrics.reconnects.inc()
             task_status.started()
             self._first_session.set()
+            link.settled.set()
             relay = {"bridge": self.bridge_id, "relay": address, "node": link.node or ""}
             with (
                 self.metrics.sessions.labels(bridge=self.bridge_id).track(),
@@ -626,6 +651,8 @@ class Agent:
                 async with trio.open_nursery() as nursery:
                     watcher = trio.CancelScope()
                     nursery.start_soon(self._drain_when_asked, session, watcher)
+                    mover = trio.CancelScope()
+                    nursery.start_soon(self._move_when_told, link, session, mover)
                     dials = _DialSlots(self.config.max_dials_per_target)
                     while True:
                         try:
@@ -640,9 +667,16 @@ class Agent:
                         else:
                             nursery.start_soon(self._serve_stream, session, stream, dials)
                     watcher.cancel()
+                    mover.cancel()
         link.connected = False
         lost = session.close_reason
         if self._draining:
+            return
+        if link.moved:
+            log.info(
+                "Left the draining relay node",
+                extra=_fields(**endpoint.log_fields(), node=link.node or ""),
+            )
             return
         reason = str(lost) if lost is not None else "the session ended"
         if link.relay_reason:
@@ -663,7 +697,10 @@ class Agent:
             async with stream:
                 while data := await stream.receive_some(MAX_CONTROL_MESSAGE):
                     for message in parser.feed(data):
-                        if message.type == CLOSING:
+                        if message.type == MOVE and self._nursery is not None:
+                            link.relay_reason = logs.printable(message.reason) or "no reason"
+                            link.told_to_move.set()
+                        elif message.type == CLOSING:
                             link.relay_reason = reason = (
                                 logs.printable(message.reason) or "no reason"
                             )
@@ -679,6 +716,57 @@ class Agent:
                 extra=_fields(address=address, reason=str(exc)),
             )
             stream.reset()
+
+    async def _move_when_told(
+        self, link: _Link, session: mux.Session, scope: trio.CancelScope
+    ) -> None:
+        """Once the relay says its node drains: a new link dials another node, and once its
+        session is up (or it found none to go to) this one is let go: GoAway, its open
+        streams finish, then it is closed (the relay's drain timeout bounds them)."""
+        with scope:
+            await link.told_to_move.wait()
+            if self._draining or self._nursery is None:
+                return
+            link.moved = True
+            replacement = _Link(self._link_count)
+            self._link_count += 1
+            self._links.append(replacement)
+            log.info(
+                "The relay node is draining: moving to another node",
+                extra=_fields(
+                    address=link.endpoint.url.address if link.endpoint else "",
+                    node=link.node or "",
+                    reason=link.relay_reason or "",
+                ),
+            )
+            self._nursery.start_soon(self._keep_link, replacement, self._nursery.cancel_scope)
+            async with trio.open_nursery() as race:
+
+                async def settled() -> None:
+                    await replacement.settled.wait()
+                    race.cancel_scope.cancel()
+
+                async def drained() -> None:
+                    await self._drain_requested.wait()
+                    race.cancel_scope.cancel()
+
+                race.start_soon(settled)
+                race.start_soon(drained)
+            if self._draining:
+                return  # `_drain_when_asked` lets every session go
+            log.info(
+                "Letting the draining relay node go",
+                extra=_fields(
+                    node=link.node or "",
+                    moved_to=replacement.node or ("" if replacement.connected else "none yet"),
+                ),
+            )
+            try:
+                await session.go_away()
+            except mux.SessionClosed:
+                return
+            await session.wait_streams_closed()
+            await session.aclose()
 
     async def _drain_when_asked(self, session: mux.Session, scope: trio.CancelScope) -> None:
         """Once `drain` is called: GoAway, wait for the open streams (up to the drain

@@ -8,6 +8,8 @@ a u16 length and a UTF-8 JSON object with a string ``type``:
 
 - ``{"type": "closing", "reason": "bridge secret rotated"}``: the relay is about to end the
   session (or, while draining, to stop sending new tunnels), and why.
+- ``{"type": "move", "reason": "relay shutting down"}`` (capability "move"): the relay node
+  drains; the agent opens a session to another node first, then lets this one go.
 
 A receiver ignores types it does not know, so new types can be added under new capabilities.
 """
@@ -25,6 +27,7 @@ MAX_CONTROL_MESSAGE = 2 + MAX_CONTROL
 MAX_REASON = 1024
 
 CLOSING = "closing"
+MOVE = "move"
 
 
 class ControlError(Exception):
@@ -42,6 +45,11 @@ class ControlMessage:
     def closing(cls, reason: str) -> ControlMessage:
         """The relay ends the session because of ``reason`` (cut to MAX_REASON bytes)."""
         return cls(CLOSING, {"reason": reason.encode()[:MAX_REASON].decode(errors="ignore")})
+
+    @classmethod
+    def move(cls, reason: str) -> ControlMessage:
+        """The relay node drains: move to another node, then let this session go."""
+        return cls(MOVE, {"reason": reason.encode()[:MAX_REASON].decode(errors="ignore")})
 
     @property
     def reason(self) -> str:

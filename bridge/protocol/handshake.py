@@ -31,7 +31,9 @@ PROTOCOL_VERSION = VERSIONS[-1]
 #: sends control messages on it (see `bridge.protocol.control`), e.g. why it closes a session.
 #: "node": the relay's Welcome names the relay node the session is on (info ``node``), so
 #: that an agent keeping sessions to several nodes tells two addresses of one node apart.
-CAPABILITIES = ("control", "node")
+#: "move": while the relay node drains it tells the agent to move (a control message): the
+#: agent opens a session to another node before it lets this one go.
+CAPABILITIES = ("control", "node", "move")
 MAGIC = b"TBRG"
 
 MAX_ID = 64

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -40,6 +41,7 @@ from relay.peer_messages import (
     OpenRequest,
     OpenRequestParser,
     PeerMessageError,
+    Presence,
     PresenceReader,
     encode_open_reply,
     encode_open_request,
@@ -244,9 +246,19 @@ def test_presence_round_trip_and_bounds():
     reader = PresenceReader()
     line = encode_presence(bridges)
     assert reader.feed(line[:5]) == []
-    assert reader.feed(line[5:] + line) == [bridges, bridges]
+    assert reader.feed(line[5:] + line) == [Presence(bridges), Presence(bridges)]
+    # A draining node says so; a node that does not know the key reads the bridge list.
+    draining = encode_presence([], draining=True)
+    assert reader.feed(draining) == [Presence([], draining=True)]
+    assert json.loads(draining) == {"bridges": [], "draining": True}
 
-    for bad in (b"[]\n", b'{"bridges": [["a", "b", -1]]}\n', b'{"bridges": [["a"]]}\n', b"\xff\n"):
+    for bad in (
+        b"[]\n",
+        b'{"bridges": [["a", "b", -1]]}\n',
+        b'{"bridges": [["a"]]}\n',
+        b"\xff\n",
+        b'{"bridges": [], "draining": 1}\n',
+    ):
         with pytest.raises(PeerMessageError):
             PresenceReader().feed(bad)
     with pytest.raises(PeerMessageError, match="longer than"):

@@ -18,7 +18,7 @@ from bridge.protocol.connect import (
 )
 from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
 from bridge.transport.prefixed_stream import PrefixedStream
-from tests.relay.relay_support import captured_logs
+from tests.relay.relay_support import RunningAgent, captured_logs
 
 from ..settle import settled
 
@@ -82,18 +82,37 @@ async def test_the_agent_logs_why_the_relay_ends_its_session(harness, echo_port)
     assert disconnected[0].fields["reason"] == "the relay said: bridge secret rotated"
 
 
-async def test_a_draining_relay_tells_the_agent(harness, echo_port):
+async def test_a_draining_relay_tells_an_older_agent_it_ends_the_session(harness, echo_port):
     bridge_id, secret = harness.create_bridge("prod")
+    agent = harness.agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+    # An agent of a release before the "move" capability.
+    agent._hello = Hello(bridge_id, secret, {"versions": [1, 2], "capabilities": ["control"]})
+    running = RunningAgent(agent)
     with captured_logs("bridge.agent") as records, trio.fail_after(TIME_LIMIT):
-        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        await harness.nursery.start(running.run)
         await harness.relay.drain()
         await settled(
             lambda: any(r.getMessage() == "The relay is ending the session" for r in records)
         )
     ending = [r for r in records if r.getMessage() == "The relay is ending the session"]
     assert ending[0].fields["reason"] == "relay shutting down"
+    assert not any("moving" in r.getMessage() for r in records)
     # The control stream is not a tunnel: the drain did not wait for it.
     assert harness.relay.registry.open_streams_total() == 0
+
+
+async def test_a_draining_relay_tells_the_agent_to_move(harness, echo_port):
+    bridge_id, secret = harness.create_bridge("prod")
+    with captured_logs("bridge.agent") as records, trio.fail_after(TIME_LIMIT):
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        # No other node to move to: the agent lets the session go, and the drain ends.
+        await harness.relay.drain()
+        await harness.wait_disconnected("prod")
+    messages = [r.getMessage() for r in records]
+    moving = messages.index("The relay node is draining: moving to another node")
+    assert records[moving].fields["reason"] == "relay shutting down"
+    assert messages.index("Letting the draining relay node go") > moving
+    assert "The relay is ending the session" not in messages
 
 
 async def test_unknown_and_not_connected_bridges_are_told_apart(harness):
