@@ -23,7 +23,8 @@ from bench.paths import BRIDGE, HOST, BenchPath, console_script
 from bench.procs import Proc, StartError, clean_env, memory_kib, python_module
 
 BURST_SECONDS = 180.0  # bound on one burst
-ACCEPTOR = {"ssh": "ssh"}  # path -> role of the process that accepts; default "relay"
+# path -> role of the process that accepts; default "relay"
+ACCEPTOR = {"ssh": "ssh", "peered": "relay B"}
 
 
 def _peak(path: BenchPath) -> dict[str, int]:

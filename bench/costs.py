@@ -3,7 +3,9 @@
 """CPU time per new connection and per message, for ``python -m bench tunnel``.
 
 A fixed workload through one path: CONNECTIONS new connections (CONCURRENCY at a time, each
-one 32-byte round trip, then closed), then MESSAGES round trips of 1 KiB on one connection.
+one 32-byte round trip, then closed), then MESSAGES round trips of 1 KiB on one connection,
+then BULK_SECONDS of one stream of bulk data to the built-in sink (where the path has one and
+can half-close: not the Go tunnel), whose cost is given per GB.
 The user + system CPU time of each process carrying the path (``/proc/PID/stat``, all its
 threads and, for sshd, its per-session children) is read before and after each; the
 difference divided by the connections, or by 2 x MESSAGES (each round trip crosses every
@@ -22,6 +24,8 @@ from bench.paths import BenchPath
 from bench.procs import cpu_seconds, descendants
 
 COST_TIMEOUT = 600.0
+BULK_SECONDS = 3.0
+NO_HALF_CLOSE = {"go"}  # paths the built-in sink cannot measure
 
 
 def cpu_of(roles: dict[str, list[int]]) -> dict[str, float]:
@@ -77,11 +81,38 @@ def measure(
     per_connection["client"] = dialed["cpu_s"] / connections * 1e6
     per_message["client"] = echoed["cpu_s"] / (2 * messages) * 1e6
     carriers = [role for role in before if role != "echo server"]
-    return {
+    got = {
         "connections": connections,
         "messages": messages,
         "carriers": carriers,
         "connection_us": per_connection,
         "message_us": per_message,
         "connection_total_us": sum(per_connection[role] for role in carriers),
+    }
+    if "sink" in path.ports and path.name not in NO_HALF_CLOSE:
+        sent = client(
+            "send", path.ports["sink"], "--seconds", BULK_SECONDS, timeout=BULK_SECONDS + 60
+        )
+        bulk = cpu_of(_roles(path, server_pid))
+        if sent["bytes"]:
+            got["bulk_bytes"] = sent["bytes"]
+            got["gb_cpu_s"] = {
+                role: (bulk[role] - after[role]) / sent["bytes"] * 1e9 for role in carriers
+            }
+    return got
+
+
+def hop(peered: dict, tunnel: dict) -> dict:
+    """What the peer hop adds, from the costs of the peered path (roles ``relay A`` and
+    ``relay B``) and of the single-node tunnel (role ``relay``): per new connection and per
+    message (µs), and per GB (CPU seconds) where both measured it, the two relays' CPU time
+    minus the single relay's; and that relay's own, the figure the hop is held to."""
+    relays = [role for role in peered["carriers"] if role.startswith("relay ")]
+    return {
+        kind: {
+            "added": sum(peered[kind][role] for role in relays) - tunnel[kind]["relay"],
+            "one_node": tunnel[kind]["relay"],
+        }
+        for kind in ("connection_us", "message_us", "gb_cpu_s")
+        if kind in peered and kind in tunnel
     }

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import attrs
 
+from bench.costs import hop
+
 GO, SSH = "go", "ssh"
 CONNECTION_CPU_US = 200.0  # relay + agent, per new connection
 MESSAGE_CPU_US = 15.0  # per 1 KiB message, per process, per direction
 WEBSOCKET_RATIO = 0.5  # tunnel over wss:// / over tls://, one stream
+HOP_RATIO = 1.0  # CPU the peer hop adds / what the single-node relay spends (issue 9)
 HOLD = 10_000
 HOLD_KIB = 32
 
@@ -116,6 +119,27 @@ def evaluate(results: dict, settings: dict) -> list[Goal]:
             )
         )
     ratio_goal("throughput_1", "tunnel-ws", "tunnel", WEBSOCKET_RATIO)
+    if tunnel and (peered := costs.get("peered")):
+        added = hop(peered, tunnel)
+        for kind, what in (
+            ("connection_us", "new connection"),
+            ("message_us", "1 KiB message"),
+            ("gb_cpu_s", "GB"),
+        ):
+            if kind not in added:
+                continue
+            goals.append(
+                _compare(
+                    f"CPU per {what} the peer hop adds (relay A + relay B - one relay; "
+                    "issue 9), to one relay's",
+                    added[kind]["added"] / added[kind]["one_node"]
+                    if added[kind]["one_node"] > 0
+                    else None,
+                    HOP_RATIO,
+                    False,
+                    "x",
+                )
+            )
     if tally := held.get("tunnel"):
         kib = tally["kib_per_connection"]
         at_size = settings["hold"] >= HOLD

@@ -98,6 +98,7 @@ class TunnelPath(BenchPath):
         self.relay: Proc | None = None
         self.agent: Proc | None = None
         self._bridge: dict[str, str] = {}  # BRIDGE_ID, BRIDGE_SECRET, RELAY_FINGERPRINT
+        self._started: list[Proc] = []  # what stop() stops, in reverse
 
     def relay_args(self) -> list[str | Path]:
         """More `serve` arguments (a subclass's variant of the path)."""
@@ -107,11 +108,12 @@ class TunnelPath(BenchPath):
         """The agent's RELAY_URL, from the relay's "agents: listening on HOST:PORT" line."""
         return f"tls://{HOST}:{agents[2]}"
 
-    def _create_bridge(self, relay_bin: str, data: Path) -> None:
-        """A data dir with one bridge (made once: restarts reuse it)."""
+    def _create_bridge(self, relay_bin: str, data: Path, *store: str | Path) -> None:
+        """A data dir with one bridge (made once: restarts reuse it); `store`: options before
+        the subcommand (``--store URL``)."""
 
         def relay_cli(*args: str) -> str:
-            done = run_command([relay_bin, "--data-dir", data, *args])
+            done = run_command([relay_bin, "--data-dir", data, *store, *args])
             if done.returncode:
                 raise StartError(
                     f"bridge-relay {args[0]}: {done.stderr.strip() or done.stdout.strip()}"
@@ -122,52 +124,68 @@ class TunnelPath(BenchPath):
         self._bridge = dict(re.findall(r"^(BRIDGE_ID|BRIDGE_SECRET)=(\S+)$", created, re.M))
         self._bridge["RELAY_FINGERPRINT"] = relay_cli("fingerprint").strip()
 
-    def start(self) -> None:
-        relay_bin, agent_bin = console_script("bridge-relay"), console_script("bridge-agent")
-        data = self.workdir / "relay-data"
-        if not self._bridge:
-            self._create_bridge(relay_bin, data)
-        forwards = [
+    def _start_relay(
+        self, name: str, data: Path, args: list[str | Path], *, forwards: bool = True
+    ) -> tuple[Proc, re.Match[str]]:
+        """`bridge-relay serve` on `data` with `args`; with `forwards`, one forward per target
+        and the SOCKS front door (their ports go to `ports`). Returns the process and its
+        "agents: listening on HOST:PORT" line. Raises StartError (`stop` stops the process)."""
+        served = [
             arg
             for port in self.targets.values()
             for arg in ("--forward", f"{BRIDGE}={HOST}:{port}")
         ]
-        try:
-            self.relay = Proc(
-                "relay",
-                [
-                    relay_bin,
-                    "--data-dir",
-                    data,
-                    "serve",
-                    "--listen",
-                    f"{HOST}:0",
-                    *forwards,
-                    "--socks",
-                    f"{HOST}:0",
-                    *self.relay_args(),
-                ],
-                self.workdir,
-            )
-            agents = self.relay.wait_for(r"^agents: listening on (\S+):(\d+)$")
-            for name, port in self.targets.items():
-                match = self.relay.wait_for(
+        served += ["--socks", f"{HOST}:0"]
+        relay = Proc(
+            name,
+            [
+                console_script("bridge-relay"),
+                "--data-dir",
+                data,
+                "serve",
+                "--listen",
+                f"{HOST}:0",
+                *(served if forwards else []),
+                *args,
+            ],
+            self.workdir,
+        )
+        self._started.append(relay)
+        agents = relay.wait_for(r"^agents: listening on (\S+):(\d+)$")
+        if forwards:
+            for target, port in self.targets.items():
+                match = relay.wait_for(
                     rf"^forward {BRIDGE} -> {re.escape(HOST)}:{port}: listening on \S+:(\d+)$"
                 )
-                self.ports[name] = int(match[1])
-            self.ports["socks"] = int(self.relay.wait_for(r"^socks: listening on \S+:(\d+)$")[1])
-            env = clean_env(**self._bridge, RELAY_URL=self.agent_url(agents), ALLOW=f"{HOST}:*")
-            self.agent = Proc("agent", [agent_bin], self.workdir, env=env)
-            self.agent.wait_for(r"Handling incoming proxy connections", stream="stderr")
+                self.ports[target] = int(match[1])
+            self.ports["socks"] = int(relay.wait_for(r"^socks: listening on \S+:(\d+)$")[1])
+        return relay, agents
+
+    def _start_agent(self, url: str) -> None:
+        """`bridge-agent` of the bench bridge, to `url`, allowing every port of 127.0.0.1;
+        returns once it handles connections."""
+        env = clean_env(**self._bridge, RELAY_URL=url, ALLOW=f"{HOST}:*")
+        self.agent = Proc("agent", [console_script("bridge-agent")], self.workdir, env=env)
+        self._started.append(self.agent)
+        self.agent.wait_for(r"Handling incoming proxy connections", stream="stderr")
+
+    def start(self) -> None:
+        relay_bin = console_script("bridge-relay")
+        console_script("bridge-agent")
+        data = self.workdir / "relay-data"
+        if not self._bridge:
+            self._create_bridge(relay_bin, data)
+        try:
+            self.relay, agents = self._start_relay("relay", data, self.relay_args())
+            self._start_agent(self.agent_url(agents))
             echo_ready(self.ports["echo"], lambda: self.relay.alive() and self.agent.alive())
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        for proc in (self.agent, self.relay):
-            if proc is not None:
-                proc.stop()
+        while self._started:
+            self._started.pop().stop()
 
     def processes(self) -> dict[str, list[int]]:
         return {role: [proc.pid] for role, proc in self.procs().items() if proc.alive()}
@@ -209,3 +227,56 @@ class WebSocketTunnelPath(TunnelPath):
         assert self.relay is not None
         ws = self.relay.wait_for(r"^agents \(WebSocket\): listening on (\S+):(\d+), path (\S+)$")
         return f"wss://{HOST}:{ws[2]}{ws[3]}"
+
+
+class PeeredTunnelPath(TunnelPath):
+    """Two relay nodes of a cluster and one peer hop: `bridge-relay serve --peer-listen` twice,
+    sharing one store, the agent connected to relay A, the forwards and the SOCKS front door
+    on relay B. Every connection enters relay B, crosses the peer link to relay A and goes on
+    to the agent. The store is one SQLite file (``--store sqlite:///...``), as the tunnel
+    path's is, so that the hop is the only difference between the two paths (a PostgreSQL
+    store would also have the relays write the audit table)."""
+
+    name, label = "peered", "peered"
+
+    def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
+        workdir = workdir / self.name  # data dirs and a store of its own
+        workdir.mkdir(exist_ok=True)
+        super().__init__(workdir, targets)
+        self.agents_relay: Proc | None = None
+
+    def _node(self, name: str) -> list[str | Path]:
+        return [
+            "--store",
+            f"sqlite:///{self.workdir / 'store.sqlite'}",
+            "--node",
+            name,
+            "--peer-listen",
+            f"{HOST}:0",
+        ]
+
+    def start(self) -> None:
+        relay_bin = console_script("bridge-relay")
+        console_script("bridge-agent")
+        data = {node: self.workdir / f"relay-{node}" for node in "ab"}
+        if not self._bridge:
+            self._create_bridge(relay_bin, data["a"], "--store", self._node("a")[1])
+        try:
+            self.agents_relay, agents = self._start_relay(
+                "relay-a", data["a"], self._node("a"), forwards=False
+            )
+            self.relay, _ = self._start_relay("relay-b", data["b"], self._node("b"))
+            for relay in (self.agents_relay, self.relay):
+                relay.wait_for(r"\tPeer link up\t", stream="stderr")
+            self._start_agent(self.agent_url(agents))
+            echo_ready(
+                self.ports["echo"],
+                lambda: all(p.alive() for p in (self.agents_relay, self.relay, self.agent)),
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def procs(self) -> dict[str, Proc]:
+        found = (("relay B", self.relay), ("relay A", self.agents_relay), ("agent", self.agent))
+        return {role: proc for role, proc in found if proc}

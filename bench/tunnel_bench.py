@@ -5,10 +5,12 @@ hashicorp/yamux and ``ssh -L``, with the goals of issue 14 and each figure's rat
 
 Paths from 127.0.0.1 to the same targets: direct TCP; the tunnel (``bridge-relay serve`` with
 one forward per target, and ``bridge-agent``: separate processes, TLS, default settings); the
-same over WebSocket (``tunnel-ws``); the Go tunnel (bench/gotunnel: relay and agent processes,
-yamux over TLS, built at run time); and OpenSSH ``ssh -L`` through a throwaway sshd. The
-targets are ``iperf3 -s`` (or the built-in sink), an echo server (``bench.loadgen serve``, two
-processes) and, for pgbench, a PostgreSQL server; every client runs in a process of its own.
+same over WebSocket (``tunnel-ws``); two relay nodes of a cluster with the agent on one and
+the forwards on the other, so that every connection crosses one peer hop (``peered``); the
+Go tunnel (bench/gotunnel: relay and agent processes, yamux over TLS, built at run time);
+and OpenSSH ``ssh -L`` through a throwaway sshd. The targets are ``iperf3 -s`` (or the
+built-in sink), an echo server (``bench.loadgen serve``, two processes) and, for pgbench, a
+PostgreSQL server; every client runs in a process of its own.
 
 Cases (``--cases``):
 throughput  client -> target, one stream and N parallel streams;
@@ -53,6 +55,7 @@ from bench.paths import (
     AuditedTunnelPath,
     BenchPath,
     DirectPath,
+    PeeredTunnelPath,
     SkipPath,
     TunnelPath,
     WebSocketTunnelPath,
@@ -65,6 +68,7 @@ PATHS = {
     "tunnel": TunnelPath,
     "tunnel-ws": WebSocketTunnelPath,
     "tunnel-audit": AuditedTunnelPath,
+    "peered": PeeredTunnelPath,
     "go": GoTunnelPath,
     "ssh": SshPath,
 }
@@ -84,6 +88,11 @@ HOLD_SECONDS = 180.0  # bound on opening the held connections
 RATE_MAX = 200_000  # bound on connections per new-connection run
 IPERF_BUSY_RETRIES = 10
 CEILING = 0.7  # a path at this fraction of direct TCP is near what the load itself can do
+HOP_KINDS = (  # the peer hop's costs: key, per what, unit, decimals
+    ("connection_us", "new connection", "us", 0),
+    ("message_us", "1 KiB message per direction", "us", 1),
+    ("gb_cpu_s", "GB, one stream", "CPU-s", 2),
+)
 
 CASE_METRICS = {  # a measurement of the rounds -> its metrics, where it has several
     "rtt": ("rtt_p50_us", "rtt_p99_us"),
@@ -188,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME,...",
         help=f"paths to run, of {','.join(PATHS)} (default {','.join(DEFAULT_PATHS)}; "
         "tunnel-ws is the tunnel over WebSocket, tunnel-audit the tunnel with the relay's audit "
-        "log on: both only in the rounds)",
+        "log on: both only in the rounds; peered: two relay nodes, one peer hop)",
     )
     add(
         "--builtin",
@@ -541,8 +550,7 @@ def _measure(
         )
         stack.callback(server.stop)
         server.wait_for(r"Server listening on")
-    else:
-        targets["sink"] = ports["sink"]
+    targets["sink"] = ports["sink"]  # the CPU cost per GB, and throughput without iperf3
     skipped: dict[str, str] = {}
     database = _database(args, workdir, stack, skipped)
     if database is not None:
@@ -767,6 +775,8 @@ def _render(args: argparse.Namespace, results: dict, iperf: str | None) -> str:
         )
     if results["costs"]:
         parts.append(_render_costs(args, results["costs"], labels))
+        if {"peered", "tunnel"} <= set(results["costs"]):
+            parts.append(_render_hop(results["costs"]))
     if results["bursts"]:
         parts.append(
             "\n".join(
@@ -863,6 +873,7 @@ def _render_costs(args: argparse.Namespace, cost: dict, labels: dict[str, str]) 
                 "-" if not carriers else f"{got['connection_total_us']:,.0f}",
                 ", ".join(f"{r} {conn[r]:,.0f}" for r in carriers) or "-",
                 ", ".join(f"{r} {msg[r]:,.1f}" for r in carriers) or "-",
+                ", ".join(f"{r} {gb:,.2f}" for r, gb in got.get("gb_cpu_s", {}).items()) or "-",
                 f"{conn['client']:,.0f} / {conn['echo server']:,.0f}",
                 f"{msg['client']:,.1f} / {msg['echo server']:,.1f}",
             ]
@@ -873,14 +884,31 @@ def _render_costs(args: argparse.Namespace, cost: dict, labels: dict[str, str]) 
             "conn, total",
             "conn, per process",
             "1 KiB msg per direction, per process",
+            "GB (1 stream), CPU-s per process",
             "load conn: client / echo",
             "load msg: client / echo",
         ],
         rows,
         f"CPU time (user + system, /proc/PID/stat), us: per new connection over "
         f"{args.cost_connections:,} ({args.concurrency} at a time), per 1 KiB message per "
-        f"direction over {args.cost_messages:,} round trips; fresh processes. The load columns "
-        f"are the client and the echo server, the same on every path: direct TCP is the floor",
+        f"direction over {args.cost_messages:,} round trips; CPU seconds per GB over "
+        f"{costs.BULK_SECONDS:g} s of one stream to the built-in sink; fresh processes. The "
+        f"load columns are the client and the echo server, the same on every path: direct TCP "
+        f"is the floor",
+    )
+
+
+def _render_hop(cost: dict) -> str:
+    added = costs.hop(cost["peered"], cost["tunnel"])
+    lines = [
+        f"  per {what}: {added[kind]['added']:,.{digits}f} {unit} (relay A + relay B - the "
+        f"single relay), the single relay {added[kind]['one_node']:,.{digits}f} {unit}: "
+        f"{added[kind]['added'] / added[kind]['one_node']:.2f}x"
+        for kind, what, unit, digits in HOP_KINDS
+        if kind in added and added[kind]["one_node"] > 0
+    ]
+    return "\n".join(
+        ["CPU time the peer hop adds (goal: at most what one node spends, 1.00x):", *lines]
     )
 
 

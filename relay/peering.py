@@ -123,6 +123,9 @@ class PeerLink:
     #: Peered opens sent through this link since its node's last presence, by bridge ID:
     #: counted with the streams that presence reported, for routing.
     opened: dict[str, int] = attrs.field(factory=dict, repr=False)
+    #: This node's tunnels through this link (opening or open), by bridge ID: the holder
+    #: has at least these open, whatever its last presence said.
+    mine: dict[str, int] = attrs.field(factory=dict, repr=False)
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
     close_reason: str | None = None
     wake: trio.Event = attrs.field(factory=trio.Event, repr=False)
@@ -138,7 +141,15 @@ class PeerLink:
 
     def load(self, bridge_id: str) -> int:
         held = self.held.get(bridge_id)
-        return (held.streams if held else 0) + self.opened.get(bridge_id, 0)
+        reported = (held.streams if held else 0) + self.opened.get(bridge_id, 0)
+        return max(reported, self.mine.get(bridge_id, 0))
+
+    def count_mine(self, bridge_id: str, change: int) -> None:
+        """Count one of this node's tunnels through the link more (1) or less (-1)."""
+        if (count := self.mine.get(bridge_id, 0) + change) > 0:
+            self.mine[bridge_id] = count
+        else:
+            self.mine.pop(bridge_id, None)
 
     def close(self, reason: str) -> None:
         """End the link; its node's presence is dropped at once."""
@@ -641,6 +652,16 @@ class Peering:
         self, link: PeerLink, held: HeldBridge, request: OpenRequest
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         link.opened[held.id] = link.opened.get(held.id, 0) + 1
+        link.count_mine(held.id, 1)
+        try:
+            return await self._open_through(link, held, request)
+        except BaseException:
+            link.count_mine(held.id, -1)
+            raise
+
+    async def _open_through(
+        self, link: PeerLink, held: HeldBridge, request: OpenRequest
+    ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         # The holder may wait for a slot and then for the agent, each up to its timeout.
         wait = 2 * self.relay.config.connect_timeout + 1
         with trio.move_on_after(wait) as deadline:
@@ -679,7 +700,7 @@ class Peering:
                 status=ConnectStatus.TIMEOUT,
             )
         if reply.outcome == OpenOutcome.OK:
-            return _Outbound(stream, parser.leftover, self), ConnectReply(
+            return _Outbound(stream, parser.leftover, self, link, held.id), ConnectReply(
                 ConnectStatus.OK, reply.message
             )
         await trio.aclose_forcefully(stream)
@@ -694,9 +715,12 @@ class _Outbound(PrefixedStream):
     """A tunnel opened through a peer link: counted in `Peering.outbound_tunnels` (which a
     drain waits for) until closed."""
 
-    def __init__(self, stream: Any, prefix: bytes, peering: Peering) -> None:
+    def __init__(
+        self, stream: Any, prefix: bytes, peering: Peering, link: PeerLink, bridge_id: str
+    ) -> None:
         super().__init__(stream, prefix)
         self._peering: Peering | None = peering
+        self._link, self._bridge_id = link, bridge_id
         peering._outbound += 1
 
     async def aclose(self) -> None:
@@ -704,6 +728,7 @@ class _Outbound(PrefixedStream):
         if (peering := self._peering) is not None:
             self._peering = None
             peering._outbound_closed()
+            self._link.count_mine(self._bridge_id, -1)
         await super().aclose()
 
 

@@ -372,10 +372,10 @@ class Relay:
         self._node_wake.set()
 
     def _presence_changed(self) -> None:
-        """The bridges held here changed: tell the peers, and the store soon."""
+        """The bridges held here changed: tell the peers (the store hears it with the next
+        heartbeat; nothing routes by it)."""
         if self.peering is not None:
             self.peering.presence_changed()
-        self._node_wake.set()
 
     async def serve_listeners(
         self,

@@ -29,10 +29,15 @@ from trio.lowlevel import (
 from mux.conflict import RECEIVING, SENDING, ConflictDetector
 
 DEFAULT_RECEIVE_SIZE = 256 * 1024
-
-#: The most plaintext one TLS record carries: a read that returns less ended a short record,
-#: most likely the last one the peer sent (a record after it is read by the next call).
-_RECORD = 16 * 1024
+# The most one OpenSSL write is given: one TLS record's worth. Python's SSL socket asks
+# OpenSSL for all-or-nothing writes: a larger write that fills the socket part-way reports
+# nothing written, yet OpenSSL has sent some of its records and holds the count, and the
+# next write must then be at least that long (else "bad length", the connection lost) and
+# begin with the same bytes. One record per write keeps that state to one pending record,
+# which a caller resuming with the unsent bytes always satisfies.
+# On reads: a read that returns less ended a short record, most likely the last one the peer
+# sent (a record after it is read by the next call).
+_RECORD = 16 * 1024  # the most plaintext one TLS record carries
 
 
 class TLSStream(trio.abc.Stream):
@@ -158,17 +163,19 @@ class TLSStream(trio.abc.Stream):
 
     async def send_some(self, data: bytes | bytearray | memoryview) -> int:
         """Send as much of ``data`` as goes without waiting (at least some: waits for that)
-        and return how much; if it raises, nothing was sent."""
+        and return how much; if it raises, nothing was sent. The next write must start with
+        the bytes not sent (and take them all, or 16 KiB of them): OpenSSL may hold one
+        record of them, encrypted."""
         await checkpoint_if_cancelled()
         tls_socket = self._socket
         with memoryview(data) as view:
-            sent = await self._retry(tls_socket.send, view)
-            # OpenSSL writes one record per call: go on while the socket takes them. Whatever
-            # stops us here (even an error) is met again by the next call, which starts with
-            # the bytes not sent, as OpenSSL requires after a wanted read or write.
+            sent = await self._retry(tls_socket.send, view[:_RECORD])
+            # One record per call: go on while the socket takes them. Whatever stops us
+            # here (even an error) is met again by the next call, which starts with the bytes
+            # not sent, as OpenSSL requires after a wanted read or write.
             while sent < len(view):
                 try:
-                    sent += tls_socket.send(view[sent:])
+                    sent += tls_socket.send(view[sent : sent + _RECORD])
                 except (ssl.SSLError, OSError):
                     break
         await cancel_shielded_checkpoint()
@@ -185,7 +192,7 @@ class TLSStream(trio.abc.Stream):
                 raise trio.ClosedResourceError("the TLS stream was closed")
             with memoryview(data) as view:
                 while view:
-                    sent = await self._retry(self._socket.send, view)
+                    sent = await self._retry(self._socket.send, view[:_RECORD])
                     view = view[sent:]
             await cancel_shielded_checkpoint()
 

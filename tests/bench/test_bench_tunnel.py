@@ -123,3 +123,35 @@ def test_tunnel_bench_pgbench_and_websocket(tmp_path, capsys, postgres_url):
         assert results["metrics"][key]["per_round"]["tunnel-ws"] == []  # rounds only
     assert results["metrics"]["throughput_1"]["ratio_to"]["tunnel"]["tunnel-ws"] > 0
     assert "1 stream, MB/s: tunnel-ws / tunnel" in table
+
+
+def test_tunnel_bench_peered(tmp_path, capsys):
+    """Two relay nodes peered over a shared store, the agent on one and the forward on the
+    other: every case crosses the peer hop; the CPU the hop adds is reported against one
+    relay's."""
+    table, results = _run(
+        tmp_path,
+        capsys,
+        "--paths",
+        "tunnel,peered",
+        "--cases",
+        "throughput,rtt,rate,costs",
+        "--builtin",
+        *TINY,
+        "--cost-connections",
+        "40",
+        "--cost-messages",
+        "100",
+    )
+    assert results["skipped"] == {}
+    assert results["errors"] == []
+    for metric in results["metrics"].values():
+        assert metric["median"]["peered"] > 0
+    costs = results["costs"]
+    assert costs["peered"]["carriers"] == ["relay B", "relay A", "agent"]
+    assert costs["peered"]["connection_total_us"] > 0
+    assert set(costs["peered"]["gb_cpu_s"]) == {"relay B", "relay A", "agent"}
+    assert costs["peered"]["bulk_bytes"] > 0
+    assert "CPU time the peer hop adds" in table
+    figures = [goal["figure"] for goal in results["goals"]]
+    assert sum("the peer hop adds" in figure for figure in figures) == 3

@@ -94,3 +94,29 @@ async def test_sending_after_the_peer_closed_is_a_broken_stream(make_pair) -> No
     for send in (client.send_all, client.send_some):
         with pytest.raises(trio.BrokenResourceError, match="closed the TLS connection"):
             await send(b"after the end")
+
+
+async def test_a_shorter_write_after_a_partial_send_some_is_intact(make_pair) -> None:
+    """send_some stopped by a full socket returns what it sent; cancelled, it sent nothing;
+    the rest then goes in 64 KiB pieces (as mux's writer resumes): every byte arrives once,
+    in order, and the connection is not lost ("bad length")."""
+    client, server = await make_pair()
+    data = os.urandom(4 * 1024 * 1024)
+    with trio.fail_after(10):
+        sent = await client.send_some(data)
+    assert 0 < sent < len(data)
+    with trio.move_on_after(0.2) as waited:
+        sent += await client.send_some(data[sent:])
+    assert waited.cancelled_caught
+    received = bytearray()
+
+    async def receive() -> None:
+        while len(received) < len(data):
+            received.extend(await server.receive_some())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            for start in range(sent, len(data), 64 * 1024):
+                await client.send_all(data[start : start + 64 * 1024])
+    assert received == data
