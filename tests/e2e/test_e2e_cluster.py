@@ -220,8 +220,12 @@ def test_kill_9_of_the_agents_node_and_callers_elsewhere_reach_it_again(
     nodes = cluster.cluster(postgres_url, 3, postgres.target)
     caller = nodes[2]
     # The agent is given node 1 and node 2; it picks one at random, the other takes over.
+    # One session (RELAY_CONNECTIONS=1): what is tested is its reconnection; two sessions
+    # under a kill -9 are tests/faults/test_rolling_restart.py's.
     urls = ",".join(node.url for node in nodes[:2])
-    agent = cluster.agent(nodes[0], [postgres.target], wait=False, RELAY_URL=urls)
+    agent = cluster.agent(
+        nodes[0], [postgres.target], wait=False, RELAY_URL=urls, RELAY_CONNECTIONS="1"
+    )
     agent.wait_for(r"\tHandling incoming proxy connections")
     held = [node for node in nodes[:2] if "\tBridge connected\t" in node.process.stderr()]
     assert len(held) == 1, "the agent logged in on one node"
