@@ -236,28 +236,19 @@ class WorkerLink:
     async def _receive_loop(self) -> None:
         while True:
             try:
-                data, ancillary, flags, _ = await self._socket.recvmsg(MAX_MESSAGE + 1, _ANCILLARY)
+                received = await receive_message(self._socket)
             except OSError as exc:
                 log.warning("Link to the parent broken", extra={"fields": {"reason": str(exc)}})
                 return
-            fds = _descriptors(ancillary)
-            if not data and not fds:
-                return  # the parent closed its end
-            try:
-                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                    raise MessageError("truncated packet")
-                message = decode(data)
-                if (message.kind in WITH_DESCRIPTOR) != (len(fds) == 1):
-                    raise MessageError(f"{message.kind.name} with {len(fds)} descriptors")
             except MessageError as exc:
-                for fd in fds:
-                    os.close(fd)
                 log.error(
                     "Invalid message from the parent: link closed",
                     extra={"fields": {"reason": str(exc)}},
                 )
                 return
-            await self._dispatch(message, fds[0] if fds else None)
+            if received is None:
+                return  # the parent closed its end
+            await self._dispatch(*received)
 
     async def _dispatch(self, message: Message, fd: int | None) -> None:
         kind = message.kind
@@ -347,6 +338,29 @@ class WorkerLink:
         for offer in self._offers.values():
             offer.done.set()  # not taken: served here
         self._socket.close()
+
+
+async def receive_message(sock: trio.socket.SocketType) -> tuple[Message, int | None] | None:
+    """The next message on a parent-worker link and the descriptor it carries, or None once
+    the other end closed. Raises OSError when the link breaks, and MessageError for a
+    truncated or invalid packet or a descriptor count that does not fit its kind (any
+    descriptor received with it is closed first). Cancelling it loses nothing: a packet is
+    either read whole or left in the socket."""
+    data, ancillary, flags, _ = await sock.recvmsg(MAX_MESSAGE + 1, _ANCILLARY)
+    fds = _descriptors(ancillary)
+    if not data and not fds:
+        return None
+    try:
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise MessageError("truncated packet")
+        message = decode(data)
+        if (message.kind in WITH_DESCRIPTOR) != (len(fds) == 1):
+            raise MessageError(f"{message.kind.name} with {len(fds)} descriptors")
+    except MessageError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return message, fds[0] if fds else None
 
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

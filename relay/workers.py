@@ -40,14 +40,11 @@ import trio
 from bridge.ops.metrics import Metrics
 from bridge.ops.systemd import Notifier, run_watchdog
 from relay import admin
-from relay.worker import _ANCILLARY, ENV, WorkerSetup, _descriptors
+from relay.worker import ENV, WorkerSetup, receive_message
 from relay.worker_messages import (
-    MAX_MESSAGE,
-    WITH_DESCRIPTOR,
     Kind,
     Message,
     MessageError,
-    decode,
     hold,
     release,
 )
@@ -436,24 +433,15 @@ class Supervisor:
         sock = worker.socket
         while True:
             try:
-                data, ancillary, flags, _ = await sock.recvmsg(MAX_MESSAGE + 1, _ANCILLARY)
+                received = await receive_message(sock)
             except OSError:
                 return
-            fds = _descriptors(ancillary)
-            if not data and not fds:
-                return
-            try:
-                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                    raise MessageError("truncated packet")
-                message = decode(data)
-                if (message.kind in WITH_DESCRIPTOR) != (len(fds) == 1):
-                    raise MessageError(f"{message.kind.name} with {len(fds)} descriptors")
             except MessageError as exc:
-                for fd in fds:
-                    os.close(fd)
                 log.error("Invalid message from a worker", extra=worker.fields(reason=str(exc)))
                 continue
-            self._dispatch(worker, message, fds[0] if fds else None)
+            if received is None:
+                return
+            self._dispatch(worker, *received)
 
     def _dispatch(self, worker: _Worker, message: Message, fd: int | None) -> None:
         kind = message.kind
