@@ -91,6 +91,10 @@ _UNREACHABLE = {
 #: An unknown certificate makes the listener read the store's node list again, at most this
 #: often (so that strangers cannot make it query the store per connection).
 _REFRESH_GAP = 0.5
+#: Presence messages a peer's newer ones superseded before they were read: this many on
+#: one link is more than a node sends that changes presence as often as it may (one per
+#: `PeerConfig.presence_debounce`), and is logged (once per link).
+_SUPERSEDED_WARNING = 100
 
 
 def _log(level: int, message: str, **fields: Any) -> None:
@@ -131,6 +135,14 @@ class PeerLink:
     wake: trio.Event = attrs.field(factory=trio.Event, repr=False)
     #: The node said it drains: no opens go to it.
     draining: bool = False
+    #: Its peered opens being served here (from reading the request to the tunnel's end),
+    #: those waiting for the local open (the agent's answer), and the tunnels open: each
+    #: bounded (`Peering`).
+    serving: int = 0
+    opening: int = 0
+    tunnels: int = 0
+    #: It was logged as opening more than it may (once per link).
+    warned: bool = False
 
     def find(self, bridge: str) -> HeldBridge | None:
         """The bridge (an ID or name) if this link's node holds it."""
@@ -192,6 +204,14 @@ class Peering:
             accept_backlog=config.accept_backlog,
         )
         self.mux_config = mux.Config(**options)
+        # What one peer node may use of this node's bridges at once: half of a bridge's
+        # streams and of its opens waiting for the agent, so that callers here (and other
+        # nodes) always have the rest.
+        self._max_tunnels = max(relay.config.max_streams_per_bridge // 2, 1)
+        self._max_opening = max(relay.config.max_pending_opens // 2, 1)
+        # Streams of one peer being served: those, and as many opens again reading their
+        # request; beyond, new streams are reset unread.
+        self._max_streams = self._max_tunnels + 2 * self._max_opening
 
     @property
     def node(self) -> str:
@@ -504,6 +524,11 @@ class Peering:
                         else:
                             nursery.start_soon(self._read_presence, link, control)
                             async for stream in session:
+                                if link.serving >= self._max_streams:
+                                    self._too_many(link, f"{link.serving} open")
+                                    _reset(stream)
+                                    continue
+                                link.serving += 1
                                 nursery.start_soon(self._serve_open, link, stream)
                         link.close_reason = link.close_reason or str(session.close_reason)
                         nursery.cancel_scope.cancel()
@@ -533,16 +558,37 @@ class Peering:
             link.close(link.close_reason or "control stream closed")
 
     async def _read_presence(self, link: PeerLink, control: Any) -> None:
+        """Read `link`'s presence messages: only the latest is decoded, and after each the
+        reading pauses (`presence_debounce`, or 4 times what decoding took: a peer's presence
+        costs at most a fifth of a core; flow control holds a faster sender back). A peer
+        that sends many more than it should is told of in one log line."""
         reader = PresenceReader()
+        warned = False
         try:
             while data := await control.receive_some(_READ_SIZE):
-                for presence in reader.feed(data)[-1:]:
-                    if presence.draining and not link.draining:
-                        _log(logging.INFO, "Peer draining: routing around it", node=link.node)
-                    link.draining = presence.draining
-                    link.held = {b.id: b for b in presence.bridges}
-                    link.names = {b.name: b.id for b in presence.bridges}
-                    link.opened = {}
+                began = trio.current_time()
+                if (presence := reader.feed(data)) is None:
+                    continue
+                if presence.draining and not link.draining:
+                    _log(logging.INFO, "Peer draining: routing around it", node=link.node)
+                link.draining = presence.draining
+                link.held = {b.id: b for b in presence.bridges}
+                link.names = {b.name: b.id for b in presence.bridges}
+                link.opened = {}
+                debounce = self.config.presence_debounce
+                pause = max(debounce, 4 * (trio.current_time() - began))
+                often = reader.superseded >= _SUPERSEDED_WARNING
+                if (often or pause > debounce) and not warned:
+                    warned = True  # costly (large) presence, or more than a node sends
+                    _log(
+                        logging.WARNING if often else logging.INFO,
+                        "Peer presence throttled: reading only its latest message, then pausing",
+                        node=link.node,
+                        pause=f"{pause:.3f} s",
+                        bridges=len(presence.bridges),
+                        superseded=reader.superseded,
+                    )
+                await trio.sleep(pause)
         except PeerMessageError as exc:
             link.close(f"invalid presence: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -552,8 +598,22 @@ class Peering:
 
     # -- peered opens: the holder's side ----------------------------------------------
 
+    def _too_many(self, link: PeerLink, what: str) -> None:
+        """`link`'s node opens more than a peer may: one log line per link."""
+        if not link.warned:
+            link.warned = True
+            _log(
+                logging.WARNING,
+                "Peer opens too many streams: refusing those beyond the limit",
+                node=link.node,
+                streams=what,
+                limit=f"{self._max_tunnels} tunnels, {self._max_opening} opens waiting for the "
+                f"agent, {self._max_streams} streams",
+            )
+
     async def _serve_open(self, link: PeerLink, stream: Any) -> None:
-        """One peered open from `link`'s node: the local open, the reply, then the splice."""
+        """One peered open from `link`'s node (counted in ``link.serving`` by the caller):
+        the local open, the reply, then the splice."""
         tunnel = None
         try:
             parser = OpenRequestParser()
@@ -563,6 +623,8 @@ class Peering:
                 _reset(stream)
                 return
             tunnel, reply = await self._open_local(link, request)
+            if tunnel is not None:
+                link.tunnels += 1
             await stream.send_all(encode_open_reply(reply))
             if tunnel is None:
                 await stream.aclose()
@@ -590,7 +652,9 @@ class Peering:
             _reset(stream)
             _reset(tunnel)
         finally:
+            link.serving -= 1
             if tunnel is not None:
+                link.tunnels -= 1
                 await trio.aclose_forcefully(tunnel)
             await trio.aclose_forcefully(stream)
 
@@ -600,6 +664,18 @@ class Peering:
         caller = _caller(request.caller, link.node)
         if not self.relay.registry.sessions(request.bridge):
             return None, OpenReply(OpenOutcome.NOT_CONNECTED, message="not held by this node")
+        # Beyond its share the node is refused, unless the bridge is at its own limit: that
+        # refusal (audited) is the local open's.
+        full = self.relay.registry.open_streams(request.bridge)
+        if link.opening >= self._max_opening or (
+            link.tunnels >= self._max_tunnels and full < self.relay.config.max_streams_per_bridge
+        ):
+            self._too_many(link, f"{link.tunnels} tunnels, {link.opening} opens waiting")
+            message = (
+                f"node {self.node}: node {link.node} has all it may of bridge {request.bridge}"
+            )
+            return None, OpenReply(OpenOutcome.BUSY, message=message)
+        link.opening += 1
         try:
             tunnel, reply = await self.relay._open(
                 request.bridge, request.host, request.port, caller, remote=False
@@ -616,6 +692,8 @@ class Peering:
             return None, OpenReply(OpenOutcome.REFUSED, exc.status, str(exc))
         except ValueError as exc:
             return None, OpenReply(OpenOutcome.FAILED, message=str(exc))
+        finally:
+            link.opening -= 1
         return tunnel, OpenReply(OpenOutcome.OK, ConnectStatus.OK, reply.message)
 
     # -- peered opens: the caller's side ----------------------------------------------

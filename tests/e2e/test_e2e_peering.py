@@ -18,7 +18,6 @@ import pytest
 import trio
 
 from .e2e_support import (
-    Bridge,
     Launcher,
     Postgres,
     Relay,
@@ -42,20 +41,6 @@ def _linked(nodes: list[Relay]) -> None:
 def _reaches(postgres: Postgres, port: int) -> bool:
     result = postgres.psql("select 1", port=port)
     return result.returncode == 0 and result.stdout == b"1\n"
-
-
-@pytest.fixture
-def cluster_bridge(tmp_path: Path, postgres_url: str) -> Bridge:
-    return create_bridge(tmp_path, "--store", postgres_url)
-
-
-@pytest.fixture
-def cluster(cluster_bridge: Bridge, tmp_path: Path):
-    launcher = Launcher(cluster_bridge, tmp_path)
-    try:
-        yield launcher
-    finally:
-        launcher.close()
 
 
 def test_psql_through_node_3_reaches_the_agent_on_node_1(

@@ -245,11 +245,14 @@ def test_presence_round_trip_and_bounds():
     bridges = [HeldBridge("id-1", "one", 3), HeldBridge("id-2", "two", 0)]
     reader = PresenceReader()
     line = encode_presence(bridges)
-    assert reader.feed(line[:5]) == []
-    assert reader.feed(line[5:] + line) == [Presence(bridges), Presence(bridges)]
+    assert reader.feed(line[:5]) is None
+    assert reader.feed(line[5:] + line) == Presence(bridges)
     # A draining node says so; a node that does not know the key reads the bridge list.
     draining = encode_presence([], draining=True)
-    assert reader.feed(draining) == [Presence([], draining=True)]
+    assert reader.feed(draining) == Presence([], draining=True)
+    # Only the latest line is decoded: those it supersedes are skipped, unread.
+    assert reader.feed(b"not json\n" + draining + b"\n") == Presence([], draining=True)
+    assert reader.superseded == 2
     assert json.loads(draining) == {"bridges": [], "draining": True}
 
     for bad in (
