@@ -208,6 +208,11 @@ class Peering:
         for link in self.links.values():
             link.wake.set()
 
+    def holds(self, bridge: str) -> bool:
+        """Whether a linked node that does not drain holds `bridge` (an ID or name): what
+        `holders` would list something for, without ranking them."""
+        return any(not link.draining and link.find(bridge) for link in self.links.values())
+
     def holders(self, bridge: str) -> list[tuple[PeerLink, HeldBridge]]:
         """The linked nodes holding `bridge` (an ID or name), fewest open streams first;
         none that drains."""
