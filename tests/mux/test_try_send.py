@@ -6,6 +6,7 @@ write without waiting, and it raises what `send_all` raises."""
 
 from __future__ import annotations
 
+import array
 import hashlib
 import random
 
@@ -120,3 +121,11 @@ async def test_a_transport_that_fails_a_write_through_ends_the_session(nursery):
     assert isinstance(session.close_reason.__cause__, OSError)
     with pytest.raises(mux.SessionClosed):
         stream.try_send(b"third")
+
+
+async def test_try_send_takes_any_buffer_as_bytes(sessions):
+    client, server = await sessions.open()
+    left, right = await stream_pair(client, server)
+    words = array.array("H", [1, 2, 3])
+    assert left.try_send(words) == 6
+    assert await right.receive_some() == words.tobytes()
