@@ -228,6 +228,11 @@ class Peering:
         for link in self.links.values():
             link.wake.set()
 
+    def holds(self, bridge: str) -> bool:
+        """Whether a linked node that does not drain holds `bridge` (an ID or name): what
+        `holders` would list something for, without ranking them."""
+        return any(not link.draining and link.find(bridge) for link in self.links.values())
+
     def holders(self, bridge: str) -> list[tuple[PeerLink, HeldBridge]]:
         """The linked nodes holding `bridge` (an ID or name), fewest open streams first;
         none that drains."""
@@ -523,13 +528,7 @@ class Peering:
                             link.close(str(exc))
                         else:
                             nursery.start_soon(self._read_presence, link, control)
-                            async for stream in session:
-                                if link.serving >= self._max_streams:
-                                    self._too_many(link, f"{link.serving} open")
-                                    _reset(stream)
-                                    continue
-                                link.serving += 1
-                                nursery.start_soon(self._serve_open, link, stream)
+                            await self._accept_opens(link, session, nursery)
                         link.close_reason = link.close_reason or str(session.close_reason)
                         nursery.cancel_scope.cancel()
         except mux.SessionClosed as exc:
@@ -610,6 +609,25 @@ class Peering:
                 limit=f"{self._max_tunnels} tunnels, {self._max_opening} opens waiting for the "
                 f"agent, {self._max_streams} streams",
             )
+
+    async def _accept_opens(
+        self, link: PeerLink, session: mux.Session, nursery: trio.Nursery
+    ) -> None:
+        """Serve each stream the peer opens until the session ends; beyond the streams a
+        peer may have served at once, reset unread. The ACK of a stream rides on the reply
+        (the peer sent its request with the open, and the reply follows within the open's
+        deadlines): one frame fewer per peered open."""
+        while True:
+            try:
+                stream = await session.accept_stream(defer_ack=True)
+            except mux.SessionClosed:
+                return
+            if link.serving >= self._max_streams:
+                self._too_many(link, f"{link.serving} open")
+                _reset(stream)
+                continue
+            link.serving += 1
+            nursery.start_soon(self._serve_open, link, stream)
 
     async def _serve_open(self, link: PeerLink, stream: Any) -> None:
         """One peered open from `link`'s node (counted in ``link.serving`` by the caller):
