@@ -685,8 +685,10 @@ class Peering:
         # Beyond its share the node is refused, unless the bridge is at its own limit: that
         # refusal (audited) is the local open's.
         full = self.relay.registry.open_streams(request.bridge)
+        # (Its opens on their way become tunnels: they count as such.)
         if link.opening >= self._max_opening or (
-            link.tunnels >= self._max_tunnels and full < self.relay.config.max_streams_per_bridge
+            link.tunnels + link.opening >= self._max_tunnels
+            and full < self.relay.config.max_streams_per_bridge
         ):
             self._too_many(link, f"{link.tunnels} tunnels, {link.opening} opens waiting")
             message = (
