@@ -465,6 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
             "the listen address, or this host's name for a wildcard address",
         ),
     )
+    serve.add_argument(
+        "--agent-advertise",
+        metavar="HOST:PORT",
+        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        default=os.environ.get("RELAY_AGENT_ADVERTISE"),
+        help=_env_help(
+            "the address agents reach this node's --listen at (port 0: the port listened on); "
+            "the relay tells agents every live node's, so that they spread their sessions "
+            "over the nodes (a cluster: see the README)",
+            "RELAY_AGENT_ADVERTISE",
+            "none told",
+        ),
+    )
     _add_node_timeout(serve)
     _add_cost(
         serve,
@@ -816,6 +829,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         ),
         node=setup.node if setup is not None else args.node or None,
         node_timeout=args.node_timeout,
+        agent_advertise=args.agent_advertise,
         audit=AuditConfig(interval=args.audit_interval),
     )
     identity = None
@@ -1511,6 +1525,7 @@ def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
                 "agent_address": node.agent_address,
                 "peer_address": node.peer_address,
                 "peer_fingerprint": node.peer_fingerprint,
+                "agent_advertise": node.agent_advertise,
                 "started_at": _iso(node.started_at),
                 "heartbeat_age": None if node.age is None else round(node.age, 3),
                 "alive": node.age is not None and node.age < timeout,
