@@ -104,6 +104,10 @@ def _type(parse):
     return convert
 
 
+#: HOST:PORT where port 0 means "any free port" (to listen) or "the one listened on".
+_ADDRESS_OR_ANY_PORT = _type(partial(parse_host_port, allow_zero=True))
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -189,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_LISTEN", DEFAULT_LISTEN),
         help=_env_help(
             "where agents connect (port 0: any free port)", "RELAY_LISTEN", DEFAULT_LISTEN
@@ -198,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen-ws",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_LISTEN_WS"),
         help=_env_help(
             f"also accept agents over WebSocket here (wss://, path {DEFAULT_PATH}, the same TLS "
@@ -445,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--peer-listen",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_PEER_LISTEN"),
         help=_env_help(
             "where the other relay nodes sharing the store connect (a cluster: see the "
@@ -468,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--agent-advertise",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_AGENT_ADVERTISE"),
         help=_env_help(
             "the address agents reach this node's --listen at (port 0: the port listened on); "
