@@ -49,7 +49,8 @@ class PeerConfig:
     presence_debounce: after a change, how long to wait for more before sending presence.
     refresh_interval: how often the store's node list is read (whom to dial, whom to accept).
     redial_min, redial_max: the backoff between attempts to dial a node, doubled per failure.
-    accept_backlog: streams a peer may have opened on the link that are not served yet.
+    accept_backlog: streams a peer may have opened on the link that are not answered yet
+        (the opening node waits to open more while that many are).
     """
 
     keepalive_interval: float = attrs.field(default=2.0, validator=positive_number)

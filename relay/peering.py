@@ -209,6 +209,11 @@ class Peering:
         for link in self.links.values():
             link.wake.set()
 
+    def holds(self, bridge: str) -> bool:
+        """Whether a linked node that does not drain holds `bridge` (an ID or name): what
+        `holders` would list something for, without ranking them."""
+        return any(not link.draining and link.find(bridge) for link in self.links.values())
+
     def holders(self, bridge: str) -> list[tuple[PeerLink, HeldBridge]]:
         """The linked nodes holding `bridge` (an ID or name), fewest open streams first;
         none that drains."""
@@ -521,8 +526,7 @@ class Peering:
                             link.close(str(exc))
                         else:
                             nursery.start_soon(self._read_presence, link, control)
-                            async for stream in session:
-                                nursery.start_soon(self._serve_open, link, stream)
+                            await self._accept_opens(link, session, nursery)
                         link.close_reason = link.close_reason or str(session.close_reason)
                         nursery.cancel_scope.cancel()
         except mux.SessionClosed as exc:
@@ -571,6 +575,19 @@ class Peering:
         link.close(link.close_reason or (str(ended) if ended else "control stream closed"))
 
     # -- peered opens: the holder's side ----------------------------------------------
+
+    async def _accept_opens(
+        self, link: PeerLink, session: mux.Session, nursery: trio.Nursery
+    ) -> None:
+        """Serve each stream the peer opens until the session ends. The ACK of a stream
+        rides on the reply (the peer sent its request with the open, and the reply follows
+        within the open's deadlines): one frame fewer per peered open."""
+        while True:
+            try:
+                stream = await session.accept_stream(defer_ack=True)
+            except mux.SessionClosed:
+                return
+            nursery.start_soon(self._serve_open, link, stream)
 
     async def _serve_open(self, link: PeerLink, stream: Any) -> None:
         """One peered open from `link`'s node: the local open, the reply, then the splice."""

@@ -1239,7 +1239,7 @@ class Relay:
         or to a node this one has a peer link with."""
         if self.registry.sessions(bridge):
             return True
-        return self.peering is not None and bool(self.peering.holders(bridge))
+        return self.peering is not None and self.peering.holds(bridge)
 
     async def connect(
         self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
@@ -1316,8 +1316,8 @@ class Relay:
         # A local session is preferred unless it is at its stream limit.
         if (
             peering is not None
-            and peering.holders(bridge)
             and (not sessions or self._streams_full(sessions[0].bridge_id))
+            and peering.holds(bridge)
         ):
             try:
                 return await peering.open(bridge, host, port, caller)
