@@ -1058,7 +1058,8 @@ class Agent:
                 reason = os_reason(exc)
             else:
                 return _inet(infos)
-            raise Refused(ConnectStatus.DNS_FAILURE, f"DNS lookup failed for {host}: {reason}")
+            message = f"DNS lookup failed for {host}: {reason}"
+            raise Refused(ConnectStatus.DNS_FAILURE, message) from None
         return _inet(infos)
 
     async def _splice(
