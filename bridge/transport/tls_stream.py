@@ -8,7 +8,8 @@ OpenSSL twice and every read or write is several Python-level steps. Here a non-
 (`wait_readable` / `wait_writable`): the same protocol, at well over twice the throughput.
 
 It also offers `send_some`, a write that either returns how much it sent or raises having
-sent nothing, even when cancelled: mux uses it to write from the sending task directly.
+sent nothing, even when cancelled, and `send_nowait`, the same without waiting at all: mux
+uses them to write from the sending task directly.
 """
 
 from __future__ import annotations
@@ -179,18 +180,40 @@ class TLSStream(trio.abc.Stream):
         the bytes not sent (and take them all, or 16 KiB of them): OpenSSL may hold one
         record of them, encrypted."""
         await checkpoint_if_cancelled()
-        tls_socket = self._socket
         with memoryview(data) as view:
-            sent = await self._retry(tls_socket.send, view[:_RECORD])
-            # One record per call: go on while the socket takes them. Whatever stops us
-            # here (even an error) is met again by the next call, which starts with the bytes
-            # not sent, as OpenSSL requires after a wanted read or write.
-            while sent < len(view):
-                try:
-                    sent += tls_socket.send(view[sent : sent + _RECORD])
-                except (ssl.SSLError, OSError):
-                    break
+            sent = await self._retry(self._socket.send, view[:_RECORD])
+            sent += self._send_ready(view[sent:])
         await cancel_shielded_checkpoint()
+        return sent
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Send as much of ``data`` as the socket takes now, without waiting, and return how
+        much (0: nothing can go now). Not a checkpoint; for callers that cannot await (mux
+        writes queued frames from whichever task queued them). As with `send_some`, the next
+        write must start with the bytes not sent. Raises `trio.BrokenResourceError` when the
+        connection fails (nothing was sent then), `trio.ClosedResourceError` once closed."""
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream was closed")
+        with memoryview(data) as view:
+            try:
+                sent = self._socket.send(view[:_RECORD])
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return 0
+            except (ssl.SSLError, OSError) as exc:
+                raise trio.BrokenResourceError(f"TLS connection failed: {exc}") from exc
+            return sent + self._send_ready(view[sent:])
+
+    def _send_ready(self, view: memoryview) -> int:
+        """Send ``view`` one record per call while the socket takes them; how much went.
+        Whatever stops it (even an error) is met again by the next write, which starts with
+        the bytes not sent, as OpenSSL requires after a wanted read or write."""
+        send = self._socket.send
+        sent = 0
+        while sent < len(view):
+            try:
+                sent += send(view[sent : sent + _RECORD])
+            except (ssl.SSLError, OSError):
+                break
         return sent
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
