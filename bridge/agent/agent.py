@@ -1095,18 +1095,26 @@ class Agent:
     async def _resolve(self, host: str, port: int) -> list[tuple[Any, ...]]:
         """The host's addresses, resolved once: these (and only these) are checked and dialed."""
         try:
-            with trio.fail_after(self.config.request_timeout):
-                infos = await trio.socket.getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-                )
-        except trio.TooSlowError:
-            reason = "timed out"
-        except (OSError, UnicodeError) as exc:
-            reason = os_reason(exc)
-        else:
-            inet = [info for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
-            return list({info[4][:2]: info for info in inet}.values())
-        raise Refused(ConnectStatus.DNS_FAILURE, f"DNS lookup failed for {host}: {reason}")
+            # An IP address needs no lookup (no DNS, no thread, no deadline): the most common
+            # target costs one call.
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=_NUMERIC
+            )
+        except (OSError, UnicodeError):  # a name: looked up below
+            try:
+                with trio.fail_after(self.config.request_timeout):
+                    infos = await trio.socket.getaddrinfo(
+                        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                    )
+            except trio.TooSlowError:
+                reason = "timed out"
+            except (OSError, UnicodeError) as exc:
+                reason = os_reason(exc)
+            else:
+                return _inet(infos)
+            message = f"DNS lookup failed for {host}: {reason}"
+            raise Refused(ConnectStatus.DNS_FAILURE, message) from None
+        return _inet(infos)
 
     async def _splice(
         self, stream: mux.Stream, target: trio.SocketStream, early: bytes
@@ -1134,6 +1142,16 @@ class Agent:
             stream.reset()
             _abort(target)
         return len(early) + sent, received
+
+
+#: getaddrinfo flags for an address given as digits: never a lookup.
+_NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+
+
+def _inet(infos: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The IPv4 and IPv6 results of a getaddrinfo, one per address, in order."""
+    inet = [info for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    return list({info[4][:2]: info for info in inet}.values())
 
 
 def _where(endpoint: RelayEndpoint) -> str:
