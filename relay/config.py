@@ -117,6 +117,9 @@ class RelayConfig:
         and agent port, `host:4000`).
     node_timeout: a node that has not heartbeated for this long is gone; it heartbeats three
         times as often.
+    agent_advertise: (host, port) agents are told to reach this node at, registered in the
+        store's node list; port 0: the agent port `Relay.serve` listens on. Agents that ask
+        (the "nodes" capability) are told every live linked node's. None: none told.
     audit: the audit trail's queue and progress interval.
     peer: peer links to the other nodes of a cluster (see `PeerConfig`).
     """
@@ -146,5 +149,6 @@ class RelayConfig:
     mux: mux.Config | None = None
     node: str | None = None
     node_timeout: float = attrs.field(default=10.0, validator=positive_number)
+    agent_advertise: tuple[str, int] | None = None
     audit: AuditConfig = attrs.field(factory=AuditConfig)
     peer: PeerConfig = attrs.field(factory=PeerConfig)

@@ -31,6 +31,7 @@ import mux
 from bridge.ops.errors import os_reason
 from bridge.protocol.addresses import format_host_port, parse_host_port
 from bridge.protocol.connect import ConnectReply, ConnectStatus
+from bridge.protocol.control import AdvertisedNode
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.splice import splice
 from bridge.transport.tls import FingerprintMismatch, client_ssl_context, open_tls_client
@@ -251,6 +252,22 @@ class Peering:
         if not self._outbound:
             self._outbound_lot.unpark_all()
 
+    def advertised_nodes(self) -> list[AdvertisedNode]:
+        """The linked nodes that do not drain and register an agent address
+        (``--agent-advertise``), by name, with that address (one that does not parse as
+        HOST:PORT is left out)."""
+        nodes = []
+        for name in sorted(self.links):
+            record = self._nodes.get(name)
+            if self.links[name].draining or record is None or not record.agent_advertise:
+                continue
+            try:
+                host, port = parse_host_port(record.agent_advertise)
+            except ValueError:
+                continue
+            nodes.append(AdvertisedNode(name, host, port))
+        return nodes
+
     # -- the node list ------------------------------------------------------------------
 
     async def refresh(self) -> None:
@@ -285,6 +302,7 @@ class Peering:
                 and n.name != self.node
                 and (n.age is None or n.age < timeout)
             }
+            self.relay._advertised_changed()
 
     async def _node_with(self, name: str, fingerprint: str) -> NodeRecord | None:
         """The live node `name` if its registered fingerprint is `fingerprint`, reading the
@@ -543,7 +561,9 @@ class Peering:
                 for presence in reader.feed(data)[-1:]:
                     if presence.draining and not link.draining:
                         _log(logging.INFO, "Peer draining: routing around it", node=link.node)
-                    link.draining = presence.draining
+                    if presence.draining != link.draining:
+                        link.draining = presence.draining
+                        self.relay._advertised_changed()
                     link.held = {b.id: b for b in presence.bridges}
                     link.names = {b.name: b.id for b in presence.bridges}
                     link.opened = {}

@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
+from trio.lowlevel import checkpoint_if_cancelled, wait_readable
 
 #: How much one read asks for, by default: large reads mean fewer frames per byte.
 CHUNK = 256 * 1024
@@ -55,8 +56,9 @@ async def splice(
         nonlocal clean
         meter = None if meters is None else meters[index]
         set_push = _push_setter(source, sink, counts, index, meter)
+        receive = _receiver(source)
         try:
-            while data := await source.receive_some(chunk):
+            while data := await receive(chunk):
                 await sink.send_all(data)
                 counts[index] += len(data)
                 if meter is not None:
@@ -100,6 +102,38 @@ def _push_setter(
         return taken
 
     return set_push if set_push(push) else None
+
+
+def _receiver(source: trio.abc.ReceiveStream) -> Callable[[int], Awaitable[bytes | bytearray]]:
+    """How ``pump`` reads ``source``: its ``receive_some``, or, for a plain TCP socket, a read
+    that waits for data first when the last read emptied the socket (trio's own read tries
+    first, and on a connection that carries messages back and forth that try fails, a system
+    call and an exception for every message). Raises as ``receive_some`` does."""
+    if type(source) is not trio.SocketStream:
+        return source.receive_some
+    raw = getattr(source.socket, "_sock", None)
+    if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
+        return source.receive_some
+    drained = False
+
+    async def receive(size: int) -> bytes:
+        nonlocal drained
+        if drained:
+            await wait_readable(raw)  # the checkpoint
+        else:
+            await checkpoint_if_cancelled()  # the caller's send_all is the schedule point
+        while True:
+            try:
+                data = raw.recv(size)
+            except BlockingIOError:
+                await wait_readable(raw)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"the connection failed: {exc}") from exc
+            drained = len(data) < size
+            return data
+
+    return receive
 
 
 def _nonblocking_send(sink: trio.abc.SendStream) -> Callable[[memoryview], int] | None:

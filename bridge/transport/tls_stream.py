@@ -47,6 +47,8 @@ class TLSStream(trio.abc.Stream):
     def __init__(self, tls_socket: ssl.SSLSocket) -> None:
         self._socket = tls_socket
         self._closed = False
+        #: The last read returned less than asked: the socket had nothing more then.
+        self._drained = False
         self._send_conflict = ConflictDetector(SENDING)
         self._receive_conflict = ConflictDetector(RECEIVING)
 
@@ -137,13 +139,23 @@ class TLSStream(trio.abc.Stream):
         elif max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
-            await checkpoint_if_cancelled()
-            data = await self._retry(self._socket.recv, max_bytes)
+            tls_socket = self._socket
+            if self._drained and not self._closed and not tls_socket.pending():
+                # The last read took everything there was: wait for more before reading,
+                # rather than fail a read first (a failed read is a system call and an
+                # exception). The wait is the checkpoint.
+                await wait_readable(tls_socket)
+                data = await self._retry(tls_socket.recv, max_bytes)
+            else:
+                await checkpoint_if_cancelled()
+                data = await self._retry(tls_socket.recv, max_bytes)
+                await cancel_shielded_checkpoint()
             if len(data) >= _RECORD and len(data) < max_bytes:
                 # A full record: more are likely ready (a short message is one short record,
                 # and looking for another would cost it a failed read).
                 data = self._receive_more(data, max_bytes)
-            await cancel_shielded_checkpoint()
+            # Short of what was asked: the socket is (most likely) empty now.
+            self._drained = len(data) < max_bytes
             return data
 
     def _receive_more(self, first: bytes, max_bytes: int) -> bytes:
