@@ -113,7 +113,9 @@ def _push_setter(
 
 def _receiver(
     source: trio.abc.ReceiveStream, sink: trio.abc.SendStream
-) -> tuple[Callable[[int], Awaitable[bytes | bytearray]], Callable[[bytes], int] | None]:
+) -> tuple[
+    Callable[[int], Awaitable[bytes | bytearray]], Callable[[bytes | bytearray], int] | None
+]:
     """How ``pump`` reads ``source``, and the sink's ``try_send`` if the pump may use it.
 
     The read is ``source.receive_some``, or, for a plain TCP socket, a read that waits for
