@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import fcntl
 import getpass
+import ipaddress
 import json
 import logging
 import os
@@ -106,6 +107,22 @@ def _type(parse):
 
 #: HOST:PORT where port 0 means "any free port" (to listen) or "the one listened on".
 _ADDRESS_OR_ANY_PORT = _type(partial(parse_host_port, allow_zero=True))
+
+
+def _agent_address(text: str) -> tuple[str, int]:
+    """``--agent-advertise``: HOST:PORT (port 0: the agent port listened on), not a wildcard
+    address. Raises ValueError saying what is wrong."""
+    host, port = parse_host_port(text, allow_zero=True)
+    try:
+        unspecified = ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a name
+        unspecified = False
+    if unspecified:
+        raise ValueError(
+            f"invalid HOST:PORT {text!r}: {host} is not an address agents can dial; give the "
+            "name or address they reach this node at"
+        )
+    return host, port
 
 
 def _seconds(text: str) -> float:
@@ -472,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--agent-advertise",
         metavar="HOST:PORT",
-        type=_ADDRESS_OR_ANY_PORT,
+        type=_type(_agent_address),
         default=os.environ.get("RELAY_AGENT_ADVERTISE"),
         help=_env_help(
             "the address agents reach this node's --listen at (port 0: the port listened on); "

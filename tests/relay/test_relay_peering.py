@@ -12,13 +12,14 @@ import pytest
 import trio
 import trio.testing
 
+from bridge.agent.agent import Agent, AgentConfig
 from relay import BridgeBusy, BridgeNotConnected, MemoryStore, TargetNotAllowed
 from relay.config import PeerConfig
 from relay.peer_identity import PeerIdentity
 from relay.peering import Peering, PeerRefused
 
 from ..settle import settled
-from .relay_support import RelayHarness, captured_logs, receive_all
+from .relay_support import RelayHarness, RunningAgent, captured_logs, receive_all
 
 # Peer links come up at the first node list refresh: well within this.
 FAST = PeerConfig(refresh_interval=0.1, presence_interval=0.2, redial_min=0.05)
@@ -297,3 +298,31 @@ async def test_agents_are_told_the_live_nodes_and_spread_over_them(cluster):
         assert told(one) == [("node-1", one.port)] and told(two) == [("node-1", one.port)]
         await two.wait_sessions("db", 0)
     assert agent.agent.sessions == 2 and not agent.done.is_set()
+
+
+async def test_an_agent_moves_to_a_node_its_url_does_not_name(cluster, echo_port):
+    one = await cluster.add("node-1", agent_advertise=("127.0.0.1", 0))
+    two = await cluster.add("node-2", agent_advertise=("127.0.0.1", 0))
+    await cluster.linked()
+    await settled(lambda: len(one.relay.advertised_nodes()) == 2)
+    bridge_id, secret = one.create_bridge("db")
+    # One session, to the one node its URL names (a load balancer's name, say).
+    agent = Agent(
+        one.url,
+        bridge_id,
+        secret,
+        ["127.0.0.1:*"],
+        cluster.cert_files.client_context(),
+        config=AgentConfig(connections=1),
+    )
+    running = RunningAgent(agent)
+    with captured_logs("bridge.agent") as records:
+        await cluster.nursery.start(running.run)
+        await settled(lambda: any(r.getMessage() == "The relay listed its nodes" for r in records))
+        # node-1 drains: the agent opens a session to node-2 (which node-1 told it of) before
+        # it lets node-1's go; node-1's drain ends once it has.
+        await one.relay.drain()
+    await two.wait_sessions("db", 1)
+    assert agent.sessions == 2 and not running.done.is_set()
+    async with await two.relay.connect("db", "127.0.0.1", echo_port) as stream:
+        assert await _round_trip(stream, b"moved") == b"moved"
