@@ -58,6 +58,12 @@ class WorkerSetup:
     websocket: list[int] = attrs.field(factory=list)
     forwards: list[list[int]] = attrs.field(factory=list)
     socks: list[int] = attrs.field(factory=list)
+    peer: list[int] = attrs.field(factory=list)
+
+    @property
+    def siblings(self) -> str:
+        """The prefix of the node names of this host's workers (``{node}/``)."""
+        return self.node.rpartition("/")[0] + "/"
 
     def to_env(self) -> str:
         """The value of `ENV` for this worker."""
@@ -82,6 +88,7 @@ class WorkerSetup:
             *self.websocket,
             *(fd for fds in self.forwards for fd in fds),
             *self.socks,
+            *self.peer,
         ]
 
 
@@ -185,8 +192,12 @@ class WorkerLink:
         return True
 
     async def offer(self, client: trio.SocketStream, handover: Handover) -> bool:
-        """See `relay.handover.Handovers.offer`."""
+        """See `relay.handover.Handovers.offer`. A bridge that no worker of this host
+        holds but another node of the cluster does is served here, through this worker's
+        peer links (unless it drains)."""
         if self.parent_gone.is_set():
+            return False
+        if self._remote_only(handover):
             return False
         try:
             body = handover.encode()
@@ -205,6 +216,17 @@ class WorkerLink:
         if offer.taken:
             self._handovers.inc(direction="out")
         return offer.taken
+
+    def _remote_only(self, handover: Handover) -> bool:
+        relay, bridge = self.relay, handover.bridge
+        return (
+            handover.kind != "peer"
+            and not relay.stopping
+            and relay.peering is not None
+            and bridge not in self._anywhere
+            and bridge not in self._anywhere.values()
+            and bool(relay.peering.holders(bridge))
+        )
 
     async def wait_to_accept(self, bridge: str) -> None:
         """See `relay.handover.Handovers.wait_to_accept`."""
@@ -288,17 +310,21 @@ class WorkerLink:
         index = handover.details.get("index")
         if not isinstance(index, int):
             index = -1
-        if (
-            relay.stopping
-            or not relay.registry.sessions(handover.bridge)
-            or (handover.kind == "forward" and index not in range(len(self.forwards)))
-        ):
+        if handover.kind == "peer":
+            refused = relay.peering is None or handover.bridge != relay.node
+        else:  # a bridge held here, or (from a draining worker) on another node
+            refused = not relay.is_connected(handover.bridge) or (
+                handover.kind == "forward" and index not in range(len(self.forwards))
+            )
+        if relay.stopping or refused:
             os.close(fd)
             await self._send(Message(Kind.REFUSED, message.number))
             return
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
         assert self._nursery is not None
-        if handover.kind == "forward":
+        if handover.kind == "peer" and (peering := relay.peering) is not None:
+            self._nursery.start_soon(self._serve, peering.serve_handed_over, stream)
+        elif handover.kind == "forward":
             spec = self.forwards[index]
             self._nursery.start_soon(self._serve, forward_connection, relay, spec, stream)
         else:
