@@ -203,6 +203,9 @@ class Peering:
         self._ssl = identity.ssl_context()
         self._digest = fingerprint_digest(identity.certificate)
         self._nodes: dict[str, NodeRecord] = {}  # live registered nodes with a peer address
+        #: Nodes whose link ended after they said they drain (name -> instance): they left,
+        #: and are not dialed again unless they register anew.
+        self._left: dict[str, str] = {}
         self._dialers: set[str] = set()
         self._refreshed_at = -math.inf
         self._refresh_lock = trio.Lock()
@@ -301,6 +304,7 @@ class Peering:
             self._registered = any(
                 n.name == self.node and n.peer_fingerprint == self.fingerprint for n in nodes
             )
+            self._left = {n.name: n.instance for n in nodes if self._left.get(n.name) == n.instance}
             self._nodes = {
                 n.name: n
                 for n in nodes
@@ -308,6 +312,7 @@ class Peering:
                 and n.peer_fingerprint
                 and n.name != self.node
                 and not self.is_sibling(n.name)
+                and n.name not in self._left
                 and (n.age is None or n.age < timeout)
             }
             self._wake_waiters()
@@ -611,6 +616,8 @@ class Peering:
             if self.links.get(node) is link:
                 del self.links[node]
                 self.relay._node_changed()
+                if link.draining and (record := self._nodes.pop(node, None)) is not None:
+                    self._left[node] = record.instance
             if link.session is not None:
                 reason = link.close_reason
                 if reason is None and session is not None and session.close_reason is not None:
