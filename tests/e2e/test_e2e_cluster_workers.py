@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from ..faults.traffic import echo, transfer
+from ..faults.traffic import echo, load_around, outcome
 from .e2e_support import Bridge, Launcher, Relay, log_lines, relay_cli
 from .process_fixtures import create_bridge
 
@@ -52,19 +52,9 @@ async def _start(cluster: Launcher, store: str, target: str, one: str) -> tuple[
 async def _through(port: int, count: int) -> list[str]:
     """`count` echoes through 127.0.0.1:`port`, the first once one works (within 10 s)."""
     with trio.fail_after(10):
-        while await _outcome(port) != "ok":
+        while await outcome(port) != "ok":
             await trio.sleep(0.1)
-    return [await _outcome(port, PAYLOAD) for _ in range(count)]
-
-
-async def _outcome(port: int, size: int = 4096) -> str:
-    result = "hung"
-    try:
-        with trio.move_on_after(20):
-            result = "ok" if await transfer(port, size) else "short"
-    except* (OSError, trio.BrokenResourceError) as group:
-        result = f"error: {group.exceptions[0]!r}"
-    return result
+    return [await outcome(port, PAYLOAD) for _ in range(count)]
 
 
 def _nodes(cluster: Launcher, store: str) -> dict[str, dict]:
@@ -117,30 +107,13 @@ async def test_sighup_of_the_workers_node_fails_no_connection_to_the_other_node(
     forward = workers.forwards[target]
     assert await _through(forward, 1) == ["ok"]
     before = sorted(n for n in _nodes(cluster, postgres_url) if n.startswith("node-a/"))
-    results: list[str] = []
-    reloaded = trio.Event()
-
-    async def run() -> None:
-        results.append(await _outcome(forward))
-
-    async def watch() -> None:
-        await _sync(workers.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=40)
-        reloaded.set()
-
+    reloaded = partial(
+        _sync, workers.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=40
+    )
     with trio.fail_after(50):
-        async with trio.open_nursery() as clients:
-            clients.start_soon(watch)
-            for count in range(2000):  # a new connection every 20 ms, bounded
-                clients.start_soon(run)
-                await trio.sleep(0.02)
-                if count == 25:
-                    workers.process.popen.send_signal(signal.SIGHUP)
-                if reloaded.is_set():
-                    break
-            for _ in range(25):  # and a while after
-                clients.start_soon(run)
-                await trio.sleep(0.02)
-    assert len(results) > 50
+        sighup = partial(workers.process.popen.send_signal, signal.SIGHUP)
+        results = await load_around(forward, sighup, reloaded)
+    assert len(results) > 75
     assert results == ["ok"] * len(results), [r for r in results if r != "ok"][:3]
 
     # The old workers left the cluster, the new ones joined it.

@@ -19,7 +19,7 @@ import trio
 
 from ..adversarial.burst_support import socks_request
 from ..e2e.e2e_support import RELAY, Launcher, Relay, clean_env, log_lines
-from .traffic import echo, transfer
+from .traffic import echo, load_around, outcome, transfer
 
 PAYLOAD = 4096
 
@@ -99,16 +99,6 @@ async def through_socks(port: int, bridge: str, target: str) -> bool:
     return bytes(data) == payload
 
 
-async def outcome(port: int) -> str:
-    result = "short"
-    try:
-        if await transfer(port, PAYLOAD):
-            result = "ok"
-    except* (OSError, trio.BrokenResourceError) as group:
-        result = f"error: {group.exceptions[0]!r}"
-    return result
-
-
 async def test_a_connection_reaches_the_agent_on_the_other_worker(launch, nursery):
     """The worker without the agent's session leaves the forward's connections in the
     backlog for the one with it; a SOCKS client it accepted (the bridge is known only once
@@ -166,31 +156,13 @@ async def test_killed_workers_are_started_again_and_queued_connections_served(la
 async def test_sighup_replaces_the_workers_under_load_and_fails_no_connection(launch, nursery):
     relay, forward, _, _ = await start(launch, nursery)
     before = workers(relay)
-    results: list[str] = []
-    reloaded = trio.Event()
-
-    async def run() -> None:
-        results.append(await outcome(forward))
-
-    async def watch() -> None:
-        await trio.to_thread.run_sync(
-            partial(relay.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=60)
-        )
-        reloaded.set()
-
+    reloaded = partial(
+        trio.to_thread.run_sync,
+        partial(relay.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=60),
+    )
     with trio.fail_after(90):
-        async with trio.open_nursery() as clients:
-            clients.start_soon(watch)
-            for count in range(3000):  # a new connection every 20 ms, bounded
-                clients.start_soon(run)
-                await trio.sleep(0.02)
-                if count == 25:
-                    relay.process.popen.send_signal(signal.SIGHUP)
-                if reloaded.is_set() and count > 50:
-                    break
-            for _ in range(25):  # and a while after
-                clients.start_soon(run)
-                await trio.sleep(0.02)
+        sighup = partial(relay.process.popen.send_signal, signal.SIGHUP)
+        results = await load_around(forward, sighup, reloaded)
     assert len(results) > 75
     assert results == ["ok"] * len(results), [r for r in results if r != "ok"][:3]
     after = workers(relay)
