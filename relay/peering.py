@@ -280,10 +280,13 @@ class Peering:
 
     # -- the node list ------------------------------------------------------------------
 
-    async def refresh(self) -> None:
-        """Read the store's node list (the live nodes with a peer address). While the store
-        cannot be read, the copy in memory stays: one log line per state change."""
+    async def refresh(self, *, since: float | None = None) -> None:
+        """Read the store's node list (the live nodes with a peer address); with `since`,
+        not if a reading began after that time. While the store cannot be read, the copy in
+        memory stays: one log line per state change."""
         async with self._refresh_lock:
+            if since is not None and self._refreshed_at > since:
+                return
             self._refreshed_at = trio.current_time()
             try:
                 nodes = await self.relay._store.run(self.relay.store.list_nodes)
@@ -338,11 +341,14 @@ class Peering:
 
     async def _node_with(self, name: str, fingerprint: str) -> NodeRecord | None:
         """The live node `name` if its registered fingerprint is `fingerprint`, reading the
-        store again (rate-limited) when it is not known yet."""
+        store again when it is not known yet: once a reading began after this call (at
+        most one per `_REFRESH_GAP`, waiting for it: a node that just registered dials at
+        once)."""
         record = self._nodes.get(name)
         if record is None or record.peer_fingerprint != fingerprint:
-            if trio.current_time() - self._refreshed_at >= _REFRESH_GAP:
-                await self.refresh()
+            asked = trio.current_time()
+            await trio.sleep_until(self._refreshed_at + _REFRESH_GAP)
+            await self.refresh(since=asked)
             record = self._nodes.get(name)
         if record is None or record.peer_fingerprint != fingerprint:
             return None
