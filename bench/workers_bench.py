@@ -6,13 +6,20 @@ SIGHUP upgrade takes.
 The tunnel path of ``python -m bench tunnel`` (relay and agent as separate processes, TLS,
 one forward per target) with ``--workers 1`` and ``--workers 2``, in alternating rounds. Each
 round runs a fixed workload below saturation: CONNECTIONS new connections through the
-forward to the echo server (CONCURRENCY at a time, one 32-byte round trip each), then one
-stream sending to the sink for SECONDS, and the same new connections through the SOCKS
-port. The relay's CPU time (user + system, from
-``/proc/PID/stat``, the parent and every worker) over each part, divided by the connections
-or by the gigabytes carried, is the cost. With two workers the agent's session is in one
-of them: the other leaves the forward's connections to it, but accepts about half of the
-SOCKS connections (their bridge is known only after the request) and hands them over.
+forward to the echo server (CONCURRENCY at a time, one 32-byte round trip each), the same
+new connections through the SOCKS port, then one stream sending to the sink for SECONDS.
+The relay's CPU time (user + system, from ``/proc/PID/stat``, the parent and every worker)
+over each part, divided by the connections or by the gigabytes carried, is the cost: what
+the processes spend while nothing happens (timers, keepalives) is in it, as it is on a
+real host; it is also shown on its own, per second idle, before the workload.
+
+With two workers the agent's session is in one of them: the other, holding no session,
+leaves the forward's and the SOCKS connections to it, so that neither needs a handover.
+The last part measures the handover itself: a second bridge whose agent is on the other
+worker (started again until it lands there), and CONNECTIONS SOCKS connections split
+between the two bridges (two clients at once): the worker that accepts one of the other's
+bridge hands it over, about half of them. With one worker both agents are in the one
+process. The handovers are counted from the relay's ``/metrics``.
 
 Then, with ``--workers 2``: SIGHUP, timed until the parent logs that every worker was
 replaced (each new worker serves before the old one drains).
@@ -24,6 +31,7 @@ rates cannot show scaling: the per-unit costs are what predict it.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -31,14 +39,27 @@ import re
 import signal
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from bench import report
 from bench.clients import Failed, client
-from bench.paths import BRIDGE, HOST, TunnelPath
-from bench.procs import Proc, cpu_seconds, descendants, python_module
+from bench.paths import BRIDGE, HOST, TunnelPath, console_script
+from bench.procs import (
+    Proc,
+    StartError,
+    clean_env,
+    cpu_seconds,
+    descendants,
+    python_module,
+    run_command,
+)
 
 RELOAD_TIMEOUT = 120.0
+IDLE_SECONDS = 3.0
+#: The second bridge, whose agent should be on the other worker.
+SECOND = "second"
+PLACEMENT_ATTEMPTS = 12
 
 
 class WorkersPath(TunnelPath):
@@ -52,9 +73,15 @@ class WorkersPath(TunnelPath):
         self.workers = workers
         self.name = f"workers-{workers}"
         self.label = f"--workers {workers}"
+        self.url = ""
+        self.second: dict[str, str] = {}  # BRIDGE_ID, BRIDGE_SECRET of the second bridge
 
     def relay_args(self) -> list[str | Path]:
-        return ["--workers", str(self.workers)]
+        return ["--workers", str(self.workers), "--metrics", f"{HOST}:0"]
+
+    def agent_url(self, agents: re.Match[str]) -> str:
+        self.url = super().agent_url(agents)
+        return self.url
 
     def relay_pids(self) -> list[int]:
         assert self.relay is not None
@@ -62,6 +89,62 @@ class WorkersPath(TunnelPath):
 
     def relay_cpu(self) -> float:
         return sum(cpu_seconds(pid) or 0.0 for pid in self.relay_pids())
+
+    def _create_bridge(self, relay_bin: str, data: Path, *store: str | Path) -> None:
+        super()._create_bridge(relay_bin, data, *store)
+        done = run_command(
+            [relay_bin, "--data-dir", data, "bridges", "create", SECOND, "--bcrypt-cost", "4"]
+        )
+        if done.returncode:
+            raise StartError(f"bridge-relay bridges create: {done.stderr.strip()}")
+        self.second = dict(re.findall(r"^(BRIDGE_ID|BRIDGE_SECRET)=(\S+)$", done.stdout, re.M))
+
+    def start_second_agent(self) -> None:
+        """The second bridge's agent, on the worker without the first one's session (with
+        one worker: in the one process). Raises StartError."""
+        assert self.relay is not None
+        first = self._holders().get(BRIDGE)
+        for _ in range(PLACEMENT_ATTEMPTS):
+            env = clean_env(
+                BRIDGE_ID=self.second["BRIDGE_ID"],
+                BRIDGE_SECRET=self.second["BRIDGE_SECRET"],
+                RELAY_FINGERPRINT=self._bridge["RELAY_FINGERPRINT"],
+                RELAY_URL=self.url,
+                ALLOW=f"{HOST}:*",
+            )
+            agent = Proc("agent-second", [console_script("bridge-agent")], self.workdir, env=env)
+            self._started.append(agent)
+            agent.wait_for(r"Handling incoming proxy connections", stream="stderr")
+            deadline = time.monotonic() + 30
+            while (worker := self._holders().get(SECOND, -2)) == -2:
+                if time.monotonic() > deadline:
+                    raise StartError("the second agent is not connected")
+                time.sleep(0.05)
+            if self.workers == 1 or worker != first:
+                return
+            agent.stop()
+            self._started.remove(agent)
+        raise StartError(
+            f"the second agent landed on the first one's worker {PLACEMENT_ATTEMPTS} times"
+        )
+
+    def _holders(self) -> dict[str, int]:
+        """Bridge name -> the worker (-1: no worker) its last session connected to."""
+        assert self.relay is not None
+        holders = {}
+        for match in re.finditer(r"\tBridge connected\t(\{.*\})$", self.relay.read("stderr"), re.M):
+            fields = json.loads(match[1])
+            holders[fields["bridge"]] = fields.get("worker", -1)
+        return holders
+
+    def handovers(self) -> int:
+        """Connections handed from one worker to another so far (0 with one worker)."""
+        assert self.relay is not None
+        port = self.relay.wait_for(r"^metrics: listening on \S+:(\d+)$")[1]
+        with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=30) as response:
+            text = response.read().decode()
+        pattern = r'^trio_bridge_handovers_total\{worker="\d+",direction="out"\} (\d+)$'
+        return sum(int(m[1]) for m in re.finditer(pattern, text, re.M))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,12 +191,20 @@ def run(args: argparse.Namespace) -> int:
         summary[f"workers_{n}"] = {k: report.median(v) for k, v in results[n].items()}
     one, two = summary["workers_1"], summary["workers_2"]
     for key, label in (
+        ("idle_ms_per_s", "relay CPU while idle, ms per s (in the figures below)"),
         ("us_per_connection", "relay CPU per new connection (forward), µs"),
         ("us_per_socks_connection", "relay CPU per new connection (SOCKS), µs"),
         ("s_per_gb", "relay CPU per GB, s"),
+        ("us_per_split_socks_connection", "relay CPU per SOCKS connection, 2 bridges, µs"),
         ("mb_per_s", "bulk send, MB/s (context)"),
     ):
-        rows.append((label, f"{one[key]:,.1f}", f"{two[key]:,.1f}", f"{two[key] / one[key]:.2f}x"))
+        ratio = f"{two[key] / one[key]:.2f}x" if one[key] else ""
+        rows.append((label, f"{one[key]:,.1f}", f"{two[key]:,.1f}", ratio))
+    for key, label in (
+        ("socks_handed_over", "SOCKS connections handed over (one bridge)"),
+        ("split_socks_handed_over", "SOCKS connections handed over (2 bridges)"),
+    ):
+        rows.append((label, f"{one[key]:.0%}", f"{two[key]:.0%}", ""))
     print(report.format_table(["", "--workers 1", "--workers 2", "2 / 1"], rows))
     print(
         f"SIGHUP upgrade, 2 workers replaced one at a time: {reload['seconds']:.2f} s "
@@ -124,47 +215,66 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dial(port: int, args: argparse.Namespace, *more: object, count: int = 0) -> int:
+    """`count` (default: --connections) new connections through `port`: how many were served."""
+    done = client(
+        "dial",
+        port,
+        *more,
+        "--count",
+        count or args.connections,
+        "--concurrency",
+        args.concurrency,
+        "--seconds",
+        600,
+        timeout=660,
+    )
+    return int(done["done"])
+
+
+def _socks(path: WorkersPath, bridge: str) -> list[object]:
+    return ["--socks", f"{HOST}.bridge-{bridge}", "--target-port", path.targets["echo"]]
+
+
 def _costs(path: WorkersPath, args: argparse.Namespace) -> dict[str, float]:
+    n = args.connections
+    idle_from = path.relay_cpu()
+    time.sleep(IDLE_SECONDS)
     before = path.relay_cpu()
-    dialed = client(
-        "dial",
-        path.ports["echo"],
-        "--count",
-        args.connections,
-        "--concurrency",
-        args.concurrency,
-        "--seconds",
-        600,
-        timeout=660,
-    )
+    if (done := _dial(path.ports["echo"], args)) != n:
+        raise Failed(f"{done} of {n} connections served")
     middle = path.relay_cpu()
-    if dialed["done"] != args.connections:
-        raise Failed(f"{dialed['done']} of {args.connections} connections served")
-    through_socks = client(
-        "dial",
-        path.ports["socks"],
-        "--socks",
-        f"{HOST}.bridge-{BRIDGE}",
-        "--target-port",
-        path.targets["echo"],
-        "--count",
-        args.connections,
-        "--concurrency",
-        args.concurrency,
-        "--seconds",
-        600,
-        timeout=660,
-    )
+    handed = path.handovers()
+    if (done := _dial(path.ports["socks"], args, *_socks(path, BRIDGE))) != n:
+        raise Failed(f"{done} of {n} SOCKS connections served")
     socks_done = path.relay_cpu()
-    if through_socks["done"] != args.connections:
-        raise Failed(f"{through_socks['done']} of {args.connections} SOCKS connections served")
+    socks_handed = path.handovers() - handed
     sent = client("send", path.ports["sink"], "--seconds", args.seconds, timeout=args.seconds + 120)
     after = path.relay_cpu()
+    path.start_second_agent()
+    handed = path.handovers()
+    split_from = path.relay_cpu()
+    # Half the connections for each bridge, the two clients at once.
+    half = args.concurrency // 2 or 1
+    split = argparse.Namespace(connections=n // 2, concurrency=half)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(_dial, path.ports["socks"], split, *_socks(path, bridge))
+            for bridge in (BRIDGE, SECOND)
+        ]
+        done = sum(future.result() for future in futures)
+    split_done = path.relay_cpu()
+    if done != 2 * (n // 2):
+        raise Failed(f"{done} of {2 * (n // 2)} SOCKS connections (two bridges) served")
     return {
-        "us_per_connection": (middle - before) / args.connections * 1e6,
-        "us_per_socks_connection": (socks_done - middle) / args.connections * 1e6,
+        "idle_ms_per_s": (before - idle_from) / IDLE_SECONDS * 1e3,
+        "us_per_connection": (middle - before) / n * 1e6,
+        "us_per_socks_connection": (socks_done - middle) / n * 1e6,
+        "socks_handed_over": socks_handed / n,
         "s_per_gb": (after - socks_done) / (sent["bytes"] / 1e9),
         "mb_per_s": sent["mbps"],
+        "us_per_split_socks_connection": (split_done - split_from) / done * 1e6,
+        "split_socks_handed_over": (path.handovers() - handed) / done,
     }
 
 

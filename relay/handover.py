@@ -6,7 +6,10 @@ Under ``bridge-relay serve --workers N`` every worker accepts on the same listen
 agent's session lives in one worker. A worker that accepts a connection for a bridge it
 holds no session of (or that is draining) passes the client's socket, with the bytes it
 already read, to the worker that holds one (SCM_RIGHTS through the parent), instead of
-relaying its bytes. A connection handed over once is served where it lands.
+relaying its bytes. A connection handed over once is served where it lands. A worker
+without a session of a forward's bridge (without any session, for SOCKS) leaves the
+connections in the listen backlog while another worker has one, so that few need a
+handover at all.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ class Handovers(Protocol):
         a broken link (False then); cancelled, the connection is not offered further."""
         ...
 
-    async def wait_to_accept(self, bridge: str) -> None:
-        """Return once this worker should accept a forward's connection for `bridge`: it
-        holds a session of it, or no worker does (then it answers, or the connection waits
-        for a holder). Meanwhile connections wait in the listen backlog for the worker
-        that holds it, so that most need no handover. Cancellable."""
+    async def wait_to_accept(self, bridge: str | None) -> None:
+        """Return once this worker should accept a connection for `bridge` (a forward's),
+        or for any bridge (None: a SOCKS client, whose bridge is known only once its
+        request is read): it holds a session of it (of any), or no worker does (then it
+        answers, or the connection waits for a holder). Meanwhile connections wait in the
+        listen backlog for the worker that holds one, so that most need no handover.
+        Cancellable."""
         ...
 
 

@@ -90,6 +90,9 @@ class Registry:
         #: Sessions welcomed but not registered yet, by bridge ID and by name.
         self._arriving: dict[str, int] = {}
         self._arrivals = trio.lowlevel.ParkingLot()
+        #: Bumped when a session is registered or forgotten (`wait_change`).
+        self.version = 0
+        self._changes = trio.lowlevel.ParkingLot()
 
     def __iter__(self) -> Iterator[AgentSession]:
         return iter([s for sessions in self._sessions.values() for s in sessions])
@@ -102,6 +105,7 @@ class Registry:
         self._sessions.setdefault(session.bridge_id, []).append(session)
         self._ids[session.bridge_name] = session.bridge_id
         self._arrivals.unpark_all()
+        self._changed()
 
     def remove(self, session: AgentSession) -> None:
         """Forget a session (once it has ended); unknown ones are ignored."""
@@ -112,6 +116,21 @@ class Registry:
             self._sessions.pop(session.bridge_id, None)
             if self._ids.get(session.bridge_name) == session.bridge_id:
                 del self._ids[session.bridge_name]
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._changes.unpark_all()
+
+    async def wait_change(self, seen: int) -> int:
+        """Return the registry's `version` once it differs from `seen` (at once if it does
+        already): a session was registered or forgotten since. Cancellation: nothing to
+        undo."""
+        if self.version != seen:
+            await trio.lowlevel.checkpoint()
+        while self.version == seen:
+            await self._changes.park()
+        return self.version
 
     def sessions(self, bridge: str) -> list[AgentSession]:
         """The sessions of the bridge with this ID or name, oldest first."""

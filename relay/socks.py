@@ -171,7 +171,8 @@ async def serve_socks(
 ) -> None:
     """Accept SOCKS5 clients on host:port (or on `listeners`, bound elsewhere) until cancelled
     (port 0: any free port) and tunnel their connections through `relay`. Under workers, a
-    request for a bridge another worker holds is handed to it after the handshake (see
+    worker without any session leaves the clients to those with one, and a request for a
+    bridge another worker holds is handed to it after the handshake (see
     `relay.handover`). `task_status.started` gets the listeners, which close
     when the relay stops accepting (connections in go on). `metrics` counts SOCKS
     authentication failures and requests for targets that are not bridge hosts (the relay
@@ -187,9 +188,14 @@ async def serve_socks(
         except Exception:
             log.exception("SOCKS connection failed")
 
+    # Under workers, one without any session leaves the clients to those with one.
+    async def ready() -> None:
+        if relay.handover is not None:
+            await relay.handover.wait_to_accept(None)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_report_lockouts, limiter, config)
-        await relay.serve_listeners(handle, listeners, task_status=task_status)
+        await relay.serve_listeners(handle, listeners, ready=ready, task_status=task_status)
         nursery.cancel_scope.cancel()
 
 

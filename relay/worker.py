@@ -101,11 +101,8 @@ def listeners_of(fds: list[int]) -> list[trio.SocketListener]:
 
 @attrs.frozen(kw_only=True)
 class LinkConfig:
-    """presence_interval: how often the worker compares the bridges it holds with what it
-    told the parent (and at once when a session is registered). max_offers: connections
-    offered to the parent at once (more wait)."""
+    """max_offers: connections offered to the parent at once (more wait)."""
 
-    presence_interval: float = 0.05
     max_offers: int = 256
 
 
@@ -152,7 +149,9 @@ class WorkerLink:
         self._retiring = False
         #: Bridges some worker holds (ID -> name), as the parent says.
         self._anywhere: dict[str, str] = {}
-        self._anywhere_changed = trio.Event()
+        #: Set (and replaced) when what `wait_to_accept` waits for may have changed: the
+        #: parent's presence news, this worker's sessions, the link.
+        self._changed = trio.Event()
         metrics = relay.metrics
         self._handovers = metrics.counter(
             "trio_bridge_handovers_total",
@@ -228,18 +227,27 @@ class WorkerLink:
             and bool(relay.peering.holders(bridge))
         )
 
-    async def wait_to_accept(self, bridge: str) -> None:
+    async def wait_to_accept(self, bridge: str | None) -> None:
         """See `relay.handover.Handovers.wait_to_accept`."""
+        while self._leave_to_others(bridge):
+            await self._changed.wait()
+
+    def _leave_to_others(self, bridge: str | None) -> bool:
+        """Whether another worker should accept the connections for `bridge` (None: for
+        any bridge, a SOCKS client): this one holds no session of it (of any), and another
+        does (the parent said so), and this one serves on."""
         relay = self.relay
-        while (
-            not relay.registry.sessions(bridge)
-            and not relay.stopping
-            and not self.parent_gone.is_set()
-            and (bridge in self._anywhere or bridge in self._anywhere.values())
-        ):
-            changed = self._anywhere_changed
-            with trio.move_on_after(self.config.presence_interval):
-                await changed.wait()
+        if relay.stopping or self.parent_gone.is_set():
+            return False
+        if bridge is None:
+            return not len(relay.registry) and bool(self._anywhere)
+        return not relay.registry.sessions(bridge) and (
+            bridge in self._anywhere or bridge in self._anywhere.values()
+        )
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -283,12 +291,10 @@ class WorkerLink:
         elif kind == Kind.HELD:
             bridge_id, name = message.held()
             self._anywhere[bridge_id] = name
-            self._anywhere_changed.set()
-            self._anywhere_changed = trio.Event()
+            self._wake()
         elif kind == Kind.UNHELD:
             self._anywhere.pop(message.body.decode("utf-8", "replace"), None)
-            self._anywhere_changed.set()
-            self._anywhere_changed = trio.Event()
+            self._wake()
         elif kind == Kind.DRAIN:
             self.drain.set()
         elif kind == Kind.STOP:
@@ -341,10 +347,14 @@ class WorkerLink:
             log.exception("Handed-over connection failed")
 
     async def _report_presence(self) -> None:
-        """HOLD and RELEASE as the bridges this worker has sessions of change."""
+        """HOLD and RELEASE as the bridges this worker has sessions of change (woken by the
+        registry, no polling)."""
+        registry = self.relay.registry
         told: dict[str, str] = {}
         while not self._retiring:
-            held = {s.bridge_id: s.bridge_name for s in self.relay.registry}
+            seen = registry.version
+            self._wake()
+            held = {s.bridge_id: s.bridge_name for s in registry}
             for bridge_id in told.keys() - held.keys():
                 await self._send(release(bridge_id))
             for bridge_id in held.keys() - told.keys():
@@ -353,14 +363,12 @@ class WorkerLink:
                 except MessageError:
                     continue
             told = held
-            # At once when a session is registered; a session's end is seen within the
-            # interval.
-            with trio.move_on_after(self.config.presence_interval):
-                await self.relay.registry.wait_arrival()
+            await registry.wait_change(seen)
 
     def _lost(self) -> None:
         self.parent_gone.set()
         self.drain.set()
+        self._wake()
         for offer in self._offers.values():
             offer.done.set()  # not taken: served here
         self._socket.close()

@@ -119,7 +119,8 @@ class AgentConfig:
     max_dials_per_target: int = attrs.field(
         default=16, validator=[attrs.validators.instance_of(int), attrs.validators.gt(0)]
     )
-    #: After `Agent.drain`, how long open streams may take to finish before they are cut.
+    #: After `Agent.drain`, how long open streams may take to finish before they are cut;
+    #: likewise those of a session on a relay node that told the agent to move.
     drain_timeout: float = attrs.field(default=30.0, validator=positive_number)
     #: Sessions to keep, each to a distinct relay node (up to MAX_CONNECTIONS). A relay of
     #: one node (one address, or addresses that all name the same node) gets one.
@@ -197,6 +198,11 @@ class _Link:
     #: replaces this one, which is not kept up once its session ends.
     moved: bool = False
     told_to_move: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    #: When its current session came up (`trio.current_time`).
+    up_since: float = 0.0
+    #: A replacement for a link told to move soon after its session came up waits this long
+    #: before it dials (the moves' backoff), so that a relay cannot make it log in nonstop.
+    first_delay: float = 0.0
     #: Set once this link's first session is up, or its first round found none.
     settled: trio.Event = attrs.field(factory=trio.Event, repr=False)
 
@@ -297,6 +303,8 @@ class Agent:
         self._connecting: set[trio.CancelScope] = set()
         self._links = [_Link(index) for index in range(self.config.connections)]
         self._link_count = self.config.connections
+        #: Moves told soon after a session came up back off like reconnects.
+        self._move_backoff = Backoff(self.config.max_backoff)
         self._links_freed = ParkingLot()  # a link was let go: an endpoint may be free
         self._nursery: trio.Nursery | None = None
         #: The relay node of each address that named its node (key: `RelayEndpoint.key`).
@@ -411,6 +419,9 @@ class Agent:
     async def _keep_up(self, link: _Link) -> None:
         backoff = Backoff(self.config.max_backoff)
         last: RelayEndpoint | None = None  # the endpoint of the session lost last
+        if link.first_delay:  # the moved link it replaces keeps serving meanwhile
+            with trio.move_on_after(link.first_delay):
+                await self._drain_requested.wait()
         while not self._draining and not link.moved:
             endpoints, failures = await self._round(link, last)
             if not endpoints and not failures:
@@ -626,6 +637,7 @@ class Agent:
             self.sessions += 1
             link.sessions += 1
             link.connected = True
+            link.up_since = trio.current_time()
             up = len(self._connected_addresses())
             if up > 1:  # which of the sessions this is
                 node = {} if link.node is None else {"node": link.node}
@@ -722,13 +734,20 @@ class Agent:
     ) -> None:
         """Once the relay says its node drains: a new link dials another node, and once its
         session is up (or it found none to go to) this one is let go: GoAway, its open
-        streams finish, then it is closed (the relay's drain timeout bounds them)."""
+        streams finish (within the relay's drain timeout, and the agent's own), then it is
+        closed. A move told within ``healthy_session`` of the session coming up is followed
+        after a backoff (the old session serves meanwhile)."""
         with scope:
             await link.told_to_move.wait()
             if self._draining or self._nursery is None:
                 return
             link.moved = True
-            replacement = _Link(self._link_count)
+            if trio.current_time() - link.up_since >= self.config.healthy_session:
+                self._move_backoff.reset()
+                delay = 0.0
+            else:
+                delay = self._move_backoff.next()
+            replacement = _Link(self._link_count, first_delay=delay)
             self._link_count += 1
             self._links.append(replacement)
             log.info(
@@ -737,6 +756,7 @@ class Agent:
                     address=link.endpoint.url.address if link.endpoint else "",
                     node=link.node or "",
                     reason=link.relay_reason or "",
+                    **({"delay": f"{delay:.1f} s"} if delay else {}),
                 ),
             )
             self._nursery.start_soon(self._keep_link, replacement, self._nursery.cancel_scope)
@@ -765,7 +785,7 @@ class Agent:
                 await session.go_away()
             except mux.SessionClosed:
                 return
-            await session.wait_streams_closed()
+            await self._finish_streams(session)
             await session.aclose()
 
     async def _drain_when_asked(self, session: mux.Session, scope: trio.CancelScope) -> None:
@@ -786,6 +806,18 @@ class Agent:
                     f"Drain timed out after {timeout} s: cutting {self._open_streams} connections"
                 )
             await session.aclose()
+
+    async def _finish_streams(self, session: mux.Session) -> None:
+        """Wait for `session`'s open streams to finish, up to ``drain_timeout`` (the
+        rest are cut when it is closed: one log line)."""
+        timeout = self.config.drain_timeout
+        with trio.move_on_after(timeout):
+            await session.wait_streams_closed()
+        if session.streams_open:
+            log.warning(
+                f"The draining relay node kept {session.streams_open} connections open for "
+                f"{timeout:g} s: cutting them"
+            )
 
     # -- connecting to the relay ------------------------------------------------------------
 

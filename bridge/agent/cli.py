@@ -64,7 +64,7 @@ DURATIONS = (
         "DRAIN_TIMEOUT",
         "drain_timeout",
         "on SIGTERM or SIGINT, how long open connections may take to finish (a second signal "
-        "stops at once)",
+        "stops at once); also how long those of a relay node that said move may",
     ),
 )
 

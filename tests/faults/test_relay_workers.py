@@ -1,13 +1,15 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
 """`bridge-relay serve --workers 2`: a connection reaches the bridge whose session is on the
-other worker (a SOCKS client accepted by the worker without it is handed over); killed
+other worker (the worker without a session leaves forward and SOCKS clients to the one with
+it; a SOCKS client accepted by a worker that holds another bridge is handed over); killed
 workers are started again and no connection queued meanwhile is lost; SIGHUP replaces the
 workers under load without failing a connection; SIGTERM drains every worker once and
 exits 0."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,7 +20,15 @@ import pytest
 import trio
 
 from ..adversarial.burst_support import socks_request
-from ..e2e.e2e_support import RELAY, Launcher, Relay, clean_env, log_lines
+from ..e2e.e2e_support import (
+    RELAY,
+    Launcher,
+    Relay,
+    clean_env,
+    log_lines,
+    parse_assignments,
+    relay_cli,
+)
 from .traffic import echo, load_around, outcome, transfer
 
 PAYLOAD = 4096
@@ -99,30 +109,90 @@ async def through_socks(port: int, bridge: str, target: str) -> bool:
     return bytes(data) == payload
 
 
-async def test_a_connection_reaches_the_agent_on_the_other_worker(launch, nursery):
-    """The worker without the agent's session leaves the forward's connections in the
-    backlog for the one with it; a SOCKS client it accepted (the bridge is known only once
-    the request is read) is handed over, its request with it."""
+async def test_the_worker_without_a_session_leaves_forward_and_socks_clients_to_the_other(
+    launch, nursery
+):
+    """The worker without any session leaves the forward's connections and the SOCKS
+    clients in the backlog for the one with the agent's session: once it has heard where
+    the session is, nothing is handed over, and every tunnel runs in the holder."""
     relay, forward, metrics, target = await start(launch, nursery)
-    # Which worker accepts a SOCKS connection is the kernel's choice: go on until several
-    # were accepted by the other worker (bounded).
     with trio.fail_after(60):
-        for _ in range(200):
+        # The other worker hears of the session within a packet from the parent; the first
+        # connections may be accepted before it has.
+        for _ in range(10):
             assert await transfer(forward, PAYLOAD)
             assert await through_socks(relay.forwards["socks"], launch.bridge.name, target)
+        settled = handovers(await scrape(metrics), "out")
+        for _ in range(30):
+            assert await transfer(forward, PAYLOAD)
+            assert await through_socks(relay.forwards["socks"], launch.bridge.name, target)
+    text = await scrape(metrics)
+    assert handovers(text, "out") == settled, text
+    other = 1 - holder(relay)
+    assert re.search(rf'^trio_bridge_streams_total\{{worker="{other}",', text, re.M) is None
+    assert re.search(r"^trio_bridge_workers_serving 2$", text, re.M), text
+    assert "Traceback" not in relay.process.stderr()
+
+
+async def test_a_socks_client_is_handed_to_the_worker_of_its_bridge(launch, nursery):
+    """Two bridges, each agent on its own worker: a SOCKS client accepted by one worker for
+    the other's bridge is handed over (its request with it) and tunneled there."""
+    created = relay_cli(launch.bridge.data_dir, "bridges", "create", "second", "--bcrypt-cost", "4")
+    assert created.returncode == 0, created.stderr
+    second = parse_assignments(created.stdout)
+    relay, _, metrics, target = await start(launch, nursery)
+    first = holder(relay)
+    # Which worker accepts an agent is the kernel's choice: start the second bridge's agent
+    # again until it lands on the other worker (bounded).
+    for attempt in range(1, 13):
+        agent = launch.agent(
+            relay,
+            [target],
+            wait=False,
+            BRIDGE_ID=second["BRIDGE_ID"],
+            BRIDGE_SECRET=second["BRIDGE_SECRET"],
+        )
+        connected = await trio.to_thread.run_sync(
+            partial(
+                relay.process.wait_for,
+                r'\tBridge connected\t(\{.*"second".*\})$',
+                count=attempt,
+            )
+        )
+        if json.loads(connected[1])["worker"] != first:
+            break
+        agent.stop(signal.SIGTERM)
+    else:
+        pytest.fail("the second agent landed on the first one's worker 12 times")
+    socks = relay.forwards["socks"]
+    with trio.fail_after(60):
+        for _ in range(200):
+            assert await through_socks(socks, launch.bridge.name, target)
+            assert await through_socks(socks, "second", target)
             text = await scrape(metrics)
-            if handovers(text, "out") >= 4:
+            out = [_handovers_of(text, worker, "out") for worker in (0, 1)]
+            if min(out) >= 2:
                 break
     text = await scrape(metrics)
-    assert handovers(text, "in") == handovers(text, "out") >= 4
-    other = 1 - holder(relay)
-    assert re.search(
-        rf'^trio_bridge_handovers_total\{{worker="{other}",direction="out"\}} [1-9]', text, re.M
-    ), text
-    assert re.search(r"^trio_bridge_workers_serving 2$", text, re.M), text
-    # Every tunnel ran in the worker that holds the session.
-    assert re.search(rf'^trio_bridge_streams_total\{{worker="{other}",', text, re.M) is None
+    assert handovers(text, "in") == handovers(text, "out")
+    assert min(_handovers_of(text, worker, "out") for worker in (0, 1)) >= 2, text
+    # Every bridge's tunnels ran in the worker that holds its session.
+    for worker, bridge in ((first, launch.bridge.name), (1 - first, "second")):
+        assert (
+            re.search(
+                rf'^trio_bridge_streams_total\{{worker="{1 - worker}",bridge="{bridge}"\}}',
+                text,
+                re.M,
+            )
+            is None
+        ), text
     assert "Traceback" not in relay.process.stderr()
+
+
+def _handovers_of(text: str, worker: int, direction: str) -> int:
+    pattern = rf'^trio_bridge_handovers_total\{{worker="{worker}",direction="{direction}"\}} (\d+)$'
+    found = re.search(pattern, text, re.M)
+    return int(found[1]) if found else 0
 
 
 async def test_killed_workers_are_started_again_and_queued_connections_served(launch, nursery):
