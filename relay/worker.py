@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import trio
 
+from relay.errors import StoreError
 from relay.forward import ForwardSpec, forward_connection
 from relay.socks import serve_handed_over
 from relay.worker_messages import (
@@ -165,6 +166,7 @@ class WorkerLink:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._report_presence)
+            nursery.start_soon(self._forget_gone_siblings)
             task_status.started()
             try:
                 await self._receive_loop()
@@ -364,6 +366,27 @@ class WorkerLink:
                     continue
             told = held
             await registry.wait_change(seen)
+
+    async def _forget_gone_siblings(self) -> None:
+        """Every node timeout, remove from the store's node list the workers of this host
+        that are gone (killed: they could not remove themselves), so that `bridge-relay
+        nodes` does not list them for ever (a worker's name is never used again)."""
+        relay, prefix = self.relay, self.setup.siblings
+        timeout = relay.config.node_timeout
+        while True:
+            await trio.sleep(timeout)
+            try:
+                nodes = await relay._store.run(relay.store.list_nodes)
+                for node in nodes:
+                    if (
+                        node.name.startswith(prefix)
+                        and node.name != relay.node
+                        and node.age is not None
+                        and node.age >= timeout
+                    ):
+                        await relay._store.run(relay.store.remove_node, node.name, node.instance)
+            except StoreError:
+                pass  # the relay logs the store's state changes
 
     def _lost(self) -> None:
         self.parent_gone.set()

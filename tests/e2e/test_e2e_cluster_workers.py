@@ -3,11 +3,13 @@
 """A node of `serve --workers 2 --peer-listen` in a cluster on PostgreSQL, beside a node of
 one process: each worker is a node of its own behind the host's one peer port, tunnels
 cross the peer hop both ways byte-exact, and a SIGHUP of the workers' node fails no
-connection through its forward to a bridge on the other node."""
+connection through its forward to a bridge on the other node; a killed worker's
+successor joins the cluster and the killed one leaves the node list."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 from functools import partial
 from pathlib import Path
@@ -128,3 +130,29 @@ async def test_sighup_of_the_workers_node_fails_no_connection_to_the_other_node(
     log = workers.process.stderr()
     assert "Traceback" not in log and "Worker exited: starting it again" not in log
     assert len(log_lines(log, "Worker serving")) == 4
+
+
+async def test_a_killed_worker_is_replaced_in_the_cluster(
+    postgres_url: str, cluster: Launcher, nursery
+):
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    workers, single = await _start(cluster, postgres_url, target, "node-b")
+    await _sync(cluster.agent, single, [target], RELAY_CONNECTIONS="1")
+    before = sorted(n for n in _nodes(cluster, postgres_url) if n.startswith("node-a/"))
+    killed = log_lines(workers.process.stderr(), "Worker serving")[0]["pid"]
+    os.kill(killed, signal.SIGKILL)
+    await _sync(workers.process.wait_for, r"\tWorker serving\t", count=3)
+    await _sync(workers.process.wait_for, r"\tPeer link up\t", count=3)
+    assert await _through(workers.forwards[target], 10) == ["ok"] * 10
+
+    # The successor is a node of its own; the killed one could not remove its record: its
+    # siblings do once it is gone (the node timeout, 3 s here).
+    def replaced() -> bool:
+        now = sorted(n for n in _nodes(cluster, postgres_url) if n.startswith("node-a/"))
+        return len(now) == 2 and len(set(now) & set(before)) == 1
+
+    with trio.fail_after(20):
+        while not await _sync(replaced):
+            await trio.sleep(0.3)
+    assert "Traceback" not in workers.process.stderr()
