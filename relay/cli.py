@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import fcntl
 import getpass
+import ipaddress
 import json
 import logging
 import os
@@ -104,6 +105,26 @@ def _type(parse):
     return convert
 
 
+#: HOST:PORT where port 0 means "any free port" (to listen) or "the one listened on".
+_ADDRESS_OR_ANY_PORT = _type(partial(parse_host_port, allow_zero=True))
+
+
+def _agent_address(text: str) -> tuple[str, int]:
+    """``--agent-advertise``: HOST:PORT (port 0: the agent port listened on), not a wildcard
+    address. Raises ValueError saying what is wrong."""
+    host, port = parse_host_port(text, allow_zero=True)
+    try:
+        unspecified = ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a name
+        unspecified = False
+    if unspecified:
+        raise ValueError(
+            f"invalid HOST:PORT {text!r}: {host} is not an address agents can dial; give the "
+            "name or address they reach this node at"
+        )
+    return host, port
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -189,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_LISTEN", DEFAULT_LISTEN),
         help=_env_help(
             "where agents connect (port 0: any free port)", "RELAY_LISTEN", DEFAULT_LISTEN
@@ -198,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen-ws",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_LISTEN_WS"),
         help=_env_help(
             f"also accept agents over WebSocket here (wss://, path {DEFAULT_PATH}, the same TLS "
@@ -445,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--peer-listen",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_PEER_LISTEN"),
         help=_env_help(
             "where the other relay nodes sharing the store connect (a cluster: see the "
@@ -463,6 +484,19 @@ def build_parser() -> argparse.ArgumentParser:
             "the address the other nodes dial to reach --peer-listen, when that is not it",
             "RELAY_PEER_ADVERTISE",
             "the listen address, or this host's name for a wildcard address",
+        ),
+    )
+    serve.add_argument(
+        "--agent-advertise",
+        metavar="HOST:PORT",
+        type=_type(_agent_address),
+        default=os.environ.get("RELAY_AGENT_ADVERTISE"),
+        help=_env_help(
+            "the address agents reach this node's --listen at (port 0: the port listened on); "
+            "the relay tells agents every live node's, so that they spread their sessions "
+            "over the nodes (a cluster: see the README)",
+            "RELAY_AGENT_ADVERTISE",
+            "none told",
         ),
     )
     _add_node_timeout(serve)
@@ -811,6 +845,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         ),
         node=setup.node if setup is not None else args.node or None,
         node_timeout=args.node_timeout,
+        agent_advertise=args.agent_advertise,
         audit=AuditConfig(interval=args.audit_interval),
     )
     identity = None
@@ -1524,6 +1559,7 @@ def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
                 "agent_address": node.agent_address,
                 "peer_address": node.peer_address,
                 "peer_fingerprint": node.peer_fingerprint,
+                "agent_advertise": node.agent_advertise,
                 "started_at": _iso(node.started_at),
                 "heartbeat_age": None if node.age is None else round(node.age, 3),
                 "alive": node.age is not None and node.age < timeout,

@@ -39,6 +39,7 @@ import mux
 from bridge.ops.errors import os_reason
 from bridge.protocol.addresses import format_host_port, parse_host_port
 from bridge.protocol.connect import ConnectReply, ConnectStatus
+from bridge.protocol.control import AdvertisedNode
 from bridge.transport.prefixed_stream import PrefixedStream
 from bridge.transport.splice import splice
 from bridge.transport.tls import FingerprintMismatch, client_ssl_context, open_tls_client
@@ -239,6 +240,11 @@ class Peering:
         for link in self.links.values():
             link.wake.set()
 
+    def holds(self, bridge: str) -> bool:
+        """Whether a linked node that does not drain holds `bridge` (an ID or name): what
+        `holders` would list something for, without ranking them."""
+        return any(not link.draining and link.find(bridge) for link in self.links.values())
+
     def holders(self, bridge: str) -> list[tuple[PeerLink, HeldBridge]]:
         """The linked nodes holding `bridge` (an ID or name), fewest open streams first;
         none that drains."""
@@ -277,6 +283,22 @@ class Peering:
         self._outbound -= 1
         if not self._outbound:
             self._outbound_lot.unpark_all()
+
+    def advertised_nodes(self) -> list[AdvertisedNode]:
+        """The linked nodes that do not drain and register an agent address
+        (``--agent-advertise``), by name, with that address (one that does not parse as
+        HOST:PORT is left out)."""
+        nodes = []
+        for name in sorted(self.links):
+            record = self._nodes.get(name)
+            if self.links[name].draining or record is None or not record.agent_advertise:
+                continue
+            try:
+                host, port = parse_host_port(record.agent_advertise)
+            except ValueError:
+                continue
+            nodes.append(AdvertisedNode(name, host, port))
+        return nodes
 
     # -- the node list ------------------------------------------------------------------
 
@@ -319,6 +341,7 @@ class Peering:
                 and (n.age is None or n.age < timeout)
             }
             self._wake_waiters()
+            self.relay._advertised_changed()
 
     def is_sibling(self, name: str) -> bool:
         """Whether node `name` is another worker of this host (never linked)."""
@@ -612,8 +635,7 @@ class Peering:
                             link.close(str(exc))
                         else:
                             nursery.start_soon(self._read_presence, link, control)
-                            async for stream in session:
-                                nursery.start_soon(self._serve_open, link, stream)
+                            await self._accept_opens(link, session, nursery)
                         link.close_reason = link.close_reason or str(session.close_reason)
                         nursery.cancel_scope.cancel()
         except mux.SessionClosed as exc:
@@ -650,7 +672,9 @@ class Peering:
                 for presence in reader.feed(data)[-1:]:
                     if presence.draining and not link.draining:
                         _log(logging.INFO, "Peer draining: routing around it", node=link.node)
-                    link.draining = presence.draining
+                    if presence.draining != link.draining:
+                        link.draining = presence.draining
+                        self.relay._advertised_changed()
                     link.held = {b.id: b for b in presence.bridges}
                     link.names = {b.name: b.id for b in presence.bridges}
                     link.opened = {}
@@ -665,6 +689,19 @@ class Peering:
         link.close(link.close_reason or (str(ended) if ended else "control stream closed"))
 
     # -- peered opens: the holder's side ----------------------------------------------
+
+    async def _accept_opens(
+        self, link: PeerLink, session: mux.Session, nursery: trio.Nursery
+    ) -> None:
+        """Serve each stream the peer opens until the session ends. The ACK of a stream
+        rides on the reply (the peer sent its request with the open, and the reply follows
+        within the open's deadlines): one frame fewer per peered open."""
+        while True:
+            try:
+                stream = await session.accept_stream(defer_ack=True)
+            except mux.SessionClosed:
+                return
+            nursery.start_soon(self._serve_open, link, stream)
 
     async def _serve_open(self, link: PeerLink, stream: Any) -> None:
         """One peered open from `link`'s node: the local open, the reply, then the splice."""

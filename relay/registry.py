@@ -30,6 +30,8 @@ class AgentSession:
     close_reason: str | None = None
     #: The control stream (when the agent supports one), opened first; not a tunnel.
     control: Any = attrs.field(default=None, repr=False)
+    #: Held while a control message is written (they come from several tasks).
+    control_lock: trio.Lock = attrs.field(factory=trio.Lock, repr=False)
     #: The agent supports the "move" capability (with a control stream).
     can_move: bool = False
     #: Told to move while the relay drains: it lets this session go once it has another.

@@ -242,6 +242,41 @@ def test_kill_9_of_the_agents_node_and_callers_elsewhere_reach_it_again(
     assert agent.poll() is None
 
 
+def test_an_agent_given_one_node_spreads_over_the_nodes_the_relay_tells_of(
+    cluster: Launcher, postgres: Postgres, postgres_url: str, tmp_path: Path
+):
+    # Each node tells agents its own agent port (port 0: the one it listens on).
+    advertise = ["--agent-advertise", "127.0.0.1:0"]
+    nodes = [
+        cluster.node(f"node{i}", postgres_url, postgres.target, args=advertise) for i in (1, 2)
+    ]
+    for node in nodes:
+        node.process.wait_for(r"\tPeer link up\t")
+    # Given node 1 only, two sessions: the second on node 2, which node 1 told it of.
+    agent = cluster.agent(nodes[0], [postgres.target], RELAY_CONNECTIONS="2")
+    nodes[1].process.wait_for(rf'\tBridge connected\t.*"{cluster.bridge.name}"')
+    told = " ".join(f"{node.node}=127.0.0.1:{node.agent_port}" for node in nodes)
+    agent.wait_for(rf"\tThe relay listed its nodes\t.*{re.escape(told)}")
+
+    def spread() -> bool:
+        listed = list_nodes(postgres_url, tmp_path / "admin-machine")
+        rows = [(row["agent_advertise"], row["bridges"]) for _, row in sorted(listed.items())]
+        return rows == [(f"127.0.0.1:{node.agent_port}", 1) for node in nodes]
+
+    wait_until(spread, "a session of the bridge on each node", 10)
+
+    # Node 1 dies: the agent serves on through its session on node 2, at once.
+    nodes[0].process.stop()  # SIGKILL
+    for _ in range(5):
+        _tunnel(postgres, nodes[1])
+    # Node 2 stops telling of node 1 once its link is down; the agent forgets it.
+    alone = re.escape(f'"nodes": "node2=127.0.0.1:{nodes[1].agent_port}"')
+    agent.wait_for(rf"\tThe relay listed its nodes\t.*{alone}")
+    _tunnel(postgres, nodes[1])
+    assert agent.poll() is None
+    assert "Traceback" not in agent.stderr()
+
+
 def test_delete_cuts_a_tunnel_through_a_peer_hop(
     cluster: Launcher, postgres: Postgres, postgres_url: str, tmp_path: Path
 ):
