@@ -741,9 +741,13 @@ class Peering:
             _reset(stream)
             _reset(tunnel)
         finally:
-            if tunnel is not None:
-                await trio.aclose_forcefully(tunnel)
-            await trio.aclose_forcefully(stream)
+            # Closing mux streams (and their metering) never blocks: shielded, the closes
+            # are plain checkpoints, where a forced close would raise a Cancelled through
+            # every layer of both streams.
+            with trio.CancelScope(shield=True):
+                if tunnel is not None:
+                    await tunnel.aclose()
+                await stream.aclose()
 
     async def _open_local(
         self, link: PeerLink, request: OpenRequest

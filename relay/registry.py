@@ -142,7 +142,10 @@ class Registry:
     def candidates(self, bridge: str) -> list[AgentSession]:
         """The sessions to try for a new stream: fewest open streams first, then the one that
         has carried fewest so far (so that short connections are spread too)."""
-        return sorted(self.sessions(bridge), key=AgentSession.load)
+        sessions = self.sessions(bridge)
+        if len(sessions) > 1:  # one session (the usual case) needs no statistics
+            sessions.sort(key=AgentSession.load)
+        return sessions
 
     def arrive(self, bridge_id: str, bridge_name: str) -> Arrival:
         """Note a session that is being welcomed: from now until it is registered (or fails),

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import trio
-from trio.lowlevel import checkpoint_if_cancelled, wait_readable
+from trio.lowlevel import checkpoint, checkpoint_if_cancelled, wait_readable
 
 #: How much one read asks for, by default: large reads mean fewer frames per byte.
 CHUNK = 256 * 1024
@@ -56,10 +56,17 @@ async def splice(
         nonlocal clean
         meter = None if meters is None else meters[index]
         set_push = _push_setter(source, sink, counts, index, meter)
-        receive = _receiver(source)
+        receive, try_send = _receiver(source, sink)
         try:
             while data := await receive(chunk):
-                await sink.send_all(data)
+                if try_send is not None:
+                    # Queued and written from this task without a checkpoint of its own
+                    # (the read was one); only what the sink cannot take now waits.
+                    taken = try_send(data)
+                    if taken < len(data):
+                        await sink.send_all(memoryview(data)[taken:])
+                else:
+                    await sink.send_all(data)
                 counts[index] += len(data)
                 if meter is not None:
                     meter(len(data))
@@ -104,22 +111,34 @@ def _push_setter(
     return set_push if set_push(push) else None
 
 
-def _receiver(source: trio.abc.ReceiveStream) -> Callable[[int], Awaitable[bytes | bytearray]]:
-    """How ``pump`` reads ``source``: its ``receive_some``, or, for a plain TCP socket, a read
-    that waits for data first when the last read emptied the socket (trio's own read tries
-    first, and on a connection that carries messages back and forth that try fails, a system
-    call and an exception for every message). Raises as ``receive_some`` does."""
+def _receiver(
+    source: trio.abc.ReceiveStream, sink: trio.abc.SendStream
+) -> tuple[
+    Callable[[int], Awaitable[bytes | bytearray]], Callable[[bytes | bytearray], int] | None
+]:
+    """How ``pump`` reads ``source``, and the sink's ``try_send`` if the pump may use it.
+
+    The read is ``source.receive_some``, or, for a plain TCP socket, a read that waits for
+    data first when the last read emptied the socket (trio's own read tries first, and on a
+    connection that carries messages back and forth that try fails, a system call and an
+    exception for every message). That read is a full checkpoint, so that the sink's
+    ``try_send`` (`mux.Stream.try_send`: queue and write without waiting, no checkpoint)
+    can carry what it read: one task step per message instead of two. Raises as
+    ``receive_some`` does."""
     if type(source) is not trio.SocketStream:
-        return source.receive_some
+        return source.receive_some, None
     raw = getattr(source.socket, "_sock", None)
     if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
-        return source.receive_some
+        return source.receive_some, None
+    try_send = getattr(sink, "try_send", None)
     drained = False
 
     async def receive(size: int) -> bytes:
         nonlocal drained
         if drained:
             await wait_readable(raw)  # the checkpoint
+        elif try_send is not None:
+            await checkpoint()
         else:
             await checkpoint_if_cancelled()  # the caller's send_all is the schedule point
         while True:
@@ -133,7 +152,7 @@ def _receiver(source: trio.abc.ReceiveStream) -> Callable[[int], Awaitable[bytes
             drained = len(data) < size
             return data
 
-    return receive
+    return receive, try_send
 
 
 def _nonblocking_send(sink: trio.abc.SendStream) -> Callable[[memoryview], int] | None:
