@@ -109,12 +109,14 @@ async def through_socks(port: int, bridge: str, target: str) -> bool:
     return bytes(data) == payload
 
 
-async def outcome(port: int) -> str:
+async def outcome(port: int, socks: tuple[str, str] | None = None) -> str:
+    """ "ok" when PAYLOAD came back intact through the forward at `port` (or through the
+    SOCKS port `port` and `socks`: bridge, target), else what went wrong."""
     result = "short"
     try:
-        if await transfer(port, PAYLOAD):
+        if await (transfer(port, PAYLOAD) if socks is None else through_socks(port, *socks)):
             result = "ok"
-    except* (OSError, trio.BrokenResourceError) as group:
+    except* (OSError, trio.BrokenResourceError, AssertionError) as group:
         result = f"error: {group.exceptions[0]!r}"
     return result
 
@@ -234,13 +236,23 @@ async def test_killed_workers_are_started_again_and_queued_connections_served(la
 
 
 async def test_sighup_replaces_the_workers_under_load_and_fails_no_connection(launch, nursery):
-    relay, forward, _, _ = await start(launch, nursery)
+    """Forward and SOCKS connections alternate: while the worker with the agent's session
+    drains, the other (without one) takes the SOCKS clients again, and they wait for the
+    agent's new session as the forward's do."""
+    relay, forward, _, target = await start(launch, nursery)
     before = workers(relay)
     results: list[str] = []
     reloaded = trio.Event()
+    turn = 0
 
     async def run() -> None:
-        results.append(await outcome(forward))
+        nonlocal turn
+        turn += 1
+        if turn % 2:
+            results.append(await outcome(forward))
+        else:
+            socks = (launch.bridge.name, target)
+            results.append(await outcome(relay.forwards["socks"], socks))
 
     async def watch() -> None:
         await trio.to_thread.run_sync(
