@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -113,6 +114,7 @@ class Session:
         #: Someone (the writer task or a sender) is writing to the transport right now.
         self._writing = False
         self._send_some = _partial_sender(transport)
+        self._send_nowait = _nowait_sender(transport)
         self._pings: dict[int, trio.Event] = {}
         #: The reader waits here while the control output is full (woken by writes).
         self._reader = _Waiter()
@@ -329,6 +331,29 @@ class Session:
                 self._writer.wake()
         return True
 
+    def _write_now(self) -> None:
+        """Write what is queued from the calling task without waiting, if no write is in
+        flight and the transport can write without waiting; what it does not take (or all,
+        where it cannot) is left to the writer task. Never blocks, never raises: a transport
+        error ends the session."""
+        send_nowait = self._send_nowait
+        if send_nowait is None or self._writing or self._error is not None:
+            self._writer.wake()
+            return
+        conn = self._conn
+        data = conn.data_to_send()
+        self._reader.wake()
+        try:
+            sent = send_nowait(data)
+        except _TRANSPORT_ERRORS as exc:
+            sent = 0
+            self._connection_lost(exc)
+        if sent < len(data):
+            conn.unsend(memoryview(data)[sent:])
+            self._writer.wake()
+        elif sent and self._buffer_space:
+            self._buffer_space.unpark_all()
+
     async def _wait_buffer_space(self) -> None:
         await self._buffer_space.park()
 
@@ -336,12 +361,12 @@ class Session:
         if self._error is None:
             self._conn.consumed(stream_id, amount)
             if self._conn.pending_output():
-                self._writer.wake()
+                self._write_now()  # a window update, from the reading task
 
     def _send_eof(self, stream_id: int) -> None:
         self._conn.send_eof(stream_id)
         self._forget_if_done(stream_id)
-        self._writer.wake()
+        self._write_now()  # the FIN, from the closing task
         self._wake_if_idle()
 
     def _close_stream(self, stream: Stream, reset: bool) -> None:
@@ -610,6 +635,31 @@ def _partial_sender(transport: trio.abc.Stream) -> Callable[[bytearray], Awaitab
     if type(transport) is trio.SocketStream:
         return transport.socket.send
     return None
+
+
+def _nowait_sender(transport: trio.abc.Stream) -> Callable[[bytearray], int] | None:
+    """A call that writes as much of a buffer as the transport takes without waiting and
+    returns how much (0: nothing now), raising a transport error having written nothing;
+    None where the transport has none. A transport can offer one as ``send_nowait``."""
+    send_nowait = getattr(transport, "send_nowait", None)
+    if send_nowait is not None:
+        return cast("Callable[[bytearray], int]", send_nowait)
+    if type(transport) is not trio.SocketStream:
+        return None
+    # trio's socket wraps a non-blocking stdlib socket; once closed, its send raises
+    # OSError (it never reaches another descriptor).
+    raw = getattr(transport.socket, "_sock", None)
+    if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
+        return None
+    send = raw.send
+
+    def send_socket(data: bytearray) -> int:
+        try:
+            return send(data)
+        except BlockingIOError:
+            return 0
+
+    return send_socket
 
 
 def _receiver(transport: trio.abc.Stream) -> Callable[[int], Awaitable[bytes | bytearray]]:

@@ -21,6 +21,10 @@ class StreamState(enum.Enum):
     CLOSED = "closed"
     RESET = "reset"
 
+    # Members are singletons compared by identity: hash them so too, in C (`Enum.__hash__`
+    # is a Python call, and the hot path asks `state in CAN_SEND` for every frame).
+    __hash__ = object.__hash__
+
 
 class StreamInput(enum.Enum):
     """What happens to a stream: we send, or receive, data, FIN or RST."""

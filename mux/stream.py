@@ -304,6 +304,32 @@ class Stream(trio.abc.HalfCloseableStream):
             if not checkpointed:
                 await cancel_shielded_checkpoint()
 
+    def try_send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of ``data`` as can go now without waiting and return how much that
+        was: what the send window and the session's write buffer take (0 when they take
+        nothing now; what is not taken is the caller's to keep and send later).
+
+        The session writes it at once from the calling task when no write is in flight and
+        its transport can write without waiting (`trio.SocketStream`, or a transport with
+        ``send_nowait``); else its writer task does. Never blocks and is not a checkpoint:
+        it is the sink of push delivery between two streams (see `set_push`), called from
+        a session's reader task. Raises what `send_all` raises (`StreamReset`,
+        `SessionClosed`, `trio.ClosedResourceError`), and `trio.BusyResourceError` while
+        another task is in `send_all`, `send_eof` or `wait_send_all_might_not_block`.
+        """
+        if self._send_conflict.held:
+            raise trio.BusyResourceError(SENDING)
+        self._check_sendable()
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        if not view:
+            return 0
+        queued = self._queue(view)
+        if queued:
+            self._session._write_now()
+        return queued
+
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until there is send window and write-buffer room for at least one frame.
 

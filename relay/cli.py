@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import fcntl
 import getpass
+import ipaddress
 import json
 import logging
 import os
@@ -104,6 +105,26 @@ def _type(parse):
     return convert
 
 
+#: HOST:PORT where port 0 means "any free port" (to listen) or "the one listened on".
+_ADDRESS_OR_ANY_PORT = _type(partial(parse_host_port, allow_zero=True))
+
+
+def _agent_address(text: str) -> tuple[str, int]:
+    """``--agent-advertise``: HOST:PORT (port 0: the agent port listened on), not a wildcard
+    address. Raises ValueError saying what is wrong."""
+    host, port = parse_host_port(text, allow_zero=True)
+    try:
+        unspecified = ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a name
+        unspecified = False
+    if unspecified:
+        raise ValueError(
+            f"invalid HOST:PORT {text!r}: {host} is not an address agents can dial; give the "
+            "name or address they reach this node at"
+        )
+    return host, port
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -189,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_LISTEN", DEFAULT_LISTEN),
         help=_env_help(
             "where agents connect (port 0: any free port)", "RELAY_LISTEN", DEFAULT_LISTEN
@@ -198,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen-ws",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_LISTEN_WS"),
         help=_env_help(
             f"also accept agents over WebSocket here (wss://, path {DEFAULT_PATH}, the same TLS "
@@ -445,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--peer-listen",
         metavar="HOST:PORT",
-        type=_type(lambda t: parse_host_port(t, allow_zero=True)),
+        type=_ADDRESS_OR_ANY_PORT,
         default=os.environ.get("RELAY_PEER_LISTEN"),
         help=_env_help(
             "where the other relay nodes sharing the store connect (a cluster: see the "
@@ -463,6 +484,19 @@ def build_parser() -> argparse.ArgumentParser:
             "the address the other nodes dial to reach --peer-listen, when that is not it",
             "RELAY_PEER_ADVERTISE",
             "the listen address, or this host's name for a wildcard address",
+        ),
+    )
+    serve.add_argument(
+        "--agent-advertise",
+        metavar="HOST:PORT",
+        type=_type(_agent_address),
+        default=os.environ.get("RELAY_AGENT_ADVERTISE"),
+        help=_env_help(
+            "the address agents reach this node's --listen at (port 0: the port listened on); "
+            "the relay tells agents every live node's, so that they spread their sessions "
+            "over the nodes (a cluster: see the README)",
+            "RELAY_AGENT_ADVERTISE",
+            "none told",
         ),
     )
     _add_node_timeout(serve)
@@ -747,11 +781,6 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             ssl_context = server_ssl_context(cert, key)
         except CertificateError as exc:
             raise Failure(str(exc)) from None
-    if args.workers > 1 and args.peer_listen is not None:
-        raise UsageError(
-            "--workers above 1 cannot be combined with --peer-listen yet: run one process "
-            "per node in a cluster"
-        )
     if (args.socks_user is None) != (args.socks_password is None):
         raise UsageError("--socks-user and --socks-password must be given together")
     credentials = None if args.socks_user is None else (args.socks_user, args.socks_password)
@@ -816,6 +845,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
         ),
         node=setup.node if setup is not None else args.node or None,
         node_timeout=args.node_timeout,
+        agent_advertise=args.agent_advertise,
         audit=AuditConfig(interval=args.audit_interval),
     )
     identity = None
@@ -916,11 +946,22 @@ async def _supervise(
         socks_host, socks_port = args.socks
         socks = await bind("socks", socks_host, socks_port)
         print(f"socks: listening on {bound(socks_host, socks)}", flush=True)
+    peer: list[trio.SocketListener] = []
+    if args.peer_listen is not None:
+        try:  # made once here, shared by the workers (each a node of the cluster)
+            PeerIdentity.ensure(data_dir)
+        except CertificateError as exc:
+            raise Failure(str(exc)) from None
+        peer_host, peer_port = args.peer_listen
+        peer = await bind("peers", peer_host, peer_port)
+        print(f"peers: listening on {bound(peer_host, peer)}", flush=True)
     node = args.node or f"{socket.gethostname()}:{agent[0].socket.getsockname()[1]}"
     supervisor = Supervisor(
         args.argv,
         args.workers,
-        Listeners(agent=agent, websocket=websocket, forwards=forward_listeners, socks=socks),
+        Listeners(
+            agent=agent, websocket=websocket, forwards=forward_listeners, socks=socks, peer=peer
+        ),
         node,
         Notifier.from_environ(),
         data_dir=data_dir,
@@ -1082,12 +1123,19 @@ async def _serve_until_signal(
                         relay.serve_peers,
                         identity=identity,
                         advertise=None if advertised is None else format_host_port(*advertised),
+                        siblings=setup.siblings if setup else None,
+                        **given(setup.peer if setup else []),
                     ),
                     peer_host,
                     peer_port,
                 )
                 local = format_host_port(peer_host, listeners[0].socket.getsockname()[1])
-                print(f"peers: listening on {local}", flush=True)
+                _say(setup, f"peers: listening on {local}")
+                if inherited and relay.peering is not None:
+                    # A worker links to the other nodes before it serves forwards and tells
+                    # its parent so: a replaced worker's successor reaches what it reached.
+                    with trio.move_on_after(relay.config.peer.link_wait):
+                        await relay.peering.wait_linked()
             if listen_ws is not None:
                 ws_host, ws_port = listen_ws
                 config = WebSocketConfig(handshake_timeout=relay.config.handshake_timeout)
@@ -1511,6 +1559,7 @@ def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
                 "agent_address": node.agent_address,
                 "peer_address": node.peer_address,
                 "peer_fingerprint": node.peer_fingerprint,
+                "agent_advertise": node.agent_advertise,
                 "started_at": _iso(node.started_at),
                 "heartbeat_age": None if node.age is None else round(node.age, 3),
                 "alive": node.age is not None and node.age < timeout,

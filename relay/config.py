@@ -49,7 +49,10 @@ class PeerConfig:
     presence_debounce: after a change, how long to wait for more before sending presence.
     refresh_interval: how often the store's node list is read (whom to dial, whom to accept).
     redial_min, redial_max: the backoff between attempts to dial a node, doubled per failure.
-    accept_backlog: streams a peer may have opened on the link that are not served yet.
+    accept_backlog: streams a peer may have opened on the link that are not answered yet
+        (the opening node waits to open more while that many are).
+    link_wait: how long a worker of ``serve --workers N`` waits for its links to the other
+        live nodes before it serves its forwards and says it serves.
     """
 
     keepalive_interval: float = attrs.field(default=2.0, validator=positive_number)
@@ -60,6 +63,7 @@ class PeerConfig:
     redial_min: float = attrs.field(default=0.2, validator=positive_number)
     redial_max: float = attrs.field(default=5.0, validator=positive_number)
     accept_backlog: int = attrs.field(default=1024, validator=positive_count)
+    link_wait: float = attrs.field(default=5.0, validator=positive_number)
 
 
 #: bcrypt checks at once: one per core, at least two (one of them kept for known bridges).
@@ -116,6 +120,9 @@ class RelayConfig:
         and agent port, `host:4000`).
     node_timeout: a node that has not heartbeated for this long is gone; it heartbeats three
         times as often.
+    agent_advertise: (host, port) agents are told to reach this node at, registered in the
+        store's node list; port 0: the agent port `Relay.serve` listens on. Agents that ask
+        (the "nodes" capability) are told every live linked node's. None: none told.
     audit: the audit trail's queue and progress interval.
     peer: peer links to the other nodes of a cluster (see `PeerConfig`).
     """
@@ -145,5 +152,6 @@ class RelayConfig:
     mux: mux.Config | None = None
     node: str | None = None
     node_timeout: float = attrs.field(default=10.0, validator=positive_number)
+    agent_advertise: tuple[str, int] | None = None
     audit: AuditConfig = attrs.field(factory=AuditConfig)
     peer: PeerConfig = attrs.field(factory=PeerConfig)

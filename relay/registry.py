@@ -30,6 +30,8 @@ class AgentSession:
     close_reason: str | None = None
     #: The control stream (when the agent supports one), opened first; not a tunnel.
     control: Any = attrs.field(default=None, repr=False)
+    #: Held while a control message is written (they come from several tasks).
+    control_lock: trio.Lock = attrs.field(factory=trio.Lock, repr=False)
     #: The agent supports the "move" capability (with a control stream).
     can_move: bool = False
     #: Told to move while the relay drains: it lets this session go once it has another.
@@ -140,7 +142,10 @@ class Registry:
     def candidates(self, bridge: str) -> list[AgentSession]:
         """The sessions to try for a new stream: fewest open streams first, then the one that
         has carried fewest so far (so that short connections are spread too)."""
-        return sorted(self.sessions(bridge), key=AgentSession.load)
+        sessions = self.sessions(bridge)
+        if len(sessions) > 1:  # one session (the usual case) needs no statistics
+            sessions.sort(key=AgentSession.load)
+        return sessions
 
     def arrive(self, bridge_id: str, bridge_name: str) -> Arrival:
         """Note a session that is being welcomed: from now until it is registered (or fails),

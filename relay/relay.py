@@ -39,7 +39,7 @@ import trio
 import mux
 from bridge.ops.errors import os_reason
 from bridge.ops.metrics import TunnelMetrics
-from bridge.protocol.addresses import format_host_port, format_socket_address
+from bridge.protocol.addresses import format_host_port, format_socket_address, parse_host_port
 from bridge.protocol.connect import (
     ConnectError,
     ConnectReply,
@@ -48,7 +48,7 @@ from bridge.protocol.connect import (
     ConnectStatus,
     encode_connect_request,
 )
-from bridge.protocol.control import ControlMessage, encode_control
+from bridge.protocol.control import AdvertisedNode, ControlMessage, encode_control
 from bridge.protocol.handshake import (
     HELLO_VERSION,
     MAX_HELLO,
@@ -238,6 +238,12 @@ class Relay:
         #: The peer links of a cluster node, once `serve_peers` runs.
         self.peering: Peering | None = None
         self._node_wake = trio.Event()  # heartbeat now: the node's record changed
+        #: Where agents reach this node (`RelayConfig.agent_advertise`, its port 0 made the
+        #: agent port once `serve` listens): registered, and told to agents.
+        self.agent_advertise: str | None = None
+        #: The nodes agents asking for them are told of (`advertised_nodes`), as last sent.
+        self._advertised: tuple[AdvertisedNode, ...] = ()
+        self._advertised_wake = trio.Event()  # `_advertised` changed
 
     def __repr__(self) -> str:
         return f"<Relay store={self.store!r} sessions={len(self.registry)}>"
@@ -290,6 +296,9 @@ class Relay:
         bound = listeners[0].socket.getsockname()[1]
         if self.config.node is None:
             self.audit_trail.node = f"{socket.gethostname()}:{bound}"
+        if (advertise := self.config.agent_advertise) is not None:
+            self.agent_advertise = format_host_port(advertise[0], advertise[1] or bound)
+            self._advertised_changed()
         node = await self._register_node(format_host_port(host or "0.0.0.0", bound))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeat, node)
@@ -331,6 +340,8 @@ class Relay:
         *,
         identity: PeerIdentity,
         advertise: str | None = None,
+        listeners: list[trio.SocketListener] | None = None,
+        siblings: str | None = None,
         task_status=trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept peer links from the other nodes of a cluster on host:port until cancelled
@@ -342,17 +353,22 @@ class Relay:
         `advertise` is the HOST:PORT other nodes dial (default: the address listened on, or
         this host's name when that is a wildcard address). Both go to the node's record in
         the store at once. Connections go through the same gate and deadline as agents'.
-        `task_status.started` gets the listeners. Raises OSError when it cannot listen,
-        CertificateError when the identity cannot serve TLS. Cancelling it ends every link.
+        With `listeners` (bound by another process: the parent of workers, whose workers
+        share them), those are served and host:port only name them; `siblings` is the
+        prefix of the names of the nodes that share them (never linked: see
+        `relay.peering`). `task_status.started` gets the listeners. Raises OSError when it
+        cannot listen, CertificateError when the identity cannot serve TLS. Cancelling it
+        ends every link.
         """
         from relay.peering import Peering
 
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
         if advertise is None:
             bound = listeners[0].socket.getsockname()[1]
             shown = host if host and host not in ("0.0.0.0", "::") else socket.gethostname()
             advertise = format_host_port(shown, bound)
-        peering = Peering(self, identity, advertise, self.config.peer)
+        peering = Peering(self, identity, advertise, self.config.peer, siblings=siblings)
         self.peering = peering
         _log(
             logging.INFO,
@@ -370,6 +386,47 @@ class Relay:
     def _node_changed(self) -> None:
         """This node's record changed (peer address, links): heartbeat at once."""
         self._node_wake.set()
+        self._advertised_changed()
+
+    def advertised_nodes(self) -> tuple[AdvertisedNode, ...]:
+        """The nodes agents with the "nodes" capability are told of, with the address they
+        reach each at, by name (every node tells the same list): this node unless it stops
+        accepting, and the nodes it has a peer link with that do not drain; a node without
+        `agent_advertise` (or of an older release) is left out."""
+        nodes = []
+        if self.agent_advertise is not None and not self._stopping:
+            host, port = parse_host_port(self.agent_advertise)
+            nodes.append(AdvertisedNode(self.node, host, port))
+        if self.peering is not None:
+            nodes.extend(self.peering.advertised_nodes())
+        return tuple(sorted(nodes, key=lambda node: node.node))
+
+    def _advertised_changed(self) -> None:
+        """What `advertised_nodes` returns may have changed (a link, a node's record, a
+        drain): the sessions that asked for it are sent the new list, if it is new."""
+        nodes = self.advertised_nodes()
+        if nodes != self._advertised:
+            self._advertised = nodes
+            self._advertised_wake.set()
+            self._advertised_wake = trio.Event()
+
+    async def _tell_nodes(self, agent: AgentSession) -> None:
+        """Send the agent `advertised_nodes` on its control stream, and again at each
+        change, until cancelled or the control stream is closed (an empty list only to
+        replace one sent before)."""
+        sent: tuple[AdvertisedNode, ...] = ()
+        while True:
+            nodes, changed = self._advertised, self._advertised_wake
+            if nodes != sent:
+                async with agent.control_lock:
+                    if (control := agent.control) is None:
+                        return
+                    try:
+                        await control.send_all(encode_control(ControlMessage.nodes(nodes)))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                sent = nodes
+            await changed.wait()
 
     def _presence_changed(self) -> None:
         """The bridges held here changed: tell the peers (the store hears it with the next
@@ -427,6 +484,7 @@ class Relay:
         self._stopping = True
         self.audit_trail.stopping = True
         self._presence_changed()  # the other nodes stop sending opens here
+        self._advertised_changed()  # agents stop being sent here
         for scope in self._accepting:
             scope.cancel()
         if not self._serving:
@@ -888,8 +946,12 @@ class Relay:
                         self._store_wake.set()
                         if self._stopping:
                             await _leave(agent, "relay shutting down")
-                        async for stream in session:  # agents never open streams: RST at once
-                            stream.reset()
+                        async with trio.open_nursery() as nursery:
+                            if "nodes" in agreement.capabilities and agent.control is not None:
+                                nursery.start_soon(self._tell_nodes, agent)
+                            async for stream in session:  # agents never open streams: RST
+                                stream.reset()
+                            nursery.cancel_scope.cancel()
                 finally:
                     self.registry.remove(agent)
                     agent.ended.set()
@@ -1036,7 +1098,11 @@ class Relay:
         is taken over with a warning: usually this relay's own predecessor, killed and
         restarted; if another relay runs with the same name, it logs that it lost it."""
         record = NodeRecord(
-            self.node, uuid.uuid4().hex, agent_address, started_at=round(time.time(), 3)
+            self.node,
+            uuid.uuid4().hex,
+            agent_address,
+            started_at=round(time.time(), 3),
+            agent_advertise=self.agent_advertise,
         )
         try:
             try:
@@ -1180,7 +1246,7 @@ class Relay:
         or to a node this one has a peer link with."""
         if self.registry.sessions(bridge):
             return True
-        return self.peering is not None and bool(self.peering.holders(bridge))
+        return self.peering is not None and self.peering.holds(bridge)
 
     async def connect(
         self, bridge: str, host: str, port: int, *, caller: Caller | str | None = None
@@ -1257,8 +1323,8 @@ class Relay:
         # A local session is preferred unless it is at its stream limit.
         if (
             peering is not None
-            and peering.holders(bridge)
             and (not sessions or self._streams_full(sessions[0].bridge_id))
+            and peering.holds(bridge)
         ):
             try:
                 return await peering.open(bridge, host, port, caller)
@@ -1510,10 +1576,15 @@ async def _tell_closing(
     if agent.control is None:
         return
     with trio.move_on_after(1):
-        try:
-            await agent.control.send_all(encode_control(message or ControlMessage.closing(reason)))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        async with agent.control_lock:
+            if agent.control is None:
+                return
+            try:
+                await agent.control.send_all(
+                    encode_control(message or ControlMessage.closing(reason))
+                )
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
 
 async def _leave(agent: AgentSession, reason: str) -> None:

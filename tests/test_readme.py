@@ -38,7 +38,7 @@ def test_cluster_env_file_sets_only_real_settings():
     section = text[text.index("### On several machines") :]
     block = re.search(r"```\n(.*?)```", section, re.DOTALL).group(1)
     names = [line.split("=", 1)[0] for line in block.splitlines() if line]
-    assert names[0] == "RELAY_STORE" and len(names) == 7
+    assert names[0] == "RELAY_STORE" and len(names) == 8
     usage = subprocess.run(
         [Path(sys.executable).parent / "bridge-relay", "serve", "--help"],
         capture_output=True,

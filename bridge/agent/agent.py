@@ -41,7 +41,12 @@ import mux
 from bridge import __version__
 from bridge.agent.allowlist import AllowList
 from bridge.agent.backoff import Backoff
-from bridge.agent.relay_endpoints import RelayEndpoint, order_endpoints, resolve_endpoints
+from bridge.agent.relay_endpoints import (
+    RelayEndpoint,
+    advertised_endpoint,
+    order_endpoints,
+    resolve_endpoints,
+)
 from bridge.agent.relay_url import RelayURL, parse_relay_urls
 from bridge.ops import logs
 from bridge.ops.errors import os_reason
@@ -62,8 +67,11 @@ from bridge.protocol.control import (
     CLOSING,
     MAX_CONTROL_MESSAGE,
     MOVE,
+    NODES,
     ControlError,
+    ControlMessage,
     ControlParser,
+    advertised_nodes,
 )
 from bridge.protocol.handshake import (
     CAPABILITIES,
@@ -198,6 +206,8 @@ class _Link:
     #: replaces this one, which is not kept up once its session ends.
     moved: bool = False
     told_to_move: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    #: The relay sent an invalid list of nodes in this session (logged once per session).
+    bad_nodes: bool = False
     #: When its current session came up (`trio.current_time`).
     up_since: float = 0.0
     #: A replacement for a link told to move soon after its session came up waits this long
@@ -307,8 +317,13 @@ class Agent:
         self._move_backoff = Backoff(self.config.max_backoff)
         self._links_freed = ParkingLot()  # a link was let go: an endpoint may be free
         self._nursery: trio.Nursery | None = None
-        #: The relay node of each address that named its node (key: `RelayEndpoint.key`).
+        #: The relay node of each address that named its node (key: `RelayEndpoint.key`),
+        #: in its Welcome or in a relay's list of nodes.
         self._nodes: dict[tuple[str, str, int, str, bool], str] = {}
+        #: The endpoints of the nodes the relay advertised last ("nodes" capability): tried
+        #: with the URLs' own; replaced by each new list, so a node no longer advertised is
+        #: forgotten.
+        self._learned: tuple[RelayEndpoint, ...] = ()
         self._first_session = trio.Event()
         self._fatal: AgentError | None = None
         self._open_streams = 0
@@ -521,7 +536,7 @@ class Agent:
 
     def _connected_addresses(self) -> list[str]:
         return [
-            link.endpoint.url.address
+            link.endpoint.address
             for link in self._links
             if link.connected and link.endpoint is not None
         ]
@@ -565,9 +580,8 @@ class Agent:
                         failures.append(({"address": url.address}, reason))
         if self._draining:
             return [], []
-        endpoints = [
-            endpoint for found in resolved for endpoint in found if not self._in_use(link, endpoint)
-        ]
+        candidates = [endpoint for found in resolved for endpoint in found]
+        endpoints = [e for e in [*candidates, *self._learned] if not self._in_use(link, e)]
         return order_endpoints(endpoints, self._random, last=last), failures
 
     async def run_session(
@@ -599,9 +613,7 @@ class Agent:
                 return
             transport, leftover, capabilities, node = connected
             if node is not None:
-                if len(self._nodes) >= MAX_KNOWN_NODES:
-                    self._nodes.clear()
-                self._nodes[endpoint.key] = node
+                self._remember_node(endpoint, node)
                 if any(o.connected and o.node == node for o in self._links if o is not link):
                     log.debug(
                         "Already connected to this relay node",
@@ -616,6 +628,46 @@ class Agent:
             finally:
                 link.connected = False
 
+    def _remember_node(self, endpoint: RelayEndpoint, node: str) -> None:
+        """Note that ``endpoint`` reaches the relay node ``node`` (at most MAX_KNOWN_NODES
+        addresses are remembered: beyond, the notes start over)."""
+        if len(self._nodes) >= MAX_KNOWN_NODES and endpoint.key not in self._nodes:
+            self._nodes.clear()
+        self._nodes[endpoint.key] = node
+
+    def _learn_nodes(self, message: ControlMessage, link: _Link, address: str) -> None:
+        """The relay's list of its nodes (the "nodes" capability) replaces the one learned
+        before: their addresses are tried like the URLs' from the next round on, verified as
+        the URL of the session that told them. A list that does not parse is ignored, with
+        warning per session (more are logged at debug level)."""
+        try:
+            nodes = advertised_nodes(message)
+        except ControlError as exc:
+            level = logging.DEBUG if link.bad_nodes else logging.WARNING
+            link.bad_nodes = True
+            log.log(
+                level,
+                "Ignoring the relay's list of nodes",
+                extra=_fields(address=address, reason=str(exc)),
+            )
+            return
+        if (told := link.endpoint) is None:
+            return
+        learned = []
+        for node in nodes:
+            if (endpoint := advertised_endpoint(told, node.host, node.port)) is not None:
+                self._remember_node(endpoint, node.node)
+                learned.append(endpoint)
+        if tuple(learned) != self._learned:
+            self._learned = tuple(learned)
+            log.info(
+                "The relay listed its nodes",
+                extra=_fields(
+                    address=address, nodes=" ".join(f"{n.node}={n.address}" for n in nodes)
+                ),
+            )
+            self._links_freed.unpark_all()  # a link waiting for a node may have one now
+
     async def _serve_session(
         self,
         link: _Link,
@@ -626,8 +678,8 @@ class Agent:
         *,
         task_status: trio.TaskStatus[None],
     ) -> None:
-        address = endpoint.url.address
-        link.relay_reason = None
+        address = endpoint.address
+        link.relay_reason, link.bad_nodes = None, False
         control = "control" in capabilities  # the relay's first stream is the control stream
         async with mux.open_session(
             PrefixedStream(transport, leftover) if leftover else transport,
@@ -675,7 +727,9 @@ class Agent:
                             break
                         if control:
                             control = False
-                            nursery.start_soon(self._read_control, stream, address, link)
+                            nursery.start_soon(
+                                self._read_control, stream, address, link, capabilities
+                            )
                         else:
                             nursery.start_soon(self._serve_stream, session, stream, dials)
                     watcher.cancel()
@@ -701,9 +755,12 @@ class Agent:
                 f"Lost the connection to the relay at {_where(endpoint)}: {lost}"
             )
 
-    async def _read_control(self, stream: mux.Stream, address: str, link: _Link) -> None:
+    async def _read_control(
+        self, stream: mux.Stream, address: str, link: _Link, capabilities: frozenset[str]
+    ) -> None:
         """Read the relay's control messages until the stream or the session ends; what is
-        read before the end (the relay's reason for ending it) is read in full."""
+        read before the end (the relay's reason for ending it) is read in full. A message
+        of a capability not agreed is ignored, as one of an unknown type."""
         parser = ControlParser()
         try:
             async with stream:
@@ -712,6 +769,8 @@ class Agent:
                         if message.type == MOVE and self._nursery is not None:
                             link.relay_reason = logs.printable(message.reason) or "no reason"
                             link.told_to_move.set()
+                        elif message.type == NODES and "nodes" in capabilities:
+                            self._learn_nodes(message, link, address)
                         elif message.type == CLOSING:
                             link.relay_reason = reason = (
                                 logs.printable(message.reason) or "no reason"
@@ -841,7 +900,7 @@ class Agent:
                 try:
                     with trio.fail_after(self.config.connect_timeout):
                         tcp = await open_tcp_stream(
-                            endpoint.dial_host, url.port, proxy=endpoint.proxy
+                            endpoint.dial_host, endpoint.dial_port, proxy=endpoint.proxy
                         )
                 except trio.TooSlowError:
                     raise RelayUnavailable(
@@ -1041,18 +1100,26 @@ class Agent:
     async def _resolve(self, host: str, port: int) -> list[tuple[Any, ...]]:
         """The host's addresses, resolved once: these (and only these) are checked and dialed."""
         try:
-            with trio.fail_after(self.config.request_timeout):
-                infos = await trio.socket.getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-                )
-        except trio.TooSlowError:
-            reason = "timed out"
-        except (OSError, UnicodeError) as exc:
-            reason = os_reason(exc)
-        else:
-            inet = [info for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
-            return list({info[4][:2]: info for info in inet}.values())
-        raise Refused(ConnectStatus.DNS_FAILURE, f"DNS lookup failed for {host}: {reason}")
+            # An IP address needs no lookup (no DNS, no thread, no deadline): the most common
+            # target costs one call.
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=_NUMERIC
+            )
+        except (OSError, UnicodeError):  # a name: looked up below
+            try:
+                with trio.fail_after(self.config.request_timeout):
+                    infos = await trio.socket.getaddrinfo(
+                        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                    )
+            except trio.TooSlowError:
+                reason = "timed out"
+            except (OSError, UnicodeError) as exc:
+                reason = os_reason(exc)
+            else:
+                return _inet(infos)
+            message = f"DNS lookup failed for {host}: {reason}"
+            raise Refused(ConnectStatus.DNS_FAILURE, message) from None
+        return _inet(infos)
 
     async def _splice(
         self, stream: mux.Stream, target: trio.SocketStream, early: bytes
@@ -1080,6 +1147,16 @@ class Agent:
             stream.reset()
             _abort(target)
         return len(early) + sent, received
+
+
+#: getaddrinfo flags for an address given as digits: never a lookup.
+_NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+
+
+def _inet(infos: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The IPv4 and IPv6 results of a getaddrinfo, one per address, in order."""
+    inet = [info for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    return list({info[4][:2]: info for info in inet}.values())
 
 
 def _where(endpoint: RelayEndpoint) -> str:

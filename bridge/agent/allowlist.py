@@ -16,6 +16,7 @@ hostname rule names is resolved only if a pattern matches it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -44,6 +45,7 @@ def _is_hostname(host: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=1024)  # every tunnel checks its target: parse each once
 def _address(text: str) -> IPAddress | None:
     """An IP address without its zone; IPv4-mapped IPv6 as IPv4. None if not an address."""
     try:

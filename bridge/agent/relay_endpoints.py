@@ -18,7 +18,9 @@ build theirs, with the backoff where gRPC's connection backoff puts it:
   that died come back to the others spread out rather than in one wave.
 
 A URL reached through an HTTP proxy is one endpoint: the proxy resolves its name. An IP
-address is its own single endpoint.
+address is its own single endpoint. The addresses a relay advertises for its nodes (the
+"nodes" capability) are endpoints too, dialed at their own host and port but verified as the
+URL of the session that told them (`advertised_endpoint`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import attrs
 import trio
 
 from bridge.agent.relay_url import RelayURL
+from bridge.protocol.addresses import format_host_port
 from bridge.transport.http_proxy import ProxyURL
 
 #: At most this many addresses of one name are used (a round stays bounded in time).
@@ -41,30 +44,59 @@ MAX_ADDRESSES_PER_NAME = 16
 @attrs.frozen
 class RelayEndpoint:
     """One address to try: the relay URL (its host is the TLS name, and the WebSocket Host
-    for wss://), the address to dial (None: the URL's host, by name), and the HTTP proxy to
-    go through, if any."""
+    for wss://), the address to dial (None: the URL's host, by name; an address a relay
+    advertised may be a name too), the HTTP proxy to go through, if any, and the port to
+    dial when it is not the URL's (an advertised address)."""
 
     url: RelayURL
     ip: str | None = None
     proxy: ProxyURL | None = None
+    port: int | None = None
 
     @property
     def dial_host(self) -> str:
-        """What TCP connects to: the resolved address, or the URL's host."""
+        """What TCP connects to: the resolved (or advertised) address, or the URL's host."""
         return self.ip or self.url.host
+
+    @property
+    def dial_port(self) -> int:
+        """The port TCP connects to: `port`, or the URL's."""
+        return self.port or self.url.port
+
+    @property
+    def address(self) -> str:
+        """The URL's ``host:port``, or for an advertised address, that one."""
+        if self.dial_port != self.url.port:
+            return format_host_port(self.dial_host, self.dial_port)
+        return self.url.address
 
     @property
     def key(self) -> tuple[str, str, int, str, bool]:
         """Endpoints with equal keys are the same relay reached the same way."""
         url = self.url
-        return (url.scheme, self.dial_host, url.port, url.path, self.proxy is not None)
+        return (url.scheme, self.dial_host, self.dial_port, url.path, self.proxy is not None)
 
     def log_fields(self) -> dict[str, str]:
-        """The URL's ``host:port`` as ``address``, and the address dialed as ``ip`` when the
-        host is a name that was resolved."""
+        """The URL's ``host:port`` as ``address``, and the address dialed as ``ip`` when it
+        is not that: a resolved name's address, or an advertised ``host:port``."""
+        if self.dial_port != self.url.port:
+            return {
+                "address": self.url.address,
+                "ip": format_host_port(self.dial_host, self.dial_port),
+            }
         if self.ip is None or self.ip == self.url.host:
             return {"address": self.url.address}
         return {"address": self.url.address, "ip": self.ip}
+
+
+def advertised_endpoint(told: RelayEndpoint, host: str, port: int) -> RelayEndpoint | None:
+    """The endpoint of an address (``host``, ``port``: a node's agent port, dialed with TLS)
+    that the relay reached at ``told`` advertised: dialed there, through ``told``'s proxy,
+    and verified exactly as ``told``'s URL (its host is the TLS name). None for a wss://
+    URL: advertised addresses are agent ports, not WebSocket listeners."""
+    if told.url.scheme != "tls":
+        return None
+    return RelayEndpoint(told.url, host, told.proxy, port)
 
 
 def order_endpoints(

@@ -417,6 +417,17 @@ class MeteredStream(trio.abc.HalfCloseableStream):
         self.on_close: Callable[[MeteredStream], object] | None = None
         series.streams.inc()
         self._open.inc()
+        if getattr(stream, "try_send", None) is not None:
+            self.try_send = self._try_send
+
+    def _try_send(self, data: bytes | bytearray | memoryview) -> int:
+        """`mux.Stream.try_send` through the wrapped stream (the wrapper's ``try_send`` where
+        it has one), the bytes taken counted as sent; raises what it raises."""
+        taken: int = self.transport_stream.try_send(data)  # type: ignore[attr-defined]
+        if taken:
+            self.bytes_sent += taken
+            self._sent.inc(taken)
+        return taken
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send through the wrapped stream, then count the bytes; raises what it raises (nothing is

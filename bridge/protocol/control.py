@@ -10,28 +10,55 @@ a u16 length and a UTF-8 JSON object with a string ``type``:
   session (or, while draining, to stop sending new tunnels), and why.
 - ``{"type": "move", "reason": "relay shutting down"}`` (capability "move"): the relay node
   drains; the agent opens a session to another node first, then lets this one go.
+- ``{"type": "nodes", "nodes": [{"node": "relay1", "address": "10.0.0.1:4000"}, ...]}``
+  (capability "nodes"): the live nodes of the relay and the address agents reach each at;
+  sent at the start of a session and again whenever the list changes
+  (`advertised_nodes` reads it).
 
 A receiver ignores types it does not know, so new types can be added under new capabilities.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
+from bridge.protocol.addresses import format_host_port, parse_host_port
+from bridge.protocol.handshake import MAX_NODE
 from bridge.protocol.wire import MessageParser, Reader, encode_json
 
 MAX_CONTROL = 4096
 MAX_CONTROL_MESSAGE = 2 + MAX_CONTROL
 MAX_REASON = 1024
+#: The most entries a `nodes` message lists (a longer list is refused whole).
+MAX_NODES = 32
+#: The longest ``address`` of an entry: ``[`` IPv6 or a 255-byte name ``]:65535``.
+MAX_ADDRESS = 2 + 255 + 6
 
 CLOSING = "closing"
 MOVE = "move"
+NODES = "nodes"
 
 
 class ControlError(Exception):
     """The peer sent something that is not a valid control message."""
+
+
+@attrs.frozen
+class AdvertisedNode:
+    """A relay node (its name, as its Welcome gives it) and the ``host``/``port`` agents
+    reach it at (`--agent-advertise`)."""
+
+    node: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (an IPv6 host in brackets)."""
+        return format_host_port(self.host, self.port)
 
 
 @attrs.frozen
@@ -51,11 +78,57 @@ class ControlMessage:
         """The relay node drains: move to another node, then let this session go."""
         return cls(MOVE, {"reason": reason.encode()[:MAX_REASON].decode(errors="ignore")})
 
+    @classmethod
+    def nodes(cls, nodes: Sequence[AdvertisedNode]) -> ControlMessage:
+        """The relay's nodes and their agent addresses: the first MAX_NODES of ``nodes``, and
+        of those as many as fit in MAX_CONTROL bytes once encoded (the first ones are kept)."""
+        entries = [{"node": n.node, "address": n.address} for n in nodes[:MAX_NODES]]
+        while entries:
+            message = cls(NODES, {"nodes": entries})
+            try:
+                encode_control(message)
+            except ValueError:
+                entries = entries[:-1]
+                continue
+            return message
+        return cls(NODES, {"nodes": []})
+
     @property
     def reason(self) -> str:
         """The ``reason`` field, or "" when it is missing or not text."""
         reason = self.fields.get("reason")
         return reason if isinstance(reason, str) else ""
+
+
+def advertised_nodes(message: ControlMessage) -> tuple[AdvertisedNode, ...]:
+    """The entries of a `nodes` message, in order, each (node, address) once.
+
+    Raises `ControlError`, saying what is wrong, unless ``nodes`` is a list of at most
+    MAX_NODES objects, each with a ``node`` of 1..MAX_NODE bytes of UTF-8 and an ``address``
+    ``HOST:PORT`` (port 1..65535) of at most MAX_ADDRESS characters: a list with one bad
+    entry is refused whole. Other keys are ignored."""
+    entries = message.fields.get("nodes")
+    if not isinstance(entries, list):
+        raise ControlError("nodes: not a list")
+    if len(entries) > MAX_NODES:
+        raise ControlError(f"nodes: {len(entries)} entries, more than {MAX_NODES}")
+    found: dict[tuple[str, str, int], AdvertisedNode] = {}
+    for index, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise ControlError(f"nodes: entry {index} is not an object")
+        node, address = entry.get("node"), entry.get("address")
+        if not isinstance(node, str) or not 0 < len(node.encode()) <= MAX_NODE:
+            raise ControlError(f"nodes: entry {index} has no node name of 1..{MAX_NODE} bytes")
+        if not isinstance(address, str) or len(address) > MAX_ADDRESS:
+            raise ControlError(
+                f"nodes: entry {index} has no address of 1..{MAX_ADDRESS} characters"
+            )
+        try:
+            host, port = parse_host_port(address)
+        except ValueError as exc:
+            raise ControlError(f"nodes: entry {index}: {exc}") from None
+        found.setdefault((node, host, port), AdvertisedNode(node, host, port))
+    return tuple(found.values())
 
 
 def encode_control(message: ControlMessage) -> bytes:

@@ -33,7 +33,9 @@ PROTOCOL_VERSION = VERSIONS[-1]
 #: that an agent keeping sessions to several nodes tells two addresses of one node apart.
 #: "move": while the relay node drains it tells the agent to move (a control message): the
 #: agent opens a session to another node before it lets this one go.
-CAPABILITIES = ("control", "node", "move")
+#: "nodes": with "control", the relay tells the agent which nodes it has and the address
+#: agents reach each at (a control message, again whenever that changes).
+CAPABILITIES = ("control", "node", "move", "nodes")
 MAGIC = b"TBRG"
 
 MAX_ID = 64

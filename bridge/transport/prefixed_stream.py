@@ -16,9 +16,9 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
 
     Used to hand bytes that arrived in the same read as a handshake message to the next
     protocol layer. When ``stream`` offers ``send_some`` (a partial write mux can use to
-    write directly), so does the wrapper; likewise ``set_push`` (push delivery, see
-    `mux.Stream.set_push`), which only pushes while a task waits in the wrapped stream's
-    ``receive_some``, so never before the prefix is read.
+    write directly), so does the wrapper; likewise ``try_send`` (`mux.Stream.try_send`) and
+    ``set_push`` (push delivery, see `mux.Stream.set_push`), which only pushes while a task
+    waits in the wrapped stream's ``receive_some``, so never before the prefix is read.
     """
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
@@ -32,6 +32,9 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         set_push = getattr(stream, "set_push", None)
         if set_push is not None:
             self.set_push = set_push
+        try_send = getattr(stream, "try_send", None)
+        if try_send is not None:
+            self.try_send = try_send
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send through the wrapped stream; raises and behaves on cancellation as it does."""

@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
+from trio.lowlevel import checkpoint, checkpoint_if_cancelled, wait_readable
 
 #: How much one read asks for, by default: large reads mean fewer frames per byte.
 CHUNK = 256 * 1024
@@ -32,9 +33,10 @@ async def splice(
     child task: one task fewer per connection than a task per direction.
 
     Push delivery: where the source can push (a mux stream, `mux.Stream.set_push`) and the
-    sink is a plain TCP socket, data the source receives while its copying task waits is
-    written to the socket by the source's reader at once (no task switch); what the socket
-    cannot take then is copied by the task as usual.
+    sink can take data without waiting (a plain TCP socket, or a mux stream's
+    `mux.Stream.try_send`), data the source receives while its copying task waits is handed
+    to the sink by the source's reader at once (no task switch); what the sink cannot take
+    then is copied by the task as usual, so flow control and backpressure stay the sink's.
 
     When either side breaks or is closed (`trio.BrokenResourceError`, which a reset mux
     stream raises, or `trio.ClosedResourceError`), both directions stop at once and
@@ -54,9 +56,17 @@ async def splice(
         nonlocal clean
         meter = None if meters is None else meters[index]
         set_push = _push_setter(source, sink, counts, index, meter)
+        receive, try_send = _receiver(source, sink)
         try:
-            while data := await source.receive_some(chunk):
-                await sink.send_all(data)
+            while data := await receive(chunk):
+                if try_send is not None:
+                    # Queued and written from this task without a checkpoint of its own
+                    # (the read was one); only what the sink cannot take now waits.
+                    taken = try_send(data)
+                    if taken < len(data):
+                        await sink.send_all(memoryview(data)[taken:])
+                else:
+                    await sink.send_all(data)
                 counts[index] += len(data)
                 if meter is not None:
                     meter(len(data))
@@ -81,29 +91,102 @@ def _push_setter(
     index: int,
     meter: Meter | None,
 ) -> Callable[[Callable[[memoryview], int] | None], object] | None:
-    """Set up push delivery from ``source`` straight into ``sink``'s socket, if both allow
-    it; returns the source's ``set_push`` (to stop it with None), or None."""
+    """Set up push delivery from ``source`` straight into ``sink``, if both allow it;
+    returns the source's ``set_push`` (to stop it with None), or None."""
     set_push = getattr(source, "set_push", None)
-    if set_push is None or type(sink) is not trio.SocketStream:
+    if set_push is None:
         return None
-    # trio's socket wraps a non-blocking stdlib socket; its send is the partial, never
-    # blocking write a push needs (after close it raises OSError, never reaches another fd).
-    raw = getattr(sink.socket, "_sock", None)
-    if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
+    send = _nonblocking_send(sink)
+    if send is None:
         return None
-    send = raw.send
 
     def push(data: memoryview) -> int:
-        try:
-            taken = send(data)
-        except BlockingIOError:
-            return 0
-        counts[index] += taken
-        if meter is not None:
-            meter(taken)
+        taken = send(data)
+        if taken:
+            counts[index] += taken
+            if meter is not None:
+                meter(taken)
         return taken
 
     return set_push if set_push(push) else None
+
+
+def _receiver(
+    source: trio.abc.ReceiveStream, sink: trio.abc.SendStream
+) -> tuple[
+    Callable[[int], Awaitable[bytes | bytearray]], Callable[[bytes | bytearray], int] | None
+]:
+    """How ``pump`` reads ``source``, and the sink's ``try_send`` if the pump may use it.
+
+    The read is ``source.receive_some``, or, for a plain TCP socket, a read that waits for
+    data first when the last read emptied the socket (trio's own read tries first, and on a
+    connection that carries messages back and forth that try fails, a system call and an
+    exception for every message). That read is a full checkpoint, so that the sink's
+    ``try_send`` (`mux.Stream.try_send`: queue and write without waiting, no checkpoint)
+    can carry what it read: one task step per message instead of two. Raises as
+    ``receive_some`` does."""
+    if type(source) is not trio.SocketStream:
+        return source.receive_some, None
+    raw = getattr(source.socket, "_sock", None)
+    if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
+        return source.receive_some, None
+    try_send = getattr(sink, "try_send", None)
+    drained = False
+
+    async def receive(size: int) -> bytes:
+        nonlocal drained
+        if drained:
+            await wait_readable(raw)  # the checkpoint
+        elif try_send is not None:
+            await checkpoint()
+        else:
+            await checkpoint_if_cancelled()  # the caller's send_all is the schedule point
+        while True:
+            try:
+                data = raw.recv(size)
+            except BlockingIOError:
+                await wait_readable(raw)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"the connection failed: {exc}") from exc
+            drained = len(data) < size
+            return data
+
+    return receive, try_send
+
+
+def _nonblocking_send(sink: trio.abc.SendStream) -> Callable[[memoryview], int] | None:
+    """A write into ``sink`` that never blocks and returns how much it took (0: none now),
+    or None where the sink has none: a plain TCP socket's own send, or a mux stream's
+    `try_send` (also through the wrappers that pass it on). An error of the socket is
+    raised (it stops pushing); a broken or busy mux stream takes nothing, so that the
+    copying task's own write meets what stopped it."""
+    if type(sink) is trio.SocketStream:
+        # trio's socket wraps a non-blocking stdlib socket; its send is the partial, never
+        # blocking write a push needs (after close it raises OSError, never reaches another fd).
+        raw = getattr(sink.socket, "_sock", None)
+        if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
+            return None
+        send = raw.send
+
+        def send_socket(data: memoryview) -> int:
+            try:
+                return send(data)
+            except BlockingIOError:
+                return 0
+
+        return send_socket
+    try_send = getattr(sink, "try_send", None)
+    if try_send is None:
+        return None
+
+    def send_stream(data: memoryview) -> int:
+        try:
+            return int(try_send(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            return 0
+
+    return send_stream
 
 
 async def splice_tunnel(

@@ -8,7 +8,8 @@ OpenSSL twice and every read or write is several Python-level steps. Here a non-
 (`wait_readable` / `wait_writable`): the same protocol, at well over twice the throughput.
 
 It also offers `send_some`, a write that either returns how much it sent or raises having
-sent nothing, even when cancelled: mux uses it to write from the sending task directly.
+sent nothing, even when cancelled, and `send_nowait`, the same without waiting at all: mux
+uses them to write from the sending task directly.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class TLSStream(trio.abc.Stream):
     def __init__(self, tls_socket: ssl.SSLSocket) -> None:
         self._socket = tls_socket
         self._closed = False
+        #: The last read returned less than asked: the socket had nothing more then.
+        self._drained = False
         self._send_conflict = ConflictDetector(SENDING)
         self._receive_conflict = ConflictDetector(RECEIVING)
 
@@ -136,13 +139,23 @@ class TLSStream(trio.abc.Stream):
         elif max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
-            await checkpoint_if_cancelled()
-            data = await self._retry(self._socket.recv, max_bytes)
+            tls_socket = self._socket
+            if self._drained and not self._closed and not tls_socket.pending():
+                # The last read took everything there was: wait for more before reading,
+                # rather than fail a read first (a failed read is a system call and an
+                # exception). The wait is the checkpoint.
+                await wait_readable(tls_socket)
+                data = await self._retry(tls_socket.recv, max_bytes)
+            else:
+                await checkpoint_if_cancelled()
+                data = await self._retry(tls_socket.recv, max_bytes)
+                await cancel_shielded_checkpoint()
             if len(data) >= _RECORD and len(data) < max_bytes:
                 # A full record: more are likely ready (a short message is one short record,
                 # and looking for another would cost it a failed read).
                 data = self._receive_more(data, max_bytes)
-            await cancel_shielded_checkpoint()
+            # Short of what was asked: the socket is (most likely) empty now.
+            self._drained = len(data) < max_bytes
             return data
 
     def _receive_more(self, first: bytes, max_bytes: int) -> bytes:
@@ -167,18 +180,40 @@ class TLSStream(trio.abc.Stream):
         the bytes not sent (and take them all, or 16 KiB of them): OpenSSL may hold one
         record of them, encrypted."""
         await checkpoint_if_cancelled()
-        tls_socket = self._socket
         with memoryview(data) as view:
-            sent = await self._retry(tls_socket.send, view[:_RECORD])
-            # One record per call: go on while the socket takes them. Whatever stops us
-            # here (even an error) is met again by the next call, which starts with the bytes
-            # not sent, as OpenSSL requires after a wanted read or write.
-            while sent < len(view):
-                try:
-                    sent += tls_socket.send(view[sent : sent + _RECORD])
-                except (ssl.SSLError, OSError):
-                    break
+            sent = await self._retry(self._socket.send, view[:_RECORD])
+            sent += self._send_ready(view[sent:])
         await cancel_shielded_checkpoint()
+        return sent
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        """Send as much of ``data`` as the socket takes now, without waiting, and return how
+        much (0: nothing can go now). Not a checkpoint; for callers that cannot await (mux
+        writes queued frames from whichever task queued them). As with `send_some`, the next
+        write must start with the bytes not sent. Raises `trio.BrokenResourceError` when the
+        connection fails (nothing was sent then), `trio.ClosedResourceError` once closed."""
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS stream was closed")
+        with memoryview(data) as view:
+            try:
+                sent = self._socket.send(view[:_RECORD])
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return 0
+            except (ssl.SSLError, OSError) as exc:
+                raise trio.BrokenResourceError(f"TLS connection failed: {exc}") from exc
+            return sent + self._send_ready(view[sent:])
+
+    def _send_ready(self, view: memoryview) -> int:
+        """Send ``view`` one record per call while the socket takes them; how much went.
+        Whatever stops it (even an error) is met again by the next write, which starts with
+        the bytes not sent, as OpenSSL requires after a wanted read or write."""
+        send = self._socket.send
+        sent = 0
+        while sent < len(view):
+            try:
+                sent += send(view[sent : sent + _RECORD])
+            except (ssl.SSLError, OSError):
+                break
         return sent
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

@@ -41,7 +41,7 @@ from relay.errors import (
     UnknownBridge,
 )
 from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name, encode_names
-from relay.store.sqlite import NODE_COLUMNS, node_from_row
+from relay.store.sqlite import NODE_COLUMNS, NODE_UPDATE, node_from_row
 
 log = logging.getLogger("relay.store")
 
@@ -110,6 +110,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             # Presence: the bridges a node holds a session of, and its peer links (JSON arrays).
             "ALTER TABLE nodes ADD COLUMN held_bridges TEXT",
             "ALTER TABLE nodes ADD COLUMN peer_links TEXT",
+        ],
+    ),
+    (
+        5,
+        [
+            # The HOST:PORT agents are told to reach the node at (--agent-advertise). A node
+            # of the previous release inserts and updates its rows without it: NULL, none.
+            "ALTER TABLE nodes ADD COLUMN agent_advertise TEXT",
         ],
     ),
 ]
@@ -451,13 +459,8 @@ class PostgresStore(StoreBase):
         def upsert(conn: psycopg.Connection) -> int:
             return conn.execute(
                 f"INSERT INTO nodes ({NODE_COLUMNS})"
-                f" VALUES (%s, %s, %s, %s, %s, %s, {now}, %s, %s, %s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET instance = excluded.instance,"
-                " agent_address = excluded.agent_address, peer_address = excluded.peer_address,"
-                " peer_fingerprint = excluded.peer_fingerprint, started_at = excluded.started_at,"
-                " heartbeat_at = excluded.heartbeat_at, bridges = excluded.bridges,"
-                " streams = excluded.streams, held_bridges = excluded.held_bridges,"
-                " peer_links = excluded.peer_links"
+                f" VALUES (%s, %s, %s, %s, %s, %s, {now}, %s, %s, %s, %s, %s)"
+                f" ON CONFLICT (name) DO UPDATE SET {NODE_UPDATE}"
                 f" WHERE nodes.instance = excluded.instance OR nodes.heartbeat_at < {now} - %s",
                 (
                     node.name,
@@ -470,6 +473,7 @@ class PostgresStore(StoreBase):
                     node.streams,
                     encode_names(node.held),
                     encode_names(node.links),
+                    node.agent_advertise,
                     timeout,
                 ),
             ).rowcount

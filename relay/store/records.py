@@ -49,6 +49,9 @@ class NodeRecord:
     `age` (seconds since that heartbeat, by the store's clock) is filled in by `list_nodes`.
     `bridges` and `streams`: bridges with a session on this node and tunnels open through it;
     `held`: the IDs of those bridges; `links`: the nodes it has a peer link up with.
+    `agent_advertise`: the ``HOST:PORT`` the relay tells agents to reach this node at
+    (``--agent-advertise``), None when it tells them none (and for a node of an older
+    release).
     """
 
     name: str
@@ -62,6 +65,7 @@ class NodeRecord:
     streams: int = 0
     held: tuple[str, ...] = attrs.field(default=(), converter=_names)
     links: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    agent_advertise: str | None = None
     age: float | None = attrs.field(default=None, eq=False)
 
 

@@ -47,12 +47,17 @@ CREATE TABLE IF NOT EXISTS nodes (
     streams INTEGER NOT NULL DEFAULT 0
 )
 """
-#: Added later (PostgreSQL migration 4): a node's held bridge IDs and its peer links, JSON.
-_NODE_ADDITIONS = {"held_bridges": "TEXT", "peer_links": "TEXT"}
+#: Added later: a node's held bridge IDs and its peer links, JSON (PostgreSQL migration 4);
+#: the address agents are told to reach it at (migration 5).
+_NODE_ADDITIONS = {"held_bridges": "TEXT", "peer_links": "TEXT", "agent_advertise": "TEXT"}
 _COLUMNS = "id, name, secret_hash, created_at, last_seen_at"
 NODE_COLUMNS = (
     "name, instance, agent_address, peer_address, peer_fingerprint, started_at, heartbeat_at,"
-    " bridges, streams, held_bridges, peer_links"
+    " bridges, streams, held_bridges, peer_links, agent_advertise"
+)
+#: `claim_node`'s update of a row it may take (both stores): every column but the name.
+NODE_UPDATE = ", ".join(
+    f"{column} = excluded.{column}" for column in NODE_COLUMNS.replace(" ", "").split(",")[1:]
 )
 
 
@@ -71,6 +76,7 @@ def node_from_row(row: tuple, age: float) -> NodeRecord:
         row[8],
         held=decode_names(row[9]),
         links=decode_names(row[10]),
+        agent_advertise=row[11],
         age=age,
     )
 
@@ -222,13 +228,8 @@ class SQLiteStore(StoreBase):
     def claim_node(self, node: NodeRecord, timeout: float) -> None:
         now = time.time()
         changed = self._write(
-            f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET instance = excluded.instance,"
-            " agent_address = excluded.agent_address, peer_address = excluded.peer_address,"
-            " peer_fingerprint = excluded.peer_fingerprint, started_at = excluded.started_at,"
-            " heartbeat_at = excluded.heartbeat_at, bridges = excluded.bridges,"
-            " streams = excluded.streams, held_bridges = excluded.held_bridges,"
-            " peer_links = excluded.peer_links"
+            f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f" ON CONFLICT (name) DO UPDATE SET {NODE_UPDATE}"
             " WHERE nodes.instance = excluded.instance OR nodes.heartbeat_at < ?",
             (
                 node.name,
@@ -242,6 +243,7 @@ class SQLiteStore(StoreBase):
                 node.streams,
                 encode_names(node.held),
                 encode_names(node.links),
+                node.agent_advertise,
                 now - timeout,
             ),
         )

@@ -11,6 +11,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 import mux
 from bridge.ops.metrics import TunnelMetrics
@@ -129,3 +130,57 @@ async def test_splice_passes_a_reset_on_and_stops_pushing(nursery):
     assert accepted._push is None
     await near.aclose()
     assert await far.receive_some() == b""
+
+
+@pytest.mark.parametrize("how", ["plain", "metered", "prefixed"])
+async def test_splice_of_two_mux_streams_pushes_both_ways_and_keeps_every_byte(nursery, how):
+    """Between two mux streams (a relay node's peer link and an agent's session), each
+    direction is pushed by the source's reader into the sink's `try_send`; flow control
+    holds what the sink cannot take, and every byte arrives once, in order."""
+    rng = random.Random(8)
+    down, up = rng.randbytes(4 * MIB), rng.randbytes(3 * MIB)
+    near_far, near = await mux_pair(nursery)
+    far, far_near = await mux_pair(nursery)
+    tunnel = wrap(far_near, how)
+    results: dict[str, object] = {}
+    pushing: list[bool] = []
+
+    async def run_splice() -> None:
+        results["splice"] = await splice(near, tunnel)
+
+    async def end(name: str, stream: mux.Stream, payload: bytes, slow: bool) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_then_eof, stream, payload)
+            results[name] = await digest_of(stream, slow=slow)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_splice)
+        await trio.testing.wait_all_tasks_blocked()
+        pushing.extend((near._push is not None, far_near._push is not None))
+        nursery.start_soon(end, "far", far, up, True)
+        nursery.start_soon(end, "near", near_far, down, False)
+    assert pushing == [True, True]
+    assert results["far"] == hashlib.sha256(down).hexdigest()
+    assert results["near"] == hashlib.sha256(up).hexdigest()
+    assert results["splice"] == (len(down), len(up), True)
+    if how == "metered":
+        assert tunnel.bytes_sent == len(down)
+        assert tunnel.bytes_received == len(up)
+
+
+async def test_a_reset_passes_across_a_splice_of_two_mux_streams(nursery):
+    near_far, near = await mux_pair(nursery)
+    far, far_near = await mux_pair(nursery)
+    outcome: list[bool] = []
+
+    async def run() -> None:
+        outcome.append((await splice_tunnel(far_near, near))[2])
+
+    async with trio.open_nursery() as splicing:
+        splicing.start_soon(run)
+        await near_far.send_all(b"pushed across")
+        assert await far.receive_some() == b"pushed across"
+        far.reset()
+    assert outcome == [False]
+    with pytest.raises(mux.StreamReset):
+        await near_far.receive_some()

@@ -120,3 +120,35 @@ async def test_a_shorter_write_after_a_partial_send_some_is_intact(make_pair) ->
             for start in range(sent, len(data), 64 * 1024):
                 await client.send_all(data[start : start + 64 * 1024])
     assert received == data
+
+
+async def test_send_nowait_sends_what_goes_now_and_the_rest_is_intact(make_pair) -> None:
+    """send_nowait takes what the socket takes without waiting (0 once it is full), and a
+    write resuming with the bytes not sent delivers every byte once, in order."""
+    client, server = await make_pair()
+    data = os.urandom(4 * 1024 * 1024)
+    sent = client.send_nowait(data)
+    assert 0 < sent < len(data)
+    assert client.send_nowait(data[sent:]) == 0  # full: nothing more goes now
+    received = bytearray()
+
+    async def receive() -> None:
+        while len(received) < len(data):
+            received.extend(await server.receive_some())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await client.send_all(data[sent:])
+    assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
+
+
+async def test_send_nowait_raises_for_a_broken_or_closed_stream(make_pair) -> None:
+    client, server = await make_pair()
+    await server.aclose()
+    assert await client.receive_some() == b""
+    with pytest.raises(trio.BrokenResourceError, match="TLS connection failed"):
+        client.send_nowait(b"after the end")
+    await client.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        client.send_nowait(b"after close")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -45,17 +44,6 @@ pytestmark = pytest.mark.interop
 OUTAGE = 30.0
 # After its agent is back, callers on any node reach the bridge within this (issue 9).
 REACHABLE_AGAIN = 5.0
-
-
-@pytest.fixture
-def cluster(postgres_url: str, tmp_path: Path) -> Iterator[Launcher]:
-    """A launcher whose bridge was created in a PostgreSQL store of this test's own
-    (`postgres_url`), for `Launcher.node`."""
-    launcher = Launcher(create_bridge(tmp_path, "--store", postgres_url), tmp_path)
-    try:
-        yield launcher
-    finally:
-        launcher.close()
 
 
 def _tunnel(postgres: Postgres, node: Relay) -> None:
@@ -240,6 +228,41 @@ def test_kill_9_of_the_agents_node_and_callers_elsewhere_reach_it_again(
     result = postgres.psql("select 6 * 7", port=caller.forwards[postgres.target])
     assert (result.returncode, result.stdout) == (0, b"42\n"), result.stderr
     assert agent.poll() is None
+
+
+def test_an_agent_given_one_node_spreads_over_the_nodes_the_relay_tells_of(
+    cluster: Launcher, postgres: Postgres, postgres_url: str, tmp_path: Path
+):
+    # Each node tells agents its own agent port (port 0: the one it listens on).
+    advertise = ["--agent-advertise", "127.0.0.1:0"]
+    nodes = [
+        cluster.node(f"node{i}", postgres_url, postgres.target, args=advertise) for i in (1, 2)
+    ]
+    for node in nodes:
+        node.process.wait_for(r"\tPeer link up\t")
+    # Given node 1 only, two sessions: the second on node 2, which node 1 told it of.
+    agent = cluster.agent(nodes[0], [postgres.target], RELAY_CONNECTIONS="2")
+    nodes[1].process.wait_for(rf'\tBridge connected\t.*"{cluster.bridge.name}"')
+    told = " ".join(f"{node.node}=127.0.0.1:{node.agent_port}" for node in nodes)
+    agent.wait_for(rf"\tThe relay listed its nodes\t.*{re.escape(told)}")
+
+    def spread() -> bool:
+        listed = list_nodes(postgres_url, tmp_path / "admin-machine")
+        rows = [(row["agent_advertise"], row["bridges"]) for _, row in sorted(listed.items())]
+        return rows == [(f"127.0.0.1:{node.agent_port}", 1) for node in nodes]
+
+    wait_until(spread, "a session of the bridge on each node", 10)
+
+    # Node 1 dies: the agent serves on through its session on node 2, at once.
+    nodes[0].process.stop()  # SIGKILL
+    for _ in range(5):
+        _tunnel(postgres, nodes[1])
+    # Node 2 stops telling of node 1 once its link is down; the agent forgets it.
+    alone = re.escape(f'"nodes": "node2=127.0.0.1:{nodes[1].agent_port}"')
+    agent.wait_for(rf"\tThe relay listed its nodes\t.*{alone}")
+    _tunnel(postgres, nodes[1])
+    assert agent.poll() is None
+    assert "Traceback" not in agent.stderr()
 
 
 def test_delete_cuts_a_tunnel_through_a_peer_hop(

@@ -78,10 +78,11 @@ class Load:
 
 class Cluster:
     """Three nodes on fixed agent ports (so that a restarted node is where the agent's URL
-    list says), an agent of the bridge allowed to the echo target."""
+    list says), an agent of the bridge allowed to the echo target. With `told`, the nodes
+    advertise their agent ports (`--agent-advertise`) and the agent's URL names node 1 only."""
 
-    def __init__(self, launch: Launcher, store: str, target: str) -> None:
-        self.launch, self.store, self.target = launch, store, target
+    def __init__(self, launch: Launcher, store: str, target: str, told: bool = False) -> None:
+        self.launch, self.store, self.target, self.told = launch, store, target, told
         self.ports = {f"node{i}": free_port() for i in (1, 2, 3)}
         self.nodes: dict[str, Relay] = {}
 
@@ -95,13 +96,15 @@ class Cluster:
                 f"127.0.0.1:{self.ports[name]}",
                 "--drain-timeout",
                 str(DRAIN_TIMEOUT),
+                *(["--agent-advertise", "127.0.0.1:0"] if self.told else []),
             ],
         )
         self.nodes[name] = node
         return node
 
     def agent(self) -> None:
-        urls = ",".join(f"tls://127.0.0.1:{port}" for port in self.ports.values())
+        ports = [self.ports["node1"]] if self.told else self.ports.values()
+        urls = ",".join(f"tls://127.0.0.1:{port}" for port in ports)
         self.agent_process = self.launch.agent(
             self.nodes["node1"], [self.target], wait=False, RELAY_URL=urls
         )
@@ -114,12 +117,14 @@ async def thread(fn, *args, **kwargs):
     return await trio.to_thread.run_sync(partial(fn, *args, **kwargs))
 
 
-async def start_cluster(tmp_path: Path, postgres_url: str, nursery) -> tuple[Launcher, Cluster]:
+async def start_cluster(
+    tmp_path: Path, postgres_url: str, nursery, told: bool = False
+) -> tuple[Launcher, Cluster]:
     """Node 1 and 2, the agent on both, then node 3 linked to both."""
     listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
     target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
     launch = Launcher(create_bridge(tmp_path, "--store", postgres_url), tmp_path)
-    cluster = Cluster(launch, postgres_url, target)
+    cluster = Cluster(launch, postgres_url, target, told)
     for name in ("node1", "node2"):
         await thread(cluster.start, name)
     cluster.agent()
@@ -165,10 +170,12 @@ async def restart(cluster: Cluster, name: str, transfer_through: bool) -> None:
     await thread(cluster.start, name)
 
 
+@pytest.mark.parametrize("told", [False, True], ids=["every-node-in-url", "one-url-nodes-told"])
 async def test_rolling_restart_under_load_fails_no_connection(
-    postgres_url: str, tmp_path: Path, nursery
+    postgres_url: str, tmp_path: Path, nursery, told: bool
 ):
-    launch, cluster = await start_cluster(tmp_path, postgres_url, nursery)
+    # Told: the agent knows node 2 and node 3 only from what the relay tells it.
+    launch, cluster = await start_cluster(tmp_path, postgres_url, nursery, told)
     try:
         with trio.fail_after(240):
             load, stop = Load(cluster.forward("node3")), trio.Event()

@@ -103,6 +103,8 @@ def test_fingerprint_is_stable_and_matches_the_certificate(env, data_dir):
         (["serve", "--listen", "nohost"], "invalid HOST:PORT 'nohost'"),
         (["serve", "--listen", "127.0.0.1:99999"], "the port must be a number"),
         (["serve", "--forward", "prod"], "invalid forward 'prod'"),
+        (["serve", "--agent-advertise", "0.0.0.0:4000"], "not an address agents can dial"),
+        (["serve", "--agent-advertise", "relay1"], "invalid HOST:PORT 'relay1'"),
         (["serve", "--forward", "prod=db:5432@nowhere"], "invalid HOST:PORT 'nowhere'"),
         (
             ["serve", "--cert", "/nonexistent/relay.pem", "--key", "/nonexistent/relay.key"],

@@ -1,24 +1,36 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
 """Capability negotiation against a real relay: an agent of the previous release (its Hello
-as bytes) is served in version 1; a current agent learns why the relay ends its session."""
+as bytes) is served in version 1; a current agent learns why the relay ends its session;
+the relay's list of nodes goes only to agents that ask, and an agent does without it."""
 
 import json
+from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 import mux
 import relay
+import relay.relay as relay_module
 from bridge.protocol.connect import (
     ConnectReply,
     ConnectRequestParser,
     ConnectStatus,
     encode_connect_reply,
 )
-from bridge.protocol.handshake import Hello, WelcomeParser, WelcomeStatus, encode_hello
+from bridge.protocol.control import AdvertisedNode, ControlMessage, ControlParser, advertised_nodes
+from bridge.protocol.handshake import (
+    Hello,
+    WelcomeParser,
+    WelcomeStatus,
+    encode_hello,
+    negotiate,
+)
 from bridge.transport.prefixed_stream import PrefixedStream
-from tests.relay.relay_support import RunningAgent, captured_logs
+from relay import MemoryStore
+from tests.relay.relay_support import RelayHarness, RunningAgent, captured_logs
 
 from ..settle import settled
 
@@ -143,3 +155,71 @@ async def test_the_relay_names_its_node_to_agents_that_ask(harness):
         unnamed = await welcome(["control"])
     assert named.status == WelcomeStatus.OK and named.node() == harness.relay.node
     assert unnamed.status == WelcomeStatus.OK and "node" not in unnamed.info
+
+
+async def _control_messages(harness, capabilities: list[str]) -> list[ControlMessage]:
+    """Log in with `capabilities`, have the relay drain, and return every control message
+    the session carried (the control stream ends with the drain)."""
+    bridge_id, secret = harness.create_bridge(f"b{len(capabilities)}")
+    tcp = await trio.open_tcp_stream("127.0.0.1", harness.port)
+    tls = trio.SSLStream(tcp, harness.cert_files.client_context())
+    info = {"versions": [1, 2], "capabilities": capabilities}
+    await tls.send_all(encode_hello(Hello(bridge_id, secret, info)))
+    parser = WelcomeParser()
+    while (welcome := parser.feed(await tls.receive_some())) is None:
+        pass
+    assert welcome.status == WelcomeStatus.OK
+    messages = []
+    async with mux.open_session(PrefixedStream(tls, parser.leftover), client=True) as session:
+        control = await session.accept_stream()
+        reader = ControlParser()
+        # Registered, and what the relay sends on login sent, before it drains.
+        await settled(lambda: harness.relay.is_connected(bridge_id))
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(harness.relay.drain)
+            while data := await control.receive_some():
+                messages += reader.feed(data)
+            await session.aclose()
+    return messages
+
+
+async def test_the_relay_tells_its_nodes_only_to_agents_that_ask(nursery, cert_files):
+    store = MemoryStore()
+    advertising = RelayHarness(nursery, store, cert_files, agent_advertise=("127.0.0.1", 0))
+    await advertising.start()
+    with trio.fail_after(TIME_LIMIT):
+        current = await _control_messages(advertising, ["control", "node", "move", "nodes"])
+    assert current[0].type == "nodes" and current[-1].type == "move"
+    assert advertised_nodes(current[0]) == (
+        AdvertisedNode(advertising.relay.node, "127.0.0.1", advertising.port),
+    )
+    # An agent of the previous release, on a relay of its own (the first one drained).
+    other = await RelayHarness(
+        nursery, store, cert_files, node="other", agent_advertise=("127.0.0.1", 0)
+    ).start()
+    with trio.fail_after(TIME_LIMIT):
+        previous = await _control_messages(other, ["control", "node", "move"])
+    assert [m.type for m in previous] == ["move"]
+
+
+async def test_an_agent_against_a_relay_of_the_previous_release(
+    nursery, cert_files, echo_port, monkeypatch
+):
+    # The previous release's relay agrees to none of "nodes" (and never sends the list).
+    monkeypatch.setattr(
+        relay_module, "negotiate", partial(negotiate, capabilities=("control", "node", "move"))
+    )
+    harness = await RelayHarness(
+        nursery, MemoryStore(), cert_files, agent_advertise=("127.0.0.1", 0)
+    ).start()
+    bridge_id, secret = harness.create_bridge("prod")
+    with captured_logs("bridge.agent") as records, trio.fail_after(TIME_LIMIT):
+        agent = await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
+        async with await harness.relay.connect("prod", "127.0.0.1", echo_port) as stream:
+            await stream.send_all(b"ping")
+            assert await stream.receive_some() == b"ping"
+        await harness.relay.drain()
+        await harness.wait_disconnected("prod")
+    assert agent.agent.sessions == 1
+    assert "The relay listed its nodes" not in [r.getMessage() for r in records]

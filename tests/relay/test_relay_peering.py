@@ -12,13 +12,14 @@ import pytest
 import trio
 import trio.testing
 
+from bridge.agent.agent import Agent, AgentConfig
 from relay import BridgeBusy, BridgeNotConnected, MemoryStore, TargetNotAllowed
 from relay.config import PeerConfig
 from relay.peer_identity import PeerIdentity
 from relay.peering import Peering, PeerRefused
 
 from ..settle import settled
-from .relay_support import RelayHarness, receive_all
+from .relay_support import RelayHarness, RunningAgent, captured_logs, receive_all
 
 # Peer links come up at the first node list refresh: well within this.
 FAST = PeerConfig(refresh_interval=0.1, presence_interval=0.2, redial_min=0.05)
@@ -265,3 +266,63 @@ async def test_unregistered_certificate_cannot_link(cluster, caplog, tmp_path):
     refused = [r for r in caplog.records if r.getMessage() == "Peer link refused"]
     assert len(refused) == 1
     assert one.relay.peering.links == {}
+
+
+async def test_agents_are_told_the_live_nodes_and_spread_over_them(cluster):
+    one = await cluster.add("node-1", agent_advertise=("127.0.0.1", 0))
+    two = await cluster.add("node-2", agent_advertise=("127.0.0.1", 0))
+    await cluster.add("node-3")  # advertises no agent address: not told
+    await cluster.linked()
+    both = [("node-1", one.port), ("node-2", two.port)]
+
+    def told(harness: RelayHarness) -> list[tuple[str, int]]:
+        return [(n.node, n.port) for n in harness.relay.advertised_nodes()]
+
+    await settled(lambda: told(one) == both and told(two) == both)
+    bridge_id, secret = one.create_bridge("db")
+    with captured_logs("bridge.agent") as records:
+        # Given node-1 only, two sessions: the second goes to the node node-1 told of.
+        agent = await one.start_agent(bridge_id, secret, ["127.0.0.1:*"])
+        await one.wait_sessions("db", 1)
+        await two.wait_sessions("db", 1)
+
+        def listed() -> list[str]:
+            lists = [r for r in records if r.getMessage() == "The relay listed its nodes"]
+            return lists[-1].fields["nodes"].split() if lists else []
+
+        assert listed() == [f"{name}=127.0.0.1:{port}" for name, port in both]
+        # node-2 drains: node-1 stops telling of it; the agent lets its session there go
+        # and forgets the address.
+        await two.relay.drain()
+        await settled(lambda: listed() == [f"node-1=127.0.0.1:{one.port}"])
+        assert told(one) == [("node-1", one.port)] and told(two) == [("node-1", one.port)]
+        await two.wait_sessions("db", 0)
+    assert agent.agent.sessions == 2 and not agent.done.is_set()
+
+
+async def test_an_agent_moves_to_a_node_its_url_does_not_name(cluster, echo_port):
+    one = await cluster.add("node-1", agent_advertise=("127.0.0.1", 0))
+    two = await cluster.add("node-2", agent_advertise=("127.0.0.1", 0))
+    await cluster.linked()
+    await settled(lambda: len(one.relay.advertised_nodes()) == 2)
+    bridge_id, secret = one.create_bridge("db")
+    # One session, to the one node its URL names (a load balancer's name, say).
+    agent = Agent(
+        one.url,
+        bridge_id,
+        secret,
+        ["127.0.0.1:*"],
+        cluster.cert_files.client_context(),
+        config=AgentConfig(connections=1),
+    )
+    running = RunningAgent(agent)
+    with captured_logs("bridge.agent") as records:
+        await cluster.nursery.start(running.run)
+        await settled(lambda: any(r.getMessage() == "The relay listed its nodes" for r in records))
+        # node-1 drains: the agent opens a session to node-2 (which node-1 told it of) before
+        # it lets node-1's go; node-1's drain ends once it has.
+        await one.relay.drain()
+    await two.wait_sessions("db", 1)
+    assert agent.sessions == 2 and not running.done.is_set()
+    async with await two.relay.connect("db", "127.0.0.1", echo_port) as stream:
+        assert await _round_trip(stream, b"moved") == b"moved"

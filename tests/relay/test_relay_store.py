@@ -169,6 +169,39 @@ def test_nodes_carry_presence_and_rows_of_older_relays_read_as_none(store):
     assert store.list_nodes()[0].held == ()
 
 
+def test_nodes_carry_the_agent_address_they_advertise(store):
+    store.claim_node(NodeRecord("n1", "a", "0.0.0.0:4000", agent_advertise="10.0.0.1:4000"), 60)
+    store.claim_node(NodeRecord("n2", "b", "0.0.0.0:4000"), timeout=60)
+    assert [n.agent_advertise for n in store.list_nodes()] == ["10.0.0.1:4000", None]
+
+
+def test_postgres_nodes_of_the_previous_release_heartbeat_against_the_new_schema(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        store.claim_node(NodeRecord("new", "a", "0.0.0.0:4000", agent_advertise="h:4000"), 60)
+        # Migration 4's statement, as the previous release runs it: the new column is
+        # neither inserted nor updated, and reads as none.
+        previous = (
+            "INSERT INTO nodes (name, instance, agent_address, peer_address, peer_fingerprint,"
+            " started_at, heartbeat_at, bridges, streams, held_bridges, peer_links)"
+            " VALUES (%s, 'b', '0.0.0.0:4001', NULL, NULL, 0,"
+            " extract(epoch from clock_timestamp()), 0, 0, '[]', '[]')"
+            " ON CONFLICT (name) DO UPDATE SET instance = excluded.instance,"
+            " heartbeat_at = excluded.heartbeat_at"
+        )
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(previous, ("old",))
+            conn.execute(previous, ("old",))
+        new, old = store.list_nodes()
+        assert (new.agent_advertise, old.agent_advertise, old.age is not None) == (
+            "h:4000",
+            None,
+            True,
+        )
+    finally:
+        store.close()
+
+
 def test_sqlite_store_of_an_older_release_gains_the_presence_columns(tmp_path):
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
@@ -187,6 +220,7 @@ def test_sqlite_store_of_an_older_release_gains_the_presence_columns(tmp_path):
         store.claim_node(NodeRecord("new", "y", "0.0.0.0:4001", held=("id-1",)), timeout=60)
         new, old = store.list_nodes()  # by name
         assert (old.name, old.held, new.held) == ("old", (), ("id-1",))
+        assert (old.agent_advertise, new.agent_advertise) == (None, None)
     finally:
         store.close()
 
