@@ -361,12 +361,12 @@ class Session:
         if self._error is None:
             self._conn.consumed(stream_id, amount)
             if self._conn.pending_output():
-                self._writer.wake()
+                self._write_now()  # a window update, from the reading task
 
     def _send_eof(self, stream_id: int) -> None:
         self._conn.send_eof(stream_id)
         self._forget_if_done(stream_id)
-        self._writer.wake()
+        self._write_now()  # the FIN, from the closing task
         self._wake_if_idle()
 
     def _close_stream(self, stream: Stream, reset: bool) -> None:

@@ -206,6 +206,8 @@ class _Link:
     #: replaces this one, which is not kept up once its session ends.
     moved: bool = False
     told_to_move: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    #: The relay sent an invalid list of nodes in this session (logged once per session).
+    bad_nodes: bool = False
     #: When its current session came up (`trio.current_time`).
     up_since: float = 0.0
     #: A replacement for a link told to move soon after its session came up waits this long
@@ -637,11 +639,14 @@ class Agent:
         """The relay's list of its nodes (the "nodes" capability) replaces the one learned
         before: their addresses are tried like the URLs' from the next round on, verified as
         the URL of the session that told them. A list that does not parse is ignored, with
-        one warning."""
+        warning per session (more are logged at debug level)."""
         try:
             nodes = advertised_nodes(message)
         except ControlError as exc:
-            log.warning(
+            level = logging.DEBUG if link.bad_nodes else logging.WARNING
+            link.bad_nodes = True
+            log.log(
+                level,
                 "Ignoring the relay's list of nodes",
                 extra=_fields(address=address, reason=str(exc)),
             )
@@ -674,7 +679,7 @@ class Agent:
         task_status: trio.TaskStatus[None],
     ) -> None:
         address = endpoint.address
-        link.relay_reason = None
+        link.relay_reason, link.bad_nodes = None, False
         control = "control" in capabilities  # the relay's first stream is the control stream
         async with mux.open_session(
             PrefixedStream(transport, leftover) if leftover else transport,

@@ -10,6 +10,7 @@ import trio.testing
 
 from bridge.agent.agent import Agent, AgentConfig, AuthenticationFailed
 from bridge.protocol.connect import ConnectStatus
+from bridge.protocol.control import NODES, ControlMessage, encode_control
 from bridge.protocol.handshake import Welcome, WelcomeStatus
 from bridge.transport.tls import client_ssl_context
 
@@ -181,3 +182,59 @@ async def test_drain_closes_every_session(nursery, relays, certificates):
     sessions = [await first.next_session(), await second.next_session()]
     agent.drain()
     await settled(lambda: all(s.closed for s in sessions))
+
+
+def telling(node: str, capabilities=("control", "node", "nodes")):
+    """A relay's answer naming its node, agreeing to those of `capabilities` the agent
+    offers (with "nodes", it may tell the agent its nodes)."""
+
+    def welcome(hello) -> Welcome:
+        agreed = [c for c in capabilities if c in hello.capabilities()]
+        return Welcome(WelcomeStatus.OK, "", 2, {"capabilities": agreed, "node": node})
+
+    return welcome
+
+
+async def tell(session, *lists: object) -> None:
+    """Open the control stream (the first stream) and send a `nodes` message per list."""
+    control = await session.open_stream()
+    for nodes in lists:
+        await control.send_all(encode_control(ControlMessage(NODES, {"nodes": nodes})))
+
+
+def told(*relays: tuple[str, FakeRelay]) -> list[dict[str, str]]:
+    return [{"node": node, "address": f"127.0.0.1:{relay.port}"} for node, relay in relays]
+
+
+async def test_a_hostile_list_of_nodes_is_ignored_and_a_good_one_used(
+    nursery, relays, certificates, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    first, second, _ = relays
+    first.welcome, second.welcome = telling("n1"), telling("n2")
+    agent = make([url(first)], certificates, max_backoff=5)  # given the first node only
+    await nursery.start(agent.run)
+    session = await first.next_session()
+    garbage = [
+        "everything",
+        [{"node": "n2", "address": "127.0.0.1:0"}],
+        [{"node": "x", "address": "h:1"}] * 33,
+    ]
+    await tell(session, *garbage, told(("n1", first), ("n2", second)))
+    # The good list: the second session goes to the node it names.
+    await second.next_session()
+    await settled(lambda: agent.sessions == 2)
+    ignored = [r for r in caplog.records if r.getMessage() == "Ignoring the relay's list of nodes"]
+    assert [r.levelno for r in ignored] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert ignored[0].fields["reason"] == "nodes: not a list"
+    assert not session.closed and first.connections == 1
+
+
+async def test_a_list_of_nodes_without_the_capability_is_ignored(nursery, relays, certificates):
+    first, second, _ = relays
+    first.welcome = telling("n1", capabilities=("control", "node"))  # an older relay
+    agent = make([url(first)], certificates, max_backoff=5)
+    await nursery.start(agent.run)
+    await tell(await first.next_session(), told(("n1", first), ("n2", second)))
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert second.connections == 0 and agent.sessions == 1

@@ -29,7 +29,7 @@ from ..e2e.e2e_support import (
     parse_assignments,
     relay_cli,
 )
-from .traffic import echo, transfer
+from .traffic import echo, load_around, outcome, transfer
 
 PAYLOAD = 4096
 
@@ -109,12 +109,14 @@ async def through_socks(port: int, bridge: str, target: str) -> bool:
     return bytes(data) == payload
 
 
-async def outcome(port: int) -> str:
-    result = "short"
+async def socks_outcome(port: int, bridge: str, target: str) -> str:
+    """`outcome` of one exchange through the SOCKS port `port`: "ok", "short", "hung" (not
+    done within 20 s) or the error (a refusal included)."""
+    result = "hung"
     try:
-        if await transfer(port, PAYLOAD):
-            result = "ok"
-    except* (OSError, trio.BrokenResourceError) as group:
+        with trio.move_on_after(20):
+            result = "ok" if await through_socks(port, bridge, target) else "short"
+    except* (OSError, trio.BrokenResourceError, AssertionError) as group:
         result = f"error: {group.exceptions[0]!r}"
     return result
 
@@ -234,33 +236,24 @@ async def test_killed_workers_are_started_again_and_queued_connections_served(la
 
 
 async def test_sighup_replaces_the_workers_under_load_and_fails_no_connection(launch, nursery):
-    relay, forward, _, _ = await start(launch, nursery)
+    """Forward and SOCKS connections alternate: while the worker with the agent's session
+    drains, the other (without one) takes the SOCKS clients again, and they wait for the
+    agent's new session as the forward's do."""
+    relay, forward, _, target = await start(launch, nursery)
     before = workers(relay)
-    results: list[str] = []
-    reloaded = trio.Event()
+    reloaded = partial(
+        trio.to_thread.run_sync,
+        partial(relay.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=60),
+    )
 
-    async def run() -> None:
-        results.append(await outcome(forward))
-
-    async def watch() -> None:
-        await trio.to_thread.run_sync(
-            partial(relay.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=60)
-        )
-        reloaded.set()
+    async def either(n: int) -> str:
+        if n % 2:
+            return await socks_outcome(relay.forwards["socks"], launch.bridge.name, target)
+        return await outcome(forward)
 
     with trio.fail_after(90):
-        async with trio.open_nursery() as clients:
-            clients.start_soon(watch)
-            for count in range(3000):  # a new connection every 20 ms, bounded
-                clients.start_soon(run)
-                await trio.sleep(0.02)
-                if count == 25:
-                    relay.process.popen.send_signal(signal.SIGHUP)
-                if reloaded.is_set() and count > 50:
-                    break
-            for _ in range(25):  # and a while after
-                clients.start_soon(run)
-                await trio.sleep(0.02)
+        sighup = partial(relay.process.popen.send_signal, signal.SIGHUP)
+        results = await load_around(forward, sighup, reloaded, each=either)
     assert len(results) > 75
     assert results == ["ok"] * len(results), [r for r in results if r != "ok"][:3]
     after = workers(relay)

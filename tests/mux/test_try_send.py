@@ -129,3 +129,17 @@ async def test_try_send_takes_any_buffer_as_bytes(sessions):
     words = array.array("H", [1, 2, 3])
     assert left.try_send(words) == 6
     assert await right.receive_some() == words.tobytes()
+
+
+async def test_a_fin_and_a_window_update_leave_nothing_queued(sessions):
+    """Over a socket, send_eof's FIN and the window update a read owes are written by the
+    calling task (the writer task only takes what the socket did not)."""
+    client, server = await sessions.open(transport="socket")
+    left, right = await stream_pair(client, server)
+    await settle()
+    await left.send_all(b"x" * INITIAL_WINDOW)
+    await left.send_eof()
+    assert not client._conn.pending_output()
+    assert len(await receive_all_of(right, INITIAL_WINDOW)) == INITIAL_WINDOW
+    assert not server._conn.pending_output()
+    assert await right.receive_some() == b""
