@@ -781,11 +781,6 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             ssl_context = server_ssl_context(cert, key)
         except CertificateError as exc:
             raise Failure(str(exc)) from None
-    if args.workers > 1 and args.peer_listen is not None:
-        raise UsageError(
-            "--workers above 1 cannot be combined with --peer-listen yet: run one process "
-            "per node in a cluster"
-        )
     if (args.socks_user is None) != (args.socks_password is None):
         raise UsageError("--socks-user and --socks-password must be given together")
     credentials = None if args.socks_user is None else (args.socks_user, args.socks_password)
@@ -951,11 +946,22 @@ async def _supervise(
         socks_host, socks_port = args.socks
         socks = await bind("socks", socks_host, socks_port)
         print(f"socks: listening on {bound(socks_host, socks)}", flush=True)
+    peer: list[trio.SocketListener] = []
+    if args.peer_listen is not None:
+        try:  # made once here, shared by the workers (each a node of the cluster)
+            PeerIdentity.ensure(data_dir)
+        except CertificateError as exc:
+            raise Failure(str(exc)) from None
+        peer_host, peer_port = args.peer_listen
+        peer = await bind("peers", peer_host, peer_port)
+        print(f"peers: listening on {bound(peer_host, peer)}", flush=True)
     node = args.node or f"{socket.gethostname()}:{agent[0].socket.getsockname()[1]}"
     supervisor = Supervisor(
         args.argv,
         args.workers,
-        Listeners(agent=agent, websocket=websocket, forwards=forward_listeners, socks=socks),
+        Listeners(
+            agent=agent, websocket=websocket, forwards=forward_listeners, socks=socks, peer=peer
+        ),
         node,
         Notifier.from_environ(),
         data_dir=data_dir,
@@ -1117,12 +1123,19 @@ async def _serve_until_signal(
                         relay.serve_peers,
                         identity=identity,
                         advertise=None if advertised is None else format_host_port(*advertised),
+                        siblings=setup.siblings if setup else None,
+                        **given(setup.peer if setup else []),
                     ),
                     peer_host,
                     peer_port,
                 )
                 local = format_host_port(peer_host, listeners[0].socket.getsockname()[1])
-                print(f"peers: listening on {local}", flush=True)
+                _say(setup, f"peers: listening on {local}")
+                if inherited and relay.peering is not None:
+                    # A worker links to the other nodes before it serves forwards and tells
+                    # its parent so: a replaced worker's successor reaches what it reached.
+                    with trio.move_on_after(relay.config.peer.link_wait):
+                        await relay.peering.wait_linked()
             if listen_ws is not None:
                 ws_host, ws_port = listen_ws
                 config = WebSocketConfig(handshake_timeout=relay.config.handshake_timeout)

@@ -51,6 +51,8 @@ class PeerConfig:
     redial_min, redial_max: the backoff between attempts to dial a node, doubled per failure.
     accept_backlog: streams a peer may have opened on the link that are not answered yet
         (the opening node waits to open more while that many are).
+    link_wait: how long a worker of ``serve --workers N`` waits for its links to the other
+        live nodes before it serves its forwards and says it serves.
     """
 
     keepalive_interval: float = attrs.field(default=2.0, validator=positive_number)
@@ -61,6 +63,7 @@ class PeerConfig:
     redial_min: float = attrs.field(default=0.2, validator=positive_number)
     redial_max: float = attrs.field(default=5.0, validator=positive_number)
     accept_backlog: int = attrs.field(default=1024, validator=positive_count)
+    link_wait: float = attrs.field(default=5.0, validator=positive_number)
 
 
 #: bcrypt checks at once: one per core, at least two (one of them kept for known bridges).

@@ -2,8 +2,12 @@
 # SPDX-License-Identifier: MPL-2.0
 """The peer handshake between two relay nodes (sans-IO): mutual authentication on top of TLS.
 
-Python's ssl cannot pin a client certificate, so the dialer pins the listener's certificate
-in TLS (by the fingerprint the store registers for it) and then proves its own peer key:
+Before TLS, the dialer names the node it dials in a short plaintext `Prelude` (the magic
+``TBNODE\r\n``, a length byte, the name): several nodes may share one peer listener (the
+workers of ``bridge-relay serve --workers N``), and the one that accepts a connection hands
+it to the node it names. Python's ssl cannot pin a client certificate, so the dialer pins
+the listener's certificate in TLS (by the fingerprint the store registers for it) and then
+proves its own peer key:
 
 1. listener -> dialer, `Challenge`: the magic, a version byte and 32 random bytes;
 2. dialer -> listener, `Proof`: the magic, the version, the dialer's node name, its peer
@@ -40,6 +44,9 @@ MAX_SIGNATURE = 128
 MAX_MESSAGE = 1024
 CONTEXT = b"trio-bridge peer link proof v1\x00"
 
+PRELUDE_MAGIC = b"TBNODE\r\n"
+MAX_PRELUDE = len(PRELUDE_MAGIC) + 1 + MAX_NAME
+
 CHALLENGE_SIZE = len(MAGIC) + 1 + NONCE_SIZE
 MAX_PROOF = len(MAGIC) + 1 + 1 + MAX_NAME + 2 + MAX_CERTIFICATE + 1 + MAX_SIGNATURE
 MAX_VERDICT = 1 + 2 + MAX_MESSAGE
@@ -48,6 +55,13 @@ MAX_VERDICT = 1 + 2 + MAX_MESSAGE
 class PeerHandshakeError(Exception):
     """The other node sent something that is not a valid peer handshake message, or a proof
     that does not verify; the message says what, in one line."""
+
+
+@attrs.frozen
+class Prelude:
+    """What the dialer sends before TLS: the name of the node it dials."""
+
+    node: str
 
 
 @attrs.frozen
@@ -86,6 +100,11 @@ def _check_name(name: str) -> str:
     return name
 
 
+def encode_prelude(prelude: Prelude) -> bytes:
+    """The wire form of a `Prelude`. Raises PeerHandshakeError for an invalid name."""
+    return PRELUDE_MAGIC + prefixed(1, _check_name(prelude.node).encode(), MAX_NAME, "node name")
+
+
 def encode_challenge(nonce: bytes) -> bytes:
     """The wire form of a `Challenge`. Raises ValueError unless `nonce` is 32 bytes."""
     if len(nonce) != NONCE_SIZE:
@@ -122,6 +141,19 @@ def _check_magic(reader: Reader) -> None:
     version = reader.uint(1)
     if version != PEER_VERSION:
         raise PeerHandshakeError(f"unsupported peer handshake version {version}")
+
+
+class PreludeParser(MessageParser[Prelude]):
+    """Listener side: ``feed`` the first bytes of a connection until it returns the
+    `Prelude`; ``leftover`` is the start of the TLS handshake."""
+
+    max_size = MAX_PRELUDE
+    error = PeerHandshakeError
+
+    def _parse(self, reader: Reader) -> Prelude:
+        if reader.take(len(PRELUDE_MAGIC)) != PRELUDE_MAGIC:
+            raise PeerHandshakeError("not a trio-bridge peer link")
+        return Prelude(_check_name(reader.text(1, 1, MAX_NAME, "node name")))
 
 
 class ChallengeParser(MessageParser[Challenge]):

@@ -181,21 +181,26 @@ def _reject(name: str) -> float:
 
 class PresenceReader:
     """Splits the control stream's bytes into presence lines, holding at most
-    `MAX_PRESENCE_LINE` bytes: ``feed`` returns the complete messages decoded so far (only
-    the latest matters). Raises PeerMessageError for a line too long or invalid."""
+    `MAX_PRESENCE_LINE` bytes: ``feed`` returns the latest complete message (None if the
+    bytes completed none). Only that one is decoded: the lines it supersedes are skipped
+    unread (counted in ``superseded``). Raises PeerMessageError for a line too long, or a
+    latest one that is invalid."""
 
     def __init__(self, max_line: int = MAX_PRESENCE_LINE) -> None:
         self._buffer = bytearray()
         self._max = max_line
+        self.superseded = 0
 
-    def feed(self, data: bytes) -> list[Presence]:
+    def feed(self, data: bytes) -> Presence | None:
+        start = len(self._buffer)
         self._buffer += data
-        messages = []
-        while (end := self._buffer.find(b"\n")) >= 0:
-            line = bytes(self._buffer[:end])
+        latest = None
+        if (end := self._buffer.rfind(b"\n", start)) >= 0:  # only the new bytes are searched
+            lines = bytes(self._buffer[:end]).split(b"\n")
             del self._buffer[: end + 1]
-            if line:
-                messages.append(decode_presence(line))
+            lines = [line for line in lines if line]
+            self.superseded += max(len(lines) - 1, 0)
+            latest = decode_presence(lines[-1]) if lines else None
         if len(self._buffer) >= self._max:
             raise PeerMessageError(f"presence line longer than {self._max} bytes")
-        return messages
+        return latest

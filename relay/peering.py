@@ -3,11 +3,18 @@
 """Peer links between the relay nodes of a cluster: presence and peered opens.
 
 One link per pair of nodes, dialed by the node whose name sorts lower (redialed with backoff
-while the other is registered and live): TCP, TLS pinned by the fingerprint the store
-registers for the listener, the peer handshake (`relay.peer_handshake`), then a yamux
-session both sides open streams on. Each side opens a control stream first and sends the
-bridges it holds on it (`relay.peer_messages`): on a change (debounced) and every
-`PeerConfig.presence_interval`. A node's presence is dropped as soon as its link closes.
+while the other is registered and live): TCP, a prelude naming the node dialed, TLS pinned
+by the fingerprint the store registers for the listener, the peer handshake
+(`relay.peer_handshake`), then a yamux session both sides open streams on. Each side opens
+a control stream first and sends the bridges it holds on it (`relay.peer_messages`): on a
+change (debounced) and every `PeerConfig.presence_interval`. A node's presence is dropped
+as soon as its link closes.
+
+The workers of ``bridge-relay serve --workers N`` are nodes of their own that share one
+peer listener (bound by their parent): the worker that accepts a connection reads the
+prelude without consuming it and hands the connection to the worker it names
+(`relay.handover`), which reads it again and serves it. Workers of one host do not link
+with each other: a connection for a bridge a sibling holds is handed to it instead.
 
 Every other stream is a peered open: the caller node sends an `OpenRequest`, the holder
 runs its own local open (limits, audit, the agent's allow-list answer) and replies; after OK
@@ -21,6 +28,7 @@ import logging
 import math
 import random
 import secrets
+import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -48,13 +56,17 @@ from relay.errors import (
     TunnelError,
 )
 from relay.peer_handshake import (
+    MAX_PRELUDE,
     ChallengeParser,
     PeerHandshakeError,
+    Prelude,
+    PreludeParser,
     ProofParser,
     Verdict,
     VerdictParser,
     VerdictStatus,
     encode_challenge,
+    encode_prelude,
     encode_proof,
     encode_verdict,
     fingerprint_digest,
@@ -76,6 +88,7 @@ from relay.peer_messages import (
     encode_presence,
 )
 from relay.store import NodeRecord
+from relay.worker_messages import Handover
 
 if TYPE_CHECKING:
     from relay.relay import Relay
@@ -92,6 +105,13 @@ _UNREACHABLE = {
 #: An unknown certificate makes the listener read the store's node list again, at most this
 #: often (so that strangers cannot make it query the store per connection).
 _REFRESH_GAP = 0.5
+#: Presence messages a peer's newer ones superseded before they were read: this many on
+#: one link is more than a node sends that changes presence as often as it may (one per
+#: `PeerConfig.presence_debounce`), and is logged (once per link).
+_SUPERSEDED_WARNING = 100
+#: While a connection's prelude is incomplete, how long to wait before looking again (it
+#: is peeked, not read, so that it stays in the socket for the node it names).
+_PEEK_GAP = 0.01
 
 
 def _log(level: int, message: str, **fields: Any) -> None:
@@ -132,6 +152,16 @@ class PeerLink:
     wake: trio.Event = attrs.field(factory=trio.Event, repr=False)
     #: The node said it drains: no opens go to it.
     draining: bool = False
+    #: Its peered opens being served here (from reading the request to the tunnel's end),
+    #: those waiting for the local open (the agent's answer), and the tunnels open: each
+    #: bounded (`Peering`).
+    serving: int = 0
+    opening: int = 0
+    tunnels: int = 0
+    #: It was logged as opening more than it may (once per link).
+    warned: bool = False
+    #: Its first presence came.
+    heard: bool = False
 
     def find(self, bridge: str) -> HeldBridge | None:
         """The bridge (an ID or name) if this link's node holds it."""
@@ -164,26 +194,39 @@ class Peering:
     """The peer side of one relay node: its listener's handler, its dialers and its links.
 
     Made and run by `Relay.serve_peers`; `relay.connect` asks it for remote holders
-    (`holders`) and opens through them (`open`)."""
+    (`holders`) and opens through them (`open`). Nodes whose names start with `siblings`
+    (the other workers of this host) are neither dialed nor accepted."""
 
     def __init__(
-        self, relay: Relay, identity: PeerIdentity, advertise: str, config: PeerConfig
+        self,
+        relay: Relay,
+        identity: PeerIdentity,
+        advertise: str,
+        config: PeerConfig,
+        *,
+        siblings: str | None = None,
     ) -> None:
         self.relay = relay
         self.identity = identity
         self.advertise = advertise
         self.config = config
+        self.siblings = siblings
         self.links: dict[str, PeerLink] = {}
+        self._links_changed = trio.Event()
         self._ssl = identity.ssl_context()
         self._digest = fingerprint_digest(identity.certificate)
         self._nodes: dict[str, NodeRecord] = {}  # live registered nodes with a peer address
+        #: Nodes whose link ended after they said they drain (name -> instance): they left,
+        #: and are not dialed again unless they register anew.
+        self._left: dict[str, str] = {}
         self._dialers: set[str] = set()
         self._refreshed_at = -math.inf
         self._refresh_lock = trio.Lock()
         self._store_failing = False
         self._registered = False  # the store lists this node with its peer certificate
         self._nursery: trio.Nursery | None = None
-        self._outbound = 0  # tunnels opened through links, not closed yet (`_Outbound`)
+        #: Tunnels opening or opened through links, not closed yet (`_Outbound`).
+        self._outbound = 0
         self._outbound_lot = trio.lowlevel.ParkingLot()
         base = relay.config.mux
         options = {} if base is None else attrs.asdict(base, recurse=False)
@@ -193,6 +236,14 @@ class Peering:
             accept_backlog=config.accept_backlog,
         )
         self.mux_config = mux.Config(**options)
+        # What one peer node may use of this node's bridges at once: half of a bridge's
+        # streams and of its opens waiting for the agent, so that callers here (and other
+        # nodes) always have the rest.
+        self._max_tunnels = max(relay.config.max_streams_per_bridge // 2, 1)
+        self._max_opening = max(relay.config.max_pending_opens // 2, 1)
+        # Streams of one peer being served: those, and as many opens again reading their
+        # request; beyond, new streams are reset unread.
+        self._max_streams = self._max_tunnels + 2 * self._max_opening
 
     @property
     def node(self) -> str:
@@ -239,7 +290,8 @@ class Peering:
         return list(bridges.values())
 
     def outbound_tunnels(self) -> int:
-        """Tunnels this node opened through other nodes that its callers have not closed."""
+        """Tunnels this node opened (or opens) through other nodes that its callers have
+        not closed."""
         return self._outbound
 
     async def wait_outbound_closed(self) -> None:
@@ -270,10 +322,13 @@ class Peering:
 
     # -- the node list ------------------------------------------------------------------
 
-    async def refresh(self) -> None:
-        """Read the store's node list (the live nodes with a peer address). While the store
-        cannot be read, the copy in memory stays: one log line per state change."""
+    async def refresh(self, *, since: float | None = None) -> None:
+        """Read the store's node list (the live nodes with a peer address); with `since`,
+        not if a reading began after that time. While the store cannot be read, the copy in
+        memory stays: one log line per state change."""
         async with self._refresh_lock:
+            if since is not None and self._refreshed_at > since:
+                return
             self._refreshed_at = trio.current_time()
             try:
                 nodes = await self.relay._store.run(self.relay.store.list_nodes)
@@ -294,23 +349,49 @@ class Peering:
             self._registered = any(
                 n.name == self.node and n.peer_fingerprint == self.fingerprint for n in nodes
             )
+            self._left = {n.name: n.instance for n in nodes if self._left.get(n.name) == n.instance}
             self._nodes = {
                 n.name: n
                 for n in nodes
                 if n.peer_address
                 and n.peer_fingerprint
                 and n.name != self.node
+                and not self.is_sibling(n.name)
+                and n.name not in self._left
                 and (n.age is None or n.age < timeout)
             }
+            self._wake_waiters()
             self.relay._advertised_changed()
+
+    def is_sibling(self, name: str) -> bool:
+        """Whether node `name` is another worker of this host (never linked)."""
+        return bool(self.siblings) and name.startswith(self.siblings or "")
+
+    def _wake_waiters(self) -> None:
+        self._links_changed.set()
+        self._links_changed = trio.Event()
+
+    async def wait_linked(self) -> None:
+        """Return once this node is registered, has a link to every other live node of the
+        store's list and had the first presence of each (a worker of ``serve --workers``
+        waits for this, bounded, before it serves: a replacement then reaches every bridge
+        its predecessor did). Cancellable; bound it with a deadline (a node may be listed
+        that does not answer)."""
+        while not self._registered or any(
+            name not in self.links or not self.links[name].heard for name in self._nodes
+        ):
+            await self._links_changed.wait()
 
     async def _node_with(self, name: str, fingerprint: str) -> NodeRecord | None:
         """The live node `name` if its registered fingerprint is `fingerprint`, reading the
-        store again (rate-limited) when it is not known yet."""
+        store again when it is not known yet: once a reading began after this call (at
+        most one per `_REFRESH_GAP`, waiting for it: a node that just registered dials at
+        once)."""
         record = self._nodes.get(name)
         if record is None or record.peer_fingerprint != fingerprint:
-            if trio.current_time() - self._refreshed_at >= _REFRESH_GAP:
-                await self.refresh()
+            asked = trio.current_time()
+            await trio.sleep_until(self._refreshed_at + _REFRESH_GAP)
+            await self.refresh(since=asked)
             record = self._nodes.get(name)
         if record is None or record.peer_fingerprint != fingerprint:
             return None
@@ -390,6 +471,11 @@ class Peering:
         context = client_ssl_context(fingerprint=record.peer_fingerprint)
         with trio.move_on_after(self.relay.config.handshake_timeout) as deadline:
             tcp = await trio.open_tcp_stream(host, port)
+            try:
+                await tcp.send_all(encode_prelude(Prelude(record.name)))
+            except BaseException:
+                await trio.aclose_forcefully(tcp)
+                raise
             tls = await open_tls_client(tcp, host, context)
             try:
                 challenge = await _read_message(tls, ChallengeParser())
@@ -413,9 +499,20 @@ class Peering:
         await self._run_link(transport, record.name, record.peer_address, client=True)
         return True
 
-    async def _handle(self, tcp: trio.SocketStream, arrival: Any) -> None:
+    async def serve_handed_over(self, tcp: trio.SocketStream) -> None:
+        """A peer connection another worker of this host accepted and handed to this one
+        (its prelude names this node): served as if accepted here, through this worker's
+        gate. Never raises."""
+        arrival = self.relay._gate(tcp)
+        if arrival is None:
+            await trio.aclose_forcefully(tcp)
+            return
+        await self._handle(tcp, arrival, handed=True)
+
+    async def _handle(self, tcp: trio.SocketStream, arrival: Any, *, handed: bool = False) -> None:
         """One connection to the peer listener: through the same gate, deadline and drop
-        log as the agent port; never raises."""
+        log as the agent port; never raises. A connection whose prelude names another
+        worker of this host is handed to it (unless it was handed here)."""
         relay = self.relay
         ticket, peer = arrival.ticket, arrival.peer
         transport: TLSStream | None = None
@@ -426,9 +523,11 @@ class Peering:
                 ticket.on_evict = handshake.cancel
                 if ticket.evicted:
                     handshake.cancel()
+                if (wanted := await self._take_prelude(tcp, handed)) is None:
+                    return  # handed to the worker it names
                 transport = TLSStream.wrap(tcp, self._ssl, server_side=True)
                 await transport.do_handshake()
-                record = await self._check_dialer(transport, peer, ticket.source)
+                record = await self._check_dialer(transport, peer, ticket.source, wanted)
             if handshake.cancelled_caught:
                 reason = "handshake timed out"
                 if ticket.evicted:
@@ -450,12 +549,36 @@ class Peering:
             ticket.release()
             await trio.aclose_forcefully(transport if transport is not None else tcp)
 
+    async def _take_prelude(self, tcp: trio.SocketStream, handed: bool) -> str | None:
+        """Read the prelude: the name of the node it wants, once consumed, to be served
+        here (the handshake refuses a name not this node's); None once the connection was
+        handed to the worker of this host it names. Raises _Garbage for a malformed one."""
+        try:
+            prelude, size = await _peek_prelude(tcp)
+        except PeerHandshakeError as exc:
+            raise _Garbage(f"malformed peer handshake: {exc}") from None
+        except trio.BrokenResourceError:
+            raise _Garbage("closed during the peer handshake") from None
+        handovers = self.relay.handover
+        if (
+            prelude.node != self.node
+            and not handed
+            and handovers is not None
+            and self.is_sibling(prelude.node)
+            and await handovers.offer(tcp, Handover(prelude.node, "peer"))
+        ):
+            return None
+        if len(await tcp.socket.recv(size)) != size:  # peeked: it is all there
+            raise _Garbage("closed during the peer handshake")
+        return prelude.node
+
     async def _check_dialer(
-        self, transport: TLSStream, peer: str, source: str
+        self, transport: TLSStream, peer: str, source: str, wanted: str
     ) -> NodeRecord | None:
         """The challenge, the dialer's proof and the verdict: the dialer's live node record,
-        or None once refused (logged and told). Raises _Garbage for bytes that are not a
-        peer handshake."""
+        or None once refused (logged and told): its proof does not verify, it is not a live
+        registered node, or it dialed another node (`wanted`, from its prelude). Raises
+        _Garbage for bytes that are not a peer handshake."""
         nonce = secrets.token_bytes(32)
         await transport.send_all(encode_challenge(nonce))
         parser = ProofParser()
@@ -482,6 +605,11 @@ class Peering:
                 peer,
                 source,
                 f"certificate {fingerprint} is not the one registered for a live node {proof.name}",
+            )
+            return None
+        if wanted != self.node:
+            await self._refuse(
+                transport, peer, source, f"node {wanted} is not here (this is node {self.node})"
             )
             return None
         await transport.send_all(encode_verdict(Verdict(VerdictStatus.OK)))
@@ -515,6 +643,7 @@ class Peering:
                 if (old := self.links.get(node)) is not None:
                     old.close("replaced by a new link")
                 self.links[node] = link
+                self._wake_waiters()
                 _log(logging.INFO, "Peer link up", node=node, address=address)
                 self.relay._node_changed()
                 with link.cancel_scope:
@@ -535,6 +664,8 @@ class Peering:
             if self.links.get(node) is link:
                 del self.links[node]
                 self.relay._node_changed()
+                if link.draining and (record := self._nodes.pop(node, None)) is not None:
+                    self._left[node] = record.instance
             if link.session is not None:
                 reason = link.close_reason
                 if reason is None and session is not None and session.close_reason is not None:
@@ -555,18 +686,42 @@ class Peering:
             link.close(link.close_reason or "control stream closed")
 
     async def _read_presence(self, link: PeerLink, control: Any) -> None:
+        """Read `link`'s presence messages: only the latest is decoded, and after each the
+        reading pauses (`presence_debounce`, or 4 times what decoding took: a peer's presence
+        costs at most a fifth of a core; flow control holds a faster sender back). A peer
+        that sends many more than it should is told of in one log line."""
         reader = PresenceReader()
+        warned = False
         try:
             while data := await control.receive_some(_READ_SIZE):
-                for presence in reader.feed(data)[-1:]:
-                    if presence.draining and not link.draining:
-                        _log(logging.INFO, "Peer draining: routing around it", node=link.node)
-                    if presence.draining != link.draining:
-                        link.draining = presence.draining
-                        self.relay._advertised_changed()
-                    link.held = {b.id: b for b in presence.bridges}
-                    link.names = {b.name: b.id for b in presence.bridges}
-                    link.opened = {}
+                began = trio.current_time()
+                if (presence := reader.feed(data)) is None:
+                    continue
+                if presence.draining and not link.draining:
+                    _log(logging.INFO, "Peer draining: routing around it", node=link.node)
+                if presence.draining != link.draining:
+                    link.draining = presence.draining
+                    self.relay._advertised_changed()
+                link.held = {b.id: b for b in presence.bridges}
+                link.names = {b.name: b.id for b in presence.bridges}
+                link.opened = {}
+                if not link.heard:
+                    link.heard = True
+                    self._wake_waiters()
+                debounce = self.config.presence_debounce
+                pause = max(debounce, 4 * (trio.current_time() - began))
+                often = reader.superseded >= _SUPERSEDED_WARNING
+                if (often or pause > debounce) and not warned:
+                    warned = True  # costly (large) presence, or more than a node sends
+                    _log(
+                        logging.WARNING if often else logging.INFO,
+                        "Peer presence throttled: reading only its latest message, then pausing",
+                        node=link.node,
+                        pause=f"{pause:.3f} s",
+                        bridges=len(presence.bridges),
+                        superseded=reader.superseded,
+                    )
+                await trio.sleep(pause)
         except PeerMessageError as exc:
             link.close(f"invalid presence: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -576,21 +731,41 @@ class Peering:
 
     # -- peered opens: the holder's side ----------------------------------------------
 
+    def _too_many(self, link: PeerLink, what: str) -> None:
+        """`link`'s node opens more than a peer may: one log line per link."""
+        if not link.warned:
+            link.warned = True
+            _log(
+                logging.WARNING,
+                "Peer opens too many streams: refusing those beyond the limit",
+                node=link.node,
+                streams=what,
+                limit=f"{self._max_tunnels} tunnels, {self._max_opening} opens waiting for the "
+                f"agent, {self._max_streams} streams",
+            )
+
     async def _accept_opens(
         self, link: PeerLink, session: mux.Session, nursery: trio.Nursery
     ) -> None:
-        """Serve each stream the peer opens until the session ends. The ACK of a stream
-        rides on the reply (the peer sent its request with the open, and the reply follows
-        within the open's deadlines): one frame fewer per peered open."""
+        """Serve each stream the peer opens until the session ends; beyond the streams a
+        peer may have served at once, reset unread. The ACK of a stream rides on the reply
+        (the peer sent its request with the open, and the reply follows within the open's
+        deadlines): one frame fewer per peered open."""
         while True:
             try:
                 stream = await session.accept_stream(defer_ack=True)
             except mux.SessionClosed:
                 return
+            if link.serving >= self._max_streams:
+                self._too_many(link, f"{link.serving} open")
+                _reset(stream)
+                continue
+            link.serving += 1
             nursery.start_soon(self._serve_open, link, stream)
 
     async def _serve_open(self, link: PeerLink, stream: Any) -> None:
-        """One peered open from `link`'s node: the local open, the reply, then the splice."""
+        """One peered open from `link`'s node (counted in ``link.serving`` by the caller):
+        the local open, the reply, then the splice."""
         tunnel = None
         try:
             parser = OpenRequestParser()
@@ -600,6 +775,8 @@ class Peering:
                 _reset(stream)
                 return
             tunnel, reply = await self._open_local(link, request)
+            if tunnel is not None:
+                link.tunnels += 1
             await stream.send_all(encode_open_reply(reply))
             if tunnel is None:
                 await stream.aclose()
@@ -627,6 +804,9 @@ class Peering:
             _reset(stream)
             _reset(tunnel)
         finally:
+            link.serving -= 1
+            if tunnel is not None:
+                link.tunnels -= 1
             # Closing mux streams (and their metering) never blocks: shielded, the closes
             # are plain checkpoints, where a forced close would raise a Cancelled through
             # every layer of both streams.
@@ -641,6 +821,20 @@ class Peering:
         caller = _caller(request.caller, link.node)
         if not self.relay.registry.sessions(request.bridge):
             return None, OpenReply(OpenOutcome.NOT_CONNECTED, message="not held by this node")
+        # Beyond its share the node is refused, unless the bridge is at its own limit: that
+        # refusal (audited) is the local open's.
+        full = self.relay.registry.open_streams(request.bridge)
+        # (Its opens on their way become tunnels: they count as such.)
+        if link.opening >= self._max_opening or (
+            link.tunnels + link.opening >= self._max_tunnels
+            and full < self.relay.config.max_streams_per_bridge
+        ):
+            self._too_many(link, f"{link.tunnels} tunnels, {link.opening} opens waiting")
+            message = (
+                f"node {self.node}: node {link.node} has all it may of bridge {request.bridge}"
+            )
+            return None, OpenReply(OpenOutcome.BUSY, message=message)
+        link.opening += 1
         try:
             tunnel, reply = await self.relay._open(
                 request.bridge, request.host, request.port, caller, remote=False
@@ -657,6 +851,8 @@ class Peering:
             return None, OpenReply(OpenOutcome.REFUSED, exc.status, str(exc))
         except ValueError as exc:
             return None, OpenReply(OpenOutcome.FAILED, message=str(exc))
+        finally:
+            link.opening -= 1
         return tunnel, OpenReply(OpenOutcome.OK, ConnectStatus.OK, reply.message)
 
     # -- peered opens: the caller's side ----------------------------------------------
@@ -691,10 +887,12 @@ class Peering:
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         link.opened[held.id] = link.opened.get(held.id, 0) + 1
         link.count_mine(held.id, 1)
+        self._outbound += 1  # a drain that begins meanwhile waits for it
         try:
             return await self._open_through(link, held, request)
         except BaseException:
             link.count_mine(held.id, -1)
+            self._outbound_closed()
             raise
 
     async def _open_through(
@@ -759,8 +957,7 @@ class _Outbound(PrefixedStream):
     ) -> None:
         super().__init__(stream, prefix)
         self._peering: Peering | None = peering
-        self._link, self._bridge_id = link, bridge_id
-        peering._outbound += 1
+        self._link, self._bridge_id = link, bridge_id  # counted by `Peering._open_on`
 
     async def aclose(self) -> None:
         """Stop counting the tunnel (once), then close it as `PrefixedStream` does."""
@@ -803,6 +1000,23 @@ def _caller(fields: dict[str, Any], node: str) -> Caller:
         text("address"),
         text("user"),
     )
+
+
+async def _peek_prelude(tcp: trio.SocketStream) -> tuple[Prelude, int]:
+    """The `Prelude` at the start of `tcp` and its size, left in the socket (peeked).
+    Raises PeerHandshakeError for bytes that are not one, trio.BrokenResourceError when the
+    connection ends first. Cancellable (bound it: a dialer may send it slowly)."""
+    while True:
+        try:
+            data = await tcp.socket.recv(MAX_PRELUDE, socket.MSG_PEEK)
+        except OSError as exc:
+            raise trio.BrokenResourceError(os_reason(exc)) from None
+        if not data:
+            raise trio.BrokenResourceError("closed before the prelude ended")
+        parser = PreludeParser()
+        if (prelude := parser.feed(data)) is not None:
+            return prelude, len(data) - len(parser.leftover)
+        await trio.sleep(_PEEK_GAP)  # the rest has not arrived yet
 
 
 async def _read_message(stream: Any, parser: Any) -> Any:

@@ -340,6 +340,8 @@ class Relay:
         *,
         identity: PeerIdentity,
         advertise: str | None = None,
+        listeners: list[trio.SocketListener] | None = None,
+        siblings: str | None = None,
         task_status=trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept peer links from the other nodes of a cluster on host:port until cancelled
@@ -351,17 +353,22 @@ class Relay:
         `advertise` is the HOST:PORT other nodes dial (default: the address listened on, or
         this host's name when that is a wildcard address). Both go to the node's record in
         the store at once. Connections go through the same gate and deadline as agents'.
-        `task_status.started` gets the listeners. Raises OSError when it cannot listen,
-        CertificateError when the identity cannot serve TLS. Cancelling it ends every link.
+        With `listeners` (bound by another process: the parent of workers, whose workers
+        share them), those are served and host:port only name them; `siblings` is the
+        prefix of the names of the nodes that share them (never linked: see
+        `relay.peering`). `task_status.started` gets the listeners. Raises OSError when it
+        cannot listen, CertificateError when the identity cannot serve TLS. Cancelling it
+        ends every link.
         """
         from relay.peering import Peering
 
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
+        if listeners is None:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=listen_backlog())
         if advertise is None:
             bound = listeners[0].socket.getsockname()[1]
             shown = host if host and host not in ("0.0.0.0", "::") else socket.gethostname()
             advertise = format_host_port(shown, bound)
-        peering = Peering(self, identity, advertise, self.config.peer)
+        peering = Peering(self, identity, advertise, self.config.peer, siblings=siblings)
         self.peering = peering
         _log(
             logging.INFO,

@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 import trio
 
+from relay.errors import StoreError
 from relay.forward import ForwardSpec, forward_connection
 from relay.socks import serve_handed_over
 from relay.worker_messages import (
@@ -58,6 +59,12 @@ class WorkerSetup:
     websocket: list[int] = attrs.field(factory=list)
     forwards: list[list[int]] = attrs.field(factory=list)
     socks: list[int] = attrs.field(factory=list)
+    peer: list[int] = attrs.field(factory=list)
+
+    @property
+    def siblings(self) -> str:
+        """The prefix of the node names of this host's workers (``{node}/``)."""
+        return self.node.rpartition("/")[0] + "/"
 
     def to_env(self) -> str:
         """The value of `ENV` for this worker."""
@@ -82,6 +89,7 @@ class WorkerSetup:
             *self.websocket,
             *(fd for fds in self.forwards for fd in fds),
             *self.socks,
+            *self.peer,
         ]
 
 
@@ -158,6 +166,7 @@ class WorkerLink:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._report_presence)
+            nursery.start_soon(self._forget_gone_siblings)
             task_status.started()
             try:
                 await self._receive_loop()
@@ -184,8 +193,12 @@ class WorkerLink:
         return True
 
     async def offer(self, client: trio.SocketStream, handover: Handover) -> bool:
-        """See `relay.handover.Handovers.offer`."""
+        """See `relay.handover.Handovers.offer`. A bridge that no worker of this host
+        holds but another node of the cluster does is served here, through this worker's
+        peer links (unless it drains)."""
         if self.parent_gone.is_set():
+            return False
+        if self._remote_only(handover):
             return False
         try:
             body = handover.encode()
@@ -204,6 +217,17 @@ class WorkerLink:
         if offer.taken:
             self._handovers.inc(direction="out")
         return offer.taken
+
+    def _remote_only(self, handover: Handover) -> bool:
+        relay, bridge = self.relay, handover.bridge
+        return (
+            handover.kind != "peer"
+            and not relay.stopping
+            and relay.peering is not None
+            and bridge not in self._anywhere
+            and bridge not in self._anywhere.values()
+            and bool(relay.peering.holders(bridge))
+        )
 
     async def wait_to_accept(self, bridge: str | None) -> None:
         """See `relay.handover.Handovers.wait_to_accept`."""
@@ -294,17 +318,21 @@ class WorkerLink:
         index = handover.details.get("index")
         if not isinstance(index, int):
             index = -1
-        if (
-            relay.stopping
-            or not relay.registry.sessions(handover.bridge)
-            or (handover.kind == "forward" and index not in range(len(self.forwards)))
-        ):
+        if handover.kind == "peer":
+            refused = relay.peering is None or handover.bridge != relay.node
+        else:  # a bridge held here, or (from a draining worker) on another node
+            refused = not relay.is_connected(handover.bridge) or (
+                handover.kind == "forward" and index not in range(len(self.forwards))
+            )
+        if relay.stopping or refused:
             os.close(fd)
             await self._send(Message(Kind.REFUSED, message.number))
             return
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
         assert self._nursery is not None
-        if handover.kind == "forward":
+        if handover.kind == "peer" and (peering := relay.peering) is not None:
+            self._nursery.start_soon(self._serve, peering.serve_handed_over, stream)
+        elif handover.kind == "forward":
             spec = self.forwards[index]
             self._nursery.start_soon(self._serve, forward_connection, relay, spec, stream)
         else:
@@ -338,6 +366,27 @@ class WorkerLink:
                     continue
             told = held
             await registry.wait_change(seen)
+
+    async def _forget_gone_siblings(self) -> None:
+        """Every node timeout, remove from the store's node list the workers of this host
+        that are gone (killed: they could not remove themselves), so that `bridge-relay
+        nodes` does not list them for ever (a worker's name is never used again)."""
+        relay, prefix = self.relay, self.setup.siblings
+        timeout = relay.config.node_timeout
+        while True:
+            await trio.sleep(timeout)
+            try:
+                nodes = await relay._store.run(relay.store.list_nodes)
+                for node in nodes:
+                    if (
+                        node.name.startswith(prefix)
+                        and node.name != relay.node
+                        and node.age is not None
+                        and node.age >= timeout
+                    ):
+                        await relay._store.run(relay.store.remove_node, node.name, node.instance)
+            except StoreError:
+                pass  # the relay logs the store's state changes
 
     def _lost(self) -> None:
         self.parent_gone.set()

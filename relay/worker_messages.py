@@ -32,7 +32,9 @@ STOP       parent -> worker     stop now, as on a second SIGTERM
 
 A handover body: a 2-byte length, that many bytes of a JSON object (``bridge``, ``kind``
 ``forward`` or ``socks``, the forward's ``index`` or the SOCKS request's ``host``, ``port``
-and ``user``), then the bytes already read from the client (at most `MAX_PENDING`).
+and ``user``), then the bytes already read from the client (at most `MAX_PENDING`). A peer
+link's connection (kind ``peer``) names the worker's node in ``bridge`` instead: it goes to
+that worker, whose prelude it carries still unread (`relay.peering`).
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ class Handover:
     """A client connection handed from the worker that accepted it to the one that holds its
     bridge: what it is for, and the bytes already read from it."""
 
-    bridge: str
-    kind: str  # "forward" or "socks"
+    bridge: str  # the node's name, for "peer"
+    kind: str  # "forward", "socks" or "peer"
     details: dict[str, Any] = attrs.field(factory=dict)
     pending: bytes = b""
 
@@ -123,7 +125,7 @@ class Handover:
         if not isinstance(header, dict):
             raise MessageError("handover header is not an object")
         bridge, kind = header.pop("bridge", None), header.pop("kind", None)
-        if not isinstance(bridge, str) or kind not in ("forward", "socks"):
+        if not isinstance(bridge, str) or kind not in ("forward", "socks", "peer"):
             raise MessageError("handover without a bridge or a known kind")
         return cls(bridge, kind, header, bytes(body[_LENGTH.size + length :]))
 

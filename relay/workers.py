@@ -16,7 +16,11 @@ descriptors on (`relay.worker_messages`), never bytes.
 - Presence: each worker says which bridges it holds; a connection a worker offers (it has
   no session of its bridge, or it drains) goes to a holder, or waits, for up to the connect
   timeout, while the bridge is moving (its holder drains or died: its agents reconnect to
-  another worker); otherwise the offering worker serves it itself ("not connected").
+  another worker); a draining worker's connection for a bridge no worker holds goes to a
+  serving worker, which may reach it on another node of a cluster; otherwise the offering
+  worker serves it itself ("not connected").
+- In a cluster, each worker is a node; the peer listener is bound here too, and a peer
+  connection a worker offers goes to the worker its prelude names (`relay.peering`).
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class Listeners:
     websocket: list[trio.SocketListener] = attrs.field(factory=list)
     forwards: list[list[trio.SocketListener]] = attrs.field(factory=list)
     socks: list[trio.SocketListener] = attrs.field(factory=list)
+    peer: list[trio.SocketListener] = attrs.field(factory=list)
 
 
 def _fds(listeners: list[trio.SocketListener]) -> list[int]:
@@ -97,9 +102,12 @@ _SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 class _Worker:
     """One worker process and the parent's end of its link."""
 
-    def __init__(self, index: int, serial: int, process: trio.Process, sock: Any) -> None:
+    def __init__(
+        self, index: int, serial: int, node: str, process: trio.Process, sock: Any
+    ) -> None:
         self.index = index
         self.serial = serial
+        self.node = node
         self.process = process
         self.socket = sock
         self.ready = trio.Event()
@@ -351,6 +359,7 @@ class Supervisor:
             websocket=_fds(listeners.websocket),
             forwards=[_fds(fds) for fds in listeners.forwards],
             socks=_fds(listeners.socks),
+            peer=_fds(listeners.peer),
         )
         # Only the parent talks to systemd.
         env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARIABLES}
@@ -370,7 +379,9 @@ class Supervisor:
             return None
         finally:
             child_end.close()
-        worker = _Worker(index, self._serials, process, trio.socket.from_stdlib_socket(parent_end))
+        worker = _Worker(
+            index, self._serials, setup.node, process, trio.socket.from_stdlib_socket(parent_end)
+        )
         anywhere = {b: n for w in self.workers for b, n in w.held.items()}
         worker.outbox.extend(hold(b, n, Kind.HELD) for b, n in anywhere.items())
         worker.outbox_ready.set()
@@ -530,17 +541,44 @@ class Supervisor:
         ]
         return min(candidates, key=lambda w: len(w.deliveries), default=None)
 
+    def _serving(self, offering: _Worker) -> _Worker | None:
+        """The serving worker (not `offering`) with the fewest deliveries under way."""
+        candidates = [
+            w
+            for w in self.workers
+            if w is not offering and not w.retiring and w.ready.is_set() and not w.exited.is_set()
+        ]
+        return min(candidates, key=lambda w: len(w.deliveries), default=None)
+
+    async def _route_peer(self, origin: _Worker, message: Message, node: str, fd: int) -> None:
+        """Deliver a peer connection to the worker named `node` (not one that drains), then
+        tell the offering worker TAKEN or NOBODY. The descriptor is closed here."""
+        taken = False
+        try:
+            for worker in list(self.workers):
+                if worker.node == node and worker is not origin and not worker.retiring:
+                    taken = await self._deliver(worker, message, fd)
+                    break
+        finally:
+            os.close(fd)
+        await self._tell(origin, Message(Kind.TAKEN if taken else Kind.NOBODY, message.number))
+
     async def _route(self, origin: _Worker, message: Message, fd: int) -> None:
         """Deliver an offered connection to a holder of its bridge (waiting while it moves),
         then tell the offering worker TAKEN or NOBODY. The descriptor is closed here."""
         try:
-            bridge = message.handover().bridge
+            handover = message.handover()
         except MessageError:
             os.close(fd)
             await self._tell(origin, Message(Kind.NOBODY, message.number))
             return
+        bridge = handover.bridge
+        if handover.kind == "peer":
+            await self._route_peer(origin, message, bridge, fd)
+            return
         taken = False
         parked = False
+        fell_back = False
         try:
             for _attempt in range(3):
                 holder = self._holder(bridge, origin)
@@ -561,6 +599,9 @@ class Supervisor:
                                     await self._presence.wait()
                         finally:
                             self._parked -= 1
+                if holder is None and origin.retiring and not self.stopping and not fell_back:
+                    fell_back = True  # it may be held on another node of a cluster
+                    holder = self._serving(origin)
                 if holder is None:
                     break
                 if await self._deliver(holder, message, fd):

@@ -63,3 +63,14 @@ def launch(bridge: Bridge, tmp_path: Path) -> Iterator[Launcher]:
         yield launcher
     finally:
         launcher.close()
+
+
+@pytest.fixture
+def cluster(postgres_url: str, tmp_path: Path) -> Iterator[Launcher]:
+    """A launcher whose bridge was created in a PostgreSQL store of this test's own
+    (`postgres_url`), for `Launcher.node`."""
+    launcher = Launcher(create_bridge(tmp_path, "--store", postgres_url), tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.close()

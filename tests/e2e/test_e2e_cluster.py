@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -45,17 +44,6 @@ pytestmark = pytest.mark.interop
 OUTAGE = 30.0
 # After its agent is back, callers on any node reach the bridge within this (issue 9).
 REACHABLE_AGAIN = 5.0
-
-
-@pytest.fixture
-def cluster(postgres_url: str, tmp_path: Path) -> Iterator[Launcher]:
-    """A launcher whose bridge was created in a PostgreSQL store of this test's own
-    (`postgres_url`), for `Launcher.node`."""
-    launcher = Launcher(create_bridge(tmp_path, "--store", postgres_url), tmp_path)
-    try:
-        yield launcher
-    finally:
-        launcher.close()
 
 
 def _tunnel(postgres: Postgres, node: Relay) -> None:

@@ -17,8 +17,9 @@ import psycopg
 import pytest
 import trio
 
+from relay.peer_handshake import Prelude, encode_prelude
+
 from .e2e_support import (
-    Bridge,
     Launcher,
     Postgres,
     Relay,
@@ -42,20 +43,6 @@ def _linked(nodes: list[Relay]) -> None:
 def _reaches(postgres: Postgres, port: int) -> bool:
     result = postgres.psql("select 1", port=port)
     return result.returncode == 0 and result.stdout == b"1\n"
-
-
-@pytest.fixture
-def cluster_bridge(tmp_path: Path, postgres_url: str) -> Bridge:
-    return create_bridge(tmp_path, "--store", postgres_url)
-
-
-@pytest.fixture
-def cluster(cluster_bridge: Bridge, tmp_path: Path):
-    launcher = Launcher(cluster_bridge, tmp_path)
-    try:
-        yield launcher
-    finally:
-        launcher.close()
 
 
 def test_psql_through_node_3_reaches_the_agent_on_node_1(
@@ -206,10 +193,14 @@ def test_garbage_on_the_peer_port_is_dropped_like_on_the_agent_port(
                 pass  # closed with unread bytes: a reset
         with socket.create_connection(("127.0.0.1", port)):
             time.sleep(1.5)  # silent past the handshake deadline
-        # TLS from someone who then sends no peer proof at all.
+        # TLS from someone who then sends no peer proof at all (on the peer port, after a
+        # prelude naming the node).
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        with context.wrap_socket(socket.create_connection(("127.0.0.1", port))) as tls:
+        raw = socket.create_connection(("127.0.0.1", port))
+        if port == one.peer_port:
+            raw.sendall(encode_prelude(Prelude("node-1")))
+        with context.wrap_socket(raw) as tls:
             tls.sendall(b"\x00" * 600)
             tls.settimeout(10)
             try:
@@ -224,6 +215,7 @@ def test_garbage_on_the_peer_port_is_dropped_like_on_the_agent_port(
     wait_until(counted, "six connections dropped")
     reasons = dropped_by_reason(one.process.stderr())
     assert reasons["handshake timed out"] == 2, reasons
-    tls_errors = [r for r in reasons if r.startswith("TLS error")]
-    assert tls_errors and all(reasons[r] == 2 for r in tls_errors), reasons
+    # The request line: a TLS error on the agent port, no prelude on the peer port.
+    assert reasons["TLS error: HTTP_REQUEST"] == 1, reasons
+    assert reasons["malformed peer handshake: not a trio-bridge peer link"] == 1, reasons
     assert one.process.poll() is None

@@ -29,7 +29,7 @@ from ..e2e.e2e_support import (
     parse_assignments,
     relay_cli,
 )
-from .traffic import echo, transfer
+from .traffic import echo, load_around, outcome, transfer
 
 PAYLOAD = 4096
 
@@ -107,16 +107,6 @@ async def through_socks(port: int, bridge: str, target: str) -> bool:
         while len(data) < PAYLOAD and (chunk := await stream.receive_some(PAYLOAD)):
             data += chunk
     return bytes(data) == payload
-
-
-async def outcome(port: int) -> str:
-    result = "short"
-    try:
-        if await transfer(port, PAYLOAD):
-            result = "ok"
-    except* (OSError, trio.BrokenResourceError) as group:
-        result = f"error: {group.exceptions[0]!r}"
-    return result
 
 
 async def test_the_worker_without_a_session_leaves_forward_and_socks_clients_to_the_other(
@@ -236,31 +226,13 @@ async def test_killed_workers_are_started_again_and_queued_connections_served(la
 async def test_sighup_replaces_the_workers_under_load_and_fails_no_connection(launch, nursery):
     relay, forward, _, _ = await start(launch, nursery)
     before = workers(relay)
-    results: list[str] = []
-    reloaded = trio.Event()
-
-    async def run() -> None:
-        results.append(await outcome(forward))
-
-    async def watch() -> None:
-        await trio.to_thread.run_sync(
-            partial(relay.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=60)
-        )
-        reloaded.set()
-
+    reloaded = partial(
+        trio.to_thread.run_sync,
+        partial(relay.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=60),
+    )
     with trio.fail_after(90):
-        async with trio.open_nursery() as clients:
-            clients.start_soon(watch)
-            for count in range(3000):  # a new connection every 20 ms, bounded
-                clients.start_soon(run)
-                await trio.sleep(0.02)
-                if count == 25:
-                    relay.process.popen.send_signal(signal.SIGHUP)
-                if reloaded.is_set() and count > 50:
-                    break
-            for _ in range(25):  # and a while after
-                clients.start_soon(run)
-                await trio.sleep(0.02)
+        sighup = partial(relay.process.popen.send_signal, signal.SIGHUP)
+        results = await load_around(forward, sighup, reloaded)
     assert len(results) > 75
     assert results == ["ok"] * len(results), [r for r in results if r != "ok"][:3]
     after = workers(relay)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -49,6 +50,49 @@ async def transfer(
                     progress.set()
             nursery.cancel_scope.cancel()  # the echo ended: sending more would only be refused
     return count == size and sent.digest() == received.digest()
+
+
+async def outcome(port: int, size: int = 4096) -> str:
+    """One `transfer` of `size` bytes through 127.0.0.1:`port`: "ok", "short", "hung" (not
+    done within 20 s) or the error."""
+    result = "hung"
+    try:
+        with trio.move_on_after(20):
+            result = "ok" if await transfer(port, size) else "short"
+    except* (OSError, trio.BrokenResourceError) as group:
+        result = f"error: {group.exceptions[0]!r}"
+    return result
+
+
+async def load_around(
+    port: int, action: Callable[[], object], until: Callable[[], Awaitable[object]]
+) -> list[str]:
+    """A new connection through 127.0.0.1:`port` every 20 ms (`outcome` of each): `action()`
+    after 25 of them, on until `until()` has returned (at most 3000), then 25 more; the
+    outcomes."""
+    results: list[str] = []
+    done = trio.Event()
+
+    async def run() -> None:
+        results.append(await outcome(port))
+
+    async def wait() -> None:
+        await until()
+        done.set()
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(wait)
+        for count in range(3000):
+            clients.start_soon(run)
+            await trio.sleep(0.02)
+            if count == 25:
+                action()
+            if done.is_set() and count > 50:
+                break
+        for _ in range(25):  # and a while after
+            clients.start_soon(run)
+            await trio.sleep(0.02)
+    return results
 
 
 def rss_kib(pid: int) -> int:

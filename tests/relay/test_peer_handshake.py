@@ -16,15 +16,20 @@ from relay.peer_handshake import (
     CHALLENGE_SIZE,
     MAGIC,
     MAX_CERTIFICATE,
+    MAX_PRELUDE,
     MAX_PROOF,
+    PRELUDE_MAGIC,
     ChallengeParser,
     PeerHandshakeError,
+    Prelude,
+    PreludeParser,
     Proof,
     ProofParser,
     Verdict,
     VerdictParser,
     VerdictStatus,
     encode_challenge,
+    encode_prelude,
     encode_proof,
     encode_verdict,
     fingerprint_digest,
@@ -245,11 +250,14 @@ def test_presence_round_trip_and_bounds():
     bridges = [HeldBridge("id-1", "one", 3), HeldBridge("id-2", "two", 0)]
     reader = PresenceReader()
     line = encode_presence(bridges)
-    assert reader.feed(line[:5]) == []
-    assert reader.feed(line[5:] + line) == [Presence(bridges), Presence(bridges)]
+    assert reader.feed(line[:5]) is None
+    assert reader.feed(line[5:] + line) == Presence(bridges)
     # A draining node says so; a node that does not know the key reads the bridge list.
     draining = encode_presence([], draining=True)
-    assert reader.feed(draining) == [Presence([], draining=True)]
+    assert reader.feed(draining) == Presence([], draining=True)
+    # Only the latest line is decoded: those it supersedes are skipped, unread.
+    assert reader.feed(b"not json\n" + draining + b"\n") == Presence([], draining=True)
+    assert reader.superseded == 2
     assert json.loads(draining) == {"bridges": [], "draining": True}
 
     for bad in (
@@ -266,3 +274,36 @@ def test_presence_round_trip_and_bounds():
         small.feed(b"x" * 60)
         small.feed(b"x" * 60)
     assert MAX_PRESENCE_LINE >= 1024 * 1024
+
+
+def test_prelude_names_the_node_dialed_and_leaves_tls_to_the_caller():
+    wire = encode_prelude(Prelude("relay1/worker-0.3"))
+    assert len(wire) == len(PRELUDE_MAGIC) + 1 + len("relay1/worker-0.3")
+    parser = PreludeParser()
+    for byte in wire[:-1]:  # byte by byte: nothing until the name is whole
+        assert parser.feed(bytes([byte])) is None
+    assert parser.feed(wire[-1:] + b"\x16\x03\x01") == Prelude("relay1/worker-0.3")
+    assert parser.leftover == b"\x16\x03\x01"
+    assert len(encode_prelude(Prelude("n" * 255))) == MAX_PRELUDE
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"GET / HTTP/1.1\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc",  # a TLS ClientHello, no prelude
+        PRELUDE_MAGIC + b"\x00",  # an empty name
+        PRELUDE_MAGIC + b"\x03a\nb",  # not printable
+        PRELUDE_MAGIC + b"\x02\xff\xfe",  # not UTF-8
+    ],
+)
+def test_prelude_refuses_garbage(wire: bytes):
+    with pytest.raises(PeerHandshakeError):
+        PreludeParser().feed(wire)
+
+
+def test_prelude_name_is_bounded():
+    with pytest.raises(PeerHandshakeError):
+        encode_prelude(Prelude("n" * 256))
+    with pytest.raises(PeerHandshakeError):
+        encode_prelude(Prelude(""))
