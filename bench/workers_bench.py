@@ -15,11 +15,13 @@ real host; it is also shown on its own, per second idle, before the workload.
 
 With two workers the agent's session is in one of them: the other, holding no session,
 leaves the forward's and the SOCKS connections to it, so that neither needs a handover.
-The last part measures the handover itself: a second bridge whose agent is on the other
-worker (started again until it lands there), and CONNECTIONS SOCKS connections split
-between the two bridges (two clients at once): the worker that accepts one of the other's
-bridge hands it over, about half of them. With one worker both agents are in the one
-process. The handovers are counted from the relay's ``/metrics``.
+The last two parts spread the work over both workers: a second bridge, whose agent is on
+the other worker (started again until it lands there), with a forward of its own. First
+CONNECTIONS new connections split between the two forwards (two clients at once: each
+worker serves its own bridge's, no handover), then as many SOCKS connections split between
+the two bridges: the worker that accepts one for the other's bridge hands it over, about
+half of them. With one worker both agents are in the one process. The handovers are
+counted from the relay's ``/metrics``.
 
 Then, with ``--workers 2``: SIGHUP, timed until the parent logs that every worker was
 replaced (each new worker serves before the old one drains).
@@ -77,7 +79,13 @@ class WorkersPath(TunnelPath):
         self.second: dict[str, str] = {}  # BRIDGE_ID, BRIDGE_SECRET of the second bridge
 
     def relay_args(self) -> list[str | Path]:
-        return ["--workers", str(self.workers), "--metrics", f"{HOST}:0"]
+        second = f"{SECOND}={HOST}:{self.targets['echo']}"
+        return ["--workers", str(self.workers), "--metrics", f"{HOST}:0", "--forward", second]
+
+    def second_forward(self) -> int:
+        """The port of the second bridge's forward to the echo server."""
+        assert self.relay is not None
+        return int(self.relay.wait_for(rf"^forward {SECOND} -> \S+: listening on \S+:(\d+)$")[1])
 
     def agent_url(self, agents: re.Match[str]) -> str:
         self.url = super().agent_url(agents)
@@ -195,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
         ("us_per_connection", "relay CPU per new connection (forward), µs"),
         ("us_per_socks_connection", "relay CPU per new connection (SOCKS), µs"),
         ("s_per_gb", "relay CPU per GB, s"),
-        ("us_per_split_socks_connection", "relay CPU per SOCKS connection, 2 bridges, µs"),
+        ("us_per_split_connection", "relay CPU per new connection (2 forwards, 2 bridges), µs"),
+        ("us_per_split_socks_connection", "relay CPU per new connection (SOCKS, 2 bridges), µs"),
         ("mb_per_s", "bulk send, MB/s (context)"),
     ):
         ratio = f"{two[key] / one[key]:.2f}x" if one[key] else ""
@@ -215,14 +224,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dial(port: int, args: argparse.Namespace, *more: object, count: int = 0) -> int:
-    """`count` (default: --connections) new connections through `port`: how many were served."""
+def _dial(port: int, args: argparse.Namespace, *more: object) -> int:
+    """`args.connections` new connections through `port`: how many were served."""
     done = client(
         "dial",
         port,
         *more,
         "--count",
-        count or args.connections,
+        args.connections,
         "--concurrency",
         args.concurrency,
         "--seconds",
@@ -238,6 +247,7 @@ def _socks(path: WorkersPath, bridge: str) -> list[object]:
 
 def _costs(path: WorkersPath, args: argparse.Namespace) -> dict[str, float]:
     n = args.connections
+    time.sleep(1.0)  # past the start-up
     idle_from = path.relay_cpu()
     time.sleep(IDLE_SECONDS)
     before = path.relay_cpu()
@@ -252,20 +262,13 @@ def _costs(path: WorkersPath, args: argparse.Namespace) -> dict[str, float]:
     sent = client("send", path.ports["sink"], "--seconds", args.seconds, timeout=args.seconds + 120)
     after = path.relay_cpu()
     path.start_second_agent()
-    handed = path.handovers()
-    split_from = path.relay_cpu()
-    # Half the connections for each bridge, the two clients at once.
-    half = args.concurrency // 2 or 1
-    split = argparse.Namespace(connections=n // 2, concurrency=half)
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        futures = [
-            pool.submit(_dial, path.ports["socks"], split, *_socks(path, bridge))
-            for bridge in (BRIDGE, SECOND)
-        ]
-        done = sum(future.result() for future in futures)
-    split_done = path.relay_cpu()
-    if done != 2 * (n // 2):
-        raise Failed(f"{done} of {2 * (n // 2)} SOCKS connections (two bridges) served")
+    forwards_split = _both(path, args, [path.ports["echo"]], [path.second_forward()])
+    socks_split = _both(
+        path,
+        args,
+        [path.ports["socks"], *_socks(path, BRIDGE)],
+        [path.ports["socks"], *_socks(path, SECOND)],
+    )
     return {
         "idle_ms_per_s": (before - idle_from) / IDLE_SECONDS * 1e3,
         "us_per_connection": (middle - before) / n * 1e6,
@@ -273,9 +276,29 @@ def _costs(path: WorkersPath, args: argparse.Namespace) -> dict[str, float]:
         "socks_handed_over": socks_handed / n,
         "s_per_gb": (after - socks_done) / (sent["bytes"] / 1e9),
         "mb_per_s": sent["mbps"],
-        "us_per_split_socks_connection": (split_done - split_from) / done * 1e6,
-        "split_socks_handed_over": (path.handovers() - handed) / done,
+        "us_per_split_connection": forwards_split[0],
+        "us_per_split_socks_connection": socks_split[0],
+        "split_socks_handed_over": socks_split[1],
     }
+
+
+def _both(
+    path: WorkersPath, args: argparse.Namespace, first: list[object], second: list[object]
+) -> tuple[float, float]:
+    """Half the connections through `first` (a port and dial options), half through
+    `second`, the two clients at once: relay CPU per connection (µs), and the share of them
+    handed over."""
+    n = args.connections // 2
+    half = argparse.Namespace(connections=n, concurrency=args.concurrency // 2 or 1)
+    handed = path.handovers()
+    before = path.relay_cpu()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(_dial, port, half, *more) for port, *more in (first, second)]
+        done = sum(future.result() for future in futures)
+    cpu = path.relay_cpu() - before
+    if done != 2 * n:
+        raise Failed(f"{done} of {2 * n} connections (two bridges) served")
+    return cpu / done * 1e6, (path.handovers() - handed) / done
 
 
 def _reload(path: WorkersPath) -> dict[str, float]:

@@ -109,6 +109,18 @@ async def through_socks(port: int, bridge: str, target: str) -> bool:
     return bytes(data) == payload
 
 
+async def socks_outcome(port: int, bridge: str, target: str) -> str:
+    """`outcome` of one exchange through the SOCKS port `port`: "ok", "short", "hung" (not
+    done within 20 s) or the error (a refusal included)."""
+    result = "hung"
+    try:
+        with trio.move_on_after(20):
+            result = "ok" if await through_socks(port, bridge, target) else "short"
+    except* (OSError, trio.BrokenResourceError, AssertionError) as group:
+        result = f"error: {group.exceptions[0]!r}"
+    return result
+
+
 async def test_the_worker_without_a_session_leaves_forward_and_socks_clients_to_the_other(
     launch, nursery
 ):
@@ -224,15 +236,24 @@ async def test_killed_workers_are_started_again_and_queued_connections_served(la
 
 
 async def test_sighup_replaces_the_workers_under_load_and_fails_no_connection(launch, nursery):
-    relay, forward, _, _ = await start(launch, nursery)
+    """Forward and SOCKS connections alternate: while the worker with the agent's session
+    drains, the other (without one) takes the SOCKS clients again, and they wait for the
+    agent's new session as the forward's do."""
+    relay, forward, _, target = await start(launch, nursery)
     before = workers(relay)
     reloaded = partial(
         trio.to_thread.run_sync,
         partial(relay.process.wait_for, r"\tReloaded: every worker replaced\t", timeout=60),
     )
+
+    async def either(n: int) -> str:
+        if n % 2:
+            return await socks_outcome(relay.forwards["socks"], launch.bridge.name, target)
+        return await outcome(forward)
+
     with trio.fail_after(90):
         sighup = partial(relay.process.popen.send_signal, signal.SIGHUP)
-        results = await load_around(forward, sighup, reloaded)
+        results = await load_around(forward, sighup, reloaded, each=either)
     assert len(results) > 75
     assert results == ["ok"] * len(results), [r for r in results if r != "ok"][:3]
     after = workers(relay)

@@ -65,16 +65,23 @@ async def outcome(port: int, size: int = 4096) -> str:
 
 
 async def load_around(
-    port: int, action: Callable[[], object], until: Callable[[], Awaitable[object]]
+    port: int,
+    action: Callable[[], object],
+    until: Callable[[], Awaitable[object]],
+    *,
+    each: Callable[[int], Awaitable[str]] | None = None,
 ) -> list[str]:
-    """A new connection through 127.0.0.1:`port` every 20 ms (`outcome` of each): `action()`
-    after 25 of them, on until `until()` has returned (at most 3000), then 25 more; the
-    outcomes."""
+    """A new connection through 127.0.0.1:`port` every 20 ms (`outcome` of each, or
+    `each(n)` of the n-th, counted from 0): `action()` after 25 of them, on until `until()`
+    has returned (at most 3000), then 25 more; the outcomes."""
     results: list[str] = []
     done = trio.Event()
+    started = 0
 
     async def run() -> None:
-        results.append(await outcome(port))
+        nonlocal started
+        started += 1
+        results.append(await (outcome(port) if each is None else each(started - 1)))
 
     async def wait() -> None:
         await until()
