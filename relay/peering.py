@@ -864,21 +864,18 @@ class Peering:
         skipped. Raises what `Relay.connect` raises: BridgeNotConnected when no linked node
         holds it. Cancelling it abandons the attempt (the holder's side is reset)."""
         tried: set[PeerLink] = set()
-        target = format_host_port(host, port)
-        request = OpenRequest(
-            "", host, port, {k: v for k, v in caller.to_dict().items() if v is not None}
-        )
+        fields = {k: v for k, v in caller.to_dict().items() if v is not None}
         while candidates := [pair for pair in self.holders(bridge) if pair[0] not in tried]:
             link, held = candidates[0]
             tried.add(link)
             try:
-                return await self._open_on(link, held, attrs.evolve(request, bridge=held.id))
+                return await self._open_on(link, held, OpenRequest(held.id, host, port, fields))
             except _Retry as retry:
                 _log(
                     logging.INFO,
                     "Retrying a tunnel on another node",
                     bridge=held.name,
-                    target=target,
+                    target=format_host_port(host, port),
                     node=link.node,
                     reason=str(retry),
                 )
@@ -901,34 +898,35 @@ class Peering:
         self, link: PeerLink, held: HeldBridge, request: OpenRequest
     ) -> tuple[trio.abc.HalfCloseableStream, ConnectReply]:
         # The holder may wait for a slot and then for the agent, each up to its timeout.
+        # One deadline for the open, the request and the reply.
         wait = 2 * self.relay.config.connect_timeout + 1
-        with trio.move_on_after(wait) as deadline:
-            try:
-                stream = await link.session.open_stream()
-            except mux.SessionClosed as exc:
-                raise _Retry(str(exc)) from None
-        if deadline.cancelled_caught:
-            raise TargetUnreachable(
-                f"Node {link.node} took no new stream within {wait:g} s",
-                status=ConnectStatus.TIMEOUT,
-            )
-        reply = None
+        stream: mux.Stream | None = None
+        reply: OpenReply | None = None
+        parser = OpenReplyParser()
         try:
             with trio.move_on_after(wait):
+                stream = await link.session.open_stream()
                 await stream.send_all(encode_open_request(request))
-                parser = OpenReplyParser()
                 reply = await _read_message(stream, parser)
         except (mux.StreamReset, mux.SessionClosed, trio.BrokenResourceError) as exc:
-            await trio.aclose_forcefully(stream)
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
             raise _Retry(str(exc) or type(exc).__name__) from None
         except PeerMessageError as exc:
+            assert stream is not None  # the reply is read from it
             _reset(stream)
             await trio.aclose_forcefully(stream)
             raise TunnelError(f"Node {link.node} sent an invalid reply: {exc}") from None
         except BaseException:
-            _reset(stream)
-            await trio.aclose_forcefully(stream)
+            if stream is not None:
+                _reset(stream)
+                await trio.aclose_forcefully(stream)
             raise
+        if stream is None:
+            raise TargetUnreachable(
+                f"Node {link.node} took no new stream within {wait:g} s",
+                status=ConnectStatus.TIMEOUT,
+            )
         if reply is None:
             _reset(stream)
             await trio.aclose_forcefully(stream)

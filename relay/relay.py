@@ -391,14 +391,18 @@ class Relay:
         """The nodes agents with the "nodes" capability are told of, with the address they
         reach each at, by name (every node tells the same list): this node unless it stops
         accepting, and the nodes it has a peer link with that do not drain; a node without
-        `agent_advertise` (or of an older release) is left out."""
+        `agent_advertise` (or of an older release) is left out. One entry per address, the
+        first by name: the workers of one host (``--workers``) share theirs."""
         nodes = []
         if self.agent_advertise is not None and not self._stopping:
             host, port = parse_host_port(self.agent_advertise)
             nodes.append(AdvertisedNode(self.node, host, port))
         if self.peering is not None:
             nodes.extend(self.peering.advertised_nodes())
-        return tuple(sorted(nodes, key=lambda node: node.node))
+        by_address: dict[tuple[str, int], AdvertisedNode] = {}
+        for node in sorted(nodes, key=lambda node: node.node):
+            by_address.setdefault((node.host, node.port), node)
+        return tuple(by_address.values())
 
     def _advertised_changed(self) -> None:
         """What `advertised_nodes` returns may have changed (a link, a node's record, a

@@ -80,9 +80,15 @@ class ControlMessage:
 
     @classmethod
     def nodes(cls, nodes: Sequence[AdvertisedNode]) -> ControlMessage:
-        """The relay's nodes and their agent addresses: the first MAX_NODES of ``nodes``, and
-        of those as many as fit in MAX_CONTROL bytes once encoded (the first ones are kept)."""
-        entries = [{"node": n.node, "address": n.address} for n in nodes[:MAX_NODES]]
+        """The relay's nodes and their agent addresses: the first MAX_NODES of ``nodes`` that
+        a receiver accepts (a name of 1..MAX_NODE bytes, an address of at most MAX_ADDRESS
+        characters), and of those as many as fit in MAX_CONTROL bytes once encoded (the first
+        ones are kept)."""
+        entries = [
+            {"node": n.node, "address": n.address}
+            for n in nodes
+            if 0 < len(n.node.encode()) <= MAX_NODE and len(n.address) <= MAX_ADDRESS
+        ][:MAX_NODES]
         while entries:
             message = cls(NODES, {"nodes": entries})
             try:

@@ -43,6 +43,12 @@ def test_nodes_round_trip():
     assert advertised_nodes(message) == tuple(nodes)
 
 
+def test_the_relay_leaves_out_what_an_agent_would_refuse():
+    nodes = [AdvertisedNode("n" * 256, "10.0.0.1", 4000), AdvertisedNode("ok", "10.0.0.2", 4000)]
+    sent = advertised_nodes(_read(ControlMessage.nodes(nodes).fields))
+    assert sent == (nodes[1],)
+
+
 def test_the_relay_sends_what_fits_first_nodes_first():
     long = "n" * 255
     nodes = [AdvertisedNode(f"{long}{i}"[-255:], f"h{i}.example", 4000) for i in range(40)]

@@ -326,3 +326,18 @@ async def test_an_agent_moves_to_a_node_its_url_does_not_name(cluster, echo_port
     assert agent.sessions == 2 and not running.done.is_set()
     async with await two.relay.connect("db", "127.0.0.1", echo_port) as stream:
         assert await _round_trip(stream, b"moved") == b"moved"
+
+
+async def test_nodes_sharing_an_address_are_told_of_once(cluster):
+    # As the workers of one host (--workers) share its agent port.
+    shared = {"agent_advertise": ("relay.example", 4000)}
+    two, one = [await cluster.add(name, **shared) for name in ("node-2", "node-1")]
+    three = await cluster.add("node-3", agent_advertise=("127.0.0.1", 0))
+    await cluster.linked()
+    expected = [("node-1", "relay.example", 4000), ("node-3", "127.0.0.1", three.port)]
+    for harness in (one, two, three):
+        await settled(
+            lambda h=harness: (
+                [(n.node, n.host, n.port) for n in h.relay.advertised_nodes()] == expected
+            )
+        )
