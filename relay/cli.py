@@ -1193,7 +1193,12 @@ async def _serve_until_signal(
                     nursery,
                     "metrics",
                     metrics,
-                    partial(serve_metrics, relay.metrics, lambda: not relay.stopping),
+                    partial(
+                        serve_metrics,
+                        relay.metrics,
+                        lambda: not relay.stopping,
+                        shed=relay.note_shed,
+                    ),
                     setup,
                 )
             socket_name = admin.SOCKET_NAME if setup is None else admin.worker_socket_name()
