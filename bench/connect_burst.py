@@ -1,16 +1,17 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
 """A burst of concurrent ``relay.connect`` calls, for ``python -m bench tunnel``:
-``python -m bench.connect_burst --data-dir DIR``.
+``python -m bench.connect_burst --data-dir DIR [--connect-timeout SECONDS]``.
 
 The relay embedded in this process (`relay.Relay`, a `MemoryStore` with one bridge, default
-`RelayConfig` but a bcrypt cost of 4) listens for agents on 127.0.0.1 and prints one JSON
+`RelayConfig` but a bcrypt cost of 4 and the connect deadline given, as an embedding service
+sets the one its callers can wait) listens for agents on 127.0.0.1 and prints one JSON
 line: ``{"port", "bridge_id", "secret", "fingerprint"}``. The caller starts an agent with
 them, then writes a line ``COUNT HOST PORT``: once the bridge is connected, COUNT tasks call
 ``connect(bridge, HOST, PORT)`` at once, each sends 32 bytes, waits for them to come back (an
 echo server) and closes. Printed (one JSON line): served, failed (by error), the seconds until
-the last was served, and this process's VmRSS before and VmHWM after (the relay's peak
-memory). Then it exits. Every wait is bounded.
+the last was served, the connect deadline, and this process's VmRSS before and VmHWM after
+(the relay's peak memory). Then it exits. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ async def _main(args: argparse.Namespace) -> None:
     cert, key = ensure_self_signed(args.data_dir)
     store = relay.MemoryStore()
     bridge_id, secret = store.create_bridge(BRIDGE, cost=4)
-    server = relay.Relay(store, server_ssl_context(cert, key), config=RelayConfig(bcrypt_cost=4))
+    config = RelayConfig(bcrypt_cost=4, connect_timeout=args.connect_timeout)
+    server = relay.Relay(store, server_ssl_context(cert, key), config=config)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(server.serve, "127.0.0.1", 0)
         ready = {
@@ -89,6 +91,7 @@ async def _main(args: argparse.Namespace) -> None:
                     "errors": dict(tally["errors"].most_common(5)),
                     "seconds": None if tally["last"] is None else tally["last"] - start,
                     "timed_out": scope.cancelled_caught,
+                    "connect_timeout": config.connect_timeout,
                     "rss_before_kib": before["VmRSS"],
                     "peak_kib": after["VmHWM"],
                 }
@@ -101,6 +104,13 @@ async def _main(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.connect_burst")
     parser.add_argument("--data-dir", required=True, help="where the relay's certificate goes")
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=RelayConfig().connect_timeout,
+        help="RelayConfig.connect_timeout: how long a call may wait for a slot, then for the "
+        "agent's answer (default: the relay's default)",
+    )
     trio.run(_main, parser.parse_args())
 
 

@@ -681,6 +681,7 @@ def _burst_summary(got: dict, count: int) -> str:
         f"{'-' if last is None else f'{last:.2f}'} s; {got['failed']:,} failed"
         f"{f' ({errors})' if errors else ''}, {got['unanswered']:,} unanswered; "
         f"{got['acceptor']} peak {'-' if peak is None else f'{peak / 1024:,.1f}'} MiB"
+        + (f"; connect deadline {deadline:g} s" if (deadline := got.get("connect_timeout")) else "")
     )
 
 

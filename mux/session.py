@@ -114,7 +114,7 @@ class Session:
         #: Someone (the writer task or a sender) is writing to the transport right now.
         self._writing = False
         self._send_some = _partial_sender(transport)
-        self._send_nowait = _nowait_sender(transport)
+        self._send_nowait = nowait_sender(transport)
         self._pings: dict[int, trio.Event] = {}
         #: The reader waits here while the control output is full (woken by writes).
         self._reader = _Waiter()
@@ -637,13 +637,16 @@ def _partial_sender(transport: trio.abc.Stream) -> Callable[[bytearray], Awaitab
     return None
 
 
-def _nowait_sender(transport: trio.abc.Stream) -> Callable[[bytearray], int] | None:
-    """A call that writes as much of a buffer as the transport takes without waiting and
-    returns how much (0: nothing now), raising a transport error having written nothing;
-    None where the transport has none. A transport can offer one as ``send_nowait``."""
+def nowait_sender(
+    transport: trio.abc.Stream,
+) -> Callable[[bytes | bytearray | memoryview], int] | None:
+    """A call that writes as much of a buffer as ``transport`` takes without waiting and
+    returns how much (0: nothing now), raising the transport's error having written nothing
+    (`OSError` for a `trio.SocketStream`); None where the transport has none. A transport can
+    offer one as ``send_nowait``. Not a checkpoint: for callers that cannot await."""
     send_nowait = getattr(transport, "send_nowait", None)
     if send_nowait is not None:
-        return cast("Callable[[bytearray], int]", send_nowait)
+        return cast("Callable[[bytes | bytearray | memoryview], int]", send_nowait)
     if type(transport) is not trio.SocketStream:
         return None
     # trio's socket wraps a non-blocking stdlib socket; once closed, its send raises
@@ -653,7 +656,7 @@ def _nowait_sender(transport: trio.abc.Stream) -> Callable[[bytearray], int] | N
         return None
     send = raw.send
 
-    def send_socket(data: bytearray) -> int:
+    def send_socket(data: bytes | bytearray | memoryview) -> int:
         try:
             return send(data)
         except BlockingIOError:

@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from bridge.ops.accept import serve_listeners
 from bridge.ops.errors import os_reason
 from relay.audit import Caller
 from relay.errors import RelayError
@@ -61,7 +62,9 @@ async def serve_admin(relay, path: str | os.PathLike[str], *, task_status=trio.T
         return
     inode = os.stat(path).st_ino
     try:
-        await trio.serve_listeners(partial(_handle, relay), [listener], task_status=task_status)
+        await serve_listeners(
+            partial(_handle, relay), [listener], shed=relay.note_shed, task_status=task_status
+        )
     finally:
         try:
             if os.stat(path).st_ino == inode:

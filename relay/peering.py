@@ -29,14 +29,13 @@ import math
 import random
 import secrets
 import socket
-import ssl
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 import mux
-from bridge.ops.errors import os_reason
+from bridge.ops.errors import connection_failure, failure_reason, os_reason
 from bridge.protocol.addresses import format_host_port, parse_host_port
 from bridge.protocol.connect import ConnectReply, ConnectStatus
 from bridge.protocol.control import AdvertisedNode
@@ -45,6 +44,7 @@ from bridge.transport.splice import splice
 from bridge.transport.tls import FingerprintMismatch, client_ssl_context, open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from relay.audit import Caller
+from relay.certificates import PeerIdentity
 from relay.config import PeerConfig
 from relay.errors import (
     BridgeBusy,
@@ -73,7 +73,6 @@ from relay.peer_handshake import (
     make_proof,
     verify_proof,
 )
-from relay.peer_identity import PeerIdentity
 from relay.peer_messages import (
     HeldBridge,
     OpenOutcome,
@@ -435,12 +434,12 @@ class Peering:
                 except (PeerRefused, PeerHandshakeError, FingerprintMismatch) as exc:
                     up, reason = False, str(exc)
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    up, reason = False, _describe(exc)
+                    up, reason = False, failure_reason(exc)
                 except ValueError as exc:  # an address or fingerprint in the store
                     up, reason = False, f"invalid node record: {exc}"
                 except Exception as exc:
                     up, reason = False, ""
-                    if _broken(exc) is None:  # else: a link broke, and said so
+                    if connection_failure(exc) is None:  # else: a link broke, and said so
                         log.exception(
                             "Unexpected error on a peer link", extra={"fields": {"node": name}}
                         )
@@ -541,10 +540,10 @@ class Peering:
         except _Garbage as exc:
             relay._dropped(peer, ticket, str(exc))
         except Exception as exc:
-            if (broken := _broken(exc)) is None:
+            if (broken := connection_failure(exc)) is None:
                 log.exception("Unexpected error on a peer link", extra={"fields": {"peer": peer}})
             elif not ticket.released:
-                relay._dropped(peer, ticket, _describe(broken))
+                relay._dropped(peer, ticket, failure_reason(broken))
         finally:
             ticket.release()
             await trio.aclose_forcefully(transport if transport is not None else tcp)
@@ -1036,24 +1035,3 @@ def _reset(stream: Any) -> None:
             stream.reset()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-
-
-_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, mux.MuxError, OSError)
-
-
-def _broken(exc: BaseException) -> BaseException | None:
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = [_broken(e) for e in exc.exceptions]
-        return leaves[0] if leaves and all(leaves) else None
-    return exc if isinstance(exc, _BROKEN) else None
-
-
-def _describe(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
-    if isinstance(cause, ssl.SSLError):
-        return f"TLS error: {cause.reason or cause}"
-    if isinstance(exc, OSError):
-        return os_reason(exc)
-    return str(exc) or (str(cause) if cause else "") or type(exc).__name__

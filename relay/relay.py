@@ -18,11 +18,9 @@ its session went away is retried on the bridge's other sessions, unseen by the c
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import math
-import os
 import socket
 import ssl
 import time
@@ -37,7 +35,8 @@ import attrs
 import trio
 
 import mux
-from bridge.ops.errors import os_reason
+from bridge.ops.accept import SHED_MESSAGE, SpareDescriptor, accept_or_shed
+from bridge.ops.errors import connection_failure, failure_reason, os_reason
 from bridge.ops.metrics import TunnelMetrics
 from bridge.protocol.addresses import format_host_port, format_socket_address, parse_host_port
 from bridge.protocol.connect import (
@@ -76,6 +75,7 @@ from bridge.transport.websocket import (
 )
 from relay.admission import AdmissionGate, DropLog, Ticket
 from relay.audit import BRIDGE_DELETED, SECRET_ROTATED, AuditHook, AuditTrail, Caller
+from relay.certificates import PeerIdentity
 from relay.config import RelayConfig
 from relay.credentials import Verifier, cost_of, same_secret
 from relay.errors import (
@@ -92,7 +92,6 @@ from relay.handover import Handovers
 from relay.limits import LoginLimiter, Repeats, source_of
 from relay.open_slots import OpenSlots
 from relay.os_limits import listen_backlog
-from relay.peer_identity import PeerIdentity
 from relay.proxy_protocol import (
     MAX_HEADER as MAX_PROXY_HEADER,
 )
@@ -456,7 +455,7 @@ class Relay:
         async with trio.open_nursery() as handlers:
             self._serving += 1
             try:
-                with trio.CancelScope() as accepting, _SpareDescriptor() as spare:
+                with trio.CancelScope() as accepting, SpareDescriptor() as spare:
                     self._accepting.add(accepting)
                     if self._stopping:
                         accepting.cancel()
@@ -543,7 +542,7 @@ class Relay:
         handler: Callable[..., Awaitable[None]],
         gate: Callable[[trio.SocketStream], Any] | None,
         nursery: trio.Nursery,
-        spare: _SpareDescriptor,
+        spare: SpareDescriptor,
         ready: Callable[[], Awaitable[None]] | None,
     ) -> None:
         """Accept connections on `listener` and hand each to `handler` in `nursery`, each
@@ -555,13 +554,7 @@ class Relay:
         while True:
             if ready is not None:
                 await ready()
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                await self._shed(listener, spare, exc)
-                continue
+            stream = await accept_or_shed(listener, spare, self.note_shed)
             if gate is None:
                 nursery.start_soon(handler, stream)
             elif (admitted := gate(stream)) is not None:
@@ -569,27 +562,11 @@ class Relay:
             else:
                 stream.socket.close()
 
-    async def _shed(
-        self, listener: trio.SocketListener, spare: _SpareDescriptor, exc: OSError
-    ) -> None:
+    def note_shed(self, exc: OSError) -> None:
+        """A listener of this relay's closed a new connection at once, out of descriptors:
+        logged once per `log_interval` (the rest are summed up)."""
         if self._repeats.note("shed"):
-            _log(
-                logging.ERROR,
-                "Out of file descriptors: closing new connections at once until some are "
-                "free (raise the limit: ulimit -n, LimitNOFILE=)",
-                reason=os_reason(exc),
-            )
-        if spare.release():
-            try:
-                stream = await listener.accept()  # the connection that is waiting: at once
-            except OSError:
-                pass
-            else:
-                stream.socket.close()
-            finally:
-                spare.reopen()
-        else:
-            await trio.sleep(0.1)
+            _log(logging.ERROR, SHED_MESSAGE, reason=os_reason(exc))
 
     # -- admission -----------------------------------------------------------------------
 
@@ -651,12 +628,12 @@ class Relay:
         except (_Dropped, WebSocketError) as exc:
             self._dropped(peer, ticket, str(exc))
         except Exception as exc:
-            if (broken := _connection_failure(exc)) is None:
+            if (broken := connection_failure(exc)) is None:
                 log.exception("Unexpected error on agent connection", extra=_extra(peer=peer))
             elif ticket.released:  # admitted: its session broke
-                _log(logging.INFO, "Connection dropped", peer=peer, reason=_describe(broken))
+                _log(logging.INFO, "Connection dropped", peer=peer, reason=failure_reason(broken))
             else:
-                self._dropped(peer, ticket, _describe(broken))
+                self._dropped(peer, ticket, failure_reason(broken))
         finally:
             ticket.release()
             await trio.aclose_forcefully(transport if transport is not None else tcp)
@@ -966,8 +943,12 @@ class Relay:
         finally:
             ended = session.close_reason if session is not None else None
             level, reason = logging.INFO, agent.close_reason
+            # Cancelled here: the relay stops now (it cut the session, whatever it told it).
+            cut = trio.current_effective_deadline() == -math.inf
             if reason is None:
-                if self._stopping or ended is None:
+                if agent.moving and ended is not None and ended.clean and not cut:
+                    reason = "moved to another node"  # told to, it let this one go
+                elif self._stopping or ended is None:
                     reason = "relay shutting down"
                 else:
                     reason = str(ended)
@@ -1342,7 +1323,7 @@ class Relay:
                     sessions = self.registry.sessions(bridge)
         if not sessions:
             self.metrics.refused.inc(reason="not_connected")
-            known = self._known(bridge)
+            known = await self._known(bridge)
             _log(
                 logging.WARNING,
                 "Tunnel refused",
@@ -1393,12 +1374,18 @@ class Relay:
         if sessions := self.registry.sessions(bridge):
             await self.open_slots.wait_for_room(sessions[0].bridge_id)
 
-    def _known(self, bridge: str) -> bool:
-        """Whether the store has a bridge of this name or ID (True when it cannot tell)."""
-        try:
-            return self.store.find(bridge) is not None
-        except Exception:
+    async def _known(self, bridge: str) -> bool:
+        """Whether the store has a bridge of this name or ID: the ID of one admitted before
+        has, else the store is asked through its worker threads (True when it cannot tell
+        within `store_login_wait`)."""
+        if bridge in self._admitted:
             return True
+        with trio.move_on_after(self.config.store_login_wait):
+            try:
+                return await self._store.run(self.store.find, bridge) is not None
+            except StoreError:
+                return True
+        return True
 
     def _stream_count(self, bridge_id: str) -> int:
         # Opens still on their way to a session count too: they become open streams later.
@@ -1524,39 +1511,6 @@ class Relay:
 
 _SHUTTING_DOWN = "The relay is shutting down: it opens no new tunnels"
 
-#: accept() errors that mean "out of file descriptors or memory for now", as trio has them.
-_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-
-class _SpareDescriptor:
-    """One descriptor kept open so that, when the process has none left, a waiting
-    connection can still be accepted and closed at once instead of waiting unanswered."""
-
-    def __init__(self) -> None:
-        self._fd: int | None = None
-        self.reopen()
-
-    def __enter__(self) -> _SpareDescriptor:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def reopen(self) -> None:
-        if self._fd is None:
-            try:
-                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                pass  # out of descriptors: tried again after the next shed connection
-
-    def release(self) -> bool:
-        """Close the spare (False if there was none); `reopen` takes it back."""
-        if self._fd is None:
-            return False
-        os.close(self._fd)
-        self._fd = None
-        return True
-
 
 def _refund(charged: list[tuple[LoginLimiter, str]]) -> None:
     """Give back the login budget charged for a check that succeeded or never ran."""
@@ -1631,21 +1585,3 @@ def _loggable_id(claimed: str) -> str:
         return str(uuid.UUID(claimed))
     except ValueError:
         return f"<not a bridge ID: {len(claimed)} characters>"
-
-
-_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, mux.MuxError)
-
-
-def _connection_failure(exc: BaseException) -> BaseException | None:
-    """The first error, if `exc` (maybe a group) is only the connection breaking."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = [_connection_failure(e) for e in exc.exceptions]
-        return leaves[0] if leaves and all(leaves) else None
-    return exc if isinstance(exc, _BROKEN) else None
-
-
-def _describe(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ssl.SSLError):
-        return f"TLS error: {cause.reason or cause}"
-    return str(exc) or (str(cause) if cause else "") or type(exc).__name__

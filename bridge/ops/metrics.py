@@ -26,6 +26,7 @@ import attrs
 import h11
 import trio
 
+from bridge.ops.accept import ShedLog, serve_listeners
 from bridge.transport.http_status import status_phrase
 from bridge.transport.splice import reset_stream
 
@@ -506,15 +507,21 @@ async def serve_metrics(
     *,
     config: MetricsServerConfig = MetricsServerConfig(),
     refresh: Callable[[], Awaitable[None]] | None = None,
+    shed: Callable[[OSError], None] | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `GET /metrics` and `GET /healthz` on host:port until cancelled (port 0: any
     free port). `task_status.started` gets the list of `trio.SocketListener`s. Each
     connection carries one request. `refresh`, if given, is awaited before each answer to
-    `/metrics` (e.g. to collect the metrics of other processes; it bounds its own time)."""
+    `/metrics` (e.g. to collect the metrics of other processes; it bounds its own time).
+    Out of descriptors, new connections are closed at once (`bridge.ops.accept`), told to
+    `shed` (by default logged once per 10 s, without a traceback). Raises OSError when it
+    cannot listen."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     handler = partial(_serve_client, metrics, health, config, refresh)
-    await trio.serve_listeners(handler, listeners, task_status=task_status)
+    if shed is None:
+        shed = ShedLog(log, "metrics")
+    await serve_listeners(handler, listeners, shed=shed, task_status=task_status)
 
 
 async def _serve_client(

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled, wait_readable
 
+from mux.session import nowait_sender
+
 #: How much one read asks for, by default: large reads mean fewer frames per byte.
 CHUNK = 256 * 1024
 
@@ -157,25 +159,12 @@ def _receiver(
 
 def _nonblocking_send(sink: trio.abc.SendStream) -> Callable[[memoryview], int] | None:
     """A write into ``sink`` that never blocks and returns how much it took (0: none now),
-    or None where the sink has none: a plain TCP socket's own send, or a mux stream's
-    `try_send` (also through the wrappers that pass it on). An error of the socket is
-    raised (it stops pushing); a broken or busy mux stream takes nothing, so that the
+    or None where the sink has none: a plain TCP socket's own send (`mux.session.nowait_sender`,
+    only for a socket: its OSError stops pushing), or a mux stream's `try_send` (also through
+    the wrappers that pass it on). A broken or busy mux stream takes nothing, so that the
     copying task's own write meets what stopped it."""
     if type(sink) is trio.SocketStream:
-        # trio's socket wraps a non-blocking stdlib socket; its send is the partial, never
-        # blocking write a push needs (after close it raises OSError, never reaches another fd).
-        raw = getattr(sink.socket, "_sock", None)
-        if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
-            return None
-        send = raw.send
-
-        def send_socket(data: memoryview) -> int:
-            try:
-                return send(data)
-            except BlockingIOError:
-                return 0
-
-        return send_socket
+        return nowait_sender(sink)
     try_send = getattr(sink, "try_send", None)
     if try_send is None:
         return None

@@ -89,3 +89,48 @@ async def test_out_of_descriptors_sheds_new_work_with_one_log_line(launch, bridg
     assert tracebacks(log) == 0
     assert recovered is not None
     nursery.cancel_scope.cancel()
+
+
+async def test_out_of_descriptors_the_metrics_endpoint_sheds_without_a_traceback(
+    launch, bridge, nursery
+):
+    relay = await trio.to_thread.run_sync(
+        partial(
+            launch.relay,
+            args=["--handshake-timeout", "60", "--metrics", "127.0.0.1:0"],
+            preexec_fn=low_descriptor_limit,
+        )
+    )
+    listening = await trio.to_thread.run_sync(
+        partial(
+            relay.process.wait_for, r"^metrics: listening on 127\.0\.0\.1:(\d+)$", stream="stdout"
+        )
+    )
+    metrics_port, pid = int(listening[1]), relay.process.popen.pid
+    # Idle connections to the agent port until the relay has no descriptor left.
+    held: list[trio.SocketStream] = []
+    while descriptors(pid) < DESCRIPTORS - 1 and len(held) < 2 * DESCRIPTORS:
+        held.append(await connect_from(ATTACKER, relay.agent_port))
+        await trio.sleep(0.01)
+    shed = 0
+    for _ in range(5):
+        with trio.move_on_after(2):
+            async with await connect_from(ATTACKER, metrics_port) as scrape:
+                await scrape.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                try:
+                    if not await scrape.receive_some(1):
+                        shed += 1
+                except trio.BrokenResourceError:
+                    shed += 1
+    for stream in held:
+        await trio.aclose_forcefully(stream)
+    log = relay.process.stderr()
+    print(
+        f"\nrelay with {DESCRIPTORS} descriptors, {len(held)} idle connections: {shed} of 5 "
+        f"scrapes closed at once; {tracebacks(log)} tracebacks"
+    )
+    assert relay.process.poll() is None
+    assert shed > 0
+    assert "Out of file descriptors" in log
+    assert tracebacks(log) == 0
+    nursery.cancel_scope.cancel()

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import ssl
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import pytest
@@ -108,18 +109,29 @@ async def test_a_shorter_write_after_a_partial_send_some_is_intact(make_pair) ->
     with trio.move_on_after(0.2) as waited:
         sent += await client.send_some(data[sent:])
     assert waited.cancelled_caught
+
+    async def send_rest() -> None:
+        for start in range(sent, len(data), 64 * 1024):
+            await client.send_all(data[start : start + 64 * 1024])
+
+    assert await receive_while(server, len(data), send_rest) == data
+
+
+async def receive_while(
+    receiver: TLSStream, size: int, send: Callable[[], Awaitable[None]]
+) -> bytearray:
+    """What ``receiver`` gets, ``size`` bytes, while ``send`` runs."""
     received = bytearray()
 
     async def receive() -> None:
-        while len(received) < len(data):
-            received.extend(await server.receive_some())
+        while len(received) < size:
+            received.extend(await receiver.receive_some())
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(receive)
-            for start in range(sent, len(data), 64 * 1024):
-                await client.send_all(data[start : start + 64 * 1024])
-    assert received == data
+            await send()
+    return received
 
 
 async def test_send_nowait_sends_what_goes_now_and_the_rest_is_intact(make_pair) -> None:
@@ -130,16 +142,7 @@ async def test_send_nowait_sends_what_goes_now_and_the_rest_is_intact(make_pair)
     sent = client.send_nowait(data)
     assert 0 < sent < len(data)
     assert client.send_nowait(data[sent:]) == 0  # full: nothing more goes now
-    received = bytearray()
-
-    async def receive() -> None:
-        while len(received) < len(data):
-            received.extend(await server.receive_some())
-
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive)
-            await client.send_all(data[sent:])
+    received = await receive_while(server, len(data), partial(client.send_all, data[sent:]))
     assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
 
 

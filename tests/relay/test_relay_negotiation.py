@@ -115,11 +115,18 @@ async def test_a_draining_relay_tells_an_older_agent_it_ends_the_session(harness
 
 async def test_a_draining_relay_tells_the_agent_to_move(harness, echo_port):
     bridge_id, secret = harness.create_bridge("prod")
-    with captured_logs("bridge.agent") as records, trio.fail_after(TIME_LIMIT):
+    with (
+        captured_logs("bridge.agent") as records,
+        captured_logs("relay") as relay_records,
+        trio.fail_after(TIME_LIMIT),
+    ):
         await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{echo_port}"])
         # No other node to move to: the agent lets the session go, and the drain ends.
         await harness.relay.drain()
         await harness.wait_disconnected("prod")
+        await settled(lambda: any(r.getMessage() == "Bridge disconnected" for r in relay_records))
+    left = [r for r in relay_records if r.getMessage() == "Bridge disconnected"]
+    assert left[0].fields["reason"] == "moved to another node"
     messages = [r.getMessage() for r in records]
     moving = messages.index("The relay node is draining: moving to another node")
     assert records[moving].fields["reason"] == "relay shutting down"
