@@ -32,8 +32,7 @@ import relay
 from bridge.ops.logs import configure
 from bridge.protocol.addresses import format_host_port, parse_host_port
 from bridge.transport.splice import splice_tunnel
-from relay.certificates import server_ssl_context
-from relay.peer_identity import PeerIdentity
+from relay.certificates import PeerIdentity, server_ssl_context
 
 MAX_LINE = 512
 

@@ -21,7 +21,7 @@ from bridge.lazy import lazy_exports
 _EXPORTS = {
     "RelayConfig": "relay.config",
     "PeerConfig": "relay.config",
-    "PeerIdentity": "relay.peer_identity",
+    "PeerIdentity": "relay.certificates",
     "BridgeBusy": "relay.errors",
     "BridgeNotConnected": "relay.errors",
     "RelayError": "relay.errors",
@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from relay.certificates import PeerIdentity
     from relay.config import PeerConfig, RelayConfig
     from relay.errors import (
         BridgeBusy,
@@ -70,7 +71,6 @@ if TYPE_CHECKING:
         TunnelError,
         UnknownBridge,
     )
-    from relay.peer_identity import PeerIdentity
     from relay.relay import Relay
     from relay.store import BridgeRecord, MemoryStore, PostgresStore, SQLiteStore
 

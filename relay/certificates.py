@@ -1,6 +1,13 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""The relay's TLS certificate: a self-signed one kept in the data dir, or the operator's own."""
+"""The relay's TLS certificates: the one agents see (a self-signed one kept in the data dir,
+or the operator's own), and a node's peer identity (`PeerIdentity`).
+
+A node's peer key and certificate are what the other nodes of a cluster know it by. Separate
+from the certificate agents see (nodes often share that one): each node makes its own
+self-signed pair on first use, ``peer-cert.pem`` and ``peer-key.pem`` in its data dir, and
+registers the certificate's SHA-256 fingerprint in the store. The store is the trust root.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +21,11 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bridge.ops.errors import os_reason
@@ -174,19 +183,25 @@ def fingerprint(cert_path: str | os.PathLike[str]) -> str:
     return certificate_fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
-def server_ssl_context(
-    cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
-) -> ssl.SSLContext:
-    """A server context for the agent listener: TLS 1.2 or newer only."""
-    load_certificate(cert_path)
+def load_private_key(key_path: str | os.PathLike[str]) -> PrivateKeyTypes:
+    """The unencrypted PEM private key in `key_path`. Raises CertificateError with a one-line
+    message."""
     try:
-        serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+        return serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     except OSError as exc:
         raise CertificateError(f"cannot read key file {key_path}: {os_reason(exc)}") from None
     except (ValueError, TypeError):
         raise CertificateError(
             f"cannot read key file {key_path}: not an unencrypted PEM private key"
         ) from None
+
+
+def server_ssl_context(
+    cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
+) -> ssl.SSLContext:
+    """A server context for the agent listener: TLS 1.2 or newer only."""
+    load_certificate(cert_path)
+    load_private_key(key_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -199,3 +214,62 @@ def server_ssl_context(
             f"cannot use certificate {cert_path} with key {key_path}: {reason}"
         ) from None
     return context
+
+
+PEER_CERT_FILE = "peer-cert.pem"
+PEER_KEY_FILE = "peer-key.pem"
+
+
+@attrs.frozen
+class PeerIdentity:
+    """A node's peer certificate (DER) and private key (EC P-256).
+
+    Make one with `ensure` (generated into a data dir on first use) or `load`; `fingerprint`
+    is what the store holds for the node, `ssl_context` serves the peer listener and `sign`
+    proves the key in the peer handshake (`relay.peer_handshake`).
+    """
+
+    certificate: bytes = attrs.field(repr=False)  # DER
+    key: ec.EllipticCurvePrivateKey = attrs.field(repr=False)
+    cert_path: Path
+    key_path: Path
+
+    @classmethod
+    def ensure(cls, data_dir: str | os.PathLike[str]) -> PeerIdentity:
+        """The identity kept in `data_dir`, generated there on first use (the key mode 0600).
+        Raises CertificateError with a one-line message."""
+        cert_path, key_path = ensure_self_signed(
+            data_dir, cert_file=PEER_CERT_FILE, key_file=PEER_KEY_FILE
+        )
+        return cls.load(cert_path, key_path)
+
+    @classmethod
+    def load(
+        cls, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]
+    ) -> PeerIdentity:
+        """The identity in these PEM files. Raises CertificateError with a one-line message
+        when they cannot be read, the key is not an unencrypted EC P-256 key, or the two do
+        not match."""
+        cert = load_certificate(cert_path)
+        key = load_private_key(key_path)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise CertificateError(f"peer key {key_path} is not an EC P-256 key")
+        if cert.public_key() != key.public_key():
+            raise CertificateError(
+                f"peer key {key_path} does not match the certificate {cert_path}"
+            )
+        der = cert.public_bytes(serialization.Encoding.DER)
+        return cls(der, key, Path(cert_path), Path(key_path))
+
+    @property
+    def fingerprint(self) -> str:
+        """``sha256:<hex>`` of the certificate: what the store registers for the node."""
+        return certificate_fingerprint(self.certificate)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A server context of the peer listener (TLS 1.2 or newer). Raises CertificateError."""
+        return server_ssl_context(self.cert_path, self.key_path)
+
+    def sign(self, data: bytes) -> bytes:
+        """An ECDSA (SHA-256) signature of `data` by the peer key, DER-encoded."""
+        return self.key.sign(data, ec.ECDSA(hashes.SHA256()))

@@ -40,7 +40,13 @@ from bridge.protocol.addresses import format_host_port, parse_host_port, parse_l
 from bridge.transport.websocket import DEFAULT_PATH, WebSocketConfig
 from relay import admin, audit_log
 from relay.audit import AuditConfig, admin_event
-from relay.certificates import CERT_FILE, ensure_self_signed, fingerprint, server_ssl_context
+from relay.certificates import (
+    CERT_FILE,
+    PeerIdentity,
+    ensure_self_signed,
+    fingerprint,
+    server_ssl_context,
+)
 from relay.config import RelayConfig, parse_networks
 from relay.credentials import DEFAULT_COST, check_cost
 from relay.errors import (
@@ -52,7 +58,6 @@ from relay.errors import (
 )
 from relay.forward import ForwardSpec, serve_forward
 from relay.os_limits import listen_backlog, raise_open_files_limit
-from relay.peer_identity import PeerIdentity
 from relay.relay import Relay
 from relay.socks import SocksConfig, serve_socks
 from relay.store import Store, StoreURL, open_store

@@ -201,7 +201,7 @@ def make_proof(
     name: str, certificate: bytes, sign, challenge: Challenge, listener_fingerprint: bytes
 ) -> Proof:
     """The dialer's `Proof` for `challenge`: `sign(data)` signs with its peer key (see
-    `relay.peer_identity.PeerIdentity.sign`); `listener_fingerprint` is the 32-byte digest
+    `relay.certificates.PeerIdentity.sign`); `listener_fingerprint` is the 32-byte digest
     it pinned the listener's certificate by."""
     _check_name(name)
     data = signed_data(challenge.nonce, listener_fingerprint, name)

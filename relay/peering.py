@@ -44,6 +44,7 @@ from bridge.transport.splice import splice
 from bridge.transport.tls import FingerprintMismatch, client_ssl_context, open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from relay.audit import Caller
+from relay.certificates import PeerIdentity
 from relay.config import PeerConfig
 from relay.errors import (
     BridgeBusy,
@@ -72,7 +73,6 @@ from relay.peer_handshake import (
     make_proof,
     verify_proof,
 )
-from relay.peer_identity import PeerIdentity
 from relay.peer_messages import (
     HeldBridge,
     OpenOutcome,

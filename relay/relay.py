@@ -75,6 +75,7 @@ from bridge.transport.websocket import (
 )
 from relay.admission import AdmissionGate, DropLog, Ticket
 from relay.audit import BRIDGE_DELETED, SECRET_ROTATED, AuditHook, AuditTrail, Caller
+from relay.certificates import PeerIdentity
 from relay.config import RelayConfig
 from relay.credentials import Verifier, cost_of, same_secret
 from relay.errors import (
@@ -91,7 +92,6 @@ from relay.handover import Handovers
 from relay.limits import LoginLimiter, Repeats, source_of
 from relay.open_slots import OpenSlots
 from relay.os_limits import listen_backlog
-from relay.peer_identity import PeerIdentity
 from relay.proxy_protocol import (
     MAX_HEADER as MAX_PROXY_HEADER,
 )

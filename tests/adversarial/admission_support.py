@@ -7,12 +7,10 @@ so that attackers and victims are distinct sources to the relay."""
 from __future__ import annotations
 
 import functools
-import os
 import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import trio
 import trio_websocket
@@ -127,17 +125,6 @@ async def websocket_upgrade(
     tcp = await connect_from(source, port)
     tls = trio.SSLStream(tcp, client_context(), server_hostname="localhost")
     return await trio_websocket.wrap_client_stream(nursery, tls, "localhost", "/bridge")
-
-
-def relay_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def matching(counts: Counter[str], predicate: Callable[[str], bool]) -> int:

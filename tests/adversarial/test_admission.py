@@ -22,6 +22,7 @@ from relay.proxy_protocol import encode_proxy_header
 from relay.store import SQLiteStore
 
 from ..e2e.e2e_support import Bridge, Launcher, dropped_by_reason, log_lines
+from ..faults.traffic import rss_kib
 from .admission_support import (
     VICTIM,
     attacker,
@@ -30,10 +31,9 @@ from .admission_support import (
     hold_connections,
     login,
     matching,
-    relay_fds,
-    rss_kib,
     websocket_upgrade,
 )
+from .quota_support import descriptors
 
 MAX_PENDING = 256  # the default
 
@@ -135,7 +135,7 @@ async def test_thousands_of_websocket_connections_stay_within_the_caps(
     )
     pid = relay.process.popen.pid
     await trio.to_thread.run_sync(partial(launch.agent, relay, [target]))
-    fds_before, rss_before = relay_fds(pid), rss_kib(pid)
+    fds_before, rss_before = descriptors(pid), rss_kib(pid)
 
     # 100 upgrade and send a 1 MiB message each before any Hello; 3,000 more just connect.
     async with trio.open_nursery() as attack:
@@ -163,7 +163,7 @@ async def test_thousands_of_websocket_connections_stay_within_the_caps(
             while len(big) < 100:
                 await trio.sleep(0.1)
         await trio.sleep(1)
-        fds, rss = relay_fds(pid), rss_kib(pid)
+        fds, rss = descriptors(pid), rss_kib(pid)
         ok = await _websocket_login(ws_port, bridge)
         report(
             f"relay during {len(held)} idle and {len(big)} oversized WebSocket connections: "

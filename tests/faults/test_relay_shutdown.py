@@ -6,17 +6,15 @@ WATCHDOG and STOPPING."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 from functools import partial
 
 import pytest
 import trio
 
 from ..e2e.e2e_support import RELAY, Launcher, Relay, clean_env
-from .traffic import echo, transfer
+from .traffic import echo, systemd_socket, transfer_while
 
 
 async def start(launch: Launcher, nursery, *args: str, **env: str) -> tuple[Relay, int]:
@@ -46,19 +44,6 @@ async def start(launch: Launcher, nursery, *args: str, **env: str) -> tuple[Rela
     return relay, int(forward[1])
 
 
-async def transfer_outcome(port: int, size: int, pace: float, progress: trio.Event) -> str:
-    """Paced random bytes through the forward to the echo and back: "complete" if intact,
-    "short" if the echo ended early, "error: ..." if the connection broke."""
-    outcome = None
-    try:
-        outcome = (
-            "complete" if await transfer(port, size, pace=pace, progress=progress) else "short"
-        )
-    except* (OSError, trio.BrokenResourceError) as group:
-        outcome = f"error: {group.exceptions[0]!r}"
-    return outcome
-
-
 async def refused(port: int) -> bool:
     try:
         await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
@@ -68,35 +53,20 @@ async def refused(port: int) -> bool:
 
 
 async def test_sigterm_drains_open_tunnels_and_tells_systemd(launch, nursery, tmp_path):
-    path = str(tmp_path / "notify")
-    if len(path) > 100:  # beyond sun_path
-        path = f"/tmp/trio-bridge-relay-notify-{os.getpid()}"
-    messages: list[str] = []
-    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        await sock.bind(path)
-
-        async def collect() -> None:
-            while True:
-                messages.append((await sock.recv(4096)).decode())
-
-        nursery.start_soon(collect)
+    async with systemd_socket(tmp_path) as (path, messages):
         relay, forward = await start(
             launch, nursery, "--drain-timeout", "20", NOTIFY_SOCKET=path, WATCHDOG_USEC="200000"
         )
-        progress, outcome = trio.Event(), []
 
-        async def run() -> None:
-            outcome.append(await transfer_outcome(forward, 6 * 1024 * 1024, 0.02, progress))
+        async def stop() -> None:
+            relay.process.popen.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                while not await refused(forward):  # no new connections...
+                    await trio.sleep(0.05)
+            assert await trio.to_thread.run_sync(relay.process.wait, 25) == 0
 
-        nursery.start_soon(run)
-        await progress.wait()
-        relay.process.popen.send_signal(signal.SIGTERM)
-        with trio.fail_after(5):
-            while not await refused(forward):  # no new connections...
-                await trio.sleep(0.05)
-        assert await trio.to_thread.run_sync(relay.process.wait, 25) == 0
-        assert outcome == ["complete"]  # ...while the open one finished
-    os.unlink(path)
+        # ...while the open one finished
+        assert await transfer_while(forward, 6 * 1024 * 1024, stop) == "complete"
     assert messages[0].startswith("READY=1\nSTATUS=Listening for agents on 127.0.0.1:")
     assert messages.count("WATCHDOG=1") >= 2
     # (1, or 2 when the first probe for a closed listener got in before the signal)
@@ -114,23 +84,17 @@ async def test_sigterm_drains_open_tunnels_and_tells_systemd(launch, nursery, tm
 async def test_stopping_does_not_wait_forever(launch, nursery, how):
     timeout = "1" if how == "drain timeout" else "60"
     relay, forward = await start(launch, nursery, "--drain-timeout", timeout)
-    progress, finished, outcome = trio.Event(), trio.Event(), []
 
-    async def run() -> None:
-        outcome.append(await transfer_outcome(forward, 1 << 40, 0.01, progress))
-        finished.set()
+    async def stop() -> None:
+        relay.process.popen.send_signal(signal.SIGINT)
+        await trio.to_thread.run_sync(relay.process.wait_for, r"\tStopping: no new agents")
+        if how == "second signal":
+            relay.process.popen.send_signal(signal.SIGTERM)
+        # Tunnels were cut: exit status 1, as the agent does, stated on the last line.
+        assert await trio.to_thread.run_sync(relay.process.wait, 15) == 1
 
-    nursery.start_soon(run)
-    await progress.wait()
-    relay.process.popen.send_signal(signal.SIGINT)
-    await trio.to_thread.run_sync(relay.process.wait_for, r"\tStopping: no new agents")
-    if how == "second signal":
-        relay.process.popen.send_signal(signal.SIGTERM)
-    # Tunnels were cut: exit status 1, as the agent does, stated on the last line.
-    assert await trio.to_thread.run_sync(relay.process.wait, 15) == 1
-    with trio.fail_after(10):
-        await finished.wait()
-    assert outcome[0] != "complete"
+    with trio.fail_after(30):
+        assert await transfer_while(forward, 1 << 40, stop) != "complete"
     log = relay.process.stderr()
     expected = "\tStopping now\t" if how == "second signal" else "Drain timed out after 1 s"
     assert expected in log and "Traceback" not in log, log

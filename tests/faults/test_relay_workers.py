@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 from functools import partial
 
 import pytest
@@ -29,7 +28,7 @@ from ..e2e.e2e_support import (
     parse_assignments,
     relay_cli,
 )
-from .traffic import echo, load_around, outcome, transfer
+from .traffic import echo, load_around, outcome, systemd_socket, transfer, transfer_while
 
 PAYLOAD = 4096
 
@@ -276,40 +275,21 @@ def _state(pid: int) -> str:
 
 @pytest.mark.parametrize("to", ["parent", "process group"])
 async def test_sigterm_drains_every_worker_once_and_exits_0(launch, nursery, tmp_path, to):
-    path = str(tmp_path / "notify")
-    if len(path) > 100:  # beyond sun_path
-        path = f"/tmp/trio-bridge-workers-notify-{os.getpid()}"
-    messages: list[str] = []
-    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        await sock.bind(path)
-
-        async def collect() -> None:
-            while True:
-                messages.append((await sock.recv(4096)).decode())
-
-        nursery.start_soon(collect)
+    async with systemd_socket(tmp_path) as (path, messages):
         relay, forward, _, _ = await start(
             launch, nursery, "--drain-timeout", "20", NOTIFY_SOCKET=path, WATCHDOG_USEC="400000"
         )
         pids = workers(relay)
-        progress, results = trio.Event(), []
 
-        async def run() -> None:
-            try:
-                done = await transfer(forward, 4 * 1024 * 1024, pace=0.02, progress=progress)
-                results.append("complete" if done else "short")
-            except* (OSError, trio.BrokenResourceError) as group:
-                results.append(f"error: {group.exceptions[0]!r}")
+        async def stop() -> None:
+            if to == "parent":  # as systemd does with KillMode=mixed
+                relay.process.popen.send_signal(signal.SIGTERM)
+            else:  # every process: the workers count their own and the parent's as one
+                os.killpg(relay.process.popen.pid, signal.SIGTERM)
+            assert await trio.to_thread.run_sync(relay.process.wait, 40) == 0
 
-        nursery.start_soon(run)
-        await progress.wait()
-        if to == "parent":  # as systemd does with KillMode=mixed
-            relay.process.popen.send_signal(signal.SIGTERM)
-        else:  # every process: the workers count their own and the parent's as one
-            os.killpg(relay.process.popen.pid, signal.SIGTERM)
-        assert await trio.to_thread.run_sync(relay.process.wait, 40) == 0
-        assert results == ["complete"]  # the open tunnel finished
-    os.unlink(path)
+        # The open tunnel finished.
+        assert await transfer_while(forward, 4 * 1024 * 1024, stop) == "complete"
     for pid in pids.values():
         assert _state(pid) == "gone"
     log = relay.process.stderr()

@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import trio
 
@@ -106,3 +109,48 @@ def rss_kib(pid: int) -> int:
     """The resident set of process `pid`, in KiB."""
     with open(f"/proc/{pid}/status") as status:
         return int(re.search(r"^VmRSS:\s+(\d+) kB", status.read(), re.MULTILINE)[1])
+
+
+@asynccontextmanager
+async def systemd_socket(tmp_path: Path) -> AsyncIterator[tuple[str, list[str]]]:
+    """A NOTIFY_SOCKET for a relay under test (give it in its environment): its path, and
+    the messages the relay sent to it so far."""
+    path = str(tmp_path / "notify")
+    if len(path) > 100:  # beyond sun_path
+        path = f"/tmp/trio-bridge-notify-{os.getpid()}"
+    messages: list[str] = []
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        await sock.bind(path)
+
+        async def collect() -> None:
+            while True:
+                messages.append((await sock.recv(4096)).decode())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect)
+            try:
+                yield path, messages
+            finally:
+                nursery.cancel_scope.cancel()
+    os.unlink(path)
+
+
+async def transfer_while(port: int, size: int, stop: Callable[[], Awaitable[object]]) -> str:
+    """The drain check: a paced `transfer` of `size` bytes through 127.0.0.1:`port`, and
+    once it is under way, ``await stop()`` (a signal to the relay, and waiting for what
+    follows). Returns how the transfer ended: "complete" if intact, "short" if the echo
+    ended early, "error: ..." if the connection broke."""
+    progress, result = trio.Event(), []
+
+    async def run() -> None:
+        try:
+            done = await transfer(port, size, pace=0.02, progress=progress)
+            result.append("complete" if done else "short")
+        except* (OSError, trio.BrokenResourceError) as group:
+            result.append(f"error: {group.exceptions[0]!r}")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        await progress.wait()
+        await stop()
+    return result[0]

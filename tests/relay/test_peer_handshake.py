@@ -11,6 +11,7 @@ import stat
 import pytest
 
 from bridge.protocol.connect import ConnectStatus
+from relay.certificates import PEER_CERT_FILE, PEER_KEY_FILE, PeerIdentity
 from relay.errors import CertificateError
 from relay.peer_handshake import (
     CHALLENGE_SIZE,
@@ -36,7 +37,6 @@ from relay.peer_handshake import (
     make_proof,
     verify_proof,
 )
-from relay.peer_identity import PEER_CERT_FILE, PEER_KEY_FILE, PeerIdentity
 from relay.peer_messages import (
     MAX_PRESENCE_LINE,
     HeldBridge,

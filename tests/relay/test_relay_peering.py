@@ -14,8 +14,8 @@ import trio.testing
 
 from bridge.agent.agent import Agent, AgentConfig
 from relay import BridgeBusy, BridgeNotConnected, MemoryStore, TargetNotAllowed
+from relay.certificates import PeerIdentity
 from relay.config import PeerConfig
-from relay.peer_identity import PeerIdentity
 from relay.peering import Peering, PeerRefused
 
 from ..settle import settled
