@@ -140,15 +140,19 @@ class TLSStream(trio.abc.Stream):
             raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
             tls_socket = self._socket
+            # OpenSSL returns one record per read, and Python allocates the whole size asked
+            # for first: asking for more than a record costs an allocation of that size
+            # (256 KiB by default: several times the cost of decrypting a small message).
+            first = min(max_bytes, _RECORD)
             if self._drained and not self._closed and not tls_socket.pending():
                 # The last read took everything there was: wait for more before reading,
                 # rather than fail a read first (a failed read is a system call and an
                 # exception). The wait is the checkpoint.
                 await wait_readable(tls_socket)
-                data = await self._retry(tls_socket.recv, max_bytes)
+                data = await self._retry(tls_socket.recv, first)
             else:
                 await checkpoint_if_cancelled()
-                data = await self._retry(tls_socket.recv, max_bytes)
+                data = await self._retry(tls_socket.recv, first)
                 await cancel_shielded_checkpoint()
             if len(data) >= _RECORD and len(data) < max_bytes:
                 # A full record: more are likely ready (a short message is one short record,
@@ -165,7 +169,7 @@ class TLSStream(trio.abc.Stream):
         recv = self._socket.recv
         while total < max_bytes:
             try:
-                chunk = recv(max_bytes - total)
+                chunk = recv(min(max_bytes - total, _RECORD))
             except (ssl.SSLError, OSError):
                 break  # nothing more now, or an error the next call meets again
             if not chunk:

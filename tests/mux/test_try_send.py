@@ -137,9 +137,10 @@ async def test_a_fin_and_a_window_update_leave_nothing_queued(sessions):
     client, server = await sessions.open(transport="socket")
     left, right = await stream_pair(client, server)
     await settle()
-    await left.send_all(b"x" * INITIAL_WINDOW)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(left.send_all, b"x" * INITIAL_WINDOW)
+        assert len(await receive_all_of(right, INITIAL_WINDOW)) == INITIAL_WINDOW
+    assert not server._conn.pending_output()  # the window update went out
     await left.send_eof()
     assert not client._conn.pending_output()
-    assert len(await receive_all_of(right, INITIAL_WINDOW)) == INITIAL_WINDOW
-    assert not server._conn.pending_output()
     assert await right.receive_some() == b""
