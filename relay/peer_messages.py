@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -29,6 +30,8 @@ MAX_OPEN_REPLY = 1 + 1 + 2 + MAX_MESSAGE
 #: The longest presence line, and the most bridges one may list.
 MAX_PRESENCE_LINE = 4 * 1024 * 1024
 MAX_PRESENCE_BRIDGES = 50_000
+#: Bridges `presence_steps` checks between two steps.
+PRESENCE_STEP = 2_000
 
 
 class PeerMessageError(Exception):
@@ -162,6 +165,15 @@ def _held(entry: Any) -> HeldBridge:
 
 def decode_presence(line: bytes) -> Presence:
     """One presence line (without its newline). Raises PeerMessageError."""
+    *_, presence = presence_steps(line, MAX_PRESENCE_BRIDGES)
+    assert presence is not None
+    return presence
+
+
+def presence_steps(line: bytes, step: int = PRESENCE_STEP) -> Iterator[Presence | None]:
+    """`decode_presence` in steps: yields None once the JSON is parsed and after every
+    `step` bridges checked (a caller on an event loop lets other work run in between), then
+    the `Presence`. Raises PeerMessageError."""
     try:
         value = json.loads(line, parse_constant=_reject)
     except (ValueError, RecursionError):
@@ -172,7 +184,11 @@ def decode_presence(line: bytes) -> Presence:
     draining = value.get("draining", False)
     if not isinstance(draining, bool):
         raise PeerMessageError("presence message has an invalid draining flag")
-    return Presence([_held(entry) for entry in bridges], draining)
+    held: list[HeldBridge] = []
+    for start in range(0, len(bridges), step):
+        yield None
+        held += [_held(entry) for entry in bridges[start : start + step]]
+    yield Presence(held, draining)
 
 
 def _reject(name: str) -> float:
@@ -192,6 +208,12 @@ class PresenceReader:
         self.superseded = 0
 
     def feed(self, data: bytes) -> Presence | None:
+        line = self.feed_line(data)
+        return None if line is None else decode_presence(line)
+
+    def feed_line(self, data: bytes) -> bytes | None:
+        """`feed`, but the latest complete line is returned undecoded (for
+        `presence_steps`)."""
         start = len(self._buffer)
         self._buffer += data
         latest = None
@@ -200,7 +222,7 @@ class PresenceReader:
             del self._buffer[: end + 1]
             lines = [line for line in lines if line]
             self.superseded += max(len(lines) - 1, 0)
-            latest = decode_presence(lines[-1]) if lines else None
+            latest = lines[-1] if lines else None
         if len(self._buffer) >= self._max:
             raise PeerMessageError(f"presence line longer than {self._max} bytes")
         return latest

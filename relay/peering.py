@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
+import trio.lowlevel
 
 import mux
 from bridge.ops.errors import connection_failure, failure_reason, os_reason
@@ -85,6 +86,7 @@ from relay.peer_messages import (
     encode_open_reply,
     encode_open_request,
     encode_presence,
+    presence_steps,
 )
 from relay.store import NodeRecord
 from relay.worker_messages import Handover
@@ -693,9 +695,20 @@ class Peering:
         warned = False
         try:
             while data := await control.receive_some(_READ_SIZE):
-                began = trio.current_time()
-                if (presence := reader.feed(data)) is None:
+                if (line := reader.feed_line(data)) is None:
                     continue
+                # Decoded in steps, with a checkpoint between two: the largest message holds
+                # this node's other work up a few milliseconds at a time, not for its whole
+                # decoding. `spent` counts the steps only.
+                steps, spent = presence_steps(line), 0.0
+                while True:
+                    began = trio.current_time()
+                    presence = next(steps)
+                    spent += trio.current_time() - began
+                    if presence is not None:
+                        break
+                    await trio.lowlevel.checkpoint()
+                began = trio.current_time()
                 if presence.draining and not link.draining:
                     _log(logging.INFO, "Peer draining: routing around it", node=link.node)
                 if presence.draining != link.draining:
@@ -708,7 +721,7 @@ class Peering:
                     link.heard = True
                     self._wake_waiters()
                 debounce = self.config.presence_debounce
-                pause = max(debounce, 4 * (trio.current_time() - began))
+                pause = max(debounce, 4 * (spent + trio.current_time() - began))
                 often = reader.superseded >= _SUPERSEDED_WARNING
                 if (often or pause > debounce) and not warned:
                     warned = True  # costly (large) presence, or more than a node sends

@@ -35,14 +35,20 @@ EXPECTED = {
 }
 
 
-async def served(ports: list[int], seconds: float) -> list[bool]:
-    """Round trips through each forward port in turn, for `seconds`."""
+async def served(
+    ports: list[int], seconds: float, slowest: list[float] | None = None
+) -> list[bool]:
+    """Round trips through each forward port in turn, for `seconds` (the slowest one's
+    seconds into `slowest`)."""
     outcomes = []
     deadline = trio.current_time() + seconds
     while trio.current_time() < deadline:
         for port in ports:
+            began = trio.current_time()
             with trio.move_on_after(5):
                 outcomes.append(await round_trip(port, "127.0.0.1"))
+                if slowest is not None:
+                    slowest[:] = [max([*slowest, trio.current_time() - began])]
                 continue
             outcomes.append(False)
         await trio.sleep(0.1)
@@ -80,14 +86,16 @@ async def test_a_hostile_peer_node_is_held_to_bounds(
     hostile = cluster.start("hostile-node", list(map(str, argv)), cwd=ROOT, env=env)
     await trio.to_thread.run_sync(partial(hostile.wait_for, r"^sent=[1-9]", stream="stdout"))
     cpu_before, rss_before = cpu_seconds(pid) or 0.0, rss_kib(pid)
-    outcomes = await served(ports, FLOOD_SECONDS)
+    slowest: list[float] = []
+    outcomes = await served(ports, FLOOD_SECONDS, slowest)
     cpu_share = ((cpu_seconds(pid) or 0.0) - cpu_before) / FLOOD_SECONDS
     growth = rss_kib(pid) - rss_before
     log = victim.process.stderr()
     print(
         f"\nhostile peer ({mode}): {hostile.stdout().split()[-1]} in {FLOOD_SECONDS} s; the "
         f"victim spent {cpu_share:.2f} CPU s/s, RSS +{growth} KiB; round trips through it "
-        f"and through an honest peer: {outcomes.count(True)} of {len(outcomes)} served"
+        f"and through an honest peer: {outcomes.count(True)} of {len(outcomes)} served, the "
+        f"slowest in {slowest[0] * 1000:.0f} ms"
     )
     assert all(outcomes)
     assert cpu_share < CPU_SHARE_BOUND

@@ -51,6 +51,7 @@ from relay.peer_messages import (
     encode_open_reply,
     encode_open_request,
     encode_presence,
+    presence_steps,
 )
 
 NONCE = bytes(range(32))
@@ -258,6 +259,10 @@ def test_presence_round_trip_and_bounds():
     # Only the latest line is decoded: those it supersedes are skipped, unread.
     assert reader.feed(b"not json\n" + draining + b"\n") == Presence([], draining=True)
     assert reader.superseded == 2
+    # Decoded in steps: None between two, then the message.
+    many = [HeldBridge(f"id-{i}", f"b{i}", i) for i in range(5)]
+    steps = list(presence_steps(encode_presence(many).rstrip(b"\n"), step=2))
+    assert steps == [None, None, None, Presence(many)]
     assert json.loads(draining) == {"bridges": [], "draining": True}
 
     for bad in (
