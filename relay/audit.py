@@ -286,6 +286,9 @@ class AuditTrail:
         self._running = False
         #: Set when the relay stops accepting: tunnels cut from then on were cut by it.
         self.stopping = False
+        #: Set when the relay's drain is over (timed out, or a second signal): every tunnel
+        #: still open is cut by the stop, however its side closes it.
+        self.cutting = False
         self._held: list[AuditEvent] = []  # taken from the queue, not yet delivered
         self.dropped = metrics.counter(
             "trio_bridge_audit_events_dropped_total",
@@ -405,7 +408,7 @@ class AuditTrail:
         ended = agent.cancel_scope.cancel_called or getattr(agent.mux, "close_reason", None)
         if agent.close_reason in REVOCATIONS:
             outcome, reason = "revoked", agent.close_reason
-        elif (ended or stream.was_reset) and self.stopping:
+        elif (ended or stream.was_reset or self.cutting) and self.stopping:
             outcome, reason = "cut", "relay shutting down"
         elif ended:
             outcome = "cut"

@@ -1213,6 +1213,7 @@ async def _serve_until_signal(
                 await nursery.start(run_watchdog, notifier)
             await _stop_on_signals(signals, relay, notifier)
             cut = relay.open_tunnels()
+            relay.audit_trail.cutting = True  # what is still open is cut, not finished
             nursery.cancel_scope.cancel()
     return cut
 

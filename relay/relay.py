@@ -1340,12 +1340,14 @@ class Relay:
             with trio.move_on_after(self.config.connect_timeout) as waiting:
                 await slots.wait(bridge_id)
             if waiting.cancelled_caught:
+                # Refused because every slot was held: the limit says so, whatever the
+                # holders whose deadlines fell at the same moment have released since.
                 self.metrics.refused.inc(reason="busy")
                 raise self._busy(
                     bridge_id,
                     name,
                     f"Bridge {name}: no slot for a new connection within "
-                    f"{self.config.connect_timeout:g} s ({slots.held(bridge_id)} waiting for "
+                    f"{self.config.connect_timeout:g} s ({slots.limit} waiting for "
                     "the agent's answer)",
                 )
         else:

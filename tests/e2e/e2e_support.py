@@ -490,10 +490,12 @@ class Launcher:
             process.stop()
 
 
-def list_nodes(store: str, data_dir: Path) -> dict[str, dict]:
+def list_nodes(store: str, data_dir: Path, node_timeout: str | None = None) -> dict[str, dict]:
     """`bridge-relay --store STORE nodes --json` (run in `data_dir`, where no relay runs):
-    the nodes by name."""
-    listed = relay_cli(data_dir, "--store", store, "nodes", "--json")
+    the nodes by name. Give the relays' `node_timeout` for a test that waits for a node to
+    be gone (the command's default is 10 s)."""
+    timeout = [] if node_timeout is None else ["--node-timeout", node_timeout]
+    listed = relay_cli(data_dir, "--store", store, "nodes", "--json", *timeout)
     assert listed.returncode == 0, listed.stderr
     return {row["name"]: row for row in map(json.loads, listed.stdout.splitlines())}
 

@@ -167,7 +167,8 @@ def test_nodes_lists_the_relays_sharing_a_store(
     bridge = _pg_bridge(tmp_path, postgres_url)
     launch = Launcher(bridge, tmp_path)
     try:
-        store_args = ["--store", postgres_url, "--node-timeout", "1.5"]
+        node_timeout = "1.5"  # the relays' and the listing's: a killed node is gone after it
+        store_args = ["--store", postgres_url, "--node-timeout", node_timeout]
         first = launch.relay(postgres.target, args=[*store_args, "--node", "first"])
         second = launch.relay(
             args=[*store_args, "--node", "second", "--data-dir", tmp_path / "second-data"]
@@ -178,7 +179,7 @@ def test_nodes_lists_the_relays_sharing_a_store(
         wait_until_running(postgres, query)
 
         def nodes() -> dict[str, dict]:
-            return list_nodes(postgres_url, tmp_path / "elsewhere")
+            return list_nodes(postgres_url, tmp_path / "elsewhere", node_timeout)
 
         wait_until(lambda: nodes()["first"]["streams"] == 1, "the heartbeat with the tunnel")
         listed = nodes()
