@@ -110,6 +110,8 @@ _REFRESH_GAP = 0.5
 #: one link is more than a node sends that changes presence as often as it may (one per
 #: `PeerConfig.presence_debounce`), and is logged (once per link).
 _SUPERSEDED_WARNING = 100
+#: A peered open beyond the caller node's share of a bridge is answered BUSY after this.
+_OVER_SHARE_PAUSE = 1.0
 #: While a connection's prelude is incomplete, how long to wait before looking again (it
 #: is peeked, not read, so that it stays in the socket for the node it names).
 _PEEK_GAP = 0.01
@@ -159,6 +161,7 @@ class PeerLink:
     serving: int = 0
     opening: int = 0
     tunnels: int = 0
+    room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, repr=False)
     #: It was logged as opening more than it may (once per link).
     warned: bool = False
     #: Its first presence came.
@@ -759,19 +762,19 @@ class Peering:
     async def _accept_opens(
         self, link: PeerLink, session: mux.Session, nursery: trio.Nursery
     ) -> None:
-        """Serve each stream the peer opens until the session ends; beyond the streams a
-        peer may have served at once, reset unread. The ACK of a stream rides on the reply
+        """Serve each stream the peer opens until the session ends; while the peer has as
+        many served at once as it may, no more are accepted (the session's accept backlog
+        holds the next ones and refuses the rest). The ACK of a stream rides on the reply
         (the peer sent its request with the open, and the reply follows within the open's
         deadlines): one frame fewer per peered open."""
         while True:
+            while link.serving >= self._max_streams:
+                self._too_many(link, f"{link.serving} open")
+                await link.room.park()
             try:
                 stream = await session.accept_stream(defer_ack=True)
             except mux.SessionClosed:
                 return
-            if link.serving >= self._max_streams:
-                self._too_many(link, f"{link.serving} open")
-                _reset(stream)
-                continue
             link.serving += 1
             nursery.start_soon(self._serve_open, link, stream)
 
@@ -817,6 +820,7 @@ class Peering:
             _reset(tunnel)
         finally:
             link.serving -= 1
+            link.room.unpark_all()
             if tunnel is not None:
                 link.tunnels -= 1
             # Closing mux streams (and their metering) never blocks: shielded, the closes
@@ -842,6 +846,9 @@ class Peering:
             and full < self.relay.config.max_streams_per_bridge
         ):
             self._too_many(link, f"{link.tunnels} tunnels, {link.opening} opens waiting")
+            # Answered after a pause: a node that keeps asking beyond its share is held to
+            # `_max_streams` refusals per pause, not as many as it can send.
+            await trio.sleep(_OVER_SHARE_PAUSE)
             message = (
                 f"node {self.node}: node {link.node} has all it may of bridge {request.bridge}"
             )

@@ -46,7 +46,10 @@ async def served(
         for port in ports:
             began = trio.current_time()
             with trio.move_on_after(5):
-                outcomes.append(await round_trip(port, "127.0.0.1"))
+                try:
+                    outcomes.append(await round_trip(port, "127.0.0.1"))
+                except (OSError, trio.BrokenResourceError):  # refused: reset
+                    outcomes.append(False)
                 if slowest is not None:
                     slowest[:] = [max([*slowest, trio.current_time() - began])]
                 continue
