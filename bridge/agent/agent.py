@@ -654,11 +654,12 @@ class Agent:
             if node is not None:
                 self._remember_node(endpoint, node, host)
                 others = [o for o in self._links if o is not link and o.connected]
-                if any(o.node == node for o in others) or (
-                    not share_host and any(o.host == host for o in others)
-                ):
+                same_node = any(o.node == node for o in others)
+                if same_node or (not share_host and any(o.host == host for o in others)):
                     log.debug(
-                        "Already connected to this relay node or host",
+                        "Already connected to this relay node"
+                        if same_node
+                        else "Already connected to this relay host: trying another",
                         extra=_fields(**endpoint.log_fields(), node=node, host=host or ""),
                     )
                     raise _SameNode(node)
