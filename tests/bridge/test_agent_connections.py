@@ -133,14 +133,17 @@ async def test_relays_that_name_no_node_are_told_apart_by_address(
     assert {node for _, node in series(agent)} == {""}
 
 
+def two_workers_of_edge(relays: list[FakeRelay]) -> list[FakeRelay]:
+    """`relays`, the first two answering as workers 0 and 1 of the host-level node "edge"."""
+    for index, relay in enumerate(relays[:2]):
+        relay.welcome = named(f"edge/worker-{index}.1", "edge")
+    return relays
+
+
 async def test_sessions_go_to_distinct_hosts_before_two_workers_of_one(
     nursery, relays, certificates
 ):
-    first, second, third = relays
-    first.welcome, second.welcome = (
-        named("edge/worker-0.1", "edge"),
-        named("edge/worker-1.1", "edge"),
-    )
+    first, second, third = two_workers_of_edge(relays)
     third.welcome = named("other")
     # In whatever order the links try the addresses, the second session goes to the other
     # host: a worker of the first one's host is let go while an address may reach another.
@@ -156,11 +159,7 @@ async def test_sessions_go_to_distinct_hosts_before_two_workers_of_one(
 async def test_workers_of_one_host_take_the_sessions_when_it_is_the_only_host(
     nursery, relays, certificates
 ):
-    first, second, _ = relays
-    first.welcome, second.welcome = (
-        named("edge/worker-0.1", "edge"),
-        named("edge/worker-1.1", "edge"),
-    )
+    first, second, _ = two_workers_of_edge(relays)
     agent = make([url(first), url(second)], certificates, connections=2)
     await nursery.start(agent.run)
     await settled(lambda: agent.sessions == 2)
