@@ -62,7 +62,7 @@ from relay.relay import Relay
 from relay.socks import SocksConfig, serve_socks
 from relay.store import Store, StoreURL, open_store
 from relay.worker import WorkerLink, WorkerSetup, listeners_of
-from relay.workers import Listeners, Supervisor, SupervisorConfig
+from relay.workers import Listeners, Supervisor, SupervisorConfig, host_of_worker
 
 PROG = "bridge-relay"
 DEFAULT_DATA_DIR = "./relay-data"
@@ -849,6 +849,7 @@ def cmd_serve(args: argparse.Namespace, data_dir: Path) -> int:
             keepalive_interval=args.keepalive_interval, ping_timeout=args.keepalive_timeout
         ),
         node=setup.node if setup is not None else args.node or None,
+        host=host_of_worker(setup.node) if setup is not None else None,
         node_timeout=args.node_timeout,
         agent_advertise=args.agent_advertise,
         audit=AuditConfig(interval=args.audit_interval),

@@ -118,6 +118,9 @@ class RelayConfig:
     mux: yamux settings for agent sessions (None: the defaults), keepalive included.
     node: this relay's name in audit events and in the store's node list (None: host name
         and agent port, `host:4000`).
+    host: for a worker of ``serve --workers``, the host-level node it is a worker of, told
+        to agents in the Welcome so that they spread their sessions over hosts first (None:
+        this node is a host of its own).
     node_timeout: a node that has not heartbeated for this long is gone; it heartbeats three
         times as often.
     agent_advertise: (host, port) agents are told to reach this node at, registered in the
@@ -151,6 +154,7 @@ class RelayConfig:
     drain_timeout: float = attrs.field(default=30.0, validator=positive_number)
     mux: mux.Config | None = None
     node: str | None = None
+    host: str | None = None
     node_timeout: float = attrs.field(default=10.0, validator=positive_number)
     agent_advertise: tuple[str, int] | None = None
     audit: AuditConfig = attrs.field(factory=AuditConfig)

@@ -734,7 +734,11 @@ class Relay:
             refusal = exc
         else:
             welcome = welcome_for(
-                agreement, WelcomeStatus.OK, f"connected as bridge {record.name}", node=self.node
+                agreement,
+                WelcomeStatus.OK,
+                f"connected as bridge {record.name}",
+                node=self.node,
+                host=self.config.host,
             )
             # The agent counts itself connected once it reads this: from now on a caller of the
             # bridge waits for the session's registration instead of being turned away.

@@ -99,6 +99,21 @@ _MAX_OUTBOX = 65536
 _SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
+#: Between the host-level node's name and a worker's index in a worker's node name.
+_WORKER = "/worker-"
+
+
+def worker_node(node: str, index: int, serial: int) -> str:
+    """The node name of worker `index` of the host-level node `node`, in its `serial`-th
+    start: ``NODE/worker-I.S``."""
+    return f"{node}{_WORKER}{index}.{serial}"
+
+
+def host_of_worker(node: str) -> str:
+    """The host-level node of the worker named `node` (as `worker_node` names it)."""
+    return node.rpartition(_WORKER)[0]
+
+
 class _Worker:
     """One worker process and the parent's end of its link."""
 
@@ -353,7 +368,7 @@ class Supervisor:
         setup = WorkerSetup(
             index=index,
             serial=self._serials,
-            node=f"{self.node}/worker-{index}.{self._serials}",
+            node=worker_node(self.node, index, self._serials),
             control=child_end.fileno(),
             agent=_fds(listeners.agent),
             websocket=_fds(listeners.websocket),

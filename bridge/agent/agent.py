@@ -187,7 +187,8 @@ class AuthenticationFailed(RelayRejected):
 
 
 class _SameNode(Exception):
-    """The relay node that answered already has a session of this agent."""
+    """The relay node that answered already has a session of this agent (or its host has
+    one, and the round has addresses still to try that may reach another host)."""
 
 
 @attrs.define(eq=False)
@@ -199,6 +200,9 @@ class _Link:
     index: int
     endpoint: RelayEndpoint | None = None
     node: str | None = None
+    #: The host-level node of the relay node it is on: the node itself unless the Welcome
+    #: named the host of which the node is one worker.
+    host: str | None = None
     connected: bool = False
     sessions: int = 0
     relay_reason: str | None = None
@@ -320,6 +324,8 @@ class Agent:
         #: The relay node of each address that named its node (key: `RelayEndpoint.key`),
         #: in its Welcome or in a relay's list of nodes.
         self._nodes: dict[tuple[str, str, int, str, bool], str] = {}
+        #: Likewise the host-level node of each address whose Welcome named one.
+        self._hosts: dict[tuple[str, str, int, str, bool], str] = {}
         #: The endpoints of the nodes the relay advertised last ("nodes" capability): tried
         #: with the URLs' own; replaced by each new list, so a node no longer advertised is
         #: forgotten.
@@ -453,24 +459,38 @@ class Agent:
             fields: dict[str, str] = {}
             untrusted: RelayUntrusted | None = None
             pending = False  # a failed attempt not logged yet
+            shared = False  # an address of several workers answered with one in use
             for fields, reason in failures:
                 if endpoints:
                     log.warning("Trying another relay", extra=_fields(**fields, reason=reason))
-            for endpoint in endpoints:
+            # Addresses of hosts other sessions are on come last, and are taken only when
+            # none after them may reach another host.
+            endpoints.sort(key=lambda endpoint: self._host_in_use(link, endpoint))
+            for number, endpoint in enumerate(endpoints):
                 if self._in_use(link, endpoint):  # another link took it meanwhile
                     continue
+                alone = all(
+                    self._host_in_use(link, e) or self._in_use(link, e)
+                    for e in endpoints[number + 1 :]
+                )
                 if pending:
                     log.log(level, "Trying another relay", extra=_fields(**fields, reason=reason))
                 link.endpoint, pending = endpoint, True
                 fields, level = endpoint.log_fields(), logging.WARNING
                 began, sessions = trio.current_time(), link.sessions
                 try:
-                    await self._run_session(link, endpoint, trio.TASK_STATUS_IGNORED)
+                    await self._run_session(
+                        link, endpoint, trio.TASK_STATUS_IGNORED, share_host=alone
+                    )
                     reason = "the relay closed the session"
                     if link.relay_reason:
                         reason += f": {link.relay_reason}"
                 except _SameNode:
                     pending = False
+                    # An address of a host of several workers: another worker may answer
+                    # it next time, after the backoff (not at once, over and over).
+                    known = self._nodes.get(endpoint.key)
+                    shared = shared or self._hosts.get(endpoint.key, known) != known
                     continue
                 except AuthenticationFailed as exc:
                     raise self._rejected(exc, link) from None
@@ -491,8 +511,11 @@ class Agent:
                     # Never worked, and a relay failed verification: the trust settings are
                     # wrong (the others could not be reached to tell otherwise).
                     raise RelayNotTrusted(str(untrusted))
-                if not pending and not failures:
+                if not pending and not failures and not shared:
                     continue  # only nodes other sessions are on: the next round says so
+                if not pending and not failures:
+                    level, fields = logging.DEBUG, {}
+                    reason = "the relay workers that answered have sessions of this agent"
             if self._draining or link.moved:
                 break
             link.settled.set()  # a round without a session
@@ -523,8 +546,11 @@ class Agent:
 
     def _in_use(self, link: _Link, endpoint: RelayEndpoint) -> bool:
         """Whether another link dials ``endpoint``, is on it or waits to dial it again, or is
-        on the node ``endpoint`` is known to be."""
+        on the node ``endpoint`` is known to be (an address of a host of several workers may
+        reach any of them: it is not known to be one node)."""
         node = self._nodes.get(endpoint.key)
+        if node is not None and self._hosts.get(endpoint.key, node) != node:
+            node = None
         for other in self._links:
             if other is link or other.endpoint is None:
                 continue
@@ -533,6 +559,13 @@ class Agent:
             if node is not None and other.connected and other.node == node:
                 return True
         return False
+
+    def _host_in_use(self, link: _Link, endpoint: RelayEndpoint) -> bool:
+        """Whether ``endpoint`` is known to reach a host another link has a session on."""
+        host = self._hosts.get(endpoint.key, self._nodes.get(endpoint.key))
+        return host is not None and any(
+            other.connected and other.host == host for other in self._links if other is not link
+        )
 
     def _connected_addresses(self) -> list[str]:
         return [
@@ -604,23 +637,33 @@ class Agent:
         await self._run_session(_Link(-1, endpoint), endpoint, task_status)
 
     async def _run_session(
-        self, link: _Link, endpoint: RelayEndpoint, task_status: trio.TaskStatus[None]
+        self,
+        link: _Link,
+        endpoint: RelayEndpoint,
+        task_status: trio.TaskStatus[None],
+        *,
+        share_host: bool = True,
     ) -> None:
         """`run_session` for ``link``. Raises `_SameNode`, having closed the connection, when
-        the relay names a node another link is on."""
+        the relay names a node another link is on, or (unless ``share_host``) a host."""
         async with self._connect(endpoint) as connected:
             if connected is None:  # `drain` was called while connecting
                 return
-            transport, leftover, capabilities, node = connected
+            transport, leftover, capabilities, (node, host) = connected
+            host = host or node
             if node is not None:
-                self._remember_node(endpoint, node)
-                if any(o.connected and o.node == node for o in self._links if o is not link):
+                self._remember_node(endpoint, node, host)
+                others = [o for o in self._links if o is not link and o.connected]
+                same_node = any(o.node == node for o in others)
+                if same_node or (not share_host and any(o.host == host for o in others)):
                     log.debug(
-                        "Already connected to this relay node",
-                        extra=_fields(**endpoint.log_fields(), node=node),
+                        "Already connected to this relay node"
+                        if same_node
+                        else "Already connected to this relay host: trying another",
+                        extra=_fields(**endpoint.log_fields(), node=node, host=host or ""),
                     )
                     raise _SameNode(node)
-            link.node = node
+            link.node, link.host = node, host
             try:
                 await self._serve_session(
                     link, endpoint, transport, leftover, capabilities, task_status=task_status
@@ -628,12 +671,16 @@ class Agent:
             finally:
                 link.connected = False
 
-    def _remember_node(self, endpoint: RelayEndpoint, node: str) -> None:
-        """Note that ``endpoint`` reaches the relay node ``node`` (at most MAX_KNOWN_NODES
-        addresses are remembered: beyond, the notes start over)."""
+    def _remember_node(self, endpoint: RelayEndpoint, node: str, host: str | None = None) -> None:
+        """Note that ``endpoint`` reaches the relay node ``node``, and with ``host`` the
+        host-level node it is a worker of (at most MAX_KNOWN_NODES addresses are remembered:
+        beyond, the notes start over)."""
         if len(self._nodes) >= MAX_KNOWN_NODES and endpoint.key not in self._nodes:
             self._nodes.clear()
+            self._hosts.clear()
         self._nodes[endpoint.key] = node
+        if host is not None:  # a relay's list of nodes names none: the Welcome's stays
+            self._hosts[endpoint.key] = host
 
     def _learn_nodes(self, message: ControlMessage, link: _Link, address: str) -> None:
         """The relay's list of its nodes (the "nodes" capability) replaces the one learned
@@ -883,10 +930,12 @@ class Agent:
     @asynccontextmanager
     async def _connect(
         self, endpoint: RelayEndpoint
-    ) -> AsyncIterator[tuple[trio.abc.Stream, bytes, frozenset[str], str | None] | None]:
+    ) -> AsyncIterator[
+        tuple[trio.abc.Stream, bytes, frozenset[str], tuple[str | None, str | None]] | None
+    ]:
         """TCP to ``endpoint`` (through its proxy, if any), TLS, the WebSocket upgrade for
         wss://, and the handshake. Yields the transport, the bytes after the Welcome, the
-        negotiated capabilities and the relay's node name (None: not given), or None when
+        negotiated capabilities and the relay's node and host names (None: not given), or None when
         `drain` was called meanwhile; closes the transport at the end."""
         url, where = endpoint.url, _where(endpoint)
         via = {} if endpoint.proxy is None else {"proxy": endpoint.proxy.address}
@@ -924,13 +973,13 @@ class Agent:
                             at = f"{url} ({endpoint.ip})" if "ip" in endpoint.log_fields() else url
                             message = f"Cannot connect to the relay at {at}: {exc}"
                             raise RelayUnavailable(message) from None
-                    leftover, capabilities, node = await self._handshake(transport, where)
+                    leftover, capabilities, names = await self._handshake(transport, where)
                     self._connecting.discard(connecting)
                     # `drain` (or the deadline) may have come as the handshake finished,
                     # after its last checkpoint: then the session is not begun.
                     if not connecting.cancel_called:
                         connecting.deadline = math.inf
-                        yield transport, leftover, capabilities, node
+                        yield transport, leftover, capabilities, names
                         return
         finally:
             self._connecting.discard(connecting)
@@ -960,10 +1009,10 @@ class Agent:
 
     async def _handshake(
         self, transport: trio.abc.Stream, address: str
-    ) -> tuple[bytes, frozenset[str], str | None]:
+    ) -> tuple[bytes, frozenset[str], tuple[str | None, str | None]]:
         """Hello, Welcome with the relay at ``address``; returns the bytes received after the
-        Welcome, the capabilities both sides support and the relay's node name (None when
-        it does not say)."""
+        Welcome, the capabilities both sides support and the relay's node name and host-level
+        node name (each None when it does not say)."""
         parser = WelcomeParser()
         try:
             await transport.send_all(encode_hello(self._hello))
@@ -981,7 +1030,9 @@ class Agent:
             ) from None
         _check_welcome(welcome, address)
         capabilities = welcome.capabilities() & frozenset(CAPABILITIES)
-        return parser.leftover, capabilities, welcome.node() if "node" in capabilities else None
+        if "node" not in capabilities:
+            return parser.leftover, capabilities, (None, None)
+        return parser.leftover, capabilities, (welcome.node(), welcome.host())
 
     # -- serving one stream -----------------------------------------------------------------
 

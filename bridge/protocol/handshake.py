@@ -30,7 +30,9 @@ PROTOCOL_VERSION = VERSIONS[-1]
 #: Capabilities this code supports. "control": the relay opens a control stream first and
 #: sends control messages on it (see `bridge.protocol.control`), e.g. why it closes a session.
 #: "node": the relay's Welcome names the relay node the session is on (info ``node``), so
-#: that an agent keeping sessions to several nodes tells two addresses of one node apart.
+#: that an agent keeping sessions to several nodes tells two addresses of one node apart; a
+#: worker of ``serve --workers`` also names its host-level node (info ``host``), so that the
+#: agent spreads its sessions over hosts before workers of one host.
 #: "move": while the relay node drains it tells the agent to move (a control message): the
 #: agent opens a session to another node before it lets this one go.
 #: "nodes": with "control", the relay tells the agent which nodes it has and the address
@@ -139,10 +141,21 @@ class Welcome:
     def node(self) -> str | None:
         """The relay node's name (``info["node"]``, with the "node" capability); None when
         absent, or not a string of 1..MAX_NODE bytes of UTF-8."""
-        node = self.info.get("node")
-        if not isinstance(node, str) or not 0 < len(node.encode()) <= MAX_NODE:
-            return None
-        return node
+        return _name(self.info.get("node"))
+
+    def host(self) -> str | None:
+        """The host-level name of the relay node (``info["host"]``, with the "node"
+        capability): the node of several worker processes, each a node of its own, that this
+        one is a worker of. None when absent or not a string of 1..MAX_NODE bytes of UTF-8:
+        the node is then a host of its own."""
+        return _name(self.info.get("host"))
+
+
+def _name(value: object) -> str | None:
+    """`value` if it is a node name a Welcome may carry (1..MAX_NODE bytes), else None."""
+    if not isinstance(value, str) or not 0 < len(value.encode()) <= MAX_NODE:
+        return None
+    return value
 
 
 @attrs.frozen
@@ -182,18 +195,21 @@ def welcome_for(
     message: str = "",
     *,
     node: str | None = None,
+    host: str | None = None,
 ) -> Welcome:
     """The Welcome to send in the agreed version (version 1 when none was agreed; for
     UNSUPPORTED_VERSION, the relay's highest version). With the "node" capability agreed, an
-    OK Welcome names ``node`` (left out when longer than MAX_NODE bytes)."""
+    OK Welcome names ``node`` and, for a worker of a node of several processes, its ``host``
+    (each left out when longer than MAX_NODE bytes)."""
     if status == WelcomeStatus.UNSUPPORTED_VERSION:
         return Welcome(status, message, PROTOCOL_VERSION)
     if agreement is None or agreement.version < 2:
         return Welcome(status, message)
     info: dict[str, Any] = {"capabilities": sorted(agreement.capabilities)}
-    named = node is not None and 0 < len(node.encode()) <= MAX_NODE
-    if named and status == WelcomeStatus.OK and "node" in agreement.capabilities:
-        info["node"] = node
+    if status == WelcomeStatus.OK and "node" in agreement.capabilities:
+        for key, name in (("node", node), ("host", host)):
+            if _name(name) is not None:
+                info[key] = name
     return Welcome(status, message, agreement.version, info)
 
 

@@ -20,14 +20,18 @@ from .connect_proxy import ConnectProxy
 from .test_agent_reconnect import Recorder
 
 
-def named(node: str):
-    """A relay's answer naming its node (the "node" capability of the handshake)."""
+def named(node: str, host: str | None = None):
+    """A relay's answer naming its node (the "node" capability of the handshake), and the
+    host-level node it is a worker of, if given."""
 
     def welcome(hello) -> Welcome:
         if (hello.bridge_id, hello.secret) != (BRIDGE_ID, SECRET):
             return Welcome(WelcomeStatus.AUTH_FAILED, "invalid bridge credentials")
         assert "node" in hello.capabilities()
-        return Welcome(WelcomeStatus.OK, "", 2, {"capabilities": ["node"], "node": node})
+        info = {"capabilities": ["node"], "node": node}
+        if host is not None:
+            info["host"] = host
+        return Welcome(WelcomeStatus.OK, "", 2, info)
 
     return welcome
 
@@ -127,6 +131,39 @@ async def test_relays_that_name_no_node_are_told_apart_by_address(
     await relay.next_session()
     await settled(lambda: agent.sessions == 2)
     assert {node for _, node in series(agent)} == {""}
+
+
+def two_workers_of_edge(relays: list[FakeRelay]) -> list[FakeRelay]:
+    """`relays`, the first two answering as workers 0 and 1 of the host-level node "edge"."""
+    for index, relay in enumerate(relays[:2]):
+        relay.welcome = named(f"edge/worker-{index}.1", "edge")
+    return relays
+
+
+async def test_sessions_go_to_distinct_hosts_before_two_workers_of_one(
+    nursery, relays, certificates
+):
+    first, second, third = two_workers_of_edge(relays)
+    third.welcome = named("other")
+    # In whatever order the links try the addresses, the second session goes to the other
+    # host: a worker of the first one's host is let go while an address may reach another.
+    agent = make([url(first), url(second), url(third)], certificates, connections=2)
+    await nursery.start(agent.run)
+    await settled(lambda: agent.sessions == 2)
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    nodes = {node for _, node in series(agent)}
+    assert len(nodes) == 2 and "other" in nodes, nodes
+    assert agent.metrics.sessions.value(bridge=BRIDGE_ID) == 2
+
+
+async def test_workers_of_one_host_take_the_sessions_when_it_is_the_only_host(
+    nursery, relays, certificates
+):
+    first, second, _ = two_workers_of_edge(relays)
+    agent = make([url(first), url(second)], certificates, connections=2)
+    await nursery.start(agent.run)
+    await settled(lambda: agent.sessions == 2)
+    assert {node for _, node in series(agent)} == {"edge/worker-0.1", "edge/worker-1.1"}
 
 
 async def test_a_lost_session_is_replaced_while_the_other_serves(

@@ -297,3 +297,17 @@ def test_the_relay_names_its_node_to_agents_that_ask():
     # What a relay sends that is not a name is no name.
     for bad in (7, "", None, ["relay-1"]):
         assert Welcome(WelcomeStatus.OK, "", 2, {"node": bad}).node() is None
+
+
+def test_a_worker_names_its_host_besides_its_node():
+    agreement = negotiate(Hello("id", "pw", {"versions": [2], "capabilities": ["node"]}))
+    welcome = welcome_for(agreement, WelcomeStatus.OK, node="edge/worker-1.3", host="edge")
+    parsed = WelcomeParser().feed(encode_welcome(welcome))
+    assert (parsed.node(), parsed.host()) == ("edge/worker-1.3", "edge")
+    # A node of one process names no host; nor does a Welcome without the capability.
+    assert welcome_for(agreement, WelcomeStatus.OK, node="edge").host() is None
+    older = negotiate(Hello("id", "pw", {"versions": [2], "capabilities": ["control"]}))
+    assert "host" not in welcome_for(older, WelcomeStatus.OK, node="a", host="edge").info
+    assert "host" not in welcome_for(agreement, WelcomeStatus.OK, node="a", host="h" * 256).info
+    for bad in (7, "", None, ["edge"]):
+        assert Welcome(WelcomeStatus.OK, "", 2, {"node": "a", "host": bad}).host() is None

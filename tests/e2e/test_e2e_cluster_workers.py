@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from ..faults.traffic import echo, load_around, outcome
-from .e2e_support import Bridge, Launcher, Relay, log_lines, relay_cli
+from .e2e_support import Bridge, Launcher, Relay, log_lines, relay_cli, wait_until
 from .process_fixtures import create_bridge
 
 pytestmark = pytest.mark.interop
@@ -96,6 +96,28 @@ async def test_tunnels_cross_between_a_workers_node_and_a_single_node(
     assert await _through(single.forwards[target], 20) == ["ok"] * 20
     log = workers.process.stderr() + single.process.stderr()
     assert "Traceback" not in log and "Peer link refused" not in log
+
+
+async def test_an_agent_spreads_its_sessions_over_hosts_before_workers(
+    postgres_url: str, cluster: Launcher, nursery
+):
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    workers, single = await _start(cluster, postgres_url, target, "node-b")
+    # Two ways to node-a (either may reach either worker), one to node-b: the two sessions
+    # go to node-a and node-b, whichever addresses the agent tries first.
+    urls = [workers.url, f"tls://localhost:{workers.agent_port}", single.url]
+    await _sync(cluster.agent, single, [target], RELAY_URL=",".join(urls), RELAY_CONNECTIONS="2")
+
+    def held() -> dict[str, int]:
+        return {name: row["bridges"] for name, row in _nodes(cluster, postgres_url).items()}
+
+    def spread() -> bool:
+        found = held()
+        on_a = sum(n for name, n in found.items() if name.startswith("node-a/worker-"))
+        return (on_a, found["node-b"]) == (1, 1)
+
+    await _sync(wait_until, spread, "a session on each host", 15)
 
 
 async def test_sighup_of_the_workers_node_fails_no_connection_to_the_other_node(
