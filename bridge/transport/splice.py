@@ -15,6 +15,9 @@ from mux.session import nowait_sender
 #: How much one read asks for, by default: large reads mean fewer frames per byte.
 CHUNK = 256 * 1024
 
+#: What a read of a plain TCP source asks for while the data comes in small pieces.
+SOCKET_READ = 64 * 1024
+
 #: Called with the size of each chunk passed on in one direction (a metrics counter's ``inc``).
 Meter = Callable[[int], object]
 
@@ -134,9 +137,14 @@ def _receiver(
         return source.receive_some, None
     try_send = getattr(sink, "try_send", None)
     drained = False
+    full = False
 
     async def receive(size: int) -> bytes:
-        nonlocal drained
+        nonlocal drained, full
+        # Python allocates all of the size asked for before the read: past the allocator's
+        # small sizes that costs system calls, several times a small message's read. Ask
+        # for SOCKET_READ unless the last read filled what it asked for (bulk data).
+        ask = size if full else min(size, SOCKET_READ)
         if drained:
             await wait_readable(raw)  # the checkpoint
         elif try_send is not None:
@@ -145,13 +153,14 @@ def _receiver(
             await checkpoint_if_cancelled()  # the caller's send_all is the schedule point
         while True:
             try:
-                data = raw.recv(size)
+                data = raw.recv(ask)
             except BlockingIOError:
                 await wait_readable(raw)
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(f"the connection failed: {exc}") from exc
-            drained = len(data) < size
+            full = len(data) == ask
+            drained = not full
             return data
 
     return receive, try_send
