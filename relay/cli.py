@@ -1589,6 +1589,7 @@ def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
         (
             "NAME",
             "AGENTS",
+            "ADVERTISED",
             "PEERS",
             "HEARTBEAT",
             "BRIDGES",
@@ -1604,6 +1605,7 @@ def cmd_nodes(args: argparse.Namespace, data_dir: Path) -> int:
             (
                 node.name,
                 node.agent_address,
+                node.agent_advertise or "-",
                 node.peer_address or "-",
                 f"{age:.1f} s ago",
                 str(node.bridges),

@@ -252,6 +252,14 @@ def test_an_agent_given_one_node_spreads_over_the_nodes_the_relay_tells_of(
         return rows == [(f"127.0.0.1:{node.agent_port}", 1) for node in nodes]
 
     wait_until(spread, "a session of the bridge on each node", 10)
+    # The table shows what each node tells agents, after the address it listens on.
+    table = relay_cli(tmp_path / "admin-machine", "--store", postgres_url, "nodes").stdout
+    header, *lines = table.splitlines()
+    assert header.split()[:3] == ["NAME", "AGENTS", "ADVERTISED"]
+    assert sorted(line.split()[:3] for line in lines) == [
+        [node.node, f"127.0.0.1:{node.agent_port}", f"127.0.0.1:{node.agent_port}"]
+        for node in nodes
+    ]
 
     # Node 1 dies: the agent serves on through its session on node 2, at once.
     nodes[0].process.stop()  # SIGKILL
