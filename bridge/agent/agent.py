@@ -27,7 +27,6 @@ import math
 import random
 import socket
 import ssl
-import struct
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -86,7 +85,7 @@ from bridge.protocol.handshake import (
 from bridge.protocol.refusal import Refused
 from bridge.transport.http_proxy import ProxyURL, bypasses_proxy, open_tcp_stream
 from bridge.transport.prefixed_stream import PrefixedStream
-from bridge.transport.splice import splice
+from bridge.transport.splice import abort_socket, splice
 from bridge.transport.tls import FingerprintMismatch, open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocket_client
@@ -1196,7 +1195,7 @@ class Agent:
             streams_open.dec()
         if not clean:
             stream.reset()
-            _abort(target)
+            abort_socket(target)
         return len(early) + sent, received
 
 
@@ -1255,14 +1254,6 @@ def _connect_refusal(exc: OSError, address: str) -> Refused[ConnectStatus]:
     if exc.errno == errno.ETIMEDOUT:
         return Refused(ConnectStatus.TIMEOUT, f"Connection timed out: {address}")
     return Refused(ConnectStatus.UNREACHABLE, f"{os_reason(exc)}: {address}")
-
-
-def _abort(target: trio.SocketStream) -> None:
-    """Make the target see a reset rather than a clean close."""
-    try:
-        target.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
 
 
 def _tls_reason(exc: BaseException) -> str:

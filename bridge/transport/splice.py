@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -194,20 +195,40 @@ async def splice_tunnel(
     chunk: int = CHUNK,
     meters: tuple[Meter, Meter] | None = None,
 ) -> tuple[int, int, bool]:
-    """`splice` ``local`` with ``tunnel``, then reset ``tunnel`` (`reset_stream`) unless both
-    directions ended cleanly, so that its far end sees a cut, never a clean end of the data.
+    """`splice` ``local`` with ``tunnel``, then, unless both directions ended cleanly, reset
+    ``tunnel`` (`reset_stream`) and make ``local``'s close a TCP reset (`abort_socket`), so
+    that neither far end sees a cut as a clean end of the data.
 
-    Returns and raises what `splice` does. Cancelled, it resets ``tunnel`` too (a cut short
-    by cancellation is not an end of the data) and raises `trio.Cancelled`.
+    Returns and raises what `splice` does. Cancelled (a relay's drain running out, say), it
+    does the same to both ends (a cut short by cancellation is not an end of the data) and
+    raises `trio.Cancelled`.
     """
     try:
         sent, received, clean = await splice(local, tunnel, chunk=chunk, meters=meters)
     except trio.Cancelled:
         reset_stream(tunnel)
+        abort_socket(local)
         raise
     if not clean:
         reset_stream(tunnel)
+        abort_socket(local)
     return sent, received, clean
+
+
+def abort_socket(stream: trio.abc.Stream) -> None:
+    """Make the close of a TCP stream a reset (SO_LINGER 0) rather than a clean FIN, so that
+    its peer sees a cut, never a complete end of the data; any other stream is left alone.
+    Never blocks, never raises (a socket already closed or broken has nothing to abort)."""
+    if type(stream) is not trio.SocketStream:
+        return
+    try:
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    except OSError:
+        pass
+
+
+#: SO_LINGER on, 0 seconds: close() sends RST and drops what is unsent.
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 def reset_stream(stream: trio.abc.Stream | None) -> None:

@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import struct
 import sys
 from functools import partial
 
@@ -357,6 +359,30 @@ async def test_forward_tunnels_local_connections(harness, echo_port, relay_logs)
         client = await trio.open_tcp_stream("127.0.0.1", refused_port)
         await _assert_closed(client)
     assert "Host not in allowed hosts list: db:5432" in _text(relay_logs)
+
+
+async def test_a_cut_tunnel_resets_the_forwards_client(harness, nursery):
+    """A target that resets its connection: the forward's client sees a reset too, never a
+    clean end of the data that would pass for the whole of it."""
+
+    async def send_then_reset(target: trio.SocketStream) -> None:
+        await target.send_all(b"partial")
+        await trio.sleep(0.1)
+        target.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await target.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, send_then_reset, 0, host="127.0.0.1"))
+    target_port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(TIME_LIMIT):
+        bridge_id, secret = harness.create_bridge("cut")
+        await harness.start_agent(bridge_id, secret, [f"127.0.0.1:{target_port}"])
+        spec = ForwardSpec.parse(f"cut=127.0.0.1:{target_port}")
+        forward = (await harness.nursery.start(serve_forward, harness.relay, spec))[0]
+        client = await trio.open_tcp_stream("127.0.0.1", forward.socket.getsockname()[1])
+        async with client:
+            with pytest.raises(trio.BrokenResourceError):
+                while await client.receive_some(65536):
+                    pass
 
 
 def test_forward_spec_parsing():
