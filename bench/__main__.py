@@ -16,6 +16,10 @@ BENCHMARKS = {
         "bench.workers_bench",
         "relay CPU per new connection and per GB with serve --workers 1 and 2; SIGHUP upgrade",
     ),
+    "rolling": (
+        "bench.rolling",
+        "how long a rolling restart of a two-node cluster takes, node by node",
+    ),
     "store": (
         "bench.store_bench",
         "PostgreSQL from Trio: worker threads against libpq non-blocking",

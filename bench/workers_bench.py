@@ -24,7 +24,9 @@ half of them. With one worker both agents are in the one process. The handovers 
 counted from the relay's ``/metrics``.
 
 Then, with ``--workers 2``: SIGHUP, timed until the parent logs that every worker was
-replaced (each new worker serves before the old one drains).
+replaced (each new worker serves before the old one drains). Last, a rolling restart of
+a two-node cluster (`bench.rolling`): how long each node takes to drain, exit, and have its
+agent back.
 
 On a machine with fewer cores than the processes involved (load, agent, relay), aggregate
 rates cannot show scaling: the per-unit costs are what predict it.
@@ -56,6 +58,7 @@ from bench.procs import (
     python_module,
     run_command,
 )
+from bench.rolling import rolling_restart
 
 RELOAD_TIMEOUT = 120.0
 IDLE_SECONDS = 3.0
@@ -193,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
                     path.stop()
         report.progress("SIGHUP upgrade with --workers 2")
         reload = _reload(paths[2])
+        report.progress("rolling restart of a two-node cluster")
+        rolling = rolling_restart(workdir)
     rows = []
     summary: dict[str, dict[str, float]] = {}
     for n in paths:
@@ -219,7 +224,23 @@ def run(args: argparse.Namespace) -> int:
         f"SIGHUP upgrade, 2 workers replaced one at a time: {reload['seconds']:.2f} s "
         f"(the parent's own figure: {reload['logged']:.2f} s)"
     )
-    data = {"machine": report.machine(), "argv": args.argv, **summary, "reload": reload}
+    for node, steps in rolling.items():
+        print(
+            f"rolling restart, node {node}: drained and exited in {steps['drain_s']:.2f} s, "
+            f"started and its agent back in {steps['back_s']:.2f} s "
+            f"({steps['total_s']:.2f} s in all)"
+        )
+    print(
+        "rolling restart of the two-node cluster: "
+        f"{sum(steps['total_s'] for steps in rolling.values()):.2f} s"
+    )
+    data = {
+        "machine": report.machine(),
+        "argv": args.argv,
+        **summary,
+        "reload": reload,
+        "rolling": rolling,
+    }
     print(f"results: {report.write_json(args.json, data)}")
     return 0
 
