@@ -606,10 +606,16 @@ class Supervisor:
                         self._parked += 1
                         try:
                             with trio.move_on_at(deadline):
+                                # This process holds the descriptor: a connection
+                                # outlives the offering worker (a drained one exits).
                                 while (holder := self._holder(bridge, origin)) is None:
-                                    if self.stopping or origin.exited.is_set():
+                                    if self.stopping:
                                         break
-                                    if origin.holds(bridge) and not origin.retiring:
+                                    if (
+                                        origin.holds(bridge)
+                                        and not origin.retiring
+                                        and not origin.exited.is_set()
+                                    ):
                                         break  # its own agent came: it serves it itself
                                     await self._presence.wait()
                         finally:

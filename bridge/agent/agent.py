@@ -544,14 +544,16 @@ class Agent:
         return exc
 
     def _in_use(self, link: _Link, endpoint: RelayEndpoint) -> bool:
-        """Whether another link dials ``endpoint``, is on it or waits to dial it again, or is
-        on the node ``endpoint`` is known to be (an address of a host of several workers may
-        reach any of them: it is not known to be one node)."""
+        """Whether another link, not one told to move, dials ``endpoint``, is on it or waits
+        to dial it again, or is on the node ``endpoint`` is known to be (an address of a host
+        of several workers may reach any of them: it is not known to be one node)."""
         node = self._nodes.get(endpoint.key)
         if node is not None and self._hosts.get(endpoint.key, node) != node:
             node = None
         for other in self._links:
-            if other is link or other.endpoint is None:
+            # A link told to move is being let go: its address may reach another node (a
+            # new worker behind the same listener, the node back after a restart).
+            if other is link or other.endpoint is None or other.moved:
                 continue
             if other.endpoint.key == endpoint.key:
                 return True
@@ -560,10 +562,13 @@ class Agent:
         return False
 
     def _host_in_use(self, link: _Link, endpoint: RelayEndpoint) -> bool:
-        """Whether ``endpoint`` is known to reach a host another link has a session on."""
+        """Whether ``endpoint`` is known to reach a host another link, not one told to move,
+        has a session on."""
         host = self._hosts.get(endpoint.key, self._nodes.get(endpoint.key))
         return host is not None and any(
-            other.connected and other.host == host for other in self._links if other is not link
+            other.connected and not other.moved and other.host == host
+            for other in self._links
+            if other is not link
         )
 
     def _connected_addresses(self) -> list[str]:
