@@ -11,7 +11,14 @@ import itertools
 from collections.abc import Sequence
 
 from bridge.protocol.connect import MAX_HOST, ConnectReplyParser, ConnectRequestParser
-from bridge.protocol.handshake import MAX_ID, MAX_MESSAGE, MAX_SECRET, HelloParser, WelcomeParser
+from bridge.protocol.handshake import (
+    MAX_ID,
+    MAX_MESSAGE,
+    MAX_NODE,
+    MAX_SECRET,
+    HelloParser,
+    WelcomeParser,
+)
 from mux import events as ev
 from mux.config import Config
 from mux.connection import Connection
@@ -150,8 +157,13 @@ def check_parser(parser_cls, data: bytes, cuts: Sequence[int]) -> object | None:
 
 def _check_message(message: object) -> None:
     for name, bound in (("bridge_id", MAX_ID), ("secret", MAX_SECRET), ("host", MAX_HOST)):
-        if (value := getattr(message, name, None)) is not None:
-            assert 1 <= len(value) <= bound and value.isascii() and value.isprintable()
+        value = getattr(message, name, None)
+        if value is None or callable(value):  # Welcome.host() reads info, checked below
+            continue
+        assert 1 <= len(value) <= bound and value.isascii() and value.isprintable()
+    for name in ("node", "host"):  # a Welcome's node names, from its info
+        if callable(read := getattr(message, name, None)) and (named := read()) is not None:
+            assert isinstance(named, str) and 0 < len(named.encode()) <= MAX_NODE
     if (info := getattr(message, "info", None)) is not None:
         assert isinstance(info, dict)
     if (text := getattr(message, "message", None)) is not None:
