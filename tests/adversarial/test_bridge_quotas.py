@@ -15,13 +15,13 @@ import trio
 import mux
 from bridge.protocol.handshake import WelcomeStatus
 
+from ..faults.traffic import start_echo
 from .quota_support import (
     ATTACKER,
     VICTIM,
     add_bridge,
     connect_from,
     descriptors,
-    echo,
     hostile_agent,
     login,
     round_trip,
@@ -32,11 +32,6 @@ SESSIONS = 8  # the default --max-sessions-per-bridge
 LOGINS = 3000
 LOGIN_TIME = 20.0  # seconds the login flood may take at most
 CONCURRENT_LOGINS = 16
-
-
-async def start_echo(nursery: trio.Nursery) -> str:
-    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
-    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
 
 
 async def test_one_credential_logging_in_3000_times_gets_its_sessions_capped(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from ..faults.traffic import echo, load_around, outcome
+from ..faults.traffic import load_around, outcome, start_echo
 from .e2e_support import Bridge, Launcher, Relay, log_lines, relay_cli, wait_until
 from .process_fixtures import create_bridge
 
@@ -68,8 +68,7 @@ def _nodes(cluster: Launcher, store: str) -> dict[str, dict]:
 async def test_tunnels_cross_between_a_workers_node_and_a_single_node(
     postgres_url: str, cluster: Launcher, nursery
 ):
-    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
-    target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    target = await start_echo(nursery)
     workers, single = await _start(cluster, postgres_url, target, "node-b")
 
     # Each worker is a node in the store, with the host's one peer address, linked to
@@ -101,8 +100,7 @@ async def test_tunnels_cross_between_a_workers_node_and_a_single_node(
 async def test_an_agent_spreads_its_sessions_over_hosts_before_workers(
     postgres_url: str, cluster: Launcher, nursery
 ):
-    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
-    target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    target = await start_echo(nursery)
     workers, single = await _start(cluster, postgres_url, target, "node-b")
     # Two ways to node-a (either may reach either worker), one to node-b: the two sessions
     # go to node-a and node-b, whichever addresses the agent tries first.
@@ -123,8 +121,7 @@ async def test_an_agent_spreads_its_sessions_over_hosts_before_workers(
 async def test_sighup_of_the_workers_node_fails_no_connection_to_the_other_node(
     postgres_url: str, cluster: Launcher, nursery
 ):
-    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
-    target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    target = await start_echo(nursery)
     # "node-0" sorts before "node-a/...": node-0 dials the new workers.
     workers, single = await _start(cluster, postgres_url, target, "node-0")
     await _sync(cluster.agent, single, [target], RELAY_CONNECTIONS="1")
@@ -157,8 +154,7 @@ async def test_sighup_of_the_workers_node_fails_no_connection_to_the_other_node(
 async def test_a_killed_worker_is_replaced_in_the_cluster(
     postgres_url: str, cluster: Launcher, nursery
 ):
-    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
-    target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    target = await start_echo(nursery)
     workers, single = await _start(cluster, postgres_url, target, "node-b")
     await _sync(cluster.agent, single, [target], RELAY_CONNECTIONS="1")
     before = sorted(n for n in _nodes(cluster, postgres_url) if n.startswith("node-a/"))

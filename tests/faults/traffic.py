@@ -10,6 +10,7 @@ import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -26,6 +27,12 @@ async def echo(stream: trio.SocketStream) -> None:
             await stream.send_eof()
         except trio.BrokenResourceError:
             pass
+
+
+async def start_echo(nursery: trio.Nursery) -> str:
+    """An `echo` server on 127.0.0.1, run by `nursery`; its "HOST:PORT"."""
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
 
 
 async def transfer(
