@@ -223,6 +223,29 @@ class Stream(trio.abc.HalfCloseableStream):
                 await cancel_shielded_checkpoint()
             return data
 
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """What `receive_some` would return now, without waiting: up to ``max_bytes``
+        (default 256 KiB) of what arrived, ``b""`` after the peer's FIN.
+
+        Raises `trio.WouldBlock` when nothing arrived yet, and otherwise what `receive_some`
+        raises. Not a checkpoint: for a caller whose data usually came with the stream's
+        open (a request on the SYN frame), so that reading it takes no task switch.
+        """
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        elif operator.index(max_bytes) < 1:
+            raise ValueError("max_bytes must be >= 1")
+        with self._receive_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream was closed")
+            if self._chunks:
+                return self._take(max_bytes)
+            if self._eof:
+                return b""
+            if self._error is not None:
+                raise fresh(self._error)
+            raise trio.WouldBlock
+
     def _take(self, max_bytes: int) -> bytes | bytearray:
         chunks = self._chunks
         assert chunks
@@ -352,13 +375,27 @@ class Stream(trio.abc.HalfCloseableStream):
         """
         with self._send_conflict:
             await checkpoint_if_cancelled()
-            if self._closed:
-                raise trio.ClosedResourceError("the stream was closed")
-            if self._error is not None:
-                raise fresh(self._error)
-            if self._conn.can_send(self.stream_id):
-                self._session._send_eof(self.stream_id)
+            self._send_eof()
             await cancel_shielded_checkpoint()
+
+    def send_eof_nowait(self) -> None:
+        """`send_eof` without the checkpoint (it never waits): for a caller that just
+        checkpointed, such as a copy loop whose read returned the end of the data.
+
+        Raises what `send_eof` raises, and `trio.BusyResourceError` while another task is
+        in `send_all`, `send_eof` or `wait_send_all_might_not_block`.
+        """
+        if self._send_conflict.held:
+            raise trio.BusyResourceError(SENDING)
+        self._send_eof()
+
+    def _send_eof(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the stream was closed")
+        if self._error is not None:
+            raise fresh(self._error)
+        if self._conn.can_send(self.stream_id):
+            self._session._send_eof(self.stream_id)
 
     # ---- closing ----------------------------------------------------------------------
 
@@ -366,8 +403,14 @@ class Stream(trio.abc.HalfCloseableStream):
         """Close the stream: FIN after the queued data, or RST if received data was left
         unread (as TCP does). Never raises for a broken stream; idempotent; a checkpoint,
         but the stream is closed even if the call is cancelled."""
-        self._close(reset=bool(self._chunks))
+        self.close()
         await checkpoint()
+
+    def close(self) -> None:
+        """`aclose` without the checkpoint: for a caller about to end (or to checkpoint
+        anyway), so that closing takes no task switch of its own. Never raises, never
+        blocks; idempotent."""
+        self._close(reset=bool(self._chunks))
 
     def reset(self) -> None:
         """Abort the stream at once: the peer's reads and writes fail (RST). Idempotent."""

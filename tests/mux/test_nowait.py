@@ -1,0 +1,130 @@
+# SPDX-FileCopyrightText: 2026 trio-bridge contributors
+# SPDX-License-Identifier: MPL-2.0
+"""The stream calls that never wait: `mux.Stream.receive_nowait`, `send_eof_nowait` and
+`close`. Each does what its awaitable twin does, and raises what it raises."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+import mux
+
+from .mux_support import INITIAL_WINDOW, receive_all, settle, stream_pair
+
+
+async def test_receive_nowait_takes_what_arrived_and_would_block_before(sessions):
+    opened, accepted = await stream_pair(*await sessions.open())
+    with pytest.raises(trio.WouldBlock):
+        accepted.receive_nowait()
+    await opened.send_all(b"request and more")
+    await settle()
+    assert accepted.receive_nowait(7) == b"request"
+    assert accepted.receive_nowait() == b" and more"
+    with pytest.raises(trio.WouldBlock):
+        accepted.receive_nowait()
+    await opened.send_eof()
+    await settle()
+    assert accepted.receive_nowait() == b""
+    with pytest.raises(ValueError):
+        accepted.receive_nowait(0)
+
+
+async def test_what_receive_nowait_reads_credits_the_peers_window(sessions, nursery):
+    opened, accepted = await stream_pair(*await sessions.open())
+    payload = bytes(range(256)) * (3 * INITIAL_WINDOW // 256)
+
+    async def send() -> None:
+        await opened.send_all(payload)  # three windows: waits for the reads' credit
+        await opened.send_eof()
+
+    nursery.start_soon(send)
+    received = bytearray()
+    while True:
+        try:
+            chunk = accepted.receive_nowait()
+        except trio.WouldBlock:
+            await settle()
+            continue
+        if not chunk:
+            break
+        received += chunk
+    assert received == payload
+
+
+async def test_receive_nowait_raises_what_receive_some_raises(sessions, nursery):
+    client, server = await sessions.open()
+    opened, accepted = await stream_pair(client, server)
+    await opened.send_all(b"discarded by the reset")
+    opened.reset()
+    await settle()
+    with pytest.raises(mux.StreamReset):
+        accepted.receive_nowait()
+    closed, _ = await stream_pair(client, server)
+    closed.close()
+    with pytest.raises(trio.ClosedResourceError):
+        closed.receive_nowait()
+    busy, _ = await stream_pair(client, server)
+
+    async def receive_until_the_end() -> None:
+        with pytest.raises(mux.SessionClosed):
+            await busy.receive_some()
+
+    nursery.start_soon(receive_until_the_end)
+    await settle()
+    with pytest.raises(trio.BusyResourceError):
+        busy.receive_nowait()
+    live, _ = await stream_pair(client, server)
+    await client.aclose()
+    with pytest.raises(mux.SessionClosed):
+        live.receive_nowait()
+
+
+async def test_send_eof_nowait_half_closes_once(sessions):
+    opened, accepted = await stream_pair(*await sessions.open())
+    await opened.send_all(b"request")
+    opened.send_eof_nowait()
+    opened.send_eof_nowait()  # idempotent
+    assert await receive_all(accepted) == b"request"
+    with pytest.raises(trio.ClosedResourceError):
+        opened.try_send(b"after eof")
+    await accepted.send_all(b"reply after eof")
+    accepted.send_eof_nowait()
+    assert await receive_all(opened) == b"reply after eof"
+
+
+async def test_send_eof_nowait_raises_what_send_eof_raises(sessions, nursery):
+    client, server = await sessions.open()
+    busy, _ = await stream_pair(client, server)
+    nursery.start_soon(busy.send_all, bytes(INITIAL_WINDOW + 1))  # waits for window
+    await settle()
+    with pytest.raises(trio.BusyResourceError):
+        busy.send_eof_nowait()
+    reset, far = await stream_pair(client, server)
+    far.reset()
+    await settle()
+    with pytest.raises(mux.StreamReset):
+        reset.send_eof_nowait()
+    closed, _ = await stream_pair(client, server)
+    closed.close()
+    with pytest.raises(trio.ClosedResourceError):
+        closed.send_eof_nowait()
+
+
+async def test_close_is_aclose_without_waiting(sessions):
+    client, server = await sessions.open()
+    opened, accepted = await stream_pair(client, server)
+    await opened.send_all(b"bye")
+    await opened.send_eof()
+    assert await receive_all(accepted) == b"bye"
+    await accepted.send_all(b"bye too")
+    accepted.close()  # all read: a graceful FIN
+    accepted.close()  # idempotent
+    assert await receive_all(opened) == b"bye too"
+    unread, far = await stream_pair(client, server)
+    await unread.send_all(b"never read")
+    await settle()
+    far.close()  # data left unread: RST, as TCP does
+    await settle()
+    with pytest.raises(mux.StreamReset):
+        await unread.receive_some()
