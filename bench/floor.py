@@ -57,9 +57,10 @@ def run_trio(targets: dict[str, int], *, raw: bool) -> None:
     from trio.lowlevel import wait_readable, wait_writable
 
     async def pump_stream(src: trio.SocketStream, dst: trio.SocketStream) -> None:
-        while data := await src.receive_some(RECEIVE_SIZE):
-            await dst.send_all(data)
-        await dst.send_eof()
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await src.receive_some(RECEIVE_SIZE):
+                await dst.send_all(data)
+            await dst.send_eof()
 
     async def pump_raw(src: socket.socket, dst: socket.socket) -> None:
         while True:
@@ -68,6 +69,8 @@ def run_trio(targets: dict[str, int], *, raw: bool) -> None:
                 data = src.recv(RECEIVE_SIZE)
             except BlockingIOError:
                 continue
+            except OSError:
+                data = b""
             if not data:
                 with contextlib.suppress(OSError):
                     dst.shutdown(socket.SHUT_WR)
@@ -78,6 +81,8 @@ def run_trio(targets: dict[str, int], *, raw: bool) -> None:
                     view = view[dst.send(view) :]
                 except BlockingIOError:
                     await wait_writable(dst)
+                except OSError:
+                    return
 
     async def forward(client: trio.SocketStream, port: int) -> None:
         with contextlib.suppress(OSError, trio.BrokenResourceError):
