@@ -223,6 +223,29 @@ class Stream(trio.abc.HalfCloseableStream):
                 await cancel_shielded_checkpoint()
             return data
 
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """What `receive_some` would return now, without waiting: up to ``max_bytes`` of
+        what arrived (crediting the peer's window), or ``b""`` after the peer's FIN.
+
+        Raises `trio.WouldBlock` when nothing arrived yet, and what `receive_some` raises
+        otherwise (`trio.BusyResourceError` while a task is in `receive_some`). Not a
+        checkpoint: for a task that reads a request which arrived with the stream's open
+        and checkpoints later anyway.
+        """
+        max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        with self._receive_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream was closed")
+            if self._chunks:
+                return self._take(max_bytes)
+            if self._eof:
+                return b""
+            if self._error is not None:
+                raise fresh(self._error)
+            raise trio.WouldBlock
+
     def _take(self, max_bytes: int) -> bytes | bytearray:
         chunks = self._chunks
         assert chunks

@@ -41,7 +41,7 @@ from bridge.protocol.addresses import format_host_port, parse_host_port
 from bridge.protocol.connect import ConnectReply, ConnectStatus
 from bridge.protocol.control import AdvertisedNode
 from bridge.transport.prefixed_stream import PrefixedStream
-from bridge.transport.splice import splice
+from bridge.transport.splice import send_eagerly, splice
 from bridge.transport.tls import FingerprintMismatch, client_ssl_context, open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from relay.audit import Caller
@@ -783,15 +783,19 @@ class Peering:
         tunnel = None
         try:
             parser = OpenRequestParser()
-            with trio.move_on_after(self.relay.config.handshake_timeout):
-                await _read_message(stream, parser)
+            # The request rides on the stream's SYN frame: it is read as it is buffered,
+            # with no deadline and no checkpoint (the open's own come next); only a request
+            # split over frames is waited for.
+            if _read_buffered(stream, parser) is None:
+                with trio.move_on_after(self.relay.config.handshake_timeout):
+                    await _read_message(stream, parser)
             if (request := parser.message) is None:
                 _reset(stream)
                 return
             tunnel, reply = await self._open_local(link, request)
             if tunnel is not None:
                 link.tunnels += 1
-            await stream.send_all(encode_open_reply(reply))
+            await send_eagerly(stream, encode_open_reply(reply))
             if tunnel is None:
                 await stream.aclose()
                 return
@@ -822,12 +826,12 @@ class Peering:
             link.room.unpark_all()
             if tunnel is not None:
                 link.tunnels -= 1
-            # Closing mux streams (and their metering) never blocks: shielded, the closes
-            # are plain checkpoints, where a forced close would raise a Cancelled through
-            # every layer of both streams.
-            with trio.CancelScope(shield=True):
+            # Closing a mux stream (and its metering) never blocks: each close is done
+            # before its checkpoint, so a cancellation there leaves both closed.
+            try:
                 if tunnel is not None:
                     await tunnel.aclose()
+            finally:
                 await stream.aclose()
 
     async def _open_local(
@@ -925,7 +929,7 @@ class Peering:
         try:
             with trio.move_on_after(wait):
                 stream = await link.session.open_stream()
-                await stream.send_all(encode_open_request(request))
+                await send_eagerly(stream, encode_open_request(request))
                 reply = await _read_message(stream, parser)
         except (mux.StreamReset, mux.SessionClosed, trio.BrokenResourceError) as exc:
             if stream is not None:
@@ -1035,6 +1039,16 @@ async def _peek_prelude(tcp: trio.SocketStream) -> tuple[Prelude, int]:
         if (prelude := parser.feed(data)) is not None:
             return prelude, len(data) - len(parser.leftover)
         await trio.sleep(_PEEK_GAP)  # the rest has not arrived yet
+
+
+def _read_buffered(stream: mux.Stream, parser: Any) -> Any:
+    """Feed `parser` what `stream` has buffered (`mux.Stream.receive_nowait`): its message,
+    or None when that is not all there yet. Not a checkpoint; raises what the stream raises
+    (but not `trio.WouldBlock`)."""
+    try:
+        return parser.feed(stream.receive_nowait(_READ_SIZE))
+    except trio.WouldBlock:
+        return None
 
 
 async def _read_message(stream: Any, parser: Any) -> Any:

@@ -90,6 +90,18 @@ async def splice(
     return counts[0], counts[1], clean
 
 
+async def send_eagerly(stream: trio.abc.SendStream, data: bytes | bytearray) -> None:
+    """Send `data` as ``stream.send_all`` does, but where the stream can take it all at once
+    without waiting (`mux.Stream.try_send`: the send window and the session's write buffer
+    have room), queue and write it from this task with no task switch: a request or answer
+    at the start of a stream, where a checkpoint follows soon anyway. Raises what
+    ``send_all`` raises; only the rest of what ``try_send`` did not take is a checkpoint."""
+    try_send = getattr(stream, "try_send", None)
+    taken = 0 if try_send is None else try_send(data)
+    if taken < len(data):
+        await stream.send_all(memoryview(data)[taken:])
+
+
 def _push_setter(
     source: trio.abc.ReceiveStream,
     sink: trio.abc.SendStream,
