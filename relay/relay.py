@@ -64,6 +64,7 @@ from bridge.protocol.handshake import (
 )
 from bridge.protocol.refusal import Refused
 from bridge.transport.prefixed_stream import PrefixedStream
+from bridge.transport.splice import send_eagerly
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.websocket import (
     DEFAULT_PATH,
@@ -1470,7 +1471,7 @@ class Relay:
         reply = None  # stays None if the agent does not answer within connect_timeout
         try:
             with trio.move_on_after(self.config.connect_timeout):
-                await stream.send_all(request)
+                await send_eagerly(stream, request)
                 parser = ConnectReplyParser()
                 while (reply := parser.feed(data := await stream.receive_some(_READ_SIZE))) is None:
                     if not data:

@@ -1,7 +1,8 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""The stream calls that never wait: `mux.Stream.receive_nowait`, `send_eof_nowait` and
-`close`. Each does what its awaitable twin does, and raises what it raises."""
+"""The stream calls that never wait: `mux.Stream.send_eof_nowait` and `close` (and what
+`receive_nowait` reads credits the window). Each does what its awaitable twin does, and
+raises what it raises."""
 
 from __future__ import annotations
 
@@ -11,23 +12,6 @@ import trio
 import mux
 
 from .mux_support import INITIAL_WINDOW, receive_all, settle, stream_pair
-
-
-async def test_receive_nowait_takes_what_arrived_and_would_block_before(sessions):
-    opened, accepted = await stream_pair(*await sessions.open())
-    with pytest.raises(trio.WouldBlock):
-        accepted.receive_nowait()
-    await opened.send_all(b"request and more")
-    await settle()
-    assert accepted.receive_nowait(7) == b"request"
-    assert accepted.receive_nowait() == b" and more"
-    with pytest.raises(trio.WouldBlock):
-        accepted.receive_nowait()
-    await opened.send_eof()
-    await settle()
-    assert accepted.receive_nowait() == b""
-    with pytest.raises(ValueError):
-        accepted.receive_nowait(0)
 
 
 async def test_what_receive_nowait_reads_credits_the_peers_window(sessions, nursery):
@@ -50,34 +34,6 @@ async def test_what_receive_nowait_reads_credits_the_peers_window(sessions, nurs
             break
         received += chunk
     assert received == payload
-
-
-async def test_receive_nowait_raises_what_receive_some_raises(sessions, nursery):
-    client, server = await sessions.open()
-    opened, accepted = await stream_pair(client, server)
-    await opened.send_all(b"discarded by the reset")
-    opened.reset()
-    await settle()
-    with pytest.raises(mux.StreamReset):
-        accepted.receive_nowait()
-    closed, _ = await stream_pair(client, server)
-    closed.close()
-    with pytest.raises(trio.ClosedResourceError):
-        closed.receive_nowait()
-    busy, _ = await stream_pair(client, server)
-
-    async def receive_until_the_end() -> None:
-        with pytest.raises(mux.SessionClosed):
-            await busy.receive_some()
-
-    nursery.start_soon(receive_until_the_end)
-    await settle()
-    with pytest.raises(trio.BusyResourceError):
-        busy.receive_nowait()
-    live, _ = await stream_pair(client, server)
-    await client.aclose()
-    with pytest.raises(mux.SessionClosed):
-        live.receive_nowait()
 
 
 async def test_send_eof_nowait_half_closes_once(sessions):
