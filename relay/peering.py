@@ -276,7 +276,9 @@ class Peering:
             for link in self.links.values()
             if not link.draining and (held := link.find(bridge))
         ]
-        return sorted(found, key=lambda pair: pair[0].load(pair[1].id))
+        if len(found) > 1:  # one holder (the usual case) needs no ranking
+            found.sort(key=lambda pair: pair[0].load(pair[1].id))
+        return found
 
     def _held_here(self) -> list[HeldBridge]:
         """The bridges held here; none once the relay stops accepting (it opens no more)."""
