@@ -88,7 +88,7 @@ from relay.peer_messages import (
     presence_lines,
 )
 from relay.store import NodeRecord
-from relay.worker_messages import Handover
+from relay.worker_messages import Handover, host_of_worker
 
 if TYPE_CHECKING:
     from relay.relay import Relay
@@ -276,7 +276,9 @@ class Peering:
             for link in self.links.values()
             if not link.draining and (held := link.find(bridge))
         ]
-        return sorted(found, key=lambda pair: pair[0].load(pair[1].id))
+        if len(found) > 1:  # one holder (the usual case) needs no ranking
+            found.sort(key=lambda pair: pair[0].load(pair[1].id))
+        return found
 
     def _held_here(self) -> list[HeldBridge]:
         """The bridges held here; none once the relay stops accepting (it opens no more)."""
@@ -310,7 +312,8 @@ class Peering:
     def advertised_nodes(self) -> list[AdvertisedNode]:
         """The linked nodes that do not drain and register an agent address
         (``--agent-advertise``), by name, with that address (one that does not parse as
-        HOST:PORT is left out)."""
+        HOST:PORT is left out), and for a worker of ``serve --workers`` its host-level node
+        (from its name, ``NODE/worker-I.S``)."""
         nodes = []
         for name in sorted(self.links):
             record = self._nodes.get(name)
@@ -320,7 +323,7 @@ class Peering:
                 host, port = parse_host_port(record.agent_advertise)
             except ValueError:
                 continue
-            nodes.append(AdvertisedNode(name, host, port))
+            nodes.append(AdvertisedNode(name, host, port, host_of_worker(name) or None))
         return nodes
 
     # -- the node list ------------------------------------------------------------------

@@ -226,6 +226,8 @@ class _Link:
     #: The link whose session is up on another host, that this one is let go for (set
     #: before `told_to_move`): this one is not replaced, its replacement is there.
     replacement: _Link | None = attrs.field(default=None, repr=False)
+    #: The control stream of its current session, if the relay opened one.
+    control: mux.Stream | None = attrs.field(default=None, repr=False)
 
 
 def _fields(**fields: Any) -> dict[str, Any]:
@@ -748,7 +750,7 @@ class Agent:
         learned = []
         for node in nodes:
             if (endpoint := advertised_endpoint(told, node.host, node.port)) is not None:
-                self._remember_node(endpoint, node.node)
+                self._remember_node(endpoint, node.node, node.host_node)
                 learned.append(endpoint)
         if tuple(learned) != self._learned:
             self._learned = tuple(learned)
@@ -772,7 +774,7 @@ class Agent:
         task_status: trio.TaskStatus[None],
     ) -> None:
         address = endpoint.address
-        link.relay_reason, link.bad_nodes = None, False
+        link.relay_reason, link.bad_nodes, link.control = None, False, None
         control = "control" in capabilities  # the relay's first stream is the control stream
         async with mux.open_session(
             PrefixedStream(transport, leftover) if leftover else transport,
@@ -820,7 +822,7 @@ class Agent:
                         except mux.SessionClosed:
                             break
                         if control:
-                            control = False
+                            control, link.control = False, stream
                             nursery.start_soon(
                                 self._read_control, stream, address, link, capabilities
                             )
@@ -937,6 +939,9 @@ class Agent:
                 await session.go_away()
             except mux.SessionClosed:
                 return
+            if link.replacement is not None and link.control is not None:
+                # The relay did not ask for this: its control stream would stay open.
+                link.control.reset()
             await self._finish_streams(session)
             await session.aclose()
 
