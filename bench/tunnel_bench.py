@@ -49,6 +49,7 @@ from pathlib import Path
 import mux
 from bench import bursts, costs, goals, pgbench, report
 from bench.clients import Failed, client
+from bench.floor import EpollFloor, TrioStreamFloor, TrioWaitFloor
 from bench.gotunnel import GoTunnelPath
 from bench.paths import (
     HOST,
@@ -71,9 +72,13 @@ PATHS = {
     "peered": PeeredTunnelPath,
     "go": GoTunnelPath,
     "ssh": SshPath,
+    "floor-trio": TrioStreamFloor,
+    "floor-trio-wait": TrioWaitFloor,
+    "floor-epoll": EpollFloor,
 }
 DEFAULT_PATHS = ["direct", "tunnel", "tunnel-ws", "go", "ssh"]
 VARIANTS = {"tunnel-ws", "tunnel-audit"}  # variants of the tunnel: measured in the rounds only
+FLOORS = {"floor-trio", "floor-trio-wait", "floor-epoll"}  # bench/floor.py: no bursts, no hold
 BASELINES = ("ssh", "go")  # the tunnel's figures are given as ratios to these
 CASES = ("throughput", "rtt", "rate", "pgbench", "costs", "bursts", "hold", "limit")
 ROUND_CASES = {  # case -> its measurements in the rounds
@@ -197,7 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME,...",
         help=f"paths to run, of {','.join(PATHS)} (default {','.join(DEFAULT_PATHS)}; "
         "tunnel-ws is the tunnel over WebSocket, tunnel-audit the tunnel with the relay's audit "
-        "log on: both only in the rounds; peered: two relay nodes, one peer hop)",
+        "log on: both only in the rounds; peered: two relay nodes, one peer hop; floor-*: one "
+        "Python process forwarding plain TCP, bench/floor.py)",
     )
     add(
         "--builtin",
@@ -579,10 +585,12 @@ def _measure(
     for path in paths:
         for case, wanted in (
             ("costs", "costs" in args.cases and path.name not in VARIANTS),
-            ("bursts", "bursts" in args.cases and path.name not in VARIANTS | {"direct"}),
+            ("bursts", "bursts" in args.cases and path.name not in VARIANTS | FLOORS | {"direct"}),
             (
                 "hold",
-                "hold" in args.cases and args.hold and path.name not in {"direct", "tunnel-ws"},
+                "hold" in args.cases
+                and args.hold
+                and path.name not in FLOORS | {"direct", "tunnel-ws"},
             ),
             ("stream limit", "limit" in args.cases and args.limit and path.name == "tunnel"),
         ):

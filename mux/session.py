@@ -205,6 +205,7 @@ class Session:
         takes no stream.
         """
         await checkpoint_if_cancelled()
+        parked = False
         while True:
             if self._accept_queue:
                 queue = self._accept_queue
@@ -216,11 +217,13 @@ class Session:
                 # Once the session is over, streams it opened are still handed out: what the
                 # peer sent on them before the end can be read.
                 self._accepted_total += 1
-                await cancel_shielded_checkpoint()
+                if not parked:  # waiting for the stream was the schedule point
+                    await cancel_shielded_checkpoint()
                 return stream
             if self._error is not None:
                 raise fresh(self._error)
             await self._acceptors.park()
+            parked = True
 
     def __aiter__(self) -> Session:
         """Iterating a session accepts its streams: ``async for stream in session``."""

@@ -203,6 +203,25 @@ class Stream(trio.abc.HalfCloseableStream):
             max_bytes = operator.index(max_bytes)
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
+        return await self._receive(max_bytes, self._take)  # type: ignore[return-value]
+
+    async def receive_view(self, max_bytes: int) -> bytes | bytearray | memoryview:
+        """As `receive_some`, without copying: the next piece of what arrived, up to
+        ``max_bytes`` (``b""`` after the peer's FIN), possibly a read-only view into what the
+        session read from its transport, and possibly shorter than what is buffered (one
+        piece per call, never joined).
+
+        For a caller that passes the data on at once (a splice into another stream): the
+        view stays valid (transports never reuse a buffer they returned), but keeping it
+        keeps the whole read it came from. Raises and waits as `receive_some` does.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        return await self._receive(max_bytes, self._take_view)
+
+    async def _receive(
+        self, max_bytes: int, take: Callable[[int], bytes | bytearray | memoryview]
+    ) -> bytes | bytearray | memoryview:
         with self._receive_conflict:
             await checkpoint_if_cancelled()
             waited = False
@@ -210,7 +229,7 @@ class Stream(trio.abc.HalfCloseableStream):
                 if self._closed:
                     raise trio.ClosedResourceError("the stream was closed")
                 if self._chunks:
-                    data = self._take(max_bytes)
+                    data = take(max_bytes)
                     break
                 if self._eof:
                     data = b""
@@ -222,6 +241,43 @@ class Stream(trio.abc.HalfCloseableStream):
             if not waited:
                 await cancel_shielded_checkpoint()
             return data
+
+    def _take_view(self, max_bytes: int) -> bytes | bytearray | memoryview:
+        chunks = self._chunks
+        assert chunks
+        head = chunks[0]
+        data: bytes | memoryview
+        if len(head) > max_bytes:
+            view = memoryview(head)
+            data = view[:max_bytes]
+            chunks[0] = view[max_bytes:]
+        else:
+            data = chunks.popleft()
+        self._session._consumed(self.stream_id, len(data))
+        return data
+
+    def receive_nowait(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """What `receive_some` would return now, without waiting: up to ``max_bytes`` of
+        what arrived (crediting the peer's window), or ``b""`` after the peer's FIN.
+
+        Raises `trio.WouldBlock` when nothing arrived yet, and what `receive_some` raises
+        otherwise (`trio.BusyResourceError` while a task is in `receive_some`). Not a
+        checkpoint: for a task that reads a request which arrived with the stream's open
+        and checkpoints later anyway.
+        """
+        max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        with self._receive_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("the stream was closed")
+            if self._chunks:
+                return self._take(max_bytes)
+            if self._eof:
+                return b""
+            if self._error is not None:
+                raise fresh(self._error)
+            raise trio.WouldBlock
 
     def _take(self, max_bytes: int) -> bytes | bytearray:
         chunks = self._chunks

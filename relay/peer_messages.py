@@ -3,8 +3,9 @@
 """What relay nodes say over a peer link once it is up (sans-IO): presence on the control
 stream, and the open request and reply at the start of every other stream.
 
-Presence: JSON lines (`encode_presence`, `PresenceReader`), each the full list of the bridges
-the sender holds a session of, with the tunnels open through them. Open: an `OpenRequest`
+Presence: JSON lines (`presence_lines`, `PresenceReader`) that make up, in parts of bounded
+size, the full list of the bridges the sender holds a session of, with the tunnels open
+through them. Open: an `OpenRequest`
 (bridge ID, target, caller for the audit trail), answered by an `OpenReply`; after OK the
 stream carries the target's bytes. Every length is bounded. See docs/PROTOCOL.md.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -27,11 +28,14 @@ MAX_CALLER = 1024
 MAX_MESSAGE = 1024
 MAX_OPEN_REQUEST = 1 + 1 + MAX_BRIDGE + 2 + MAX_CALLER + 1 + MAX_HOST + 2
 MAX_OPEN_REPLY = 1 + 1 + 2 + MAX_MESSAGE
-#: The longest presence line, and the most bridges one may list.
-MAX_PRESENCE_LINE = 4 * 1024 * 1024
+#: Presence: a list of held bridges goes in parts, lines of at most MAX_PRESENCE_PART
+#: bridges and MAX_PRESENCE_LINE bytes (its newline included), so that a receiver decodes
+#: a bounded piece at a time; a list has at most MAX_PRESENCE_BRIDGES bridges in all.
+MAX_PRESENCE_LINE = 64 * 1024
+MAX_PRESENCE_PART = 500
 MAX_PRESENCE_BRIDGES = 50_000
-#: Bridges `presence_steps` checks between two steps.
-PRESENCE_STEP = 2_000
+#: How a part that another part of the same list follows ends (the key ``more`` last).
+_MORE = b',"more":true}'
 
 
 class PeerMessageError(Exception):
@@ -129,66 +133,73 @@ class OpenReplyParser(MessageParser[OpenReply]):
 
 @attrs.frozen
 class Presence:
-    """One presence message: the bridges the sender holds, and whether it drains (it opens
-    no new tunnels: other nodes send it none, and its agents move away)."""
+    """One presence list: the bridges the sender holds (by ID, and the IDs by name), and
+    whether it drains (it opens no new tunnels: other nodes send it none, and its agents
+    move away)."""
 
-    bridges: list[HeldBridge]
+    held: dict[str, HeldBridge]
     draining: bool = False
+    names: dict[str, str] = attrs.field(eq=False, repr=False)
+
+    @names.default
+    def _names(self) -> dict[str, str]:
+        return {bridge.name: bridge.id for bridge in self.held.values()}
+
+    @classmethod
+    def of(cls, bridges: Iterable[HeldBridge], *, draining: bool = False) -> Presence:
+        """The presence listing `bridges`."""
+        return cls({bridge.id: bridge for bridge in bridges}, draining)
+
+    @property
+    def bridges(self) -> list[HeldBridge]:
+        return list(self.held.values())
 
 
-def encode_presence(bridges: list[HeldBridge], *, draining: bool = False) -> bytes:
-    """One presence line listing `bridges` (and ``"draining":true`` when the sender drains;
-    nodes that do not know the key ignore it). Raises ValueError beyond the bounds."""
+def presence_lines(bridges: Sequence[HeldBridge], *, draining: bool = False) -> Iterator[bytes]:
+    """The lines of one presence list (a generator: each part is encoded when asked for, so
+    a sender on an event loop can let other work run between two). Every line but the last
+    ends with `_MORE`; the last says ``"draining":true`` when the sender drains (nodes that
+    do not know the key ignore it). Raises ValueError beyond MAX_PRESENCE_BRIDGES."""
     if len(bridges) > MAX_PRESENCE_BRIDGES:
-        raise ValueError(f"at most {MAX_PRESENCE_BRIDGES} bridges per presence message")
-    value: dict[str, Any] = {"bridges": [[b.id, b.name, b.streams] for b in bridges]}
-    if draining:
-        value["draining"] = True
-    line = json.dumps(value, separators=(",", ":")).encode()
-    if len(line) >= MAX_PRESENCE_LINE:
-        raise ValueError("presence message too long")
-    return line + b"\n"
+        raise ValueError(f"at most {MAX_PRESENCE_BRIDGES} bridges per presence list")
+    parts = [
+        bridges[at : at + MAX_PRESENCE_PART] for at in range(0, len(bridges), MAX_PRESENCE_PART)
+    ]
+    parts = parts or [[]]
+    while parts:
+        part = parts.pop(0)
+        value: dict[str, Any] = {"bridges": [[b.id, b.name, b.streams] for b in part]}
+        if parts:
+            value["more"] = True
+        elif draining:
+            value["draining"] = True
+        line = json.dumps(value, separators=(",", ":")).encode() + b"\n"
+        if len(line) > MAX_PRESENCE_LINE:  # long (escaped) names: in halves
+            half = len(part) // 2
+            parts[:0] = [part[:half], part[half:]]
+            continue
+        yield line
+
+
+def encode_presence(bridges: Sequence[HeldBridge], *, draining: bool = False) -> bytes:
+    """All the lines of one presence list (`presence_lines`). Raises ValueError beyond the
+    bounds."""
+    return b"".join(presence_lines(bridges, draining=draining))
 
 
 def _held(entry: Any) -> HeldBridge:
-    if (
-        not isinstance(entry, list)
-        or len(entry) != 3
-        or not all(isinstance(text, str) and 1 <= len(text) <= MAX_BRIDGE for text in entry[:2])
-        or not isinstance(entry[2], int)
-        or isinstance(entry[2], bool)
-        or not 0 <= entry[2] < 2**31
-    ):
-        raise PeerMessageError("invalid bridge in a presence message")
-    return HeldBridge(entry[0], entry[1], entry[2])
-
-
-def decode_presence(line: bytes) -> Presence:
-    """One presence line (without its newline). Raises PeerMessageError."""
-    *_, presence = presence_steps(line, MAX_PRESENCE_BRIDGES)
-    assert presence is not None
-    return presence
-
-
-def presence_steps(line: bytes, step: int = PRESENCE_STEP) -> Iterator[Presence | None]:
-    """`decode_presence` in steps: yields None once the JSON is parsed and after every
-    `step` bridges checked (a caller on an event loop lets other work run in between), then
-    the `Presence`. Raises PeerMessageError."""
-    try:
-        value = json.loads(line, parse_constant=_reject)
-    except (ValueError, RecursionError):
-        raise PeerMessageError("presence message is not valid JSON") from None
-    bridges = value.get("bridges") if isinstance(value, dict) else None
-    if not isinstance(bridges, list) or len(bridges) > MAX_PRESENCE_BRIDGES:
-        raise PeerMessageError("presence message has no valid bridge list")
-    draining = value.get("draining", False)
-    if not isinstance(draining, bool):
-        raise PeerMessageError("presence message has an invalid draining flag")
-    held: list[HeldBridge] = []
-    for start in range(0, len(bridges), step):
-        yield None
-        held += [_held(entry) for entry in bridges[start : start + step]]
-    yield Presence(held, draining)
+    if type(entry) is list and len(entry) == 3:
+        bridge_id, name, streams = entry
+        if (
+            type(bridge_id) is str
+            and type(name) is str
+            and type(streams) is int
+            and 1 <= len(bridge_id) <= MAX_BRIDGE
+            and 1 <= len(name) <= MAX_BRIDGE
+            and 0 <= streams < 2**31
+        ):
+            return HeldBridge(bridge_id, name, streams)
+    raise PeerMessageError("invalid bridge in a presence message")
 
 
 def _reject(name: str) -> float:
@@ -196,33 +207,79 @@ def _reject(name: str) -> float:
 
 
 class PresenceReader:
-    """Splits the control stream's bytes into presence lines, holding at most
-    `MAX_PRESENCE_LINE` bytes: ``feed`` returns the latest complete message (None if the
-    bytes completed none). Only that one is decoded: the lines it supersedes are skipped
-    unread (counted in ``superseded``). Raises PeerMessageError for a line too long, or a
-    latest one that is invalid."""
+    """The receiving end of presence (sans-IO): `lines` splits the control stream's bytes
+    into lines, holding at most MAX_PRESENCE_LINE bytes, and `decode` decodes one line, a
+    part of a list, which it adds to the list being assembled; the list is returned whole
+    with its last part, so a receiver never sees half a list. A batch of lines that ends
+    more than one list is cut to the latest whole list and what follows it: the lists it
+    supersedes are skipped unread (counted in ``superseded``). Every call does bounded work
+    (one line, one batch). Raises PeerMessageError for a line too long or invalid, or a
+    list beyond MAX_PRESENCE_BRIDGES."""
 
     def __init__(self, max_line: int = MAX_PRESENCE_LINE) -> None:
         self._buffer = bytearray()
         self._max = max_line
+        self._held: dict[str, HeldBridge] = {}
+        self._names: dict[str, str] = {}
         self.superseded = 0
 
-    def feed(self, data: bytes) -> Presence | None:
-        line = self.feed_line(data)
-        return None if line is None else decode_presence(line)
-
-    def feed_line(self, data: bytes) -> bytes | None:
-        """`feed`, but the latest complete line is returned undecoded (for
-        `presence_steps`)."""
+    def lines(self, data: bytes) -> list[bytes]:
+        """The lines `data` completes, those of lists a later list in them supersedes left
+        out, for `decode` in order."""
         start = len(self._buffer)
         self._buffer += data
-        latest = None
+        lines: list[bytes] = []
         if (end := self._buffer.rfind(b"\n", start)) >= 0:  # only the new bytes are searched
-            lines = bytes(self._buffer[:end]).split(b"\n")
+            lines = [line for line in bytes(self._buffer[:end]).split(b"\n") if line]
             del self._buffer[: end + 1]
-            lines = [line for line in lines if line]
-            self.superseded += max(len(lines) - 1, 0)
-            latest = lines[-1] if lines else None
+            ends = [at for at, line in enumerate(lines) if not line.endswith(_MORE)]
+            if len(ends) > 1:
+                self.superseded += len(ends) - 1
+                self._held, self._names = {}, {}
+                lines = lines[ends[-2] + 1 :]
         if len(self._buffer) >= self._max:
             raise PeerMessageError(f"presence line longer than {self._max} bytes")
+        return lines
+
+    def decode(self, line: bytes) -> Presence | None:
+        """Decode one line (without its newline): the whole list once `line` is its last
+        part, else None. Raises PeerMessageError."""
+        if len(line) >= self._max:
+            raise PeerMessageError(f"presence line longer than {self._max} bytes")
+        try:
+            value = json.loads(line, parse_constant=_reject)
+        except (ValueError, RecursionError):
+            raise PeerMessageError("presence message is not valid JSON") from None
+        bridges = value.get("bridges") if isinstance(value, dict) else None
+        if not isinstance(bridges, list) or len(bridges) > MAX_PRESENCE_PART:
+            raise PeerMessageError("presence message has no valid bridge list")
+        more, draining = value.get("more", False), value.get("draining", False)
+        if not isinstance(draining, bool) or more is not line.endswith(_MORE):
+            raise PeerMessageError("presence message has an invalid flag")
+        for entry in bridges:
+            held = _held(entry)
+            self._held[held.id] = held
+            self._names[held.name] = held.id
+        if len(self._held) > MAX_PRESENCE_BRIDGES:
+            raise PeerMessageError(f"presence list longer than {MAX_PRESENCE_BRIDGES} bridges")
+        if more:
+            return None
+        presence = Presence(self._held, draining, self._names)
+        self._held, self._names = {}, {}
+        return presence
+
+    def feed(self, data: bytes) -> Presence | None:
+        """`lines` and `decode` at once: the latest whole list `data` completes, if any."""
+        latest = None
+        for line in self.lines(data):
+            latest = self.decode(line) or latest
         return latest
+
+
+def decode_presence(data: bytes) -> Presence:
+    """One whole presence list, its lines as sent. Raises PeerMessageError, also for a list
+    not complete."""
+    presence = PresenceReader().feed(data)
+    if presence is None:
+        raise PeerMessageError("presence list not complete")
+    return presence

@@ -41,7 +41,7 @@ from bridge.protocol.addresses import format_host_port, parse_host_port
 from bridge.protocol.connect import ConnectReply, ConnectStatus
 from bridge.protocol.control import AdvertisedNode
 from bridge.transport.prefixed_stream import PrefixedStream
-from bridge.transport.splice import splice
+from bridge.transport.splice import send_eagerly, splice
 from bridge.transport.tls import FingerprintMismatch, client_ssl_context, open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from relay.audit import Caller
@@ -85,11 +85,10 @@ from relay.peer_messages import (
     PresenceReader,
     encode_open_reply,
     encode_open_request,
-    encode_presence,
-    presence_steps,
+    presence_lines,
 )
 from relay.store import NodeRecord
-from relay.worker_messages import Handover
+from relay.worker_messages import Handover, host_of_worker
 
 if TYPE_CHECKING:
     from relay.relay import Relay
@@ -277,7 +276,9 @@ class Peering:
             for link in self.links.values()
             if not link.draining and (held := link.find(bridge))
         ]
-        return sorted(found, key=lambda pair: pair[0].load(pair[1].id))
+        if len(found) > 1:  # one holder (the usual case) needs no ranking
+            found.sort(key=lambda pair: pair[0].load(pair[1].id))
+        return found
 
     def _held_here(self) -> list[HeldBridge]:
         """The bridges held here; none once the relay stops accepting (it opens no more)."""
@@ -311,7 +312,8 @@ class Peering:
     def advertised_nodes(self) -> list[AdvertisedNode]:
         """The linked nodes that do not drain and register an agent address
         (``--agent-advertise``), by name, with that address (one that does not parse as
-        HOST:PORT is left out)."""
+        HOST:PORT is left out), and for a worker of ``serve --workers`` its host-level node
+        (from its name, ``NODE/worker-I.S``)."""
         nodes = []
         for name in sorted(self.links):
             record = self._nodes.get(name)
@@ -321,7 +323,7 @@ class Peering:
                 host, port = parse_host_port(record.agent_advertise)
             except ValueError:
                 continue
-            nodes.append(AdvertisedNode(name, host, port))
+            nodes.append(AdvertisedNode(name, host, port, host_of_worker(name) or None))
         return nodes
 
     # -- the node list ------------------------------------------------------------------
@@ -677,12 +679,16 @@ class Peering:
                 _log(logging.INFO, "Peer link down", node=node, reason=reason or "closed")
 
     async def _send_presence(self, link: PeerLink) -> None:
+        """Send this node's presence on `link`: on a change (debounced) and every
+        `presence_interval`. A list goes in parts (`presence_lines`), each encoded when the
+        previous one is sent, so that a large one never holds up the other work for long."""
         interval, debounce = self.config.presence_interval, self.config.presence_debounce
         try:
             while True:
                 link.wake = trio.Event()
-                line = encode_presence(self._held_here(), draining=self.relay.stopping)
-                await link.control.send_all(line)
+                held = self._held_here()
+                for line in presence_lines(held, draining=self.relay.stopping):
+                    await link.control.send_all(line)
                 with trio.move_on_after(interval):
                     await link.wake.wait()
                     await trio.sleep(debounce)
@@ -690,53 +696,49 @@ class Peering:
             link.close(link.close_reason or "control stream closed")
 
     async def _read_presence(self, link: PeerLink, control: Any) -> None:
-        """Read `link`'s presence messages: only the latest is decoded, and after each the
-        reading pauses (`presence_debounce`, or 4 times what decoding took: a peer's presence
-        costs at most a fifth of a core; flow control holds a faster sender back). A peer
-        that sends many more than it should is told of in one log line."""
+        """Read `link`'s presence: one part at a time, each followed by a pause of 4 times
+        what it took to decode (so one peer's presence costs at most a fifth of a core, and
+        flow control holds a faster sender back), and a whole list by at least
+        `presence_debounce`. A list takes effect only once whole; of the lists one read
+        completes, only the latest is decoded. A peer that sends large lists, or many more
+        than it should, is told of in one log line."""
         reader = PresenceReader()
         warned = False
+        debounce = self.config.presence_debounce
+        cost = 0.0  # what decoding the list being assembled took so far
         try:
             while data := await control.receive_some(_READ_SIZE):
-                if (line := reader.feed_line(data)) is None:
-                    continue
-                # Decoded in steps, with a checkpoint between two: the largest message holds
-                # this node's other work up a few milliseconds at a time, not for its whole
-                # decoding. `spent` counts the steps only.
-                steps, spent = presence_steps(line), 0.0
-                while True:
+                for line in reader.lines(data):
                     began = trio.current_time()
-                    presence = next(steps)
-                    spent += trio.current_time() - began
-                    if presence is not None:
-                        break
-                    await trio.lowlevel.checkpoint()
-                began = trio.current_time()
-                if presence.draining and not link.draining:
-                    _log(logging.INFO, "Peer draining: routing around it", node=link.node)
-                if presence.draining != link.draining:
-                    link.draining = presence.draining
-                    self.relay._advertised_changed()
-                link.held = {b.id: b for b in presence.bridges}
-                link.names = {b.name: b.id for b in presence.bridges}
-                link.opened = {}
-                if not link.heard:
-                    link.heard = True
-                    self._wake_waiters()
-                debounce = self.config.presence_debounce
-                pause = max(debounce, 4 * (spent + trio.current_time() - began))
-                often = reader.superseded >= _SUPERSEDED_WARNING
-                if (often or pause > debounce) and not warned:
-                    warned = True  # costly (large) presence, or more than a node sends
-                    _log(
-                        logging.WARNING if often else logging.INFO,
-                        "Peer presence throttled: reading only its latest message, then pausing",
-                        node=link.node,
-                        pause=f"{pause:.3f} s",
-                        bridges=len(presence.bridges),
-                        superseded=reader.superseded,
-                    )
-                await trio.sleep(pause)
+                    presence = reader.decode(line)
+                    spent = trio.current_time() - began
+                    cost += spent
+                    if presence is None:
+                        await trio.sleep(4 * spent)
+                        continue
+                    if presence.draining and not link.draining:
+                        _log(logging.INFO, "Peer draining: routing around it", node=link.node)
+                    if presence.draining != link.draining:
+                        link.draining = presence.draining
+                        self.relay._advertised_changed()
+                    link.held, link.names = presence.held, presence.names
+                    link.opened = {}
+                    if not link.heard:
+                        link.heard = True
+                        self._wake_waiters()
+                    often = reader.superseded >= _SUPERSEDED_WARNING
+                    if (often or 4 * cost > debounce) and not warned:
+                        warned = True  # costly (large) presence, or more than a node sends
+                        _log(
+                            logging.WARNING if often else logging.INFO,
+                            "Peer presence throttled: reading only its latest list, then pausing",
+                            node=link.node,
+                            pause=f"{4 * cost:.3f} s",
+                            bridges=len(presence.held),
+                            superseded=reader.superseded,
+                        )
+                    cost = 0.0
+                    await trio.sleep(max(debounce, 4 * spent))
         except PeerMessageError as exc:
             link.close(f"invalid presence: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -784,15 +786,19 @@ class Peering:
         tunnel = None
         try:
             parser = OpenRequestParser()
-            with trio.move_on_after(self.relay.config.handshake_timeout):
-                await _read_message(stream, parser)
+            # The request rides on the stream's SYN frame: it is read as it is buffered,
+            # with no deadline and no checkpoint (the open's own come next); only a request
+            # split over frames is waited for.
+            if _read_buffered(stream, parser) is None:
+                with trio.move_on_after(self.relay.config.handshake_timeout):
+                    await _read_message(stream, parser)
             if (request := parser.message) is None:
                 _reset(stream)
                 return
             tunnel, reply = await self._open_local(link, request)
             if tunnel is not None:
                 link.tunnels += 1
-            await stream.send_all(encode_open_reply(reply))
+            await send_eagerly(stream, encode_open_reply(reply))
             if tunnel is None:
                 await stream.aclose()
                 return
@@ -823,12 +829,12 @@ class Peering:
             link.room.unpark_all()
             if tunnel is not None:
                 link.tunnels -= 1
-            # Closing mux streams (and their metering) never blocks: shielded, the closes
-            # are plain checkpoints, where a forced close would raise a Cancelled through
-            # every layer of both streams.
-            with trio.CancelScope(shield=True):
+            # Closing a mux stream (and its metering) never blocks: each close is done
+            # before its checkpoint, so a cancellation there leaves both closed.
+            try:
                 if tunnel is not None:
                     await tunnel.aclose()
+            finally:
                 await stream.aclose()
 
     async def _open_local(
@@ -926,7 +932,7 @@ class Peering:
         try:
             with trio.move_on_after(wait):
                 stream = await link.session.open_stream()
-                await stream.send_all(encode_open_request(request))
+                await send_eagerly(stream, encode_open_request(request))
                 reply = await _read_message(stream, parser)
         except (mux.StreamReset, mux.SessionClosed, trio.BrokenResourceError) as exc:
             if stream is not None:
@@ -1036,6 +1042,16 @@ async def _peek_prelude(tcp: trio.SocketStream) -> tuple[Prelude, int]:
         if (prelude := parser.feed(data)) is not None:
             return prelude, len(data) - len(parser.leftover)
         await trio.sleep(_PEEK_GAP)  # the rest has not arrived yet
+
+
+def _read_buffered(stream: mux.Stream, parser: Any) -> Any:
+    """Feed `parser` what `stream` has buffered (`mux.Stream.receive_nowait`): its message,
+    or None when that is not all there yet. Not a checkpoint; raises what the stream raises
+    (but not `trio.WouldBlock`)."""
+    try:
+        return parser.feed(stream.receive_nowait(_READ_SIZE))
+    except trio.WouldBlock:
+        return None
 
 
 async def _read_message(stream: Any, parser: Any) -> Any:

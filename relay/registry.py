@@ -6,7 +6,6 @@ an older one out."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -187,17 +186,10 @@ class Registry:
         else:
             self._slots.pop(bridge_id, None)
 
-    @contextlib.contextmanager
-    def opening_stream(self, bridge_id: str) -> Iterator[None]:
-        """Counts an open of the bridge in `opening` while the body runs."""
-        self.opening[bridge_id] = self.opening.get(bridge_id, 0) + 1
-        try:
-            yield
-        finally:
-            if self.opening[bridge_id] > 1:
-                self.opening[bridge_id] -= 1
-            else:
-                del self.opening[bridge_id]
+    def opening_stream(self, bridge_id: str) -> _Opening:
+        """A context manager that counts an open of the bridge in `opening` while its body
+        runs (a plain object, not a generator: it is entered once per tunnel)."""
+        return _Opening(self.opening, bridge_id)
 
     def open_streams(self, bridge: str) -> int:
         """Streams open across the sessions of `bridge` (a name or ID)."""
@@ -211,3 +203,22 @@ class Registry:
         """End every session of `bridge_id`, giving `reason` (see `AgentSession.close`)."""
         for session in self.sessions(bridge_id):
             session.close(reason)
+
+
+class _Opening:
+    """`Registry.opening_stream`: one more open of `bridge_id` in `counts` while entered."""
+
+    __slots__ = ("_bridge_id", "_counts")
+
+    def __init__(self, counts: dict[str, int], bridge_id: str) -> None:
+        self._counts, self._bridge_id = counts, bridge_id
+
+    def __enter__(self) -> None:
+        self._counts[self._bridge_id] = self._counts.get(self._bridge_id, 0) + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        counts, bridge_id = self._counts, self._bridge_id
+        if counts[bridge_id] > 1:
+            counts[bridge_id] -= 1
+        else:
+            del counts[bridge_id]

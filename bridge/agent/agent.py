@@ -218,6 +218,15 @@ class _Link:
     first_delay: float = 0.0
     #: Set once this link's first session is up, or its first round found none.
     settled: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    #: A link that looks for a host no session is on, for one round (`Agent._rebalance`):
+    #: it dials only addresses that may reach one, and ends if its round finds none; once
+    #: its session is up it is a link like the others.
+    probing: bool = False
+    #: The link whose session is up on another host, that this one is let go for (set
+    #: before `told_to_move`): this one is not replaced, its replacement is there.
+    replacement: _Link | None = attrs.field(default=None, repr=False)
+    #: The control stream of its current session, if the relay opened one.
+    control: mux.Stream | None = attrs.field(default=None, repr=False)
 
 
 def _fields(**fields: Any) -> dict[str, Any]:
@@ -319,6 +328,8 @@ class Agent:
         #: Moves told soon after a session came up back off like reconnects.
         self._move_backoff = Backoff(self.config.max_backoff)
         self._links_freed = ParkingLot()  # a link was let go: an endpoint may be free
+        self._links_changed = ParkingLot()  # a session came up or ended
+        self._nodes_listed = ParkingLot()  # a relay's list of nodes changed
         self._nursery: trio.Nursery | None = None
         #: The relay node of each address that named its node (key: `RelayEndpoint.key`),
         #: in its Welcome or in a relay's list of nodes.
@@ -377,6 +388,8 @@ class Agent:
         self.notifier.stopping(f"Draining {opened} open connections")
         self._drain_requested.set()
         self._links_freed.unpark_all()
+        self._links_changed.unpark_all()
+        self._nodes_listed.unpark_all()
         self._first_session.set()  # `run` stops waiting for one
         for scope in self._connecting:
             scope.cancel()
@@ -390,7 +403,8 @@ class Agent:
         `bridge.agent.relay_endpoints`). Once the first session is up, the agent opens the
         others of ``AgentConfig.connections``, each to a node no other session is on, and
         keeps each one up the same way (a link with no such node to go to looks again every
-        ``max_backoff`` seconds, quietly).
+        ``max_backoff`` seconds, quietly). Two sessions on one relay host (taken when no
+        address reached another) are spread again once another host answers (`_rebalance`).
 
         Returns after `drain`: how many open streams the drain had to cut (0 after a clean
         drain). Raises `AuthenticationFailed` or `RelayRejected` when the relay refuses this
@@ -410,6 +424,8 @@ class Agent:
                 task_status.started()
                 for link in self._links[1:]:
                     nursery.start_soon(self._keep_link, link, nursery.cancel_scope)
+                if self.config.connections > 1:
+                    nursery.start_soon(self._rebalance)
         if self._fatal is not None:
             raise self._fatal
         finished = max(self._drain_opened - self._cut, 0)
@@ -432,7 +448,8 @@ class Agent:
             await self._keep_up(link)
         finally:
             link.endpoint = None
-            if link.moved:  # its replacement carries on
+            # A moved link's replacement carries on; a probe that found no other host ends.
+            if link.moved or link.probing:
                 self._links.remove(link)
                 self._links_freed.unpark_all()
 
@@ -444,6 +461,12 @@ class Agent:
                 await self._drain_requested.wait()
         while not self._draining and not link.moved:
             endpoints, failures = await self._round(link, last)
+            if link.probing:  # only addresses that may reach a host no session is on
+                endpoints = [e for e in endpoints if not self._host_in_use(link, e)]
+                failures = []  # the links that dial those names tell of them
+                if not endpoints:
+                    link.settled.set()
+                    return
             if not endpoints and not failures:
                 # Every address is a node another session is on: look again later (a name
                 # may resolve to more, a URL may come back, a session may let one go),
@@ -468,14 +491,17 @@ class Agent:
             for number, endpoint in enumerate(endpoints):
                 if self._in_use(link, endpoint):  # another link took it meanwhile
                     continue
-                alone = all(
+                if link.probing and self._host_in_use(link, endpoint):
+                    continue
+                alone = not link.probing and all(
                     self._host_in_use(link, e) or self._in_use(link, e)
                     for e in endpoints[number + 1 :]
                 )
                 if pending:
                     log.log(level, "Trying another relay", extra=_fields(**fields, reason=reason))
                 link.endpoint, pending = endpoint, True
-                fields, level = endpoint.log_fields(), logging.WARNING
+                fields = endpoint.log_fields()
+                level = logging.DEBUG if link.probing else logging.WARNING
                 began, sessions = trio.current_time(), link.sessions
                 try:
                     await self._run_session(
@@ -506,6 +532,9 @@ class Agent:
                 if self._draining or link.moved:
                     break
             else:
+                if link.probing:  # its one round found no other host
+                    link.settled.set()
+                    return
                 if untrusted is not None and not self.sessions:
                     # Never worked, and a relay failed verification: the trust settings are
                     # wrong (the others could not be reached to tell otherwise).
@@ -650,7 +679,7 @@ class Agent:
     ) -> None:
         """`run_session` for ``link``. Raises `_SameNode`, having closed the connection, when
         the relay names a node another link is on, or (unless ``share_host``) a host."""
-        async with self._connect(endpoint) as connected:
+        async with self._connect(endpoint, quiet=link.probing) as connected:
             if connected is None:  # `drain` was called while connecting
                 return
             transport, leftover, capabilities, (node, host) = connected
@@ -674,6 +703,7 @@ class Agent:
                 )
             finally:
                 link.connected = False
+                self._links_changed.unpark_all()
 
     def _remember_node(self, endpoint: RelayEndpoint, node: str, host: str | None = None) -> None:
         """Note that ``endpoint`` reaches the relay node ``node``, and with ``host`` the
@@ -707,7 +737,7 @@ class Agent:
         learned = []
         for node in nodes:
             if (endpoint := advertised_endpoint(told, node.host, node.port)) is not None:
-                self._remember_node(endpoint, node.node)
+                self._remember_node(endpoint, node.node, node.host_node)
                 learned.append(endpoint)
         if tuple(learned) != self._learned:
             self._learned = tuple(learned)
@@ -718,6 +748,7 @@ class Agent:
                 ),
             )
             self._links_freed.unpark_all()  # a link waiting for a node may have one now
+            self._nodes_listed.unpark_all()
 
     async def _serve_session(
         self,
@@ -730,7 +761,7 @@ class Agent:
         task_status: trio.TaskStatus[None],
     ) -> None:
         address = endpoint.address
-        link.relay_reason, link.bad_nodes = None, False
+        link.relay_reason, link.bad_nodes, link.control = None, False, None
         control = "control" in capabilities  # the relay's first stream is the control stream
         async with mux.open_session(
             PrefixedStream(transport, leftover) if leftover else transport,
@@ -739,8 +770,9 @@ class Agent:
         ) as session:
             self.sessions += 1
             link.sessions += 1
-            link.connected = True
+            link.connected, link.probing = True, False
             link.up_since = trio.current_time()
+            self._links_changed.unpark_all()
             up = len(self._connected_addresses())
             if up > 1:  # which of the sessions this is
                 node = {} if link.node is None else {"node": link.node}
@@ -777,7 +809,7 @@ class Agent:
                         except mux.SessionClosed:
                             break
                         if control:
-                            control = False
+                            control, link.control = False, stream
                             nursery.start_soon(
                                 self._read_control, stream, address, link, capabilities
                             )
@@ -791,7 +823,9 @@ class Agent:
             return
         if link.moved:
             log.info(
-                "Left the draining relay node",
+                "Left the draining relay node"
+                if link.replacement is None
+                else "Left the second session to the relay host",
                 extra=_fields(**endpoint.log_fields(), node=link.node or ""),
             )
             return
@@ -846,57 +880,126 @@ class Agent:
         session is up (or it found none to go to) this one is let go: GoAway, its open
         streams finish (within the relay's drain timeout, and the agent's own), then it is
         closed. A move told within ``healthy_session`` of the session coming up is followed
-        after a backoff (the old session serves meanwhile)."""
+        after a backoff (the old session serves meanwhile). A link told by `_rebalance`
+        (its replacement is up already) is let go at once."""
         with scope:
             await link.told_to_move.wait()
             if self._draining or self._nursery is None:
                 return
             link.moved = True
-            if trio.current_time() - link.up_since >= self.config.healthy_session:
-                self._move_backoff.reset()
-                delay = 0.0
+            if (replacement := link.replacement) is not None:
+                log.info(
+                    "Letting the second session to the relay host go",
+                    extra=_fields(
+                        node=link.node or "", host=link.host or "", moved_to=replacement.node or ""
+                    ),
+                )
             else:
-                delay = self._move_backoff.next()
-            replacement = _Link(self._link_count, first_delay=delay)
-            self._link_count += 1
-            self._links.append(replacement)
-            log.info(
-                "The relay node is draining: moving to another node",
-                extra=_fields(
-                    address=link.endpoint.url.address if link.endpoint else "",
-                    node=link.node or "",
-                    reason=link.relay_reason or "",
-                    **({"delay": f"{delay:.1f} s"} if delay else {}),
-                ),
-            )
-            self._nursery.start_soon(self._keep_link, replacement, self._nursery.cancel_scope)
-            async with trio.open_nursery() as race:
-
-                async def settled() -> None:
-                    await replacement.settled.wait()
-                    race.cancel_scope.cancel()
-
-                async def drained() -> None:
-                    await self._drain_requested.wait()
-                    race.cancel_scope.cancel()
-
-                race.start_soon(settled)
-                race.start_soon(drained)
-            if self._draining:
-                return  # `_drain_when_asked` lets every session go
-            log.info(
-                "Letting the draining relay node go",
-                extra=_fields(
-                    node=link.node or "",
-                    moved_to=replacement.node or ("" if replacement.connected else "none yet"),
-                ),
-            )
+                if trio.current_time() - link.up_since >= self.config.healthy_session:
+                    self._move_backoff.reset()
+                    delay = 0.0
+                else:
+                    delay = self._move_backoff.next()
+                replacement = _Link(self._link_count, first_delay=delay)
+                self._link_count += 1
+                self._links.append(replacement)
+                log.info(
+                    "The relay node is draining: moving to another node",
+                    extra=_fields(
+                        address=link.endpoint.url.address if link.endpoint else "",
+                        node=link.node or "",
+                        reason=link.relay_reason or "",
+                        **({"delay": f"{delay:.1f} s"} if delay else {}),
+                    ),
+                )
+                self._nursery.start_soon(self._keep_link, replacement, self._nursery.cancel_scope)
+                if not await self._settled(replacement):
+                    return  # `_drain_when_asked` lets every session go
+                log.info(
+                    "Letting the draining relay node go",
+                    extra=_fields(
+                        node=link.node or "",
+                        moved_to=replacement.node or ("" if replacement.connected else "none yet"),
+                    ),
+                )
             try:
                 await session.go_away()
             except mux.SessionClosed:
                 return
+            if link.replacement is not None and link.control is not None:
+                # The relay did not ask for this: its control stream would stay open.
+                link.control.reset()
             await self._finish_streams(session)
             await session.aclose()
+
+    async def _settled(self, link: _Link) -> bool:
+        """Wait until ``link``'s first session is up or its first round found none: True;
+        False if `drain` is called first."""
+        async with trio.open_nursery() as race:
+
+            async def settled() -> None:
+                await link.settled.wait()
+                race.cancel_scope.cancel()
+
+            async def drained() -> None:
+                await self._drain_requested.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(settled)
+            race.start_soon(drained)
+        return not self._draining
+
+    def _doubled(self) -> _Link | None:
+        """Of two sessions on one relay host (none told to move), the one that came up
+        last; None when every session is on a host of its own (or does not know its host)."""
+        hosts: set[str] = set()
+        up = [o for o in self._links if o.connected and not o.moved and o.host is not None]
+        for link in sorted(up, key=lambda o: o.up_since):
+            if link.host in hosts:
+                return link
+            hosts.add(link.host)  # type: ignore[arg-type]
+        return None
+
+    async def _rebalance(self) -> None:
+        """While two sessions are on one relay host (taken when no address reached another),
+        look for another host now and then: a probing link tries, for one round, the
+        addresses that may reach a host no session is on, and once its session is up the
+        later of the two is let go as a moved one is (make before break). The looks back
+        off as reconnects do (up to ``max_backoff``), and start over only once no host has
+        had two sessions for ``healthy_session``: a host that comes and goes is not chased
+        back and forth. A relay's new list of nodes brings the next look forward, to no
+        sooner than ``healthy_session`` after the last one. Returns after `drain`."""
+        backoff = Backoff(self.config.max_backoff)
+        looked = -math.inf  # when the last probing link was started
+        while not self._draining:
+            if self._doubled() is None:
+                with trio.move_on_after(self.config.healthy_session) as quiet:
+                    await self._links_changed.park()
+                if quiet.cancelled_caught:
+                    backoff.reset()
+                continue
+            deadline = trio.current_time() + backoff.next()
+            while not self._draining and trio.current_time() < deadline:
+                with trio.move_on_at(deadline):
+                    await self._nodes_listed.park()
+                    deadline = min(deadline, looked + self.config.healthy_session)
+            if self._draining or (doubled := self._doubled()) is None or self._nursery is None:
+                continue
+            looked = trio.current_time()
+            probe = _Link(self._link_count, probing=True)
+            self._link_count += 1
+            self._links.append(probe)
+            self._nursery.start_soon(self._keep_link, probe, self._nursery.cancel_scope)
+            if not await self._settled(probe) or not probe.connected:
+                continue
+            log.info(
+                "Another relay host is reachable: moving a session there",
+                extra=_fields(
+                    node=doubled.node or "", host=doubled.host or "", to=probe.node or ""
+                ),
+            )
+            doubled.replacement, doubled.moved = probe, True
+            doubled.told_to_move.set()
 
     async def _drain_when_asked(self, session: mux.Session, scope: trio.CancelScope) -> None:
         """Once `drain` is called: GoAway, wait for the open streams (up to the drain
@@ -933,17 +1036,19 @@ class Agent:
 
     @asynccontextmanager
     async def _connect(
-        self, endpoint: RelayEndpoint
+        self, endpoint: RelayEndpoint, *, quiet: bool = False
     ) -> AsyncIterator[
         tuple[trio.abc.Stream, bytes, frozenset[str], tuple[str | None, str | None]] | None
     ]:
         """TCP to ``endpoint`` (through its proxy, if any), TLS, the WebSocket upgrade for
         wss://, and the handshake. Yields the transport, the bytes after the Welcome, the
         negotiated capabilities and the relay's node and host names (None: not given), or None when
-        `drain` was called meanwhile; closes the transport at the end."""
+        `drain` was called meanwhile; closes the transport at the end. ``quiet``: the attempt
+        is logged at debug level."""
         url, where = endpoint.url, _where(endpoint)
         via = {} if endpoint.proxy is None else {"proxy": endpoint.proxy.address}
-        log.info("Connecting to the relay", extra=_fields(**endpoint.log_fields(), **via))
+        level = logging.DEBUG if quiet else logging.INFO
+        log.log(level, "Connecting to the relay", extra=_fields(**endpoint.log_fields(), **via))
         connecting = trio.CancelScope()  # `drain` cancels it, and so does the deadline
         self._connecting.add(connecting)
         try:

@@ -420,6 +420,8 @@ class MeteredStream(trio.abc.HalfCloseableStream):
         self._open.inc()
         if getattr(stream, "try_send", None) is not None:
             self.try_send = self._try_send
+        if getattr(stream, "receive_view", None) is not None:
+            self.receive_view = self._receive_view
 
     def _try_send(self, data: bytes | bytearray | memoryview) -> int:
         """`mux.Stream.try_send` through the wrapped stream (the wrapper's ``try_send`` where
@@ -468,6 +470,16 @@ class MeteredStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Receive from the wrapped stream and count the bytes; raises what it raises."""
         data = await self.transport_stream.receive_some(max_bytes)
+        self.bytes_received += len(data)
+        self._received.inc(len(data))
+        return data
+
+    async def _receive_view(self, max_bytes: int) -> bytes | bytearray | memoryview:
+        """`mux.Stream.receive_view` through the wrapped stream, the bytes counted as received;
+        raises what it raises."""
+        data: bytes | bytearray | memoryview = await self.transport_stream.receive_view(  # type: ignore[attr-defined]
+            max_bytes
+        )
         self.bytes_received += len(data)
         self._received.inc(len(data))
         return data

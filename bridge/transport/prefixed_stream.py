@@ -18,7 +18,8 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
     protocol layer. When ``stream`` offers ``send_some`` (a partial write mux can use to
     write directly), so does the wrapper; likewise ``try_send`` (`mux.Stream.try_send`) and
     ``set_push`` (push delivery, see `mux.Stream.set_push`), which only pushes while a task
-    waits in the wrapped stream's ``receive_some``, so never before the prefix is read.
+    waits in the wrapped stream's ``receive_some``, so never before the prefix is read, and
+    ``receive_view`` (`mux.Stream.receive_view`), after the prefix.
     """
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
@@ -35,6 +36,8 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         try_send = getattr(stream, "try_send", None)
         if try_send is not None:
             self.try_send = try_send
+        if getattr(stream, "receive_view", None) is not None:
+            self.receive_view = self._receive_view
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send through the wrapped stream; raises and behaves on cancellation as it does."""
@@ -72,6 +75,17 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
             n = len(self._prefix) if max_bytes is None else max_bytes
             chunk, self._prefix = self._prefix[:n], self._prefix[n:]
             return bytes(chunk)
+
+    async def _receive_view(self, max_bytes: int) -> bytes | bytearray | memoryview:
+        """The prefix's next bytes while any are left, then the wrapped stream's
+        ``receive_view`` (`mux.Stream.receive_view`: no copy). Raises as `receive_some` does."""
+        if self._prefix or self._closed:
+            return await self.receive_some(max_bytes)
+        with self._receive_conflict:
+            view: bytes | bytearray | memoryview = await self.transport_stream.receive_view(  # type: ignore[attr-defined]
+                max_bytes
+            )
+            return view
 
     async def aclose(self) -> None:
         """Drop the prefix and close the wrapped stream (also when cancelled, as trio streams

@@ -90,6 +90,18 @@ async def splice(
     return counts[0], counts[1], clean
 
 
+async def send_eagerly(stream: trio.abc.SendStream, data: bytes | bytearray) -> None:
+    """Send `data` as ``stream.send_all`` does, but where the stream can take it all at once
+    without waiting (`mux.Stream.try_send`: the send window and the session's write buffer
+    have room), queue and write it from this task with no task switch: a request or answer
+    at the start of a stream, where a checkpoint follows soon anyway. Raises what
+    ``send_all`` raises; only the rest of what ``try_send`` did not take is a checkpoint."""
+    try_send = getattr(stream, "try_send", None)
+    taken = 0 if try_send is None else try_send(data)
+    if taken < len(data):
+        await stream.send_all(memoryview(data)[taken:])
+
+
 def _push_setter(
     source: trio.abc.ReceiveStream,
     sink: trio.abc.SendStream,
@@ -120,11 +132,15 @@ def _push_setter(
 def _receiver(
     source: trio.abc.ReceiveStream, sink: trio.abc.SendStream
 ) -> tuple[
-    Callable[[int], Awaitable[bytes | bytearray]], Callable[[bytes | bytearray], int] | None
+    Callable[[int], Awaitable[bytes | bytearray | memoryview]],
+    Callable[[bytes | bytearray | memoryview], int] | None,
 ]:
     """How ``pump`` reads ``source``, and the sink's ``try_send`` if the pump may use it.
 
-    The read is ``source.receive_some``, or, for a plain TCP socket, a read that waits for
+    The read is ``source.receive_some``; for a source with ``receive_view`` (a mux stream,
+    `mux.Stream.receive_view`, also through the wrappers that pass it on), that read, which
+    hands on what the stream's session read without copying it; for a plain TCP socket, a
+    read that waits for
     data first when the last read emptied the socket (trio's own read tries first, and on a
     connection that carries messages back and forth that try fails, a system call and an
     exception for every message). That read is a full checkpoint, so that the sink's
@@ -132,7 +148,12 @@ def _receiver(
     can carry what it read: one task step per message instead of two. Raises as
     ``receive_some`` does."""
     if type(source) is not trio.SocketStream:
-        return source.receive_some, None
+        receive_view = getattr(source, "receive_view", None)
+        if receive_view is None:
+            return source.receive_some, None
+        # A mux stream: its pieces as they arrived, without a copy, and its read is a full
+        # checkpoint, so the sink's try_send may carry them.
+        return receive_view, getattr(sink, "try_send", None)
     raw = getattr(source.socket, "_sock", None)
     if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
         return source.receive_some, None

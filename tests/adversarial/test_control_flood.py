@@ -28,6 +28,8 @@ FLOOD_SECONDS = 14
 #: second half of the flood than in the first (the bound does not grow with bytes sent).
 RSS_BOUND = 6 * 1024
 RSS_DRIFT_BOUND = 1024
+#: Another bridge's 1 KiB round trip p99 during the flood, at most: this, or three times
+#: what it was before the flood when the machine is loaded enough to make that more.
 P99_BOUND = 0.050
 
 
@@ -35,9 +37,12 @@ def attacker_argv(role: str, *args: object) -> list[str]:
     return [sys.executable, "-m", "tests.adversarial.flood_support", role, *map(str, args)]
 
 
-def bytes_sent(process) -> int:
-    sent = re.findall(r"^sent=(\d+) ", process.stdout(), re.MULTILINE)
-    return int(sent[-1]) if sent else 0
+def flood_bytes(process) -> tuple[int, int]:
+    """What the attacker last reported: bytes of flood its transport took (sent) and bytes
+    of the victim's answers it read (received)."""
+    reports = re.findall(r"^sent=(\d+) received=(\d+)$", process.stdout(), re.MULTILINE)
+    sent, received = reports[-1] if reports else (0, 0)
+    return int(sent), int(received)
 
 
 async def round_trips(port: int, seconds: float) -> list[float]:
@@ -95,9 +100,9 @@ async def test_a_flooding_agent_neither_grows_the_relay_nor_slows_other_bridges(
     half = (FLOOD_SECONDS - 2) / 2
     await trio.sleep(1)
     first = await round_trips(forward, half)
-    rss_mid, sent_mid = rss_kib(pid), bytes_sent(flood)
+    rss_mid, (sent_mid, answered_mid) = rss_kib(pid), flood_bytes(flood)
     second = await round_trips(forward, half)
-    rss_end, sent_end = rss_kib(pid), bytes_sent(flood)
+    rss_end, (sent_end, answered_end) = rss_kib(pid), flood_bytes(flood)
     during = first + second
 
     growth, drift = rss_end - rss_before, rss_end - rss_mid
@@ -107,10 +112,10 @@ async def test_a_flooding_agent_neither_grows_the_relay_nor_slows_other_bridges(
         f"\nvictim 1 KiB round trip p99: {p99(quiet) * 1000:.1f} ms quiet, "
         f"{p99(during) * 1000:.1f} ms during the flood ({len(during)} round trips)"
     )
-    assert sent_end > sent_mid > 0
+    assert answered_end > answered_mid > 0  # the victim read the flood in both halves
     assert growth < RSS_BOUND
     assert drift < RSS_DRIFT_BOUND
-    assert p99(during) <= P99_BOUND
+    assert p99(during) <= max(P99_BOUND, 3 * p99(quiet))
     log = relay.process.stderr()
     assert "Traceback" not in log and "Unexpected error" not in log
 
@@ -154,15 +159,15 @@ async def test_a_flooding_relay_does_not_grow_the_agent(launch: Launcher, tmp_pa
     rss_before = rss_kib(pid)
     half = (FLOOD_SECONDS - 2) / 2
     await trio.sleep(half)
-    rss_mid, sent_mid = rss_kib(pid), bytes_sent(flood)
+    rss_mid, (sent_mid, answered_mid) = rss_kib(pid), flood_bytes(flood)
     await trio.sleep(half)
-    rss_end, sent_end = rss_kib(pid), bytes_sent(flood)
+    rss_end, (sent_end, answered_end) = rss_kib(pid), flood_bytes(flood)
     growth, drift = rss_end - rss_before, rss_end - rss_mid
     print(
         f"\nagent RSS: {rss_before} KiB once logged in, +{rss_mid - rss_before} KiB after "
         f"{sent_mid / 2**20:.1f} MiB of flood, +{growth} KiB after {sent_end / 2**20:.1f} MiB"
     )
-    assert sent_end > sent_mid > 0
+    assert answered_end > answered_mid > 0  # the victim read the flood in both halves
     assert growth < RSS_BOUND
     assert drift < RSS_DRIFT_BOUND
     log = agent.stderr()

@@ -165,3 +165,28 @@ def test_tunnel_bench_peered(tmp_path, capsys):
     assert "CPU time the peer hop adds" in table
     figures = [goal["figure"] for goal in results["goals"]]
     assert sum("the peer hop adds" in figure for figure in figures) == 3
+
+
+def test_tunnel_bench_floors(tmp_path, capsys):
+    """The hand-written plain-TCP forwarders of bench/floor.py carry the cost workload: new
+    connections, round trips, and a stream to the sink, whose count answers the sender's EOF
+    (so each forwarder half-closes)."""
+    _, results = _run(
+        tmp_path,
+        capsys,
+        "--paths",
+        "floor-trio-wait,floor-epoll",
+        "--cases",
+        "costs",
+        *TINY,
+        "--cost-connections",
+        "40",
+        "--cost-messages",
+        "100",
+    )
+    assert results["skipped"] == {} and results["errors"] == []
+    for path in ("floor-trio-wait", "floor-epoll"):
+        cost = results["costs"][path]
+        assert cost["carriers"] == ["forwarder"]
+        assert cost["connections"] == 40 and cost["messages"] == 100
+        assert cost["bulk_bytes"] > 0

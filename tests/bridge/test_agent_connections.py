@@ -275,3 +275,61 @@ async def test_a_list_of_nodes_without_the_capability_is_ignored(nursery, relays
     await tell(await first.next_session(), told(("n1", first), ("n2", second)))
     await trio.testing.wait_all_tasks_blocked(0.05)
     assert second.connections == 0 and agent.sessions == 1
+
+
+def busy(hello) -> Welcome:
+    """A relay that cannot take the agent now (it is retried like one unreachable)."""
+    return Welcome(WelcomeStatus.BUSY, "too many logins")
+
+
+def live_sessions(relay: FakeRelay) -> list:
+    """The sessions `relay` handed out so far that are still up."""
+    found = []
+    while True:
+        try:
+            session = relay._receive.receive_nowait()
+        except trio.WouldBlock:
+            return [s for s in found if not s.closed]
+        found.append(session)
+
+
+def logged(caplog, message: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == message]
+
+
+async def test_a_doubled_host_gives_a_session_up_once_another_host_answers(
+    nursery, relays, certificates, caplog
+):
+    caplog.set_level(logging.INFO, logger="bridge")
+    first, second, third = two_workers_of_edge(relays)
+    third.welcome = busy  # the other host cannot be reached for now
+    agent = make([url(first), url(second), url(third)], certificates, connections=2)
+    await nursery.start(agent.run)
+    await settled(lambda: agent.metrics.sessions.value(bridge=BRIDGE_ID) == 2)
+    edge = live_sessions(first) + live_sessions(second)
+    assert len(edge) == 2
+    port = await serve(nursery, echo)
+    tunnels = [await FakeRelay.open(session, "127.0.0.1", port) for session in edge]
+    # Both workers of one host are taken, since no address reached another; the agent looks
+    # for one now and then, and does not dial again the addresses it knows reach that host.
+    tried = (len(first.hellos), len(second.hellos))
+    await settled(lambda: len(third.hellos) >= 5)
+    assert (len(first.hellos), len(second.hellos)) == tried
+    assert not logged(caplog, "Letting the second session to the relay host go")
+
+    third.welcome = named("other")
+    await settled(lambda: logged(caplog, "Letting the second session to the relay host go"))
+    (let_go,) = logged(caplog, "Letting the second session to the relay host go")
+    assert (let_go.fields["host"], let_go.fields["moved_to"]) == ("edge", "other")
+    assert len(live_sessions(third)) == 1
+    # Make before break: the session let go (the one up last) finishes its tunnel, and the
+    # other serves on.
+    for tunnel in tunnels:
+        await tunnel.stream.send_all(b"still here")
+        assert await tunnel.stream.receive_some() == b"still here"
+        await tunnel.stream.aclose()
+    await settled(lambda: sum(session.closed for session in edge) == 1)
+    await settled(lambda: agent.metrics.sessions.value(bridge=BRIDGE_ID) == 2)
+    up = sorted(node for (_, node), count in series(agent).items() if count)
+    assert len(up) == 2 and up[0].startswith("edge/") and up[1] == "other", up
+    assert logged(caplog, "Left the second session to the relay host")

@@ -116,3 +116,16 @@ async def test_send_eof_needs_a_half_closeable_transport():
     await PrefixedStream(stapled, b"").send_eof()  # StapledStream can
     with pytest.raises(TypeError, match="cannot half-close"):
         await PrefixedStream(receive, b"").send_eof()
+
+
+async def test_receive_view_gives_the_prefix_first_and_only_where_the_stream_has_one():
+    class Viewing:
+        async def receive_view(self, max_bytes):
+            return memoryview(b"from the stream")[:max_bytes]
+
+    stream = PrefixedStream(Viewing(), b"ab")
+    assert await stream.receive_view(1) == b"a"
+    assert await stream.receive_view(10) == b"b"
+    assert bytes(await stream.receive_view(4)) == b"from"
+    left, _ = trio.testing.memory_stream_pair()
+    assert not hasattr(PrefixedStream(left, b"ab"), "receive_view")

@@ -526,3 +526,31 @@ async def test_keepalive_keeps_a_live_session(nursery):
         header, payload = await peer.next_frame_of(FrameType.DATA)
         assert payload == b"alive"
         assert not session.closed
+
+
+async def test_receive_nowait_takes_what_arrived_without_waiting(sessions):
+    opened, accepted = await stream_pair(*await sessions.open())
+    with pytest.raises(trio.WouldBlock):
+        accepted.receive_nowait()
+    await opened.send_all(b"request")
+    await settle()
+    assert accepted.receive_nowait(3) == b"req"
+    assert accepted.receive_nowait() == b"uest"
+    with pytest.raises(trio.WouldBlock):
+        accepted.receive_nowait()
+    await opened.send_eof()
+    await settle()
+    assert accepted.receive_nowait() == b""
+    with pytest.raises(ValueError):
+        accepted.receive_nowait(0)
+    await accepted.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        accepted.receive_nowait()
+
+
+async def test_receive_nowait_raises_for_a_reset_stream(sessions):
+    opened, accepted = await stream_pair(*await sessions.open())
+    opened.reset()
+    await settle()
+    with pytest.raises(mux.StreamReset):
+        accepted.receive_nowait()

@@ -38,7 +38,9 @@ from relay.peer_handshake import (
     verify_proof,
 )
 from relay.peer_messages import (
+    MAX_PRESENCE_BRIDGES,
     MAX_PRESENCE_LINE,
+    MAX_PRESENCE_PART,
     HeldBridge,
     OpenOutcome,
     OpenReply,
@@ -48,10 +50,11 @@ from relay.peer_messages import (
     PeerMessageError,
     Presence,
     PresenceReader,
+    decode_presence,
     encode_open_reply,
     encode_open_request,
     encode_presence,
-    presence_steps,
+    presence_lines,
 )
 
 NONCE = bytes(range(32))
@@ -252,25 +255,27 @@ def test_presence_round_trip_and_bounds():
     reader = PresenceReader()
     line = encode_presence(bridges)
     assert reader.feed(line[:5]) is None
-    assert reader.feed(line[5:] + line) == Presence(bridges)
+    assert reader.feed(line[5:] + line) == Presence.of(bridges)
+    assert reader.superseded == 1
     # A draining node says so; a node that does not know the key reads the bridge list.
     draining = encode_presence([], draining=True)
-    assert reader.feed(draining) == Presence([], draining=True)
-    # Only the latest line is decoded: those it supersedes are skipped, unread.
-    assert reader.feed(b"not json\n" + draining + b"\n") == Presence([], draining=True)
+    assert reader.feed(draining) == Presence.of([], draining=True)
+    # Only the latest list is decoded: those it supersedes are skipped, unread.
+    assert reader.feed(b"not json\n" + draining + b"\n") == Presence.of([], draining=True)
     assert reader.superseded == 2
-    # Decoded in steps: None between two, then the message.
-    many = [HeldBridge(f"id-{i}", f"b{i}", i) for i in range(5)]
-    steps = list(presence_steps(encode_presence(many).rstrip(b"\n"), step=2))
-    assert steps == [None, None, None, Presence(many)]
     assert json.loads(draining) == {"bridges": [], "draining": True}
 
     for bad in (
         b"[]\n",
         b'{"bridges": [["a", "b", -1]]}\n',
         b'{"bridges": [["a"]]}\n',
+        b'{"bridges": [[1, "b", 0]]}\n',
+        b'{"bridges": [["a", "b", true]]}\n',
         b"\xff\n",
         b'{"bridges": [], "draining": 1}\n',
+        b'{"bridges": [], "more": 1}\n',
+        b'{"more":true,"bridges":[]}\n',  # "more" is the last key of a part
+        b'{"bridges": []}' * 4000 + b"\n",
     ):
         with pytest.raises(PeerMessageError):
             PresenceReader().feed(bad)
@@ -278,7 +283,46 @@ def test_presence_round_trip_and_bounds():
         small = PresenceReader(max_line=100)
         small.feed(b"x" * 60)
         small.feed(b"x" * 60)
-    assert MAX_PRESENCE_LINE >= 1024 * 1024
+
+
+def test_a_large_presence_goes_in_bounded_parts_and_takes_effect_whole():
+    many = [HeldBridge(f"{i:032x}", f"bridge-{i}", i % 7) for i in range(MAX_PRESENCE_BRIDGES)]
+    lines = list(presence_lines(many, draining=True))
+    assert len(lines) == MAX_PRESENCE_BRIDGES // MAX_PRESENCE_PART
+    assert all(len(line) <= MAX_PRESENCE_LINE for line in lines)
+    reader = PresenceReader()
+    for line in lines[:-1]:  # nothing until the last part
+        assert reader.decode(line.rstrip(b"\n")) is None
+    presence = reader.decode(lines[-1].rstrip(b"\n"))
+    assert presence == Presence.of(many, draining=True)
+    assert presence.names["bridge-7"] == f"{7:032x}"
+    assert [json.loads(line).get("draining", False) for line in lines[-2:]] == [False, True]
+
+    # Names that JSON escapes long are split further, to keep each line bounded.
+    wide = [HeldBridge(f"{i}", "\U0001f600" * 64, 0) for i in range(MAX_PRESENCE_PART)]
+    lines = list(presence_lines(wide))
+    assert len(lines) > 1 and all(len(line) <= MAX_PRESENCE_LINE for line in lines)
+    assert decode_presence(b"".join(lines)) == Presence.of(wide)
+
+    # Half a list, and then a whole one: the half is superseded with it.
+    reader = PresenceReader()
+    assert reader.feed(b"".join(presence_lines(many[:1000]))[:-1]) is None
+    assert reader.feed(b"\n" + encode_presence(many[:3])) == Presence.of(many[:3])
+    assert reader.superseded == 1
+
+    # A peer cannot grow a list past the bound, nor send one part too large.
+    reader = PresenceReader()
+    part = [[f"{i}", "b", 0] for i in range(MAX_PRESENCE_PART)]
+    with pytest.raises(PeerMessageError, match="longer than"):
+        for start in range(0, MAX_PRESENCE_BRIDGES + 1, MAX_PRESENCE_PART):
+            chunk = [[f"{start + i}", "b", 0] for i in range(MAX_PRESENCE_PART)]
+            reader.decode(
+                json.dumps({"bridges": chunk, "more": True}, separators=(",", ":")).encode()
+            )
+    with pytest.raises(PeerMessageError, match="no valid bridge list"):
+        PresenceReader().decode(json.dumps({"bridges": [*part, ["x", "b", 0]]}).encode())
+    with pytest.raises(ValueError):
+        encode_presence([*many, HeldBridge("x", "x", 0)])
 
 
 def test_prelude_names_the_node_dialed_and_leaves_tls_to_the_caller():

@@ -5,17 +5,27 @@ routing choices of `Relay.connect`."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 from functools import partial
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from bridge.agent.agent import Agent, AgentConfig
 from relay import BridgeBusy, BridgeNotConnected, MemoryStore, TargetNotAllowed
 from relay.certificates import PeerIdentity
 from relay.config import PeerConfig
+from relay.peer_messages import (
+    MAX_PRESENCE_BRIDGES,
+    MAX_PRESENCE_PART,
+    HeldBridge,
+    PresenceReader,
+    encode_presence,
+)
 from relay.peering import Peering, PeerRefused
 
 from ..settle import settled
@@ -339,5 +349,57 @@ async def test_nodes_sharing_an_address_are_told_of_once(cluster):
         await settled(
             lambda h=harness: (
                 [(n.node, n.host, n.port) for n in h.relay.advertised_nodes()] == expected
+            )
+        )
+
+
+async def test_a_large_presence_is_applied_whole_without_holding_up_the_loop(cluster):
+    one, two = [await cluster.add(name) for name in ("node-1", "node-2")]
+    await cluster.linked()
+    many = [HeldBridge(f"{i:032x}", f"bridge-{i}", i % 7) for i in range(MAX_PRESENCE_BRIDGES)]
+    # What decoding the whole list costs, in this thread's CPU time (whatever the load):
+    # the loop may be held up by a small fraction of it at a time, no more.
+    began = time.thread_time()
+    PresenceReader().feed(encode_presence(many))
+    whole = time.thread_time() - began
+    link = two.relay.peering.links["node-1"]
+    gaps, sizes = [], set()
+
+    async def watch() -> None:
+        last = time.thread_time()
+        while len(link.held) < len(many):
+            await trio.lowlevel.checkpoint()
+            now = time.thread_time()
+            gaps.append(now - last)
+            last = now
+            sizes.add(len(link.held))  # never half a list
+
+    gc.disable()  # a collection's pause is no one message's
+    try:
+        one.relay.peering._held_here = lambda: many  # type: ignore[method-assign]
+        one.relay.peering.presence_changed()
+        await watch()
+    finally:
+        gc.enable()
+    assert two.relay.peering.holders("bridge-49999")[0][0] is link
+    assert sizes <= {0, len(many)}
+    # The two nodes share this loop: node-1 encoded and sent the list, node-2 read and
+    # decoded it, a part at a time with many turns of the watcher's in between (decoded in
+    # one piece, the loop was held up by a seventh to a ninth of `whole` at a time).
+    assert len(gaps) >= 10 * MAX_PRESENCE_BRIDGES // MAX_PRESENCE_PART
+    assert max(gaps) < whole / 10, (max(gaps), whole)
+
+
+async def test_workers_are_told_of_with_their_host(cluster):
+    shared = {"agent_advertise": ("relay.example", 4000), "host": "edge"}
+    edge = [await cluster.add(f"edge/worker-{i}.1", **shared) for i in range(2)]
+    solo = await cluster.add("solo", agent_advertise=("127.0.0.1", 0))
+    await cluster.linked()
+    # One entry for the host's shared address (its first worker by name), with the host.
+    expected = [("edge/worker-0.1", "edge"), ("solo", None)]
+    for harness in (*edge, solo):
+        await settled(
+            lambda h=harness: (
+                [(n.node, n.host_node) for n in h.relay.advertised_nodes()] == expected
             )
         )
