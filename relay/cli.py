@@ -62,7 +62,8 @@ from relay.relay import Relay
 from relay.socks import SocksConfig, serve_socks
 from relay.store import Store, StoreURL, open_store
 from relay.worker import WorkerLink, WorkerSetup, listeners_of
-from relay.workers import Listeners, Supervisor, SupervisorConfig, host_of_worker
+from relay.worker_messages import host_of_worker
+from relay.workers import Listeners, Supervisor, SupervisorConfig
 
 PROG = "bridge-relay"
 DEFAULT_DATA_DIR = "./relay-data"

@@ -88,7 +88,7 @@ from relay.peer_messages import (
     presence_lines,
 )
 from relay.store import NodeRecord
-from relay.worker_messages import Handover
+from relay.worker_messages import Handover, host_of_worker
 
 if TYPE_CHECKING:
     from relay.relay import Relay
@@ -312,7 +312,8 @@ class Peering:
     def advertised_nodes(self) -> list[AdvertisedNode]:
         """The linked nodes that do not drain and register an agent address
         (``--agent-advertise``), by name, with that address (one that does not parse as
-        HOST:PORT is left out)."""
+        HOST:PORT is left out), and for a worker of ``serve --workers`` its host-level node
+        (from its name, ``NODE/worker-I.S``)."""
         nodes = []
         for name in sorted(self.links):
             record = self._nodes.get(name)
@@ -322,7 +323,7 @@ class Peering:
                 host, port = parse_host_port(record.agent_advertise)
             except ValueError:
                 continue
-            nodes.append(AdvertisedNode(name, host, port))
+            nodes.append(AdvertisedNode(name, host, port, host_of_worker(name) or None))
         return nodes
 
     # -- the node list ------------------------------------------------------------------

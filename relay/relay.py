@@ -393,11 +393,12 @@ class Relay:
         reach each at, by name (every node tells the same list): this node unless it stops
         accepting, and the nodes it has a peer link with that do not drain; a node without
         `agent_advertise` (or of an older release) is left out. One entry per address, the
-        first by name: the workers of one host (``--workers``) share theirs."""
+        first by name: the workers of one host (``--workers``) share theirs, and each names
+        that host."""
         nodes = []
         if self.agent_advertise is not None and not self._stopping:
             host, port = parse_host_port(self.agent_advertise)
-            nodes.append(AdvertisedNode(self.node, host, port))
+            nodes.append(AdvertisedNode(self.node, host, port, self.config.host))
         if self.peering is not None:
             nodes.extend(self.peering.advertised_nodes())
         by_address: dict[tuple[str, int], AdvertisedNode] = {}

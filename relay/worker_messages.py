@@ -54,8 +54,23 @@ MAX_PENDING = 16 * 1024
 #: The longest bridge ID or name a presence message may carry.
 MAX_NAME = 256
 
+#: Between the host-level node's name and a worker's index in a worker's node name.
+_WORKER = "/worker-"
+
 _PREFIX = struct.Struct(">BI")
 _LENGTH = struct.Struct(">H")
+
+
+def worker_node(node: str, index: int, serial: int) -> str:
+    """The node name of worker `index` of the host-level node `node`, in its `serial`-th
+    start: ``NODE/worker-I.S``."""
+    return f"{node}{_WORKER}{index}.{serial}"
+
+
+def host_of_worker(node: str) -> str:
+    """The host-level node of the worker named `node` (as `worker_node` names it); "" for
+    a name that is not a worker's."""
+    return node.rpartition(_WORKER)[0]
 
 
 class MessageError(ValueError):

@@ -51,6 +51,7 @@ from relay.worker_messages import (
     MessageError,
     hold,
     release,
+    worker_node,
 )
 
 log = logging.getLogger("relay.workers")
@@ -97,21 +98,6 @@ def _fds(listeners: list[trio.SocketListener]) -> list[int]:
 #: most one per bridge, and the poll in its accept loop bounds the harm of a lost one).
 _MAX_OUTBOX = 65536
 _SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-
-#: Between the host-level node's name and a worker's index in a worker's node name.
-_WORKER = "/worker-"
-
-
-def worker_node(node: str, index: int, serial: int) -> str:
-    """The node name of worker `index` of the host-level node `node`, in its `serial`-th
-    start: ``NODE/worker-I.S``."""
-    return f"{node}{_WORKER}{index}.{serial}"
-
-
-def host_of_worker(node: str) -> str:
-    """The host-level node of the worker named `node` (as `worker_node` names it)."""
-    return node.rpartition(_WORKER)[0]
 
 
 class _Worker:

@@ -11,9 +11,9 @@ a u16 length and a UTF-8 JSON object with a string ``type``:
 - ``{"type": "move", "reason": "relay shutting down"}`` (capability "move"): the relay node
   drains; the agent opens a session to another node first, then lets this one go.
 - ``{"type": "nodes", "nodes": [{"node": "relay1", "address": "10.0.0.1:4000"}, ...]}``
-  (capability "nodes"): the live nodes of the relay and the address agents reach each at;
-  sent at the start of a session and again whenever the list changes
-  (`advertised_nodes` reads it).
+  (capability "nodes"): the live nodes of the relay and the address agents reach each at
+  (and, for a worker of a node of several processes, ``"host"``: that node); sent at the
+  start of a session and again whenever the list changes (`advertised_nodes` reads it).
 
 A receiver ignores types it does not know, so new types can be added under new capabilities.
 """
@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 
 from bridge.protocol.addresses import format_host_port, parse_host_port
-from bridge.protocol.handshake import MAX_NODE
+from bridge.protocol.handshake import MAX_NODE, node_name
 from bridge.protocol.wire import MessageParser, Reader, encode_json
 
 MAX_CONTROL = 4096
@@ -48,12 +48,15 @@ class ControlError(Exception):
 
 @attrs.frozen
 class AdvertisedNode:
-    """A relay node (its name, as its Welcome gives it) and the ``host``/``port`` agents
-    reach it at (`--agent-advertise`)."""
+    """A relay node (its name, as its Welcome gives it), the ``host``/``port`` agents reach
+    it at (`--agent-advertise`), and for a worker of ``serve --workers``, ``host_node``: the
+    host-level node it is a worker of (as its Welcome's ``host``; None for a node of one
+    process)."""
 
     node: str
     host: str
     port: int
+    host_node: str | None = None
 
     @property
     def address(self) -> str:
@@ -80,14 +83,16 @@ class ControlMessage:
 
     @classmethod
     def nodes(cls, nodes: Sequence[AdvertisedNode]) -> ControlMessage:
-        """The relay's nodes and their agent addresses: the first MAX_NODES of ``nodes`` that
-        a receiver accepts (a name of 1..MAX_NODE bytes, an address of at most MAX_ADDRESS
-        characters), and of those as many as fit in MAX_CONTROL bytes once encoded (the first
-        ones are kept)."""
+        """The relay's nodes and their agent addresses (and host-level nodes): the first
+        MAX_NODES of ``nodes`` that a receiver accepts (a name of 1..MAX_NODE bytes, an
+        address of at most MAX_ADDRESS characters; a host-level node out of the name's
+        bounds is left out of its entry), and of those as many as fit in MAX_CONTROL bytes
+        once encoded (the first ones are kept)."""
         entries = [
             {"node": n.node, "address": n.address}
+            | ({"host": host} if (host := node_name(n.host_node)) else {})
             for n in nodes
-            if 0 < len(n.node.encode()) <= MAX_NODE and len(n.address) <= MAX_ADDRESS
+            if node_name(n.node) and len(n.address) <= MAX_ADDRESS
         ][:MAX_NODES]
         while entries:
             message = cls(NODES, {"nodes": entries})
@@ -110,9 +115,10 @@ def advertised_nodes(message: ControlMessage) -> tuple[AdvertisedNode, ...]:
     """The entries of a `nodes` message, in order, each (node, address) once.
 
     Raises `ControlError`, saying what is wrong, unless ``nodes`` is a list of at most
-    MAX_NODES objects, each with a ``node`` of 1..MAX_NODE bytes of UTF-8 and an ``address``
-    ``HOST:PORT`` (port 1..65535) of at most MAX_ADDRESS characters: a list with one bad
-    entry is refused whole. Other keys are ignored."""
+    MAX_NODES objects, each with a ``node`` of 1..MAX_NODE bytes of UTF-8, an ``address``
+    ``HOST:PORT`` (port 1..65535) of at most MAX_ADDRESS characters and, if it has one, a
+    ``host`` of 1..MAX_NODE bytes of UTF-8: a list with one bad entry is refused whole.
+    Other keys are ignored."""
     entries = message.fields.get("nodes")
     if not isinstance(entries, list):
         raise ControlError("nodes: not a list")
@@ -122,9 +128,11 @@ def advertised_nodes(message: ControlMessage) -> tuple[AdvertisedNode, ...]:
     for index, entry in enumerate(entries, 1):
         if not isinstance(entry, dict):
             raise ControlError(f"nodes: entry {index} is not an object")
-        node, address = entry.get("node"), entry.get("address")
-        if not isinstance(node, str) or not 0 < len(node.encode()) <= MAX_NODE:
+        node, address, host_node = entry.get("node"), entry.get("address"), entry.get("host")
+        if not isinstance(node, str) or not node_name(node):
             raise ControlError(f"nodes: entry {index} has no node name of 1..{MAX_NODE} bytes")
+        if host_node is not None and not node_name(host_node):
+            raise ControlError(f"nodes: entry {index} has a host not of 1..{MAX_NODE} bytes")
         if not isinstance(address, str) or len(address) > MAX_ADDRESS:
             raise ControlError(
                 f"nodes: entry {index} has no address of 1..{MAX_ADDRESS} characters"
@@ -133,7 +141,7 @@ def advertised_nodes(message: ControlMessage) -> tuple[AdvertisedNode, ...]:
             host, port = parse_host_port(address)
         except ValueError as exc:
             raise ControlError(f"nodes: entry {index}: {exc}") from None
-        found.setdefault((node, host, port), AdvertisedNode(node, host, port))
+        found.setdefault((node, host, port), AdvertisedNode(node, host, port, host_node))
     return tuple(found.values())
 
 

@@ -141,18 +141,19 @@ class Welcome:
     def node(self) -> str | None:
         """The relay node's name (``info["node"]``, with the "node" capability); None when
         absent, or not a string of 1..MAX_NODE bytes of UTF-8."""
-        return _name(self.info.get("node"))
+        return node_name(self.info.get("node"))
 
     def host(self) -> str | None:
         """The host-level name of the relay node (``info["host"]``, with the "node"
         capability): the node of several worker processes, each a node of its own, that this
         one is a worker of. None when absent or not a string of 1..MAX_NODE bytes of UTF-8:
         the node is then a host of its own."""
-        return _name(self.info.get("host"))
+        return node_name(self.info.get("host"))
 
 
-def _name(value: object) -> str | None:
-    """`value` if it is a node name a Welcome may carry (1..MAX_NODE bytes), else None."""
+def node_name(value: object) -> str | None:
+    """`value` if it is a node name a Welcome (or a control message) may carry (1..MAX_NODE
+    bytes of UTF-8), else None."""
     if not isinstance(value, str) or not 0 < len(value.encode()) <= MAX_NODE:
         return None
     return value
@@ -208,7 +209,7 @@ def welcome_for(
     info: dict[str, Any] = {"capabilities": sorted(agreement.capabilities)}
     if status == WelcomeStatus.OK and "node" in agreement.capabilities:
         for key, name in (("node", node), ("host", host)):
-            if _name(name) is not None:
+            if node_name(name) is not None:
                 info[key] = name
     return Welcome(status, message, agreement.version, info)
 

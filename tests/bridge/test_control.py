@@ -43,10 +43,32 @@ def test_nodes_round_trip():
     assert advertised_nodes(message) == tuple(nodes)
 
 
+def test_a_worker_names_its_host_and_older_agents_need_not_know():
+    nodes = [
+        AdvertisedNode("edge/worker-0.3", "10.0.0.1", 4000, "edge"),
+        AdvertisedNode("relay2", "10.0.0.2", 4000),
+    ]
+    message = ControlMessage.nodes(nodes)
+    assert message.fields["nodes"] == [
+        {"node": "edge/worker-0.3", "address": "10.0.0.1:4000", "host": "edge"},
+        {"node": "relay2", "address": "10.0.0.2:4000"},
+    ]
+    assert advertised_nodes(_read(message.fields)) == tuple(nodes)
+    # What an agent that does not know the key reads: the node and its address.
+    older = [{k: v for k, v in e.items() if k != "host"} for e in message.fields["nodes"]]
+    assert advertised_nodes(_read({"nodes": older}))[0] == AdvertisedNode(
+        "edge/worker-0.3", "10.0.0.1", 4000
+    )
+
+
 def test_the_relay_leaves_out_what_an_agent_would_refuse():
-    nodes = [AdvertisedNode("n" * 256, "10.0.0.1", 4000), AdvertisedNode("ok", "10.0.0.2", 4000)]
+    nodes = [
+        AdvertisedNode("n" * 256, "10.0.0.1", 4000),
+        AdvertisedNode("ok", "10.0.0.2", 4000),
+        AdvertisedNode("w", "10.0.0.3", 4000, "h" * 256),  # the host is left out
+    ]
     sent = advertised_nodes(_read(ControlMessage.nodes(nodes).fields))
-    assert sent == (nodes[1],)
+    assert sent == (nodes[1], AdvertisedNode("w", "10.0.0.3", 4000))
 
 
 def test_the_relay_sends_what_fits_first_nodes_first():
@@ -78,6 +100,9 @@ def test_the_relay_sends_what_fits_first_nodes_first():
         ({"nodes": [{"node": "n", "address": "::1:4000"}]}, "brackets"),
         ({"nodes": [{"node": "n", "address": "evil host:4000"}]}, "not a hostname"),
         ({"nodes": [{"node": "n", "address": "h\x00:4000"}]}, "not a hostname"),
+        ({"nodes": [{"node": "n", "address": "h:1", "host": ""}]}, "entry 1 has a host"),
+        ({"nodes": [{"node": "n", "address": "h:1", "host": "h" * 256}]}, "entry 1 has a host"),
+        ({"nodes": [{"node": "n", "address": "h:1", "host": ["edge"]}]}, "entry 1 has a host"),
         # One good entry does not save a list with a bad one.
         ({"nodes": [{"node": "n", "address": "h:1"}, None]}, "entry 2 is not an object"),
     ],
@@ -107,6 +132,7 @@ json_values = st.recursive(
             optional={
                 "node": json_values | st.text(max_size=300),
                 "address": json_values | st.from_regex(r"\[?[\w.:%-]{0,40}\]?:\d{0,6}"),
+                "host": json_values | st.text(max_size=300),
             },
         )
         | json_values,
@@ -121,6 +147,7 @@ def test_any_list_is_read_or_refused_never_a_crash(entries):
     assert len(nodes) <= MAX_NODES
     for node in nodes:
         assert 0 < len(node.node.encode()) <= 255 and 1 <= node.port <= 65535
+        assert node.host_node is None or 0 < len(node.host_node.encode()) <= 255
 
 
 def test_an_advertised_address_is_verified_as_the_url_that_told_it():

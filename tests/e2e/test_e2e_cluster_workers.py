@@ -27,8 +27,8 @@ PAYLOAD = 64 * 1024
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str):
-    bridge: Bridge = create_bridge(tmp_path, "--store", postgres_url)
+def cluster(tmp_path: Path, postgres_url: str, bridge_template: Bridge):
+    bridge = create_bridge(tmp_path, "--store", postgres_url, certificate=bridge_template)
     launcher = Launcher(bridge, tmp_path)
     try:
         yield launcher
@@ -174,3 +174,44 @@ async def test_a_killed_worker_is_replaced_in_the_cluster(
         while not await _sync(replaced):
             await trio.sleep(0.3)
     assert "Traceback" not in workers.process.stderr()
+
+
+async def test_an_agent_on_two_workers_of_one_host_moves_one_to_a_host_that_comes(
+    postgres_url: str, cluster: Launcher, nursery
+):
+    target = await start_echo(nursery)
+    # node-a's agent port is reached by its URL (127.0.0.1) and the name it advertises
+    # (localhost): two ways to either worker, and the node list says they are one host.
+    workers = await _sync(
+        cluster.node,
+        "node-a",
+        postgres_url,
+        target,
+        args=["--workers", "2", "--agent-advertise", "localhost:0"],
+    )
+    await _sync(workers.process.wait_for, r"\tWorkers serving\t")
+    agent = await _sync(
+        cluster.agent,
+        workers,
+        [target],
+        RELAY_CONNECTIONS="2",
+        RECONNECT_MAX_BACKOFF="1",
+    )
+
+    def held() -> tuple[int, int]:
+        rows = _nodes(cluster, postgres_url)
+        on_a = sum(row["bridges"] for name, row in rows.items() if name.startswith("node-a/"))
+        return on_a, rows["node-b"]["bridges"] if "node-b" in rows else 0
+
+    # No other host: both sessions go to node-a's two workers.
+    await _sync(wait_until, lambda: held() == (2, 0), "both workers of node-a", 15)
+    # node-b comes, and node-a's workers list it: one session moves there, made before the
+    # one it replaces is let go.
+    await _sync(
+        cluster.node, "node-b", postgres_url, target, args=["--agent-advertise", "127.0.0.1:0"]
+    )
+    await _sync(wait_until, lambda: held() == (1, 1), "a session on each host", 20)
+    log = agent.stderr()
+    assert len(log_lines(log, "Letting the second session to the relay host go")) == 1
+    assert await _through(workers.forwards[target], 5) == ["ok"] * 5
+    assert "Traceback" not in log

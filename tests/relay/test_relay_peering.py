@@ -388,3 +388,18 @@ async def test_a_large_presence_is_applied_whole_without_holding_up_the_loop(clu
     # one piece, the loop was held up by a seventh to a ninth of `whole` at a time).
     assert len(gaps) >= 10 * MAX_PRESENCE_BRIDGES // MAX_PRESENCE_PART
     assert max(gaps) < whole / 10, (max(gaps), whole)
+
+
+async def test_workers_are_told_of_with_their_host(cluster):
+    shared = {"agent_advertise": ("relay.example", 4000), "host": "edge"}
+    edge = [await cluster.add(f"edge/worker-{i}.1", **shared) for i in range(2)]
+    solo = await cluster.add("solo", agent_advertise=("127.0.0.1", 0))
+    await cluster.linked()
+    # One entry for the host's shared address (its first worker by name), with the host.
+    expected = [("edge/worker-0.1", "edge"), ("solo", None)]
+    for harness in (*edge, solo):
+        await settled(
+            lambda h=harness: (
+                [(n.node, n.host_node) for n in h.relay.advertised_nodes()] == expected
+            )
+        )
