@@ -408,13 +408,27 @@ class Stream(trio.abc.HalfCloseableStream):
         """
         with self._send_conflict:
             await checkpoint_if_cancelled()
-            if self._closed:
-                raise trio.ClosedResourceError("the stream was closed")
-            if self._error is not None:
-                raise fresh(self._error)
-            if self._conn.can_send(self.stream_id):
-                self._session._send_eof(self.stream_id)
+            self._send_eof()
             await cancel_shielded_checkpoint()
+
+    def send_eof_nowait(self) -> None:
+        """`send_eof` without the checkpoint (it never waits): for a caller that just
+        checkpointed, such as a copy loop whose read returned the end of the data.
+
+        Raises what `send_eof` raises, and `trio.BusyResourceError` while another task is
+        in `send_all`, `send_eof` or `wait_send_all_might_not_block`.
+        """
+        if self._send_conflict.held:
+            raise trio.BusyResourceError(SENDING)
+        self._send_eof()
+
+    def _send_eof(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the stream was closed")
+        if self._error is not None:
+            raise fresh(self._error)
+        if self._conn.can_send(self.stream_id):
+            self._session._send_eof(self.stream_id)
 
     # ---- closing ----------------------------------------------------------------------
 
@@ -422,8 +436,14 @@ class Stream(trio.abc.HalfCloseableStream):
         """Close the stream: FIN after the queued data, or RST if received data was left
         unread (as TCP does). Never raises for a broken stream; idempotent; a checkpoint,
         but the stream is closed even if the call is cancelled."""
-        self._close(reset=bool(self._chunks))
+        self.close()
         await checkpoint()
+
+    def close(self) -> None:
+        """`aclose` without the checkpoint: for a caller about to end (or to checkpoint
+        anyway), so that closing takes no task switch of its own. Never raises, never
+        blocks; idempotent."""
+        self._close(reset=bool(self._chunks))
 
     def reset(self) -> None:
         """Abort the stream at once: the peer's reads and writes fail (RST). Idempotent."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import random
 import socket
 import ssl
@@ -49,7 +50,7 @@ from bridge.agent.relay_endpoints import (
 from bridge.agent.relay_url import RelayURL, parse_relay_urls
 from bridge.ops import logs
 from bridge.ops.errors import os_reason
-from bridge.ops.metrics import TunnelMetrics
+from bridge.ops.metrics import BridgeSeries, TunnelMetrics
 from bridge.ops.systemd import Notifier
 from bridge.protocol.addresses import format_host_port
 from bridge.protocol.connect import (
@@ -85,7 +86,7 @@ from bridge.protocol.handshake import (
 from bridge.protocol.refusal import Refused
 from bridge.transport.http_proxy import ProxyURL, bypasses_proxy, open_tcp_stream
 from bridge.transport.prefixed_stream import PrefixedStream
-from bridge.transport.splice import abort_socket, splice
+from bridge.transport.splice import abort_socket, send_eagerly, splice
 from bridge.transport.tls import FingerprintMismatch, open_tls_client
 from bridge.transport.tls_stream import TLSStream
 from bridge.transport.websocket import WebSocketConfig, WebSocketError, websocket_client
@@ -241,21 +242,33 @@ class _DialSlots:
         self._limit = limit
         self._slots: dict[tuple[str, int], tuple[list[int], ParkingLot]] = {}
 
-    @asynccontextmanager
-    async def slot(self, address: tuple[str, int]) -> AsyncIterator[None]:
-        """Hold one of `address`'s slots while the body runs; waits (cancellably) for one."""
+    def try_take(self, address: tuple[str, int]) -> bool:
+        """Take one of `address`'s slots if one is free now (and no one waits for one)."""
+        entry = self._slots.get(address)
+        if entry is None:
+            self._slots[address] = ([1], ParkingLot())
+            return True
+        count, waiting = entry
+        if count[0] >= self._limit or waiting:
+            return False
+        count[0] += 1
+        return True
+
+    async def take(self, address: tuple[str, int]) -> None:
+        """Take one of `address`'s slots, waiting (cancellably) for one."""
         count, waiting = self._slots.setdefault(address, ([0], ParkingLot()))
         while count[0] >= self._limit:
             await waiting.park()
         count[0] += 1
-        try:
-            yield
-        finally:
-            count[0] -= 1
-            if waiting:
-                waiting.unpark()
-            elif not count[0]:
-                del self._slots[address]
+
+    def give_back(self, address: tuple[str, int]) -> None:
+        """Give back a slot taken with `try_take` or `take`."""
+        count, waiting = self._slots[address]
+        count[0] -= 1
+        if waiting:
+            waiting.unpark()
+        elif not count[0]:
+            del self._slots[address]
 
 
 class Agent:
@@ -1151,8 +1164,10 @@ class Agent:
         """Never raises: a stream's failure is that stream's alone."""
         self._open_streams += 1
         try:
-            async with stream:
+            try:
                 await self._serve_request(stream, dials)
+            finally:
+                stream.close()  # the task ends here: no checkpoint of its own
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the stream was reset or the session ended: nothing left to tell anyone
         except Exception:
@@ -1162,7 +1177,8 @@ class Agent:
             self._open_streams -= 1
             if self._draining and session.closed:
                 self._cut += 1  # the drain timed out, or the session was lost while draining
-            self._stream_ended.unpark_all()
+            if self._stream_ended:
+                self._stream_ended.unpark_all()
 
     async def _serve_request(self, stream: mux.Stream, dials: _DialSlots) -> None:
         try:
@@ -1175,23 +1191,24 @@ class Agent:
             return
         if request is None:
             return
-        info = {"target": format_host_port(request.host, request.port), "stream": stream.stream_id}
         asked = time.monotonic()
         try:
             target, address = await self._open_target(request, dials)
         except Refused as refusal:
             self.metrics.refused.inc(reason=refusal.status.name.lower())
-            log.warning(refusal.message, extra=_fields(**info))
+            log.warning(refusal.message, extra=_fields(**_stream_fields(request, stream)))
             await _reply(stream, refusal.status, refusal.message)
             return
-        self.metrics.for_bridge(self.bridge_id).open_seconds.observe(time.monotonic() - asked)
+        series = self.metrics.for_bridge(self.bridge_id)
+        series.open_seconds.observe(time.monotonic() - asked)
         debug = log.isEnabledFor(logging.DEBUG)  # the fields cost more than the check
-        async with target:
+        try:
             await _reply(stream, ConnectStatus.OK, address)
             if debug:
+                info = _stream_fields(request, stream)
                 log.debug("Proxying connection", extra=_fields(**info, address=address))
             started = time.monotonic()
-            sent, received = await self._splice(stream, target, early)
+            sent, received = await self._splice(stream, target, early, series)
             if debug:
                 log.debug(
                     "Connection closed",
@@ -1203,10 +1220,23 @@ class Agent:
                         duration=round(time.monotonic() - started, 3),
                     ),
                 )
+        finally:
+            target.socket.close()  # no checkpoint of its own: the task ends soon
 
     async def _read_request(self, stream: mux.Stream) -> tuple[ConnectRequest | None, bytes]:
         """The stream's connect request and any bytes sent after it; None if it never came."""
         parser = ConnectRequestParser()
+        try:
+            # The relay sends the request with the stream's open: usually it is here already,
+            # read without a deadline or a task switch.
+            request = parser.feed(data := stream.receive_nowait(MAX_REQUEST))
+        except trio.WouldBlock:
+            pass
+        else:
+            if request is not None:
+                return request, parser.leftover
+            if not data:
+                return None, b""  # closed before asking for anything
         with trio.move_on_after(self.config.request_timeout):
             while (request := parser.feed(data := await stream.receive_some(MAX_REQUEST))) is None:
                 if not data:
@@ -1222,46 +1252,78 @@ class Agent:
         """Allow-list, DNS, dial (waiting for a turn among `dials`): returns the connected
         stream and the address dialed."""
         host, port = request.host, request.port
-        refusal = Refused(
-            ConnectStatus.NOT_ALLOWED,
-            f"Host not in allowed hosts list: {format_host_port(host, port)}",
-        )
-        if not self.allow.may_allow(host, port):
-            if not self.allow.may_resolve(host):
-                raise Refused(
-                    ConnectStatus.NOT_ALLOWED,
-                    f"Host not in allowed hosts list: {format_host_port(host, port)} (a name "
-                    "this agent does not resolve for IP or CIDR entries: --resolve-names)",
-                )
-            raise refusal
-        candidates = await self._resolve(host, port)
-        allowed = set(self.allow.allowed_addresses(host, port, [c[4][0] for c in candidates]))
+        candidates = _numeric(host, port)
+        if candidates is None:
+            if not self.allow.may_allow(host, port):
+                if not self.allow.may_resolve(host):
+                    raise Refused(
+                        ConnectStatus.NOT_ALLOWED,
+                        f"Host not in allowed hosts list: {format_host_port(host, port)} (a name "
+                        "this agent does not resolve for IP or CIDR entries: --resolve-names)",
+                    )
+                raise _not_allowed(host, port)
+            candidates = await self._resolve(host, port)
+        # (An IP address needs no early check: may_allow would say what this says.)
+        allowed = self.allow.allowed_addresses(host, port, [c[4][0] for c in candidates])
+        refusal = None
         for family, type_, proto, _, sockaddr in candidates:
             if sockaddr[0] not in allowed:
                 continue
             address = format_host_port(sockaddr[0], port)
-            sock = trio.socket.socket(family, type_, proto)
             try:
-                with trio.fail_after(self.config.connect_timeout):
-                    async with dials.slot((sockaddr[0], port)):
-                        await sock.connect(sockaddr)
+                return await self._dial(family, type_, proto, sockaddr, dials), address
             except trio.TooSlowError:
                 refusal = Refused(ConnectStatus.TIMEOUT, f"Connection timed out: {address}")
             except OSError as exc:
                 refusal = _connect_refusal(exc, address)
-            except BaseException:
-                sock.close()
-                raise
-            else:
-                return trio.SocketStream(sock), address
+        raise refusal or _not_allowed(host, port)
+
+    async def _dial(
+        self,
+        family: int,
+        type_: int,
+        proto: int,
+        sockaddr: tuple[Any, ...],
+        dials: _DialSlots,
+    ) -> trio.SocketStream:
+        """A new socket connected to ``sockaddr``, within ``connect_timeout`` and a turn
+        among `dials`. Raises OSError, or trio.TooSlowError past the deadline. A connection
+        that completes within the ``connect`` call (a target on this host) takes no wait,
+        no deadline scope and no task switch."""
+        raw = socket.socket(family, type_, proto)
+        sock = trio.socket.from_stdlib_socket(raw)  # non-blocking
+        key = (sockaddr[0], sockaddr[1])
+        held = False
+        try:
+            held = dials.try_take(key)
+            if not (held and _connect(raw, sockaddr)):
+                with trio.move_on_after(self.config.connect_timeout) as deadline:
+                    if not held:
+                        await dials.take(key)
+                        held = True
+                        connected = _connect(raw, sockaddr)
+                    else:
+                        connected = False
+                    if not connected:
+                        await trio.lowlevel.wait_writable(raw)
+                        error = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if error:
+                            raise OSError(error, os.strerror(error))
+                if deadline.cancelled_caught:
+                    raise trio.TooSlowError
+            return trio.SocketStream(sock)
+        except BaseException:
             sock.close()
-        raise refusal
+            raise
+        finally:
+            if held:
+                dials.give_back(key)
 
     async def _resolve(self, host: str, port: int) -> list[tuple[Any, ...]]:
         """The host's addresses, resolved once: these (and only these) are checked and dialed."""
         try:
-            # An IP address needs no lookup (no DNS, no thread, no deadline): the most common
-            # target costs one call.
+            # An IP address in a form `_numeric` does not take ("127.1") needs no lookup
+            # either (no DNS, no thread, no deadline).
             infos = socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=_NUMERIC
             )
@@ -1282,11 +1344,10 @@ class Agent:
         return _inet(infos)
 
     async def _splice(
-        self, stream: mux.Stream, target: trio.SocketStream, early: bytes
+        self, stream: mux.Stream, target: trio.SocketStream, early: bytes, series: BridgeSeries
     ) -> tuple[int, int]:
         """`early` to the target, then copy both ways until both sides sent EOF; an error on
         either side aborts both. Returns the byte counts (to the target, from the target)."""
-        series = self.metrics.for_bridge(self.bridge_id)
         meters = (series.to_target.inc, series.from_target.inc)
         streams_open = series.streams_open
         series.streams.inc()
@@ -1311,6 +1372,49 @@ class Agent:
 
 #: getaddrinfo flags for an address given as digits: never a lookup.
 _NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+
+
+def _numeric(host: str, port: int) -> list[tuple[Any, ...]] | None:
+    """What getaddrinfo returns for ``host`` in the canonical form of an IPv4 or IPv6
+    address (which `socket.inet_pton` takes, and no zone), without calling it; None for
+    anything else (a name, another form of an address: `Agent._resolve`)."""
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        try:
+            if socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host)) != host:
+                return None
+        except (OSError, ValueError):
+            return None
+        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+    return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+
+
+def _connect(raw: socket.socket, sockaddr: tuple[Any, ...]) -> bool:
+    """Start connecting the non-blocking ``raw`` to ``sockaddr``: True if it is connected
+    already (on loopback the handshake completes within the call), False if it is under
+    way (wait until writable, then read SO_ERROR). Raises OSError if it failed at once."""
+    error = raw.connect_ex(sockaddr)
+    if error in (errno.EINPROGRESS, errno.EINTR):
+        try:
+            raw.getpeername()
+        except OSError:
+            return False
+        return True
+    if error:
+        raise OSError(error, os.strerror(error))
+    return True
+
+
+def _not_allowed(host: str, port: int) -> Refused[ConnectStatus]:
+    return Refused(
+        ConnectStatus.NOT_ALLOWED, f"Host not in allowed hosts list: {format_host_port(host, port)}"
+    )
+
+
+def _stream_fields(request: ConnectRequest, stream: mux.Stream) -> dict[str, Any]:
+    """The log fields of a stream's connection."""
+    return {"target": format_host_port(request.host, request.port), "stream": stream.stream_id}
 
 
 def _inet(infos: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -1354,8 +1458,10 @@ def _check_welcome(welcome: Welcome, address: str) -> None:
 
 
 async def _reply(stream: mux.Stream, status: ConnectStatus, message: str) -> None:
+    """Send the connect reply, at once from this task when the stream takes it (the usual
+    case: a reply is the stream's first data)."""
     raw = message.encode()[:MAX_MESSAGE].decode(errors="ignore")
-    await stream.send_all(encode_connect_reply(ConnectReply(status, raw)))
+    await send_eagerly(stream, encode_connect_reply(ConnectReply(status, raw)))
 
 
 def _connect_refusal(exc: OSError, address: str) -> Refused[ConnectStatus]:

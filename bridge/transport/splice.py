@@ -76,7 +76,13 @@ async def splice(
                 counts[index] += len(data)
                 if meter is not None:
                     meter(len(data))
-            await sink.send_eof()
+            # The read of the end was the checkpoint: the EOF goes out without another one
+            # where the sink can send it without waiting.
+            send_eof_nowait = _eof_sender(sink)
+            if send_eof_nowait is not None:
+                send_eof_nowait()
+            else:
+                await sink.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             clean = False
             nursery.cancel_scope.cancel()
@@ -160,15 +166,21 @@ def _receiver(
     try_send = getattr(sink, "try_send", None)
     drained = False
     full = False
+    first = True
 
     async def receive(size: int) -> bytes:
-        nonlocal drained, full
+        nonlocal drained, full, first
         # Python allocates all of the size asked for before the read: past the allocator's
         # small sizes that costs system calls, several times a small message's read. Ask
         # for SOCKET_READ unless the last read filled what it asked for (bulk data).
         ask = size if full else min(size, SOCKET_READ)
         if drained:
             await wait_readable(raw)  # the checkpoint
+        elif first:
+            # The first read: data already there is taken at once, and none is waited for
+            # (the wait is the checkpoint) instead of a schedule point before a failed read.
+            # A read that found data is followed by another read, a checkpoint.
+            first = False
         elif try_send is not None:
             await checkpoint()
         else:
@@ -186,6 +198,26 @@ def _receiver(
             return data
 
     return receive, try_send
+
+
+def _eof_sender(sink: trio.abc.SendStream) -> Callable[[], None] | None:
+    """A half-close of ``sink`` that never waits and is not a checkpoint, or None where it
+    has none: a plain TCP socket's ``shutdown`` (its errors raised as
+    `trio.BrokenResourceError`, as `trio.SocketStream.send_eof` does), or a mux stream's
+    `mux.Stream.send_eof_nowait` (also through the wrappers that pass it on)."""
+    if type(sink) is trio.SocketStream:
+        tsock = sink.socket
+
+        def shutdown() -> None:
+            if tsock.did_shutdown_SHUT_WR:
+                return
+            try:
+                tsock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"the connection failed: {exc}") from exc
+
+        return shutdown
+    return getattr(sink, "send_eof_nowait", None)
 
 
 def _nonblocking_send(sink: trio.abc.SendStream) -> Callable[[memoryview], int] | None:

@@ -149,7 +149,14 @@ class TLSStream(trio.abc.Stream):
                 # rather than fail a read first (a failed read is a system call and an
                 # exception). The wait is the checkpoint.
                 await wait_readable(tls_socket)
-                data = await self._retry(tls_socket.recv, first)
+                try:
+                    # Readable after the wait: the record is usually whole. `read` is what
+                    # `recv` calls, without `_retry` and `recv` in between.
+                    data = tls_socket.read(first)
+                except (ssl.SSLError, OSError, ValueError):
+                    # Part of a record, the peer's close_notify, a failure or a close: the
+                    # read again, as `_retry` makes of each.
+                    data = await self._retry(tls_socket.recv, first)
             else:
                 await checkpoint_if_cancelled()
                 data = await self._retry(tls_socket.recv, first)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..e2e.process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/e2e)
     bridge,
+    bridge_template,
     cluster,
     launch,
     pytest_runtest_makereport,

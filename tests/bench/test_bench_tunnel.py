@@ -7,10 +7,20 @@ connections, and leaves no process behind."""
 import json
 import os
 
+import pytest
+
+from bench import costs
 from bench.__main__ import main
 from bench.procs import descendants
 
 TINY = ["--rounds", "1", "--seconds", "0.3", "--rtt-count", "100", "--rate-seconds", "0.3"]
+
+
+@pytest.fixture(autouse=True)
+def _short_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The costs case's bulk transfer as short as the TINY runs (it has no option: 3 s per
+    path otherwise)."""
+    monkeypatch.setattr(costs, "BULK_SECONDS", 0.3)
 
 
 def _run(tmp_path, capsys, *argv: str) -> tuple[str, dict]:

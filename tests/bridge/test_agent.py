@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import socket
+from functools import partial
 
 import pytest
 import trio
@@ -18,7 +19,7 @@ from bridge.agent.agent import (
     RelayUnavailable,
 )
 from bridge.agent.allowlist import AllowList
-from bridge.protocol.connect import ConnectStatus
+from bridge.protocol.connect import ConnectRequest, ConnectStatus, encode_connect_request
 from bridge.protocol.handshake import Welcome, WelcomeStatus
 from bridge.transport.tls import certificate_fingerprint, client_ssl_context
 from bridge.transport.websocket import serve_websocket_agents
@@ -169,6 +170,58 @@ async def test_connection_refused(nursery, relay, make_agent):
     tunnel = await relay.open(session, "127.0.0.1", port)
     assert tunnel.reply.status == ConnectStatus.CONNECTION_REFUSED
     assert tunnel.reply.message == f"Connection refused: 127.0.0.1:{port}"
+
+
+def _loopback6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _loopback6(), reason="no IPv6 loopback")
+async def test_ipv6_literals_in_any_form_are_checked_and_dialed(nursery, relay, make_agent):
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="::1"))
+    port = listeners[0].socket.getsockname()[1]
+    session = await start(nursery, relay, make_agent([f"[::1]:{port}"]))
+    for form in ("::1", "0:0:0::1", "::0001"):
+        tunnel = await relay.open(session, form, port)
+        assert tunnel.reply.status == ConnectStatus.OK, form
+        assert tunnel.reply.message == f"[::1]:{port}"
+        await tunnel.stream.send_all(b"v6")
+        await tunnel.stream.send_eof()
+        assert tunnel.leftover + await read_all(tunnel.stream) == b"v6"
+    refused = await relay.open(session, "::2", port)
+    assert refused.reply.status == ConnectStatus.NOT_ALLOWED
+
+
+async def test_a_target_that_does_not_answer_times_out(nursery, relay, make_agent):
+    # A listener whose accept queue is full: the agent's SYN goes unanswered.
+    with socket.socket() as blackhole, socket.socket() as filler:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(0)
+        port = blackhole.getsockname()[1]
+        filler.connect(("127.0.0.1", port))
+        session = await start(nursery, relay, make_agent(connect_timeout=0.5))
+        tunnel = await relay.open(session, "127.0.0.1", port)
+    assert tunnel.reply.status == ConnectStatus.TIMEOUT
+    assert tunnel.reply.message == f"Connection timed out: 127.0.0.1:{port}"
+
+
+async def test_a_request_in_pieces_is_read_to_its_end(nursery, relay, make_agent):
+    port = await serve(nursery, echo)
+    session = await start(nursery, relay, make_agent())
+    stream = await session.open_stream()
+    request = encode_connect_request(ConnectRequest("127.0.0.1", port))
+    await stream.send_all(request[:3])
+    await trio.sleep(0.05)  # the agent has read the first piece
+    await stream.send_all(request[3:] + b"early")
+    await stream.send_eof()
+    reply = await read_all(stream)
+    assert reply.startswith(bytes([ConnectStatus.OK]))
+    assert reply.endswith(b"early")
 
 
 async def test_bad_request_is_answered_and_the_session_goes_on(nursery, relay, make_agent, caplog):

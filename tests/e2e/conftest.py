@@ -15,6 +15,7 @@ import trio
 
 from .process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/faults)
     bridge,
+    bridge_template,
     cluster,
     launch,
     pytest_runtest_makereport,

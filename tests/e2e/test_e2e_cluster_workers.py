@@ -27,8 +27,8 @@ PAYLOAD = 64 * 1024
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str):
-    bridge: Bridge = create_bridge(tmp_path, "--store", postgres_url)
+def cluster(tmp_path: Path, postgres_url: str, bridge_template: Bridge):
+    bridge = create_bridge(tmp_path, "--store", postgres_url, certificate=bridge_template)
     launcher = Launcher(bridge, tmp_path)
     try:
         yield launcher

@@ -35,15 +35,16 @@ from .process_fixtures import create_bridge
 pytestmark = pytest.mark.interop
 
 
-def _pg_bridge(tmp_path: Path, url: str) -> Bridge:
-    """A bridge created with `--store URL`; the relay certificate in a data dir of its own."""
-    return create_bridge(tmp_path, "--store", url)
+def _pg_bridge(tmp_path: Path, url: str, template: Bridge) -> Bridge:
+    """A bridge created with `--store URL`; the relay certificate (`template`'s) in a data
+    dir of its own."""
+    return create_bridge(tmp_path, "--store", url, certificate=template)
 
 
 def test_relay_on_postgres_serves_psql_and_delete_elsewhere_cuts_the_tunnel(
-    postgres: Postgres, postgres_url: str, tmp_path: Path
+    postgres: Postgres, postgres_url: str, bridge_template: Bridge, tmp_path: Path
 ):
-    bridge = _pg_bridge(tmp_path, postgres_url)
+    bridge = _pg_bridge(tmp_path, postgres_url, bridge_template)
     launch = Launcher(bridge, tmp_path)
     try:
         relay = launch.relay(postgres.target, args=["--store", postgres_url])
@@ -109,7 +110,7 @@ def test_unreachable_store_at_start_is_one_line_and_exit_1(tmp_path: Path):
 
 
 def test_store_outage_keeps_tunnels_and_logins_and_logs_each_change_once(
-    postgres: Postgres, tmp_path: Path
+    postgres: Postgres, bridge_template: Bridge, tmp_path: Path
 ):
     store = PostgresServer(tmp_path / "store-logs")
     (tmp_path / "store-logs").mkdir()
@@ -117,7 +118,7 @@ def test_store_outage_keeps_tunnels_and_logins_and_logs_each_change_once(
     launch = None
     try:
         url = store.create_database()
-        bridge = _pg_bridge(tmp_path, url)
+        bridge = _pg_bridge(tmp_path, url, bridge_template)
         launch = Launcher(bridge, tmp_path)
         relay = launch.relay(postgres.target, args=["--store", url])
         launch.agent(relay, [postgres.target])
@@ -162,9 +163,9 @@ def test_store_outage_keeps_tunnels_and_logins_and_logs_each_change_once(
 
 
 def test_nodes_lists_the_relays_sharing_a_store(
-    postgres: Postgres, postgres_url: str, tmp_path: Path
+    postgres: Postgres, postgres_url: str, bridge_template: Bridge, tmp_path: Path
 ):
-    bridge = _pg_bridge(tmp_path, postgres_url)
+    bridge = _pg_bridge(tmp_path, postgres_url, bridge_template)
     launch = Launcher(bridge, tmp_path)
     try:
         node_timeout = "1.5"  # the relays' and the listing's: a killed node is gone after it

@@ -11,6 +11,7 @@ import pytest
 
 from ..e2e.process_fixtures import (  # noqa: F401 (fixtures and hooks, shared with tests/e2e)
     bridge,
+    bridge_template,
     launch,
     pytest_runtest_makereport,
     pytest_runtest_setup,

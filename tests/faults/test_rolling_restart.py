@@ -18,7 +18,7 @@ import attrs
 import pytest
 import trio
 
-from ..e2e.e2e_support import Launcher, Relay, free_port
+from ..e2e.e2e_support import Bridge, Launcher, Relay, free_port
 from ..e2e.process_fixtures import create_bridge
 from .traffic import echo, transfer
 
@@ -118,12 +118,14 @@ async def thread(fn, *args, **kwargs):
 
 
 async def start_cluster(
-    tmp_path: Path, postgres_url: str, nursery, told: bool = False
+    tmp_path: Path, postgres_url: str, template: Bridge, nursery, told: bool = False
 ) -> tuple[Launcher, Cluster]:
-    """Node 1 and 2, the agent on both, then node 3 linked to both."""
+    """Node 1 and 2, the agent on both, then node 3 linked to both (the certificate:
+    `template`'s)."""
     listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
     target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
-    launch = Launcher(create_bridge(tmp_path, "--store", postgres_url), tmp_path)
+    bridge = create_bridge(tmp_path, "--store", postgres_url, certificate=template)
+    launch = Launcher(bridge, tmp_path)
     cluster = Cluster(launch, postgres_url, target, told)
     for name in ("node1", "node2"):
         await thread(cluster.start, name)
@@ -172,10 +174,10 @@ async def restart(cluster: Cluster, name: str, transfer_through: bool) -> None:
 
 @pytest.mark.parametrize("told", [False, True], ids=["every-node-in-url", "one-url-nodes-told"])
 async def test_rolling_restart_under_load_fails_no_connection(
-    postgres_url: str, tmp_path: Path, nursery, told: bool
+    postgres_url: str, bridge_template: Bridge, tmp_path: Path, nursery, told: bool
 ):
     # Told: the agent knows node 2 and node 3 only from what the relay tells it.
-    launch, cluster = await start_cluster(tmp_path, postgres_url, nursery, told)
+    launch, cluster = await start_cluster(tmp_path, postgres_url, bridge_template, nursery, told)
     try:
         with trio.fail_after(240):
             load, stop = Load(cluster.forward("node3")), trio.Event()
@@ -211,8 +213,10 @@ async def test_rolling_restart_under_load_fails_no_connection(
         launch.close()
 
 
-async def test_kill_9_of_one_of_the_agents_nodes(postgres_url: str, tmp_path: Path, nursery):
-    launch, cluster = await start_cluster(tmp_path, postgres_url, nursery)
+async def test_kill_9_of_one_of_the_agents_nodes(
+    postgres_url: str, bridge_template: Bridge, tmp_path: Path, nursery
+):
+    launch, cluster = await start_cluster(tmp_path, postgres_url, bridge_template, nursery)
     try:
         with trio.fail_after(120):
             port = cluster.forward("node3")
