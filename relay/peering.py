@@ -526,9 +526,7 @@ class Peering:
             with trio.CancelScope(
                 deadline=trio.current_time() + relay.config.handshake_timeout
             ) as handshake:
-                ticket.on_evict = handshake.cancel
-                if ticket.evicted:
-                    handshake.cancel()
+                ticket.on_eviction(handshake.cancel)
                 if (wanted := await self._take_prelude(tcp, handed)) is None:
                     return  # handed to the worker it names
                 transport = TLSStream.wrap(tcp, self._ssl, server_side=True)
