@@ -827,13 +827,14 @@ class Peering:
             link.room.unpark_all()
             if tunnel is not None:
                 link.tunnels -= 1
-            # Closing a mux stream (and its metering) never blocks: each close is done
-            # before its checkpoint, so a cancellation there leaves both closed.
+            # Closing a mux stream (and its metering) never blocks: the tunnel's close is
+            # done before its checkpoint, so a cancellation there leaves both closed; the
+            # peer's stream is closed without a checkpoint of its own (`mux.Stream.close`).
             try:
                 if tunnel is not None:
                     await tunnel.aclose()
             finally:
-                await stream.aclose()
+                stream.close()
 
     async def _open_local(
         self, link: PeerLink, request: OpenRequest
