@@ -47,6 +47,13 @@ class Ticket:
     def protect(self) -> None:
         self.protected = True
 
+    def on_eviction(self, close: Callable[[], None]) -> None:
+        """Call `close` once the slot is taken from this ticket: now if it was already,
+        else when it is (as `on_evict`)."""
+        self.on_evict = close
+        if self.evicted:
+            close()
+
     def release(self) -> None:
         """Give the slot back (idempotent)."""
         if not (self.released or self.evicted):

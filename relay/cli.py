@@ -205,11 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with 'bridge-relay demo' to see a tunnel work on this machine.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands = _Commands(parser, "command", "COMMAND", common)
 
-    serve = commands.add_parser(
+    serve = commands.add(
         "serve",
-        parents=[common],
         help="accept agents and run the forwards",
         description="Accept bridge agents over TLS and tunnel connections through them.",
     )
@@ -513,9 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_logging(serve, "INFO")
 
-    fp = commands.add_parser(
+    fp = commands.add(
         "fingerprint",
-        parents=[common],
         help="print the certificate fingerprint agents pin",
         description="Print sha256:HEX of the relay certificate, for the agent's --fingerprint "
         "(creates the data dir's self-signed certificate if there is none yet).",
@@ -531,16 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
 
-    bridges = commands.add_parser(
+    bridges = commands.add(
         "bridges",
-        parents=[common],
         help="create, list, delete or rotate bridges",
         description="Manage bridges: each has a name, an ID and a secret (shown once).",
     )
-    actions = bridges.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    create = actions.add_parser(
+    actions = _Commands(bridges, "action", "ACTION", common)
+    create = actions.add(
         "create",
-        parents=[common],
         help="create a bridge and print its ID and secret",
         description="Create a bridge; prints BRIDGE_ID=... and BRIDGE_SECRET=... (env-file "
         "ready). The secret cannot be shown again.",
@@ -548,22 +544,19 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name", metavar="NAME", help="1 to 64 letters, digits, '-' or '_'")
     _add_cost(create, "bcrypt cost of the secret's hash")
     _add_audit_log(create, "append an audit event for the change")
-    listing = actions.add_parser(
+    listing = actions.add(
         "list",
-        parents=[common],
         help="list bridges and whether they are connected",
         description="List bridges: name, ID, created, connected or not, last seen.",
     )
-    listing.add_argument(
-        "--json",
-        action="store_true",
-        help="one JSON object per bridge and line: name, id, created_at, last_seen_at "
+    _add_json(
+        listing,
+        "one JSON object per bridge and line: name, id, created_at, last_seen_at "
         "(ISO 8601 or null), connected (true, false, or null when no relay runs on the data "
         "dir) and agents (their addresses) (default: a table)",
     )
-    delete = actions.add_parser(
+    delete = actions.add(
         "delete",
-        parents=[common],
         help="delete a bridge and cut its tunnels",
         description="Delete a bridge. A running relay disconnects its agents within 2 seconds "
         "and refuses them from then on.",
@@ -577,9 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
         "on a terminal)",
     )
     _add_audit_log(delete, "append an audit event for the change")
-    rotate = actions.add_parser(
+    rotate = actions.add(
         "rotate",
-        parents=[common],
         help="give a bridge a new secret",
         description="Give a bridge a new secret and print BRIDGE_SECRET=...; the old secret "
         "stops working and agents using it are disconnected.",
@@ -588,9 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cost(rotate, "bcrypt cost of the new secret's hash")
     _add_audit_log(rotate, "append an audit event for the change")
 
-    audit = commands.add_parser(
+    audit = commands.add(
         "audit",
-        parents=[common],
         help="show the audit log",
         description="Show the audit events of the log written by 'serve --audit-log' and the "
         "'bridges' commands: tunnels opened, refused, still open and closed, with their "
@@ -609,29 +600,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="only events from TIME on: a duration back from now (30s, 15m, 2h, 7d) or an "
         "ISO 8601 date or time, local unless it ends in Z or an offset (default: all)",
     )
-    audit.add_argument(
-        "--json",
-        action="store_true",
-        help="one JSON object per line, as stored in the log (default: a table)",
+    _add_json(
+        audit,
+        "one JSON object per line, as stored in the log (default: a table)",
     )
 
-    nodes = commands.add_parser(
+    nodes = commands.add(
         "nodes",
-        parents=[common],
         help="list the relays that share this store",
         description="List the relay processes registered in the bridge store: name, where "
         "agents reach them, heartbeat age, bridges held, tunnels open, alive or gone.",
     )
-    nodes.add_argument(
-        "--json",
-        action="store_true",
-        help="one JSON object per node and line (default: a table)",
+    _add_json(
+        nodes,
+        "one JSON object per node and line (default: a table)",
     )
     _add_node_timeout(nodes)
 
-    test = commands.add_parser(
+    test = commands.add(
         "test",
-        parents=[common],
         help="check that a bridge reaches a target",
         description="Ask the running relay (same data dir) to open a tunnel to HOST:PORT "
         "through BRIDGE; prints OK or the agent's own error.",
@@ -643,23 +630,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_type(parse_host_port),
         help="the target as the agent sees it",
     )
-    test.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object: ok, bridge, target, and address (the address the agent "
+    _add_json(
+        test,
+        "print one JSON object: ok, bridge, target, and address (the address the agent "
         "dialed) or error (the agent's own words) (default: one line of text)",
     )
 
-    store = commands.add_parser(
+    store = commands.add(
         "store",
-        parents=[common],
         help="copy bridges between stores",
         description="Manage the bridge store itself.",
     )
-    store_actions = store.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    copy = store_actions.add_parser(
+    store_actions = _Commands(store, "action", "ACTION", common)
+    copy = store_actions.add(
         "copy",
-        parents=[common],
         help="copy every bridge to another store, IDs and secrets unchanged",
         description="Copy every bridge from one store to another with its ID, secret hash "
         "and times, so agents keep their credentials (e.g. from the data dir's SQLite to "
@@ -681,8 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the store to write, its schema made if needed (required: no default)",
     )
 
-    demo = commands.add_parser(
+    demo = commands.add(
         "demo",
+        common=False,
         help="see a tunnel work, all in one process",
         description="Run a relay, an agent, a small HTTP server behind it and a forward on "
         "loopback, show requests flowing through the tunnel, and print how to connect. "
@@ -696,6 +681,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_logging(demo, "WARNING")
     return parser
+
+
+class _Commands:
+    """The subcommands of a parser, each taking the options every command takes."""
+
+    def __init__(
+        self,
+        parser: argparse.ArgumentParser,
+        dest: str,
+        metavar: str,
+        common: _Parser,
+    ) -> None:
+        self._group = parser.add_subparsers(dest=dest, metavar=metavar, parser_class=_Parser)
+        self._common = common
+
+    def add(
+        self, name: str, *, help: str, description: str, common: bool = True
+    ) -> argparse.ArgumentParser:
+        """A subcommand `name` (with the common options unless told not to)."""
+        parents: list[_Parser] = [self._common] if common else []
+        return self._group.add_parser(name, parents=parents, help=help, description=description)
+
+
+def _add_json(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--json", action="store_true", help=text)
 
 
 def _add_node_timeout(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from bridge.protocol.connect import MAX_HOST, ConnectStatus
+from bridge.protocol.connect import MAX_HOST, ConnectStatus, encode_target, read_target
 from bridge.protocol.wire import MessageParser, Reader, encode_json, prefixed
 
 OPEN_VERSION = 1
@@ -85,8 +85,7 @@ def encode_open_request(request: OpenRequest) -> bytes:
         bytes([OPEN_VERSION])
         + prefixed(1, request.bridge.encode(), MAX_BRIDGE, "bridge")
         + encode_json(request.caller, MAX_CALLER, "caller")
-        + prefixed(1, request.host.encode("ascii"), MAX_HOST, "host")
-        + request.port.to_bytes(2, "big")
+        + encode_target(request.host, request.port)
     )
 
 
@@ -108,10 +107,7 @@ class OpenRequestParser(MessageParser[OpenRequest]):
             raise PeerMessageError(f"unsupported open request version {version}")
         bridge = reader.text(1, 1, MAX_BRIDGE, "bridge", ascii=True)
         caller = reader.json_object(2, MAX_CALLER, "caller")
-        host = reader.text(1, 1, MAX_HOST, "host", ascii=True)
-        port = reader.uint(2)
-        if port == 0:
-            raise PeerMessageError("invalid port 0")
+        host, port = read_target(reader, PeerMessageError)
         return OpenRequest(bridge, host, port, caller)
 
 

@@ -526,9 +526,7 @@ class Peering:
             with trio.CancelScope(
                 deadline=trio.current_time() + relay.config.handshake_timeout
             ) as handshake:
-                ticket.on_evict = handshake.cancel
-                if ticket.evicted:
-                    handshake.cancel()
+                ticket.on_eviction(handshake.cancel)
                 if (wanted := await self._take_prelude(tcp, handed)) is None:
                     return  # handed to the worker it names
                 transport = TLSStream.wrap(tcp, self._ssl, server_side=True)
@@ -829,13 +827,14 @@ class Peering:
             link.room.unpark_all()
             if tunnel is not None:
                 link.tunnels -= 1
-            # Closing a mux stream (and its metering) never blocks: each close is done
-            # before its checkpoint, so a cancellation there leaves both closed.
+            # Closing a mux stream (and its metering) never blocks: the tunnel's close is
+            # done before its checkpoint, so a cancellation there leaves both closed; the
+            # peer's stream is closed without a checkpoint of its own (`mux.Stream.close`).
             try:
                 if tunnel is not None:
                     await tunnel.aclose()
             finally:
-                await stream.aclose()
+                stream.close()
 
     async def _open_local(
         self, link: PeerLink, request: OpenRequest

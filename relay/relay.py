@@ -604,9 +604,7 @@ class Relay:
             with trio.CancelScope(
                 deadline=trio.current_time() + self.config.handshake_timeout
             ) as handshake:
-                ticket.on_evict = handshake.cancel
-                if ticket.evicted:
-                    handshake.cancel()
+                ticket.on_eviction(handshake.cancel)
                 if self.config.proxy_protocol:
                     peer = await self._proxy_header(tcp, arrival)
                     ticket.move(source_of(peer))

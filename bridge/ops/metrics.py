@@ -420,6 +420,10 @@ class MeteredStream(trio.abc.HalfCloseableStream):
         self._open.inc()
         if getattr(stream, "try_send", None) is not None:
             self.try_send = self._try_send
+        # The half-close that never waits (`mux.Stream.send_eof_nowait`), passed on as is:
+        # `splice` sends a tunnel's end of the data with it, without a task switch.
+        if (send_eof_nowait := getattr(stream, "send_eof_nowait", None)) is not None:
+            self.send_eof_nowait = send_eof_nowait
         if getattr(stream, "receive_view", None) is not None:
             self.receive_view = self._receive_view
 

@@ -82,14 +82,28 @@ class ConnectReply:
     message: str = attrs.field(default="", validator=_check_message)
 
 
+def encode_target(host: str, port: int) -> bytes:
+    """A target as a request carries it (this one's, and a peered open's): host_len u8, the
+    host in ASCII, port u16. Raises ValueError for a host that is not ASCII or too long."""
+    return prefixed(1, host.encode("ascii"), MAX_HOST, "host") + port.to_bytes(2, "big")
+
+
+def read_target(reader: Reader, error: type[Exception]) -> tuple[str, int]:
+    """The target `encode_target` wrote: a host of `_HOST` characters and a port 1..65535.
+    Raises `error` for anything else, `NeedMore` when short."""
+    host = reader.text(1, 1, MAX_HOST, "host", ascii=True)
+    port = reader.uint(2)
+    if not _HOST.fullmatch(host):
+        raise error(f"invalid host {host!r}")
+    if port == 0:
+        raise error("invalid port 0")
+    return host, port
+
+
 def encode_connect_request(request: ConnectRequest) -> bytes:
     """The wire form of `request`. Raises ValueError for a host that is not ASCII or too long
     (a validated `ConnectRequest` has neither)."""
-    return (
-        bytes([CONNECT_VERSION])
-        + prefixed(1, request.host.encode("ascii"), MAX_HOST, "host")
-        + request.port.to_bytes(2, "big")
-    )
+    return bytes([CONNECT_VERSION]) + encode_target(request.host, request.port)
 
 
 def encode_connect_reply(reply: ConnectReply) -> bytes:
@@ -108,13 +122,7 @@ class ConnectRequestParser(MessageParser[ConnectRequest]):
         version = reader.uint(1)
         if version != CONNECT_VERSION:
             raise ConnectError(f"unsupported connect request version {version}")
-        host = reader.text(1, 1, MAX_HOST, "host", ascii=True)
-        port = reader.uint(2)
-        if not _HOST.fullmatch(host):
-            raise ConnectError(f"invalid host {host!r}")
-        if port == 0:
-            raise ConnectError("invalid port 0")
-        return ConnectRequest(host, port)
+        return ConnectRequest(*read_target(reader, ConnectError))
 
 
 class ConnectReplyParser(MessageParser[ConnectReply]):

@@ -19,7 +19,8 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
     write directly), so does the wrapper; likewise ``try_send`` (`mux.Stream.try_send`) and
     ``set_push`` (push delivery, see `mux.Stream.set_push`), which only pushes while a task
     waits in the wrapped stream's ``receive_some``, so never before the prefix is read, and
-    ``receive_view`` (`mux.Stream.receive_view`), after the prefix.
+    ``receive_view`` (`mux.Stream.receive_view`), after the prefix; and ``send_eof_nowait``
+    (`mux.Stream.send_eof_nowait`).
     """
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
@@ -36,6 +37,9 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         try_send = getattr(stream, "try_send", None)
         if try_send is not None:
             self.try_send = try_send
+        send_eof_nowait = getattr(stream, "send_eof_nowait", None)
+        if send_eof_nowait is not None:
+            self.send_eof_nowait = send_eof_nowait
         if getattr(stream, "receive_view", None) is not None:
             self.receive_view = self._receive_view
 

@@ -129,3 +129,12 @@ async def test_receive_view_gives_the_prefix_first_and_only_where_the_stream_has
     assert bytes(await stream.receive_view(4)) == b"from"
     left, _ = trio.testing.memory_stream_pair()
     assert not hasattr(PrefixedStream(left, b"ab"), "receive_view")
+
+
+def test_the_nowait_half_close_is_passed_on():
+    inner = trio.testing.MemorySendStream()
+    ended = []
+    inner.send_eof_nowait = lambda: ended.append(True)  # type: ignore[attr-defined]
+    PrefixedStream(inner, b"x").send_eof_nowait()  # type: ignore[arg-type,attr-defined]
+    assert ended == [True]
+    assert not hasattr(PrefixedStream(trio.testing.MemorySendStream()), "send_eof_nowait")  # type: ignore[arg-type]

@@ -243,6 +243,7 @@ def test_open_request_and_reply_round_trip():
         (b"\x01\x01b" + (2000).to_bytes(2, "big"), "caller length"),
         (b"\x01\x01b\x00\x02[]", "not a JSON object"),
         (b"\x01\x01b\x00\x00\x01h\x00\x00", "invalid port"),
+        (b"\x01\x01b\x00\x00\x03a*b\x00\x01", "invalid host"),  # as in a ConnectRequest
     ],
 )
 def test_hostile_open_requests(data, match):

@@ -53,6 +53,12 @@ def test_one_address_may_take_every_free_slot_but_not_keep_them():
     b2.release()
     b2.release()
     assert len(gate) == 3
+    # Told how to close once evicted already (it was, before its handler got that far):
+    # at once.
+    closed = []
+    tickets[0].on_eviction(lambda: closed.append("late"))
+    tickets[3].on_eviction(lambda: closed.append("protected"))
+    assert closed == ["late"]
 
 
 def test_a_slot_moves_to_the_address_a_proxy_header_gives():
