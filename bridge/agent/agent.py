@@ -256,10 +256,14 @@ class _DialSlots:
 
     async def take(self, address: tuple[str, int]) -> None:
         """Take one of `address`'s slots, waiting (cancellably) for one."""
-        count, waiting = self._slots.setdefault(address, ([0], ParkingLot()))
-        while count[0] >= self._limit:
+        while True:
+            # Looked up again after each wait: the entry this task waited on may have been
+            # dropped meanwhile (its last slot given back before this task ran).
+            count, waiting = self._slots.setdefault(address, ([0], ParkingLot()))
+            if count[0] < self._limit:
+                count[0] += 1
+                return
             await waiting.park()
-        count[0] += 1
 
     def give_back(self, address: tuple[str, int]) -> None:
         """Give back a slot taken with `try_take` or `take`."""

@@ -9,6 +9,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from bridge.agent.agent import (
     Agent,
@@ -17,6 +18,7 @@ from bridge.agent.agent import (
     RelayNotTrusted,
     RelayRejected,
     RelayUnavailable,
+    _DialSlots,
 )
 from bridge.agent.allowlist import AllowList
 from bridge.protocol.connect import ConnectRequest, ConnectStatus, encode_connect_request
@@ -208,6 +210,25 @@ async def test_a_target_that_does_not_answer_times_out(nursery, relay, make_agen
         tunnel = await relay.open(session, "127.0.0.1", port)
     assert tunnel.reply.status == ConnectStatus.TIMEOUT
     assert tunnel.reply.message == f"Connection timed out: 127.0.0.1:{port}"
+
+
+async def test_dial_slots_count_a_turn_taken_after_the_last_slot_came_back(nursery):
+    slots = _DialSlots(2)
+    key = ("127.0.0.1", 5432)
+    assert slots.try_take(key) and slots.try_take(key)
+    assert not slots.try_take(key)
+
+    async def wait_for_a_turn() -> None:
+        await slots.take(key)
+
+    nursery.start_soon(wait_for_a_turn)
+    await trio.testing.wait_all_tasks_blocked()
+    slots.give_back(key)  # wakes the waiter, which has not run yet
+    slots.give_back(key)  # the last slot in use came back
+    await trio.testing.wait_all_tasks_blocked()
+    slots.give_back(key)  # the waiter's
+    assert slots.try_take(key) and slots.try_take(key)
+    assert not slots.try_take(key)
 
 
 async def test_a_request_in_pieces_is_read_to_its_end(nursery, relay, make_agent):
