@@ -342,8 +342,10 @@ class Agent:
         self._connecting: set[trio.CancelScope] = set()
         self._links = [_Link(index) for index in range(self.config.connections)]
         self._link_count = self.config.connections
-        #: Moves told soon after a session came up back off like reconnects.
-        self._move_backoff = Backoff(self.config.max_backoff)
+        #: Moves told soon after a session came up back off like reconnects, but never by
+        #: less than half the ceiling: a relay that says move over and over is followed at
+        #: a bounded rate, whatever the random draws.
+        self._move_backoff = Backoff(self.config.max_backoff, floor=0.5)
         self._links_freed = ParkingLot()  # a link was let go: an endpoint may be free
         self._links_changed = ParkingLot()  # a session came up or ended
         self._nodes_listed = ParkingLot()  # a relay's list of nodes changed

@@ -25,10 +25,29 @@ from .quota_support import ATTACKER, descriptors, tracebacks
 SECONDS = 20
 DRAIN_TIMEOUT = 3  # the agent's --drain-timeout: how long a moved session may linger
 MAX_BACKOFF = 8  # the agent's --max-backoff
-#: Logins the agent may make in SECONDS: moves told within a healthy session's time back
-#: off like reconnects (the first delays are under 1, 2, 4, 8 s), and a moved session with
-#: a tunnel open lingers up to DRAIN_TIMEOUT.
-LOGIN_BOUND = 12
+CONNECTIONS = 2  # the agent's default RELAY_CONNECTIONS
+
+
+def most_logins(seconds: float, connections: int, max_backoff: float) -> int:
+    """The most logins an agent can make in ``seconds`` against a relay that tells every
+    session to move the moment it is up: each of its ``connections`` sessions moves after
+    the next delay of one backoff that all moves share, and a delay is at least half its
+    ceiling (1, 2, 4 s ... up to ``max_backoff``). Logins themselves take no time here."""
+    logins, attempts = connections, 0
+    told = [0.0] * connections  # when each connection's newest session was told to move
+    while True:
+        first = min(range(connections), key=told.__getitem__)
+        ceiling = min(max_backoff, 2.0**attempts)
+        attempts += 1
+        told[first] += ceiling / 2
+        if told[first] > seconds:
+            return logins
+        logins += 1
+
+
+#: Logins the agent may make in SECONDS whatever its random draws (13 for 20 s, 2
+#: connections, a backoff of at most 8 s).
+LOGIN_BOUND = most_logins(SECONDS, CONNECTIONS, MAX_BACKOFF)
 #: Sessions open at once: its connections (2) plus the moved ones still draining.
 LIVE_BOUND = 6
 RSS_BOUND = 8 * 1024  # KiB

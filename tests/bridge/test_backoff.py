@@ -53,3 +53,18 @@ def test_many_failures_do_not_overflow():
 def test_durations_must_be_positive(maximum, initial):
     with pytest.raises(ValueError):
         Backoff(maximum, initial=initial)
+
+
+def test_a_floor_keeps_every_delay_at_least_that_fraction_of_its_ceiling():
+    backoff = Backoff(8, floor=0.5, rng=random.Random(7))
+    for _ in range(50):
+        backoff.reset()
+        delays = [backoff.next() for _ in range(6)]
+        ceilings = [1, 2, 4, 8, 8, 8]
+        assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1.5])
+def test_the_floor_is_a_fraction(floor):
+    with pytest.raises(ValueError):
+        Backoff(30, floor=floor)
