@@ -215,7 +215,13 @@ def test_kill_9_of_the_agents_node_and_callers_elsewhere_reach_it_again(
         nodes[0], [postgres.target], wait=False, RELAY_URL=urls, RELAY_CONNECTIONS="1"
     )
     agent.wait_for(r"\tHandling incoming proxy connections")
-    held = [node for node in nodes[:2] if "\tBridge connected\t" in node.process.stderr()]
+
+    def held_by() -> list:
+        return [node for node in nodes[:2] if "\tBridge connected\t" in node.process.stderr()]
+
+    # The agent may log its session before the node logs the login: wait for the node.
+    wait_until(lambda: len(held_by()) > 0, "the node to log the agent's login", 5)
+    held = held_by()
     assert len(held) == 1, "the agent logged in on one node"
     victim = held[0]
     survivor = nodes[1] if victim is nodes[0] else nodes[0]
