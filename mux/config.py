@@ -38,7 +38,8 @@ class Config:
     #: A peer that keeps the control backlog full (reading less than it makes us answer) for
     #: this long breaks the protocol: GoAway with the protocol-error code ends the session.
     control_backlog_timeout: float = field(default=10.0, validator=_positive_float)
-    #: A transport write that makes no progress (64 KiB) for this long ends the session.
+    #: A transport write that makes no progress (some bytes where the transport has a partial
+    #: write, `send_some`; else 64 KiB) for this long ends the session.
     write_timeout: float = field(default=10.0, validator=_positive_float)
     #: A stream we opened that the peer has not acknowledged by then is reset.
     stream_open_timeout: float = field(default=75.0, validator=_positive_float)

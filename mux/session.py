@@ -525,6 +525,7 @@ class Session:
 
     async def _write_loop(self) -> None:
         transport, conn = self._transport, self._conn
+        send_some = self._send_some
         timeout = self._config.write_timeout
         # One cancel scope for all writes, its deadline moved per write: cheaper than a
         # new scope for every write on this hot path.
@@ -540,11 +541,19 @@ class Session:
                     self._writing = True
                     self._reader.wake()
                     with memoryview(conn.data_to_send()) as data:
-                        # In slices, so that the deadline is about progress: a slow link
-                        # that keeps moving is not a dead one.
-                        for start in range(0, len(data), _WRITE_SLICE):
+                        # The deadline is about progress: a slow link that keeps moving is
+                        # not a dead one. A partial write (`send_some`) takes all the
+                        # transport has room for at once and waits only when it has none:
+                        # one task step per time the link fills, not one per slice.
+                        start = 0
+                        while start < len(data):
                             deadline.deadline = trio.current_time() + timeout
-                            await transport.send_all(data[start : start + _WRITE_SLICE])
+                            if send_some is not None:
+                                start += await send_some(data[start:])
+                            else:
+                                end = start + _WRITE_SLICE
+                                await transport.send_all(data[start:end])
+                                start = end
                     deadline.deadline = math.inf
                     self._writing = False
                     self._buffer_space.unpark_all()
@@ -618,7 +627,8 @@ class Session:
         self._writer.wake()
 
 
-#: How much one transport write may carry: the unit of progress for write_timeout.
+#: How much one write to a transport without a partial write (`send_some`) may carry: the
+#: unit of progress for write_timeout there.
 _WRITE_SLICE = 64 * 1024
 
 
@@ -626,7 +636,9 @@ def _ignore(event: ev.Event) -> None:
     pass
 
 
-def _partial_sender(transport: trio.abc.Stream) -> Callable[[bytearray], Awaitable[int]] | None:
+def _partial_sender(
+    transport: trio.abc.Stream,
+) -> Callable[[bytes | bytearray | memoryview], Awaitable[int]] | None:
     """A coroutine that writes part of a buffer and either returns how much it wrote or
     raises having written nothing, even when cancelled; None where the transport has none.
 
@@ -634,7 +646,7 @@ def _partial_sender(transport: trio.abc.Stream) -> Callable[[bytearray], Awaitab
     """
     send_some = getattr(transport, "send_some", None)
     if send_some is not None:
-        return cast("Callable[[bytearray], Awaitable[int]]", send_some)
+        return cast("Callable[[bytes | bytearray | memoryview], Awaitable[int]]", send_some)
     if type(transport) is trio.SocketStream:
         return transport.socket.send
     return None
