@@ -268,11 +268,29 @@ class Stream(trio.abc.HalfCloseableStream):
         max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
+        return self._receive_now(max_bytes, self._take)  # type: ignore[return-value]
+
+    def receive_view_nowait(self, max_bytes: int) -> bytes | bytearray | memoryview:
+        """What `receive_view` would return now, without waiting: the next piece of what
+        arrived, up to ``max_bytes``, without copying (``b""`` after the peer's FIN).
+
+        Raises as `receive_nowait` does (`trio.WouldBlock` when nothing arrived yet). Not a
+        checkpoint: for a copy loop that just checkpointed, so that it takes all that was
+        buffered meanwhile in one task step and then waits with nothing buffered, when
+        push delivery (`set_push`) applies again.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        return self._receive_now(max_bytes, self._take_view)
+
+    def _receive_now(
+        self, max_bytes: int, take: Callable[[int], bytes | bytearray | memoryview]
+    ) -> bytes | bytearray | memoryview:
         with self._receive_conflict:
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed")
             if self._chunks:
-                return self._take(max_bytes)
+                return take(max_bytes)
             if self._eof:
                 return b""
             if self._error is not None:

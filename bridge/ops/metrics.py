@@ -426,6 +426,8 @@ class MeteredStream(trio.abc.HalfCloseableStream):
             self.send_eof_nowait = send_eof_nowait
         if getattr(stream, "receive_view", None) is not None:
             self.receive_view = self._receive_view
+        if getattr(stream, "receive_view_nowait", None) is not None:
+            self.receive_view_nowait = self._receive_view_nowait
 
     def _try_send(self, data: bytes | bytearray | memoryview) -> int:
         """`mux.Stream.try_send` through the wrapped stream (the wrapper's ``try_send`` where
@@ -482,6 +484,16 @@ class MeteredStream(trio.abc.HalfCloseableStream):
         """`mux.Stream.receive_view` through the wrapped stream, the bytes counted as received;
         raises what it raises."""
         data: bytes | bytearray | memoryview = await self.transport_stream.receive_view(  # type: ignore[attr-defined]
+            max_bytes
+        )
+        self.bytes_received += len(data)
+        self._received.inc(len(data))
+        return data
+
+    def _receive_view_nowait(self, max_bytes: int) -> bytes | bytearray | memoryview:
+        """`mux.Stream.receive_view_nowait` through the wrapped stream, the bytes counted as
+        received; raises what it raises."""
+        data: bytes | bytearray | memoryview = self.transport_stream.receive_view_nowait(  # type: ignore[attr-defined]
             max_bytes
         )
         self.bytes_received += len(data)

@@ -19,8 +19,8 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
     write directly), so does the wrapper; likewise ``try_send`` (`mux.Stream.try_send`) and
     ``set_push`` (push delivery, see `mux.Stream.set_push`), which only pushes while a task
     waits in the wrapped stream's ``receive_some``, so never before the prefix is read, and
-    ``receive_view`` (`mux.Stream.receive_view`), after the prefix; and ``send_eof_nowait``
-    (`mux.Stream.send_eof_nowait`).
+    ``receive_view`` and ``receive_view_nowait`` (`mux.Stream.receive_view`), after the
+    prefix; and ``send_eof_nowait`` (`mux.Stream.send_eof_nowait`).
     """
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
@@ -42,6 +42,8 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
             self.send_eof_nowait = send_eof_nowait
         if getattr(stream, "receive_view", None) is not None:
             self.receive_view = self._receive_view
+        if getattr(stream, "receive_view_nowait", None) is not None:
+            self.receive_view_nowait = self._receive_view_nowait
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send through the wrapped stream; raises and behaves on cancellation as it does."""
@@ -87,6 +89,18 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
             return await self.receive_some(max_bytes)
         with self._receive_conflict:
             view: bytes | bytearray | memoryview = await self.transport_stream.receive_view(  # type: ignore[attr-defined]
+                max_bytes
+            )
+            return view
+
+    def _receive_view_nowait(self, max_bytes: int) -> bytes | bytearray | memoryview:
+        """The wrapped stream's ``receive_view_nowait`` (`mux.Stream.receive_view_nowait`)
+        once the prefix is read; while it is not, `trio.WouldBlock`: the prefix is
+        ``receive_view``'s to return. Raises as the wrapped stream's does."""
+        if self._prefix or self._closed:
+            raise trio.WouldBlock
+        with self._receive_conflict:
+            view: bytes | bytearray | memoryview = self.transport_stream.receive_view_nowait(  # type: ignore[attr-defined]
                 max_bytes
             )
             return view

@@ -145,7 +145,9 @@ def _receiver(
 
     The read is ``source.receive_some``; for a source with ``receive_view`` (a mux stream,
     `mux.Stream.receive_view`, also through the wrappers that pass it on), that read, which
-    hands on what the stream's session read without copying it; for a plain TCP socket, a
+    hands on what the stream's session read without copying it, and after the first read,
+    whatever is buffered already without a checkpoint (`mux.Stream.receive_view_nowait`:
+    the sink's write, or the last waiting read, was one); for a plain TCP socket, a
     read that waits for
     data first when the last read emptied the socket (trio's own read tries first, and on a
     connection that carries messages back and forth that try fails, a system call and an
@@ -159,7 +161,29 @@ def _receiver(
             return source.receive_some, None
         # A mux stream: its pieces as they arrived, without a copy, and its read is a full
         # checkpoint, so the sink's try_send may carry them.
-        return receive_view, getattr(sink, "try_send", None)
+        sink_try_send = getattr(sink, "try_send", None)
+        receive_now = getattr(source, "receive_view_nowait", None)
+        if receive_now is None:
+            return receive_view, sink_try_send
+        started = False
+
+        async def receive_buffered(size: int) -> bytes | bytearray | memoryview:
+            nonlocal started
+            # After the first read, what was buffered while this task last waited or
+            # yielded is taken without a checkpoint of its own (that was one), all of it
+            # before the next wait: a read that checkpointed for each piece gave the
+            # source's reader a turn to buffer the next one, so that this task never
+            # waited with nothing buffered, when push delivery would apply. The data
+            # this takes without waiting is bounded by the source's receive window.
+            if started:
+                try:
+                    return receive_now(size)
+                except trio.WouldBlock:
+                    pass
+            started = True
+            return await receive_view(size)
+
+        return receive_buffered, sink_try_send
     raw = getattr(source.socket, "_sock", None)
     if not isinstance(raw, socket.socket):  # pragma: no cover - trio's layout changed
         return source.receive_some, None

@@ -131,6 +131,23 @@ async def test_receive_view_gives_the_prefix_first_and_only_where_the_stream_has
     assert not hasattr(PrefixedStream(left, b"ab"), "receive_view")
 
 
+async def test_receive_view_nowait_leaves_the_prefix_to_receive_view():
+    class Viewing:
+        async def receive_view(self, max_bytes):
+            return memoryview(b"from the stream")[:max_bytes]
+
+        def receive_view_nowait(self, max_bytes):
+            return memoryview(b"buffered")[:max_bytes]
+
+    stream = PrefixedStream(Viewing(), b"ab")
+    with pytest.raises(trio.WouldBlock):  # the prefix is receive_view's to return
+        stream.receive_view_nowait(10)
+    assert await stream.receive_view(10) == b"ab"
+    assert bytes(stream.receive_view_nowait(3)) == b"buf"
+    left, _ = trio.testing.memory_stream_pair()
+    assert not hasattr(PrefixedStream(left, b"ab"), "receive_view_nowait")
+
+
 def test_the_nowait_half_close_is_passed_on():
     inner = trio.testing.MemorySendStream()
     ended = []

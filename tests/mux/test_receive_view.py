@@ -1,6 +1,7 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
-"""`mux.Stream.receive_view`: what arrived, handed on without a copy, in order and credited."""
+"""`mux.Stream.receive_view` and `receive_view_nowait`: what arrived, handed on without a copy,
+in order and credited."""
 
 from __future__ import annotations
 
@@ -53,3 +54,59 @@ async def test_receive_view_after_a_reset_and_a_close_raises_as_receive_some(ses
     await right.aclose()
     with pytest.raises(trio.ClosedResourceError):
         await right.receive_view(10)
+
+
+async def test_receive_view_nowait_takes_what_arrived_piece_by_piece_without_waiting(sessions):
+    client, server = await sessions.open()
+    left, right = await stream_pair(client, server)
+    with pytest.raises(trio.WouldBlock):
+        right.receive_view_nowait(10)
+    await left.send_all(b"first")
+    await settle()
+    await left.send_all(b"second")
+    await settle()
+    assert bytes(right.receive_view_nowait(3)) == b"fir"
+    assert bytes(right.receive_view_nowait(INITIAL_WINDOW)) == b"st"  # one piece, not joined
+    assert bytes(right.receive_view_nowait(INITIAL_WINDOW)) == b"second"
+    with pytest.raises(trio.WouldBlock):
+        right.receive_view_nowait(10)
+    await left.send_eof()
+    await settle()
+    assert right.receive_view_nowait(10) == b""
+    with pytest.raises(ValueError):
+        right.receive_view_nowait(0)
+
+
+async def test_what_receive_view_nowait_takes_is_credited(sessions, nursery):
+    client, server = await sessions.open()
+    left, right = await stream_pair(client, server)
+    payload = random.Random(6).randbytes(3 * MIB)  # beyond the window: reads must credit it
+
+    async def send() -> None:
+        await left.send_all(payload)
+        await left.send_eof()
+
+    nursery.start_soon(send)
+    received = bytearray()
+    while True:
+        try:
+            piece = right.receive_view_nowait(100_000)
+        except trio.WouldBlock:
+            await settle()
+            continue
+        if not piece:
+            break
+        received += piece
+    assert received == payload
+
+
+async def test_receive_view_nowait_after_a_reset_and_a_close_raises_as_receive_some(sessions):
+    client, server = await sessions.open()
+    left, right = await stream_pair(client, server)
+    left.reset()
+    await settle()
+    with pytest.raises(trio.BrokenResourceError):
+        right.receive_view_nowait(10)
+    await right.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        right.receive_view_nowait(10)
