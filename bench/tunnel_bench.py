@@ -191,6 +191,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="1 KiB round trips of the CPU-cost workload (default 20000; --quick 2000)",
     )
     add(
+        "--cost-bulk-sends",
+        type=int,
+        help="3 s sends to the built-in sink of the CPU-cost workload, the median per GB "
+        "(default 1)",
+    )
+    add(
         "--burst",
         type=int,
         help="connections opened at once in each burst (default 5000; --quick 500)",
@@ -246,6 +252,7 @@ def _defaults(args: argparse.Namespace) -> None:
         ("pgbench_seconds", 5, 2),
         ("cost_connections", 3000, 300),
         ("cost_messages", 20_000, 2000),
+        ("cost_bulk_sends", 1, 1),
         ("burst", 5000, 500),
     ):
         if getattr(args, name) is None:
@@ -652,7 +659,12 @@ def _costs(path: BenchPath, args: argparse.Namespace, server_pid: int) -> dict:
         client("dial", path.ports["echo"], "--count", 200, "--seconds", 10, timeout=60)
         client("rtt", path.ports["echo"], "--count", 500, timeout=60)
         got = costs.measure(
-            path, server_pid, args.cost_connections, args.cost_messages, args.concurrency
+            path,
+            server_pid,
+            args.cost_connections,
+            args.cost_messages,
+            args.concurrency,
+            args.cost_bulk_sends,
         )
     finally:
         path.stop()
@@ -901,7 +913,9 @@ def _render_costs(args: argparse.Namespace, cost: dict, labels: dict[str, str]) 
         f"CPU time (user + system, /proc/PID/stat), us: per new connection over "
         f"{args.cost_connections:,} ({args.concurrency} at a time), per 1 KiB message per "
         f"direction over {args.cost_messages:,} round trips; CPU seconds per GB over "
-        f"{costs.BULK_SECONDS:g} s of one stream to the built-in sink; fresh processes. The "
+        f"{costs.BULK_SECONDS:g} s of one stream to the built-in sink"
+        f"{f' (median of {args.cost_bulk_sends} sends)' if args.cost_bulk_sends > 1 else ''}; "
+        f"fresh processes. The "
         f"load columns are the client and the echo server, the same on every path: direct TCP "
         f"is the floor",
     )
@@ -1010,6 +1024,7 @@ def run(args: argparse.Namespace) -> int:
             "pgbench_seconds": args.pgbench_seconds,
             "cost_connections": args.cost_connections,
             "cost_messages": args.cost_messages,
+            "cost_bulk_sends": args.cost_bulk_sends,
             "burst": args.burst,
             "paths": args.paths,
             "throughput_tool": "iperf3" if iperf else "built-in",

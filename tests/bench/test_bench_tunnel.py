@@ -170,8 +170,8 @@ def test_tunnel_bench_peered(tmp_path, capsys):
 def test_tunnel_bench_floors(tmp_path, capsys):
     """The hand-written plain-TCP forwarders of bench/floor.py carry the cost workload: new
     connections, round trips, and a stream to the sink, whose count answers the sender's EOF
-    (so each forwarder half-closes)."""
-    _, results = _run(
+    (so each forwarder half-closes); the stream is sent twice, its cost per GB the median."""
+    table, results = _run(
         tmp_path,
         capsys,
         "--paths",
@@ -183,10 +183,14 @@ def test_tunnel_bench_floors(tmp_path, capsys):
         "40",
         "--cost-messages",
         "100",
+        "--cost-bulk-sends",
+        "2",
     )
+    assert "(median of 2 sends)" in table
+    assert results["settings"]["cost_bulk_sends"] == 2
     assert results["skipped"] == {} and results["errors"] == []
     for path in ("floor-trio-wait", "floor-epoll"):
         cost = results["costs"][path]
         assert cost["carriers"] == ["forwarder"]
         assert cost["connections"] == 40 and cost["messages"] == 100
-        assert cost["bulk_bytes"] > 0
+        assert cost["bulk_bytes"] > 0 and cost["bulk_sends"] == 2
