@@ -13,7 +13,22 @@ import trio
 from .mux_support import INITIAL_WINDOW, MIB, settle, stream_pair
 
 
-async def test_views_carry_every_byte_in_order_and_are_credited(sessions, nursery):
+async def _view_waiting(stream) -> bytes | bytearray | memoryview:
+    piece = await stream.receive_view(100_000)
+    assert 0 < len(piece) <= 100_000 or piece == b""
+    return piece
+
+
+async def _view_nowait(stream) -> bytes | bytearray | memoryview:
+    while True:
+        try:
+            return stream.receive_view_nowait(100_000)
+        except trio.WouldBlock:
+            await settle()
+
+
+@pytest.mark.parametrize("read", [_view_waiting, _view_nowait], ids=["waiting", "nowait"])
+async def test_views_carry_every_byte_in_order_and_are_credited(sessions, nursery, read):
     client, server = await sessions.open()
     left, right = await stream_pair(client, server)
     payload = random.Random(5).randbytes(3 * MIB)  # beyond the window: reads must credit it
@@ -24,8 +39,7 @@ async def test_views_carry_every_byte_in_order_and_are_credited(sessions, nurser
 
     nursery.start_soon(send)
     received = bytearray()
-    while piece := await right.receive_view(100_000):
-        assert 0 < len(piece) <= 100_000
+    while piece := await read(right):
         received += piece
     assert received == payload
 
@@ -44,16 +58,17 @@ async def test_a_view_is_one_piece_at_most_max_bytes(sessions):
         await right.receive_view(0)
 
 
-async def test_receive_view_after_a_reset_and_a_close_raises_as_receive_some(sessions):
+@pytest.mark.parametrize("read", [_view_waiting, _view_nowait], ids=["waiting", "nowait"])
+async def test_views_after_a_reset_and_a_close_raise_as_receive_some(sessions, read):
     client, server = await sessions.open()
     left, right = await stream_pair(client, server)
     left.reset()
     await settle()
     with pytest.raises(trio.BrokenResourceError):
-        await right.receive_view(10)
+        await read(right)
     await right.aclose()
     with pytest.raises(trio.ClosedResourceError):
-        await right.receive_view(10)
+        await read(right)
 
 
 async def test_receive_view_nowait_takes_what_arrived_piece_by_piece_without_waiting(sessions):
@@ -75,38 +90,3 @@ async def test_receive_view_nowait_takes_what_arrived_piece_by_piece_without_wai
     assert right.receive_view_nowait(10) == b""
     with pytest.raises(ValueError):
         right.receive_view_nowait(0)
-
-
-async def test_what_receive_view_nowait_takes_is_credited(sessions, nursery):
-    client, server = await sessions.open()
-    left, right = await stream_pair(client, server)
-    payload = random.Random(6).randbytes(3 * MIB)  # beyond the window: reads must credit it
-
-    async def send() -> None:
-        await left.send_all(payload)
-        await left.send_eof()
-
-    nursery.start_soon(send)
-    received = bytearray()
-    while True:
-        try:
-            piece = right.receive_view_nowait(100_000)
-        except trio.WouldBlock:
-            await settle()
-            continue
-        if not piece:
-            break
-        received += piece
-    assert received == payload
-
-
-async def test_receive_view_nowait_after_a_reset_and_a_close_raises_as_receive_some(sessions):
-    client, server = await sessions.open()
-    left, right = await stream_pair(client, server)
-    left.reset()
-    await settle()
-    with pytest.raises(trio.BrokenResourceError):
-        right.receive_view_nowait(10)
-    await right.aclose()
-    with pytest.raises(trio.ClosedResourceError):
-        right.receive_view_nowait(10)
