@@ -96,8 +96,11 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
     def _receive_view_nowait(self, max_bytes: int) -> bytes | bytearray | memoryview:
         """The wrapped stream's ``receive_view_nowait`` (`mux.Stream.receive_view_nowait`)
         once the prefix is read; while it is not, `trio.WouldBlock`: the prefix is
-        ``receive_view``'s to return. Raises as the wrapped stream's does."""
-        if self._prefix or self._closed:
+        ``receive_view``'s to return. `trio.ClosedResourceError` once closed; otherwise
+        raises as the wrapped stream's does."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        if self._prefix:
             raise trio.WouldBlock
         with self._receive_conflict:
             view: bytes | bytearray | memoryview = self.transport_stream.receive_view_nowait(  # type: ignore[attr-defined]

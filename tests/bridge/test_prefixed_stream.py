@@ -139,11 +139,18 @@ async def test_receive_view_nowait_leaves_the_prefix_to_receive_view():
         def receive_view_nowait(self, max_bytes):
             return memoryview(b"buffered")[:max_bytes]
 
+        async def aclose(self):
+            pass
+
     stream = PrefixedStream(Viewing(), b"ab")
     with pytest.raises(trio.WouldBlock):  # the prefix is receive_view's to return
         stream.receive_view_nowait(10)
     assert await stream.receive_view(10) == b"ab"
     assert bytes(stream.receive_view_nowait(3)) == b"buf"
+    closed = PrefixedStream(Viewing(), b"ab")
+    await closed.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        closed.receive_view_nowait(3)
     left, _ = trio.testing.memory_stream_pair()
     assert not hasattr(PrefixedStream(left, b"ab"), "receive_view_nowait")
 
