@@ -182,17 +182,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--cost-connections",
-        type=int,
+        type=_positive_int,
         help="new connections of the CPU-cost workload (default 3000; --quick 300)",
     )
     add(
         "--cost-messages",
-        type=int,
+        type=_positive_int,
         help="1 KiB round trips of the CPU-cost workload (default 20000; --quick 2000)",
     )
     add(
         "--cost-bulk-sends",
-        type=int,
+        type=_positive_int,
         help="3 s sends to the built-in sink of the CPU-cost workload, the median per GB "
         "(default 1)",
     )
@@ -224,6 +224,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to write the results (default bench/results/tunnel.json; the chart goes next "
         "to it as .png when matplotlib is installed)",
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _path_names(text: str) -> list[str]:

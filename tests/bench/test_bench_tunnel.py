@@ -194,3 +194,16 @@ def test_tunnel_bench_floors(tmp_path, capsys):
         assert cost["carriers"] == ["forwarder"]
         assert cost["connections"] == 40 and cost["messages"] == 100
         assert cost["bulk_bytes"] > 0 and cost["bulk_sends"] == 2
+
+
+@pytest.mark.parametrize("option", ["--cost-connections", "--cost-messages", "--cost-bulk-sends"])
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_workload_sizes_must_be_whole_numbers_of_at_least_one(option, value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["tunnel", option, value])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (
+        f"python -m bench tunnel: error: argument {option}: expected a whole number of at "
+        f"least 1, got {value!r}"
+    )
