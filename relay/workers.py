@@ -414,8 +414,14 @@ class Supervisor:
         status = worker.process.returncode
         if worker.retiring or self.stopping:
             if status not in (0, None):
+                # The relay's own exit status becomes 1: say which worker and why.
                 self._failed = True
-            log.debug("Worker exited", extra=worker.fields(status=_status(status)))
+                log.warning(
+                    "Worker exited with a failure while stopping",
+                    extra=worker.fields(status=_status(status)),
+                )
+            else:
+                log.debug("Worker exited", extra=worker.fields(status=_status(status)))
             return
         if self.slots[worker.index] is not worker:
             return
