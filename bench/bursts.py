@@ -30,7 +30,7 @@ BURST_SECONDS = 180.0  # bound on one burst
 #: beyond the default 15 s. The report says which deadline was used.
 CONNECT_DEADLINE = 60.0
 # path -> role of the process that accepts; default "relay"
-ACCEPTOR = {"ssh": "ssh", "peered": "relay B"}
+ACCEPTOR = {"ssh": "ssh", "peered": "relay B", "go-peered": "relay B"}
 
 
 def _peak(path: BenchPath) -> dict[str, int]:

@@ -4,8 +4,8 @@
 
 A fixed workload through one path: CONNECTIONS new connections (CONCURRENCY at a time, each
 one 32-byte round trip, then closed), then MESSAGES round trips of 1 KiB on one connection,
-then BULK_SECONDS of one stream of bulk data to the built-in sink (where the path has one and
-can half-close: not the Go tunnel), whose cost is given per GB: sent ``bulk_sends`` times on
+then BULK_SECONDS of one stream of bulk data, whose cost is given per GB: to the built-in sink,
+or with iperf3 on a path that cannot half-close (the Go tunnels), sent ``bulk_sends`` times on
 the same processes, the median per process (one send moves with whatever else the machine
 does during its 3 s).
 The user + system CPU time of each process carrying the path (``/proc/PID/stat``, all its
@@ -22,6 +22,7 @@ a process's figure is good to about 10 ms / T.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 from bench.clients import Failed, client
 from bench.paths import BenchPath
@@ -29,7 +30,6 @@ from bench.procs import cpu_seconds, descendants
 
 COST_TIMEOUT = 600.0
 BULK_SECONDS = 3.0
-NO_HALF_CLOSE = {"go"}  # paths the built-in sink cannot measure
 
 
 def cpu_of(roles: dict[str, list[int]]) -> dict[str, float]:
@@ -49,11 +49,13 @@ def measure(
     messages: int,
     concurrency: int,
     bulk_sends: int = 1,
+    bulk: Callable[[], int] | None = None,
 ) -> dict:
     """The path's CPU cost per new connection and per message per direction, in µs per role
-    (``client`` and ``echo server`` included), and per GB (the median of ``bulk_sends``
-    sends). Raises Failed if the workload did not complete: a cost over fewer connections or
-    messages than asked would not compare."""
+    (``client`` and ``echo server`` included), and per GB: the median of ``bulk_sends`` calls
+    of `bulk`, which sends one stream for BULK_SECONDS and returns the bytes it carried
+    (without it, none). Raises Failed if the workload did not complete: a cost over fewer
+    connections or messages than asked would not compare."""
     port = path.ports["echo"]
     before = cpu_of(_roles(path, server_pid))
     dialed = client(
@@ -99,20 +101,16 @@ def measure(
         "message_us": per_message,
         "connection_total_us": sum(per_connection[role] for role in carriers),
     }
-    if "sink" in path.ports and path.name not in NO_HALF_CLOSE:
+    if bulk is not None:
         sends: list[dict[str, float]] = []
         total = 0
         for _ in range(bulk_sends):
             start = cpu_of(_roles(path, server_pid))
-            sent = client(
-                "send", path.ports["sink"], "--seconds", BULK_SECONDS, timeout=BULK_SECONDS + 60
-            )
-            bulk = cpu_of(_roles(path, server_pid))
-            if sent["bytes"]:
-                total += sent["bytes"]
-                sends.append(
-                    {role: (bulk[role] - start[role]) / sent["bytes"] * 1e9 for role in carriers}
-                )
+            carried = bulk()
+            end = cpu_of(_roles(path, server_pid))
+            if carried:
+                total += carried
+                sends.append({role: (end[role] - start[role]) / carried * 1e9 for role in carriers})
         if sends:
             got["bulk_bytes"] = total
             got["bulk_sends"] = len(sends)
@@ -120,6 +118,12 @@ def measure(
                 role: statistics.median(send[role] for send in sends) for role in carriers
             }
     return got
+
+
+def to_sink(port: int) -> int:
+    """One stream of BULK_SECONDS to the built-in sink at `port`; the bytes it counted."""
+    sent = client("send", port, "--seconds", BULK_SECONDS, timeout=BULK_SECONDS + 60)
+    return sent["bytes"]
 
 
 def hop(peered: dict, tunnel: dict) -> dict:

@@ -11,6 +11,7 @@ cannot be measured through it (iperf3 can).
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -51,33 +52,45 @@ class GoTunnelPath(BenchPath):
     verified by the agent, default yamux settings, one forward per target."""
 
     name, label = "go", "Go yamux"
+    half_close = False
 
     def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
         super().__init__(workdir, targets)
-        self.dir = workdir / "go"
+        self.dir = workdir / "go"  # the build, shared by the Go paths
+        self.certs = workdir / self.name
         self.binary: Path | None = None
         self.relay: Proc | None = None
         self.agent: Proc | None = None
 
-    def start(self) -> None:
+    def _build(self) -> Path:
         if self.binary is None:
             self.dir.mkdir(exist_ok=True)
             try:
                 self.binary = go_build(SOURCE, self.dir / "gotunnel", self.dir / "cache")
             except BuildError as exc:
                 raise SkipPath(str(exc)) from None
-        cert = self.dir / "relay.pem"
+        return self.binary
+
+    def _start_relay(self) -> re.Match[str]:
+        """Start gotunnel relay with a forward per target; its agents' listening address."""
+        self.certs.mkdir(exist_ok=True)
+        cert = self.certs / "relay.pem"
         forwards = [arg for port in self.targets.values() for arg in ("-forward", f"{HOST}:{port}")]
+        self.relay = Proc(
+            "go-relay", [self._build(), "relay", "-cert-out", cert, *forwards], self.workdir
+        )
+        agents = self.relay.wait_for(r"^agents: listening on (\S+)$")
+        for name, port in self.targets.items():
+            match = self.relay.wait_for(rf"^forward {HOST}:{port}: listening on \S+:(\d+)$")
+            self.ports[name] = int(match[1])
+        return agents
+
+    def start(self) -> None:
+        cert = self.certs / "relay.pem"
         try:
-            self.relay = Proc(
-                "go-relay", [self.binary, "relay", "-cert-out", cert, *forwards], self.workdir
-            )
-            agents = self.relay.wait_for(r"^agents: listening on (\S+)$")
-            for name, port in self.targets.items():
-                match = self.relay.wait_for(rf"^forward {HOST}:{port}: listening on \S+:(\d+)$")
-                self.ports[name] = int(match[1])
+            agents = self._start_relay()
             self.agent = Proc(
-                "go-agent", [self.binary, "agent", "-relay", agents[1], "-ca", cert], self.workdir
+                "go-agent", [self._build(), "agent", "-relay", agents[1], "-ca", cert], self.workdir
             )
             self.agent.wait_for(r"^agent: connected$")
             echo_ready(self.ports["echo"], lambda: self.relay.alive() and self.agent.alive())
@@ -95,3 +108,60 @@ class GoTunnelPath(BenchPath):
 
     def procs(self) -> dict[str, Proc]:
         return {role: proc for role, proc in (("relay", self.relay), ("agent", self.agent)) if proc}
+
+
+class GoPeeredPath(GoTunnelPath):
+    """The Go tunnel with one peer hop, the reference for the relay's peered path: gotunnel
+    relay holds the forwards (relay B), gotunnel hop holds the agent's session (relay A) and
+    dials relay B as its agent, copying each stream relay B opens to a stream to the agent.
+    Each link is TLS verified by the dialing side (the peered path's links are mutually
+    authenticated: the difference is in the handshakes, outside the measured workloads)."""
+
+    name, label = "go-peered", "Go yamux, peered"
+
+    def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
+        super().__init__(workdir, targets)
+        self.hop: Proc | None = None
+
+    def start(self) -> None:
+        hop_cert = self.certs / "hop.pem"
+        try:
+            agents = self._start_relay()
+            self.hop = Proc(
+                "go-hop",
+                [
+                    self._build(),
+                    "hop",
+                    "-cert-out",
+                    hop_cert,
+                    "-relay",
+                    agents[1],
+                    "-ca",
+                    self.certs / "relay.pem",
+                ],
+                self.workdir,
+            )
+            hop_agents = self.hop.wait_for(r"^agents: listening on (\S+)$")
+            self.agent = Proc(
+                "go-agent",
+                [self._build(), "agent", "-relay", hop_agents[1], "-ca", hop_cert],
+                self.workdir,
+            )
+            self.agent.wait_for(r"^agent: connected$")
+            self.hop.wait_for(r"^hop: connected$")
+            echo_ready(
+                self.ports["echo"],
+                lambda: all(proc.alive() for proc in self.procs().values()),
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for proc in (self.agent, self.hop, self.relay):
+            if proc is not None:
+                proc.stop()
+
+    def procs(self) -> dict[str, Proc]:
+        found = (("relay B", self.relay), ("relay A", self.hop), ("agent", self.agent))
+        return {role: proc for role, proc in found if proc}

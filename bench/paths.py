@@ -30,6 +30,9 @@ class SkipPath(Exception):
 class BenchPath:
     name = ""
     label = ""
+    #: Whether a client's EOF reaches the target with the other direction still open (the
+    #: built-in sink answers the sender's EOF: a path without it is measured with iperf3).
+    half_close = True
 
     def __init__(self, workdir: Path, targets: dict[str, int]) -> None:
         self.workdir = workdir

@@ -7,9 +7,11 @@ Paths from 127.0.0.1 to the same targets: direct TCP; the tunnel (``bridge-relay
 one forward per target, and ``bridge-agent``: separate processes, TLS, default settings); the
 same over WebSocket (``tunnel-ws``); two relay nodes of a cluster with the agent on one and
 the forwards on the other, so that every connection crosses one peer hop (``peered``); the
-Go tunnel (bench/gotunnel: relay and agent processes, yamux over TLS, built at run time);
-and OpenSSH ``ssh -L`` through a throwaway sshd. The targets are ``iperf3 -s`` (or the
-built-in sink), an echo server (``bench.loadgen serve``, two processes) and, for pgbench, a
+Go tunnel (bench/gotunnel: relay and agent processes, yamux over TLS, built at run time),
+and the same with one peer hop (``go-peered``: a third Go process holds the agent's session
+and copies each stream the relay opens to it), the reference for ``peered``; and OpenSSH
+``ssh -L`` through a throwaway sshd. The targets are ``iperf3 -s`` (or the built-in sink),
+an echo server (``bench.loadgen serve``, two processes) and, for pgbench, a
 PostgreSQL server; every client runs in a process of its own.
 
 Cases (``--cases``):
@@ -44,13 +46,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import mux
 from bench import bursts, costs, goals, pgbench, report
 from bench.clients import Failed, client
 from bench.floor import EpollFloor, TrioStreamFloor, TrioWaitFloor
-from bench.gotunnel import GoTunnelPath
+from bench.gotunnel import GoPeeredPath, GoTunnelPath
 from bench.paths import (
     HOST,
     AuditedTunnelPath,
@@ -71,6 +74,7 @@ PATHS = {
     "tunnel-audit": AuditedTunnelPath,
     "peered": PeeredTunnelPath,
     "go": GoTunnelPath,
+    "go-peered": GoPeeredPath,
     "ssh": SshPath,
     "floor-trio": TrioStreamFloor,
     "floor-trio-wait": TrioWaitFloor,
@@ -208,7 +212,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME,...",
         help=f"paths to run, of {','.join(PATHS)} (default {','.join(DEFAULT_PATHS)}; "
         "tunnel-ws is the tunnel over WebSocket, tunnel-audit the tunnel with the relay's audit "
-        "log on: both only in the rounds; peered: two relay nodes, one peer hop; floor-*: one "
+        "log on: both only in the rounds; peered: two relay nodes, one peer hop; go-peered: "
+        "the Go tunnel with one hop, its reference; floor-*: one "
         "Python process forwarding plain TCP, bench/floor.py)",
     )
     add(
@@ -389,7 +394,7 @@ def _measure_case(
     if case in pgbench.CASES:
         assert database is not None
         return {case: pgbench.tps(database, path.ports["pg"], case, args.pgbench_seconds)}
-    if case.startswith("throughput") and path.name == "go" and not iperf:
+    if case.startswith("throughput") and not path.half_close and not iperf:
         raise Failed("the built-in sink needs a half-close, which this yamux lacks: use iperf3")
     echo = path.ports["echo"]
     if case == "throughput_1":
@@ -423,7 +428,7 @@ def _measure_case(
 
 
 def _warm_up(path: BenchPath, args: argparse.Namespace, iperf: str | None) -> None:
-    if iperf or path.name != "go":
+    if iperf or path.half_close:
         _throughput(path.ports["iperf" if iperf else "sink"], 1, min(1.0, args.seconds), iperf)
     client("rtt", path.ports["echo"], "--count", min(500, args.rtt_count), timeout=60)
     client("dial", path.ports["echo"], "--count", 200, "--seconds", 10, timeout=60)
@@ -615,7 +620,7 @@ def _measure(
                 continue
             try:
                 if case == "costs":
-                    cost[path.name] = _costs(path, args, servers.pid)
+                    cost[path.name] = _costs(path, args, servers.pid, iperf)
                 elif case == "bursts":
                     burst.update(_bursts(path, args, workdir, targets["echo"]))
                 elif case == "hold":
@@ -658,13 +663,19 @@ def _database(
     return database
 
 
-def _costs(path: BenchPath, args: argparse.Namespace, server_pid: int) -> dict:
-    """CPU costs of fresh processes of `path`, after a warm-up."""
+def _costs(path: BenchPath, args: argparse.Namespace, server_pid: int, iperf: str | None) -> dict:
+    """CPU costs of fresh processes of `path`, after a warm-up. The bulk stream goes to the
+    built-in sink, or through iperf3 on a path that cannot half-close (none without it)."""
     report.progress(
         f"CPU cost through {path.label}: {args.cost_connections:,} new connections, "
         f"{args.cost_messages:,} round trips"
     )
     path.start()
+    bulk = None
+    if path.half_close and "sink" in path.ports:
+        bulk = partial(costs.to_sink, path.ports["sink"])
+    elif iperf and "iperf" in path.ports:
+        bulk = partial(_iperf_bytes, path.ports["iperf"], iperf)
     try:
         client("dial", path.ports["echo"], "--count", 200, "--seconds", 10, timeout=60)
         client("rtt", path.ports["echo"], "--count", 500, timeout=60)
@@ -675,12 +686,18 @@ def _costs(path: BenchPath, args: argparse.Namespace, server_pid: int) -> dict:
             args.cost_messages,
             args.concurrency,
             args.cost_bulk_sends,
+            bulk,
         )
     finally:
         path.stop()
     per_role = ", ".join(f"{role} {us:,.1f}" for role, us in got["connection_us"].items())
     report.progress(f"{path.label}: CPU per new connection, us: {per_role}")
     return got
+
+
+def _iperf_bytes(port: int, iperf: str) -> int:
+    """One iperf3 stream of costs.BULK_SECONDS through `port`; the bytes received."""
+    return _throughput(port, 1, costs.BULK_SECONDS, iperf)[1]
 
 
 def _bursts(path: BenchPath, args: argparse.Namespace, workdir: Path, echo: int) -> dict:
@@ -806,8 +823,8 @@ def _render(args: argparse.Namespace, results: dict, iperf: str | None) -> str:
         )
     if results["costs"]:
         parts.append(_render_costs(args, results["costs"], labels))
-        if {"peered", "tunnel"} <= set(results["costs"]):
-            parts.append(_render_hop(results["costs"]))
+        if hops := _render_hops(results["costs"]):
+            parts.append(hops)
     if results["bursts"]:
         parts.append(
             "\n".join(
@@ -923,7 +940,7 @@ def _render_costs(args: argparse.Namespace, cost: dict, labels: dict[str, str]) 
         f"CPU time (user + system, /proc/PID/stat), us: per new connection over "
         f"{args.cost_connections:,} ({args.concurrency} at a time), per 1 KiB message per "
         f"direction over {args.cost_messages:,} round trips; CPU seconds per GB over "
-        f"{costs.BULK_SECONDS:g} s of one stream to the built-in sink"
+        f"{costs.BULK_SECONDS:g} s of one stream to the built-in sink (iperf3 on the Go paths)"
         f"{f' (median of {args.cost_bulk_sends} sends)' if args.cost_bulk_sends > 1 else ''}; "
         f"fresh processes. The "
         f"load columns are the client and the echo server, the same on every path: direct TCP "
@@ -931,15 +948,27 @@ def _render_costs(args: argparse.Namespace, cost: dict, labels: dict[str, str]) 
     )
 
 
-def _render_hop(cost: dict) -> str:
-    added = costs.hop(cost["peered"], cost["tunnel"])
-    lines = [
-        f"  per {what}: {added[kind]['added']:,.{digits}f} {unit} (relay A + relay B - the "
-        f"single relay), the single relay {added[kind]['one_node']:,.{digits}f} {unit}: "
-        f"{added[kind]['added'] / added[kind]['one_node']:.2f}x"
-        for kind, what, unit, digits in HOP_KINDS
-        if kind in added and added[kind]["one_node"] > 0
-    ]
+HOPS = (("peered", "tunnel", ""), ("go-peered", "go", "Go yamux, for reference: "))
+
+
+def _render_hops(cost: dict) -> str:
+    """What the peer hop adds, of the relay's peered path and of the Go reference's, where
+    both the path and its single-node path were measured; empty if neither was."""
+    lines = []
+    for peered, single, prefix in HOPS:
+        if not {peered, single} <= set(cost):
+            continue
+        added = costs.hop(cost[peered], cost[single])
+        lines += [
+            f"  {prefix}per {what}: {added[kind]['added']:,.{digits}f} {unit} (relay A + "
+            f"relay B - the single relay), the single relay "
+            f"{added[kind]['one_node']:,.{digits}f} {unit}: "
+            f"{added[kind]['added'] / added[kind]['one_node']:.2f}x"
+            for kind, what, unit, digits in HOP_KINDS
+            if kind in added and added[kind]["one_node"] > 0
+        ]
+    if not lines:
+        return ""
     return "\n".join(
         ["CPU time the peer hop adds (goal: at most what one node spends, 1.00x):", *lines]
     )

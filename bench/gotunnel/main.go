@@ -6,6 +6,7 @@
 //
 //	gotunnel relay -cert-out FILE -forward HOST:PORT [-forward ...]
 //	gotunnel agent -relay HOST:PORT -ca FILE
+//	gotunnel hop -cert-out FILE -relay HOST:PORT -ca FILE
 //
 // The relay makes a self-signed certificate (ECDSA P-256, for 127.0.0.1), writes it to
 // -cert-out, listens for one agent on 127.0.0.1 and, per -forward, on a local port. A
@@ -19,6 +20,14 @@
 // The relay prints "agents: listening on HOST:PORT" and one "forward HOST:PORT: listening
 // on HOST:PORT" line per forward, and "agent connected" once the agent's session is up; the
 // agent prints "agent: connected". Each runs until killed.
+//
+// hop is the peer hop of a two-node cluster, the reference for the relay's peered path: it
+// listens for one agent as the relay does (its own certificate, written to -cert-out), and
+// once the agent is connected dials the relay given by -relay as if it were that agent. Each
+// stream the relay opens is copied, both ways, to a stream it opens to the agent, the target's
+// header included: one more TLS connection and one more yamux session per direction, as a
+// relay node holding the agent's session does for a node that holds the caller. It prints
+// "agents: listening on HOST:PORT", "agent connected", then "hop: connected".
 package main
 
 import (
@@ -77,6 +86,21 @@ func pipe(conn *net.TCPConn, stream *yamux.Stream) {
 	stream.Close()
 }
 
+// splice copies both ways between two streams, closing each one's sending side at the
+// other's EOF, and returns once both directions are done.
+func splice(a, b *yamux.Stream) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		io.Copy(b, a)
+		b.Close()
+	}()
+	io.Copy(a, b)
+	a.Close()
+	wg.Wait()
+}
+
 func selfSigned() (tls.Certificate, []byte) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -107,30 +131,13 @@ func relay(args []string) {
 	var targets forwards
 	flags.Var(&targets, "forward", "HOST:PORT to forward a local port to (repeatable)")
 	flags.Parse(args)
-	cert, certPEM := selfSigned()
-	if err := os.WriteFile(*certOut, certPEM, 0o644); err != nil {
-		die("%v", err)
-	}
-	agents, err := tls.Listen("tcp", host+":0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		die("%v", err)
-	}
-	fmt.Printf("agents: listening on %s\n", agents.Addr())
+	agents := listenForAgent(*certOut)
 	var current *yamux.Session
 	var ready sync.WaitGroup
 	ready.Add(1)
 	go func() {
-		conn, err := agents.Accept()
-		if err != nil {
-			die("%v", err)
-		}
-		s, err := yamux.Client(conn, muxConfig())
-		if err != nil {
-			die("%v", err)
-		}
-		current = s
+		current = acceptAgent(agents)
 		ready.Done()
-		fmt.Println("agent connected")
 	}()
 	for _, target := range targets {
 		listener, err := net.Listen("tcp", host+":0")
@@ -168,20 +175,47 @@ func relay(args []string) {
 	die("the agent's session ended")
 }
 
-func agent(args []string) {
-	flags := flag.NewFlagSet("agent", flag.ExitOnError)
-	address := flags.String("relay", "", "HOST:PORT of the relay")
-	caFile := flags.String("ca", "", "the relay's certificate (PEM)")
-	flags.Parse(args)
-	caPEM, err := os.ReadFile(*caFile)
+// listenForAgent writes a fresh self-signed certificate to certOut and listens with it for
+// the agent, printing the address.
+func listenForAgent(certOut string) net.Listener {
+	cert, certPEM := selfSigned()
+	if err := os.WriteFile(certOut, certPEM, 0o644); err != nil {
+		die("%v", err)
+	}
+	agents, err := tls.Listen("tcp", host+":0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		die("%v", err)
+	}
+	fmt.Printf("agents: listening on %s\n", agents.Addr())
+	return agents
+}
+
+// acceptAgent returns the yamux session of the first agent to connect to agents.
+func acceptAgent(agents net.Listener) *yamux.Session {
+	conn, err := agents.Accept()
+	if err != nil {
+		die("%v", err)
+	}
+	session, err := yamux.Client(conn, muxConfig())
+	if err != nil {
+		die("%v", err)
+	}
+	fmt.Println("agent connected")
+	return session
+}
+
+// dialRelay connects to the relay at address as its agent, verifying the relay's
+// certificate against the one in caFile.
+func dialRelay(address, caFile string) *yamux.Session {
+	caPEM, err := os.ReadFile(caFile)
 	if err != nil {
 		die("%v", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(caPEM) {
-		die("no certificate in %s", *caFile)
+		die("no certificate in %s", caFile)
 	}
-	conn, err := tls.Dial("tcp", *address, &tls.Config{RootCAs: roots, ServerName: host})
+	conn, err := tls.Dial("tcp", address, &tls.Config{RootCAs: roots, ServerName: host})
 	if err != nil {
 		die("%v", err)
 	}
@@ -189,6 +223,44 @@ func agent(args []string) {
 	if err != nil {
 		die("%v", err)
 	}
+	return session
+}
+
+func hop(args []string) {
+	flags := flag.NewFlagSet("hop", flag.ExitOnError)
+	certOut := flags.String("cert-out", "", "where to write the hop's certificate (PEM)")
+	address := flags.String("relay", "", "HOST:PORT of the relay that holds the callers")
+	caFile := flags.String("ca", "", "that relay's certificate (PEM)")
+	flags.Parse(args)
+	agentSession := acceptAgent(listenForAgent(*certOut))
+	relaySession := dialRelay(*address, *caFile)
+	fmt.Println("hop: connected")
+	go func() {
+		<-agentSession.CloseChan()
+		die("the agent's session ended")
+	}()
+	for {
+		stream, err := relaySession.AcceptStream()
+		if err != nil {
+			die("the relay's session ended: %v", err)
+		}
+		go func() {
+			onward, err := agentSession.OpenStream()
+			if err != nil {
+				stream.Close()
+				return
+			}
+			splice(stream, onward)
+		}()
+	}
+}
+
+func agent(args []string) {
+	flags := flag.NewFlagSet("agent", flag.ExitOnError)
+	address := flags.String("relay", "", "HOST:PORT of the relay")
+	caFile := flags.String("ca", "", "the relay's certificate (PEM)")
+	flags.Parse(args)
+	session := dialRelay(*address, *caFile)
 	fmt.Println("agent: connected")
 	for {
 		stream, err := session.AcceptStream()
@@ -218,13 +290,15 @@ func agent(args []string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		die("usage: gotunnel relay|agent [flags]")
+		die("usage: gotunnel relay|agent|hop [flags]")
 	}
 	switch os.Args[1] {
 	case "relay":
 		relay(os.Args[2:])
 	case "agent":
 		agent(os.Args[2:])
+	case "hop":
+		hop(os.Args[2:])
 	default:
 		die("unknown command %q", os.Args[1])
 	}

@@ -167,6 +167,36 @@ def test_tunnel_bench_peered(tmp_path, capsys):
     assert sum("the peer hop adds" in figure for figure in figures) == 3
 
 
+def test_tunnel_bench_go_peered(tmp_path, capsys):
+    """The Go reference tunnel with one peer hop: a third Go process, between the relay and the
+    agent, carries every connection; what its hop adds is reported beside the single Go
+    relay's, per GB through iperf3 (this yamux cannot half-close for the built-in sink)."""
+    table, results = _run(
+        tmp_path,
+        capsys,
+        "--paths",
+        "go,go-peered",
+        "--cases",
+        "rate,costs",
+        *TINY,
+        "--cost-connections",
+        "40",
+        "--cost-messages",
+        "100",
+    )
+    assert results["skipped"] == {} and results["errors"] == []
+    assert results["metrics"]["connections_per_s"]["median"]["go-peered"] > 0
+    single, peered = results["costs"]["go"], results["costs"]["go-peered"]
+    assert peered["carriers"] == ["relay B", "relay A", "agent"]
+    assert peered["connections"] == 40 and peered["messages"] == 100
+    assert set(peered["gb_cpu_s"]) == {"relay B", "relay A", "agent"}
+    assert set(single["gb_cpu_s"]) == {"relay", "agent"}
+    assert peered["bulk_bytes"] > 0 and single["bulk_bytes"] > 0
+    assert "Go yamux, for reference: per GB, one stream:" in table
+    # The goals are the relay's own: the reference adds none.
+    assert not any("the peer hop adds" in goal["figure"] for goal in results["goals"])
+
+
 def test_tunnel_bench_floors(tmp_path, capsys):
     """The hand-written plain-TCP forwarders of bench/floor.py carry the cost workload: new
     connections, round trips, and a stream to the sink, whose count answers the sender's EOF
