@@ -115,6 +115,8 @@ class _Worker:
         self.exited = trio.Event()
         self.held: dict[str, str] = {}  # bridge ID -> name
         self.retiring = False
+        #: The parent sent SIGTERM for want of a link: an exit by it is the stop it asked for.
+        self.terminated = False
         self.started = time.monotonic()
         self.send_lock = trio.Lock()
         self.deliveries: dict[int, _Delivery] = {}
@@ -332,6 +334,9 @@ class Supervisor:
 
         async def tell() -> None:
             if not await self._tell(worker, Message(kind)):
+                # A worker closes its link as it exits: past its signal handlers, SIGTERM
+                # ends it at once, which is then no failure of its own.
+                worker.terminated = True
                 self._signal(worker, signal.SIGTERM)
 
         assert self._nursery is not None
@@ -413,7 +418,7 @@ class Supervisor:
             self._workers_serving.dec()
         status = worker.process.returncode
         if worker.retiring or self.stopping:
-            if status not in (0, None):
+            if status not in (0, None) and not (worker.terminated and status == -signal.SIGTERM):
                 # The relay's own exit status becomes 1: say which worker and why.
                 self._failed = True
                 log.warning(
