@@ -40,8 +40,8 @@ from relay.errors import (
     StoreUnavailable,
     UnknownBridge,
 )
-from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name, encode_names
-from relay.store.sqlite import NODE_COLUMNS, NODE_UPDATE, node_from_row
+from relay.store.records import BridgeRecord, NodeRecord, StoreBase, check_name
+from relay.store.sqlite import NODE_COLUMNS, NODE_UPDATE, node_from_row, node_to_row
 
 log = logging.getLogger("relay.store")
 
@@ -454,7 +454,8 @@ class PostgresStore(StoreBase):
     # -- nodes ----------------------------------------------------------------------------
 
     def claim_node(self, node: NodeRecord, timeout: float) -> None:
-        now = "extract(epoch from clock_timestamp())"
+        now = "extract(epoch from clock_timestamp())"  # the database's clock: every node's
+        before, after = node_to_row(node)
 
         def upsert(conn: psycopg.Connection) -> int:
             return conn.execute(
@@ -462,20 +463,7 @@ class PostgresStore(StoreBase):
                 f" VALUES (%s, %s, %s, %s, %s, %s, {now}, %s, %s, %s, %s, %s)"
                 f" ON CONFLICT (name) DO UPDATE SET {NODE_UPDATE}"
                 f" WHERE nodes.instance = excluded.instance OR nodes.heartbeat_at < {now} - %s",
-                (
-                    node.name,
-                    node.instance,
-                    node.agent_address,
-                    node.peer_address,
-                    node.peer_fingerprint,
-                    node.started_at,
-                    node.bridges,
-                    node.streams,
-                    encode_names(node.held),
-                    encode_names(node.links),
-                    node.agent_advertise,
-                    timeout,
-                ),
+                (*before, *after, timeout),
             ).rowcount
 
         if self._run(upsert) == 0:

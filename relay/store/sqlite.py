@@ -61,6 +61,28 @@ NODE_UPDATE = ", ".join(
 )
 
 
+def node_to_row(node: NodeRecord) -> tuple[tuple, tuple]:
+    """`node`'s values in the order of `NODE_COLUMNS` (both stores), as the ones before
+    ``heartbeat_at`` and the ones after: each store sets the heartbeat by its own clock."""
+    return (
+        (
+            node.name,
+            node.instance,
+            node.agent_address,
+            node.peer_address,
+            node.peer_fingerprint,
+            node.started_at,
+        ),
+        (
+            node.bridges,
+            node.streams,
+            encode_names(node.held),
+            encode_names(node.links),
+            node.agent_advertise,
+        ),
+    )
+
+
 def node_from_row(row: tuple, age: float) -> NodeRecord:
     """A `NodeRecord` from a row of `NODE_COLUMNS` (both stores)."""
     name, instance, agent_address, peer_address, peer_fingerprint, started, beat = row[:7]
@@ -227,25 +249,12 @@ class SQLiteStore(StoreBase):
 
     def claim_node(self, node: NodeRecord, timeout: float) -> None:
         now = time.time()
+        before, after = node_to_row(node)
         changed = self._write(
             f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             f" ON CONFLICT (name) DO UPDATE SET {NODE_UPDATE}"
             " WHERE nodes.instance = excluded.instance OR nodes.heartbeat_at < ?",
-            (
-                node.name,
-                node.instance,
-                node.agent_address,
-                node.peer_address,
-                node.peer_fingerprint,
-                node.started_at,
-                now,
-                node.bridges,
-                node.streams,
-                encode_names(node.held),
-                encode_names(node.links),
-                node.agent_advertise,
-                now - timeout,
-            ),
+            (*before, now, *after, now - timeout),
         )
         if changed == 0:
             raise NodeNameTaken(f"node {node.name} is running (another process has the name)")
