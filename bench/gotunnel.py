@@ -1,8 +1,9 @@
 # SPDX-FileCopyrightText: 2026 trio-bridge contributors
 # SPDX-License-Identifier: MPL-2.0
 """The Go reference tunnel of ``python -m bench tunnel``: bench/gotunnel/main.go, a relay and
-an agent on hashicorp/yamux over TLS as two processes, built at run time from Debian's
-golang-github-hashicorp-yamux-dev (GOPATH=/usr/share/gocode, GO111MODULE=off).
+an agent on hashicorp/yamux over TLS as two processes (``go``), or with a hop between them
+as three (``go-peered``), built at run time from Debian's golang-github-hashicorp-yamux-dev
+(GOPATH=/usr/share/gocode, GO111MODULE=off).
 
 The yamux of that package has no half-close (a stream's Close ends its reads too), so a
 client's EOF ends the tunneled connection both ways: the built-in sink, which answers EOF,
