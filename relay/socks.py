@@ -48,6 +48,7 @@ from relay.audit import Caller
 from relay.errors import (
     BridgeNotConnected,
     RelayError,
+    RelayShuttingDown,
     TargetNotAllowed,
     TargetUnreachable,
     UnknownBridge,
@@ -253,7 +254,7 @@ async def _serve_client(
         details = {"host": request.host, "port": request.port, "user": user}
         if await hand_over(relay, client, request.bridge, "socks", details):
             return
-        await _tunnel(relay, client, request, peer, user)
+        await _tunnel(relay, client, request, peer, user, details)
 
 
 async def serve_handed_over(
@@ -289,11 +290,29 @@ async def _send_refusal(client: trio.SocketStream, refusal: Refused[_Answer], pe
 
 
 async def _tunnel(
-    relay, client: trio.SocketStream, request: _Request, peer: str, user: str | None
+    relay,
+    client: trio.SocketStream,
+    request: _Request,
+    peer: str,
+    user: str | None,
+    details: dict[str, Any] | None = None,
 ) -> None:
-    """Open the tunnel of `request`, answer the client, splice; the caller closes `client`."""
+    """Open the tunnel of `request`, answer the client, splice; the caller closes `client`.
+    With `details` (a client this worker did the handshake with), a worker that began to
+    drain during the open hands the client to the bridge's next holder instead of refusing
+    it, when the open failed for the drain or for want of a session (nothing reached the
+    target)."""
     try:
         remote = await _open(relay, request, Caller("socks", user=user, address=peer))
+    except _Gone as gone:
+        if (
+            details is not None
+            and relay.stopping
+            and await hand_over(relay, client, request.bridge, "socks", details)
+        ):
+            return
+        await _send_refusal(client, gone.refusal, peer)
+        return
     except Refused as refusal:
         await _send_refusal(client, refusal, peer)
         return
@@ -320,13 +339,27 @@ async def _tunnel(
     )
 
 
+class _Gone(Exception):
+    """An open found no session of the bridge, or the relay draining: nothing reached the
+    target. `refusal` is the reply to send if the client is not handed over."""
+
+    def __init__(self, refusal: Refused[_Answer]) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
 async def _open(relay, request: _Request, caller: Caller) -> trio.abc.HalfCloseableStream:
-    """The tunnel for `request`; the relay's refusals become SOCKS replies."""
+    """The tunnel for `request`; the relay's refusals become SOCKS replies (`_Gone` for one
+    another worker might still serve)."""
     fields = {"bridge": request.bridge, "target": request.target}
     try:
         return await relay.connect(request.bridge, request.host, request.port, caller=caller)
-    except (UnknownBridge, BridgeNotConnected) as exc:
+    except UnknownBridge as exc:
         raise _refuse(Reply.NETWORK_UNREACHABLE, str(exc), **fields) from None
+    except BridgeNotConnected as exc:
+        raise _Gone(_refuse(Reply.NETWORK_UNREACHABLE, str(exc), **fields)) from None
+    except RelayShuttingDown as exc:
+        raise _Gone(_refuse(Reply.GENERAL_FAILURE, str(exc), **fields)) from None
     except TargetNotAllowed as exc:
         raise _refuse(Reply.NOT_ALLOWED, str(exc), **fields) from None
     except TargetUnreachable as exc:
