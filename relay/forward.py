@@ -14,7 +14,7 @@ from bridge.protocol.addresses import format_host_port, format_socket_address, p
 from bridge.protocol.connect import ConnectRequest
 from bridge.transport.splice import splice_tunnel
 from relay.audit import Caller
-from relay.errors import BridgeNotConnected, RelayError, RelayShuttingDown
+from relay.errors import RelayError, RelayShuttingDown
 from relay.handover import hand_over
 from relay.os_limits import listen_backlog
 
@@ -125,11 +125,10 @@ async def forward_connection(
         try:
             caller = Caller("forward", spec.describe(client), address=peer)
             remote = await relay.connect(spec.bridge, spec.host, spec.port, caller=caller)
-        except (BridgeNotConnected, RelayShuttingDown):
-            # Nothing reached the target. A worker that began to drain since the check
-            # above (its session's GoAway may have beaten the open) hands the client to the
-            # bridge's next holder.
-            if index is not None and relay.stopping:
+        except RelayShuttingDown:
+            # Nothing reached the target: a worker that began to drain since the check
+            # above hands the client to the bridge's next holder.
+            if index is not None:
                 await hand_over(relay, client, spec.bridge, "forward", {"index": index})
             return
         except RelayError:

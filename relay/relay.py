@@ -1446,6 +1446,8 @@ class Relay:
                 )
         if failure is not None:
             raise failure
+        if self._stopping:  # the sessions went away with this relay's own drain
+            raise RelayShuttingDown(_SHUTTING_DOWN)
         raise BridgeNotConnected(name)
 
     async def _open_on(

@@ -300,18 +300,12 @@ async def _tunnel(
     """Open the tunnel of `request`, answer the client, splice; the caller closes `client`.
     With `details` (a client this worker did the handshake with), a worker that began to
     drain during the open hands the client to the bridge's next holder instead of refusing
-    it, when the open failed for the drain or for want of a session (nothing reached the
-    target)."""
+    it (nothing reached the target)."""
     try:
         remote = await _open(relay, request, Caller("socks", user=user, address=peer))
-    except _Gone as gone:
-        if (
-            details is not None
-            and relay.stopping
-            and await hand_over(relay, client, request.bridge, "socks", details)
-        ):
-            return
-        await _send_refusal(client, gone.refusal, peer)
+    except _Draining as draining:
+        if details is None or not await hand_over(relay, client, request.bridge, "socks", details):
+            await _send_refusal(client, draining.refusal, peer)
         return
     except Refused as refusal:
         await _send_refusal(client, refusal, peer)
@@ -339,9 +333,9 @@ async def _tunnel(
     )
 
 
-class _Gone(Exception):
-    """An open found no session of the bridge, or the relay draining: nothing reached the
-    target. `refusal` is the reply to send if the client is not handed over."""
+class _Draining(Exception):
+    """An open found the relay draining: nothing reached the target. `refusal` is the reply
+    to send if the client is not handed over."""
 
     def __init__(self, refusal: Refused[_Answer]) -> None:
         super().__init__(refusal.message)
@@ -349,17 +343,15 @@ class _Gone(Exception):
 
 
 async def _open(relay, request: _Request, caller: Caller) -> trio.abc.HalfCloseableStream:
-    """The tunnel for `request`; the relay's refusals become SOCKS replies (`_Gone` for one
-    another worker might still serve)."""
+    """The tunnel for `request`; the relay's refusals become SOCKS replies (`_Draining` for
+    one another worker might still serve)."""
     fields = {"bridge": request.bridge, "target": request.target}
     try:
         return await relay.connect(request.bridge, request.host, request.port, caller=caller)
-    except UnknownBridge as exc:
+    except (UnknownBridge, BridgeNotConnected) as exc:
         raise _refuse(Reply.NETWORK_UNREACHABLE, str(exc), **fields) from None
-    except BridgeNotConnected as exc:
-        raise _Gone(_refuse(Reply.NETWORK_UNREACHABLE, str(exc), **fields)) from None
     except RelayShuttingDown as exc:
-        raise _Gone(_refuse(Reply.GENERAL_FAILURE, str(exc), **fields)) from None
+        raise _Draining(_refuse(Reply.GENERAL_FAILURE, str(exc), **fields)) from None
     except TargetNotAllowed as exc:
         raise _refuse(Reply.NOT_ALLOWED, str(exc), **fields) from None
     except TargetUnreachable as exc:
