@@ -59,6 +59,7 @@ class GoTunnelPath(BenchPath):
         super().__init__(workdir, targets)
         self.dir = workdir / "go"  # the build, shared by the Go paths
         self.certs = workdir / self.name
+        self.relay_cert = self.certs / "relay.pem"
         self.binary: Path | None = None
         self.relay: Proc | None = None
         self.agent: Proc | None = None
@@ -75,10 +76,11 @@ class GoTunnelPath(BenchPath):
     def _start_relay(self) -> re.Match[str]:
         """Start gotunnel relay with a forward per target; its agents' listening address."""
         self.certs.mkdir(exist_ok=True)
-        cert = self.certs / "relay.pem"
         forwards = [arg for port in self.targets.values() for arg in ("-forward", f"{HOST}:{port}")]
         self.relay = Proc(
-            "go-relay", [self._build(), "relay", "-cert-out", cert, *forwards], self.workdir
+            "go-relay",
+            [self._build(), "relay", "-cert-out", self.relay_cert, *forwards],
+            self.workdir,
         )
         agents = self.relay.wait_for(r"^agents: listening on (\S+)$")
         for name, port in self.targets.items():
@@ -86,23 +88,30 @@ class GoTunnelPath(BenchPath):
             self.ports[name] = int(match[1])
         return agents
 
+    def _start_agent(self, address: str, cert: Path) -> None:
+        """Start gotunnel agent against `address`, whose certificate is `cert`; returns once
+        it is connected."""
+        self.agent = Proc(
+            "go-agent", [self._build(), "agent", "-relay", address, "-ca", cert], self.workdir
+        )
+        self.agent.wait_for(r"^agent: connected$")
+
+    def _ready(self) -> None:
+        echo_ready(self.ports["echo"], lambda: all(p.alive() for p in self.procs().values()))
+
     def start(self) -> None:
-        cert = self.certs / "relay.pem"
         try:
             agents = self._start_relay()
-            self.agent = Proc(
-                "go-agent", [self._build(), "agent", "-relay", agents[1], "-ca", cert], self.workdir
-            )
-            self.agent.wait_for(r"^agent: connected$")
-            echo_ready(self.ports["echo"], lambda: self.relay.alive() and self.agent.alive())
+            self._start_agent(agents[1], self.relay_cert)
+            self._ready()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        for proc in (self.agent, self.relay):
-            if proc is not None:
-                proc.stop()
+        """Stop the processes, the agent's end first."""
+        for proc in reversed(self.procs().values()):
+            proc.stop()
 
     def processes(self) -> dict[str, list[int]]:
         return {role: [proc.pid] for role, proc in self.procs().items() if proc.alive()}
@@ -138,30 +147,17 @@ class GoPeeredPath(GoTunnelPath):
                     "-relay",
                     agents[1],
                     "-ca",
-                    self.certs / "relay.pem",
+                    self.relay_cert,
                 ],
                 self.workdir,
             )
             hop_agents = self.hop.wait_for(r"^agents: listening on (\S+)$")
-            self.agent = Proc(
-                "go-agent",
-                [self._build(), "agent", "-relay", hop_agents[1], "-ca", hop_cert],
-                self.workdir,
-            )
-            self.agent.wait_for(r"^agent: connected$")
+            self._start_agent(hop_agents[1], hop_cert)
             self.hop.wait_for(r"^hop: connected$")
-            echo_ready(
-                self.ports["echo"],
-                lambda: all(proc.alive() for proc in self.procs().values()),
-            )
+            self._ready()
         except BaseException:
             self.stop()
             raise
-
-    def stop(self) -> None:
-        for proc in (self.agent, self.hop, self.relay):
-            if proc is not None:
-                proc.stop()
 
     def procs(self) -> dict[str, Proc]:
         found = (("relay B", self.relay), ("relay A", self.hop), ("agent", self.agent))
